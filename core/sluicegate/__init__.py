@@ -1,0 +1,14 @@
+"""Sluicegate: an OpenAI-compatible LLM gateway with per-team and per-key logging sinks.
+
+The names below are the public API for plugin authors.
+"""
+
+from __future__ import annotations
+
+from sluicegate.events import LogEvent, LogMetadata
+from sluicegate.hookspecs import hookimpl
+from sluicegate.sinks.base import CallbackVars, HealthResult, SecretStr, Sink
+
+__all__ = ("CallbackVars", "HealthResult", "LogEvent", "LogMetadata", "SecretStr", "Sink", "hookimpl")
+
+__version__ = "0.1.0"

@@ -1,0 +1,58 @@
+"""The log event: one per request, with LiteLLM's ``StandardLoggingPayload`` field names.
+
+Events are built from an allow-list of request facts: no API key, upstream key or callback variable can
+reach one, because there is no field to put it in.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = ("REDACTED", "LogEvent", "LogMetadata")
+
+REDACTED = "redacted-by-sluicegate"
+"""Placeholder that replaces prompts and completions when message logging is turned off."""
+
+
+class LogMetadata(msgspec.Struct, kw_only=True):
+    user_api_key_hash: str | None = None
+    user_api_key_alias: str | None = None
+    user_api_key_team_id: str | None = None
+    user_api_key_team_alias: str | None = None
+    requester_ip_address: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+    traceparent: str | None = None
+
+
+class LogEvent(msgspec.Struct, kw_only=True):
+    """One request, as every sink receives it. ``msgspec.json.encode(event)`` gives its JSON."""
+
+    id: str
+    trace_id: str
+    call_type: str = "completion"
+    stream: bool = False
+    status: Literal["success", "failure"] = "success"
+    model: str = ""
+    model_id: str | None = None
+    model_group: str = ""
+    api_base: str | None = None
+    custom_llm_provider: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    response_cost: float = 0.0
+    startTime: float = 0.0
+    endTime: float = 0.0
+    completionStartTime: float | None = None
+    response_time: float = 0.0
+    messages: Any = None
+    response: Any = None
+    error_str: str | None = None
+    error_information: dict[str, Any] | None = None
+    model_parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    metadata: LogMetadata = msgspec.field(default_factory=LogMetadata)
+    cache_hit: bool = False
+    cache_key: str | None = None

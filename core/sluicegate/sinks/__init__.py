@@ -1,0 +1,1 @@
+"""Sinks: the interface plugins implement, and the machinery that delivers events to them."""

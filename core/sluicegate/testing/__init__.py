@@ -1,0 +1,8 @@
+"""Test helpers for sink authors: the conformance suite and sample events."""
+
+from __future__ import annotations
+
+from sluicegate.testing.events import make_event
+from sluicegate.testing.standard import SinkStandardTests
+
+__all__ = ("SinkStandardTests", "make_event")
