@@ -109,3 +109,11 @@ class Sink(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release what this instance holds. Called once when it is evicted or at shutdown; idempotent."""
+
+    @classmethod
+    async def shutdown(cls) -> None:  # noqa: B027 - optional hook
+        """Release what instances of this class share (a pooled HTTP client, a thread pool).
+
+        Called once at gateway shutdown after every instance was closed; must be idempotent, and a later
+        instance must be able to start the shared resources again (tests build many apps in one process).
+        """
