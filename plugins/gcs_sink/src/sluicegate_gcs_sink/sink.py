@@ -1,0 +1,422 @@
+"""The ``gcs_bucket`` sink: each batch becomes newline-delimited JSON objects in a Google Cloud Storage bucket.
+
+``google-cloud-storage`` is a blocking library, so every call runs on one small thread pool shared by all
+instances. Clients and credentials are shared too: credentials are cached per service-account file (reloaded
+when the file changes, token refreshed by google-auth when it expires) and clients per credentials, both in
+bounded LRU caches, so 10,000 teams cost 10,000 small objects, not 10,000 clients or threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import msgspec
+
+from sluicegate import CallbackVars, HealthResult, SecretStr, Sink
+
+if TYPE_CHECKING:
+    from google.auth.credentials import Credentials
+    from google.cloud.storage import Client
+
+    from sluicegate import LogEvent
+
+__all__ = (
+    "GcsBucketSink",
+    "GcsBucketVars",
+    "ServiceAccountFileError",
+    "object_name",
+    "split_bucket_name",
+    "validation_problems",
+)
+
+_T = TypeVar("_T")
+
+SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
+"""Least privilege: uploading objects and testing permissions needs nothing more."""
+
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+CONTENT_TYPE = "application/x-ndjson"
+_WRITE_PERMISSION = "storage.objects.create"
+
+# Bucket naming rules (https://cloud.google.com/storage/docs/buckets#naming): lowercase letters, digits,
+# dashes, underscores and dots; starts and ends with a letter or digit; 3-63 characters (222 with dots).
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+
+_encoder = msgspec.json.Encoder()
+
+
+class GcsBucketVars(CallbackVars, frozen=True):
+    """Callback variables of the ``gcs_bucket`` sink (LiteLLM's names)."""
+
+    gcs_bucket_name: str
+    """Bucket, optionally followed by an object prefix: ``my-bucket/llm-logs/prod``."""
+    gcs_path_service_account: SecretStr | None = None
+    """Path of a service-account JSON key file; without it, Application Default Credentials."""
+
+
+class ServiceAccountFileError(ValueError):
+    """The service-account file cannot be used. The message never contains the path or the key."""
+
+
+def split_bucket_name(value: str) -> tuple[str, str]:
+    """Split ``"bucket/some/prefix"`` (or ``gs://bucket/some/prefix``) into ``("bucket", "some/prefix")``."""
+    text = value.strip()
+    text = text.removeprefix("gs://")
+    bucket, _, prefix = text.partition("/")
+    return bucket, "/".join(part for part in prefix.split("/") if part)
+
+
+def _bucket_name_problem(bucket: str) -> str | None:
+    if not bucket:
+        return "no bucket name given"
+    if not _BUCKET_RE.match(bucket):
+        return (f"{bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, '-', '_' or '.', "
+                "starting and ending with a letter or digit)")
+    if "." not in bucket and len(bucket) > 63:
+        return f"{bucket!r} is longer than 63 characters"
+    return None
+
+
+def _event_time(event: LogEvent) -> float:
+    # The event's own time (not the upload time) keeps the name of a re-delivered batch stable.
+    return event.endTime or event.startTime or time.time()
+
+
+def object_name(prefix: str, events: Sequence[LogEvent]) -> str:
+    """``{prefix}/{YYYY-MM-DD}/{timestamp}-{unique}.ndjson`` for ``events`` (the first event dates it).
+
+    ``unique`` is a digest of the events' ids: the same batch always gets the same name, so a retried
+    upload finds its object already there instead of writing a duplicate, and two batches never collide.
+    """
+    seconds = _event_time(events[0])
+    stamp = time.gmtime(seconds)
+    micros = int(round((seconds % 1) * 1_000_000)) % 1_000_000
+    day = time.strftime("%Y-%m-%d", stamp)
+    timestamp = time.strftime("%Y%m%dT%H%M%S", stamp) + f".{micros:06d}Z"
+    unique = hashlib.sha256("\n".join(event.id for event in events).encode()).hexdigest()[:32]
+    name = f"{day}/{timestamp}-{unique}.ndjson"
+    return f"{prefix}/{name}" if prefix else name
+
+
+def _load_service_account(path: str) -> Credentials:
+    """Read and parse a service-account key file; raise :class:`ServiceAccountFileError` saying why not."""
+    from google.oauth2 import service_account
+
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(1 << 20)
+    except FileNotFoundError:
+        raise ServiceAccountFileError("file does not exist") from None
+    except IsADirectoryError:
+        raise ServiceAccountFileError("is a directory, not a key file") from None
+    except PermissionError:
+        raise ServiceAccountFileError("file is not readable (permission denied)") from None
+    except OSError as exc:
+        raise ServiceAccountFileError(f"file cannot be read ({type(exc).__name__})") from None
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        raise ServiceAccountFileError("file is not valid JSON") from None
+    if not isinstance(info, dict):
+        raise ServiceAccountFileError("file is not a JSON object") from None
+    if info.get("type") != "service_account":
+        raise ServiceAccountFileError(
+            f"not a service-account key file (type is {str(info.get('type'))[:40]!r}, "
+            "expected 'service_account')")
+    missing = [key for key in ("client_email", "private_key", "token_uri") if not info.get(key)]
+    if missing:
+        raise ServiceAccountFileError(f"key file lacks {', '.join(missing)}")
+    try:
+        return service_account.Credentials.from_service_account_info(info, scopes=SCOPES)
+    except Exception as exc:  # google-auth raises ValueError or a cryptography error for a bad key
+        raise ServiceAccountFileError(f"private_key cannot be loaded ({type(exc).__name__})") from None
+
+
+def _file_signature(path: str) -> tuple[int, int, int]:
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        raise ServiceAccountFileError("file does not exist") from None
+    except OSError as exc:
+        raise ServiceAccountFileError(f"file cannot be read ({type(exc).__name__})") from None
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+
+def validation_problems(callback_vars: Mapping[str, Any]) -> list[str]:
+    """Problems knowable at configuration time, as ``"field: reason"`` (never echoing the path or key)."""
+    problems: list[str] = []
+    bucket_value = callback_vars.get("gcs_bucket_name")
+    if isinstance(bucket_value, str):
+        problem = _bucket_name_problem(split_bucket_name(bucket_value)[0])
+        if problem:
+            problems.append(f"gcs_bucket_name: {problem}")
+    path = callback_vars.get("gcs_path_service_account")
+    if isinstance(path, SecretStr):
+        path = path.get_secret_value()
+    if isinstance(path, str):
+        if not path.strip():
+            problems.append("gcs_path_service_account: empty path; omit it to use Application Default "
+                            "Credentials")
+        else:
+            try:
+                _load_service_account(os.path.expanduser(path))
+            except ServiceAccountFileError as exc:
+                problems.append(f"gcs_path_service_account: {exc}")
+    return problems
+
+
+class _LRU(OrderedDict):
+    """A small bounded mapping; the least recently used entry goes first. Callers hold the lock."""
+
+    def __init__(self, bound: int) -> None:
+        super().__init__()
+        self.bound = bound
+
+    def lookup(self, key: Any) -> Any:
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+    def store(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.bound:
+            # An evicted client is only dropped, not closed: an upload on another thread may still use it;
+            # its connections close when it is garbage-collected.
+            self.popitem(last=False)
+
+
+class _Shared:
+    """What every ``GcsBucketSink`` shares: the thread pool, credentials and clients.
+
+    Nothing here is bound to an event loop (the pool's threads run blocking code and hand results back
+    through ``run_in_executor``), so one instance serves the whole process.
+    """
+
+    def __init__(self, max_threads: int, max_clients: int, max_credentials: int) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="sluicegate-gcs")
+        self.lock = threading.Lock()
+        self.credentials: _LRU = _LRU(max_credentials)
+        self.clients: _LRU = _LRU(max_clients)
+
+    def credentials_for(self, path: str) -> tuple[tuple[int, int, int], Credentials]:
+        """Cached credentials for ``path``, reloaded when the file changed (mtime, size or inode)."""
+        signature = _file_signature(path)
+        with self.lock:
+            cached = self.credentials.lookup(path)
+        if cached is not None and cached[0] == signature:
+            return cached
+        entry = (signature, _load_service_account(path))
+        with self.lock:
+            self.credentials.store(path, entry)
+        return entry
+
+    def client_for(self, path: str | None) -> Client:
+        """A client for ``path``'s credentials (ADC when ``None``) and the current emulator setting."""
+        from google.cloud import storage
+
+        emulator = os.environ.get(EMULATOR_ENV)
+        if path is None:
+            key: tuple[Any, ...] = (None, emulator)
+            credentials = None
+        else:
+            signature, credentials = self.credentials_for(path)
+            key = (path, signature, emulator)
+        with self.lock:
+            client = self.clients.lookup(key)
+        if client is not None:
+            return client
+        # project=None: uploads need no project, and it spares ADC a project lookup. With credentials=None
+        # the library uses ADC, or anonymous credentials when STORAGE_EMULATOR_HOST is set.
+        client = storage.Client(project=None, credentials=credentials)
+        # The bucket-metadata cache (tracing attributes) starts a thread and a GET bucket per unseen bucket,
+        # outside this pool and needing storage.buckets.get: with thousands of team buckets that is
+        # thousands of threads and requests. The library tests the attribute for truth before each use.
+        if getattr(client, "_bucket_metadata_cache", None) is not None:
+            client._bucket_metadata_cache = None
+        with self.lock:
+            existing = self.clients.lookup(key)
+            if existing is not None:
+                return existing
+            self.clients.store(key, client)
+        return client
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        with self.lock:
+            clients = list(self.clients.values())
+            self.clients.clear()
+            self.credentials.clear()
+        for client in clients:
+            try:
+                client.close()
+            except Exception:  # closing is best effort at shutdown
+                pass
+
+
+class GcsBucketSink(Sink):
+    """Writes each batch as NDJSON objects (one event per line) to a GCS bucket, never overwriting one."""
+
+    callback_name = "gcs_bucket"
+    Vars = GcsBucketVars
+    max_batch_size = 500
+    send_timeout = 60.0
+    callback_vars: GcsBucketVars
+
+    max_threads: ClassVar[int] = 8
+    """Threads shared by all instances for the blocking library."""
+    max_clients: ClassVar[int] = 64
+    """Storage clients kept (one per service-account file); each holds a small connection pool."""
+    max_credentials: ClassVar[int] = 4096
+    """Parsed service-account credentials kept (with their access tokens)."""
+    max_object_bytes: ClassVar[int] = 16 * 1024 * 1024
+    """A batch larger than this is split into several objects."""
+    upload_timeout: ClassVar[float] = 25.0
+    """Seconds for one HTTP request of an upload (connect and read)."""
+    health_timeout: ClassVar[float] = 5.0
+    """Seconds a health check may take in all."""
+
+    _shared: ClassVar[_Shared | None] = None
+    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    __slots__ = ("_bucket", "_prefix", "_closed")
+
+    def __init__(self, callback_vars: GcsBucketVars) -> None:
+        super().__init__(callback_vars)
+        self._bucket, self._prefix = split_bucket_name(callback_vars.gcs_bucket_name)
+        self._closed = False
+
+    @classmethod
+    def env_defaults(cls, environ: Mapping[str, str]) -> dict[str, Any]:
+        defaults: dict[str, Any] = {}
+        if environ.get("GCS_BUCKET_NAME"):
+            defaults["gcs_bucket_name"] = environ["GCS_BUCKET_NAME"]
+        if environ.get("GCS_PATH_SERVICE_ACCOUNT"):
+            defaults["gcs_path_service_account"] = environ["GCS_PATH_SERVICE_ACCOUNT"]
+        return defaults
+
+    @classmethod
+    def _get_shared(cls) -> _Shared:
+        shared = GcsBucketSink._shared
+        if shared is None:
+            with GcsBucketSink._shared_lock:
+                shared = GcsBucketSink._shared
+                if shared is None:
+                    shared = _Shared(cls.max_threads, cls.max_clients, cls.max_credentials)
+                    GcsBucketSink._shared = shared
+        return shared
+
+    @classmethod
+    async def shutdown(cls) -> None:
+        with GcsBucketSink._shared_lock:
+            shared, GcsBucketSink._shared = GcsBucketSink._shared, None
+        if shared is not None:
+            # Waiting for running uploads blocks, so it happens off the event loop.
+            await asyncio.to_thread(shared.close)
+
+    async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
+        shared = self._get_shared()
+        return await asyncio.get_running_loop().run_in_executor(shared.executor, function, shared, *args)
+
+    def _service_account_path(self) -> str | None:
+        secret = self.callback_vars.gcs_path_service_account
+        return os.path.expanduser(secret.get_secret_value()) if secret else None
+
+    def _objects(self, batch: Sequence[LogEvent]) -> list[tuple[str, bytes]]:
+        objects: list[tuple[str, bytes]] = []
+        events: list[LogEvent] = []
+        lines: list[bytes] = []
+        size = 0
+        for event in batch:
+            line = _encoder.encode(event) + b"\n"
+            if lines and size + len(line) > self.max_object_bytes:
+                objects.append((object_name(self._prefix, events), b"".join(lines)))
+                events, lines, size = [], [], 0
+            events.append(event)
+            lines.append(line)
+            size += len(line)
+        if lines:
+            objects.append((object_name(self._prefix, events), b"".join(lines)))
+        return objects
+
+    async def send(self, batch: Sequence[LogEvent]) -> None:
+        if not batch:
+            return
+        if self._closed:
+            raise RuntimeError("gcs_bucket: sink is closed")
+        await self._run(self._upload, self._objects(batch))
+
+    def _upload(self, shared: _Shared, objects: list[tuple[str, bytes]]) -> None:
+        from google.api_core.exceptions import PreconditionFailed
+
+        bucket = shared.client_for(self._service_account_path()).bucket(self._bucket)
+        for name, data in objects:
+            try:
+                # if_generation_match=0: create only, never overwrite. retry=None: the core retries the
+                # whole batch with backoff, and a thread must not spend minutes in the library's own loop.
+                bucket.blob(name).upload_from_string(
+                    data, content_type=CONTENT_TYPE, if_generation_match=0,
+                    timeout=self.upload_timeout, retry=None)
+            except PreconditionFailed:
+                # The object exists: an earlier attempt of this very batch wrote it (the name is a digest
+                # of the event ids), so this part is delivered.
+                continue
+
+    async def health_check(self) -> HealthResult:
+        try:
+            granted = await asyncio.wait_for(self._run(self._probe), self.health_timeout)
+        except TimeoutError:
+            return self._unhealthy("timeout", f"no answer within {self.health_timeout:g}s")
+        except Exception as exc:
+            return self._classify(exc)
+        if _WRITE_PERMISSION not in granted:
+            return self._unhealthy("permission", f"the account may not create objects in bucket "
+                                                 f"{self._bucket!r} ({_WRITE_PERMISSION} not granted)")
+        return HealthResult(healthy=True, details=f"gcs_bucket: bucket {self._bucket!r} exists and is writable")
+
+    def _probe(self, shared: _Shared) -> list[str]:
+        # testIamPermissions needs no permission of its own and has no side effect: it answers whether
+        # this account may create objects, and 404 when the bucket does not exist.
+        bucket = shared.client_for(self._service_account_path()).bucket(self._bucket)
+        timeout = max(self.health_timeout - 0.5, 0.5)
+        return list(bucket.test_iam_permissions([_WRITE_PERMISSION], timeout=timeout, retry=None))
+
+    def _unhealthy(self, kind: str, reason: str) -> HealthResult:
+        return HealthResult(healthy=False, details=f"gcs_bucket: {reason}", error_kind=kind)
+
+    def _classify(self, exc: BaseException) -> HealthResult:
+        from google.api_core import exceptions as api
+        from google.auth import exceptions as auth
+
+        if isinstance(exc, ServiceAccountFileError):
+            return self._unhealthy("config", f"gcs_path_service_account: {exc}")
+        if isinstance(exc, api.NotFound):
+            return self._unhealthy("not_found", f"bucket {self._bucket!r} does not exist")
+        if isinstance(exc, api.Forbidden):
+            return self._unhealthy("permission", f"access to bucket {self._bucket!r} denied (403)")
+        if isinstance(exc, api.Unauthorized):
+            return self._unhealthy("auth", "credentials rejected by the storage API (401)")
+        if isinstance(exc, auth.RefreshError):
+            return self._unhealthy("auth", "the token endpoint refused the service account's credentials")
+        if isinstance(exc, auth.DefaultCredentialsError):
+            return self._unhealthy("auth", "no Application Default Credentials found")
+        if isinstance(exc, auth.TransportError | OSError) or type(exc).__module__.startswith("requests"):
+            return self._unhealthy("unreachable", f"storage API or token endpoint unreachable "
+                                                  f"({type(exc).__name__})")
+        if isinstance(exc, api.GoogleAPICallError):
+            return self._unhealthy("error", f"storage API answered {exc.code} ({type(exc).__name__})")
+        return self._unhealthy("error", type(exc).__name__)
+
+    async def aclose(self) -> None:
+        self._closed = True
