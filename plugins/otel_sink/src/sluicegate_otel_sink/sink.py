@@ -1,0 +1,660 @@
+"""The ``otel`` sink: one OTLP span per event, following the OpenTelemetry GenAI semantic conventions.
+
+Why no ``TracerProvider``: the SDK's pipeline is one provider, one ``BatchSpanProcessor`` thread and one
+exporter per destination, which is how LiteLLM leaked a thread per team. Here an instance holds only its
+parsed settings. ``send`` builds :class:`~opentelemetry.sdk.trace.ReadableSpan` objects itself, encodes them
+with ``opentelemetry-exporter-otlp-proto-common``'s encoder (the same one the SDK exporters use) and posts
+them on the running event loop: aiohttp for ``http/protobuf`` and ``http/json``, ``grpc.aio`` for ``grpc``.
+Both transports are shared by every instance on the loop, so there is no thread per destination at all,
+and a slow endpoint only holds the connection of the instance that is waiting on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import hashlib
+import logging
+import re
+import threading
+import time
+import urllib.parse
+import weakref
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import aiohttp
+import grpc
+import msgspec
+from google.protobuf import json_format
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from sluicegate.events import REDACTED
+from sluicegate.sinks.base import CallbackVars, HealthResult, SecretStr, Sink
+from sluicegate_otel_sink import __version__
+
+if TYPE_CHECKING:
+    from sluicegate.events import LogEvent
+
+__all__ = ("OtelExportError", "OtelSink", "OtelVars", "parse_key_values", "problems")
+
+logger = logging.getLogger(__name__)
+
+Protocol = Literal["http/protobuf", "http/json", "grpc"]
+PROTOCOLS: tuple[str, ...] = ("http/protobuf", "http/json", "grpc")
+
+_SCOPE = InstrumentationScope("sluicegate", __version__,
+                              "https://opentelemetry.io/schemas/1.37.0")
+_GRPC_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+_USER_AGENT = f"sluicegate-otel-sink/{__version__}"
+_HEALTH_TIMEOUT = 5.0
+_MAX_ATTRIBUTE_CHARS = 64_000
+"""Longer message attributes are cut: most backends drop a span whose attribute exceeds their limit."""
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+_HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
+_OPERATIONS = {
+    "completion": "chat", "acompletion": "chat", "chat": "chat", "chat_completion": "chat",
+    "text_completion": "text_completion", "atext_completion": "text_completion",
+    "embedding": "embeddings", "aembedding": "embeddings", "embeddings": "embeddings",
+}
+_PARAMETERS = {
+    "temperature": "gen_ai.request.temperature", "top_p": "gen_ai.request.top_p",
+    "top_k": "gen_ai.request.top_k", "max_tokens": "gen_ai.request.max_tokens",
+    "max_completion_tokens": "gen_ai.request.max_tokens", "seed": "gen_ai.request.seed",
+    "frequency_penalty": "gen_ai.request.frequency_penalty",
+    "presence_penalty": "gen_ai.request.presence_penalty", "n": "gen_ai.request.choice.count",
+}
+
+
+class OtelVars(CallbackVars, frozen=True):
+    otel_endpoint: str
+    """HTTP: the traces URL (``/v1/traces`` is added to a bare origin). gRPC: ``host:port`` or a URL."""
+    otel_protocol: Protocol = "http/protobuf"
+    otel_headers: SecretStr | None = None
+    """``k=v,k2=v2`` (values percent-decoded, as in ``OTEL_EXPORTER_OTLP_HEADERS``) or a JSON object."""
+    otel_service_name: str = "sluicegate"
+    otel_resource_attributes: dict[str, str | int | float | bool] | str | None = None
+    """A mapping, or ``k=v,k2=v2`` as in ``OTEL_RESOURCE_ATTRIBUTES``."""
+
+    aliases: ClassVar[Mapping[str, str]] = {
+        "otel_traces_endpoint": "otel_endpoint",
+        "otel_exporter_otlp_protocol": "otel_protocol",
+        "otel_exporter_otlp_headers": "otel_headers",
+    }
+
+
+class OtelExportError(RuntimeError):
+    """The endpoint refused or could not take a batch; the message names the sink, never a header."""
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+# --- configuration parsing -------------------------------------------------------------------------------
+
+
+def parse_key_values(text: str, *, what: str) -> dict[str, str]:
+    """Parse ``k=v,k2=v2`` (percent-decoded, the OTel env format) or a JSON object of strings."""
+    stripped = text.strip()
+    if not stripped:
+        return {}
+    if stripped.startswith("{"):
+        try:
+            data = msgspec.json.decode(stripped, type=dict[str, str])
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"{what} looks like JSON but is not an object of strings ({exc})") from None
+        return data
+    result: dict[str, str] = {}
+    for number, item in enumerate(stripped.split(","), start=1):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        key = urllib.parse.unquote(key).strip()
+        if not sep or not key:
+            # Never echo the item: for headers it is (part of) a credential.
+            raise ValueError(f"{what} item {number} is not of the form key=value")
+        result[key] = urllib.parse.unquote(value).strip()
+    return result
+
+
+def _grpc_target(endpoint: str) -> tuple[str, bool]:
+    """``(host:port, tls)`` from ``host:port`` (plaintext), ``http://host:port`` or ``https://host:port``."""
+    if "://" in endpoint:
+        parsed = urllib.parse.urlsplit(endpoint)
+        if parsed.scheme not in ("http", "https", "grpc", "grpcs") or not parsed.hostname:
+            raise ValueError("for grpc give host:port, http://host:port or https://host:port")
+        port = parsed.port or (443 if parsed.scheme in ("https", "grpcs") else 4317)
+        host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+        return f"{host}:{port}", parsed.scheme in ("https", "grpcs")
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError("for grpc give host:port, http://host:port or https://host:port")
+    return endpoint, False
+
+
+def _http_url(endpoint: str) -> str:
+    parsed = urllib.parse.urlsplit(endpoint)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError("for http/protobuf and http/json give an http:// or https:// traces URL")
+    if parsed.path in ("", "/"):
+        # A bare collector origin: the OTLP/HTTP traces path, as OTEL_EXPORTER_OTLP_ENDPOINT would get.
+        return urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, "/v1/traces", parsed.query, ""))
+    return endpoint
+
+
+def _display(endpoint: str) -> str:
+    """The endpoint without user info or query string: either may carry a credential."""
+    if "://" not in endpoint:
+        return endpoint
+    parsed = urllib.parse.urlsplit(endpoint)
+    host = parsed.hostname or ""
+    netloc = f"{host}:{parsed.port}" if parsed.port else host
+    return urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path, "", ""))
+
+
+def problems(callback_vars: Mapping[str, Any]) -> list[str]:
+    """Configuration-time problems, as ``"field: reason"`` (used by ``validate_callback_vars``)."""
+    found: list[str] = []
+    protocol = callback_vars.get("otel_protocol", "http/protobuf")
+    endpoint = callback_vars.get("otel_endpoint")
+    if isinstance(endpoint, str):
+        try:
+            _grpc_target(endpoint) if protocol == "grpc" else _http_url(endpoint)
+        except ValueError as exc:
+            found.append(f"otel_endpoint: {exc}")
+    headers = callback_vars.get("otel_headers")
+    if isinstance(headers, SecretStr):
+        headers = headers.get_secret_value()
+    if isinstance(headers, str):
+        try:
+            parsed = parse_key_values(headers, what="otel_headers")
+        except ValueError as exc:
+            found.append(f"otel_headers: {exc}")
+        else:
+            bad = [k for k in parsed if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", k)]
+            if bad:
+                found.append(f"otel_headers: {len(bad)} header name(s) are not valid HTTP tokens")
+    attributes = callback_vars.get("otel_resource_attributes")
+    if isinstance(attributes, str):
+        try:
+            parse_key_values(attributes, what="otel_resource_attributes")
+        except ValueError as exc:
+            found.append(f"otel_resource_attributes: {exc}")
+    return found
+
+
+# --- events to spans -------------------------------------------------------------------------------------
+
+
+def _is_redacted(value: Any) -> bool:
+    """True when the redaction step touched ``value`` (whole or any string inside it)."""
+    if isinstance(value, str):
+        return value == REDACTED
+    if isinstance(value, Mapping):
+        return any(_is_redacted(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_is_redacted(v) for v in value)
+    return False
+
+
+def _parts(content: Any) -> list[dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "content": content}]
+    if isinstance(content, list):
+        parts = []
+        for item in content:
+            if isinstance(item, Mapping) and item.get("type") == "text":
+                parts.append({"type": "text", "content": item.get("text", "")})
+            elif isinstance(item, Mapping):
+                parts.append(dict(item))
+            else:
+                parts.append({"type": "text", "content": str(item)})
+        return parts
+    return [{"type": "text", "content": str(content)}]
+
+
+def _tool_calls(calls: Any) -> list[dict[str, Any]]:
+    parts = []
+    for call in calls or ():
+        if isinstance(call, Mapping):
+            function = call.get("function") or {}
+            parts.append({"type": "tool_call", "id": call.get("id"), "name": function.get("name"),
+                          "arguments": function.get("arguments")})
+    return parts
+
+
+def _input_messages(messages: Any) -> list[dict[str, Any]]:
+    """OpenAI chat messages in the GenAI ``gen_ai.input.messages`` shape (role + typed parts)."""
+    if not isinstance(messages, list):
+        return [{"role": "user", "parts": _parts(messages)}]
+    converted = []
+    for message in messages:
+        if not isinstance(message, Mapping):
+            converted.append({"role": "user", "parts": _parts(message)})
+            continue
+        role = message.get("role", "user")
+        if role == "tool":
+            parts = [{"type": "tool_call_response", "id": message.get("tool_call_id"),
+                      "response": message.get("content")}]
+        else:
+            parts = _parts(message.get("content")) + _tool_calls(message.get("tool_calls"))
+        converted.append({"role": role, "parts": parts})
+    return converted
+
+
+def _output_messages(response: Mapping[str, Any]) -> list[dict[str, Any]]:
+    converted = []
+    for choice in response.get("choices") or ():
+        if not isinstance(choice, Mapping):
+            continue
+        message = choice.get("message") or choice.get("delta") or {}
+        parts = _parts(message.get("content") if "message" in choice or "delta" in choice
+                       else choice.get("text")) + _tool_calls(message.get("tool_calls"))
+        converted.append({"role": message.get("role", "assistant"), "parts": parts,
+                          "finish_reason": choice.get("finish_reason") or ""})
+    return converted
+
+
+def _json_attribute(value: Any) -> str:
+    text = msgspec.json.encode(value, enc_hook=str).decode()
+    return text if len(text) <= _MAX_ATTRIBUTE_CHARS else text[:_MAX_ATTRIBUTE_CHARS]
+
+
+def _nanos(seconds: float | None) -> int:
+    return int((seconds or time.time()) * 1e9)
+
+
+def _hash_id(text: str, size: int) -> int:
+    value = int.from_bytes(hashlib.sha256(text.encode()).digest()[:size], "big")
+    return value or 1  # all-zero ids are invalid in W3C trace context and OTLP
+
+
+def _contexts(event: LogEvent) -> tuple[SpanContext, SpanContext | None]:
+    """This span's context and its remote parent (from ``traceparent``), with stable ids.
+
+    The span id is derived from ``event.id`` so a retried batch re-sends the same span, which backends
+    treat as one. Without a valid ``traceparent`` the trace id is the event's ``trace_id`` when that is
+    already 32 hex digits (the gateway's request id), otherwise a hash of it.
+    """
+    span_id = _hash_id(f"span:{event.id}", 8)
+    header = (event.metadata.traceparent or "").strip().lower()
+    match = _TRACEPARENT.match(header)
+    if match and match.group(1) != "ff" and not (match.group(1) == "00" and match.group(5)):
+        trace_id, parent_id = int(match.group(2), 16), int(match.group(3), 16)
+        if trace_id and parent_id:
+            flags = TraceFlags(int(match.group(4), 16) & 0xFF)
+            parent = SpanContext(trace_id, parent_id, is_remote=True, trace_flags=flags)
+            return SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags), parent
+    source = event.trace_id or event.metadata.request_id or event.id
+    trace_id = int(source, 16) if _HEX32.match(source) and int(source, 16) else _hash_id(f"trace:{source}", 16)
+    return SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED)), None
+
+
+def _attributes(event: LogEvent, operation: str) -> dict[str, Any]:
+    metadata = event.metadata
+    response = event.response if isinstance(event.response, Mapping) else None
+    provider = event.custom_llm_provider or "_OTHER"
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.system": provider,
+        "gen_ai.provider.name": provider,
+        "gen_ai.request.model": event.model_group or event.model,
+        "gen_ai.response.model": (response or {}).get("model") or event.model,
+        "gen_ai.usage.input_tokens": event.prompt_tokens,
+        "gen_ai.usage.output_tokens": event.completion_tokens,
+        "sluicegate.team_id": metadata.user_api_key_team_id,
+        "sluicegate.team_alias": metadata.user_api_key_team_alias,
+        "sluicegate.key_alias": metadata.user_api_key_alias,
+        "sluicegate.request_id": metadata.request_id or event.trace_id,
+        "sluicegate.event_id": event.id,
+        "sluicegate.status": event.status,
+        "sluicegate.stream": event.stream,
+        "sluicegate.cache_hit": event.cache_hit,
+        "sluicegate.response_cost": event.response_cost,
+        "sluicegate.total_tokens": event.total_tokens,
+        "gen_ai.request.stream": event.stream,
+    }
+    if response is not None:
+        if isinstance(response.get("id"), str):
+            attributes["gen_ai.response.id"] = response["id"]
+        reasons = [c.get("finish_reason") for c in response.get("choices") or () if isinstance(c, Mapping)]
+        if any(reasons):
+            attributes["gen_ai.response.finish_reasons"] = [r or "" for r in reasons]
+    if event.completionStartTime and event.startTime:
+        attributes["gen_ai.server.time_to_first_token"] = max(event.completionStartTime - event.startTime, 0.0)
+    for name, value in event.model_parameters.items():
+        key = _PARAMETERS.get(name)
+        if key and isinstance(value, (int, float)) and not isinstance(value, bool):
+            attributes[key] = value
+    stop = event.model_parameters.get("stop")
+    if isinstance(stop, str):
+        attributes["gen_ai.request.stop_sequences"] = [stop]
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        attributes["gen_ai.request.stop_sequences"] = stop
+    if event.api_base and "://" in event.api_base:
+        parsed = urllib.parse.urlsplit(event.api_base)
+        attributes["server.address"] = parsed.hostname
+        attributes["server.port"] = parsed.port or (443 if parsed.scheme == "https" else 80)
+    if event.status == "failure":
+        info = event.error_information or {}
+        attributes["error.type"] = str(info.get("error_class") or "_OTHER")
+        if isinstance(info.get("status_code"), int):
+            attributes["http.response.status_code"] = info["status_code"]
+    if event.messages is not None and not _is_redacted(event.messages):
+        attributes["gen_ai.input.messages"] = _json_attribute(_input_messages(event.messages))
+    if response is not None and not _is_redacted(event.response) and response.get("choices"):
+        attributes["gen_ai.output.messages"] = _json_attribute(_output_messages(response))
+    return {k: v for k, v in attributes.items() if v is not None}
+
+
+def event_to_span(event: LogEvent, resource: Resource) -> ReadableSpan:
+    """One GenAI client span for one gateway event."""
+    operation = _OPERATIONS.get(event.call_type, event.call_type or "chat")
+    model = event.model_group or event.model
+    context, parent = _contexts(event)
+    if event.status == "failure":
+        status = Status(StatusCode.ERROR, (event.error_str or "request failed")[:1024])
+    else:
+        status = Status(StatusCode.UNSET)
+    start = _nanos(event.startTime)
+    return ReadableSpan(
+        name=f"{operation} {model}".strip(), context=context, parent=parent, resource=resource,
+        attributes=_attributes(event, operation), kind=SpanKind.CLIENT, status=status,
+        start_time=start, end_time=max(_nanos(event.endTime), start), instrumentation_scope=_SCOPE)
+
+
+def encode_json(request: ExportTraceServiceRequest) -> bytes:
+    """OTLP/JSON: protobuf JSON mapping with integer enums and hex (not base64) trace and span ids."""
+    data = json_format.MessageToDict(request, use_integers_for_enums=True)
+    # Some receivers (rotel) refuse an object without the field, which MessageToDict omits when empty.
+    data.setdefault("resourceSpans", [])
+    for resource_spans in data.get("resourceSpans", ()):
+        for scope_spans in resource_spans.get("scopeSpans", ()):
+            for span in scope_spans.get("spans", ()):
+                for field in ("traceId", "spanId", "parentSpanId"):
+                    if span.get(field):
+                        span[field] = base64.b64decode(span[field]).hex()
+    return msgspec.json.encode(data)
+
+
+# --- transports shared by all instances ------------------------------------------------------------------
+
+
+class _Transports:
+    """What every instance on one event loop shares: one aiohttp session and an LRU of gRPC channels.
+
+    The session's connector caps connections per host, so one slow endpoint cannot take every socket;
+    gRPC channels multiplex calls on one connection each and hold no thread of their own.
+    """
+
+    MAX_CHANNELS: ClassVar[int] = 256
+    __slots__ = ("_session", "_channels", "_closing")
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._channels: collections.OrderedDict[tuple[str, bool], grpc.aio.Channel] = collections.OrderedDict()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=512, limit_per_host=64, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(connector=connector, headers={"User-Agent": _USER_AGENT})
+        return self._session
+
+    def channel(self, target: str, tls: bool) -> grpc.aio.Channel:
+        key = (target, tls)
+        channel = self._channels.get(key)
+        if channel is not None:
+            self._channels.move_to_end(key)
+            return channel
+        options = [("grpc.primary_user_agent", _USER_AGENT), ("grpc.max_send_message_length", 64 << 20)]
+        channel = (grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=options) if tls
+                   else grpc.aio.insecure_channel(target, options=options))
+        self._channels[key] = channel
+        while len(self._channels) > self.MAX_CHANNELS:
+            _, evicted = self._channels.popitem(last=False)
+            # A grace period lets a call still running on the evicted channel finish.
+            task = asyncio.ensure_future(evicted.close(grace=OtelSink.send_timeout))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        return channel
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        channels, self._channels = list(self._channels.values()), collections.OrderedDict()
+        for channel in channels:
+            await channel.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+# --- the sink --------------------------------------------------------------------------------------------
+
+
+class OtelSink(Sink):
+    """Exports each event as one OTLP span to the instance's endpoint, with its headers and resource."""
+
+    callback_name = "otel"
+    Vars = OtelVars
+    max_batch_size = 200
+    send_timeout = 15.0
+    callback_vars: OtelVars
+
+    encode_threads: ClassVar[int] = 2
+    """Threads of the pool, shared by all instances, that turn batches into OTLP bytes off the loop."""
+    _encode_pool: ClassVar[ThreadPoolExecutor | None] = None
+    _encode_pool_lock: ClassVar[threading.Lock] = threading.Lock()
+    # Keyed by event loop: aiohttp sessions and grpc.aio channels belong to the loop that made them.
+    _shared: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Transports]] = (
+        weakref.WeakKeyDictionary())
+
+    __slots__ = ("_protocol", "_url", "_target", "_tls", "_headers", "_resource", "_display", "_closed")
+
+    def __init__(self, callback_vars: OtelVars) -> None:
+        super().__init__(callback_vars)
+        found = problems({"otel_endpoint": callback_vars.otel_endpoint,
+                          "otel_protocol": callback_vars.otel_protocol,
+                          "otel_headers": callback_vars.otel_headers,
+                          "otel_resource_attributes": callback_vars.otel_resource_attributes})
+        if found:
+            raise ValueError("; ".join(found))
+        self._protocol = callback_vars.otel_protocol
+        self._url = self._target = ""
+        self._tls = False
+        if self._protocol == "grpc":
+            self._target, self._tls = _grpc_target(callback_vars.otel_endpoint)
+        else:
+            self._url = _http_url(callback_vars.otel_endpoint)
+        secret = callback_vars.otel_headers.get_secret_value() if callback_vars.otel_headers else ""
+        self._headers = parse_key_values(secret, what="otel_headers")
+        self._display = f"{self._protocol} {_display(callback_vars.otel_endpoint)}"
+        attributes = callback_vars.otel_resource_attributes
+        if isinstance(attributes, str):
+            attributes = parse_key_values(attributes, what="otel_resource_attributes")
+        self._resource = Resource({
+            "telemetry.sdk.language": "python", "telemetry.sdk.name": "opentelemetry",
+            "telemetry.sdk.version": _sdk_version(), **(attributes or {}),
+            "service.name": callback_vars.otel_service_name,
+        })
+        self._closed = False
+
+    @classmethod
+    def env_defaults(cls, environ: Mapping[str, str]) -> dict[str, Any]:
+        """``OTEL_EXPORTER_OTLP_[TRACES_]{ENDPOINT,PROTOCOL,HEADERS}``, ``OTEL_SERVICE_NAME``,
+        ``OTEL_RESOURCE_ATTRIBUTES``; LiteLLM's ``OTEL_ENDPOINT`` / ``OTEL_HEADERS`` / ``OTEL_EXPORTER`` last."""
+        found: dict[str, Any] = {}
+        protocol = (environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+                    or {"otlp_grpc": "grpc", "otlp_http": "http/protobuf", "grpc": "grpc",
+                        "http/protobuf": "http/protobuf", "http/json": "http/json"}.get(
+                            environ.get("OTEL_EXPORTER", "").strip().lower()))
+        if protocol:
+            found["otel_protocol"] = protocol.strip()
+        endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        if not endpoint and environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            endpoint = environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
+            if found.get("otel_protocol", "http/protobuf") != "grpc":
+                # The spec: the generic endpoint is a base URL to which the signal path is appended.
+                endpoint = endpoint.rstrip("/") + "/v1/traces"
+        endpoint = endpoint or environ.get("OTEL_ENDPOINT")
+        if endpoint:
+            found["otel_endpoint"] = endpoint.strip()
+        headers = (environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or environ.get("OTEL_EXPORTER_OTLP_HEADERS")
+                   or environ.get("OTEL_HEADERS"))
+        if headers:
+            found["otel_headers"] = headers
+        if environ.get("OTEL_SERVICE_NAME"):
+            found["otel_service_name"] = environ["OTEL_SERVICE_NAME"]
+        if environ.get("OTEL_RESOURCE_ATTRIBUTES"):
+            found["otel_resource_attributes"] = environ["OTEL_RESOURCE_ATTRIBUTES"]
+        return found
+
+    @classmethod
+    def _transports(cls) -> _Transports:
+        loop = asyncio.get_running_loop()
+        shared = cls._shared.get(loop)
+        if shared is None:
+            shared = cls._shared[loop] = _Transports()
+        return shared
+
+    @classmethod
+    def _pool(cls) -> ThreadPoolExecutor:
+        with cls._encode_pool_lock:
+            if cls._encode_pool is None:
+                cls._encode_pool = ThreadPoolExecutor(cls.encode_threads, thread_name_prefix="sluicegate-otel")
+            return cls._encode_pool
+
+    def encode(self, batch: Sequence[LogEvent]) -> bytes:
+        """The OTLP body for ``batch`` in this instance's encoding (CPU only: ~0.1 ms per span)."""
+        request = encode_spans([event_to_span(event, self._resource) for event in batch])
+        if self._protocol == "http/json":
+            return encode_json(request)
+        return request.SerializeToString()
+
+    async def send(self, batch: Sequence[LogEvent]) -> None:
+        if not batch:
+            return
+        # Encoding 100 events costs ~10-20 ms of CPU: done in the shared pool so the loop keeps serving.
+        body = await asyncio.get_running_loop().run_in_executor(self._pool(), self.encode, list(batch))
+        response = await self._export(body, timeout=self.send_timeout)
+        rejected = response.partial_success.rejected_spans
+        if rejected:
+            # OTLP says not to retry a partial success: the same spans would be rejected again.
+            logger.warning("otel sink %s rejected %d of %d spans: %s", self._display, rejected, len(batch),
+                           response.partial_success.error_message[:200])
+
+    async def _export(self, body: bytes, *, timeout: float) -> ExportTraceServiceResponse:
+        if self._protocol == "grpc":
+            return await self._export_grpc(body, timeout)
+        return await self._export_http(body, timeout)
+
+    async def _export_http(self, body: bytes, timeout: float) -> ExportTraceServiceResponse:
+        content_type = "application/json" if self._protocol == "http/json" else "application/x-protobuf"
+        headers = {**self._headers, "Content-Type": content_type}
+        try:
+            async with self._transports().session().post(
+                    self._url, data=body, headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=timeout)) as answer:
+                payload = await answer.read()
+                if answer.status // 100 != 2:
+                    kind = "auth" if answer.status in (401, 403) else "http_status"
+                    snippet = payload[:200].decode("utf-8", "replace")
+                    raise OtelExportError(f"otel: {self._display} answered HTTP {answer.status}: {snippet}",
+                                          kind=kind)
+                response_type = answer.headers.get("Content-Type", "")
+        except TimeoutError:
+            raise OtelExportError(f"otel: {self._display} did not answer within {timeout:g}s",
+                                  kind="timeout") from None
+        except aiohttp.ClientError as exc:
+            raise OtelExportError(f"otel: {self._display} unreachable: {type(exc).__name__}",
+                                  kind="connection") from None
+        return _parse_response(payload, response_type)
+
+    async def _export_grpc(self, body: bytes, timeout: float) -> ExportTraceServiceResponse:
+        channel = self._transports().channel(self._target, self._tls)
+        # The body is already serialised (in the pool): send the bytes as they are.
+        export = channel.unary_unary(_GRPC_EXPORT, request_serializer=None,
+                                     response_deserializer=ExportTraceServiceResponse.FromString)
+        metadata = tuple((key.lower(), value) for key, value in self._headers.items())
+        try:
+            return await export(body, metadata=metadata, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            kind = {grpc.StatusCode.UNAUTHENTICATED: "auth", grpc.StatusCode.PERMISSION_DENIED: "auth",
+                    grpc.StatusCode.UNAVAILABLE: "connection",
+                    grpc.StatusCode.DEADLINE_EXCEEDED: "timeout"}.get(code, "grpc_status")
+            details = (exc.details() or "")[:200]
+            raise OtelExportError(f"otel: {self._display} answered gRPC {code.name}: {details}",
+                                  kind=kind) from None
+
+    async def health_check(self) -> HealthResult:
+        """An empty OTLP export to the endpoint with the instance's headers: reachability and auth."""
+        try:
+            empty = encode_json(ExportTraceServiceRequest()) if self._protocol == "http/json" else b""
+            await asyncio.wait_for(self._export(empty, timeout=_HEALTH_TIMEOUT),
+                                   _HEALTH_TIMEOUT + 1)
+        except OtelExportError as exc:
+            return HealthResult(healthy=False, details=str(exc), error_kind=exc.kind)
+        except TimeoutError:
+            return HealthResult(healthy=False, details=f"otel: {self._display} did not answer within "
+                                f"{_HEALTH_TIMEOUT:g}s", error_kind="timeout")
+        except Exception as exc:  # a health check reports, it does not raise
+            return HealthResult(healthy=False, details=f"otel: {self._display}: {type(exc).__name__}",
+                                error_kind="unexpected")
+        return HealthResult(healthy=True, details=f"otel: {self._display} accepted an empty export")
+
+    async def aclose(self) -> None:
+        # Instances hold no connection of their own: the shared transports outlive them.
+        self._closed = True
+
+    @classmethod
+    async def shutdown(cls) -> None:
+        """Close the transports of the running loop (and forget those of loops that are gone)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        for other in [lp for lp in list(cls._shared) if lp is not loop and lp.is_closed()]:
+            cls._shared.pop(other, None)
+        shared = cls._shared.pop(loop, None) if loop is not None else None
+        if shared is not None:
+            await shared.aclose()
+        with cls._encode_pool_lock:
+            pool, cls._encode_pool = cls._encode_pool, None
+        if pool is not None:
+            # Not waiting: a send on another loop may still hold a task; the threads end when it is done.
+            pool.shutdown(wait=False)
+
+
+def _parse_response(payload: bytes, content_type: str) -> ExportTraceServiceResponse:
+    response = ExportTraceServiceResponse()
+    if not payload:
+        return response
+    try:
+        if "json" in content_type:
+            json_format.Parse(payload, response, ignore_unknown_fields=True)
+        else:
+            response.ParseFromString(payload)
+    except Exception:  # a 2xx with an odd body still means the spans were taken
+        return ExportTraceServiceResponse()
+    return response
+
+
+def _sdk_version() -> str:
+    from opentelemetry.sdk.version import __version__ as version
+
+    return version
