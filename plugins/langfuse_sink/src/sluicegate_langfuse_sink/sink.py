@@ -1,0 +1,434 @@
+"""The ``langfuse`` sink: one generation per event, sent to Langfuse's OTLP ingestion endpoint.
+
+Every instance (one per Langfuse project, i.e. per distinct credentials) is a few hundred bytes: the
+protobuf encoding is done here, and delivery goes through one ``httpx.AsyncClient`` per event loop shared
+by all instances, so 10,000 projects cost no more threads or sockets than one. The ``langfuse`` SDK gives
+the attribute names (``LangfuseOtelSpanAttributes``) and the typed API client used by the health check; its
+tracer, batch processor and threads are not used (they are per project and thread-hungry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import gzip
+import hashlib
+import logging
+import os
+import re
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+from langfuse import LangfuseOtelSpanAttributes as Attr
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+
+from sluicegate.sinks.base import CallbackVars, HealthResult, SecretStr, Sink
+from sluicegate_langfuse_sink import __version__
+
+if TYPE_CHECKING:
+    from sluicegate.events import LogEvent
+
+__all__ = (
+    "DEFAULT_HOST",
+    "INGESTION_PATH",
+    "PROJECTS_PATH",
+    "LangfuseDeliveryError",
+    "LangfuseSink",
+    "LangfuseVars",
+    "encode_request",
+    "event_to_span",
+    "normalize_host",
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOST = "https://cloud.langfuse.com"
+INGESTION_PATH = "/api/public/otel/v1/traces"
+PROJECTS_PATH = "/api/public/projects"
+INGESTION_VERSION = "4"
+"""``x-langfuse-ingestion-version``: what the 5.x SDK sends, so spans take Langfuse's real-time path."""
+SCOPE_NAME = "sluicegate"
+"""Our own instrumentation scope: we are not the SDK (``langfuse-sdk``) and do not pretend to be."""
+MAX_REQUEST_BYTES = 3_500_000
+"""Uncompressed protobuf bytes per request; a bigger batch is split (Langfuse caps request bodies)."""
+HEALTH_TIMEOUT = 5.0
+_USER_AGENT = f"sluicegate-langfuse-sink/{__version__}"
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_json = msgspec.json.Encoder(enc_hook=repr)  # repr: never fail a batch on one odd value
+
+
+class LangfuseVars(CallbackVars, frozen=True):
+    """Callback variables of the ``langfuse`` sink (the names LiteLLM configs use)."""
+
+    langfuse_public_key: str
+    langfuse_secret_key: SecretStr
+    langfuse_host: str | None = None
+    """Base URL of the Langfuse deployment; ``None`` means ``LANGFUSE_HOST`` / ``LANGFUSE_BASE_URL`` / cloud."""
+
+    aliases: ClassVar[Mapping[str, str]] = {"langfuse_secret": "langfuse_secret_key"}
+
+
+class LangfuseDeliveryError(RuntimeError):
+    """Langfuse did not accept a batch. ``status_code`` is ``None`` when no answer came back."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+def normalize_host(host: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """The base URL to use: ``host``, else ``LANGFUSE_HOST``, else ``LANGFUSE_BASE_URL``, else the cloud.
+
+    A host without a scheme gets ``http://`` (as LiteLLM does); a trailing slash is dropped.
+    """
+    environ = os.environ if environ is None else environ
+    value = (host or environ.get("LANGFUSE_HOST") or environ.get("LANGFUSE_BASE_URL") or DEFAULT_HOST).strip()
+    if "://" not in value:
+        value = f"http://{value}"
+    return value.rstrip("/")
+
+
+def host_problems(host: str) -> list[str]:
+    """Reasons ``host`` (already normalized) cannot be a Langfuse base URL; empty when it can."""
+    try:
+        parts = urlsplit(host)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        return [f"not a valid URL ({exc})"]
+    problems = []
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        problems.append("must be an http(s) URL with a host name, e.g. https://cloud.langfuse.com")
+    if parts.username or parts.password:
+        problems.append("must not carry credentials; use langfuse_public_key / langfuse_secret_key")
+    if parts.query or parts.fragment:
+        problems.append("must not have a query or fragment")
+    return problems
+
+
+# --- event → OTLP span -------------------------------------------------------------------------------
+
+
+def _kv(key: str, value: str | bool) -> KeyValue:
+    if isinstance(value, bool):
+        return KeyValue(key=key, value=AnyValue(bool_value=value))
+    return KeyValue(key=key, value=AnyValue(string_value=value))
+
+
+def _as_attribute(value: Any) -> str:
+    """A value as the SDK writes input/output: strings as they are, anything else as JSON."""
+    return value if isinstance(value, str) else _json.encode(value).decode()
+
+
+def _metadata_value(value: Any) -> str:
+    # Strings go as they are and other values as JSON (the SDK 3.x/4.x convention): Langfuse parses
+    # JSON where it can and keeps a plain string otherwise, whichever SDK generation it assumes.
+    return value if isinstance(value, str) else _json.encode(value).decode()
+
+
+def _iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, tz=dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _ns(timestamp: float) -> int:
+    return max(0, int(timestamp * 1_000_000_000))
+
+
+def _ids(event: LogEvent) -> tuple[bytes, bytes, bytes | None]:
+    """Trace id, span id and parent span id, all stable for one event so a redelivery upserts.
+
+    The incoming W3C ``traceparent`` (when valid) puts the generation under the caller's trace; otherwise the
+    event's ``trace_id`` is used when it is 32 hex digits (a request id), or hashed into 32 when it is not.
+    """
+    span_id = hashlib.sha256(f"sluicegate-span:{event.id}".encode()).digest()[:8]
+    match = _TRACEPARENT.fullmatch((event.metadata.traceparent or "").strip().lower())
+    if match and match.group(1) != "ff" and set(match.group(2)) != {"0"} and set(match.group(3)) != {"0"}:
+        return bytes.fromhex(match.group(2)), span_id, bytes.fromhex(match.group(3))
+    raw = (event.trace_id or event.id).strip().lower().replace("-", "")
+    if _HEX32.fullmatch(raw) and set(raw) != {"0"}:
+        return bytes.fromhex(raw), span_id, None
+    return hashlib.sha256(f"sluicegate-trace:{event.trace_id or event.id}".encode()).digest()[:16], span_id, None
+
+
+def _output(response: Any) -> Any:
+    """The assistant message for a one-choice chat completion (what Langfuse shows best), else all of it."""
+    if isinstance(response, dict):
+        choices = response.get("choices")
+        if isinstance(choices, list) and len(choices) == 1 and isinstance(choices[0], dict):
+            choice = choices[0]
+            if "message" in choice:
+                return choice["message"]
+            if "text" in choice:
+                return choice["text"]
+    return response
+
+
+def _identity(event: LogEvent) -> dict[str, Any]:
+    meta = event.metadata
+    return {
+        "user_api_key_team_id": meta.user_api_key_team_id,
+        "user_api_key_team_alias": meta.user_api_key_team_alias,
+        "user_api_key_alias": meta.user_api_key_alias,
+        "user_api_key_hash": meta.user_api_key_hash,
+        "request_id": meta.request_id,
+    }
+
+
+def event_to_span(event: LogEvent) -> Span:
+    """One Langfuse generation for one event, with the attribute names the ``langfuse`` 5.x SDK writes."""
+    trace_id, span_id, parent_span_id = _ids(event)
+    name = f"sluicegate-{event.call_type or 'completion'}"
+    failed = event.status == "failure"
+    attributes = [
+        _kv(Attr.TRACE_NAME, name),
+        _kv(Attr.OBSERVATION_TYPE, "generation"),
+        _kv(Attr.OBSERVATION_MODEL, event.model or event.model_group or "unknown"),
+        _kv(Attr.OBSERVATION_USAGE_DETAILS, _as_attribute(
+            {"input": event.prompt_tokens, "output": event.completion_tokens, "total": event.total_tokens})),
+        # The SDK marks the first span of an application trace; ours is the only one we send for it.
+        _kv(Attr.IS_APP_ROOT, True),
+    ]
+    if parent_span_id is not None:
+        # Under a caller's trace the parent span lives elsewhere: show ours as the root, as the SDK does
+        # when given a trace_context.
+        attributes.append(_kv(Attr.AS_ROOT, True))
+    if event.messages is not None:
+        attributes.append(_kv(Attr.OBSERVATION_INPUT, _as_attribute(event.messages)))
+    if event.response is not None:
+        attributes.append(_kv(Attr.OBSERVATION_OUTPUT, _as_attribute(_output(event.response))))
+    if event.model_parameters:
+        attributes.append(_kv(Attr.OBSERVATION_MODEL_PARAMETERS, _as_attribute(event.model_parameters)))
+    if event.response_cost or event.cache_hit:
+        # Zero usually means "no price known": leave it out so Langfuse applies its own model prices.
+        attributes.append(_kv(Attr.OBSERVATION_COST_DETAILS, _as_attribute({"total": event.response_cost})))
+    if event.completionStartTime:
+        # JSON-quoted, as the SDK serializes a datetime.
+        attributes.append(_kv(Attr.OBSERVATION_COMPLETION_START_TIME,
+                              _json.encode(_iso(event.completionStartTime)).decode()))
+    if failed:
+        attributes.append(_kv(Attr.OBSERVATION_LEVEL, "ERROR"))
+        if event.error_str:
+            attributes.append(_kv(Attr.OBSERVATION_STATUS_MESSAGE, event.error_str))
+    identity = _identity(event)
+    for key, value in identity.items():
+        if value is not None:
+            attributes.append(_kv(f"{Attr.TRACE_METADATA}.{key}", _metadata_value(value)))
+    details = {
+        **identity,
+        "call_type": event.call_type,
+        "status": event.status,
+        "stream": event.stream,
+        "cache_hit": event.cache_hit,
+        "model_group": event.model_group or None,
+        "custom_llm_provider": event.custom_llm_provider,
+        "error_information": event.error_information,
+    }
+    for key, value in details.items():
+        if value is not None:
+            attributes.append(_kv(f"{Attr.OBSERVATION_METADATA}.{key}", _metadata_value(value)))
+    start = _ns(event.startTime)
+    status = Status(code=Status.STATUS_CODE_ERROR, message=event.error_str or "") if failed else Status()
+    return Span(
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_span_id=parent_span_id or b"",
+        name=name,
+        kind=Span.SPAN_KIND_INTERNAL,
+        start_time_unix_nano=start,
+        end_time_unix_nano=max(start, _ns(event.endTime)),
+        attributes=attributes,
+        status=status,
+    )
+
+
+_RESOURCE = Resource(attributes=[_kv("service.name", "sluicegate"), _kv("service.version", __version__),
+                                 _kv("telemetry.sdk.name", "sluicegate-langfuse-sink")])
+_SCOPE = InstrumentationScope(name=SCOPE_NAME, version=__version__)
+
+
+def encode_request(spans: Sequence[Span]) -> bytes:
+    """Serialized ``ExportTraceServiceRequest`` carrying ``spans`` under the Sluicegate resource and scope."""
+    request = ExportTraceServiceRequest(resource_spans=[
+        ResourceSpans(resource=_RESOURCE, scope_spans=[ScopeSpans(scope=_SCOPE, spans=spans)])])
+    return request.SerializeToString()
+
+
+_YIELD_EVERY = 20
+"""Events encoded between two yields to the event loop (about 1 ms of CPU), so a big batch never stalls it."""
+
+
+async def _bodies(batch: Sequence[LogEvent]) -> list[bytes]:
+    """Gzipped request bodies for ``batch``, split so none exceeds :data:`MAX_REQUEST_BYTES` raw."""
+    groups: list[list[Span]] = [[]]
+    size = 0
+    for index, event in enumerate(batch):
+        if index and index % _YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+        span = event_to_span(event)
+        span_size = span.ByteSize()
+        if groups[-1] and size + span_size > MAX_REQUEST_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(span)
+        size += span_size
+    return [gzip.compress(encode_request(group), compresslevel=5) for group in groups]
+
+
+# --- the sink ----------------------------------------------------------------------------------------
+
+
+class LangfuseSink(Sink):
+    """Deliver events to one Langfuse project over OTLP/HTTP (protobuf, gzip, Basic auth)."""
+
+    callback_name = "langfuse"
+    Vars = LangfuseVars
+    max_batch_size = 100
+    send_timeout = 30.0
+    callback_vars: LangfuseVars
+
+    # Bounded by connections, not by projects: a waiting send queues for a pooled connection.
+    _limits: ClassVar[httpx.Limits] = httpx.Limits(max_connections=64, max_keepalive_connections=64,
+                                                   keepalive_expiry=30.0)
+    _timeout: ClassVar[httpx.Timeout] = httpx.Timeout(20.0, connect=5.0, pool=None)
+    # One client per running event loop (httpx clients are loop-bound), shared by every instance.
+    _clients: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]] = (
+        weakref.WeakKeyDictionary())
+
+    __slots__ = ("_base_url", "_headers", "_closed")
+
+    def __init__(self, callback_vars: LangfuseVars) -> None:
+        super().__init__(callback_vars)
+        # The host default is read once, here: a changed environment reaches new instances only.
+        self._base_url = normalize_host(callback_vars.langfuse_host)
+        token = base64.b64encode(
+            f"{callback_vars.langfuse_public_key}:{callback_vars.langfuse_secret_key.get_secret_value()}".encode()
+        ).decode("ascii")
+        self._headers = {
+            "Authorization": f"Basic {token}",
+            "Content-Type": "application/x-protobuf",
+            "Content-Encoding": "gzip",
+            "x-langfuse-ingestion-version": INGESTION_VERSION,
+        }
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"LangfuseSink(host={self._base_url!r}, public_key={self.callback_vars.langfuse_public_key!r})"
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    @classmethod
+    def env_defaults(cls, environ: Mapping[str, str]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        if environ.get("LANGFUSE_PUBLIC_KEY"):
+            found["langfuse_public_key"] = environ["LANGFUSE_PUBLIC_KEY"]
+        if environ.get("LANGFUSE_SECRET_KEY"):
+            found["langfuse_secret_key"] = environ["LANGFUSE_SECRET_KEY"]
+        host = environ.get("LANGFUSE_HOST") or environ.get("LANGFUSE_BASE_URL")
+        if host:
+            found["langfuse_host"] = host
+        return found
+
+    @classmethod
+    def _client(cls) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        client = cls._clients.get(loop)
+        if client is None or client.is_closed:
+            client = httpx.AsyncClient(limits=cls._limits, timeout=cls._timeout, follow_redirects=False,
+                                       headers={"User-Agent": _USER_AGENT})
+            cls._clients[loop] = client
+        return client
+
+    @classmethod
+    async def shutdown(cls) -> None:
+        """Close the shared client of the running loop (others are dropped: their loop owns their sockets)."""
+        clients, cls._clients = cls._clients, weakref.WeakKeyDictionary()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        client = clients.get(loop)
+        if client is not None:
+            await client.aclose()
+
+    async def send(self, batch: Sequence[LogEvent]) -> None:
+        if not batch:
+            return
+        if self._closed:
+            raise LangfuseDeliveryError("langfuse: sink is closed")
+        client = self._client()
+        url = self._base_url + INGESTION_PATH
+        for body in await _bodies(batch):
+            try:
+                response = await client.post(url, content=body, headers=self._headers)
+            except httpx.HTTPError as exc:
+                raise LangfuseDeliveryError(
+                    f"langfuse: {type(exc).__name__} sending to {self._base_url}: {exc}") from None
+            if not response.is_success:
+                raise LangfuseDeliveryError(
+                    f"langfuse: {self._base_url} answered HTTP {response.status_code}: {response.text[:200]}",
+                    status_code=response.status_code)
+            self._note_partial_success(response)
+
+    def _note_partial_success(self, response: httpx.Response) -> None:
+        # Rejected spans would be rejected again on every retry, so they are logged, not raised.
+        if "protobuf" not in response.headers.get("content-type", "") or not response.content:
+            return
+        try:
+            answer = ExportTraceServiceResponse.FromString(response.content)
+        except Exception:  # an unparsable 2xx body is still a 2xx
+            return
+        if answer.partial_success.rejected_spans:
+            logger.warning("langfuse: %s rejected %d span(s): %s", self._base_url,
+                           answer.partial_success.rejected_spans, answer.partial_success.error_message[:200])
+
+    async def health_check(self) -> HealthResult:
+        """Authenticate against the project with ``GET /api/public/projects`` (the SDK's typed API client)."""
+        from langfuse.api.client import AsyncLangfuseAPI
+        from langfuse.api.core.api_error import ApiError
+
+        where = f"langfuse at {self._base_url}"
+        api = AsyncLangfuseAPI(
+            base_url=self._base_url,
+            username=self.callback_vars.langfuse_public_key,
+            password=self.callback_vars.langfuse_secret_key.get_secret_value(),
+            httpx_client=self._client(),
+        )
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT):
+                projects = await api.projects.get(
+                    request_options={"max_retries": 0, "timeout_in_seconds": int(HEALTH_TIMEOUT)})
+        except ApiError as exc:
+            status = exc.status_code or 0
+            if status in (401, 403):
+                return HealthResult(healthy=False, error_kind="auth",
+                                    details=f"{where}: credentials rejected (HTTP {status})")
+            kind = "server_error" if status >= 500 else "http_error"
+            return HealthResult(healthy=False, error_kind=kind, details=f"{where}: HTTP {status}")
+        except (TimeoutError, httpx.TimeoutException):
+            return HealthResult(healthy=False, error_kind="timeout",
+                                details=f"{where}: no answer within {HEALTH_TIMEOUT:g}s")
+        except httpx.HTTPError as exc:
+            return HealthResult(healthy=False, error_kind="unreachable",
+                                details=f"{where}: {type(exc).__name__}")
+        except Exception as exc:  # an unexpected body (not Langfuse?) is a finding, not a crash
+            return HealthResult(healthy=False, error_kind="protocol",
+                                details=f"{where}: unexpected answer ({type(exc).__name__})")
+        names = ", ".join(p.name for p in projects.data) or "no project"
+        return HealthResult(healthy=True, details=f"{where}: authenticated for project {names}")
+
+    async def aclose(self) -> None:
+        # Nothing per instance to release: the connection pool is shared and closed by shutdown().
+        self._closed = True
