@@ -46,6 +46,9 @@ MAX_MESSAGE_BYTES = 1_000_000
 _GZIP_INLINE_BYTES = 256 * 1024
 """Bodies above this are compressed in a worker thread so a large batch never stalls the event loop."""
 
+_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=30)
+"""One pool for every instance: connections are bounded however many teams send."""
+
 _ENV_VARS = {
     "DD_API_KEY": "dd_api_key",
     "DD_SITE": "dd_site",
@@ -198,8 +201,8 @@ class DatadogSink(Sink):
     # One client per running event loop (httpx pools are loop-bound), shared by all instances.
     _clients: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]] = (
         weakref.WeakKeyDictionary())
-    _transport_factory: ClassVar[Callable[[], httpx.AsyncBaseTransport] | None] = None
-    """Tests only: routes the shared client through a transport of their own (e.g. to a loopback intake)."""
+    _transport_wrapper: ClassVar[Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None] = None
+    """Tests only: wraps the shared client's transport (e.g. to route the site hosts to a loopback intake)."""
 
     __slots__ = ("_base_tags", "_closed", "_delivered", "_headers", "_intake_url", "_validate_url")
 
@@ -226,10 +229,10 @@ class DatadogSink(Sink):
         loop = asyncio.get_running_loop()
         client = DatadogSink._clients.get(loop)
         if client is None or client.is_closed:
-            factory = DatadogSink._transport_factory
+            wrapper = DatadogSink._transport_wrapper
             client = httpx.AsyncClient(
-                transport=factory() if factory else None,
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=30),
+                transport=wrapper(httpx.AsyncHTTPTransport(limits=_LIMITS)) if wrapper else None,
+                limits=_LIMITS,
                 timeout=httpx.Timeout(20.0, connect=5.0),
                 follow_redirects=False,  # a redirect must not carry DD-API-KEY to another host
             )
