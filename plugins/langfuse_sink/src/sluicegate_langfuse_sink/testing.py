@@ -269,7 +269,8 @@ class LangfuseReceiver:
             app = web.Application(client_max_size=16 * 1024 * 1024)
             app.router.add_post(INGESTION_PATH, self._ingest)
             app.router.add_get(PROJECTS_PATH, self._projects_endpoint)
-            self._runner = web.AppRunner(app, access_log=None)
+            # Raw bodies: the receiver decodes gzip itself so it can tell what was (not) compressed.
+            self._runner = web.AppRunner(app, access_log=None, auto_decompress=False)
             await self._runner.setup()
             site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=4096)
             await site.start()

@@ -1,0 +1,37 @@
+"""``/health/liveliness`` (process up) and ``/health/readiness`` (database and registered checks). No auth."""
+
+from __future__ import annotations
+
+import asyncio
+
+from litestar import Request, Response, get
+
+from sluicegate.api.common import gateway_of, json_response
+
+__all__ = ("liveliness", "readiness")
+
+
+@get(["/health/liveliness", "/health/liveness"])
+async def liveliness() -> Response[bytes]:
+    return json_response({"status": "healthy"})
+
+
+@get("/health/readiness")
+async def readiness(request: Request) -> Response[bytes]:
+    gateway = gateway_of(request)
+    checks: dict[str, dict[str, object]] = {}
+    try:
+        await asyncio.wait_for(gateway.store.ping(), 5)
+        checks["database"] = {"healthy": True}
+    except Exception as exc:
+        checks["database"] = {"healthy": False, "details": type(exc).__name__}
+    for name, check in gateway.health_checks.items():
+        try:
+            result = await asyncio.wait_for(check(), 5)
+            checks[name] = {"healthy": result.healthy, "details": result.details}
+        except Exception as exc:
+            checks[name] = {"healthy": False, "details": type(exc).__name__}
+    healthy = all(c["healthy"] for c in checks.values())
+    return json_response({"status": "healthy" if healthy else "unhealthy", "checks": checks,
+                          "db": "connected" if checks["database"]["healthy"] else "disconnected"},
+                         status=200 if healthy else 503)

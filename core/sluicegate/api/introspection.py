@@ -1,0 +1,27 @@
+"""``/-/plugins`` and ``/-/sinks``: what is installed and how delivery is going (admin only, no secrets)."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Request, Response, get
+
+from sluicegate.api.common import gateway_of, json_response
+
+__all__ = ("plugins", "sinks")
+
+
+@get("/-/plugins")
+async def plugins(request: Request) -> Response[bytes]:
+    gateway = gateway_of(request)
+    await gateway.admin_only(request)
+    described = gateway.pm.describe(gateway.registry.by_plugin())
+    return json_response([msgspec.to_builtins(p) for p in described])
+
+
+@get("/-/sinks")
+async def sinks(request: Request) -> Response[bytes]:
+    gateway = gateway_of(request)
+    await gateway.admin_only(request)
+    stats = gateway.dispatcher.stats()
+    return json_response({"sinks": stats, "submitted": gateway.dispatcher.submitted,
+                          "pending": gateway.dispatcher.pending(), "instances": len(stats)})

@@ -1,0 +1,79 @@
+"""``create_app(settings)`` → the Litestar application."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from litestar import Litestar, Request, Response
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+
+from sluicegate.api import chat, health, introspection, keys, teams
+from sluicegate.errors import ApiError, error_body
+from sluicegate.gateway import Gateway
+from sluicegate.litestar_plugin import SluicegatePlugin
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from sluicegate.config import Settings
+
+__all__ = ("create_app",)
+
+log = logging.getLogger("sluicegate")
+MAX_BODY = 8 * 1024 * 1024
+
+
+def _json(status: int, body: bytes) -> Response[bytes]:
+    return Response(content=body, status_code=status, media_type="application/json")
+
+
+def _api_error(_: Request, exc: ApiError) -> Response[bytes]:
+    return _json(exc.status, exc.body())
+
+
+def _http_error(_: Request, exc: HTTPException) -> Response[bytes]:
+    status = exc.status_code
+    message = exc.detail or "error"
+    param = None
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list) and exc.extra:
+        first = exc.extra[0]
+        if isinstance(first, dict):
+            param = first.get("key")
+            message = f"{param}: {first.get('message')}" if param else str(first.get("message"))
+        status = 422 if status == 400 and param else status
+    if isinstance(exc, NotFoundException):
+        message = "no such route"
+    kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+            405: "invalid_request_error", 413: "invalid_request_error"}.get(status, "invalid_request_error")
+    if status == 413:
+        message = f"request body too large (limit {MAX_BODY // (1024 * 1024)} MiB)"
+        param = "body"
+    return _json(status, error_body(message, type=kind, param=param, code=str(status)))
+
+
+def _unexpected(request: Request, exc: Exception) -> Response[bytes]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _json(500, error_body("internal error; the gateway logged the details", type="internal_error",
+                                 code="500"))
+
+
+def create_app(settings: Settings, *, environ: Mapping[str, str] | None = None, http_client: str = "aiohttp",
+               debug: bool = False) -> Litestar:
+    gateway = Gateway(settings, environ=environ, http_client=http_client)
+    handlers: list[Any] = [
+        chat.chat_completions_v1, chat.chat_completions, chat.list_models_v1, chat.list_models,
+        keys.generate, keys.update, keys.key_info, keys.delete_keys, keys.list_keys, keys.key_health,
+        teams.new_team, teams.team_info, teams.team_list, teams.delete_teams, teams.add_callback,
+        teams.get_callbacks, teams.delete_callback, teams.disable_logging, teams.enable_logging,
+        health.liveliness, health.readiness, introspection.plugins, introspection.sinks,
+    ]
+    return Litestar(
+        route_handlers=handlers,
+        plugins=[SluicegatePlugin(gateway)],
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected},
+        request_max_body_size=MAX_BODY,
+        openapi_config=None,
+        debug=debug,
+        logging_config=None,
+    )

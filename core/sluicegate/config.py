@@ -1,0 +1,287 @@
+"""``config.yaml`` → typed settings (msgspec Structs), LiteLLM-compatible.
+
+Every problem is reported with its YAML path (``litellm_settings.default_team_settings[1].team_id: required``).
+``os.environ/NAME`` references are resolved at load; a missing variable stops start-up naming path and variable.
+Keys we do not support produce one warning line; a key close to one we support is reported with the likely
+intended key (in a team entry that is an error: a typo there silently changes where a team's logs go).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+import yaml
+
+__all__ = (
+    "ConfigError",
+    "DeliverySettings",
+    "GeneralSettings",
+    "LiteLLMParams",
+    "LiteLLMSettings",
+    "ModelEntry",
+    "Settings",
+    "TeamSettings",
+    "load_settings",
+    "parse_settings",
+)
+
+ENV_PREFIX = "os.environ/"
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./sluicegate.db"
+
+
+class ConfigError(ValueError):
+    """Configuration is unusable; ``problems`` lists every ``path: reason`` found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+class LiteLLMParams(msgspec.Struct, kw_only=True):
+    model: str
+    api_base: str | None = None
+    api_key: str | None = None
+    timeout: float = 600.0
+    mock_response: Any = None
+    input_cost_per_token: float = 0.0
+    output_cost_per_token: float = 0.0
+
+
+class ModelEntry(msgspec.Struct, kw_only=True):
+    model_name: str
+    litellm_params: LiteLLMParams
+    model_info: dict[str, Any] | None = None
+
+
+class GeneralSettings(msgspec.Struct, kw_only=True):
+    master_key: str | None = None
+    database_url: str | None = None
+
+
+class TeamSettings(msgspec.Struct, kw_only=True):
+    """One ``default_team_settings`` entry. Flat sink variables (``langfuse_public_key``...) land in ``flat``."""
+
+    team_id: str
+    team_alias: str | None = None
+    callbacks: list[str] | None = None
+    success_callback: list[str] | None = None
+    failure_callback: list[str] | None = None
+    callback_vars: dict[str, Any] | None = None
+    turn_off_message_logging: bool | None = None
+    cache: bool | None = None
+    flat: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class LiteLLMSettings(msgspec.Struct, kw_only=True):
+    callbacks: list[str] | None = None
+    success_callback: list[str] | None = None
+    failure_callback: list[str] | None = None
+    default_team_settings: list[TeamSettings] = msgspec.field(default_factory=list)
+    turn_off_message_logging: bool = False
+    cache: bool = False
+    cache_params: dict[str, Any] | None = None
+
+
+class DeliverySettings(msgspec.Struct, kw_only=True):
+    """``sluicegate_settings.delivery``: how events travel to sinks."""
+
+    queue_size: int = 10_000
+    batch_interval: float = 1.0
+    max_retries: int = 8
+    retry_base_delay: float = 0.5
+    retry_max_delay: float = 30.0
+    max_concurrent_sends: int = 64
+    max_instances: int = 20_000
+    idle_seconds: float = 600.0
+    shutdown_grace: float = 20.0
+    health_timeout: float = 5.0
+
+
+class SluicegateSettings(msgspec.Struct, kw_only=True):
+    delivery: DeliverySettings = msgspec.field(default_factory=DeliverySettings)
+    change_poll_interval: float = 0.25
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    model_list: list[ModelEntry] = msgspec.field(default_factory=list)
+    general_settings: GeneralSettings = msgspec.field(default_factory=GeneralSettings)
+    litellm_settings: LiteLLMSettings = msgspec.field(default_factory=LiteLLMSettings)
+    sluicegate_settings: SluicegateSettings = msgspec.field(default_factory=SluicegateSettings)
+    source: str | None = None
+    warnings: list[str] = msgspec.field(default_factory=list)
+
+    @property
+    def database_url(self) -> str:
+        return os.environ.get("DATABASE_URL") or self.general_settings.database_url or DEFAULT_DATABASE_URL
+
+
+_SECTIONS: dict[str, type[msgspec.Struct]] = {
+    "model_list": ModelEntry,
+    "general_settings": GeneralSettings,
+    "litellm_settings": LiteLLMSettings,
+    "sluicegate_settings": SluicegateSettings,
+}
+_TEAM_KEYS = frozenset(f for f in TeamSettings.__struct_fields__ if f != "flat")
+_PATH = re.compile(r" - at `\$(.*)`$")
+
+
+def _fields(struct: type[msgspec.Struct]) -> tuple[str, ...]:
+    return tuple(f for f in struct.__struct_fields__ if f not in ("source", "warnings", "flat"))
+
+
+def _resolve_env(node: Any, path: str, problems: list[str]) -> Any:
+    if isinstance(node, str) and node.startswith(ENV_PREFIX):
+        name = node[len(ENV_PREFIX):]
+        if name not in os.environ:
+            problems.append(f"{path}: environment variable {name} is not set (referenced as {node!r})")
+            return node
+        return os.environ[name]
+    if isinstance(node, Mapping):
+        return {k: _resolve_env(v, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve_env(v, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+    return node
+
+
+def _suggest(key: str, known: tuple[str, ...] | frozenset[str]) -> str | None:
+    hint = difflib.get_close_matches(key, list(known), n=1, cutoff=0.8)
+    return hint[0] if hint else None
+
+
+def _check_keys(data: Any, struct: type[msgspec.Struct], path: str, unknown: list[str], typos: list[str]) -> None:
+    if not isinstance(data, Mapping):
+        return
+    known = _fields(struct)
+    for key, value in data.items():
+        here = f"{path}.{key}" if path else str(key)
+        if key not in known:
+            hint = _suggest(str(key), known)
+            (typos if hint else unknown).append(f"{here} (did you mean {hint!r}?)" if hint else here)
+            continue
+        info = struct.__annotations__.get(key, "")
+        child = {"litellm_params": LiteLLMParams, "general_settings": GeneralSettings,
+                 "delivery": DeliverySettings}.get(key)
+        if child is not None:
+            _check_keys(value, child, here, unknown, typos)
+        del info
+
+
+def _split_team_entry(entry: Any, path: str, problems: list[str]) -> Any:
+    """Move flat sink variables of a team entry into ``flat``; report likely typos of our keys as errors."""
+    if not isinstance(entry, Mapping):
+        return entry
+    base: dict[str, Any] = {}
+    flat: dict[str, Any] = {}
+    for key, value in entry.items():
+        if key in _TEAM_KEYS:
+            base[key] = value
+            continue
+        hint = _suggest(str(key), _TEAM_KEYS)
+        if hint:
+            problems.append(f"{path}.{key}: unknown key; did you mean {hint!r}?")
+        flat[str(key)] = value
+    base["flat"] = flat
+    return base
+
+
+def parse_settings(raw: Any, *, source: str | None = None) -> Settings:
+    """Validate an already-parsed YAML document. Raises :class:`ConfigError` listing every problem."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError([f"(top level): expected a mapping, got {type(raw).__name__}"])
+    problems: list[str] = []
+    data = _resolve_env(raw, "", problems)
+    unknown: list[str] = []
+    typos: list[str] = []
+    for key in list(data):
+        if key not in _SECTIONS:
+            hint = _suggest(str(key), tuple(_SECTIONS))
+            (typos if hint else unknown).append(f"{key} (did you mean {hint!r}?)" if hint else str(key))
+            data.pop(key)
+    for index, entry in enumerate(data.get("model_list") or []):
+        if isinstance(entry, Mapping):
+            _check_keys(entry, ModelEntry, f"model_list[{index}]", unknown, typos)
+    for section in ("general_settings", "sluicegate_settings"):
+        _check_keys(data.get(section), _SECTIONS[section], section, unknown, typos)
+    litellm = data.get("litellm_settings")
+    if isinstance(litellm, Mapping):
+        litellm = dict(litellm)
+        _check_keys({k: v for k, v in litellm.items() if k != "default_team_settings"}, LiteLLMSettings,
+                    "litellm_settings", unknown, typos)
+        teams = litellm.get("default_team_settings")
+        if isinstance(teams, list):
+            litellm["default_team_settings"] = [
+                _split_team_entry(e, f"litellm_settings.default_team_settings[{i}]", problems)
+                for i, e in enumerate(teams)]
+        data["litellm_settings"] = {k: v for k, v in litellm.items() if k in _fields(LiteLLMSettings)}
+    data["model_list"] = [
+        {**e, "litellm_params": {k: v for k, v in (e.get("litellm_params") or {}).items()
+                                 if k in _fields(LiteLLMParams)}} if isinstance(e, Mapping) and
+        isinstance(e.get("litellm_params"), Mapping) else e
+        for e in (data.get("model_list") or [])]
+    if problems:
+        raise ConfigError(problems)
+    try:
+        settings = msgspec.convert(data, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError([_describe(exc)]) from None
+    _check_semantics(settings, problems)
+    if problems:
+        raise ConfigError(problems)
+    settings.source = source
+    if typos:
+        settings.warnings.append("keys that look misspelt: " + ", ".join(typos))
+    if unknown:
+        settings.warnings.append("ignoring keys Sluicegate does not support: " + ", ".join(unknown))
+    return settings
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    message = str(exc)
+    match = _PATH.search(message)
+    path = match.group(1) if match else ""
+    path = path.lstrip(".")
+    reason = _PATH.sub("", message)
+    missing = re.match(r"Object missing required field `([^`]+)`", reason)
+    if missing:
+        return f"{path + '.' if path else ''}{missing.group(1)}: required"
+    return f"{path or '(top level)'}: {reason}"
+
+
+def _check_semantics(settings: Settings, problems: list[str]) -> None:
+    seen: dict[str, int] = {}
+    for index, team in enumerate(settings.litellm_settings.default_team_settings):
+        path = f"litellm_settings.default_team_settings[{index}]"
+        if not team.team_id:
+            problems.append(f"{path}.team_id: must not be empty")
+        if team.team_id in seen:
+            problems.append(f"{path}.team_id: {team.team_id!r} already configured at index {seen[team.team_id]}")
+        seen[team.team_id] = index
+    names: set[str] = set()
+    for index, model in enumerate(settings.model_list):
+        if model.model_name in names:
+            problems.append(f"model_list[{index}].model_name: {model.model_name!r} is listed twice")
+        names.add(model.model_name)
+        if model.litellm_params.timeout <= 0:
+            problems.append(f"model_list[{index}].litellm_params.timeout: must be positive")
+    master = settings.general_settings.master_key
+    if master is not None and not master.startswith("sk-"):
+        problems.append("general_settings.master_key: must start with 'sk-'")
+
+
+def load_settings(path: str | os.PathLike[str]) -> Settings:
+    """Read and validate ``config.yaml``."""
+    try:
+        with open(path, "rb") as handle:
+            raw = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    return parse_settings(raw, source=str(path))

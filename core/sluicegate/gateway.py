@@ -1,0 +1,131 @@
+"""The gateway's state for one app: settings, store, caches, plugins, routes and delivery.
+
+Built by ``create_app``; started and stopped by the Litestar plugin's lifespan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from sluicegate.auth import AuthContext, KeyCache, bearer_token, check_usable, hash_key, is_master
+from sluicegate.db.store import Store
+from sluicegate.errors import ApiError
+from sluicegate.plugins import get_plugin_manager
+from sluicegate.providers.models import ModelRouter
+from sluicegate.providers.upstream import UpstreamClient, make_client
+from sluicegate.routing import LoggingResolver
+from sluicegate.sinks.dispatcher import Dispatcher
+from sluicegate.sinks.registry import SinkRegistry
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from litestar import Request
+
+    from sluicegate.config import Settings
+    from sluicegate.sinks.base import HealthCheck
+
+__all__ = ("Gateway",)
+
+log = logging.getLogger("sluicegate")
+
+
+class Gateway:
+    def __init__(self, settings: Settings, *, environ: Mapping[str, str] | None = None,
+                 http_client: str = "aiohttp") -> None:
+        self.settings = settings
+        self.pm = get_plugin_manager(environ)
+        self.registry = SinkRegistry.from_plugin_manager(self.pm)
+        self.resolver = LoggingResolver(settings, self.registry, self.pm)
+        self.models = ModelRouter(settings.model_list)
+        self.store = Store(settings.database_url)
+        self.keys = KeyCache()
+        self.dispatcher = Dispatcher(settings.sluicegate_settings.delivery)
+        self.master_key = settings.general_settings.master_key
+        self.http_client_kind = http_client
+        self.upstream: UpstreamClient | None = None
+        self.health_checks: dict[str, HealthCheck] = {}
+        self._watcher: asyncio.Task[None] | None = None
+        self._version = -1
+        self._generation = 0
+        self.admin = AuthContext(token_id="master", is_admin=True, callbacks=self.resolver.global_set)
+        for impl in self.pm.hook.register_health_checks.get_hookimpls():
+            impl.function(register=self._register_health_check)
+
+    def _register_health_check(self, name: str, check: HealthCheck) -> None:
+        if name in self.health_checks:
+            raise RuntimeError(f"health check {name!r} registered twice")
+        self.health_checks[name] = check
+
+    # lifecycle ----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.store.migrate()
+        self._version = await self.store.version()
+        self.upstream = UpstreamClient(make_client(self.http_client_kind))
+        await self.dispatcher.start()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_changes())
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        await self.dispatcher.aclose()
+        if self.upstream is not None:
+            await self.upstream.aclose()
+        await self.store.aclose()
+
+    async def _watch_changes(self) -> None:
+        """Poll the change counter so writes by other processes reach this one within one interval."""
+        interval = self.settings.sluicegate_settings.change_poll_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                version = await self.store.version()
+            except Exception as exc:  # the database may blip; keep serving from cache
+                log.warning("change poll failed: %s", type(exc).__name__)
+                continue
+            if version != self._version:
+                self._version = version
+                self.invalidate()
+
+    def invalidate(self) -> None:
+        """Drop every cached key context (and with it every resolved route set)."""
+        self._generation += 1
+        self.keys.clear()
+
+    # auth ---------------------------------------------------------------------------------------------
+    async def authenticate(self, request: Request) -> AuthContext:
+        headers = request.headers
+        token = bearer_token(headers.get("authorization"), headers.get("x-api-key") or headers.get("api-key"))
+        if is_master(token, self.master_key):
+            return self.admin
+        token_id = hash_key(token)
+        ctx = self.keys.get(token_id)
+        if ctx is None:
+            if not token.startswith("sk-") or self.keys.is_unknown(token_id):
+                raise ApiError(401, "invalid API key", type="authentication_error", code="401")
+            ctx = await self._load(token_id)
+        assert ctx.key is not None
+        check_usable(ctx.key)
+        return ctx
+
+    async def _load(self, token_id: str) -> AuthContext:
+        generation = self._generation
+        record = await self.store.get_key(token_id)
+        if record is None:
+            if generation == self._generation:
+                self.keys.put_unknown(token_id)
+            raise ApiError(401, "invalid API key", type="authentication_error", code="401")
+        team = await self.store.get_team(record.team_id) if record.team_id else None
+        ctx = AuthContext(token_id=token_id, is_admin=False, key=record, team=team,
+                          callbacks=self.resolver.for_key(record, team))
+        if generation == self._generation:  # a change landed meanwhile: do not cache what may be stale
+            self.keys.put(ctx)
+        return ctx
+
+    async def admin_only(self, request: Request) -> AuthContext:
+        ctx = await self.authenticate(request)
+        if not ctx.is_admin:
+            raise ApiError(403, "this route needs the master key", type="permission_error", code="403")
+        return ctx

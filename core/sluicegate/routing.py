@@ -1,0 +1,284 @@
+"""Who logs where: resolving a request's key and team to the sink routes its event goes to.
+
+First source that exists wins, and a present-but-empty list counts (that is how logging is disabled):
+1. the key's ``metadata.logging``; 2. the team's callbacks set through the API; 3. the team's
+``default_team_settings`` entry; 4. the global ``callbacks`` / ``success_callback`` / ``failure_callback``.
+Every entry keeps its own variables. Resolution runs when a key is first seen after a change, never per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+
+from sluicegate.config import ConfigError, TeamSettings
+from sluicegate.errors import ApiError
+from sluicegate.sinks.base import MASK, CallbackVars, Sink
+from sluicegate.sinks.registry import UnknownCallbackName
+from sluicegate.sinks.vars import VarsError, canonical_names, decode_vars, encode_vars, secret_fields
+
+if TYPE_CHECKING:
+    from sluicegate.config import Settings
+    from sluicegate.db.store import KeyRecord, TeamRecord
+    from sluicegate.plugins import SluicegatePluginManager
+    from sluicegate.sinks.registry import SinkRegistry
+
+__all__ = ("CallbackSet", "LoggingEntry", "LoggingResolver", "Route")
+
+log = logging.getLogger("sluicegate.routing")
+
+CallbackType = Literal["success", "failure", "success_and_failure"]
+RESERVED_VARS = ("turn_off_message_logging",)
+
+
+class LoggingEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One logging destination as written by an admin (``callback_vars`` as written: references unresolved)."""
+
+    callback_name: str
+    callback_type: CallbackType = "success_and_failure"
+    callback_vars: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Route(msgspec.Struct, frozen=True, kw_only=True):
+    callback_name: str
+    instance_id: str
+    sink_class: type[Sink]
+    callback_vars: CallbackVars
+    on_success: bool
+    on_failure: bool
+    redact: bool
+
+
+class CallbackSet(msgspec.Struct, frozen=True, kw_only=True):
+    routes: tuple[Route, ...]
+    source: Literal["key", "team", "team_config", "global", "none"]
+
+    @property
+    def callback_names(self) -> list[str]:
+        return list(dict.fromkeys(r.callback_name for r in self.routes))
+
+
+def _as_bool(value: Any, field: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise VarsError([_field_error(field, f"expected a boolean, got {value!r}")])
+
+
+def _field_error(field: str, reason: str) -> Any:
+    from sluicegate.sinks.vars import FieldError
+
+    return FieldError(field, reason)
+
+
+def instance_id_for(callback_name: str, callback_vars: CallbackVars) -> str:
+    """A stable id for (sink, resolved vars); a digest, so the secret is not readable from it."""
+    payload = msgspec.json.encode([callback_name, encode_vars(callback_vars, reveal=True)])
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+class LoggingResolver:
+    """Turns logging entries into routes; validates entries at write time."""
+
+    def __init__(self, settings: Settings, registry: SinkRegistry, pm: SluicegatePluginManager) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.pm = pm
+        self.global_redact = settings.litellm_settings.turn_off_message_logging
+        self.global_set = self._global_set()
+        self.team_config: dict[str, CallbackSet | None] = {}
+        problems: list[str] = []
+        for index, team in enumerate(settings.litellm_settings.default_team_settings):
+            try:
+                self.team_config[team.team_id] = self._team_config_set(team)
+            except (VarsError, UnknownCallbackName, LookupError) as exc:
+                problems.append(f"litellm_settings.default_team_settings[{index}]: {exc}")
+        if problems:
+            raise ConfigError(problems)
+
+    # building ------------------------------------------------------------------------------------------
+    def _resolve_refs(self, callback_name: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+        resolved: dict[str, Any] = {}
+        for key, value in raw.items():
+            if isinstance(value, str):
+                result = self.pm.hook.resolve_callback_var(value=value, key=key, callback_name=callback_name)
+                resolved[key] = value if result is None else result
+            else:
+                resolved[key] = value
+        return resolved
+
+    def _validate(self, sink_class: type[Sink], resolved: dict[str, Any]) -> CallbackVars:
+        callback_vars = decode_vars(sink_class.Vars, resolved)
+        messages: list[str] = []
+        for result in self.pm.hook.validate_callback_vars(callback_name=sink_class.callback_name,
+                                                          callback_vars=resolved):
+            messages.extend(result or [])
+        if messages:
+            errors = []
+            for message in messages:
+                field, _, reason = message.partition(":")
+                errors.append(_field_error(field.strip() if reason else "callback_vars",
+                                           reason.strip() if reason else message))
+            raise VarsError(errors)
+        return callback_vars
+
+    def route(self, entry: LoggingEntry, *, default_redact: bool, env_defaults: bool = False) -> Route:
+        sink_class = self.registry.get(entry.callback_name)
+        raw = dict(entry.callback_vars)
+        redact = default_redact
+        if "turn_off_message_logging" in raw:
+            redact = _as_bool(raw.pop("turn_off_message_logging"), "turn_off_message_logging")
+        if env_defaults and not raw:
+            raw = sink_class.env_defaults(os.environ)
+        callback_vars = self._validate(sink_class, self._resolve_refs(entry.callback_name, raw))
+        return Route(callback_name=entry.callback_name, instance_id=instance_id_for(entry.callback_name,
+                     callback_vars), sink_class=sink_class, callback_vars=callback_vars,
+                     on_success=entry.callback_type != "failure", on_failure=entry.callback_type != "success",
+                     redact=redact)
+
+    def _set(self, entries: Sequence[LoggingEntry], source: Any, *, default_redact: bool,
+             env_defaults: bool = False) -> CallbackSet:
+        routes = tuple(self.route(e, default_redact=default_redact, env_defaults=env_defaults) for e in entries)
+        return CallbackSet(routes=routes, source=source)
+
+    def _global_set(self) -> CallbackSet:
+        ls = self.settings.litellm_settings
+        entries = _named_entries(ls.callbacks, ls.success_callback, ls.failure_callback, {})
+        try:
+            return self._set(entries, "global", default_redact=self.global_redact, env_defaults=True)
+        except (VarsError, UnknownCallbackName, LookupError) as exc:
+            raise ConfigError([f"litellm_settings callbacks: {exc}"]) from None
+
+    def _team_config_set(self, team: TeamSettings) -> CallbackSet | None:
+        if team.callbacks is None and team.success_callback is None and team.failure_callback is None:
+            return None
+        shared = {**team.flat, **(team.callback_vars or {})}
+        entries = []
+        for entry in _named_entries(team.callbacks, team.success_callback, team.failure_callback, {}):
+            sink_class = self.registry.get(entry.callback_name)
+            accepted = {*sink_class.Vars.__struct_fields__, *sink_class.Vars.aliases, *RESERVED_VARS}
+            own = {k: v for k, v in shared.items() if k in accepted}
+            entries.append(msgspec.structs.replace(entry, callback_vars=own))
+        redact = self.global_redact if team.turn_off_message_logging is None else team.turn_off_message_logging
+        return self._set(entries, "team_config", default_redact=redact)
+
+    # per key -------------------------------------------------------------------------------------------
+    def for_key(self, key: KeyRecord | None, team: TeamRecord | None) -> CallbackSet:
+        team_id = key.team_id if key else None
+        team_config = self.settings_for_team(team_id)
+        default_redact = self.global_redact
+        if team_config is not None and team_config.turn_off_message_logging is not None:
+            default_redact = team_config.turn_off_message_logging
+        try:
+            if key is not None and isinstance(key.metadata.get("logging"), list):
+                return self._set(parse_entries(key.metadata["logging"]), "key", default_redact=default_redact)
+            if team is not None and team.logging is not None:
+                return self._set(parse_entries(team.logging), "team", default_redact=default_redact)
+        except (ApiError, VarsError, UnknownCallbackName, LookupError) as exc:
+            # Stored entries were valid when written; an env var or plugin may have gone since. Log nothing
+            # rather than log to the wrong place: the team's own choice must never fall back to globals.
+            log.error("logging for key %s is unusable and was switched off: %s",
+                      key.key_name if key else "?", exc)
+            return CallbackSet(routes=(), source="none")
+        if team_id is not None and self.team_config.get(team_id) is not None:
+            return self.team_config[team_id]  # type: ignore[return-value]
+        return self.global_set
+
+    def settings_for_team(self, team_id: str | None) -> TeamSettings | None:
+        if team_id is None:
+            return None
+        for team in self.settings.litellm_settings.default_team_settings:
+            if team.team_id == team_id:
+                return team
+        return None
+
+    # write time ----------------------------------------------------------------------------------------
+    def validate_entries(self, raw: Any, *, param: str) -> list[LoggingEntry]:
+        """Check admin-written entries fully (sink known, vars decode, references resolve, validate hook).
+
+        Raises :class:`ApiError` (400 for an unknown sink, 422 naming the field otherwise).
+        """
+        entries = parse_entries(raw, param=param)
+        for index, entry in enumerate(entries):
+            where = f"{param}[{index}]" if param.endswith("logging") else param
+            try:
+                self.route(entry, default_redact=self.global_redact)
+            except UnknownCallbackName as exc:
+                raise ApiError(400, str(exc), param=f"{where}.callback_name" if where != param or
+                               param.endswith("logging") else "callback_name") from None
+            except VarsError as exc:
+                first = exc.errors[0]
+                raise ApiError(422, f"callback_vars.{first.field}: {first.reason}" if len(exc.errors) == 1 else
+                               "; ".join(f"callback_vars.{e.field}: {e.reason}" for e in exc.errors),
+                               param=f"{_prefix(where)}callback_vars.{first.field}",
+                               extra={"errors": [{"field": e.field, "reason": e.reason} for e in exc.errors]}
+                               ) from None
+            except LookupError as exc:
+                raise ApiError(422, str(exc).strip("'\""), param=f"{_prefix(where)}callback_vars") from None
+        return entries
+
+    def mask(self, entry: LoggingEntry | Mapping[str, Any]) -> dict[str, Any]:
+        """An entry as shown to API clients: secret variables masked, references shown as written."""
+        data = msgspec.to_builtins(entry) if isinstance(entry, LoggingEntry) else dict(entry)
+        name = data.get("callback_name")
+        variables = dict(data.get("callback_vars") or {})
+        if name in self.registry:
+            vars_type = self.registry.get(name).Vars
+            secrets = secret_fields(vars_type)
+            for key, value in list(variables.items()):
+                if vars_type.aliases.get(key, key) in secrets and not _is_reference(value):
+                    variables[key] = MASK
+        data["callback_vars"] = variables
+        return data
+
+
+def _prefix(where: str) -> str:
+    return "" if where in ("callback_vars", "") or not where.endswith("]") else f"{where}."
+
+
+def _is_reference(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("os.environ/")
+
+
+def _named_entries(both: list[str] | None, success: list[str] | None, failure: list[str] | None,
+                   variables: dict[str, Any]) -> list[LoggingEntry]:
+    entries: dict[str, list[str]] = {}
+    for names, kind in ((both, "success_and_failure"), (success, "success"), (failure, "failure")):
+        for name in names or ():
+            entries.setdefault(name, []).append(kind)
+    result = []
+    for name, kinds in entries.items():
+        kind = "success_and_failure" if "success_and_failure" in kinds or len(set(kinds)) > 1 else kinds[0]
+        result.append(LoggingEntry(callback_name=name, callback_type=kind, callback_vars=variables))
+    return result
+
+
+def parse_entries(raw: Any, *, param: str = "logging") -> list[LoggingEntry]:
+    """Decode stored or submitted logging entries; ApiError 422 naming the field on a bad shape."""
+    if isinstance(raw, Mapping):
+        raw = [raw]
+    try:
+        entries = msgspec.convert(raw, list[LoggingEntry], strict=False)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        path = message.rsplit("at `$", 1)[-1].rstrip("`") if "at `$" in message else ""
+        reason = message.split(" - at ")[0]
+        raise ApiError(422, f"{param}{path}: {reason}", param=f"{param}{path}") from None
+    for index, entry in enumerate(entries):
+        if not isinstance(entry.callback_vars, dict):
+            raise ApiError(422, f"{param}[{index}].callback_vars: expected an object",
+                           param=f"{param}[{index}].callback_vars")
+    return entries
+
+
+def canonical_vars(registry: SinkRegistry, entry: LoggingEntry) -> dict[str, Any]:
+    """Vars with aliases mapped to field names (for duplicate detection and display)."""
+    sink_class = registry.get(entry.callback_name)
+    raw = {k: v for k, v in entry.callback_vars.items() if k not in RESERVED_VARS}
+    return canonical_names(sink_class.Vars, raw)

@@ -1,0 +1,96 @@
+"""Sink instances, one per distinct (callback_name, resolved vars), created on first use and evicted when idle."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from sluicegate.sinks.base import MASK, CallbackVars, Sink
+from sluicegate.sinks.vars import encode_vars, secret_fields
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from sluicegate.events import LogEvent
+
+__all__ = ("SinkPool", "SinkSlot")
+
+
+class SinkSlot:
+    """One sink instance with its queue, worker task and counters."""
+
+    __slots__ = ("instance_id", "callback_name", "sink", "queue", "task", "last_used", "queued", "sent", "retried",
+                 "dropped", "failed_sends", "last_error", "last_error_at", "closed", "_secrets", "wake",
+                 "inflight")
+
+    def __init__(self, instance_id: str, sink: Sink) -> None:
+        self.instance_id = instance_id
+        self.callback_name = sink.callback_name
+        self.sink = sink
+        self.queue: deque[LogEvent] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.wake: asyncio.Event | None = None
+        self.last_used = time.monotonic()
+        self.queued = 0
+        self.sent = 0
+        self.retried = 0
+        self.dropped = 0
+        self.failed_sends = 0
+        self.inflight = 0
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.closed = False
+        values = encode_vars(sink.callback_vars, reveal=True)
+        self._secrets = [str(values[name]) for name in secret_fields(type(sink.callback_vars))
+                         if values.get(name)]
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every secret of this instance replaced by the mask (for errors shown to admins)."""
+        for secret in self._secrets:
+            if len(secret) >= 4:
+                text = text.replace(secret, MASK)
+        return text
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queue) or self.inflight > 0 or (self.task is not None and not self.task.done())
+
+
+class SinkPool:
+    """Holds :class:`SinkSlot` objects by instance id; bounded by ``max_instances`` (idle ones evicted first)."""
+
+    __slots__ = ("slots", "max_instances", "idle_seconds", "sink_classes")
+
+    def __init__(self, *, max_instances: int, idle_seconds: float) -> None:
+        self.slots: dict[str, SinkSlot] = {}
+        self.max_instances = max_instances
+        self.idle_seconds = idle_seconds
+        self.sink_classes: set[type[Sink]] = set()
+
+    def get(self, instance_id: str, sink_class: type[Sink], callback_vars: CallbackVars) -> SinkSlot:
+        slot = self.slots.get(instance_id)
+        if slot is None or slot.closed:
+            slot = SinkSlot(instance_id, sink_class(callback_vars))
+            self.slots[instance_id] = slot
+            self.sink_classes.add(sink_class)
+        return slot
+
+    def over_capacity(self) -> int:
+        return max(0, len(self.slots) - self.max_instances)
+
+    def evictable(self, now: float, *, force: int = 0) -> list[SinkSlot]:
+        """Idle slots to close: those unused for ``idle_seconds``, plus the ``force`` least recently used."""
+        idle = [s for s in self.slots.values() if not s.busy]
+        chosen = {s.instance_id: s for s in idle if now - s.last_used >= self.idle_seconds}
+        if force:
+            for slot in sorted(idle, key=lambda s: s.last_used):
+                if len(chosen) >= force:
+                    break
+                chosen.setdefault(slot.instance_id, slot)
+        return list(chosen.values())
+
+    def remove(self, slot: SinkSlot) -> None:
+        if self.slots.get(slot.instance_id) is slot:
+            del self.slots[slot.instance_id]
+        slot.closed = True

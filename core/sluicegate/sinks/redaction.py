@@ -1,0 +1,75 @@
+"""Message redaction: done once per event, before any sink sees it.
+
+Replaced: request messages (content and tool/function-call arguments), response content, reasoning, tool-call
+and function-call arguments, for plain and streamed responses alike. Kept: metadata, usage, error strings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from sluicegate.events import REDACTED, LogEvent
+
+__all__ = ("redact",)
+
+_TEXT_KEYS = ("content", "reasoning_content", "reasoning", "refusal", "text")
+
+
+def _redact_call(call: Any) -> Any:
+    if not isinstance(call, dict):
+        return call
+    call = dict(call)
+    if isinstance(call.get("function"), dict):
+        function = dict(call["function"])
+        if "arguments" in function:
+            function["arguments"] = REDACTED
+        call["function"] = function
+    if "arguments" in call:
+        call["arguments"] = REDACTED
+    return call
+
+
+def _redact_message(message: Any) -> Any:
+    if not isinstance(message, dict):
+        return REDACTED
+    message = dict(message)
+    for key in _TEXT_KEYS:
+        if message.get(key) is not None:
+            message[key] = REDACTED
+    if isinstance(message.get("tool_calls"), list):
+        message["tool_calls"] = [_redact_call(c) for c in message["tool_calls"]]
+    if message.get("function_call") is not None:
+        message["function_call"] = _redact_call(message["function_call"])
+    return message
+
+
+def _redact_response(response: Any) -> Any:
+    if not isinstance(response, dict):
+        return REDACTED if response is not None else None
+    response = dict(response)
+    choices = response.get("choices")
+    if isinstance(choices, list):
+        redacted = []
+        for choice in choices:
+            if isinstance(choice, dict):
+                choice = dict(choice)
+                for part in ("message", "delta"):
+                    if part in choice:
+                        choice[part] = _redact_message(choice[part])
+                if choice.get("text") is not None:
+                    choice["text"] = REDACTED
+            redacted.append(choice)
+        response["choices"] = redacted
+    return response
+
+
+def redact(event: LogEvent) -> LogEvent:
+    """A copy of ``event`` with prompts and completions replaced by :data:`REDACTED`."""
+    messages = event.messages
+    if isinstance(messages, list):
+        messages = [_redact_message(m) for m in messages]
+    elif messages is not None:
+        messages = REDACTED
+    return msgspec.structs.replace(event, messages=messages, response=_redact_response(event.response))
