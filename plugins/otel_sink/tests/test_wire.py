@@ -303,3 +303,23 @@ async def test_thousand_instances_bounded_threads_every_span_delivered(otel_help
               f"max RSS {rss_before // 1024} -> {rss_after // 1024} MiB (pid {os.getpid()})")
     finally:
         receiver.stop()
+
+
+def test_thread_count_sees_a_thread_per_destination() -> None:
+    """Negative control for the bound above: the SDK pipeline per destination (LiteLLM's way) is counted."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    before = os_thread_count()
+    providers = []
+    try:
+        for _ in range(20):
+            provider = TracerProvider()
+            provider.add_span_processor(BatchSpanProcessor(InMemorySpanExporter()))
+            provider.get_tracer("per-team").start_span("chat").end()
+            providers.append(provider)
+        assert os_thread_count() - before >= 20
+    finally:
+        for provider in providers:
+            provider.shutdown()

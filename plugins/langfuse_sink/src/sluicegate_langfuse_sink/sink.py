@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import msgspec
+from httpx_aiohttp import HttpxAiohttpClient
 from langfuse import LangfuseOtelSpanAttributes as Attr
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -346,8 +347,10 @@ class LangfuseSink(Sink):
         loop = asyncio.get_running_loop()
         client = cls._clients.get(loop)
         if client is None or client.is_closed:
-            client = httpx.AsyncClient(limits=cls._limits, timeout=cls._timeout, follow_redirects=False,
-                                       headers={"User-Agent": _USER_AGENT})
+            # httpx's API on aiohttp's connection pool: httpcore's pool scans every queued request for every
+            # connection, which turns quadratic once thousands of projects send at once.
+            client = HttpxAiohttpClient(limits=cls._limits, timeout=cls._timeout, follow_redirects=False,
+                                        headers={"User-Agent": _USER_AGENT})
             cls._clients[loop] = client
         return client
 

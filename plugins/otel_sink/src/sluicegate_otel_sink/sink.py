@@ -463,7 +463,7 @@ class OtelSink(Sink):
     _shared: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Transports]] = (
         weakref.WeakKeyDictionary())
 
-    __slots__ = ("_protocol", "_url", "_target", "_tls", "_headers", "_resource", "_display", "_closed")
+    __slots__ = ("_protocol", "_url", "_target", "_tls", "_headers", "_resource", "_display")
 
     def __init__(self, callback_vars: OtelVars) -> None:
         super().__init__(callback_vars)
@@ -491,7 +491,6 @@ class OtelSink(Sink):
             "telemetry.sdk.version": _sdk_version(), **(attributes or {}),
             "service.name": callback_vars.otel_service_name,
         })
-        self._closed = False
 
     @classmethod
     def env_defaults(cls, environ: Mapping[str, str]) -> dict[str, Any]:
@@ -550,7 +549,8 @@ class OtelSink(Sink):
             return
         # Encoding 100 events costs ~10-20 ms of CPU: done in the shared pool so the loop keeps serving.
         body = await asyncio.get_running_loop().run_in_executor(self._pool(), self.encode, list(batch))
-        response = await self._export(body, timeout=self.send_timeout)
+        # A little under send_timeout, so our own timeout (with a clear message) fires before the core's.
+        response = await self._export(body, timeout=self.send_timeout * 0.9)
         rejected = response.partial_success.rejected_spans
         if rejected:
             # OTLP says not to retry a partial success: the same spans would be rejected again.
@@ -618,8 +618,7 @@ class OtelSink(Sink):
         return HealthResult(healthy=True, details=f"otel: {self._display} accepted an empty export")
 
     async def aclose(self) -> None:
-        # Instances hold no connection of their own: the shared transports outlive them.
-        self._closed = True
+        """Nothing to release: instances hold no connection or thread of their own (see :meth:`shutdown`)."""
 
     @classmethod
     async def shutdown(cls) -> None:

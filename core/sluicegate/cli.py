@@ -1,0 +1,142 @@
+"""The ``sluicegate`` command: ``serve``, ``plugins`` and ``new-sink``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+__all__ = ("app_factory", "main")
+
+CONFIG_ENV = "SLUICEGATE_CONFIG"
+log = logging.getLogger("sluicegate")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def app_factory() -> Any:
+    """Build the app from ``$SLUICEGATE_CONFIG`` (used by every server worker)."""
+    from sluicegate.app import create_app
+    from sluicegate.config import load_settings
+
+    return create_app(load_settings(os.environ[CONFIG_ENV]),
+                      http_client=os.environ.get("SLUICEGATE_HTTP_CLIENT", "aiohttp"))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sluicegate.config import ConfigError, load_settings
+    from sluicegate.db.store import Store, display_url
+    from sluicegate.gateway import Gateway
+
+    try:
+        settings = load_settings(args.config)
+        gateway = Gateway(settings)  # validates plugins and every configured callback before binding
+    except ConfigError as exc:
+        print(f"sluicegate: {args.config}: configuration error:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # duplicate callback_name, broken plugin used by config...
+        print(f"sluicegate: cannot start: {exc}", file=sys.stderr)
+        return 2
+    for warning in settings.warnings:
+        log.warning("%s: %s", args.config, warning)
+    if not settings.general_settings.master_key:
+        log.warning("general_settings.master_key is not set: admin routes are closed to everyone")
+
+    async def migrate() -> None:
+        store = Store(settings.database_url)
+        try:
+            await store.migrate()
+        finally:
+            await store.aclose()
+
+    asyncio.run(migrate())
+    described = gateway.pm.describe(gateway.registry.by_plugin())
+    sinks = ", ".join(f"{name} ({gateway.registry.owner(name)})" for name in gateway.registry.names())
+    broken = [p for p in described if p.error]
+    print(f"Sluicegate listening on http://{args.host}:{args.port} ({args.workers} worker(s))", flush=True)
+    print(f"  database: {display_url(settings.database_url)}", flush=True)
+    print(f"  sinks:    {sinks or 'none'}", flush=True)
+    for plugin in broken:
+        print(f"  plugin {plugin.name} failed to load: {plugin.error}", flush=True)
+    print(f"  models:   {', '.join(gateway.models.names()) or 'none'}", flush=True)
+    model = (gateway.models.names() or ["MODEL"])[0]
+    print(f"  try:      curl http://{args.host}:{args.port}/v1/chat/completions -H 'Authorization: Bearer "
+          f"<master key>' -H 'Content-Type: application/json' -d '{{\"model\": \"{model}\", \"messages\": "
+          f"[{{\"role\": \"user\", \"content\": \"hello\"}}]}}'", flush=True)
+    del gateway
+
+    import uvicorn
+
+    os.environ[CONFIG_ENV] = os.path.abspath(args.config)
+    uvicorn.run("sluicegate.cli:app_factory", factory=True, host=args.host, port=args.port, workers=args.workers,
+                log_level=args.log_level.lower(), access_log=False, loop="uvloop", http="httptools",
+                lifespan="on", timeout_graceful_shutdown=int(settings.sluicegate_settings.delivery.shutdown_grace))
+    return 0
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from sluicegate.plugins import get_plugin_manager
+    from sluicegate.sinks.registry import SinkRegistry
+
+    pm = get_plugin_manager()
+    registry = SinkRegistry.from_plugin_manager(pm)
+    described = pm.describe(registry.by_plugin())
+    if args.json:
+        print(json.dumps([msgspec.to_builtins(p) for p in described], indent=2))
+        return 0
+    for plugin in described:
+        where = f"{plugin.distribution} {plugin.version}" if plugin.distribution else "?"
+        line = f"{plugin.name:40} {where:40} sinks: {', '.join(plugin.callback_names) or '-'}"
+        if plugin.error:
+            line += f"  FAILED: {plugin.error}"
+        print(line)
+    return 0
+
+
+def _new_sink(args: argparse.Namespace) -> int:
+    from sluicegate.scaffold import write_sink_package
+
+    path = write_sink_package(args.name, args.directory)
+    print(f"wrote {path}; next: cd {path} && pip install -e . && pytest")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sluicegate", description="An OpenAI-compatible LLM gateway with "
+                                     "per-team and per-key logging sinks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway", description="Run the gateway with a config.yaml.")
+    serve.add_argument("--config", required=True, help="path to config.yaml (LiteLLM-compatible)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=4000, help="port to bind (default 4000)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes sharing the database (default 1)")
+    serve.add_argument("--log-level", default="info", help="debug, info, warning or error (default info)")
+    serve.set_defaults(func=_serve)
+    plugins = sub.add_parser("plugins", help="list installed plugins and their sinks",
+                             description="List installed plugins: distribution, version, hooks, sinks, errors.")
+    plugins.add_argument("--json", action="store_true", help="print JSON")
+    plugins.set_defaults(func=_plugins)
+    new_sink = sub.add_parser("new-sink", help="write a new sink package to start from",
+                              description="Write a complete, installable sink package in the current folder.")
+    new_sink.add_argument("name", help="the sink's callback_name, e.g. 'webhook'")
+    new_sink.add_argument("--directory", default=".", help="where to write it (default: here)")
+    new_sink.set_defaults(func=_new_sink)
+    args = parser.parse_args(argv)
+    _setup_logging(getattr(args, "log_level", "info"))
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
