@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 import msgspec
 from httpx_aiohttp import HttpxAiohttpClient
@@ -286,6 +287,20 @@ async def _bodies(batch: Sequence[LogEvent]) -> list[bytes]:
     return [gzip.compress(encode_request(group), compresslevel=5) for group in groups]
 
 
+def _transport_error(exc: BaseException) -> tuple[str, str]:
+    """``(error_kind, name)`` of a transport failure.
+
+    httpx-aiohttp maps a refused connection to ``ConnectTimeout`` (its exception map prefers the broader
+    aiohttp class), so the aiohttp cause decides where there is one.
+    """
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientConnectorError) or isinstance(exc, httpx.ConnectError):
+        return "unreachable", "ConnectError"
+    if isinstance(exc, (TimeoutError, httpx.TimeoutException)):
+        return "timeout", type(exc).__name__
+    return "unreachable", type(exc).__name__
+
+
 # --- the sink ----------------------------------------------------------------------------------------
 
 
@@ -377,8 +392,8 @@ class LangfuseSink(Sink):
             try:
                 response = await client.post(url, content=body, headers=self._headers)
             except httpx.HTTPError as exc:
-                raise LangfuseDeliveryError(
-                    f"langfuse: {type(exc).__name__} sending to {self._base_url}: {exc}") from None
+                _, name = _transport_error(exc)
+                raise LangfuseDeliveryError(f"langfuse: {name} sending to {self._base_url}: {exc}") from None
             if not response.is_success:
                 raise LangfuseDeliveryError(
                     f"langfuse: {self._base_url} answered HTTP {response.status_code}: {response.text[:200]}",
@@ -420,12 +435,10 @@ class LangfuseSink(Sink):
                                     details=f"{where}: credentials rejected (HTTP {status})")
             kind = "server_error" if status >= 500 else "http_error"
             return HealthResult(healthy=False, error_kind=kind, details=f"{where}: HTTP {status}")
-        except (TimeoutError, httpx.TimeoutException):
-            return HealthResult(healthy=False, error_kind="timeout",
-                                details=f"{where}: no answer within {HEALTH_TIMEOUT:g}s")
-        except httpx.HTTPError as exc:
-            return HealthResult(healthy=False, error_kind="unreachable",
-                                details=f"{where}: {type(exc).__name__}")
+        except (TimeoutError, httpx.HTTPError) as exc:
+            kind, name = _transport_error(exc)
+            reason = f"no answer within {HEALTH_TIMEOUT:g}s" if kind == "timeout" else f"cannot connect ({name})"
+            return HealthResult(healthy=False, error_kind=kind, details=f"{where}: {reason}")
         except Exception as exc:  # an unexpected body (not Langfuse?) is a finding, not a crash
             return HealthResult(healthy=False, error_kind="protocol",
                                 details=f"{where}: unexpected answer ({type(exc).__name__})")
