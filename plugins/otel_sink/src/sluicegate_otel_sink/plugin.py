@@ -20,4 +20,6 @@ def register_sinks(register: Callable[[type[Sink]], None]) -> None:
 def validate_callback_vars(callback_name: str, callback_vars: Mapping[str, Any]) -> list[str] | None:
     if callback_name != OtelSink.callback_name:
         return None
-    return problems(callback_vars)
+    # The core passes the variables as written: map any alias to its field name first.
+    aliases = OtelSink.Vars.aliases
+    return problems({aliases.get(key, key): value for key, value in callback_vars.items()})

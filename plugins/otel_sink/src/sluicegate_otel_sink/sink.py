@@ -86,12 +86,6 @@ class OtelVars(CallbackVars, frozen=True):
     otel_resource_attributes: dict[str, str | int | float | bool] | str | None = None
     """A mapping, or ``k=v,k2=v2`` as in ``OTEL_RESOURCE_ATTRIBUTES``."""
 
-    aliases: ClassVar[Mapping[str, str]] = {
-        "otel_traces_endpoint": "otel_endpoint",
-        "otel_exporter_otlp_protocol": "otel_protocol",
-        "otel_exporter_otlp_headers": "otel_headers",
-    }
-
 
 class OtelExportError(RuntimeError):
     """The endpoint refused or could not take a batch; the message names the sink, never a header."""
