@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sluicegate.testing.events import make_event
+from sluicegate.testing.receiver import HttpReceiver
 from sluicegate.testing.standard import SinkStandardTests
 
-__all__ = ("SinkStandardTests", "make_event")
+__all__ = ("HttpReceiver", "SinkStandardTests", "make_event")
