@@ -1,0 +1,110 @@
+"""Parity with the official ``langfuse`` SDK (5.x): the same generation, sent through the SDK and through this
+sink to the loopback Langfuse receiver, arrives with the same ``langfuse.*`` attribute keys and values.
+
+The receiver stands in for Langfuse (no runnable Langfuse server here: it needs Docker); both clients speak
+the real OTLP/HTTP protocol to it, the SDK through its own exporter thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+from langfuse import Langfuse, propagate_attributes
+from opentelemetry.sdk.trace import TracerProvider
+
+from sluicegate.events import LogEvent, LogMetadata
+from sluicegate.testing import make_event
+from sluicegate_langfuse_sink.sink import _identity, _output, event_to_span
+from sluicegate_langfuse_sink.testing import LangfuseReceiver, ReceivedSpan
+
+
+def _sdk_send(url: str, public_key: str, secret_key: str, event: LogEvent, *, as_generation: bool = True) -> None:
+    """Send ``event`` the way an application using the SDK directly would describe it."""
+    client = Langfuse(public_key=public_key, secret_key=secret_key, base_url=url, tracer_provider=TracerProvider())
+    name = f"sluicegate-{event.call_type}"
+    failed = event.status == "failure"
+    identity = {k: v for k, v in _identity(event).items() if v is not None}
+    details = {**identity, "call_type": event.call_type, "status": event.status, "stream": event.stream,
+               "cache_hit": event.cache_hit, "model_group": event.model_group,
+               "custom_llm_provider": event.custom_llm_provider, "error_information": event.error_information}
+    trace_context = None
+    if event.metadata.traceparent:
+        _, trace_id, parent, _ = event.metadata.traceparent.split("-")
+        trace_context = {"trace_id": trace_id, "parent_span_id": parent}
+    generation_fields: dict[str, Any] = {}
+    if as_generation:
+        generation_fields = dict(
+            model=event.model,
+            model_parameters=event.model_parameters,
+            usage_details={"input": event.prompt_tokens, "output": event.completion_tokens,
+                           "total": event.total_tokens},
+            cost_details={"total": event.response_cost},
+            completion_start_time=dt.datetime.fromtimestamp(event.completionStartTime or 0, tz=dt.timezone.utc))
+    try:
+        with propagate_attributes(trace_name=name, metadata=identity):
+            observation = client.start_observation(
+                trace_context=trace_context, name=name, as_type="generation" if as_generation else "span",
+                input=event.messages, output=_output(event.response) if event.response is not None else None,
+                metadata=details, level="ERROR" if failed else None,
+                status_message=event.error_str if failed else None, **generation_fields)
+            observation.end()
+        client.flush()
+    finally:
+        client.shutdown()
+
+
+def _langfuse_attributes(span: ReceivedSpan) -> dict[str, Any]:
+    def decoded(value: Any) -> Any:
+        # SDK 5.x JSON-encodes string metadata ('"team-1"'); the sink sends strings as they are. Compare values.
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                return value
+        return value
+    return {k: decoded(v) for k, v in span.attributes.items() if k.startswith("langfuse.")}
+
+
+CASES = {
+    "success": lambda: make_event(),
+    "failure": lambda: make_event(status="failure"),
+    "traceparent": lambda: make_event(metadata=LogMetadata(
+        user_api_key_team_id="team-9", user_api_key_hash="f" * 64, request_id="req-9",
+        traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+async def test_sdk_and_sink_write_the_same_langfuse_attributes(langfuse_receiver: LangfuseReceiver,
+                                                               make_sink: Any, case: str) -> None:
+    event = CASES[case]()
+    langfuse_receiver.add_project(f"pk-lf-sdk-{case}", "sk-lf-sdk", project_id=f"sdk-{case}")
+    await asyncio.to_thread(_sdk_send, langfuse_receiver.url, f"pk-lf-sdk-{case}", "sk-lf-sdk", event)
+    await make_sink().send([event])
+
+    [from_sdk] = langfuse_receiver.spans(f"sdk-{case}")
+    [from_sink] = langfuse_receiver.spans("project-1")
+    sdk_attributes, sink_attributes = _langfuse_attributes(from_sdk), _langfuse_attributes(from_sink)
+    assert sorted(sink_attributes) == sorted(sdk_attributes)
+    assert sink_attributes == sdk_attributes
+    assert (from_sink.status_code, from_sink.status_message) == (from_sdk.status_code, from_sdk.status_message)
+    assert (from_sink.trace_id == from_sdk.trace_id) is (case == "traceparent")  # ids are ours otherwise
+    assert from_sdk.scope_name == "langfuse-sdk" and from_sink.scope_name == "sluicegate"
+
+
+async def test_parity_check_notices_a_difference(langfuse_receiver: LangfuseReceiver, make_sink: Any) -> None:
+    """Negative control: a plain span from the SDK (not a generation) does not match the sink's generation."""
+    event = make_event()
+    langfuse_receiver.add_project("pk-lf-sdk-span", "sk-lf-sdk", project_id="sdk-span")
+    await asyncio.to_thread(_sdk_send, langfuse_receiver.url, "pk-lf-sdk-span", "sk-lf-sdk", event,
+                            as_generation=False)
+    await make_sink().send([event])
+    [from_sdk] = langfuse_receiver.spans("sdk-span")
+    [from_sink] = langfuse_receiver.spans("project-1")
+    missing = set(_langfuse_attributes(from_sink)) - set(_langfuse_attributes(from_sdk))
+    assert "langfuse.observation.usage_details" in missing and "langfuse.observation.model.name" in missing
+    assert event_to_span(event).name == from_sdk.name  # same name: only the observation kind differs
