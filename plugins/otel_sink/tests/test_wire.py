@@ -323,3 +323,18 @@ def test_thread_count_sees_a_thread_per_destination() -> None:
     finally:
         for provider in providers:
             provider.shutdown()
+
+
+async def test_shutdown_releases_shared_parts_and_they_come_back(otlp_receiver) -> None:
+    sink = make_sink(otel_endpoint=otlp_receiver.http_url)
+    await sink.send([event_with()])
+    transports = OtelSink._shared[asyncio.get_running_loop()]
+    session = transports.session()
+    await OtelSink.shutdown()
+    assert session.closed and OtelSink._encode_pool is None
+    assert asyncio.get_running_loop() not in OtelSink._shared
+    again = event_with()
+    await sink.send([again])  # shared parts are created anew on first use
+    await otlp_receiver.await_spans(1, where=lambda s: s.attributes["sluicegate.event_id"] == again.id)
+    await sink.aclose()
+    await sink.aclose()

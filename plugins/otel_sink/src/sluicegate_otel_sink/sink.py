@@ -542,7 +542,13 @@ class OtelSink(Sink):
         if not batch:
             return
         # Encoding 100 events costs ~10-20 ms of CPU: done in the shared pool so the loop keeps serving.
-        body = await asyncio.get_running_loop().run_in_executor(self._pool(), self.encode, list(batch))
+        loop, events = asyncio.get_running_loop(), list(batch)
+        try:
+            body = await loop.run_in_executor(self._pool(), self.encode, events)
+        except RuntimeError:
+            # shutdown() (for another app's loop) closed the pool between _pool() and submit: start anew.
+            self._drop_pool()
+            body = await loop.run_in_executor(self._pool(), self.encode, events)
         # A little under send_timeout, so our own timeout (with a clear message) fires before the core's.
         response = await self._export(body, timeout=self.send_timeout * 0.9)
         rejected = response.partial_success.rejected_spans
@@ -626,6 +632,10 @@ class OtelSink(Sink):
         shared = cls._shared.pop(loop, None) if loop is not None else None
         if shared is not None:
             await shared.aclose()
+        cls._drop_pool()
+
+    @classmethod
+    def _drop_pool(cls) -> None:
         with cls._encode_pool_lock:
             pool, cls._encode_pool = cls._encode_pool, None
         if pool is not None:
