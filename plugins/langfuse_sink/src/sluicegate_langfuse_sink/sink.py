@@ -301,6 +301,26 @@ def _transport_error(exc: BaseException) -> tuple[str, str]:
     return "unreachable", type(exc).__name__
 
 
+_INGEST_HEADERS = {
+    "Content-Type": "application/x-protobuf",
+    "Content-Encoding": "gzip",
+    "x-langfuse-ingestion-version": INGESTION_VERSION,
+}
+
+
+class _Shared:
+    """What every instance on one event loop shares: the HTTP client and the in-flight request gate."""
+
+    __slots__ = ("client", "in_flight")
+
+    def __init__(self, limits: httpx.Limits, timeout: httpx.Timeout) -> None:
+        # httpx's API on aiohttp's connection pool: httpcore's pool scans every queued request for every
+        # connection, which turns quadratic once thousands of projects send at once.
+        self.client = HttpxAiohttpClient(limits=limits, timeout=timeout, follow_redirects=False,
+                                         headers={"User-Agent": _USER_AGENT})
+        self.in_flight = asyncio.Semaphore(limits.max_connections or 64)
+
+
 # --- the sink ----------------------------------------------------------------------------------------
 
 
@@ -318,10 +338,9 @@ class LangfuseSink(Sink):
                                                    keepalive_expiry=30.0)
     _timeout: ClassVar[httpx.Timeout] = httpx.Timeout(20.0, connect=5.0, pool=None)
     # One client per running event loop (httpx clients are loop-bound), shared by every instance.
-    _clients: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]] = (
-        weakref.WeakKeyDictionary())
+    _shared: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Shared]] = weakref.WeakKeyDictionary()
 
-    __slots__ = ("_base_url", "_headers", "_closed")
+    __slots__ = ("_base_url", "_authorization", "_closed")
 
     def __init__(self, callback_vars: LangfuseVars) -> None:
         super().__init__(callback_vars)
@@ -330,12 +349,7 @@ class LangfuseSink(Sink):
         token = base64.b64encode(
             f"{callback_vars.langfuse_public_key}:{callback_vars.langfuse_secret_key.get_secret_value()}".encode()
         ).decode("ascii")
-        self._headers = {
-            "Authorization": f"Basic {token}",
-            "Content-Type": "application/x-protobuf",
-            "Content-Encoding": "gzip",
-            "x-langfuse-ingestion-version": INGESTION_VERSION,
-        }
+        self._authorization = f"Basic {token}"
         self._closed = False
 
     def __repr__(self) -> str:
@@ -358,47 +372,47 @@ class LangfuseSink(Sink):
         return found
 
     @classmethod
-    def _client(cls) -> httpx.AsyncClient:
+    def _state(cls) -> _Shared:
         loop = asyncio.get_running_loop()
-        client = cls._clients.get(loop)
-        if client is None or client.is_closed:
-            # httpx's API on aiohttp's connection pool: httpcore's pool scans every queued request for every
-            # connection, which turns quadratic once thousands of projects send at once.
-            client = HttpxAiohttpClient(limits=cls._limits, timeout=cls._timeout, follow_redirects=False,
-                                        headers={"User-Agent": _USER_AGENT})
-            cls._clients[loop] = client
-        return client
+        shared = cls._shared.get(loop)
+        if shared is None or shared.client.is_closed:
+            shared = cls._shared[loop] = _Shared(cls._limits, cls._timeout)
+        return shared
 
     @classmethod
     async def shutdown(cls) -> None:
         """Close the shared client of the running loop (others are dropped: their loop owns their sockets)."""
-        clients, cls._clients = cls._clients, weakref.WeakKeyDictionary()
+        states, cls._shared = cls._shared, weakref.WeakKeyDictionary()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        client = clients.get(loop)
-        if client is not None:
-            await client.aclose()
+        shared = states.get(loop)
+        if shared is not None:
+            await shared.client.aclose()
 
     async def send(self, batch: Sequence[LogEvent]) -> None:
         if not batch:
             return
         if self._closed:
             raise LangfuseDeliveryError("langfuse: sink is closed")
-        client = self._client()
+        shared = self._state()
         url = self._base_url + INGESTION_PATH
-        for body in await _bodies(batch):
-            try:
-                response = await client.post(url, content=body, headers=self._headers)
-            except httpx.HTTPError as exc:
-                _, name = _transport_error(exc)
-                raise LangfuseDeliveryError(f"langfuse: {name} sending to {self._base_url}: {exc}") from None
-            if not response.is_success:
-                raise LangfuseDeliveryError(
-                    f"langfuse: {self._base_url} answered HTTP {response.status_code}: {response.text[:200]}",
-                    status_code=response.status_code)
-            self._note_partial_success(response)
+        headers = {**_INGEST_HEADERS, "Authorization": self._authorization}
+        # Encode only once a slot is free: however many projects send at once, at most `in_flight` bodies
+        # exist, so memory follows the connection limit, not the number of projects.
+        async with shared.in_flight:
+            for body in await _bodies(batch):
+                try:
+                    response = await shared.client.post(url, content=body, headers=headers)
+                except httpx.HTTPError as exc:
+                    _, name = _transport_error(exc)
+                    raise LangfuseDeliveryError(f"langfuse: {name} sending to {self._base_url}: {exc}") from None
+                if not response.is_success:
+                    raise LangfuseDeliveryError(
+                        f"langfuse: {self._base_url} answered HTTP {response.status_code}: {response.text[:200]}",
+                        status_code=response.status_code)
+                self._note_partial_success(response)
 
     def _note_partial_success(self, response: httpx.Response) -> None:
         # Rejected spans would be rejected again on every retry, so they are logged, not raised.
@@ -422,7 +436,7 @@ class LangfuseSink(Sink):
             base_url=self._base_url,
             username=self.callback_vars.langfuse_public_key,
             password=self.callback_vars.langfuse_secret_key.get_secret_value(),
-            httpx_client=self._client(),
+            httpx_client=self._state().client,
         )
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT):
