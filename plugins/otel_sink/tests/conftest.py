@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from sluicegate_otel_sink.sink import OtelSink
 
 

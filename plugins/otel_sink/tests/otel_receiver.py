@@ -30,7 +30,7 @@ import grpc
 import msgspec
 from aiohttp import web
 from google.protobuf import json_format
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 __all__ = ("Export", "OtlpReceiver", "Rotel", "Span", "free_port", "wait_until")
@@ -127,12 +127,15 @@ class OtlpReceiver:
 
     def start(self) -> OtlpReceiver:
         ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, args=(ready,), name=f"{self.name}-http", daemon=True)
+        self._thread = threading.Thread(target=self._serve, args=(ready,), name=f"{self.name}-http",
+                                        daemon=True)
         self._thread.start()
         if not ready.wait(10):
             raise RuntimeError("OTLP receiver did not start")
-        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"{self.name}-grpc"))
-        handler = grpc.method_handlers_generic_handler("opentelemetry.proto.collector.trace.v1.TraceService", {
+        pool = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"{self.name}-grpc")
+        self._grpc = grpc.server(pool)
+        service = "opentelemetry.proto.collector.trace.v1.TraceService"
+        handler = grpc.method_handlers_generic_handler(service, {
             "Export": grpc.unary_unary_rpc_method_handler(
                 self._grpc_export,
                 request_deserializer=trace_service_pb2.ExportTraceServiceRequest.FromString,
@@ -217,7 +220,8 @@ class OtlpReceiver:
                             request.path, headers, message))
         answer = trace_service_pb2.ExportTraceServiceResponse()
         if content_type == "application/json":
-            return web.Response(body=json_format.MessageToJson(answer).encode(), content_type="application/json")
+            return web.Response(body=json_format.MessageToJson(answer).encode(),
+                                content_type="application/json")
         return web.Response(body=answer.SerializeToString(), content_type="application/x-protobuf")
 
     def _grpc_export(self, request: trace_service_pb2.ExportTraceServiceRequest,

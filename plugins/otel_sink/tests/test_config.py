@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from sluicegate.sinks.vars import VarsError, decode_vars, encode_vars
 from sluicegate_otel_sink.sink import OtelSink, parse_key_values
 
@@ -15,14 +14,16 @@ def make_sink(**callback_vars) -> OtelSink:
 def test_headers_accept_otel_string_and_json_object() -> None:
     assert parse_key_values("authorization=Bearer%20abc, x-a = 1", what="h") == {
         "authorization": "Bearer abc", "x-a": "1"}
-    assert parse_key_values('{"Authorization": "Bearer a=b,c"}', what="h") == {"Authorization": "Bearer a=b,c"}
+    as_json = parse_key_values('{"Authorization": "Bearer a=b,c"}', what="h")
+    assert as_json == {"Authorization": "Bearer a=b,c"}
     with pytest.raises(ValueError, match="item 2") as info:
         parse_key_values("a=b,secret-without-equals", what="otel_headers")
     assert "secret-without-equals" not in str(info.value)
 
 
 def test_headers_are_secret_and_masked() -> None:
-    decoded = decode_vars(OtelSink.Vars, {"otel_endpoint": "http://c:4318", "otel_headers": "authorization=k"})
+    raw = {"otel_endpoint": "http://c:4318", "otel_headers": "authorization=k"}
+    decoded = decode_vars(OtelSink.Vars, raw)
     assert encode_vars(decoded)["otel_headers"] == "***REDACTED***"
     assert "authorization=k" not in repr(decoded)
     with pytest.raises(VarsError):  # the masked placeholder is refused, not stored as a credential

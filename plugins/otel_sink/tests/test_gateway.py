@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 
 from litestar.testing import AsyncTestClient
-
 from sluicegate.app import create_app
 from sluicegate.config import parse_settings
 

@@ -18,7 +18,8 @@ def test_plugin_is_installed() -> None:
 
 
 def test_disabled_plugin_is_absent() -> None:
-    registry = SinkRegistry.from_plugin_manager(get_plugin_manager({"SLUICEGATE_DISABLE_PLUGINS": "otel_sink"}))
+    pm = get_plugin_manager({"SLUICEGATE_DISABLE_PLUGINS": "otel_sink"})
+    registry = SinkRegistry.from_plugin_manager(pm)
     assert "otel" not in registry
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from sluicegate.testing import SinkStandardTests
 from sluicegate_otel_sink.sink import OtelSink
 
@@ -13,5 +12,6 @@ class TestOtelSinkStandard(SinkStandardTests):
 
     @pytest.fixture
     def callback_vars(self, otlp_receiver):
-        return {"otel_endpoint": otlp_receiver.http_url, "otel_headers": "authorization=Bearer standard-secret",
+        return {"otel_endpoint": otlp_receiver.http_url,
+                "otel_headers": "authorization=Bearer standard-secret",
                 "otel_service_name": "standard"}

@@ -20,7 +20,6 @@ import time
 import uuid
 
 import pytest
-
 from sluicegate.events import REDACTED, LogMetadata
 from sluicegate.sinks.vars import decode_vars
 from sluicegate.testing import make_event
@@ -108,7 +107,8 @@ async def test_rotel_span_joins_incoming_trace(rotel, protocol) -> None:
     broken = event_with(traceparent=f"00-{'0' * 32}-{parent_id}-01")  # invalid all-zero trace id
     await sink.send([joined, alone, broken])
     ids = {joined.id, alone.id, broken.id}
-    spans = await rotel.forward_to.await_spans(3, where=lambda s: s.attributes.get("sluicegate.event_id") in ids)
+    spans = await rotel.forward_to.await_spans(
+        3, where=lambda s: s.attributes.get("sluicegate.event_id") in ids)
     by_id = {s.attributes["sluicegate.event_id"]: s for s in spans}
 
     assert by_id[joined.id].trace_id == trace_id
@@ -121,7 +121,8 @@ async def test_rotel_span_joins_incoming_trace(rotel, protocol) -> None:
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_rotel_health_check(rotel, otel_helpers, protocol) -> None:
-    healthy = await make_sink(otel_endpoint=endpoint_for(rotel, protocol), otel_protocol=protocol).health_check()
+    sink = make_sink(otel_endpoint=endpoint_for(rotel, protocol), otel_protocol=protocol)
+    healthy = await sink.health_check()
     assert healthy.healthy, healthy.details
     closed = otel_helpers.free_port()  # negative control: nothing listens there
     endpoint = f"127.0.0.1:{closed}" if protocol == "grpc" else f"http://127.0.0.1:{closed}/v1/traces"
@@ -157,8 +158,11 @@ async def test_per_team_endpoints_and_headers(team_receivers, protocol) -> None:
     ids_a, ids_b = {e.id for e in events_a}, {e.id for e in events_b}
     got_a = await a.await_spans(3, where=lambda s: s.attributes["sluicegate.event_id"] in ids_a)
     got_b = await b.await_spans(2, where=lambda s: s.attributes["sluicegate.event_id"] in ids_b)
-    assert all(s.headers["authorization"] == "Bearer token-a" and s.headers["x-team"] == "team-a" for s in got_a)
-    assert all(s.headers["authorization"] == "Bearer token-b" and s.headers["x-team"] == "team-b" for s in got_b)
+    def sent(spans):
+        return {(s.headers["authorization"], s.headers["x-team"]) for s in spans}
+
+    assert sent(got_a) == {("Bearer token-a", "team-a")}
+    assert sent(got_b) == {("Bearer token-b", "team-b")}
     assert {s.transport for s in got_a + got_b} == {protocol}
     # Isolation: no team's span reached the other team's backend.
     assert not [s for s in a.spans() if s.attributes["sluicegate.event_id"] in ids_b]
@@ -219,7 +223,8 @@ async def test_redelivery_sends_the_same_span(otlp_receiver) -> None:
 async def test_unreachable_endpoint_raises(otel_helpers, protocol) -> None:
     port = otel_helpers.free_port()
     endpoint = f"127.0.0.1:{port}" if protocol == "grpc" else f"http://127.0.0.1:{port}/v1/traces"
-    sink = make_sink(otel_endpoint=endpoint, otel_protocol=protocol, otel_headers="authorization=Bearer hidden")
+    sink = make_sink(otel_endpoint=endpoint, otel_protocol=protocol,
+                     otel_headers="authorization=Bearer hidden")
     with pytest.raises(OtelExportError) as info:
         await sink.send([event_with()])
     assert info.value.kind == "connection" and "hidden" not in str(info.value)
@@ -236,7 +241,8 @@ async def test_slow_endpoint_does_not_delay_other_instances(otel_helpers) -> Non
                             otel_protocol="http/json" if i % 2 else "http/protobuf") for i in range(50)]
         events = [event_with(team_id=f"team-{i}") for i in range(50)]
         started = time.monotonic()
-        await asyncio.wait_for(asyncio.gather(*(s.send([e]) for s, e in zip(others, events))), timeout=5)
+        sends = asyncio.gather(*(s.send([e]) for s, e in zip(others, events, strict=True)))
+        await asyncio.wait_for(sends, timeout=5)
         assert time.monotonic() - started < 5
         assert not slow_task.done()  # the slow export is still waiting, the others did not
         receiver.release_stalled()
@@ -277,13 +283,13 @@ async def test_thousand_instances_bounded_threads_every_span_delivered(otel_help
         sampler.start()
         started = time.perf_counter()
         try:
-            await asyncio.gather(*(s.send(b) for s, b in zip(sinks, batches)))
+            await asyncio.gather(*(s.send(b) for s, b in zip(sinks, batches, strict=True)))
         finally:
             stop.set()
             sampler.join()
         elapsed = time.perf_counter() - started
-        spans = await receiver.await_spans(2000, timeout=20, where=lambda s: s.attributes["sluicegate.team_id"]
-                                           .startswith("team-"))
+        spans = await receiver.await_spans(
+            2000, timeout=20, where=lambda s: s.attributes["sluicegate.team_id"].startswith("team-"))
         threads_after = os_thread_count()
         rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 

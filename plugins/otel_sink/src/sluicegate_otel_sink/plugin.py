@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sluicegate import Sink, hookimpl
+
 from sluicegate_otel_sink.sink import OtelSink, problems
 
 __all__ = ("register_sinks", "validate_callback_vars")

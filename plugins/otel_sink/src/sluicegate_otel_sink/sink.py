@@ -38,9 +38,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
-
 from sluicegate.events import REDACTED
 from sluicegate.sinks.base import CallbackVars, HealthResult, SecretStr, Sink
+
 from sluicegate_otel_sink import __version__
 
 if TYPE_CHECKING:
@@ -293,7 +293,8 @@ def _contexts(event: LogEvent) -> tuple[SpanContext, SpanContext | None]:
             parent = SpanContext(trace_id, parent_id, is_remote=True, trace_flags=flags)
             return SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags), parent
     source = event.trace_id or event.metadata.request_id or event.id
-    trace_id = int(source, 16) if _HEX32.match(source) and int(source, 16) else _hash_id(f"trace:{source}", 16)
+    as_hex = int(source, 16) if _HEX32.match(source) else 0
+    trace_id = as_hex or _hash_id(f"trace:{source}", 16)
     return SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED)), None
 
 
@@ -328,7 +329,8 @@ def _attributes(event: LogEvent, operation: str) -> dict[str, Any]:
         if any(reasons):
             attributes["gen_ai.response.finish_reasons"] = [r or "" for r in reasons]
     if event.completionStartTime and event.startTime:
-        attributes["gen_ai.server.time_to_first_token"] = max(event.completionStartTime - event.startTime, 0.0)
+        first_token = event.completionStartTime - event.startTime
+        attributes["gen_ai.server.time_to_first_token"] = max(first_token, 0.0)
     for name, value in event.model_parameters.items():
         key = _PARAMETERS.get(name)
         if key and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -399,7 +401,8 @@ class _Transports:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
-        self._channels: collections.OrderedDict[tuple[str, bool], grpc.aio.Channel] = collections.OrderedDict()
+        self._channels: collections.OrderedDict[tuple[str, bool], grpc.aio.Channel]
+        self._channels = collections.OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
 
     def session(self) -> aiohttp.ClientSession:
@@ -488,10 +491,14 @@ class OtelSink(Sink):
 
     @classmethod
     def env_defaults(cls, environ: Mapping[str, str]) -> dict[str, Any]:
-        """``OTEL_EXPORTER_OTLP_[TRACES_]{ENDPOINT,PROTOCOL,HEADERS}``, ``OTEL_SERVICE_NAME``,
-        ``OTEL_RESOURCE_ATTRIBUTES``; LiteLLM's ``OTEL_ENDPOINT`` / ``OTEL_HEADERS`` / ``OTEL_EXPORTER`` last."""
+        """The standard OTel variables for a global ``otel`` entry written without vars.
+
+        ``OTEL_EXPORTER_OTLP_[TRACES_]{ENDPOINT,PROTOCOL,HEADERS}``, ``OTEL_SERVICE_NAME``,
+        ``OTEL_RESOURCE_ATTRIBUTES``; LiteLLM's ``OTEL_ENDPOINT``, ``OTEL_HEADERS``, ``OTEL_EXPORTER`` last.
+        """
         found: dict[str, Any] = {}
-        protocol = (environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        protocol = (environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                    or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
                     or {"otlp_grpc": "grpc", "otlp_http": "http/protobuf", "grpc": "grpc",
                         "http/protobuf": "http/protobuf", "http/json": "http/json"}.get(
                             environ.get("OTEL_EXPORTER", "").strip().lower()))
@@ -506,7 +513,8 @@ class OtelSink(Sink):
         endpoint = endpoint or environ.get("OTEL_ENDPOINT")
         if endpoint:
             found["otel_endpoint"] = endpoint.strip()
-        headers = (environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or environ.get("OTEL_EXPORTER_OTLP_HEADERS")
+        headers = (environ.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+                   or environ.get("OTEL_EXPORTER_OTLP_HEADERS")
                    or environ.get("OTEL_HEADERS"))
         if headers:
             found["otel_headers"] = headers
@@ -528,7 +536,8 @@ class OtelSink(Sink):
     def _pool(cls) -> ThreadPoolExecutor:
         with cls._encode_pool_lock:
             if cls._encode_pool is None:
-                cls._encode_pool = ThreadPoolExecutor(cls.encode_threads, thread_name_prefix="sluicegate-otel")
+                cls._encode_pool = ThreadPoolExecutor(cls.encode_threads,
+                                                      thread_name_prefix="sluicegate-otel")
             return cls._encode_pool
 
     def encode(self, batch: Sequence[LogEvent]) -> bytes:
