@@ -43,6 +43,19 @@ def _headers(deployment: Deployment, request_id: str, extra: dict[str, str] | No
     return headers
 
 
+def _transport_error(exc: httpx.HTTPError, deployment: Deployment, started: float) -> UpstreamError:
+    """504 when the model's timeout really ran out, else 502.
+
+    The aiohttp transport reports a refused connection as ``ConnectTimeout``; elapsed time tells them apart.
+    """
+    elapsed = time.monotonic() - started
+    if isinstance(exc, httpx.TimeoutException) and elapsed >= deployment.timeout * 0.9:
+        return UpstreamError(504, f"upstream {deployment.provider} timed out after {deployment.timeout:g}s",
+                             type="timeout", code="504")
+    return UpstreamError(502, f"upstream {deployment.provider} unreachable: {type(exc).__name__}",
+                         type="upstream_unreachable", code="502")
+
+
 def _error_from(status: int, content: bytes, deployment: Deployment) -> UpstreamError:
     message = f"upstream {deployment.provider} returned HTTP {status}"
     etype, param, code = "upstream_error", None, str(status)
@@ -73,17 +86,14 @@ class UpstreamClient:
     async def complete(self, deployment: Deployment, body: dict[str, Any], request_id: str,
                        headers: dict[str, str] | None = None) -> bytes:
         """POST a non-streaming completion; returns the upstream's JSON bytes or raises UpstreamError."""
+        started = time.monotonic()
         try:
             response = await self.client.post(
                 deployment.completions_url, content=_json.encode(body),
                 headers=_headers(deployment, request_id, headers),
                 timeout=httpx.Timeout(deployment.timeout))
-        except httpx.TimeoutException:
-            raise UpstreamError(504, f"upstream {deployment.provider} timed out after {deployment.timeout:g}s",
-                                type="timeout", code="504") from None
         except httpx.HTTPError as exc:
-            raise UpstreamError(502, f"upstream {deployment.provider} unreachable: {type(exc).__name__}",
-                                type="upstream_unreachable", code="502") from None
+            raise _transport_error(exc, deployment, started) from None
         if response.status_code >= 400:
             raise _error_from(response.status_code, response.content, deployment)
         return response.content
@@ -94,14 +104,11 @@ class UpstreamClient:
         request = self.client.build_request(
             "POST", deployment.completions_url, content=_json.encode(body),
             headers=_headers(deployment, request_id, headers), timeout=httpx.Timeout(deployment.timeout))
+        started = time.monotonic()
         try:
             response = await self.client.send(request, stream=True)
-        except httpx.TimeoutException:
-            raise UpstreamError(504, f"upstream {deployment.provider} timed out after {deployment.timeout:g}s",
-                                type="timeout", code="504") from None
         except httpx.HTTPError as exc:
-            raise UpstreamError(502, f"upstream {deployment.provider} unreachable: {type(exc).__name__}",
-                                type="upstream_unreachable", code="502") from None
+            raise _transport_error(exc, deployment, started) from None
         if response.status_code >= 400:
             content = await response.aread()
             await response.aclose()

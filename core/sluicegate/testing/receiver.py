@@ -135,19 +135,25 @@ class HttpReceiver:
             self._thread.join(10)
 
     # reading what arrived -----------------------------------------------------------------------------
-    def received(self, path_prefix: str = "", *, ok_only: bool = True) -> list[Recorded]:
+    def received(self, path_prefix: str = "", *, ok_only: bool = True, exact: bool = False) -> list[Recorded]:
         with self._condition:
-            return [r for r in self.requests if r.path.startswith(path_prefix) and (r.status < 400 or not ok_only)]
+            return [r for r in self.requests
+                    if (r.path == path_prefix if exact else r.path.startswith(path_prefix))
+                    and (r.status < 400 or not ok_only)]
 
-    def events(self, path_prefix: str = "") -> list[dict[str, Any]]:
+    def events(self, path_prefix: str = "", *, exact: bool = False) -> list[dict[str, Any]]:
         """Every JSON object delivered (successfully) under ``path_prefix``; arrays are flattened."""
         found: list[dict[str, Any]] = []
-        for request in self.received(path_prefix):
+        for request in self.received(path_prefix, exact=exact):
             if request.method != "POST" or not request.body:
                 continue
             payload = request.json()
             found.extend(payload if isinstance(payload, list) else [payload])
         return found
+
+    def events_at(self, path: str) -> list[dict[str, Any]]:
+        """Events delivered to exactly ``path``."""
+        return self.events(path, exact=True)
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
         """Block until ``predicate()`` holds (re-checked on every request) or ``timeout`` passes."""
