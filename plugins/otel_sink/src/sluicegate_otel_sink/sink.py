@@ -3,10 +3,11 @@
 Why no ``TracerProvider``: the SDK's pipeline is one provider, one ``BatchSpanProcessor`` thread and one
 exporter per destination, which is how LiteLLM leaked a thread per team. Here an instance holds only its
 parsed settings. ``send`` builds :class:`~opentelemetry.sdk.trace.ReadableSpan` objects itself, encodes them
-with ``opentelemetry-exporter-otlp-proto-common``'s encoder (the same one the SDK exporters use) and posts
-them on the running event loop: aiohttp for ``http/protobuf`` and ``http/json``, ``grpc.aio`` for ``grpc``.
-Both transports are shared by every instance on the loop, so there is no thread per destination at all,
-and a slow endpoint only holds the connection of the instance that is waiting on it.
+with ``opentelemetry-exporter-otlp-proto-common``'s encoder (the same one the SDK exporters use) in a
+2-thread pool shared by all instances, and posts them on the running event loop: aiohttp for
+``http/protobuf`` and ``http/json``, ``grpc.aio`` for ``grpc``. Both transports are shared by every
+instance on the loop, so no thread exists per destination, and a slow endpoint only holds the connection
+of the instance that is waiting on it.
 """
 
 from __future__ import annotations
