@@ -280,6 +280,8 @@ async def test_threads_stay_bounded_with_many_instances(gcs_env, fake_gcs, new_b
         done.set()
         watcher.join()
     assert 0 < max(peak) <= GcsBucketSink.max_threads
+    # 300 concurrent first sends with one key file: one credentials object, one token request.
+    assert [g for g in gcs_env.token_grants if g[0] == account.email] == [(account.email, account.key_id)]
     # The library's own per-bucket background threads are switched off.
     assert not [t for t in threading.enumerate() if "_fetch_background" in t.name]
     objects = fake_gcs.objects(bucket)

@@ -204,23 +204,47 @@ class _Shared:
     through ``run_in_executor``), so one instance serves the whole process.
     """
 
+    token_timeout = 10.0
+
     def __init__(self, max_threads: int, max_clients: int, max_credentials: int) -> None:
+        self._transport: Any = None
         self.executor = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="sluicegate-gcs")
         self.lock = threading.Lock()
         self.credentials: _LRU = _LRU(max_credentials)
         self.clients: _LRU = _LRU(max_clients)
 
     def credentials_for(self, path: str) -> tuple[tuple[int, int, int], Credentials]:
-        """Cached credentials for ``path``, reloaded when the file changed (mtime, size or inode)."""
+        """Cached, currently valid credentials for ``path``; reloaded when the file changed (mtime, size or
+        inode), so a rotated key takes effect at the next send."""
         signature = _file_signature(path)
         with self.lock:
             cached = self.credentials.lookup(path)
-        if cached is not None and cached[0] == signature:
-            return cached
-        entry = (signature, _load_service_account(path))
-        with self.lock:
-            self.credentials.store(path, entry)
-        return entry
+        if cached is None or cached[0] != signature:
+            loaded = (signature, _load_service_account(path), threading.Lock())
+            with self.lock:
+                # Another thread may have loaded the same file meanwhile: keep one copy (one token).
+                cached = self.credentials.lookup(path)
+                if cached is None or cached[0] != signature:
+                    cached = loaded
+                    self.credentials.store(path, cached)
+        signature, credentials, refresh_lock = cached
+        if not credentials.valid:
+            # One token request per account, not one per pool thread that finds the token expired at once.
+            with refresh_lock:
+                if not credentials.valid:
+                    credentials.refresh(self._token_request)
+        return signature, credentials
+
+    def _token_request(self, url: str, method: str = "GET", body: Any = None, headers: Any = None,
+                       timeout: float | None = None, **kwargs: Any) -> Any:
+        if self._transport is None:
+            from google.auth.transport.requests import Request
+
+            with self.lock:
+                if self._transport is None:
+                    self._transport = Request()
+        return self._transport(url, method=method, body=body, headers=headers,
+                               timeout=timeout or self.token_timeout, **kwargs)
 
     def client_for(self, path: str | None) -> Client:
         """A client for ``path``'s credentials (ADC when ``None``) and the current emulator setting."""
@@ -258,6 +282,8 @@ class _Shared:
             clients = list(self.clients.values())
             self.clients.clear()
             self.credentials.clear()
+        if self._transport is not None:
+            clients.append(self._transport.session)
         for client in clients:
             try:
                 client.close()
