@@ -147,13 +147,15 @@ class HttpProtocol(asyncio.Protocol):
         return None
 
     def _answer(self, head: bytes, body: bytes) -> bytes:
-        self.stats.requests += 1
-        self.stats.bytes += len(body)
         if self.mode == "receiver":
             if head.startswith(b"GET /stats "):
                 return _response("200 OK", b"application/json", json.dumps(
                     {"requests": self.stats.requests, "bytes": self.stats.bytes}).encode())
+            self.stats.requests += 1
+            self.stats.bytes += len(body)
             return RESP_RECEIVER
+        self.stats.requests += 1
+        self.stats.bytes += len(body)
         if head.startswith(b"POST ") and b"/chat/completions" in head[:head.find(b"\r\n")]:
             return RESP_STREAM if _STREAM_TRUE.search(body) else RESP_COMPLETION
         if head.startswith(b"GET ") and b"/models" in head[:head.find(b"\r\n")]:

@@ -1,0 +1,638 @@
+"""``make bench``: direct-to-mock vs the bare floor vs the gateway, with wrk, on loopback, as ratios.
+
+Layout on a 2-core machine: the mock upstream, the telemetry receivers and wrk share core 0; the server under
+test (one worker) has core 1 to itself (``taskset``). Every server is started fresh, warmed up, measured at each
+concurrency for a fixed duration, then stopped. Results: a table printed to stdout, ``bench/results/latest.md``
+and ``bench/results/latest.json``.
+
+Settings (environment, or the matching ``--flag``): ``BENCH_DURATION`` seconds per point (5),
+``BENCH_CONCURRENCY`` ("1,16,64"), ``BENCH_TEAMS`` (1000), ``BENCH_ROWS`` (comma list of row ids, default all),
+``BENCH_LOAD_CPU`` / ``BENCH_SERVER_CPU`` (0 / 1), ``BENCH_STREAM`` (1: also measure SSE streams at c=1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+__all__ = ("main",)
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+VENV_BIN = Path(sys.executable).parent
+MASTER_KEY = "sk-bench-master-key"
+MODEL = "mock-gpt"
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello in one short sentence."}]}
+STREAM_BODY = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- rows ------------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    id: str
+    label: str
+    kind: str  # direct | bare | gateway
+    client: str = "aiohttp"
+    sinks: str = "none"  # none | telemetry
+    stream: bool = False
+
+
+ROWS = [
+    Row("direct", "direct to the mock upstream (the limit)", "direct", stream=True),
+    Row("floor", "floor: bare Litestar + aiohttp client, uvicorn", "bare", "aiohttp"),
+    Row("floor-httpx", "bare Litestar + plain httpx client, uvicorn", "bare", "httpx"),
+    Row("gw-aiohttp", "gateway, no sinks, httpx-aiohttp transport", "gateway", "aiohttp", stream=True),
+    Row("gw-httpx", "gateway, no sinks, plain httpx", "gateway", "httpx"),
+    Row("gw-sinks", "gateway, {teams} teams x (langfuse + otel), httpx-aiohttp", "gateway", "aiohttp",
+        "telemetry", stream=True),
+]
+
+
+@dataclass
+class Point:
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+    cpu_ms_per_req: float | None = None
+
+
+@dataclass
+class Result:
+    id: str
+    label: str
+    points: list[Point] = field(default_factory=list)
+    stream: Point | None = None
+    threads: int | None = None
+    rss_mb: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# --- processes -------------------------------------------------------------------------------------------
+class Procs:
+    """Every child we start, stopped by pid (its own session) on exit — never by name."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, argv: list[str], *, cpu: int | None, env: dict[str, str] | None = None,
+              ) -> subprocess.Popen[bytes]:
+        if cpu is not None and shutil.which("taskset"):
+            argv = ["taskset", "-c", str(cpu), *argv]
+        log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+                                env={**os.environ, **(env or {})})
+        log.close()
+        self.children.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        if proc in self.children:
+            self.children.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in list(self.children):
+            self.stop(proc)
+
+    def tail(self, name: str, lines: int = 20) -> str:
+        path = self.logdir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {proc.returncode} before answering")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except urllib.error.HTTPError:
+            return  # any HTTP answer means it is serving
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url}: no answer within {timeout:.0f}s")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
+
+
+def threads_and_rss(pid: int) -> tuple[int, float]:
+    threads, rss = 0, 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            threads = int(line.split()[1])
+        elif line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) / 1024
+    return threads, rss
+
+
+# --- wrk -------------------------------------------------------------------------------------------------
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if not shutil.which("apt-get"):
+        raise SystemExit("bench: wrk is missing and apt-get is not available; install wrk (Debian package 'wrk')")
+    print("bench: installing wrk (apt-get install -y wrk)...", flush=True)
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "wrk"]):
+        subprocess.run([*sudo, *argv], check=True, timeout=300, env=env, stdout=subprocess.DEVNULL)
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("bench: apt-get install wrk did not provide a wrk binary")
+    return found
+
+
+class Wrk:
+    def __init__(self, binary: str, workdir: Path, load_cpu: int | None) -> None:
+        self.binary = binary
+        self.load_cpu = load_cpu
+        self.body = workdir / "body.json"
+        self.stream_body = workdir / "stream_body.json"
+        self.body.write_bytes(json.dumps(BODY).encode())
+        self.stream_body.write_bytes(json.dumps(STREAM_BODY).encode())
+
+    def run(self, url: str, keys: Path, concurrency: int, duration: float, *, stream: bool = False,
+            path: str = "/v1/chat/completions") -> dict[str, Any]:
+        argv = [self.binary, "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
+                "-s", str(HERE / "chat.lua"), url, "--", path, str(keys),
+                str(self.stream_body if stream else self.body)]
+        if self.load_cpu is not None and shutil.which("taskset"):
+            argv = ["taskset", "-c", str(self.load_cpu), *argv]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+        for line in done.stdout.splitlines():
+            if line.startswith("WRK_RESULT "):
+                return json.loads(line[len("WRK_RESULT "):])
+        raise RuntimeError(f"wrk gave no result (rc={done.returncode}): {done.stdout[-500:]} {done.stderr[-500:]}")
+
+
+def to_point(concurrency: int, raw: dict[str, Any], cpu: float | None) -> Point:
+    seconds = raw["duration_us"] / 1e6
+    errors = sum(raw[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
+    good = max(raw["requests"] - raw["status_errors"], 0)
+    return Point(concurrency=concurrency, rps=good / seconds if seconds else 0.0, p50_ms=raw["p50_us"] / 1000,
+                 p99_ms=raw["p99_us"] / 1000, requests=raw["requests"], errors=errors,
+                 cpu_ms_per_req=(cpu * 1000 / raw["requests"]) if cpu is not None and raw["requests"] else None)
+
+
+# --- gateway set-up ---------------------------------------------------------------------------------------
+def telemetry_available() -> tuple[bool, str]:
+    """Whether the installed gateway registers the ``langfuse`` and ``otel`` sinks."""
+    done = subprocess.run([str(VENV_BIN / "sluicegate"), "plugins", "--json"], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    try:
+        names = {n for p in json.loads(done.stdout) for n in p.get("callback_names") or ()}
+    except (json.JSONDecodeError, AttributeError):
+        return False, f"`sluicegate plugins --json` failed: {done.stderr.strip()[-300:]}"
+    missing = {"langfuse", "otel"} - names
+    return (not missing), (f"missing sinks: {', '.join(sorted(missing))}" if missing else "")
+
+
+def team_ids(count: int) -> list[str]:
+    return [f"bench-team-{i:05d}" for i in range(count)]
+
+
+def gateway_config(workdir: Path, upstream: str, sinks: str, teams: list[str], receivers: dict[str, str],
+                   sink_mode: str) -> Path:
+    lines = [
+        "model_list:",
+        f"  - model_name: {MODEL}",
+        "    litellm_params:",
+        f"      model: openai/{MODEL}",
+        f"      api_base: {upstream}/v1",
+        "      api_key: sk-upstream-bench",
+        "      timeout: 30",
+        "general_settings:",
+        f"  master_key: {MASTER_KEY}",
+        f"  database_url: sqlite+aiosqlite:///{workdir}/gateway.db",
+        "litellm_settings:",
+        "  callbacks: []",
+    ]
+    if sinks == "telemetry":
+        lines.append("  default_team_settings:")
+        for team in teams:
+            lines.append(f"    - team_id: {team}")
+            if sink_mode == "telemetry":
+                lines += [
+                    "      success_callback: [langfuse, otel]",
+                    "      failure_callback: [langfuse, otel]",
+                    "      callback_vars:",
+                    f"        langfuse_public_key: pk-lf-{team}",
+                    f"        langfuse_secret_key: sk-lf-{team}",
+                    f"        langfuse_host: {receivers['langfuse']}",
+                    f"        otel_endpoint: {receivers['otel']}/v1/traces",
+                    f"        otel_headers: x-bench-team={team}",
+                    f"        otel_service_name: sluicegate-{team}",
+                ]
+            else:  # fallback: the built-in file sink, one file per team
+                lines += [
+                    "      success_callback: [file]",
+                    "      failure_callback: [file]",
+                    "      callback_vars:",
+                    f"        path: {workdir}/sinks/{team}.jsonl",
+                ]
+    path = workdir / "gateway.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def make_keys(base: str, teams: list[str], keys_file: Path) -> None:
+    """One virtual key per team through ``/key/generate`` (deterministic keys, so every row uses the same)."""
+    headers = {"Authorization": f"Bearer {MASTER_KEY}"}
+    limit = asyncio.Semaphore(8)
+    keys = [f"sk-bench-{team}-k0" for team in teams]
+
+    async def one(session: aiohttp.ClientSession, team: str, key: str) -> None:
+        async with limit, session.post(f"{base}/key/generate", headers=headers,
+                                       json={"team_id": team, "key_alias": f"{team}-bench", "key": key}) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"/key/generate for {team}: HTTP {resp.status}: {(await resp.text())[:300]}")
+
+    timeout = aiohttp.ClientTimeout(total=max(60, len(teams) * 0.2))
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await asyncio.gather(*(one(session, t, k) for t, k in zip(teams, keys, strict=True)))
+    keys_file.write_text("\n".join(keys) + "\n")
+
+
+async def warm_keys(base: str, keys: list[str]) -> int:
+    """One chat request per key (loads every key into the cache, creates every sink instance); returns failures."""
+    limit = asyncio.Semaphore(16)
+    failures = 0
+
+    async def one(session: aiohttp.ClientSession, key: str) -> None:
+        nonlocal failures
+        async with limit, session.post(f"{base}/v1/chat/completions", json=BODY,
+                                       headers={"Authorization": f"Bearer {key}"}) as resp:
+            await resp.read()
+            failures += resp.status != 200
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=max(60, len(keys) * 0.1))) as session:
+        await asyncio.gather(*(one(session, k) for k in keys))
+    return failures
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="sluicegate-bench-"))
+        self.procs = Procs(self.tmp)
+        ncpu = os.cpu_count() or 1
+        self.load_cpu = args.load_cpu if ncpu > 1 else None
+        self.server_cpu = args.server_cpu if ncpu > 1 else None
+        self.wrk = Wrk(ensure_wrk(), self.tmp, self.load_cpu)
+        self.teams = team_ids(args.teams)
+        self.notes: list[str] = []
+        self.results: list[Result] = []
+        self.receiver_urls: dict[str, str] = {}
+        self.receiver_procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start_mock(self, name: str, mode: str) -> tuple[str, subprocess.Popen[bytes]]:
+        port = free_port()
+        proc = self.procs.start(name, [sys.executable, "-m", "bench.mock_upstream", "--port", str(port),
+                                       "--mode", mode], cpu=self.load_cpu)
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + ("/stats" if mode == "receiver" else "/v1/models"), proc, timeout=20)
+        return url, proc
+
+    def receiver_counts(self) -> dict[str, int]:
+        import urllib.request
+
+        counts = {}
+        for name, url in self.receiver_urls.items():
+            with urllib.request.urlopen(url + "/stats", timeout=5) as resp:
+                counts[name] = int(json.loads(resp.read())["requests"])
+        return counts
+
+    def measure(self, row: Row, url: str, keys: Path, pid: int | None) -> Result:
+        result = Result(row.id, row.label.format(teams=len(self.teams)))
+        duration = self.args.duration
+        self.wrk.run(url, keys, 16, self.args.warmup)  # warm-up, discarded
+        for concurrency in self.args.concurrency:
+            before = cpu_seconds(pid) if pid else None
+            raw = self.wrk.run(url, keys, concurrency, duration)
+            cpu = cpu_seconds(pid) - before if pid and before is not None else None
+            point = to_point(concurrency, raw, cpu)
+            result.points.append(point)
+            print(f"  {row.id:12} c={concurrency:<3} {point.rps:9,.0f} req/s  p50 {point.p50_ms:7.2f} ms  "
+                  f"p99 {point.p99_ms:7.2f} ms  errors {point.errors}"
+                  + (f"  cpu {point.cpu_ms_per_req:.3f} ms/req" if point.cpu_ms_per_req is not None else ""),
+                  flush=True)
+        if row.stream and self.args.stream:
+            before = cpu_seconds(pid) if pid else None
+            raw = self.wrk.run(url, keys, 1, max(2.0, duration / 2), stream=True)
+            cpu = cpu_seconds(pid) - before if pid and before is not None else None
+            result.stream = to_point(1, raw, cpu)
+            print(f"  {row.id:12} stream c=1 {result.stream.rps:9,.0f} req/s  p50 {result.stream.p50_ms:7.2f} ms  "
+                  f"p99 {result.stream.p99_ms:7.2f} ms  errors {result.stream.errors}", flush=True)
+        if pid:
+            result.threads, result.rss_mb = threads_and_rss(pid)
+        return result
+
+    def run_row(self, row: Row, upstream: str) -> Result:
+        print(f"[{row.id}] {row.label.format(teams=len(self.teams))}", flush=True)
+        keys = self.tmp / "keys.txt"
+        if row.kind == "direct":
+            keys.write_text("\n".join(f"sk-bench-{t}-k0" for t in self.teams) + "\n")
+            return self.measure(row, upstream, keys, None)
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        if row.kind == "bare":
+            keys.write_text("\n".join(f"sk-bench-{t}-k0" for t in self.teams) + "\n")
+            proc = self.procs.start(row.id, [
+                sys.executable, "-m", "uvicorn", "bench.bare_app:create_app", "--factory", "--host", "127.0.0.1",
+                "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+                "--log-level", "warning"], cpu=self.server_cpu,
+                env={"BENCH_UPSTREAM": upstream, "BENCH_BARE_CLIENT": row.client})
+            try:
+                wait_http(base + "/", proc)
+                return self.measure(row, base, keys, proc.pid)
+            finally:
+                self.procs.stop(proc)
+        # the gateway
+        workdir = self.tmp / row.id
+        workdir.mkdir()
+        (workdir / "sinks").mkdir()
+        config = gateway_config(workdir, upstream, row.sinks, self.teams, self.receiver_urls, self.sink_mode)
+        proc = self.procs.start(row.id, [str(VENV_BIN / "sluicegate"), "serve", "--config", str(config),
+                                         "--port", str(port), "--log-level", "warning"],
+                                cpu=self.server_cpu, env={"SLUICEGATE_HTTP_CLIENT": row.client})
+        try:
+            wait_http(base + "/health/liveliness", proc, timeout=120)
+            started = time.monotonic()
+            asyncio.run(make_keys(base, self.teams, keys))
+            failures = asyncio.run(warm_keys(base, [f"sk-bench-{t}-k0" for t in self.teams]))
+            print(f"  {len(self.teams)} keys generated and warmed in {time.monotonic() - started:.1f}s"
+                  + (f" ({failures} warm-up failures)" if failures else ""), flush=True)
+            before = self.receiver_counts() if row.sinks == "telemetry" and self.sink_mode == "telemetry" else {}
+            result = self.measure(row, base, keys, proc.pid)
+            if failures:
+                result.notes.append(f"{failures} of {len(self.teams)} warm-up requests failed")
+            if before:
+                time.sleep(1.5)  # one batch interval, so the last events reach the receivers
+                after = self.receiver_counts()
+                posts = {k: after[k] - before[k] for k in after}
+                result.notes.append("receiver POSTs during the row: " + ", ".join(f"{k} {v:,}" for k, v in
+                                                                                   posts.items()))
+            if row.sinks == "telemetry" and self.sink_mode == "file":
+                written = sum(1 for p in (workdir / "sinks").iterdir())
+                result.notes.append(f"file sink fallback: {written} team files written")
+            if proc.poll() is not None:
+                result.notes.append(f"gateway exited with {proc.returncode}: {self.procs.tail(row.id)}")
+            return result
+        finally:
+            self.procs.stop(proc, timeout=30)
+
+    def run(self) -> list[Result]:
+        upstream, _ = self.start_mock("mock-upstream", "upstream")
+        rows = [r for r in ROWS if not self.args.rows or r.id in self.args.rows]
+        self.sink_mode = "none"
+        if any(r.sinks == "telemetry" for r in rows):
+            ok, why = telemetry_available()
+            self.sink_mode = "telemetry" if ok else "file"
+            if ok:
+                for name in ("langfuse", "otel"):
+                    self.receiver_urls[name], self.receiver_procs[name] = self.start_mock(f"receiver-{name}",
+                                                                                          "receiver")
+            else:
+                self.notes.append(f"langfuse/otel sinks not importable ({why}): the sinks row uses the built-in "
+                                  "`file` sink, one file per team, instead")
+                for row in rows:
+                    if row.sinks == "telemetry":
+                        row.label = "gateway, {teams} teams x file sink (FALLBACK), httpx-aiohttp"
+        for row in rows:
+            try:
+                self.results.append(self.run_row(row, upstream))
+            except Exception as exc:  # one broken row must not lose the others
+                print(f"  {row.id}: FAILED: {exc}\n{self.procs.tail(row.id)}", flush=True)
+                self.results.append(Result(row.id, row.label.format(teams=len(self.teams)),
+                                           notes=[f"failed: {exc}"]))
+        return self.results
+
+    def cleanup(self) -> None:
+        self.procs.stop_all()
+        if not self.args.keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# --- report ----------------------------------------------------------------------------------------------
+def _point(result: Result | None, concurrency: int) -> Point | None:
+    if result is None:
+        return None
+    return next((p for p in result.points if p.concurrency == concurrency), None)
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.0f} %"
+
+
+def render(results: list[Result], args: argparse.Namespace, notes: list[str], elapsed: float) -> str:
+    by_id = {r.id: r for r in results}
+    direct, floor = by_id.get("direct"), by_id.get("floor")
+    cs = args.concurrency
+    out = [f"# Sluicegate bench — {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}", "",
+           f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}; load (wrk -t1, mock, "
+           f"receivers) on CPU {args.load_cpu}, server under test (1 worker) on CPU {args.server_cpu}; "
+           f"{args.duration:g} s per point; {args.teams} teams/keys, requests spread over all keys; "
+           f"run took {elapsed:.0f} s.", ""]
+    for note in notes:
+        out += [f"**Note:** {note}", ""]
+    out += ["## Throughput and latency", "",
+            "| row | " + " | ".join(f"c={c} RPS | p50 ms | p99 ms" for c in cs) + " | CPU ms/req (c=" + str(cs[-1])
+            + ") | threads | RSS MB |",
+            "|---|" + "---:|---:|---:|" * len(cs) + "---:|---:|---:|"]
+    for r in results:
+        cells = []
+        for c in cs:
+            p = _point(r, c)
+            cells += ([f"{p.rps:,.0f}" + (f" ({p.errors} err)" if p.errors else ""), f"{p.p50_ms:.2f}",
+                       f"{p.p99_ms:.2f}"] if p else ["—"] * 3)
+        last = _point(r, cs[-1])
+        cpu = f"{last.cpu_ms_per_req:.3f}" if last and last.cpu_ms_per_req is not None else "—"
+        out.append(f"| {r.label} | " + " | ".join(cells) + f" | {cpu} | {r.threads or '—'} | "
+                   + (f"{r.rss_mb:.0f}" if r.rss_mb else "—") + " |")
+    if direct and direct.points:
+        out += ["", "## As ratios of direct (RPS share; p50/p99 as multiples, added p50 in ms)", "",
+                "| row | " + " | ".join(f"c={c} RPS | p50 × | p99 ×" for c in cs) + " | added p50 c="
+                + str(cs[0]) + " |", "|---|" + "---:|---:|---:|" * len(cs) + "---:|"]
+        for r in results:
+            if r is direct or not r.points:
+                continue
+            cells = []
+            for c in cs:
+                p, d = _point(r, c), _point(direct, c)
+                cells += ([_pct(p.rps / d.rps), f"{p.p50_ms / d.p50_ms:.1f}", f"{p.p99_ms / d.p99_ms:.1f}"]
+                          if p and d and d.rps and d.p50_ms and d.p99_ms else ["—"] * 3)
+            p, d = _point(r, cs[0]), _point(direct, cs[0])
+            added = f"+{p.p50_ms - d.p50_ms:.2f} ms" if p and d else "—"
+            out.append(f"| {r.label} | " + " | ".join(cells) + f" | {added} |")
+    if floor and floor.points:
+        out += ["", "## As ratios of the floor (bare Litestar + aiohttp, same server, same run)", "",
+                "| row | " + " | ".join(f"c={c} RPS" for c in cs) + f" | p99 c={cs[-1]} × floor |",
+                "|---|" + "---:|" * len(cs) + "---:|"]
+        for r in results:
+            if r is floor or r.id == "direct" or not r.points:
+                continue
+            cells = [(_pct(p.rps / f.rps) if (p := _point(r, c)) and (f := _point(floor, c)) and f.rps else "—")
+                     for c in cs]
+            p, f = _point(r, cs[-1]), _point(floor, cs[-1])
+            cells.append(f"{p.p99_ms / f.p99_ms:.2f}" if p and f and f.p99_ms else "—")
+            out.append(f"| {r.label} | " + " | ".join(cells) + " |")
+    streams = [r for r in results if r.stream]
+    if streams:
+        out += ["", "## SSE streaming at c=1 (the mock sends the whole stream at once, so latency ≈ time to "
+                "first token)", "", "| row | RPS | p50 ms | p99 ms | added p50 vs direct |", "|---|---:|---:|---:|---:|"]
+        base = direct.stream if direct else None
+        for r in streams:
+            s = r.stream
+            added = f"+{s.p50_ms - base.p50_ms:.2f} ms" if base and r is not direct else "—"
+            out.append(f"| {r.label} | {s.rps:,.0f} | {s.p50_ms:.2f} | {s.p99_ms:.2f} | {added} |")
+    out += ["", "## Issue 8 targets (this run)", ""]
+    out += targets(by_id, cs)
+    extra = [f"- {r.id}: {n}" for r in results for n in r.notes]
+    if extra:
+        out += ["", "## Notes", "", *extra]
+    return "\n".join(out) + "\n"
+
+
+def targets(by_id: dict[str, Result], cs: list[int]) -> list[str]:
+    lines = []
+    direct, floor, on, off = (by_id.get(k) for k in ("direct", "floor", "gw-sinks", "gw-aiohttp"))
+
+    def check(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    if on and floor:
+        for c in (16, 64):
+            p, f = _point(on, c), _point(floor, c)
+            if p and f and f.rps:
+                lines.append(f"- throughput with sinks at c={c}: {_pct(p.rps / f.rps)} of the floor "
+                             f"(target ≥ 75 %): {check(p.rps / f.rps >= 0.75)}")
+        p, f = _point(on, 64), _point(floor, 64)
+        if p and f and f.p99_ms:
+            lines.append(f"- p99 at c=64 with sinks: {p.p99_ms / f.p99_ms:.2f}× the floor's (target ≤ 1.5×): "
+                         f"{check(p.p99_ms / f.p99_ms <= 1.5)}")
+    if on and direct:
+        p, d = _point(on, 1), _point(direct, 1)
+        if p and d:
+            added = p.p50_ms - d.p50_ms
+            lines.append(f"- added p50 at c=1 with sinks: {added:.2f} ms (target ≤ 0.7 ms): {check(added <= 0.7)}")
+        if on.stream and direct.stream:
+            added = on.stream.p50_ms - direct.stream.p50_ms
+            lines.append(f"- stream latency (≈ TTFT) at c=1 with sinks: +{added:.2f} ms over direct "
+                         f"(target ≤ +1 ms): {check(added <= 1.0)}")
+    if on and off:
+        for c in cs:
+            p, q = _point(on, c), _point(off, c)
+            if p and q and q.rps:
+                lines.append(f"- logging on vs off at c={c}: {_pct(p.rps / q.rps)} (target ≥ 90 %): "
+                             f"{check(p.rps / q.rps >= 0.9)}")
+    ax, hx = by_id.get("gw-aiohttp"), by_id.get("gw-httpx")
+    if ax and hx:
+        for c in cs:
+            p, q = _point(ax, c), _point(hx, c)
+            if p and q and q.rps:
+                lines.append(f"- upstream client at c={c}: httpx-aiohttp {p.rps:,.0f} vs plain httpx {q.rps:,.0f} "
+                             f"req/s ({p.rps / q.rps:.1f}×)")
+    return lines or ["- (not enough rows in this run to check them)"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=float(env("BENCH_DURATION", "5")),
+                        help="seconds per measured point (BENCH_DURATION, default 5)")
+    parser.add_argument("--warmup", type=float, default=float(env("BENCH_WARMUP", "1")),
+                        help="seconds of discarded load before each row (BENCH_WARMUP, default 1)")
+    parser.add_argument("--concurrency", default=env("BENCH_CONCURRENCY", "1,16,64"),
+                        help="comma list (BENCH_CONCURRENCY, default 1,16,64)")
+    parser.add_argument("--teams", type=int, default=int(env("BENCH_TEAMS", "1000")),
+                        help="teams, one key each (BENCH_TEAMS, default 1000)")
+    parser.add_argument("--rows", default=env("BENCH_ROWS", ""),
+                        help=f"comma list of rows to run (BENCH_ROWS; default all: {','.join(r.id for r in ROWS)})")
+    parser.add_argument("--load-cpu", type=int, default=int(env("BENCH_LOAD_CPU", "0")))
+    parser.add_argument("--server-cpu", type=int, default=int(env("BENCH_SERVER_CPU", "1")))
+    parser.add_argument("--no-stream", dest="stream", action="store_false",
+                        default=env("BENCH_STREAM", "1") != "0", help="skip the SSE rows (BENCH_STREAM=0)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs) and print it")
+    parser.add_argument("--output", default=str(HERE / "results"), help="where latest.md/latest.json go")
+    args = parser.parse_args(argv)
+    args.concurrency = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
+    args.rows = [r.strip() for r in str(args.rows).split(",") if r.strip()]
+    unknown = set(args.rows) - {r.id for r in ROWS}
+    if unknown:
+        parser.error(f"unknown rows: {', '.join(sorted(unknown))}")
+    if not 1 <= args.teams <= 20_000 or not 0.5 <= args.duration <= 120 or not args.concurrency:
+        parser.error("bounds: 1 ≤ teams ≤ 20000, 0.5 ≤ duration ≤ 120, at least one concurrency")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    bench = Bench(args)
+    try:
+        results = bench.run()
+    finally:
+        bench.cleanup()
+        if args.keep:
+            print(f"bench: kept {bench.tmp}")
+    report = render(results, args, bench.notes, time.monotonic() - started)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.md").write_text(report)
+    (out / "latest.json").write_text(json.dumps({
+        "when": dt.datetime.now().isoformat(timespec="seconds"), "cpus": os.cpu_count(),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("output",)},
+        "notes": bench.notes, "results": [asdict(r) for r in results]}, indent=2))
+    print()
+    print(report)
+    print(f"bench: wrote {out / 'latest.md'} and {out / 'latest.json'}")
+    return 0 if all(r.points for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
