@@ -7,17 +7,20 @@ entry-point metadata exactly as for any plugin, and tests without the fixture do
 
 from __future__ import annotations
 
+import asyncio
 import importlib
-import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from litestar.testing import AsyncTestClient
+import uvicorn
 
 from sluicegate.app import create_app
 from sluicegate.config import parse_settings
@@ -68,7 +71,7 @@ def config(tmp_path: Path, *, litellm: dict[str, Any] | None = None, models: lis
 class Gw:
     """A running gateway app and helpers to talk to it."""
 
-    def __init__(self, client: AsyncTestClient, app: Any) -> None:
+    def __init__(self, client: httpx.AsyncClient, app: Any) -> None:
         self.client = client
         self.app = app
         self.gateway = app.state.gateway
@@ -89,9 +92,27 @@ class Gw:
 
 @asynccontextmanager
 async def running(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> AsyncIterator[Gw]:
+    """Serve the app with uvicorn on a loopback socket in the test's own event loop, so requests, the
+    lifespan and the delivery tasks share one loop, as in production."""
     app = create_app(parse_settings(cfg), environ=environ)
-    async with AsyncTestClient(app) as client:
-        yield Gw(client, app)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False))
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if task.done():
+            task.result()
+        assert time.monotonic() < deadline, "gateway did not start within 20 s"
+        await asyncio.sleep(0.01)
+    port = sock.getsockname()[1]
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield Gw(client, app)
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
 
 
 def acme_vars(receiver: HttpReceiver, dest: str, token: str = "tok-" + "x" * 8, **extra: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import difflib
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 
@@ -36,6 +37,11 @@ def _dec_hook(type_: type, obj: Any) -> Any:
     if type_ is SecretStr:
         if isinstance(obj, SecretStr):
             return obj
+        if isinstance(obj, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in obj.items()):
+            # A secret mapping (e.g. OTLP headers) travels as one "k=v,k2=v2" string, each part percent-encoded.
+            if any(v == MASK for v in obj.values()):
+                raise ValueError(f"contains the masked placeholder {MASK!r}; send the real secret")
+            return SecretStr(",".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in obj.items()))
         if not isinstance(obj, str):
             raise TypeError(f"Expected `str`, got `{type(obj).__name__}`")
         if obj == MASK:
