@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import weakref
 from collections import Counter
 from typing import Any
 
@@ -69,8 +70,9 @@ class FakeDatadogIntake:
         self.hold_validate: asyncio.Event | None = None
         """When set to an unset Event, validate requests wait on it (to test the health-check timeout)."""
         self._accepted_count = 0
-        self._in_flight = 0
-        self.max_in_flight = 0
+        self._transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
+        self.max_open_connections = 0
+        self.connections_seen = 0
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -121,14 +123,11 @@ class FakeDatadogIntake:
         return host in (f"http-intake.logs.{site}", f"api.{site}")
 
     async def _handle(self, request: web.Request) -> web.Response:
-        self._in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self._in_flight)
-        try:
-            return await self._respond(request)
-        finally:
-            self._in_flight -= 1
-
-    async def _respond(self, request: web.Request) -> web.Response:
+        if request.transport is not None and request.transport not in self._transports:
+            self._transports.add(request.transport)
+            self.connections_seen += 1
+        open_now = sum(1 for t in list(self._transports) if not t.is_closing())
+        self.max_open_connections = max(self.max_open_connections, open_now)
         raw = await request.read()
         host = request.headers.get("Host", "")
         headers = {k.lower(): v for k, v in request.headers.items()}

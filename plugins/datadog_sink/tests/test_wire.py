@@ -343,7 +343,8 @@ async def test_instances_share_one_bounded_client(intake: Any, route_sites: Any)
     await asyncio.gather(*(s.send(events(2)) for s in sinks))
     assert len(DatadogSink._clients) == 1
     assert threading.active_count() == threads_before
-    assert intake.max_in_flight <= 64  # the shared pool's connection limit
+    assert 1 < intake.max_open_connections <= 64  # concurrent, within the shared pool's limit
+    assert intake.connections_seen <= 64  # and reused, not one connection per request
     assert sum(intake.accepted_event_ids().values()) == 600
     # shutdown releases the client; the next send builds a new one.
     first = next(iter(DatadogSink._clients.values()))
