@@ -168,6 +168,8 @@ class GcsGateway(http.server.ThreadingHTTPServer):
         self.token_grants: list[tuple[str, str]] = []
         """(email, key id) of every token issued."""
         self.token_refusals: list[str] = []
+        self.anonymous_requests: list[tuple[str, str, str]] = []
+        """(Authorization header, method, bucket) of storage requests without a valid token."""
         self.storage_requests: list[tuple[str, str, str]] = []
         """(email, method, bucket) of every authorised storage request."""
         self.failures: Counter[str] = Counter()
@@ -290,6 +292,9 @@ class _GatewayHandler(http.server.BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization", "")
         email = gateway.tokens.get(auth.removeprefix("Bearer ")) if auth.startswith("Bearer ") else None
         if email is None:
+            with gateway.lock:
+                match = _BUCKET_PATH.match(self.path)
+                gateway.anonymous_requests.append((auth, self.command, match.group(1) if match else ""))
             return self._error(401, "Anonymous caller does not have storage access, or the token is invalid.",
                                "required")
         match = _BUCKET_PATH.match(self.path)

@@ -296,3 +296,35 @@ async def test_threads_stay_bounded_with_many_instances(gcs_env, fake_gcs, new_b
     # Shared resources come back after shutdown.
     await sinks[0].send([make_event()])
     assert len(fake_gcs.objects(bucket)) == 301
+
+
+async def test_token_endpoint_outage_is_raised_then_the_retry_delivers(gcs_env, fake_gcs, new_bucket):
+    from google.auth.exceptions import RefreshError
+
+    bucket = new_bucket()
+    account = gcs_env.account("outage", bucket)
+    sink = make_sink(bucket, account.key_file)
+    batch = [make_event()]
+    gcs_env.fail_next("token", 503, times=3)  # google-auth tries the token endpoint three times
+    try:
+        with pytest.raises(RefreshError):
+            await sink.send(batch)
+    finally:
+        gcs_env.failures.clear()
+    assert fake_gcs.objects(bucket) == {}
+    await sink.send(batch)  # the core's retry
+    assert [e["id"] for e in stored_events(fake_gcs, bucket)] == [batch[0].id]
+
+
+async def test_without_a_key_file_the_library_default_credentials_apply(gcs_env, fake_gcs, new_bucket):
+    """Under STORAGE_EMULATOR_HOST the library's default is anonymous: the IAM gate refuses it (401)."""
+    from google.auth.exceptions import InvalidOperation
+
+    bucket = new_bucket()
+    sink = make_sink(bucket)
+    with pytest.raises(InvalidOperation, match="Anonymous"):  # the 401 makes the library try a refresh
+        await sink.send([make_event()])
+    assert ("", "POST", bucket) in gcs_env.anonymous_requests
+    health = await sink.health_check()
+    assert (health.healthy, health.error_kind) == (False, "auth")
+    assert fake_gcs.objects(bucket) == {}

@@ -440,6 +440,8 @@ class GcsBucketSink(Sink):
         if isinstance(exc, auth.TransportError | OSError) or type(exc).__module__.startswith("requests"):
             return self._unhealthy("unreachable", f"storage API or token endpoint unreachable "
                                                   f"({type(exc).__name__})")
+        if isinstance(exc, auth.GoogleAuthError):  # e.g. anonymous credentials answered with 401
+            return self._unhealthy("auth", f"credentials rejected ({type(exc).__name__})")
         if isinstance(exc, api.GoogleAPICallError):
             return self._unhealthy("error", f"storage API answered {exc.code} ({type(exc).__name__})")
         return self._unhealthy("error", type(exc).__name__)
