@@ -1,0 +1,630 @@
+"""Shared fixtures for the core and cross-package tests under ``tests/``.
+
+Everything here is real: databases are real SQLite files and real PostgreSQL schemas, the upstream model is a
+real OpenAI-compatible HTTP server on 127.0.0.1, gateways are real Litestar apps (in-process through Litestar's
+test client or uvicorn in a thread) or real ``python -m sluicegate serve`` subprocesses.
+
+Fixtures (all documented at their definition):
+
+- ``db_url`` — a fresh database per test, parametrised over ``sqlite`` (a temp file) and ``postgresql``
+  (a fresh schema in ``postgresql://postgres@127.0.0.1:5432/test``). ``module_db_url`` is the same, one per
+  module and backend, for suites that share one gateway.
+- ``new_database`` — the context-manager factory behind both, for fixtures of other scopes.
+- ``make_settings(**overrides)`` — :class:`sluicegate.config.Settings` from a raw config mapping.
+- ``app_client`` — a Litestar ``TestClient`` (lifespan started) on a fresh database, master key
+  ``MASTER_KEY``, models from ``default_model_list``.
+- ``mock_upstream`` — an OpenAI-compatible upstream with knobs for errors, slowness and streaming; it
+  records every request it receives.
+- ``serve_app`` — run a Litestar app under uvicorn in a thread on a free loopback port.
+- ``gateway_process`` — factory starting ``python -m sluicegate serve`` subprocesses, waiting for
+  ``/health/liveliness`` with a deadline.
+- ``query_db`` — run one SQL statement directly against a database URL (for checking what is stored).
+
+PostgreSQL: under ``CI=true`` it must be reachable or the test fails; locally an unreachable server skips the
+PostgreSQL half with the reason. ``SLUICEGATE_TEST_POSTGRES`` overrides the admin URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+MASTER_KEY = "sk-master-test-0123456789"
+UPSTREAM_KEY = "sk-upstream-secret-do-not-forward"
+POSTGRES_ADMIN_URL = os.environ.get("SLUICEGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+BACKENDS = ("sqlite", "postgresql")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def run_async(fn: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """Run ``fn()`` (a coroutine factory) to completion on a fresh loop in its own thread.
+
+    Safe from sync fixtures and from inside a running event loop alike.
+    """
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = asyncio.run(fn())
+        except BaseException as exc:  # re-raised in the caller
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"async helper did not finish within {timeout}s")
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def wait_for(condition: Callable[[], Any], *, timeout: float, interval: float = 0.02, what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = condition()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound and closed: connecting gets ECONNREFUSED)."""
+    return free_port()
+
+
+# ------------------------------------------------------------------------------------------------ databases
+_postgres_state: dict[str, Any] = {}
+
+
+def _postgres_reachable() -> str | None:
+    """None if the PostgreSQL admin URL answers, else the reason."""
+    if "reason" not in _postgres_state:
+        async def probe() -> None:
+            import asyncpg
+
+            conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=3)
+            await conn.close()
+
+        try:
+            run_async(probe, timeout=10)
+            _postgres_state["reason"] = None
+        except Exception as exc:
+            _postgres_state["reason"] = f"PostgreSQL at {POSTGRES_ADMIN_URL} unreachable: {type(exc).__name__}: {exc}"
+    return _postgres_state["reason"]
+
+
+def require_postgres() -> None:
+    """Fail under CI, skip locally, when PostgreSQL is not reachable."""
+    reason = _postgres_reachable()
+    if reason is None:
+        return
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: PostgreSQL tests must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _admin(sql: str, *args: Any) -> Any:
+    async def go() -> Any:
+        import asyncpg
+
+        conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=10)
+        try:
+            return await conn.execute(sql, *args) if args else await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    return run_async(go)
+
+
+@contextlib.contextmanager
+def _postgres_schema() -> Iterator[str]:
+    """A fresh schema in the ``test`` database, owned by a fresh login role of the same name.
+
+    The role's ``search_path`` is just that schema, so everything the gateway (and Alembic) creates or looks
+    up lands there without any option in the URL, whatever other tests left in ``public``.
+    """
+    from sqlalchemy.engine import make_url
+
+    name = "sg_t_" + uuid.uuid4().hex[:16]
+    _admin(f'CREATE ROLE "{name}" LOGIN; CREATE SCHEMA "{name}" AUTHORIZATION "{name}"; '
+           f'ALTER ROLE "{name}" SET search_path = "{name}"')
+    admin = make_url(POSTGRES_ADMIN_URL)
+    url = admin.set(drivername="postgresql+asyncpg", username=name, password=None)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        _admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{name}'")
+        _admin(f'DROP SCHEMA IF EXISTS "{name}" CASCADE; DROP ROLE IF EXISTS "{name}"')
+
+
+@contextlib.contextmanager
+def _sqlite_file(directory: Path) -> Iterator[str]:
+    path = directory / f"sluicegate-{uuid.uuid4().hex[:8]}.db"
+    yield f"sqlite+aiosqlite:///{path}"
+
+
+@pytest.fixture(scope="session")
+def new_database() -> Callable[[str, Path], contextlib.AbstractContextManager[str]]:
+    """``with new_database("sqlite" | "postgresql", tmp_dir) as url:`` — an empty database, removed after."""
+
+    def factory(backend: str, directory: Path) -> contextlib.AbstractContextManager[str]:
+        if backend == "postgresql":
+            require_postgres()
+            return _postgres_schema()
+        if backend == "sqlite":
+            return _sqlite_file(directory)
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+
+    return factory
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, new_database: Any, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database for this test: a temp SQLite file, then a fresh PostgreSQL schema."""
+    with new_database(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_db_url(request: pytest.FixtureRequest, new_database: Any,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Like ``db_url`` but shared by a module's tests (tests must then use unique ids)."""
+    with new_database(request.param, tmp_path_factory.mktemp("db")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def query_db() -> Callable[..., list[dict[str, Any]]]:
+    """``query_db(url, "SELECT ...", **params)`` → rows as dicts, read straight from the database."""
+
+    def query(url: str, sql: str, **params: Any) -> list[dict[str, Any]]:
+        async def go() -> list[dict[str, Any]]:
+            import sqlalchemy as sa
+            from sqlalchemy.ext.asyncio import create_async_engine
+
+            engine = create_async_engine(url)
+            try:
+                async with engine.connect() as conn:
+                    result = await conn.execute(sa.text(sql), params)
+                    return [dict(row._mapping) for row in result]
+            finally:
+                await engine.dispose()
+
+        return run_async(go)
+
+    return query
+
+
+# ------------------------------------------------------------------------------------------------ upstream
+class MockUpstream:
+    """An OpenAI-compatible upstream on 127.0.0.1 (aiohttp, in its own thread and loop).
+
+    ``url`` is the ``api_base`` to configure (ends in ``/v1``). Behaviour per request comes from, in order:
+    a ``"mock"`` object in the request body (it reaches us because unknown fields pass through), then a rule
+    set with :meth:`on` for the upstream model name, then the default (a completion echoing the last user
+    message, with usage). Knobs:
+
+    - ``status`` (int) and ``body`` (JSON value, or ``raw`` text): answer with this error status and body;
+    - ``delay`` (seconds) before the response headers — for timeouts;
+    - ``chunk_delay`` (seconds) between streamed chunks;
+    - ``content`` (str): the assistant's answer.
+
+    Every request is recorded in ``requests`` as ``{"path", "headers", "body", "raw"}``;
+    :meth:`find` looks one up by its ``x-request-id`` header (the gateway forwards its request id).
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.rules: dict[str, dict[str, Any]] = {}
+        self.url = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: Any = None
+        self._thread: threading.Thread | None = None
+
+    def on(self, model: str, **behaviour: Any) -> None:
+        """Set the behaviour for requests whose (upstream) ``model`` is ``model``; ``{}`` resets it."""
+        if behaviour:
+            self.rules[model] = behaviour
+        else:
+            self.rules.pop(model, None)
+
+    def find(self, request_id: str) -> dict[str, Any] | None:
+        for record in reversed(self.requests):
+            if record["headers"].get("x-request-id") == request_id:
+                return record
+        return None
+
+    # server ---------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(self._start())
+            except BaseException as exc:
+                errors.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="mock-upstream", daemon=True)
+        self._thread.start()
+        if not ready.wait(15) or errors:
+            raise RuntimeError(f"mock upstream did not start: {errors}")
+
+    async def _start(self) -> None:
+        from aiohttp import web
+
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/v1"
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    async def _models(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.json_response({"object": "list", "data": [{"id": "upstream-model", "object": "model"}]})
+
+    async def _chat(self, request: Any) -> Any:
+        from aiohttp import web
+
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        self.requests.append({"path": request.path, "headers": {k.lower(): v for k, v in request.headers.items()},
+                              "body": body, "raw": raw})
+        body = body if isinstance(body, dict) else {}
+        knobs = dict(self.rules.get(str(body.get("model")), {}))
+        if isinstance(body.get("mock"), dict):
+            knobs.update(body["mock"])
+        if knobs.get("delay"):
+            await asyncio.sleep(float(knobs["delay"]))
+        if knobs.get("status"):
+            if "raw" in knobs:
+                return web.Response(status=int(knobs["status"]), text=str(knobs["raw"]), content_type="text/plain")
+            error = knobs.get("body", {"error": {"message": f"mock upstream error {knobs['status']}",
+                                                 "type": "mock_error", "param": None, "code": "mock_code"}})
+            return web.json_response(error, status=int(knobs["status"]))
+        messages = body.get("messages") or [{}]
+        last = messages[-1].get("content") if isinstance(messages[-1], dict) else None
+        content = str(knobs.get("content", f"echo: {last}"))
+        model = str(body.get("model"))
+        ident = f"chatcmpl-mock-{uuid.uuid4().hex[:12]}"
+        usage = {"prompt_tokens": 7, "completion_tokens": len(content.split()),
+                 "total_tokens": 7 + len(content.split())}
+        if not body.get("stream"):
+            return web.json_response({
+                "id": ident, "object": "chat.completion", "created": int(time.time()), "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                             "finish_reason": "stop"}],
+                "usage": usage})
+        response = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
+        await response.prepare(request)
+        base = {"id": ident, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+        words = content.split(" ")
+        chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                        "finish_reason": None}]}]
+        chunks += [{**base, "choices": [{"index": 0, "delta": {"content": w if i == 0 else " " + w},
+                                         "finish_reason": None}]} for i, w in enumerate(words)]
+        chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunks.append({**base, "choices": [], "usage": usage})
+        for chunk in chunks:
+            await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            if knobs.get("chunk_delay"):
+                await asyncio.sleep(float(knobs["chunk_delay"]))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+@pytest.fixture(scope="session")
+def mock_upstream() -> Iterator[MockUpstream]:
+    """A real OpenAI-compatible upstream on 127.0.0.1 for the whole session (see :class:`MockUpstream`)."""
+    upstream = MockUpstream()
+    upstream.start()
+    try:
+        yield upstream
+    finally:
+        upstream.stop()
+
+
+# ------------------------------------------------------------------------------------------------ settings
+def default_model_list(upstream_url: str | None = None) -> list[dict[str, Any]]:
+    """Models every suite can rely on.
+
+    ``gpt-mock``: offline ``mock_response``. With an upstream: ``gpt-up`` (upstream model ``up-model``,
+    timeout 5 s), ``gpt-slow`` (``slow-model``, timeout 0.5 s), ``gpt-down`` (nothing listens at its base).
+    """
+    models: list[dict[str, Any]] = [
+        {"model_name": "gpt-mock", "litellm_params": {"model": "openai/mock-model",
+                                                      "mock_response": "Hello from the offline model"}}]
+    if upstream_url:
+        models += [
+            {"model_name": "gpt-up", "litellm_params": {"model": "openai/up-model", "api_base": upstream_url,
+                                                        "api_key": UPSTREAM_KEY, "timeout": 5}},
+            {"model_name": "gpt-slow", "litellm_params": {"model": "openai/slow-model", "api_base": upstream_url,
+                                                          "api_key": UPSTREAM_KEY, "timeout": 0.5}},
+            {"model_name": "gpt-down", "litellm_params": {
+                "model": "openai/down-model", "api_base": f"http://127.0.0.1:{closed_port()}/v1", "timeout": 5}},
+        ]
+    return models
+
+
+def _make_config(*, upstream: str | None = None, database_url: str | None = None,
+                 master_key: str | None = MASTER_KEY, model_list: list[dict[str, Any]] | None = None,
+                 **sections: Any) -> dict[str, Any]:
+    general: dict[str, Any] = {}
+    if master_key is not None:
+        general["master_key"] = master_key
+    if database_url is not None:
+        general["database_url"] = database_url
+    general.update(sections.pop("general_settings", {}) or {})
+    config: dict[str, Any] = {"model_list": model_list if model_list is not None else default_model_list(upstream),
+                              "general_settings": general}
+    config.update(sections)
+    return config
+
+
+@pytest.fixture(scope="session")
+def master_key() -> str:
+    """The master key every helper here configures (``general_settings.master_key``)."""
+    return MASTER_KEY
+
+
+@pytest.fixture(scope="session")
+def upstream_key() -> str:
+    """The ``api_key`` of the upstream models in :func:`default_model_list` (what the upstream must see)."""
+    return UPSTREAM_KEY
+
+
+@pytest.fixture(scope="session")
+def make_config() -> Callable[..., dict[str, Any]]:
+    """``make_config(upstream=None, database_url=None, master_key=MASTER_KEY, model_list=None, **sections)``.
+
+    A raw config.yaml mapping. Without ``model_list`` the models are :func:`default_model_list` (with the
+    upstream models when ``upstream`` is a base URL). Other keyword sections (``litellm_settings=...``)
+    replace whole sections; a ``general_settings`` dict is merged over the master key and database URL.
+    """
+    return _make_config
+
+
+@pytest.fixture(scope="session")
+def make_settings(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
+    """``make_settings(**overrides)`` → ``Settings``, through ``parse_settings`` exactly like a config.yaml.
+
+    Takes the keywords of ``make_config``. Without ``database_url`` a fresh SQLite file is used.
+    """
+    from sluicegate.config import parse_settings
+
+    directory = tmp_path_factory.mktemp("settings")
+
+    def build(**overrides: Any) -> Any:
+        overrides.setdefault("database_url", f"sqlite+aiosqlite:///{directory / f'db-{uuid.uuid4().hex[:8]}.db'}")
+        return parse_settings(_make_config(**overrides), source="<tests>")
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def write_config(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``write_config(raw_mapping_or_yaml_text)`` → path of a new config file holding it."""
+    directory = tmp_path_factory.mktemp("configs")
+
+    def write(content: Any) -> Path:
+        path = directory / f"config-{uuid.uuid4().hex[:8]}.yaml"
+        path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
+        return path
+
+    return write
+
+
+# ------------------------------------------------------------------------------------------------ apps
+@pytest.fixture
+def app_client(db_url: str, make_settings: Callable[..., Any], mock_upstream: MockUpstream) -> Iterator[Any]:
+    """A Litestar ``TestClient`` on a fresh database (both backends), lifespan started.
+
+    Master key ``MASTER_KEY``; models from :func:`default_model_list` against ``mock_upstream``. The
+    client's ``settings`` attribute holds the Settings used.
+    """
+    from litestar.testing import TestClient
+
+    from sluicegate.app import create_app
+
+    settings = make_settings(database_url=db_url, upstream=mock_upstream.url)
+    with TestClient(create_app(settings), timeout=30) as client:
+        client.settings = settings  # type: ignore[attr-defined]
+        yield client
+
+
+class ServedApp:
+    """A Litestar app under uvicorn in a thread. ``url`` is ``http://127.0.0.1:<port>``."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False,
+                                                   timeout_graceful_shutdown=2))
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
+                                        name=f"uvicorn-{self.port}", daemon=True)
+
+    def start(self, timeout: float = 30.0) -> ServedApp:
+        self._thread.start()
+        wait_for(lambda: self.server.started or not self._thread.is_alive(), timeout=timeout,
+                 what=f"uvicorn on {self.url} to start")
+        if not self.server.started:
+            raise RuntimeError(f"uvicorn on {self.url} exited during start-up")
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(15)
+        self._sock.close()
+
+
+def _serve_app() -> Iterator[Callable[[Any], ServedApp]]:
+    served: list[ServedApp] = []
+
+    def start(app: Any) -> ServedApp:
+        server = ServedApp(app).start()
+        served.append(server)
+        return server
+
+    yield start
+    for server in reversed(served):
+        server.stop()
+
+
+@pytest.fixture
+def serve_app() -> Iterator[Callable[[Any], ServedApp]]:
+    """``serve_app(litestar_app)`` → a started :class:`ServedApp` (stopped after the test)."""
+    yield from _serve_app()
+
+
+@pytest.fixture(scope="module")
+def module_serve_app() -> Iterator[Callable[[Any], ServedApp]]:
+    """``serve_app`` whose servers live until the end of the module."""
+    yield from _serve_app()
+
+
+# ------------------------------------------------------------------------------------------------ processes
+def sluicegate_command() -> list[str]:
+    """The installed ``sluicegate`` console script next to this interpreter, else ``python -m sluicegate``."""
+    script = Path(sys.executable).with_name("sluicegate")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("sluicegate")
+    return [found] if found else [sys.executable, "-m", "sluicegate"]
+
+
+class GatewayProcess:
+    """A ``python -m sluicegate serve`` subprocess. Output goes to files (``stdout``/``stderr`` properties)."""
+
+    def __init__(self, config: Path, *, port: int | None = None, workers: int = 1, env: dict[str, str] | None = None,
+                 log_dir: Path) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = config
+        tag = uuid.uuid4().hex[:6]
+        self._out = log_dir / f"gateway-{self.port}-{tag}.out"
+        self._err = log_dir / f"gateway-{self.port}-{tag}.err"
+        # DATABASE_URL overrides the config; only an explicit ``env`` may set it for the child.
+        full_env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+        full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
+        with open(self._out, "wb") as out, open(self._err, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sluicegate", "serve", "--config", str(config), "--host", "127.0.0.1",
+                 "--port", str(self.port), "--workers", str(workers), "--log-level", "warning"],
+                stdout=out, stderr=err, env=full_env, cwd=str(log_dir))
+
+    @property
+    def stdout(self) -> str:
+        return self._out.read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self._err.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60.0) -> GatewayProcess:
+        import httpx
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gateway exited with {self.proc.returncode} before it was ready:\n"
+                                     f"{self.stdout}\n{self.stderr}")
+            try:
+                return httpx.get(f"{self.url}/health/liveliness", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout=timeout, interval=0.1, what=f"{self.url}/health/liveliness")
+        return self
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def _gateway_processes(log_dir: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    started: list[GatewayProcess] = []
+
+    def start(config: Path, *, wait: bool = True, **kwargs: Any) -> GatewayProcess:
+        process = GatewayProcess(config, log_dir=log_dir, **kwargs)
+        started.append(process)
+        return process.wait_ready() if wait else process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    """``gateway_process(config_path, wait=True, workers=1, env=None)`` → a running :class:`GatewayProcess`.
+
+    With ``wait=False`` the process is started but not awaited: call ``.wait_ready()`` later (lets start-up
+    overlap with other work). Every process is terminated after the test.
+    """
+    yield from _gateway_processes(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_gateway_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., GatewayProcess]]:
+    """``gateway_process`` whose processes live until the end of the module."""
+    yield from _gateway_processes(tmp_path_factory.mktemp("gateway"))
