@@ -352,3 +352,15 @@ async def test_instances_share_one_bounded_client(intake: Any, route_sites: Any)
     assert first.is_closed and len(DatadogSink._clients) == 0
     await sinks[0].send(events(1))
     assert len(DatadogSink._clients) == 1 and next(iter(DatadogSink._clients.values())) is not first
+
+
+async def test_dd_tags_as_list_and_litellm_strings(intake: Any, route_sites: Any) -> None:
+    route_sites(intake)
+    sink = sink_for(dd_api_key=GLOBAL_KEY, dd_tags=["env:prod", " region:eu "])
+    await sink.send([make_event(team_id=None, model="m,odel")])
+    tags = intake.received[0].entries[0]["ddtags"].split(",")
+    assert tags == ["key_alias:alias-1", "model:m_odel", "status:success", "env:prod", "region:eu"]
+    # LiteLLM writes every var as a string: the port arrives as "10518"-style text.
+    agent = sink_for(dd_api_key=GLOBAL_KEY, dd_agent_host="127.0.0.1", dd_agent_port=str(intake.port))
+    await agent.send(events(1))
+    assert intake.statuses() == [202, 202]

@@ -80,8 +80,6 @@ class DatadogVars(CallbackVars, frozen=True):
     dd_tags: str | list[str] = ""
     """Extra tags added to every entry: ``"env:prod,region:eu"`` or a list of ``key:value`` strings."""
 
-    aliases: ClassVar[Mapping[str, str]] = {"dd_service_name": "dd_service", "dd_tag": "dd_tags"}
-
 
 class DatadogIntakeError(RuntimeError):
     """The intake (or agent) refused a request; ``status`` is its HTTP status and ``kind`` a short error kind."""
