@@ -75,7 +75,9 @@ class Sink(abc.ABC):
     Subclasses set ``callback_name`` and ``Vars`` and implement :meth:`send`. One instance serves one set of
     callback variables; the core pools instances, batches events, applies timeouts and retries.
     ``send`` raises on failure (any exception): the core counts it and retries the batch with backoff, so a
-    sink should make re-delivery of the same event id harmless where its destination allows.
+    sink should make re-delivery of the same event id harmless where its destination allows. A permanent
+    failure (bad credentials, payload refused) is marked ``exc.retryable = False`` or carries an HTTP
+    ``status_code`` 4xx other than 408/429: the core then drops the batch at once, counts and logs it.
     """
 
     callback_name: ClassVar[str]

@@ -26,6 +26,21 @@ __all__ = ("Dispatcher",)
 log = logging.getLogger("sluicegate.delivery")
 
 
+def _retryable(exc: BaseException | None) -> bool:
+    """Whether a failed send is worth retrying.
+
+    A sink marks permanent failures with ``exc.retryable = False``; without the mark, an exception carrying an
+    HTTP ``status_code`` of 4xx other than 408 and 429 (bad credentials, rejected payload) is permanent too.
+    """
+    flag = getattr(exc, "retryable", None)
+    if flag is not None:
+        return bool(flag)
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
+        return False
+    return True
+
+
 class Dispatcher:
     def __init__(self, settings: DeliverySettings) -> None:
         self.settings = settings
@@ -109,10 +124,16 @@ class Dispatcher:
                     kind = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
                     slot.last_error = slot.scrub(f"{kind}: {exc}")[:500]
                     slot.last_error_at = time.time()
+                    slot.last_exception = exc
                 else:
                     slot.sent += len(batch)
                     return
             attempt += 1
+            if not _retryable(slot.last_exception):
+                slot.dropped += len(batch)
+                log.error("sink %s/%s: dropped %d event(s): permanent failure: %s", slot.callback_name,
+                          slot.instance_id, len(batch), slot.last_error)
+                return
             if attempt > self.settings.max_retries:
                 slot.dropped += len(batch)
                 log.error("sink %s/%s: dropped %d event(s) after %d attempts; last error: %s",

@@ -22,7 +22,7 @@ class SinkSlot:
 
     __slots__ = ("instance_id", "callback_name", "sink", "queue", "task", "last_used", "queued", "sent", "retried",
                  "dropped", "failed_sends", "last_error", "last_error_at", "closed", "_secrets", "wake",
-                 "inflight")
+                 "inflight", "last_exception")
 
     def __init__(self, instance_id: str, sink: Sink) -> None:
         self.instance_id = instance_id
@@ -40,6 +40,7 @@ class SinkSlot:
         self.inflight = 0
         self.last_error: str | None = None
         self.last_error_at: float | None = None
+        self.last_exception: BaseException | None = None
         self.closed = False
         values = encode_vars(sink.callback_vars, reveal=True)
         self._secrets = [str(values[name]) for name in secret_fields(type(sink.callback_vars))
