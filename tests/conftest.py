@@ -268,6 +268,7 @@ class MockUpstream:
 
         def run() -> None:
             loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
             self._loop = loop
             try:
                 loop.run_until_complete(self._start())
@@ -277,7 +278,13 @@ class MockUpstream:
                 return
             ready.set()
             loop.run_forever()
+            # Slow handlers (``delay``) may still be sleeping: cancel them instead of leaking pending tasks.
             loop.run_until_complete(self._runner.cleanup())
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
 
         self._thread = threading.Thread(target=run, name="mock-upstream", daemon=True)
