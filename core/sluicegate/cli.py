@@ -19,7 +19,9 @@ log = logging.getLogger("sluicegate")
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # These echo SQL parameters (stored callback_vars) at DEBUG: keep them quiet whatever the level.
+    for noisy in ("alembic", "aiosqlite", "sqlalchemy.engine", "httpcore", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def app_factory() -> Any:

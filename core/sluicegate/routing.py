@@ -128,13 +128,16 @@ class LoggingResolver:
             raise VarsError(errors)
         return callback_vars
 
-    def route(self, entry: LoggingEntry, *, default_redact: bool, env_defaults: bool = False) -> Route:
+    def route(self, entry: LoggingEntry, *, default_redact: bool) -> Route:
         sink_class = self.registry.get(entry.callback_name)
         raw = dict(entry.callback_vars)
         redact = default_redact
         if "turn_off_message_logging" in raw:
             redact = _as_bool(raw.pop("turn_off_message_logging"), "turn_off_message_logging")
-        if env_defaults and not raw:
+        if not raw:
+            # No variables of its own (at most the redaction switch, as in the seed's datadog key): the entry
+            # means "this sink as configured for the gateway", i.e. from the process environment. An entry
+            # with any variable of its own never falls back to the environment for the others.
             raw = sink_class.env_defaults(os.environ)
         callback_vars = self._validate(sink_class, self._resolve_refs(entry.callback_name, raw))
         return Route(callback_name=entry.callback_name, instance_id=instance_id_for(entry.callback_name,
@@ -142,16 +145,15 @@ class LoggingResolver:
                      on_success=entry.callback_type != "failure", on_failure=entry.callback_type != "success",
                      redact=redact)
 
-    def _set(self, entries: Sequence[LoggingEntry], source: Any, *, default_redact: bool,
-             env_defaults: bool = False) -> CallbackSet:
-        routes = tuple(self.route(e, default_redact=default_redact, env_defaults=env_defaults) for e in entries)
+    def _set(self, entries: Sequence[LoggingEntry], source: Any, *, default_redact: bool) -> CallbackSet:
+        routes = tuple(self.route(e, default_redact=default_redact) for e in entries)
         return CallbackSet(routes=routes, source=source)
 
     def _global_set(self) -> CallbackSet:
         ls = self.settings.litellm_settings
         entries = _named_entries(ls.callbacks, ls.success_callback, ls.failure_callback, {})
         try:
-            return self._set(entries, "global", default_redact=self.global_redact, env_defaults=True)
+            return self._set(entries, "global", default_redact=self.global_redact)
         except (VarsError, UnknownCallbackName, LookupError) as exc:
             raise ConfigError([f"litellm_settings callbacks: {exc}"]) from None
 

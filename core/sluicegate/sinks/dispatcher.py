@@ -36,6 +36,8 @@ def _retryable(exc: BaseException | None) -> bool:
     if flag is not None:
         return bool(flag)
     status = getattr(exc, "status_code", None)
+    if status is None:  # httpx.HTTPStatusError and the like keep it on the response
+        status = getattr(getattr(exc, "response", None), "status_code", None)
     if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
         return False
     return True
