@@ -147,3 +147,19 @@ def test_every_plugin_manager_is_fresh() -> None:
     assert first is not second
     assert first.list_name_plugin() and {n for n, _ in first.list_name_plugin()} == {
         n for n, _ in second.list_name_plugin()}
+
+
+@pytest.mark.usefixtures("acme")
+async def test_register_health_checks_feeds_readiness(make_config, start) -> None:
+    async with start(make_config()) as gw:
+        response = await gw.client.get("/health/readiness")
+        assert response.status_code == 200
+        checks = response.json()["checks"]
+        assert checks["acme"] == {"healthy": True, "details": "acme plugin loaded"}
+        assert checks["database"]["healthy"] is True
+
+
+async def test_readiness_without_plugins_lists_only_the_database(make_config, start) -> None:
+    async with start(make_config()) as gw:
+        checks = (await gw.client.get("/health/readiness")).json()["checks"]
+        assert set(checks) == {"database"}
