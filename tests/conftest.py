@@ -19,6 +19,7 @@ Fixtures (all documented at their definition):
 - ``gateway_process`` — factory starting ``python -m sluicegate serve`` subprocesses, waiting for
   ``/health/liveliness`` with a deadline.
 - ``query_db`` — run one SQL statement directly against a database URL (for checking what is stored).
+- ``postgres_admin`` — run one SQL statement as the PostgreSQL superuser.
 
 PostgreSQL: under ``CI=true`` it must be reachable or the test fails; locally an unreachable server skips the
 PostgreSQL half with the reason. ``SLUICEGATE_TEST_POSTGRES`` overrides the admin URL.
@@ -183,6 +184,13 @@ def new_database() -> Callable[[str, Path], contextlib.AbstractContextManager[st
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> Callable[[str], Any]:
+    """``postgres_admin("SQL")`` runs a statement as the PostgreSQL superuser (fails/skips like ``db_url``)."""
+    require_postgres()
+    return _admin
 
 
 @pytest.fixture(params=BACKENDS)

@@ -293,6 +293,31 @@ def test_request_id_on_error_responses(gw: SimpleNamespace) -> None:
     assert response.headers.get("x-request-id") == request_id
 
 
+# ----------------------------------------------------------------------------------------------- body limit
+@pytest.mark.parametrize("chunked", [False, True])
+def test_oversized_body_over_real_http_is_413_json(gw: SimpleNamespace, mock_upstream: Any, chunked: bool) -> None:
+    """> 8 MiB is refused before it reaches the upstream, with or without a Content-Length."""
+    request_id = rid()
+    payload = b'{"model": "gpt-up", "messages": [{"role": "user", "content": "' + b"x" * (9 * 1024 * 1024) + b'"}]}'
+
+    def pieces() -> Any:
+        for start in range(0, len(payload), 1024 * 1024):
+            yield payload[start:start + 1024 * 1024]
+
+    response = httpx.post(f"{gw.url}/v1/chat/completions", content=pieces() if chunked else payload,
+                          headers={"authorization": f"Bearer {gw.key}", "content-type": "application/json",
+                                   "x-request-id": request_id}, timeout=30)
+    assert response.status_code == 413, response.text[:300]
+    error = assert_openai_error(response.json())
+    assert error["param"] == "body"
+    assert mock_upstream.find(request_id) is None
+    # Negative control: just under the limit goes through.
+    small = b'{"model": "gpt-up", "messages": [{"role": "user", "content": "' + b"y" * (7 * 1024 * 1024) + b'"}]}'
+    ok = httpx.post(f"{gw.url}/v1/chat/completions", content=small, timeout=30,
+                    headers={"authorization": f"Bearer {gw.key}", "content-type": "application/json"})
+    assert ok.status_code == 200, ok.text[:300]
+
+
 # ----------------------------------------------------------------------------------------------- health
 def test_health_liveliness_and_readiness_need_no_key(gw: SimpleNamespace) -> None:
     live = httpx.get(f"{gw.url}/health/liveliness", timeout=30)
