@@ -46,9 +46,11 @@ def decode_json(raw: bytes, type_: type[T] | Any = Any) -> T:
         return msgspec.json.decode(raw, type=type_)
     except msgspec.ValidationError as exc:
         message = str(exc)
-        field = _field_from(message)
+        field = _field_from(message) or "body"
         reason = message.split(" - at ")[0]
-        raise ApiError(422, f"{field}: {reason}" if field else reason, param=field) from None
+        if field == "body" and reason.startswith("Expected `object`"):
+            reason = f"expected a JSON object, got {reason.rsplit('got ', 1)[-1].strip('`')}"
+        raise ApiError(422, f"{field}: {reason}", param=field) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"malformed JSON: {exc}", param="body") from None
 
