@@ -7,6 +7,7 @@ real OpenAI-compatible HTTP server on loopback (``mock_upstream``) that records 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -18,7 +19,10 @@ import httpx
 import openai
 import pytest
 
+from sqlalchemy.engine import make_url
+
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+DB_PASSWORD = "db-pass-must-not-be-printed"
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +37,9 @@ def gw(module_db_url: str, make_config: Any, write_config: Any, mock_upstream: A
     # below; only the cross-process tests wait for it. The unknown sections check the one-line warning.
     other_config = {**config, "router_settings": {"routing_strategy": "simple-shuffle"},
                     "environment_variables": {"X": "1"}}
+    if module_db_url.startswith("postgresql"):  # trust auth ignores it; start-up output must mask it
+        url = make_url(module_db_url).set(password=DB_PASSWORD).render_as_string(hide_password=False)
+        other_config["general_settings"] = {**config["general_settings"], "database_url": url}
     other = module_gateway_process(write_config(other_config), wait=False)
     admin = httpx.Client(base_url=served.url, headers={"authorization": f"Bearer {master_key}"}, timeout=30)
 
@@ -229,6 +236,21 @@ def test_upstream_slower_than_model_timeout_is_504_in_bounded_time(client: opena
     assert elapsed < 3.0, f"answered after {elapsed:.2f}s; the model's timeout is 0.5s"
 
 
+def test_stream_stalling_mid_way_ends_within_bounded_time(gw: SimpleNamespace) -> None:
+    """Headers arrive in time but the next chunk does not: the stream must end, never hang, and never fake [DONE]."""
+    started = time.monotonic()
+    lines: list[str] = []
+    with contextlib.suppress(httpx.HTTPError), httpx.stream(
+            "POST", f"{gw.url}/v1/chat/completions", headers={"authorization": f"Bearer {gw.key}"},
+            json={"model": "gpt-slow", "stream": True, "messages": [{"role": "user", "content": "a b c d"}],
+                  "mock": {"chunk_delay": 3}}, timeout=30) as response:
+        assert response.status_code == 200
+        lines.extend(line for line in response.iter_lines() if line.strip())
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.5, f"stream hung for {elapsed:.2f}s; the model's timeout is 0.5s"
+    assert "data: [DONE]" not in lines
+
+
 def test_same_slow_model_answers_when_upstream_is_fast_enough(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(model="gpt-slow", messages=[{"role": "user", "content": "quick"}],
                                                 extra_body={"mock": {"delay": 0.05}})
@@ -283,6 +305,12 @@ def test_request_id_generated_when_absent(gw: SimpleNamespace, mock_upstream: An
     for generated in ids:
         assert re.fullmatch(r"[0-9a-f]{32}", generated)
         assert mock_upstream.find(generated) is not None  # the same id travelled upstream
+
+
+def test_unusable_request_id_is_replaced(client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-mock", messages=[{"role": "user", "content": "x"}], extra_headers={"x-request-id": "r" * 500})
+    assert re.fullmatch(r"[0-9a-f]{32}", raw.headers["x-request-id"])
 
 
 def test_request_id_on_error_responses(gw: SimpleNamespace) -> None:
@@ -349,11 +377,15 @@ def other(gw: SimpleNamespace) -> Any:
     return gw.other.wait_ready(timeout=90)
 
 
-def test_second_process_starts_with_one_warning_line_for_unsupported_keys(other: Any) -> None:
+def test_startup_output_warns_once_for_unsupported_keys_and_masks_the_db_password(other: Any) -> None:
     lines = [line for line in other.stderr.splitlines() if "does not support" in line]
     assert len(lines) == 1, other.stderr
     assert "router_settings" in lines[0] and "environment_variables" in lines[0]
-    assert "Sluicegate listening on" in other.stdout
+    assert f"Sluicegate listening on http://127.0.0.1:{other.port}" in other.stdout
+    assert "database: " in other.stdout
+    assert DB_PASSWORD not in other.stdout + other.stderr
+    if "postgresql" in other.stdout:
+        assert "***" in other.stdout  # the password is there, masked
 
 
 @pytest.mark.parametrize("direction", ["in-process deletes", "subprocess deletes"])
