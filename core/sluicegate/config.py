@@ -163,12 +163,10 @@ def _check_keys(data: Any, struct: type[msgspec.Struct], path: str, unknown: lis
             hint = _suggest(str(key), known)
             (typos if hint else unknown).append(f"{here} (did you mean {hint!r}?)" if hint else here)
             continue
-        info = struct.__annotations__.get(key, "")
         child = {"litellm_params": LiteLLMParams, "general_settings": GeneralSettings,
                  "delivery": DeliverySettings}.get(key)
         if child is not None:
             _check_keys(value, child, here, unknown, typos)
-        del info
 
 
 def _split_team_entry(entry: Any, path: str, problems: list[str]) -> Any:
@@ -204,7 +202,8 @@ def parse_settings(raw: Any, *, source: str | None = None) -> Settings:
             hint = _suggest(str(key), tuple(_SECTIONS))
             (typos if hint else unknown).append(f"{key} (did you mean {hint!r}?)" if hint else str(key))
             data.pop(key)
-    for index, entry in enumerate(data.get("model_list") or []):
+    models = data.get("model_list")
+    for index, entry in enumerate(models if isinstance(models, list) else []):
         if isinstance(entry, Mapping):
             _check_keys(entry, ModelEntry, f"model_list[{index}]", unknown, typos)
     for section in ("general_settings", "sluicegate_settings"):
@@ -220,11 +219,11 @@ def parse_settings(raw: Any, *, source: str | None = None) -> Settings:
                 _split_team_entry(e, f"litellm_settings.default_team_settings[{i}]", problems)
                 for i, e in enumerate(teams)]
         data["litellm_settings"] = {k: v for k, v in litellm.items() if k in _fields(LiteLLMSettings)}
-    data["model_list"] = [
-        {**e, "litellm_params": {k: v for k, v in (e.get("litellm_params") or {}).items()
-                                 if k in _fields(LiteLLMParams)}} if isinstance(e, Mapping) and
-        isinstance(e.get("litellm_params"), Mapping) else e
-        for e in (data.get("model_list") or [])]
+    if isinstance(models, list):
+        data["model_list"] = [
+            {**e, "litellm_params": {k: v for k, v in e["litellm_params"].items() if k in _fields(LiteLLMParams)}}
+            if isinstance(e, Mapping) and isinstance(e.get("litellm_params"), Mapping) else e
+            for e in models]
     if problems:
         raise ConfigError(problems)
     try:
