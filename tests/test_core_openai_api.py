@@ -137,9 +137,27 @@ def test_streaming_wire_format_ends_with_done(gw: SimpleNamespace, model: str) -
     assert sum(1 for p in payloads if p.get("usage")) <= 1
 
 
+def test_streaming_relays_chunks_as_they_arrive(client: openai.OpenAI) -> None:
+    """Each chunk reaches the client while the upstream is still producing the next (no buffering)."""
+    started = time.monotonic()
+    arrivals: list[float] = []
+    stream = client.chat.completions.create(model="gpt-up", messages=[{"role": "user", "content": "one two three"}],
+                                            stream=True, extra_body={"mock": {"chunk_delay": 0.3}})
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.monotonic() - started)
+    assert len(arrivals) >= 4
+    total = time.monotonic() - started
+    assert total >= 1.2  # the upstream took its time ...
+    assert arrivals[0] < total - 0.8, (arrivals, total)  # ... and the first words did not wait for the rest
+
+
 # ----------------------------------------------------------------------------------------------- models
-def test_models_lists_every_model_for_an_unrestricted_key(client: openai.OpenAI) -> None:
-    assert sorted(m.id for m in client.models.list()) == ["gpt-down", "gpt-mock", "gpt-slow", "gpt-up"]
+def test_models_lists_every_model_for_an_unrestricted_key(gw: SimpleNamespace, client: openai.OpenAI,
+                                                          master_key: str) -> None:
+    everything = ["gpt-down", "gpt-mock", "gpt-slow", "gpt-up"]
+    assert sorted(m.id for m in client.models.list()) == everything
+    assert sorted(m.id for m in sdk(gw.url, master_key).models.list()) == everything
 
 
 def test_models_filtered_by_key_models(gw: SimpleNamespace) -> None:
