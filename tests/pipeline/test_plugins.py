@@ -163,3 +163,15 @@ async def test_readiness_without_plugins_lists_only_the_database(make_config, st
     async with start(make_config()) as gw:
         checks = (await gw.client.get("/health/readiness")).json()["checks"]
         assert set(checks) == {"database"}
+
+
+@pytest.mark.usefixtures("acme")
+async def test_plugins_endpoint_is_admin_only_and_shows_the_installed_plugin(make_config, start) -> None:
+    async with start(make_config()) as gw:
+        response = await gw.admin("GET", "/-/plugins")
+        assert response.status_code == 200
+        acme = next(p for p in response.json() if p["name"] == "acme_sink")
+        assert acme["distribution"] == "sluicegate-acme-sink" and acme["callback_names"] == ["acme"]
+        key = await gw.new_key()
+        denied = await gw.client.get("/-/plugins", headers={"Authorization": f"Bearer {key}"})
+        assert denied.status_code == 403

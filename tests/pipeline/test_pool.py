@@ -1,0 +1,50 @@
+"""Sink instances: one per distinct (sink, vars), shared across keys, evicted when idle, rebuilt on demand."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("acme", "clean_env")
+
+
+async def test_keys_with_identical_vars_share_one_instance(receiver, make_config, start, vars_for):
+    async with start(make_config()) as gw:
+        keys = [await gw.new_key(metadata={"logging": [{"callback_name": "acme", "callback_vars": vars_for("same")}]})
+                for _ in range(5)]
+        other = await gw.new_key(metadata={"logging": [{"callback_name": "acme", "callback_vars": vars_for("else")}]})
+        for key in [*keys, other]:
+            assert (await gw.chat(key)).status_code == 200
+        assert await receiver.wait_for_async(lambda: len(receiver.events("/dest/")) == 6)
+        stats = (await gw.admin("GET", "/-/sinks")).json()
+        assert stats["instances"] == 2
+        assert sorted(s["sent"] for s in stats["sinks"]) == [1, 5]
+
+
+async def test_idle_instances_are_closed_and_rebuilt_on_the_next_event(receiver, make_config, start, vars_for):
+    async with start(make_config(delivery={"idle_seconds": 3600})) as gw:
+        key = await gw.new_key(metadata={"logging": [{"callback_name": "acme", "callback_vars": vars_for("idle")}]})
+        assert (await gw.chat(key, "first")).status_code == 200
+        assert await receiver.wait_for_async(lambda: len(receiver.events_at("/dest/idle")) == 1)
+        dispatcher = gw.gateway.dispatcher
+        await dispatcher.drain(5)
+        slot = next(iter(dispatcher.pool.slots.values()))
+        assert await dispatcher.evict_idle() == 0  # negative control: not idle long enough
+        slot.last_used -= 7200
+        assert await dispatcher.evict_idle() == 1
+        assert slot.closed and dispatcher.pool.slots == {}
+        assert (await gw.chat(key, "second")).status_code == 200
+        assert await receiver.wait_for_async(lambda: len(receiver.events_at("/dest/idle")) == 2)
+        assert len(dispatcher.pool.slots) == 1 and next(iter(dispatcher.pool.slots.values())) is not slot
+
+
+async def test_instances_over_the_bound_are_evicted_least_recently_used_first(receiver, make_config, start,
+                                                                              vars_for):
+    async with start(make_config(delivery={"max_instances": 3})) as gw:
+        keys = [await gw.new_key(metadata={"logging": [{"callback_name": "acme", "callback_vars": vars_for(f"d{i}")}]})
+                for i in range(5)]
+        for key in keys:
+            assert (await gw.chat(key)).status_code == 200
+        assert await receiver.wait_for_async(lambda: len(receiver.events("/dest/")) == 5)
+        await gw.gateway.dispatcher.drain(5)
+        assert await gw.gateway.dispatcher.evict_idle() == 2
+        assert len(gw.gateway.dispatcher.pool.slots) == 3
