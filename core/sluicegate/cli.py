@@ -108,10 +108,14 @@ def _plugins(args: argparse.Namespace) -> int:
 
 
 def _new_sink(args: argparse.Namespace) -> int:
-    from sluicegate.scaffold import write_sink_package
+    from sluicegate.scaffold import ScaffoldError, write_sink_package
 
-    path = write_sink_package(args.name, args.directory)
-    print(f"wrote {path}; next: cd {path} && pip install -e . && pytest")
+    try:
+        path = write_sink_package(args.name, args.directory)
+    except ScaffoldError as exc:
+        print(f"sluicegate new-sink: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}; next: cd {path} && pip install -e '.[test]' && pytest && sluicegate plugins")
     return 0
 
 

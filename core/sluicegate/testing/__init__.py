@@ -1,9 +1,10 @@
-"""Test helpers for sink authors: the conformance suite and sample events."""
+"""Test helpers for sink authors: the conformance suite, a loopback receiver, sample events, delivery."""
 
 from __future__ import annotations
 
+from sluicegate.testing.deliver import DeliveryReport, deliver
 from sluicegate.testing.events import make_event
 from sluicegate.testing.receiver import HttpReceiver
 from sluicegate.testing.standard import SinkStandardTests
 
-__all__ = ("HttpReceiver", "SinkStandardTests", "make_event")
+__all__ = ("DeliveryReport", "HttpReceiver", "SinkStandardTests", "deliver", "make_event")
