@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from sluicegate.api import chat, health, introspection, keys, teams
 from sluicegate.errors import ApiError, error_body
@@ -52,6 +53,16 @@ def _http_error(_: Request, exc: HTTPException) -> Response[bytes]:
     return _json(status, error_body(message, type=kind, param=param, code=str(status)))
 
 
+def _database_error(request: Request, exc: DBAPIError) -> Response[bytes]:
+    if isinstance(exc, DataError | IntegrityError):
+        log.warning("database refused a value on %s %s: %s", request.method, request.url.path, type(exc.orig).__name__)
+        return _json(422, error_body("a value was refused by the database (too long or not storable)",
+                                     type="invalid_request_error", param="body", code="422"))
+    log.error("database unavailable on %s %s: %s", request.method, request.url.path, type(exc.orig).__name__)
+    return _json(503, error_body("the database is unavailable; retry shortly", type="service_unavailable",
+                                 code="503"))
+
+
 def _unexpected(request: Request, exc: Exception) -> Response[bytes]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _json(500, error_body("internal error; the gateway logged the details", type="internal_error",
@@ -71,7 +82,8 @@ def create_app(settings: Settings, *, environ: Mapping[str, str] | None = None, 
     return Litestar(
         route_handlers=handlers,
         plugins=[SluicegatePlugin(gateway)],
-        exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected},
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error, DBAPIError: _database_error,
+                            Exception: _unexpected},
         request_max_body_size=MAX_BODY,
         openapi_config=None,
         debug=debug,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Response
@@ -14,9 +14,13 @@ if TYPE_CHECKING:
 
     from sluicegate.gateway import Gateway
 
-__all__ = ("decode_body", "gateway_of", "json_response")
+__all__ = ("Alias", "TeamId", "decode_body", "gateway_of", "json_response")
 
 T = TypeVar("T")
+TEAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,254}$"
+TeamId = Annotated[str, msgspec.Meta(pattern=TEAM_ID_PATTERN, description=(
+    "1-255 characters: letters, digits and _ . : @ - (starting with a letter or digit)"))]
+Alias = Annotated[str, msgspec.Meta(max_length=255, pattern=r"^[^\x00]*$")]
 _encoder = msgspec.json.Encoder()
 
 

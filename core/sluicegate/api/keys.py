@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from litestar import Request, Response, get, post
 
-from sluicegate.api.common import decode_body, gateway_of, json_response
+from sluicegate.api.common import Alias, TeamId, decode_body, gateway_of, json_response
 from sluicegate.auth import generate_key, hash_key, key_name
 from sluicegate.db.store import KeyRecord
 from sluicegate.errors import ApiError
@@ -23,22 +23,23 @@ __all__ = ("delete_keys", "generate", "key_health", "key_info", "list_keys", "up
 _UNSET: Any = msgspec.UNSET
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]|mo)\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "mo": 2592000}
+_MAX_DURATION = 100 * 365 * 86400
 
 
 class KeyGenerateRequest(msgspec.Struct, kw_only=True):
-    team_id: str | None = None
-    key_alias: str | None = None
-    models: list[str] = msgspec.field(default_factory=list)
+    team_id: TeamId | None = None
+    key_alias: Alias | None = None
+    models: list[Alias] = msgspec.field(default_factory=list)
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     duration: str | None = None
-    key: str | None = None
+    key: Alias | None = None
     blocked: bool = False
 
 
 class KeyUpdateRequest(msgspec.Struct, kw_only=True):
     key: str
-    team_id: str | None | msgspec.UnsetType = _UNSET
-    key_alias: str | None | msgspec.UnsetType = _UNSET
+    team_id: TeamId | None | msgspec.UnsetType = _UNSET
+    key_alias: Alias | None | msgspec.UnsetType = _UNSET
     models: list[str] | msgspec.UnsetType = _UNSET
     metadata: dict[str, Any] | msgspec.UnsetType = _UNSET
     duration: str | None | msgspec.UnsetType = _UNSET
@@ -46,8 +47,8 @@ class KeyUpdateRequest(msgspec.Struct, kw_only=True):
 
 
 class KeyDeleteRequest(msgspec.Struct, kw_only=True):
-    keys: list[str] | None = None
-    key_aliases: list[str] | None = None
+    keys: list[Alias] | None = None
+    key_aliases: list[Alias] | None = None
 
 
 def parse_duration(value: str | None) -> datetime | None:
@@ -56,8 +57,12 @@ def parse_duration(value: str | None) -> datetime | None:
     match = _DURATION.match(value)
     if not match or int(match.group(1)) <= 0:
         raise ApiError(422, f"duration: expected a positive number with a unit s, m, h, d, w or mo (e.g. '30d'), "
-                       f"got {value!r}", param="duration")
-    return datetime.now(UTC) + timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+                       f"got {value[:40]!r}", param="duration")
+    seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > _MAX_DURATION:
+        raise ApiError(422, "duration: at most 100 years; omit duration for a key that never expires",
+                       param="duration")
+    return datetime.now(UTC) + timedelta(seconds=seconds)
 
 
 def token_id_of(value: str) -> str:

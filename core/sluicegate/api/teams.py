@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 from litestar import Request, Response, delete, get, post
 
-from sluicegate.api.common import decode_body, gateway_of, json_response
+from sluicegate.api.common import TEAM_ID_PATTERN, Alias, TeamId, decode_body, gateway_of, json_response
 from sluicegate.errors import ApiError
 from sluicegate.routing import LoggingEntry, parse_entries
 
@@ -20,17 +20,17 @@ if TYPE_CHECKING:
 __all__ = ("add_callback", "delete_callback", "delete_teams", "disable_logging", "enable_logging", "get_callbacks",
            "new_team", "team_info", "team_list")
 
-_TEAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,254}$")
+_TEAM_ID = re.compile(TEAM_ID_PATTERN)
 
 
 class TeamNewRequest(msgspec.Struct, kw_only=True):
-    team_id: str | None = None
-    team_alias: str | None = None
+    team_id: TeamId | None = None
+    team_alias: Alias | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class TeamDeleteRequest(msgspec.Struct, kw_only=True):
-    team_ids: list[str]
+    team_ids: list[TeamId]
 
 
 class AddCallbackRequest(msgspec.Struct, kw_only=True):
@@ -55,6 +55,7 @@ def _check_team_id(team_id: str) -> None:
 
 async def _team(gateway: Gateway, team_id: str) -> TeamRecord:
     """The team's row; a team known only from ``default_team_settings`` gets one on first use."""
+    _check_team_id(team_id)
     team = await gateway.store.get_team(team_id)
     if team is None and gateway.resolver.settings_for_team(team_id) is not None:
         await gateway.store.ensure_team(team_id)
