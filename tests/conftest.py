@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -554,15 +553,6 @@ def module_serve_app() -> Iterator[Callable[[Any], ServedApp]]:
 
 
 # ------------------------------------------------------------------------------------------------ processes
-def sluicegate_command() -> list[str]:
-    """The installed ``sluicegate`` console script next to this interpreter, else ``python -m sluicegate``."""
-    script = Path(sys.executable).with_name("sluicegate")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("sluicegate")
-    return [found] if found else [sys.executable, "-m", "sluicegate"]
-
-
 class GatewayProcess:
     """A ``python -m sluicegate serve`` subprocess. Output goes to files (``stdout``/``stderr`` properties)."""
 
