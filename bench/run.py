@@ -59,9 +59,11 @@ ROWS = [
     Row("direct", "direct to the mock upstream (the limit)", "direct", stream=True),
     Row("floor", "floor: bare Litestar + aiohttp client, uvicorn", "bare", "aiohttp"),
     Row("floor-httpx", "bare Litestar + plain httpx client, uvicorn", "bare", "httpx"),
-    Row("gw-aiohttp", "gateway, no sinks, httpx-aiohttp transport", "gateway", "aiohttp", stream=True),
+    Row("gw-aiohttp", "gateway, no sinks, aiohttp client (the default)", "gateway", "aiohttp", stream=True),
+    Row("gw-httpx-aiohttp", "gateway, no sinks, httpx over the httpx-aiohttp transport", "gateway",
+        "httpx-aiohttp"),
     Row("gw-httpx", "gateway, no sinks, plain httpx", "gateway", "httpx"),
-    Row("gw-sinks", "gateway, {teams} teams x (langfuse + otel), httpx-aiohttp", "gateway", "aiohttp",
+    Row("gw-sinks", "gateway, {teams} teams x (langfuse + otel), aiohttp client", "gateway", "aiohttp",
         "telemetry", stream=True),
 ]
 
@@ -578,13 +580,15 @@ def targets(by_id: dict[str, Result], cs: list[int]) -> list[str]:
             if p and q and q.rps:
                 lines.append(f"- logging on vs off at c={c}: {_pct(p.rps / q.rps)} (target ≥ 90 %): "
                              f"{check(p.rps / q.rps >= 0.9)}")
-    ax, hx = by_id.get("gw-aiohttp"), by_id.get("gw-httpx")
+    ax, hax, hx = by_id.get("gw-aiohttp"), by_id.get("gw-httpx-aiohttp"), by_id.get("gw-httpx")
     if ax and hx:
         for c in cs:
             p, q = _point(ax, c), _point(hx, c)
+            r = _point(hax, c) if hax else None
             if p and q and q.rps:
-                lines.append(f"- upstream client at c={c}: httpx-aiohttp {p.rps:,.0f} vs plain httpx {q.rps:,.0f} "
-                             f"req/s ({p.rps / q.rps:.1f}×)")
+                middle = f", httpx-aiohttp {r.rps:,.0f}" if r else ""
+                lines.append(f"- upstream client at c={c}: aiohttp {p.rps:,.0f}{middle} vs plain httpx "
+                             f"{q.rps:,.0f} req/s ({p.rps / q.rps:.1f}×)")
     return lines or ["- (not enough rows in this run to check them)"]
 
 

@@ -81,6 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     os.environ[CONFIG_ENV] = os.path.abspath(args.config)
     uvicorn.run("sluicegate.cli:app_factory", factory=True, host=args.host, port=args.port, workers=args.workers,
+                proxy_headers=False, server_header=False, date_header=False,
                 log_level=args.log_level.lower(), access_log=False, loop="uvloop", http="httptools",
                 lifespan="on", timeout_graceful_shutdown=int(settings.sluicegate_settings.delivery.shutdown_grace))
     return 0

@@ -10,13 +10,14 @@ import logging
 from typing import TYPE_CHECKING
 
 from sluicegate.auth import AuthContext, KeyCache, bearer_token, check_usable, hash_key, is_master
+from sluicegate.cache import ResponseCache
 from sluicegate.db.store import Store
 from sluicegate.errors import ApiError
 from sluicegate.plugins import get_plugin_manager
 from sluicegate.providers.models import ModelRouter
-from sluicegate.providers.upstream import UpstreamClient, make_client
+from sluicegate.providers.upstream import UpstreamClient, make_upstream
 from sluicegate.routing import LoggingResolver
-from sluicegate.sinks.dispatcher import Dispatcher
+from sluicegate.sinks.dispatcher import Dispatcher, spool_dir_for
 from sluicegate.sinks.registry import SinkRegistry
 
 if TYPE_CHECKING:
@@ -42,7 +43,8 @@ class Gateway:
         self.models = ModelRouter(settings.model_list)
         self.store = Store(settings.database_url)
         self.keys = KeyCache()
-        self.dispatcher = Dispatcher(settings.sluicegate_settings.delivery)
+        self.dispatcher = Dispatcher(settings.sluicegate_settings.delivery, spool_dir=spool_dir_for(settings))
+        self.cache = ResponseCache(settings, environ)  # no connection until a request uses it
         self.master_key = settings.general_settings.master_key
         self.http_client_kind = http_client
         self.upstream: UpstreamClient | None = None
@@ -63,14 +65,15 @@ class Gateway:
     async def start(self) -> None:
         await self.store.migrate()
         self._version = await self.store.version()
-        self.upstream = UpstreamClient(make_client(self.http_client_kind))
-        await self.dispatcher.start()
+        self.upstream = make_upstream(self.http_client_kind)
+        await self.dispatcher.start(self.registry.get)
         self._watcher = asyncio.get_running_loop().create_task(self._watch_changes())
 
     async def stop(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
         await self.dispatcher.aclose()
+        await self.cache.aclose()
         if self.upstream is not None:
             await self.upstream.aclose()
         await self.store.aclose()

@@ -16,18 +16,28 @@ from litestar import Request, Response, get, post
 from litestar.response import Stream
 
 from sluicegate.api.common import decode_json, gateway_of, json_response
+from sluicegate.cache import parse_controls, sse_chunks
 from sluicegate.errors import ApiError
 from sluicegate.events import LogEvent, LogMetadata
 from sluicegate.providers.upstream import UpstreamError, mock_completion, mock_stream
 
 if TYPE_CHECKING:
     from sluicegate.auth import AuthContext
+    from sluicegate.cache import CachedAnswer, CacheLookup
     from sluicegate.gateway import Gateway
     from sluicegate.providers.models import Deployment
 
 __all__ = ("chat_completions", "chat_completions_v1", "list_models", "list_models_v1")
 
 _decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+
+
+def _upstream_body(call: _Call, deployment: Deployment) -> bytes:
+    """The client's bytes as they came when nothing needs changing (the common case), else re-encoded."""
+    if call.raw is not None and call.body.get("model") == deployment.upstream_model:
+        return call.raw
+    return _encoder.encode({**call.body, "model": deployment.upstream_model})
 _MODEL_PARAMS_SKIP = frozenset({"model", "messages", "stream", "stream_options", "user", "metadata", "tools",
                                 "functions", "cache", "response_format"})
 
@@ -35,13 +45,14 @@ _MODEL_PARAMS_SKIP = frozenset({"model", "messages", "stream", "stream_options",
 class _Call:
     """Facts of one request, gathered for its log event."""
 
-    __slots__ = ("ctx", "deployment", "body", "request_id", "start", "ip", "user_agent", "traceparent")
+    __slots__ = ("ctx", "deployment", "body", "raw", "request_id", "start", "ip", "user_agent", "traceparent")
 
     def __init__(self, ctx: AuthContext, deployment: Deployment | None, body: dict[str, Any], request: Request,
                  request_id: str) -> None:
         self.ctx = ctx
         self.deployment = deployment
         self.body = body
+        self.raw: bytes | None = None
         self.request_id = request_id
         self.start = time.time()
         self.ip = request.client.host if request.client else None
@@ -103,7 +114,8 @@ async def _chat(request: Request) -> Response[Any]:
     request_id = _request_id(request)
     try:
         ctx = await gateway.authenticate(request)
-        body = decode_json(await request.body())
+        raw: bytes | None = await request.body()
+        body = decode_json(raw)
         if not isinstance(body, dict):
             raise ApiError(400, "request body must be a JSON object", param="body")
         model = body.get("model")
@@ -115,10 +127,15 @@ async def _chat(request: Request) -> Response[Any]:
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise ApiError(400, "stream: expected a boolean", param="stream")
+        cache_controls = body.pop("cache", None)  # LiteLLM's per-request cache controls; never sent upstream
+        if cache_controls is not None:
+            parse_controls(cache_controls)
+            raw = None  # the body changed: re-encode it for the upstream
     except ApiError as exc:
         return _error_response(exc, request_id)
     deployment = gateway.models.get(model)
     call = _Call(ctx, deployment, body, request, request_id)
+    call.raw = raw
     try:
         if deployment is None:
             raise ApiError(400, f"model {model!r} is not configured; available: {', '.join(_allowed(gateway, ctx))}",
@@ -126,14 +143,21 @@ async def _chat(request: Request) -> Response[Any]:
         if ctx.key is not None and ctx.key.models and model not in ctx.key.models:
             raise ApiError(403, f"this key may not use model {model!r}", type="permission_error",
                            param="model", code="403")
+        # -- response cache (sluicegate.cache): look up before the upstream call; nothing at all when off
+        lookup = None
+        if gateway.cache.enabled_for(ctx):
+            lookup = gateway.cache.lookup(ctx, deployment, body, cache_controls)
+            cached = await lookup.get()
+            if cached is not None:
+                return _cache_hit(gateway, call, lookup, cached, stream)
+        # -- end response cache
         if stream:
-            return await _stream(gateway, call, deployment)
+            return await _stream(gateway, call, deployment, lookup)
         if deployment.mock_response is not None:
             content = mock_completion(deployment, body)
         else:
             assert gateway.upstream is not None
-            upstream_body = {**body, "model": deployment.upstream_model}
-            content = await gateway.upstream.complete(deployment, upstream_body, request_id)
+            content = await gateway.upstream.complete(deployment, _upstream_body(call, deployment), request_id)
     except ApiError as exc:
         gateway.dispatcher.submit(call.event(status="failure", error=exc, stream=stream), ctx.callbacks)
         return _error_response(exc, request_id)
@@ -144,10 +168,33 @@ async def _chat(request: Request) -> Response[Any]:
         gateway.dispatcher.submit(call.event(status="failure", error=exc), ctx.callbacks)
         return _error_response(exc, request_id)
     usage = parsed.get("usage") if isinstance(parsed, dict) else None
-    gateway.dispatcher.submit(
-        call.event(status="success", response=parsed, usage=usage if isinstance(usage, dict) else None,
-                   response_id=parsed.get("id") if isinstance(parsed, dict) else None), ctx.callbacks)
-    return Response(content=content, media_type="application/json", headers={"x-request-id": request_id})
+    event = call.event(status="success", response=parsed, usage=usage if isinstance(usage, dict) else None,
+                       response_id=parsed.get("id") if isinstance(parsed, dict) else None)
+    headers = {"x-request-id": request_id}
+    if lookup is not None:  # -- response cache: store the answer, mark the event and the response
+        lookup.mark(event, hit=False)
+        headers.update(lookup.headers(hit=False))
+        await lookup.put(content, parsed)
+    gateway.dispatcher.submit(event, ctx.callbacks)
+    return Response(content=content, media_type="application/json", headers=headers)
+
+
+def _cache_hit(gateway: Gateway, call: _Call, lookup: CacheLookup, cached: CachedAnswer,
+               stream: bool) -> Response[bytes]:
+    """Answer from the response cache: logged like any request (free, ``cache_hit``), marked by a header."""
+    parsed = cached.parsed
+    usage = parsed.get("usage")
+    event = call.event(status="success", response=parsed, usage=usage if isinstance(usage, dict) else None,
+                       response_id=parsed.get("id"), stream=stream)
+    lookup.mark(event, hit=True)
+    gateway.dispatcher.submit(event, call.ctx.callbacks)
+    headers = {"x-request-id": call.request_id, **lookup.headers(hit=True)}
+    if not stream:
+        return Response(content=cached.content, media_type="application/json", headers=headers)
+    options = call.body.get("stream_options")
+    frames = sse_chunks(parsed, include_usage=isinstance(options, dict) and bool(options.get("include_usage")))
+    return Response(content=b"".join(frames), media_type="text/event-stream",
+                    headers={**headers, "cache-control": "no-cache"})
 
 
 def _allowed(gateway: Gateway, ctx: AuthContext) -> list[str]:
@@ -246,15 +293,16 @@ class _StreamState:
         return result
 
 
-async def _stream(gateway: Gateway, call: _Call, deployment: Deployment) -> Response[Any]:
+async def _stream(gateway: Gateway, call: _Call, deployment: Deployment,
+                  lookup: CacheLookup | None = None) -> Response[Any]:
     body = call.body
     if deployment.mock_response is not None:
         source: AsyncIterator[bytes] = mock_stream(deployment, body)
         upstream_response = None
     else:
         assert gateway.upstream is not None
-        upstream_body = {**body, "model": deployment.upstream_model}
-        upstream_response = await gateway.upstream.open_stream(deployment, upstream_body, call.request_id)
+        upstream_response = await gateway.upstream.open_stream(deployment, _upstream_body(call, deployment),
+                                                               call.request_id)
         source = upstream_response.aiter_raw()
 
     async def relay() -> AsyncIterator[bytes]:
@@ -276,10 +324,16 @@ async def _stream(gateway: Gateway, call: _Call, deployment: Deployment) -> Resp
             event = call.event(status="failure" if error else "success", response=state.response(),
                                usage=state.usage, error_str=error, response_id=state.response_id,
                                first_token_at=state.first_token_at, stream=True)
+            if lookup is not None and error is None:  # -- response cache: store the assembled answer
+                lookup.mark(event, hit=False)
+                if body.get("n") in (None, 1):  # the assembler keeps one choice
+                    await lookup.put_completion(state.response())
             gateway.dispatcher.submit(event, call.ctx.callbacks)
 
-    return Stream(relay(), media_type="text/event-stream",
-                  headers={"x-request-id": call.request_id, "cache-control": "no-cache"})
+    headers = {"x-request-id": call.request_id, "cache-control": "no-cache"}
+    if lookup is not None:
+        headers.update(lookup.headers(hit=False))
+    return Stream(relay(), media_type="text/event-stream", headers=headers)
 
 
 @post("/v1/chat/completions", status_code=200)

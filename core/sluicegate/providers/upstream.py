@@ -7,15 +7,17 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import httpx
 import msgspec
+import yarl
 
 from sluicegate.errors import ApiError
 
 if TYPE_CHECKING:
     from sluicegate.providers.models import Deployment
 
-__all__ = ("UpstreamClient", "UpstreamError", "mock_completion", "mock_stream")
+__all__ = ("UpstreamClient", "UpstreamError", "make_upstream", "mock_completion", "mock_stream")
 
 _json = msgspec.json.Encoder()
 
@@ -24,36 +26,11 @@ class UpstreamError(ApiError):
     """The upstream answered with an error status, or could not be reached in time."""
 
 
-def make_client(kind: str = "aiohttp", max_connections: int = 1000) -> httpx.AsyncClient:
-    """The shared upstream client. ``aiohttp`` uses the httpx-aiohttp transport (chosen by ``bench/``)."""
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    if kind == "aiohttp":
-        from httpx_aiohttp import AiohttpTransport
-
-        return httpx.AsyncClient(transport=AiohttpTransport(), timeout=None, limits=limits)
-    return httpx.AsyncClient(timeout=None, limits=limits, http2=False)
-
-
-def _headers(deployment: Deployment, request_id: str, extra: dict[str, str] | None) -> dict[str, str]:
-    headers = {"content-type": "application/json", "x-request-id": request_id}
+def _base_headers(deployment: Deployment) -> dict[str, str]:
+    headers = {"content-type": "application/json"}
     if deployment.api_key:
         headers["authorization"] = f"Bearer {deployment.api_key}"
-    if extra:
-        headers.update(extra)
     return headers
-
-
-def _transport_error(exc: httpx.HTTPError, deployment: Deployment, started: float) -> UpstreamError:
-    """504 when the model's timeout really ran out, else 502.
-
-    The aiohttp transport reports a refused connection as ``ConnectTimeout``; elapsed time tells them apart.
-    """
-    elapsed = time.monotonic() - started
-    if isinstance(exc, httpx.TimeoutException) and elapsed >= deployment.timeout * 0.9:
-        return UpstreamError(504, f"upstream {deployment.provider} timed out after {deployment.timeout:g}s",
-                             type="timeout", code="504")
-    return UpstreamError(502, f"upstream {deployment.provider} unreachable: {type(exc).__name__}",
-                         type="upstream_unreachable", code="502")
 
 
 def _error_from(status: int, content: bytes, deployment: Deployment) -> UpstreamError:
@@ -74,46 +51,159 @@ def _error_from(status: int, content: bytes, deployment: Deployment) -> Upstream
     return UpstreamError(status, message, type=etype, param=param, code=code)
 
 
-class UpstreamClient:
-    __slots__ = ("client",)
+def _timed_out(deployment: Deployment) -> UpstreamError:
+    return UpstreamError(504, f"upstream {deployment.provider} timed out after {deployment.timeout:g}s",
+                         type="timeout", code="504")
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.client = client
+
+def _unreachable(deployment: Deployment, exc: BaseException) -> UpstreamError:
+    return UpstreamError(502, f"upstream {deployment.provider} unreachable: {type(exc).__name__}",
+                         type="upstream_unreachable", code="502")
+
+
+class UpstreamClient:
+    """The interface the chat route uses; one shared instance per process."""
+
+    async def complete(self, deployment: Deployment, body: bytes, request_id: str) -> bytes:
+        """POST a non-streaming completion; the upstream's JSON bytes, or raise :class:`UpstreamError`."""
+        raise NotImplementedError
+
+    async def open_stream(self, deployment: Deployment, body: bytes, request_id: str) -> Any:
+        """Start a streaming completion: an object with ``aiter_raw()`` and ``aclose()``."""
+        raise NotImplementedError
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        raise NotImplementedError
 
-    async def complete(self, deployment: Deployment, body: dict[str, Any], request_id: str,
-                       headers: dict[str, str] | None = None) -> bytes:
-        """POST a non-streaming completion; returns the upstream's JSON bytes or raises UpstreamError."""
+
+class _AiohttpStream:
+    __slots__ = ("_response",)
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    def aiter_raw(self) -> AsyncIterator[bytes]:
+        return self._response.content.iter_any()
+
+    async def aclose(self) -> None:
+        self._response.release()
+
+
+class AiohttpUpstream(UpstreamClient):
+    """aiohttp's client straight: the fastest option measured in ``bench/`` (no per-request header rebuild)."""
+
+    __slots__ = ("session", "_prepared")
+
+    def __init__(self, max_connections: int = 1000) -> None:
+        connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, ttl_dns_cache=300)
+        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False,
+                                             skip_auto_headers=("User-Agent",))
+        self._prepared: dict[str, tuple[yarl.URL, dict[str, str], aiohttp.ClientTimeout]] = {}
+
+    def _prepare(self, deployment: Deployment) -> tuple[yarl.URL, dict[str, str], aiohttp.ClientTimeout]:
+        prepared = self._prepared.get(deployment.model_name)
+        if prepared is None:
+            prepared = (yarl.URL(deployment.completions_url), _base_headers(deployment),
+                        aiohttp.ClientTimeout(total=deployment.timeout))
+            self._prepared[deployment.model_name] = prepared
+        return prepared
+
+    async def complete(self, deployment: Deployment, body: bytes, request_id: str) -> bytes:
+        url, headers, timeout = self._prepare(deployment)
+        try:
+            async with self.session.post(url, data=body, headers={**headers, "x-request-id": request_id},
+                                         timeout=timeout) as response:
+                content = await response.read()
+                status = response.status
+        except TimeoutError:
+            raise _timed_out(deployment) from None
+        except aiohttp.ClientError as exc:
+            raise _unreachable(deployment, exc) from None
+        if status >= 400:
+            raise _error_from(status, content, deployment)
+        return content
+
+    async def open_stream(self, deployment: Deployment, body: bytes, request_id: str) -> _AiohttpStream:
+        url, headers, timeout = self._prepare(deployment)
+        try:
+            response = await self.session.post(url, data=body, headers={**headers, "x-request-id": request_id},
+                                               timeout=timeout)
+        except TimeoutError:
+            raise _timed_out(deployment) from None
+        except aiohttp.ClientError as exc:
+            raise _unreachable(deployment, exc) from None
+        if response.status >= 400:
+            content = await response.read()
+            response.release()
+            raise _error_from(response.status, content, deployment)
+        return _AiohttpStream(response)
+
+    async def aclose(self) -> None:
+        await self.session.close()
+
+
+class HttpxUpstream(UpstreamClient):
+    """Plain httpx, or httpx over the aiohttp transport: kept for ``bench/`` comparisons."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, *, aiohttp_transport: bool, max_connections: int = 1000) -> None:
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        transport = None
+        if aiohttp_transport:
+            from httpx_aiohttp import AiohttpTransport
+
+            transport = AiohttpTransport()
+        self.client = httpx.AsyncClient(transport=transport, timeout=None, limits=limits)
+
+    def _error(self, exc: httpx.HTTPError, deployment: Deployment, started: float) -> UpstreamError:
+        # The aiohttp transport reports a refused connection as ConnectTimeout; elapsed time tells them apart.
+        if isinstance(exc, httpx.TimeoutException) and time.monotonic() - started >= deployment.timeout * 0.9:
+            return _timed_out(deployment)
+        return _unreachable(deployment, exc)
+
+    async def complete(self, deployment: Deployment, body: bytes, request_id: str) -> bytes:
         started = time.monotonic()
         try:
             response = await self.client.post(
-                deployment.completions_url, content=_json.encode(body),
-                headers=_headers(deployment, request_id, headers),
+                deployment.completions_url, content=body,
+                headers={**_base_headers(deployment), "x-request-id": request_id},
                 timeout=httpx.Timeout(deployment.timeout))
         except httpx.HTTPError as exc:
-            raise _transport_error(exc, deployment, started) from None
+            raise self._error(exc, deployment, started) from None
         if response.status_code >= 400:
             raise _error_from(response.status_code, response.content, deployment)
         return response.content
 
-    async def open_stream(self, deployment: Deployment, body: dict[str, Any], request_id: str,
-                          headers: dict[str, str] | None = None) -> httpx.Response:
-        """Start a streaming completion; the caller iterates ``aiter_raw()`` and must ``aclose()`` it."""
+    async def open_stream(self, deployment: Deployment, body: bytes, request_id: str) -> httpx.Response:
         request = self.client.build_request(
-            "POST", deployment.completions_url, content=_json.encode(body),
-            headers=_headers(deployment, request_id, headers), timeout=httpx.Timeout(deployment.timeout))
+            "POST", deployment.completions_url, content=body,
+            headers={**_base_headers(deployment), "x-request-id": request_id},
+            timeout=httpx.Timeout(deployment.timeout))
         started = time.monotonic()
         try:
             response = await self.client.send(request, stream=True)
         except httpx.HTTPError as exc:
-            raise _transport_error(exc, deployment, started) from None
+            raise self._error(exc, deployment, started) from None
         if response.status_code >= 400:
             content = await response.aread()
             await response.aclose()
             raise _error_from(response.status_code, content, deployment)
         return response
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def make_upstream(kind: str = "aiohttp") -> UpstreamClient:
+    """``aiohttp`` (default), ``httpx-aiohttp`` or ``httpx``: see ``bench/README.md`` for the numbers."""
+    if kind == "aiohttp":
+        return AiohttpUpstream()
+    if kind in ("httpx-aiohttp", "httpx_aiohttp"):
+        return HttpxUpstream(aiohttp_transport=True)
+    if kind == "httpx":
+        return HttpxUpstream(aiohttp_transport=False)
+    raise ValueError(f"unknown upstream client {kind!r}: use aiohttp, httpx-aiohttp or httpx")
 
 
 def _count_tokens(text: str) -> int:
