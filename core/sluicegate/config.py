@@ -100,6 +100,17 @@ class DeliverySettings(msgspec.Struct, kw_only=True):
     idle_seconds: float = 600.0
     shutdown_grace: float = 20.0
     health_timeout: float = 5.0
+    spool: bool = True
+    """Write every accepted event to a durable spool on disk (see docs/operations.md, "Durable delivery")."""
+    spool_dir: str | None = None
+    """Default: ``sluicegate-spool`` next to a SQLite database file, else in the working directory."""
+    spool_flush_interval: float = 0.2
+    """Seconds between spool writes (the most a SIGKILL can lose); 0 writes every event as it is accepted."""
+    spool_max_bytes: int = 1024 * 1024 * 1024
+    spool_segment_bytes: int = 4 * 1024 * 1024
+    spool_fsync: bool = False
+    """fsync after each spool write (survives power loss, not only process death; costs a disk flush)."""
+
 
 
 class SluicegateSettings(msgspec.Struct, kw_only=True):
@@ -269,6 +280,13 @@ def _check_semantics(settings: Settings, problems: list[str]) -> None:
         names.add(model.model_name)
         if model.litellm_params.timeout <= 0:
             problems.append(f"model_list[{index}].litellm_params.timeout: must be positive")
+    delivery = settings.sluicegate_settings.delivery
+    if not 0 <= delivery.spool_flush_interval <= 60:
+        problems.append("sluicegate_settings.delivery.spool_flush_interval: must be between 0 and 60 seconds")
+    if delivery.spool_max_bytes < 1024 * 1024:
+        problems.append("sluicegate_settings.delivery.spool_max_bytes: must be at least 1048576 (1 MiB)")
+    if delivery.queue_size < 1:
+        problems.append("sluicegate_settings.delivery.queue_size: must be at least 1")
     master = settings.general_settings.master_key
     if master is not None and not master.startswith("sk-"):
         problems.append("general_settings.master_key: must start with 'sk-'")

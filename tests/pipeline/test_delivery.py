@@ -70,13 +70,69 @@ async def test_clean_shutdown_delivers_every_queued_event(receiver, make_config,
 
 
 async def test_queue_is_bounded_and_overflow_is_counted(receiver, make_config, start, vars_for):
+    # Without the spool, the bounded queue drops its oldest events (the spooled variant is below).
     receiver.behave("/dest/slow", hang=True)
-    async with start(make_config(delivery={"queue_size": 10, "shutdown_grace": 0.2, "max_retries": 0})) as gw:
+    async with start(make_config(delivery={"queue_size": 10, "shutdown_grace": 0.2, "max_retries": 0,
+                                           "spool": False})) as gw:
         key = await gw.new_key(metadata={"logging": [{"callback_name": "acme", "callback_vars": vars_for("slow")}]})
         for i in range(40):
             assert (await gw.chat(key, f"o{i}")).status_code == 200
         stats = (await gw.admin("GET", "/-/sinks")).json()["sinks"][0]
         assert stats["queued"] <= 10 and stats["dropped"] >= 40 - 10 - stats["in_flight"]
+
+
+async def test_with_the_spool_overflow_waits_on_disk_and_is_delivered_in_order(receiver, make_config, start,
+                                                                               vars_for):
+    receiver.behave("/dest/spill", status=503)
+    async with start(make_config(delivery={"queue_size": 10, "max_retries": 0, "spool_flush_interval": 0.05})) as gw:
+        key = await gw.new_key(metadata={"logging": [{"callback_name": "acme", "callback_vars": vars_for("spill")}]})
+        for i in range(120):
+            assert (await gw.chat(key, f"o{i}")).status_code == 200
+        stats = (await gw.admin("GET", "/-/sinks")).json()["sinks"][0]
+        # memory holds at most queue_size (+ one batch in flight); the rest is on disk, nothing dropped
+        assert stats["queued"] <= 10 and stats["in_flight"] <= 50
+        assert stats["spooled"] >= 120 - 10 - 50 and stats["dropped"] == 0
+        assert stats["queued"] + stats["in_flight"] + stats["spooled"] == 120
+        assert gw.gateway.dispatcher.spool.root.is_dir()
+        receiver.behave("/dest/spill", status=200)  # the sink recovers (max_retries 0 is ignored with a spool)
+        assert await receiver.wait_for_async(lambda: len(receiver.events_at("/dest/spill")) >= 120)
+        contents = [e["messages"][0]["content"] for e in receiver.events_at("/dest/spill")]
+        assert contents == [f"o{i}" for i in range(120)]  # every event, once, in the order accepted
+        await gw.gateway.dispatcher.drain(5)
+        gw.gateway.dispatcher.flush_spool()
+        stats = (await gw.admin("GET", "/-/sinks")).json()["sinks"][0]
+        assert stats["spooled"] == 0 and stats["spool_bytes"] == 0 and stats["sent"] == 120
+        assert not any(gw.gateway.dispatcher.spool.root.glob("*/*.seg"))  # delivered segments are deleted
+
+
+async def test_shutdown_keeps_what_it_cannot_deliver_and_the_next_start_replays_it(receiver, make_config, start,
+                                                                                    vars_for):
+    receiver.behave("/dest/later", status=503)
+    cfg = make_config(delivery={"shutdown_grace": 0.3})
+    async with start(cfg) as gw:
+        key = await gw.new_key(metadata={"logging": [{"callback_name": "acme", "callback_vars": vars_for("later")}]})
+        for i in range(15):
+            assert (await gw.chat(key, f"k{i}")).status_code == 200
+    assert receiver.events_at("/dest/later") == []
+    receiver.behave("/dest/later", status=200)
+    async with start(cfg) as gw:  # no request needed: the spool is replayed at start
+        assert await receiver.wait_for_async(lambda: len(receiver.events_at("/dest/later")) >= 15)
+        contents = [e["messages"][0]["content"] for e in receiver.events_at("/dest/later")]
+        assert contents == [f"k{i}" for i in range(15)]
+        assert all(e["id"] for e in receiver.events_at("/dest/later"))
+
+
+async def test_without_the_spool_shutdown_drops_what_it_cannot_deliver(receiver, make_config, start, vars_for):
+    receiver.behave("/dest/gone", status=503)
+    cfg = make_config(delivery={"shutdown_grace": 0.3, "spool": False})
+    async with start(cfg) as gw:
+        key = await gw.new_key(metadata={"logging": [{"callback_name": "acme", "callback_vars": vars_for("gone")}]})
+        for i in range(5):
+            assert (await gw.chat(key, f"g{i}")).status_code == 200
+    receiver.behave("/dest/gone", status=200)
+    async with start(cfg) as gw:
+        assert gw.gateway.dispatcher.spool is None and gw.gateway.dispatcher.pending() == 0
+    assert receiver.events_at("/dest/gone") == []
 
 
 async def test_no_secret_in_events_logs_or_responses(receiver, make_config, start, caplog, monkeypatch):

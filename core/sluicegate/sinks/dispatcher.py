@@ -3,25 +3,43 @@
 Per sink instance: a bounded queue, one worker task while there is work (batches up to ``max_batch_size``,
 lingering ``batch_interval`` for more), ``send`` under the sink's timeout, retries with exponential backoff and
 jitter. Instances fail alone. ``aclose()`` drains every queue within a grace period, then closes every sink.
+
+With a spool (``delivery.spool``, on by default in a gateway): every accepted event is also appended to the
+instance's log on disk by a background flusher (every ``spool_flush_interval``; at once when it is 0), and an
+acknowledgement follows each delivered batch. Past ``queue_size`` events stay on disk only ("spooled") and are
+read back in order as the queue empties, so memory stays bounded however long a sink is down. Retryable failures
+are retried without limit (the spool holds the backlog); past ``spool_max_bytes`` the oldest segments are dropped,
+counted and logged once a minute. What a shutdown cannot deliver within its grace period stays in the spool and
+is replayed by the next process that claims the spool slot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from sluicegate.sinks.pool import SinkPool, SinkSlot
 from sluicegate.sinks.redaction import redact
+from sluicegate.sinks.spool import Spool
+from sluicegate.sinks.vars import decode_vars, encode_vars
 
 if TYPE_CHECKING:
-    from sluicegate.config import DeliverySettings
+    import os
+    from collections.abc import Callable
+
+    from sluicegate.config import DeliverySettings, Settings
+    from sluicegate.sinks.base import Sink
     from sluicegate.events import LogEvent
     from sluicegate.routing import CallbackSet, Route
 
-__all__ = ("Dispatcher",)
+__all__ = ("Dispatcher", "spool_dir_for")
 
 log = logging.getLogger("sluicegate.delivery")
 
@@ -43,9 +61,29 @@ def _retryable(exc: BaseException | None) -> bool:
     return True
 
 
+def spool_dir_for(settings: Settings) -> str | None:
+    """Where this gateway spools: ``delivery.spool_dir``, else next to a SQLite file, else ``./sluicegate-spool``."""
+    delivery = settings.sluicegate_settings.delivery
+    if not delivery.spool:
+        return None
+    if delivery.spool_dir:
+        return delivery.spool_dir
+    url = settings.database_url
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        path = path.split("?", 1)[0]
+        if path and path != ":memory:":
+            return str(Path(path).resolve().parent / "sluicegate-spool")
+    return "sluicegate-spool"
+
+
 class Dispatcher:
-    def __init__(self, settings: DeliverySettings) -> None:
+    def __init__(self, settings: DeliverySettings, *, spool_dir: str | os.PathLike[str] | None = None) -> None:
         self.settings = settings
+        self.spool = (Spool(spool_dir, max_bytes=settings.spool_max_bytes, segment_bytes=settings.spool_segment_bytes,
+                            fsync=settings.spool_fsync) if spool_dir is not None and settings.spool else None)
+        self._flusher: asyncio.Task[None] | None = None
+        self._spool_drop_logged_at = 0.0
         self.pool = SinkPool(max_instances=settings.max_instances, idle_seconds=settings.idle_seconds)
         self._send_slots = asyncio.Semaphore(settings.max_concurrent_sends)
         self._closing = False
@@ -80,12 +118,24 @@ class Dispatcher:
     def _enqueue(self, route: Route, event: LogEvent) -> None:
         slot = self.slot_for(route)
         slot.last_used = time.monotonic()
-        slot.queue.append(event)
         slot.queued += 1
-        if len(slot.queue) > self.settings.queue_size:
-            slot.queue.popleft()
-            slot.dropped += 1
-            self._log_drop(slot)
+        if self.spool is not None:
+            if slot.log is None:
+                header = msgspec.json.encode({"callback_name": route.callback_name,
+                                              "callback_vars": encode_vars(route.callback_vars, reveal=True)})
+                slot.log = self.spool.log_for(slot.instance_id, header)
+            seq = slot.log.add(event)
+            if slot.log.spilled == 1 and len(slot.queue) < self.settings.queue_size:
+                slot.queue.append((seq, event))  # nothing spilled before it: it may wait in memory
+                slot.log.mem_seq = seq
+            if self.settings.spool_flush_interval <= 0:
+                slot.log.flush()  # a write to the page cache, not awaited: survives SIGKILL
+        else:
+            slot.queue.append((0, event))
+            if len(slot.queue) > self.settings.queue_size:
+                slot.queue.popleft()
+                slot.dropped += 1
+                self._log_drop(slot)
         if slot.task is None or slot.task.done():
             slot.wake = asyncio.Event()
             slot.task = asyncio.get_running_loop().create_task(self._work(slot))
@@ -93,25 +143,127 @@ class Dispatcher:
             slot.wake.set()
 
     # background ----------------------------------------------------------------------------------------
-    async def start(self) -> None:
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+    async def start(self, resolve_sink: Callable[[str], type[Sink]] | None = None) -> None:
+        """Start background work; with a spool, claim a slot and replay what an earlier process left in it.
+
+        ``resolve_sink`` maps a ``callback_name`` to its Sink class (the registry's ``get``) for the replay.
+        """
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.create_task(self._sweep())
+        if self.spool is None:
+            return
+        self.spool.acquire()
+        for instance_log in self.spool.load_existing():
+            info = instance_log.header_info or {}
+            try:
+                if resolve_sink is None:
+                    raise LookupError("no sink registry to rebuild it with")
+                sink_class = resolve_sink(str(info.get("callback_name")))
+                callback_vars = decode_vars(sink_class.Vars, info.get("callback_vars") or {})
+            except Exception as exc:  # plugin gone, vars no longer valid: keep the files, say so
+                log.error("spool: cannot replay %d event(s) for sink %s/%s: %s; left in %s", instance_log.spilled,
+                          info.get("callback_name"), instance_log.instance_id, type(exc).__name__,
+                          instance_log.directory)
+                continue
+            slot = self.pool.get(instance_log.instance_id, sink_class, callback_vars)
+            slot.log = instance_log
+            log.warning("spool: replaying %d event(s) for sink %s/%s", instance_log.spilled, slot.callback_name,
+                        slot.instance_id)
+            slot.wake = asyncio.Event()
+            slot.task = loop.create_task(self._work(slot))
+        self._flusher = loop.create_task(self._flush_loop())
 
     async def _work(self, slot: SinkSlot) -> None:
         max_batch = max(1, slot.sink.max_batch_size)
-        while slot.queue:
-            if len(slot.queue) < max_batch and not self._closing and self.settings.batch_interval > 0:
+        while slot.queue or slot.spilled:
+            if slot.spilled and len(slot.queue) < max_batch:
+                self._refill(slot, max_batch)
+            if (len(slot.queue) < max_batch and not slot.spilled and not self._closing
+                    and self.settings.batch_interval > 0):
                 assert slot.wake is not None
                 slot.wake.clear()
                 try:
                     await asyncio.wait_for(slot.wake.wait(), self.settings.batch_interval)
                 except TimeoutError:
                     pass
+                if slot.spilled and len(slot.queue) < max_batch:
+                    self._refill(slot, max_batch)
+            if not slot.queue:
+                continue
             batch = [slot.queue.popleft() for _ in range(min(max_batch, len(slot.queue)))]
             slot.inflight = len(batch)
             try:
-                await self._deliver(slot, batch)
+                await self._deliver(slot, [event for _, event in batch])
             finally:
                 slot.inflight = 0
+            if slot.log is not None:
+                slot.log.ack(batch[-1][0])  # delivered or dropped for good: either way done
+
+    def _refill(self, slot: SinkSlot, max_batch: int) -> None:
+        """Move spilled events back into memory, oldest first (a bounded read of the instance's log)."""
+        assert slot.log is not None
+        if slot.log.pending:
+            slot.log.flush()
+        room = max(max_batch, min(self.settings.queue_size - len(slot.queue), 4 * max_batch))
+        try:
+            slot.queue.extend(slot.log.read(room))
+        except (OSError, ValueError) as exc:
+            log.error("spool %s/%s: read failed: %s", slot.callback_name, slot.instance_id, exc)
+            lost = slot.log.spilled
+            slot.log.mem_seq = slot.log.next_seq - 1
+            slot.log.ack(slot.log.mem_seq)
+            slot.dropped += lost
+
+    async def _flush_loop(self) -> None:
+        interval = self.settings.spool_flush_interval
+        interval = interval if interval > 0 else 1.0  # writes happen in submit(); this writes acks
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.flush_spool()
+            except OSError as exc:  # disk full, permissions: keep serving; events stay in memory meanwhile
+                log.error("spool: flush failed: %s", exc)
+
+    def flush_spool(self) -> int:
+        """Write every pending event and acknowledgement; enforce ``spool_max_bytes``. Returns events written."""
+        if self.spool is None:
+            return 0
+        written = 0
+        for instance_id, instance_log in list(self.spool.logs.items()):
+            written += instance_log.flush()
+            if instance_log.empty and instance_id not in self.pool.slots:
+                self.spool.forget(instance_id)
+        while self.spool.total_bytes > self.spool.max_bytes:
+            if not self._drop_oldest_spooled():
+                break
+        return written
+
+    def _drop_oldest_spooled(self) -> bool:
+        """Past the size limit: drop the oldest segment of the largest backlog; count what it held."""
+        assert self.spool is not None
+        candidates = [s for s in self.pool.slots.values() if s.log is not None and s.log.segments]
+        if not candidates:
+            return False
+        slot = max(candidates, key=lambda s: s.log.bytes if s.log is not None else 0)
+        assert slot.log is not None
+        before_mem, before_ack = slot.log.mem_seq, slot.log.acked
+        last = slot.log.drop_oldest()
+        lost = 0
+        while slot.queue and slot.queue[0][0] <= last:
+            slot.queue.popleft()
+            lost += 1
+        if last > before_mem:
+            lost += last - before_mem
+            slot.log.mem_seq = last
+        lost = min(lost, max(0, last - before_ack))
+        slot.dropped += lost
+        slot.spool_dropped += lost
+        now = time.monotonic()
+        if now - self._spool_drop_logged_at >= 60:
+            self._spool_drop_logged_at = now
+            log.error("spool over its limit (%d bytes): dropping the oldest events of sink %s/%s (dropped so far: "
+                      "%d)", self.spool.max_bytes, slot.callback_name, slot.instance_id, slot.spool_dropped)
+        return True
 
     async def _deliver(self, slot: SinkSlot, batch: list[LogEvent]) -> None:
         attempt = 0
@@ -136,7 +288,7 @@ class Dispatcher:
                 log.error("sink %s/%s: dropped %d event(s): permanent failure: %s", slot.callback_name,
                           slot.instance_id, len(batch), slot.last_error)
                 return
-            if attempt > self.settings.max_retries:
+            if attempt > self.settings.max_retries and slot.log is None:
                 slot.dropped += len(batch)
                 log.error("sink %s/%s: dropped %d event(s) after %d attempts; last error: %s",
                           slot.callback_name, slot.instance_id, len(batch), attempt, slot.last_error)
@@ -166,6 +318,9 @@ class Dispatcher:
         slots = self.pool.evictable(time.monotonic(), force=self.pool.over_capacity())
         for slot in slots:
             self.pool.remove(slot)
+            if slot.log is not None and self.spool is not None:
+                slot.log.flush()
+                self.spool.forget(slot.instance_id)
             await self._close_sink(slot)
         return len(slots)
 
@@ -178,12 +333,15 @@ class Dispatcher:
 
     # introspection / shutdown --------------------------------------------------------------------------
     def pending(self) -> int:
-        return sum(len(s.queue) + s.inflight for s in self.pool.slots.values())
+        return sum(len(s.queue) + s.inflight + s.spilled for s in self.pool.slots.values())
 
     def stats(self) -> list[dict[str, Any]]:
         return [
             {"callback_name": s.callback_name, "instance_id": s.instance_id, "queued": len(s.queue),
-             "in_flight": s.inflight, "accepted": s.queued, "sent": s.sent, "retried": s.retried,
+             "in_flight": s.inflight, "spooled": s.spilled,
+             "spool_unwritten": s.log.unwritten if s.log is not None else 0,
+             "spool_bytes": s.log.bytes if s.log is not None else 0,
+             "accepted": s.queued, "sent": s.sent, "retried": s.retried,
              "dropped": s.dropped, "failed_sends": s.failed_sends, "last_error": s.last_error,
              "last_error_at": s.last_error_at}
             for s in sorted(self.pool.slots.values(), key=lambda s: (s.callback_name, s.instance_id))
@@ -204,15 +362,30 @@ class Dispatcher:
         grace = self.settings.shutdown_grace if grace is None else grace
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._flusher is not None:
+            self._flusher.cancel()
         drained = await self.drain(grace)
         if not drained:
-            log.error("shutdown: %d event(s) still undelivered after %.1fs grace", self.pending(), grace)
+            if self.spool is not None:
+                log.warning("shutdown: %d event(s) undelivered after %.1fs grace stay in the spool (%s) for the "
+                            "next start", self.pending(), grace, self.spool.root)
+            else:
+                log.error("shutdown: %d event(s) still undelivered after %.1fs grace", self.pending(), grace)
         for slot in list(self.pool.slots.values()):
             if slot.task is not None and not slot.task.done():
+                if slot.log is None:
+                    slot.dropped += len(slot.queue) + slot.inflight
                 slot.task.cancel()
-                slot.dropped += len(slot.queue) + slot.inflight
+                with contextlib.suppress(asyncio.CancelledError):
+                    await slot.task
             self.pool.remove(slot)
             await self._close_sink(slot)
+        if self.spool is not None:
+            try:
+                self.flush_spool()
+            except OSError as exc:
+                log.error("shutdown: spool flush failed: %s", exc)
+            self.spool.release()
         for sink_class in self.pool.sink_classes:
             try:
                 await sink_class.shutdown()

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from sluicegate.events import LogEvent
+    from sluicegate.sinks.spool import InstanceLog
 
 __all__ = ("SinkPool", "SinkSlot")
 
@@ -22,13 +23,15 @@ class SinkSlot:
 
     __slots__ = ("instance_id", "callback_name", "sink", "queue", "task", "last_used", "queued", "sent", "retried",
                  "dropped", "failed_sends", "last_error", "last_error_at", "closed", "_secrets", "wake",
-                 "inflight", "last_exception")
+                 "inflight", "last_exception", "log", "spool_dropped")
 
     def __init__(self, instance_id: str, sink: Sink) -> None:
         self.instance_id = instance_id
         self.callback_name = sink.callback_name
         self.sink = sink
-        self.queue: deque[LogEvent] = deque()
+        self.queue: deque[tuple[int, LogEvent]] = deque()  # (spool seq or 0, event)
+        self.log: InstanceLog | None = None
+        self.spool_dropped = 0
         self.task: asyncio.Task[None] | None = None
         self.wake: asyncio.Event | None = None
         self.last_used = time.monotonic()
@@ -54,8 +57,14 @@ class SinkSlot:
         return text
 
     @property
+    def spilled(self) -> int:
+        """Events of this instance held only by the spool (not in memory)."""
+        return self.log.spilled if self.log is not None else 0
+
+    @property
     def busy(self) -> bool:
-        return bool(self.queue) or self.inflight > 0 or (self.task is not None and not self.task.done())
+        return (bool(self.queue) or self.inflight > 0 or self.spilled > 0
+                or (self.task is not None and not self.task.done()))
 
 
 class SinkPool:
