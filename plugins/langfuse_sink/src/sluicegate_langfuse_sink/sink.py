@@ -284,7 +284,8 @@ async def _bodies(batch: Sequence[LogEvent]) -> list[bytes]:
             size = 0
         groups[-1].append(span)
         size += span_size
-    return [gzip.compress(encode_request(group), compresslevel=5) for group in groups]
+    # Level 1: most of the size win for a fraction of the CPU (level 5 was 6 % of the loop in bench/).
+    return [gzip.compress(encode_request(group), compresslevel=1) for group in groups]
 
 
 def _transport_error(exc: BaseException) -> tuple[str, str]:
