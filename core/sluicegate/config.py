@@ -112,7 +112,6 @@ class DeliverySettings(msgspec.Struct, kw_only=True):
     """fsync after each spool write (survives power loss, not only process death; costs a disk flush)."""
 
 
-
 class SluicegateSettings(msgspec.Struct, kw_only=True):
     delivery: DeliverySettings = msgspec.field(default_factory=DeliverySettings)
     change_poll_interval: float = 0.25
@@ -290,6 +289,11 @@ def _check_semantics(settings: Settings, problems: list[str]) -> None:
     master = settings.general_settings.master_key
     if master is not None and not master.startswith("sk-"):
         problems.append("general_settings.master_key: must start with 'sk-'")
+    from sluicegate.cache import cache_params_problems  # the cache module owns its settings' rules
+
+    cache_problems, cache_warnings = cache_params_problems(settings)
+    problems += cache_problems
+    settings.warnings += cache_warnings
 
 
 def load_settings(path: str | os.PathLike[str]) -> Settings:
