@@ -65,6 +65,10 @@ ROWS = [
     Row("gw-httpx", "gateway, no sinks, plain httpx", "gateway", "httpx"),
     Row("gw-sinks", "gateway, {teams} teams x (langfuse + otel), aiohttp client", "gateway", "aiohttp",
         "telemetry", stream=True),
+    # every measured request is a cache hit: the warm-up sent each key's request once (one team per key)
+    Row("gw-cache", "gateway, response cache hits (local), aiohttp client", "gateway", "aiohttp", "cache-local"),
+    Row("gw-cache-redis", "gateway, response cache hits (Redis 127.0.0.1:6379), aiohttp client", "gateway",
+        "aiohttp", "cache-redis"),
 ]
 
 
@@ -253,6 +257,9 @@ def gateway_config(workdir: Path, upstream: str, sinks: str, teams: list[str], r
         "litellm_settings:",
         "  callbacks: []",
     ]
+    if sinks.startswith("cache-"):  # response cache rows (sluicegate.cache)
+        lines += ["  cache: true", "  cache_params:", f"    type: {sinks.removeprefix('cache-')}", "    ttl: 300",
+                  f"    namespace: sgbench{os.getpid()}"]
     if sinks == "telemetry":
         lines.append("  default_team_settings:")
         for team in teams:
