@@ -9,7 +9,7 @@ from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
-from sluicegate.api import chat, health, introspection, keys, teams
+from sluicegate.api import chat, health, introspection, keys, metrics, teams
 from sluicegate.errors import ApiError, error_body
 from sluicegate.gateway import Gateway
 from sluicegate.litestar_plugin import SluicegatePlugin
@@ -77,7 +77,7 @@ def create_app(settings: Settings, *, environ: Mapping[str, str] | None = None, 
         keys.generate, keys.update, keys.key_info, keys.delete_keys, keys.list_keys, keys.key_health,
         teams.new_team, teams.team_info, teams.team_list, teams.delete_teams, teams.add_callback,
         teams.get_callbacks, teams.delete_callback, teams.disable_logging, teams.enable_logging,
-        health.liveliness, health.readiness, introspection.plugins, introspection.sinks,
+        health.liveliness, health.readiness, introspection.plugins, introspection.sinks, metrics.metrics,
     ]
     return Litestar(
         route_handlers=handlers,

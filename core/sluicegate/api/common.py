@@ -57,6 +57,8 @@ def decode_json(raw: bytes, type_: type[T] | Any = Any) -> T:
         raise ApiError(422, f"{field}: {reason}", param=field) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"malformed JSON: {exc}", param="body") from None
+    except RecursionError:  # hostile nesting: msgspec gives up at the interpreter's depth limit
+        raise ApiError(400, "JSON nested too deeply", param="body") from None
 
 
 async def decode_body(request: Request, type_: type[T]) -> T:

@@ -297,8 +297,9 @@ class Dispatcher:
             delay = min(self.settings.retry_max_delay, self.settings.retry_base_delay * 2 ** (attempt - 1))
             if self._closing:
                 delay = min(delay, 0.5)
-            log.warning("sink %s/%s: send failed (%s); retry %d in %.2fs", slot.callback_name,
-                        slot.instance_id, slot.last_error, attempt, delay)
+            if attempt <= 3 or attempt % 100 == 0:  # a long outage must not flood the log
+                log.warning("sink %s/%s: send failed (%s); retry %d in %.2fs", slot.callback_name,
+                            slot.instance_id, slot.last_error, attempt, delay)
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
     def _log_drop(self, slot: SinkSlot) -> None:

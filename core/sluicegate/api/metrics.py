@@ -1,0 +1,57 @@
+"""``GET /metrics``: the delivery counters of ``/-/sinks`` in the Prometheus text format (admin only).
+
+Hand-written exposition (format 0.0.4): a handful of counters and gauges per sink instance do not need a client
+library. Labels are ``callback_name`` and ``instance_id`` (a digest of the sink's variables, never a secret).
+The route takes the master key like every other admin route: scrape it with ``authorization: {credentials: ...}``.
+"""
+
+from __future__ import annotations
+
+from litestar import Request, Response, get
+
+from sluicegate.api.common import gateway_of
+
+__all__ = ("metrics",)
+
+# (stats field, metric name, type, help)
+_SERIES = (
+    ("accepted", "sluicegate_sink_events_accepted_total", "counter", "Events queued for the sink instance."),
+    ("sent", "sluicegate_sink_events_sent_total", "counter", "Events the sink instance delivered."),
+    ("retried", "sluicegate_sink_retries_total", "counter", "Batch sends retried after a failure."),
+    ("failed_sends", "sluicegate_sink_failed_sends_total", "counter", "Batch sends that failed."),
+    ("dropped", "sluicegate_sink_events_dropped_total", "counter", "Events given up (permanent failure, full "
+                                                                     "queue without spool, spool over its limit)."),
+    ("queued", "sluicegate_sink_events_queued", "gauge", "Events waiting in memory."),
+    ("in_flight", "sluicegate_sink_events_in_flight", "gauge", "Events in the batch being sent."),
+    ("spooled", "sluicegate_sink_events_spooled", "gauge", "Events held only by the durable spool."),
+    ("spool_bytes", "sluicegate_sink_spool_bytes", "gauge", "Bytes of spool segments on disk."),
+)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render(stats: list[dict], submitted: int, pending: int) -> str:
+    lines = ["# HELP sluicegate_events_submitted_total Routed events accepted by the dispatcher.",
+             "# TYPE sluicegate_events_submitted_total counter", f"sluicegate_events_submitted_total {submitted}",
+             "# HELP sluicegate_events_pending Events not yet delivered (memory, in flight and spool).",
+             "# TYPE sluicegate_events_pending gauge", f"sluicegate_events_pending {pending}",
+             "# HELP sluicegate_sink_instances Sink instances alive.", "# TYPE sluicegate_sink_instances gauge",
+             f"sluicegate_sink_instances {len(stats)}"]
+    for field, name, kind, text in _SERIES:
+        lines.append(f"# HELP {name} {text}")
+        lines.append(f"# TYPE {name} {kind}")
+        for row in stats:
+            labels = f'callback_name="{_label(row["callback_name"])}",instance_id="{_label(row["instance_id"])}"'
+            lines.append(f"{name}{{{labels}}} {row.get(field) or 0}")
+    return "\n".join(lines) + "\n"
+
+
+@get("/metrics")
+async def metrics(request: Request) -> Response[str]:
+    gateway = gateway_of(request)
+    await gateway.admin_only(request)
+    dispatcher = gateway.dispatcher
+    body = render(dispatcher.stats(), dispatcher.submitted, dispatcher.pending())
+    return Response(content=body, media_type="text/plain; version=0.0.4; charset=utf-8")
