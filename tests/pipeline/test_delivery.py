@@ -166,3 +166,45 @@ async def test_no_secret_in_events_logs_or_responses(receiver, make_config, star
     assert upstream_key not in haystack
     assert key not in "\n".join(bodies + [caplog.text])  # the plaintext key is only in its own responses
     assert "acme-secret" in receiver.received("/dest/plain")[0].headers["authorization"]  # delivered as auth
+
+
+async def test_metrics_carry_the_sink_counters_and_need_the_master_key(receiver, make_config, start, vars_for):
+    async with start(make_config()) as gw:
+        key = await gw.new_key(metadata={"logging": [{"callback_name": "acme", "callback_vars": vars_for("m")}]})
+        for i in range(3):
+            assert (await gw.chat(key, f"m{i}")).status_code == 200
+        assert await receiver.wait_for_async(lambda: len(receiver.events_at("/dest/m")) == 3)
+        await gw.gateway.dispatcher.drain(5)
+        assert (await gw.client.get("/metrics")).status_code == 401
+        assert (await gw.client.get("/metrics", headers={"Authorization": f"Bearer {key}"})).status_code == 403
+        response = await gw.admin("GET", "/metrics")
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+        row = (await gw.admin("GET", "/-/sinks")).json()["sinks"][0]
+        labels = f'{{callback_name="acme",instance_id="{row["instance_id"]}"}}'
+        for field, metric in (("sent", "sluicegate_sink_events_sent_total"), ("spooled", "sluicegate_sink_events_spooled"),
+                              ("dropped", "sluicegate_sink_events_dropped_total"),
+                              ("accepted", "sluicegate_sink_events_accepted_total")):
+            assert f"{metric}{labels} {row[field]}" in response.text
+        assert row["sent"] == 3 and "tok-" not in response.text
+
+
+async def test_spool_over_its_limit_drops_the_oldest_and_counts_them(receiver, make_config, start, vars_for, caplog):
+    receiver.behave("/dest/full", status=503)
+    cfg = make_config(delivery={"queue_size": 2, "spool_max_bytes": 1024 * 1024, "spool_segment_bytes": 64 * 1024,
+                                "spool_flush_interval": 0.02, "shutdown_grace": 0.2})
+    async with start(cfg) as gw:
+        key = await gw.new_key(metadata={"logging": [{"callback_name": "acme", "callback_vars": vars_for("full")}]})
+        filler = "z" * 60_000
+        for i in range(40):  # ~2.4 MB of events against a 1 MiB spool
+            assert (await gw.chat(key, f"{i}:{filler}")).status_code == 200
+        gw.gateway.dispatcher.flush_spool()
+        row = (await gw.admin("GET", "/-/sinks")).json()["sinks"][0]
+        assert row["spool_bytes"] <= 1024 * 1024 and row["dropped"] > 0
+        assert row["dropped"] + row["spooled"] + row["queued"] + row["in_flight"] >= 40
+        assert "spool over its limit" in caplog.text
+        receiver.behave("/dest/full", status=200)
+        assert await receiver.wait_for_async(lambda: gw.gateway.dispatcher.pending() == 0 and
+                                             len(receiver.events_at("/dest/full")) > 0)
+        delivered = [int(e["messages"][0]["content"].split(":")[0]) for e in receiver.events_at("/dest/full")]
+        assert 39 in delivered and 0 not in delivered[1:]  # the newest kept, the oldest dropped
+        assert delivered == sorted(delivered)
