@@ -141,7 +141,8 @@ async def test_second_identical_request_is_a_hit_and_is_logged_free(
         misses = [e for e in events if not e["cache_hit"]]
         assert len(hits) == 1 and len(misses) == 3
         hit = hits[0]
-        original = next(e for e in misses if e["id"] == hit["id"])
+        original = next(e for e in misses if e["response"]["id"] == hit["response"]["id"])
+        assert hit["id"] != original["id"]  # every request is its own event
         assert hit["cache_key"] == original["cache_key"] == digest
         assert hit["response_cost"] == 0.0 and original["response_cost"] > 0
         usage = first.json()["usage"]

@@ -45,7 +45,8 @@ _MODEL_PARAMS_SKIP = frozenset({"model", "messages", "stream", "stream_options",
 class _Call:
     """Facts of one request, gathered for its log event."""
 
-    __slots__ = ("ctx", "deployment", "body", "raw", "request_id", "start", "ip", "user_agent", "traceparent")
+    __slots__ = ("ctx", "deployment", "body", "raw", "request_id", "event_id", "start", "ip", "user_agent",
+                 "traceparent")
 
     def __init__(self, ctx: AuthContext, deployment: Deployment | None, body: dict[str, Any], request: Request,
                  request_id: str) -> None:
@@ -54,6 +55,7 @@ class _Call:
         self.body = body
         self.raw: bytes | None = None
         self.request_id = request_id
+        self.event_id = uuid.uuid4().hex
         self.start = time.time()
         self.ip = request.client.host if request.client else None
         self.user_agent = request.headers.get("user-agent")
@@ -74,7 +76,9 @@ class _Call:
             error_information = {"error_class": type(error).__name__, "status_code": error.status,
                                  "error_code": str(error.code), "error_type": error.type}
         return LogEvent(
-            id=response_id or f"sg-{self.request_id}",
+            # One fresh id per request (LiteLLM's litellm_call_id), never the upstream's response id nor the
+            # client's x-request-id: sinks deduplicate on it, so it must not repeat across requests.
+            id=self.event_id,
             trace_id=self.request_id,
             call_type="completion" if not stream else "completion",
             stream=stream,

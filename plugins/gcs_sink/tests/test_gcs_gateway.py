@@ -124,7 +124,7 @@ async def test_missing_bucket_is_unhealthy_and_transient_errors_are_retried(gcs_
     assert ok["key"] == "healthy"  # control
     assert gcs_env.failures["upload:503"] == 0  # both injected failures were met, then the retry landed
     stored = lines(fake_gcs, bucket)
-    assert len(stored) == 1 and stored[0]["id"] == response.json()["id"]
+    assert len(stored) == 1 and stored[0]["response"]["id"] == response.json()["id"]
 
 
 async def test_unusable_key_file_is_refused_at_configuration_time(gcs_env, new_bucket, tmp_path):
