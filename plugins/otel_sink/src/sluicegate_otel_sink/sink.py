@@ -30,7 +30,14 @@ import aiohttp
 import grpc
 import msgspec
 from google.protobuf import json_format
+from opentelemetry.exporter.otlp.proto.common._internal import _encode_instrumentation_scope, _encode_resource
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans as PbResourceSpans
+from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans as PbScopeSpans
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
+from opentelemetry.proto.trace.v1.trace_pb2 import SpanFlags as PbSpanFlags
+from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -58,6 +65,7 @@ INLINE_ENCODE_MAX = 4
 
 _SCOPE = InstrumentationScope("sluicegate", __version__,
                               "https://opentelemetry.io/schemas/1.37.0")
+_PB_SCOPE = _encode_instrumentation_scope(_SCOPE)
 _GRPC_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 _USER_AGENT = f"sluicegate-otel-sink/{__version__}"
 _HEALTH_TIMEOUT = 5.0
@@ -375,6 +383,42 @@ def event_to_span(event: LogEvent, resource: Resource) -> ReadableSpan:
         start_time=start, end_time=max(_nanos(event.endTime), start), instrumentation_scope=_SCOPE)
 
 
+def _any_value(value: Any) -> AnyValue:
+    if isinstance(value, bool):
+        return AnyValue(bool_value=value)
+    if isinstance(value, int):
+        return AnyValue(int_value=value)
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
+    if isinstance(value, (list, tuple)):
+        return AnyValue(array_value=ArrayValue(values=[_any_value(v) for v in value]))
+    return AnyValue(string_value=value if isinstance(value, str) else str(value))
+
+
+_FLAGS_LOCAL = PbSpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
+_FLAGS_REMOTE_PARENT = _FLAGS_LOCAL | PbSpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
+
+
+def event_to_pb_span(event: LogEvent) -> PbSpan:
+    """The OTLP span for one event, built directly (what ``encode_spans(event_to_span(...))`` gives, at a
+    quarter of the CPU: the SDK's generic encoder cost ~70 us per span on the gateway's loop in bench/)."""
+    operation = _OPERATIONS.get(event.call_type, event.call_type or "chat")
+    model = event.model_group or event.model
+    context, parent = _contexts(event)
+    if event.status == "failure":
+        status = PbStatus(code=PbStatus.STATUS_CODE_ERROR, message=(event.error_str or "request failed")[:1024])
+    else:
+        status = PbStatus()
+    start = _nanos(event.startTime)
+    return PbSpan(
+        trace_id=context.trace_id.to_bytes(16, "big"), span_id=context.span_id.to_bytes(8, "big"),
+        parent_span_id=parent.span_id.to_bytes(8, "big") if parent is not None else b"",
+        name=f"{operation} {model}".strip(), kind=PbSpan.SPAN_KIND_CLIENT, start_time_unix_nano=start,
+        end_time_unix_nano=max(_nanos(event.endTime), start),
+        attributes=[KeyValue(key=k, value=_any_value(v)) for k, v in _attributes(event, operation).items()],
+        status=status, flags=_FLAGS_REMOTE_PARENT if parent is not None and parent.is_remote else _FLAGS_LOCAL)
+
+
 def encode_json(request: ExportTraceServiceRequest) -> bytes:
     """OTLP/JSON: protobuf JSON mapping with integer enums and hex (not base64) trace and span ids."""
     data = json_format.MessageToDict(request, use_integers_for_enums=True)
@@ -463,7 +507,7 @@ class OtelSink(Sink):
     _shared: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Transports]] = (
         weakref.WeakKeyDictionary())
 
-    __slots__ = ("_protocol", "_url", "_target", "_tls", "_headers", "_resource", "_display")
+    __slots__ = ("_protocol", "_url", "_target", "_tls", "_headers", "_resource", "_display", "_pb_resource_cache")
 
     def __init__(self, callback_vars: OtelVars) -> None:
         super().__init__(callback_vars)
@@ -486,6 +530,7 @@ class OtelSink(Sink):
         attributes = callback_vars.otel_resource_attributes
         if isinstance(attributes, str):
             attributes = parse_key_values(attributes, what="otel_resource_attributes")
+        self._pb_resource_cache: Any = None  # built on first encode: instances stay cheap until used
         self._resource = Resource({
             "telemetry.sdk.language": "python", "telemetry.sdk.name": "opentelemetry",
             "telemetry.sdk.version": _sdk_version(), **(attributes or {}),
@@ -545,7 +590,12 @@ class OtelSink(Sink):
 
     def encode(self, batch: Sequence[LogEvent]) -> bytes:
         """The OTLP body for ``batch`` in this instance's encoding (CPU only: ~0.1 ms per span)."""
-        request = encode_spans([event_to_span(event, self._resource) for event in batch])
+        if self._pb_resource_cache is None:
+            self._pb_resource_cache = _encode_resource(self._resource)
+        request = ExportTraceServiceRequest(resource_spans=[PbResourceSpans(
+            resource=self._pb_resource_cache, schema_url=self._resource.schema_url,
+            scope_spans=[PbScopeSpans(scope=_PB_SCOPE, schema_url=_SCOPE.schema_url,
+                                      spans=[event_to_pb_span(event) for event in batch])])])
         if self._protocol == "http/json":
             return encode_json(request)
         return request.SerializeToString()
