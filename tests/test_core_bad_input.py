@@ -188,7 +188,7 @@ def test_absurd_durations_are_422_naming_duration(client: Any, admin: dict[str, 
     failures = []
     for duration in ["99999999999d", "10000000w", "1e9d", "0s", "-1d", "30 days", "", "5x"]:
         response = client.post("/key/generate", headers=admin, json={"duration": duration})
-        if response.status_code != 422 or (reason := problem(response, "duration")) is not None:
+        if response.status_code != 422 or problem(response, "duration") is not None:
             failures.append(f"{duration!r}: {response.status_code} {response.text[:200]}")
     assert not failures, "\n".join(failures)
 
@@ -204,7 +204,7 @@ def test_team_ids_are_validated_the_same_everywhere(client: Any, admin: dict[str
             if not response.json()["team_id"]:
                 failures.append("'': created a team with an empty id")
             continue  # an empty id on /team/new may also mean "generate one"
-        if response.status_code != 422 or (reason := problem(response, "team_id")) is not None:
+        if response.status_code != 422 or problem(response, "team_id") is not None:
             failures.append(f"{team_id[:40]!r}: {response.status_code} {response.text[:160]}")
     assert not failures, "\n".join(failures)
 

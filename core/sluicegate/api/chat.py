@@ -6,8 +6,8 @@ one :class:`LogEvent` and hand it to the dispatcher (``submit`` never awaits a s
 
 from __future__ import annotations
 
-import time
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 

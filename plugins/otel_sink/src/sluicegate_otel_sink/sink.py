@@ -31,7 +31,6 @@ import grpc
 import msgspec
 from google.protobuf import json_format
 from opentelemetry.exporter.otlp.proto.common._internal import _encode_instrumentation_scope, _encode_resource
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans as PbResourceSpans
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans as PbScopeSpans
