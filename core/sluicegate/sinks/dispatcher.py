@@ -4,9 +4,9 @@ Per sink instance: a bounded queue, one worker task while there is work (batches
 lingering ``batch_interval`` for more), ``send`` under the sink's timeout, retries with exponential backoff and
 jitter. Instances fail alone. ``aclose()`` drains every queue within a grace period, then closes every sink.
 
-With a spool (``delivery.spool``, on by default in a gateway): every accepted event is also appended to the
-instance's log on disk by a background flusher (every ``spool_flush_interval``; at once when it is 0), and an
-acknowledgement follows each delivered batch. Past ``queue_size`` events stay on disk only ("spooled") and are
+With a spool (``delivery.spool``, on by default in a gateway): every accepted event not delivered yet is also
+appended to the process's write-ahead log on disk by a background flusher (every ``spool_flush_interval``, one
+write for all instances; at once when it is 0), and an acknowledgement follows each delivered batch. Past ``queue_size`` events stay on disk only ("spooled") and are
 read back in order as the queue empties, so memory stays bounded however long a sink is down. Retryable failures
 are retried without limit (the spool holds the backlog); past ``spool_max_bytes`` the oldest segments are dropped,
 counted and logged once a minute. What a shutdown cannot deliver within its grace period stays in the spool and
@@ -202,8 +202,6 @@ class Dispatcher:
     def _refill(self, slot: SinkSlot, max_batch: int) -> None:
         """Move spilled events back into memory, oldest first (a bounded read of the instance's log)."""
         assert slot.log is not None
-        if slot.log.pending:
-            slot.log.flush()
         room = max(max_batch, min(self.settings.queue_size - len(slot.queue), 4 * max_batch))
         try:
             slot.queue.extend(slot.log.read(room))
@@ -228,10 +226,9 @@ class Dispatcher:
         """Write every pending event and acknowledgement; enforce ``spool_max_bytes``. Returns events written."""
         if self.spool is None:
             return 0
-        written = 0
-        for instance_id, instance_log in list(self.spool.logs.items()):
-            written += instance_log.flush()
-            if instance_log.empty and instance_id not in self.pool.slots:
+        written = self.spool.flush()
+        if len(self.spool.logs) > len(self.pool.slots):  # some instance was evicted: forget its log once empty
+            for instance_id in [i for i in self.spool.logs if i not in self.pool.slots]:
                 self.spool.forget(instance_id)
         while self.spool.total_bytes > self.spool.max_bytes:
             if not self._drop_oldest_spooled():
@@ -239,30 +236,31 @@ class Dispatcher:
         return written
 
     def _drop_oldest_spooled(self) -> bool:
-        """Past the size limit: drop the oldest segment of the largest backlog; count what it held."""
+        """Past the size limit: drop the log's oldest segment; count what it held per sink instance."""
         assert self.spool is not None
-        candidates = [s for s in self.pool.slots.values() if s.log is not None and s.log.segments]
-        if not candidates:
+        if not self.spool.segments:
             return False
-        slot = max(candidates, key=lambda s: s.log.bytes if s.log is not None else 0)
-        assert slot.log is not None
-        before_mem, before_ack = slot.log.mem_seq, slot.log.acked
-        last = slot.log.drop_oldest()
-        lost = 0
-        while slot.queue and slot.queue[0][0] <= last:
-            slot.queue.popleft()
-            lost += 1
-        if last > before_mem:
-            lost += last - before_mem
-            slot.log.mem_seq = last
-        lost = min(lost, max(0, last - before_ack))
-        slot.dropped += lost
-        slot.spool_dropped += lost
+        total = 0
+        hit: list[str] = []
+        for instance_log, last, before_ack, before_mem in self.spool.drop_oldest():
+            slot = self.pool.slots.get(instance_log.instance_id)
+            lost = max(0, last - before_mem)  # spilled: only on disk
+            if slot is not None:
+                while slot.queue and slot.queue[0][0] <= last:
+                    slot.queue.popleft()
+                    lost += 1
+            lost = min(lost, max(0, last - before_ack))
+            total += lost
+            if slot is not None and lost:
+                slot.dropped += lost
+                slot.spool_dropped += lost
+                hit.append(f"{slot.callback_name}/{slot.instance_id}")
         now = time.monotonic()
-        if now - self._spool_drop_logged_at >= 60:
+        if total and now - self._spool_drop_logged_at >= 60:
             self._spool_drop_logged_at = now
-            log.error("spool over its limit (%d bytes): dropping the oldest events of sink %s/%s (dropped so far: "
-                      "%d)", self.spool.max_bytes, slot.callback_name, slot.instance_id, slot.spool_dropped)
+            log.error("spool over its limit (%d bytes): dropped the oldest segment: %d event(s) of %d sink "
+                      "instance(s) (%s) (counted in their dropped)", self.spool.max_bytes, total, len(hit),
+                      ", ".join(hit[:5]) + (", ..." if len(hit) > 5 else ""))
         return True
 
     async def _deliver(self, slot: SinkSlot, batch: list[LogEvent]) -> None:
