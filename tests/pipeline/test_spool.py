@@ -202,3 +202,18 @@ def test_over_the_size_limit_the_oldest_segment_goes_and_each_instance_counts_it
     last_a = lost["a"][0]
     assert a.acked == last_a and a.spilled == 20 - last_a
     assert [e.split("-")[0] for e in contents(a.read(100))] == [f"a{i}" for i in range(last_a, 20)]
+
+
+def test_old_per_instance_segments_are_reported_not_silently_ignored(tmp_path, caplog):
+    spool = make_spool(tmp_path)
+    crash(spool)
+    old = spool.root / "0123456789abcdef"
+    old.mkdir()
+    (old / "000000000001.seg").write_bytes(b"\x00" * 8)
+    again = make_spool(tmp_path)
+    assert again.load_existing() == []
+    assert "old per-instance layout" in caplog.text and "0123456789abcdef" in caplog.text
+    caplog.clear()
+    third = make_spool(tmp_path / "fresh")  # negative control: a clean slot says nothing
+    third.load_existing()
+    assert "old per-instance layout" not in caplog.text

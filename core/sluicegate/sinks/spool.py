@@ -487,6 +487,10 @@ class Spool:
         are read back as the sink takes them). A torn last record is cut off. Segments with nothing left to
         deliver are deleted once a new segment holds the acks the remaining ones need.
         """
+        legacy = [p.parent.name for p in self.root.glob("*/*.seg") if p.parent.name != _WAL]
+        if legacy:  # the per-instance layout of earlier versions: not read by this one
+            log.error("spool %s: %d segment file(s) in the old per-instance layout (%s) are not replayed; they "
+                      "are left in place", self.root, len(legacy), ", ".join(sorted(set(legacy))[:5]))
         numbers = sorted(int(p.stem) for p in self.wal_dir.glob("*.seg") if p.stem.isdigit())
         found: dict[str, InstanceLog] = {}
         for number in numbers:
