@@ -7,23 +7,17 @@ entry-point metadata exactly as for any plugin, and tests without the fixture do
 
 from __future__ import annotations
 
-import asyncio
 import importlib
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 
-from sluicegate.app import create_app
-from sluicegate.config import parse_settings
+from sluicegate.testing.gateway import RunningGateway, running_gateway
 from sluicegate.testing.receiver import HttpReceiver
 
 MASTER = "sk-master-pipeline-test"
@@ -68,51 +62,10 @@ def config(tmp_path: Path, *, litellm: dict[str, Any] | None = None, models: lis
     }
 
 
-class Gw:
-    """A running gateway app and helpers to talk to it."""
-
-    def __init__(self, client: httpx.AsyncClient, app: Any) -> None:
-        self.client = client
-        self.app = app
-        self.gateway = app.state.gateway
-
-    async def admin(self, method: str, path: str, **kwargs: Any) -> Any:
-        return await self.client.request(method, path, headers={"Authorization": f"Bearer {MASTER}"}, **kwargs)
-
-    async def new_key(self, **body: Any) -> str:
-        response = await self.admin("POST", "/key/generate", json=body)
-        assert response.status_code == 200, response.text
-        return response.json()["key"]
-
-    async def chat(self, key: str, content: str = "hello", *, model: str = "mock", stream: bool = False,
-                   **extra: Any) -> Any:
-        body = {"model": model, "messages": [{"role": "user", "content": content}], "stream": stream, **extra}
-        return await self.client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
-
-
 @asynccontextmanager
-async def running(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> AsyncIterator[Gw]:
-    """Serve the app with uvicorn on a loopback socket in the test's own event loop, so requests, the
-    lifespan and the delivery tasks share one loop, as in production."""
-    app = create_app(parse_settings(cfg), environ=environ)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False))
-    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if task.done():
-            task.result()
-        assert time.monotonic() < deadline, "gateway did not start within 20 s"
-        await asyncio.sleep(0.01)
-    port = sock.getsockname()[1]
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield Gw(client, app)
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+async def running(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> AsyncIterator[RunningGateway]:
+    async with running_gateway(cfg, environ) as gw:
+        yield gw
 
 
 def acme_vars(receiver: HttpReceiver, dest: str, token: str = "tok-" + "x" * 8, **extra: Any) -> dict[str, Any]:
@@ -133,7 +86,7 @@ def make_config(tmp_path: Path):
 
 @pytest.fixture
 def start():
-    """``async with start(cfg) as gw:`` → a running gateway (:class:`Gw`)."""
+    """``async with start(cfg) as gw:`` → a running gateway (:class:`~sluicegate.testing.RunningGateway`)."""
     return running
 
 

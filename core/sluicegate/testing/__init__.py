@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from sluicegate.testing.deliver import DeliveryReport, deliver
 from sluicegate.testing.events import make_event
+from sluicegate.testing.gateway import RunningGateway, running_gateway
 from sluicegate.testing.receiver import HttpReceiver
 from sluicegate.testing.standard import SinkStandardTests
 
-__all__ = ("DeliveryReport", "HttpReceiver", "SinkStandardTests", "deliver", "make_event")
+__all__ = ("DeliveryReport", "HttpReceiver", "RunningGateway", "SinkStandardTests", "deliver", "make_event",
+           "running_gateway")
