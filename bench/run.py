@@ -8,6 +8,9 @@ and ``bench/results/latest.json``.
 Settings (environment, or the matching ``--flag``): ``BENCH_DURATION`` seconds per run (4),
 ``BENCH_REPEAT`` runs per point, best kept (2), ``BENCH_CONCURRENCY`` ("1,16,64"), ``BENCH_TEAMS`` (1000), ``BENCH_ROWS`` (comma list of row ids, default all),
 ``BENCH_LOAD_CPU`` / ``BENCH_SERVER_CPU`` (0 / 1), ``BENCH_STREAM`` (1: also measure SSE streams at c=1).
+
+The ``litellm`` row runs LiteLLM's proxy from ``bench/.litellm-venv`` (made by ``bench/litellm_setup.sh``, never a
+project dependency) when that venv exists, and otherwise says how to install it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import datetime as dt
 import json
 import os
 import platform
+import secrets
 import shutil
 import signal
 import socket
@@ -42,6 +46,8 @@ MODEL = "mock-gpt"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello in one short sentence."}]}
 STREAM_BODY = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+LITELLM_VENV = HERE / ".litellm-venv"
+LITELLM_SETUP = "bench/litellm_setup.sh"
 
 
 # --- rows ------------------------------------------------------------------------------------------------
@@ -49,7 +55,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 class Row:
     id: str
     label: str
-    kind: str  # direct | bare | gateway
+    kind: str  # direct | bare | gateway | litellm
     client: str = "aiohttp"
     sinks: str = "none"  # none | telemetry
     stream: bool = False
@@ -69,6 +75,8 @@ ROWS = [
     Row("gw-cache", "gateway, response cache hits (local), aiohttp client", "gateway", "aiohttp", "cache-local"),
     Row("gw-cache-redis", "gateway, response cache hits (Redis 127.0.0.1:6379), aiohttp client", "gateway",
         "aiohttp", "cache-redis"),
+    # LiteLLM's proxy, one worker, global `langfuse` success callback on the loopback receiver; master-key auth
+    Row("litellm", "LiteLLM proxy, langfuse callback (master key auth)", "litellm", "litellm", "langfuse"),
 ]
 
 
@@ -92,6 +100,7 @@ class Result:
     threads: int | None = None
     rss_mb: float | None = None
     notes: list[str] = field(default_factory=list)
+    skipped: bool = False  # not run on purpose (LiteLLM not installed): not a failure
 
 
 # --- processes -------------------------------------------------------------------------------------------
@@ -323,6 +332,53 @@ async def warm_keys(base: str, keys: list[str]) -> int:
     return failures
 
 
+# --- LiteLLM set-up (bench/.litellm-venv) ------------------------------------------------------------------
+def litellm_installed() -> bool:
+    return (LITELLM_VENV / "bin" / "litellm").exists()
+
+
+def litellm_version() -> str:
+    done = subprocess.run([str(LITELLM_VENV / "bin" / "python"), "-c",
+                           "from importlib.metadata import version as v; print(v('litellm'), v('langfuse'))"],
+                          capture_output=True, text=True, timeout=60)
+    parts = done.stdout.split()
+    return f"litellm {parts[0]}, langfuse SDK {parts[1]}" if len(parts) == 2 else "litellm (version unknown)"
+
+
+def litellm_config(workdir: Path, upstream: str, master_key: str) -> Path:
+    """The same model and mock upstream as the gateway rows; the global ``langfuse`` success callback."""
+    lines = [
+        "model_list:",
+        f"  - model_name: {MODEL}",
+        "    litellm_params:",
+        f"      model: openai/{MODEL}",
+        f"      api_base: {upstream}/v1",
+        "      api_key: sk-upstream-bench",
+        "      timeout: 30",
+        "general_settings:",
+        f"  master_key: {master_key}",
+        "litellm_settings:",
+        "  success_callback: [langfuse]",
+    ]
+    path = workdir / "litellm.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def litellm_env(langfuse_url: str, workdir: Path) -> dict[str, str]:
+    return {
+        # offline: no cost-map download, no telemetry; it refuses the well-known sk-1234, so the key is generated
+        "LITELLM_OFFLINE_MODE": "true",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_TELEMETRY": "False",
+        "LITELLM_LOG": "WARNING",  # uvicorn at warning: no access log, like the gateway's --log-level warning
+        "LANGFUSE_PUBLIC_KEY": "pk-lf-bench-litellm",
+        "LANGFUSE_SECRET_KEY": "sk-lf-bench-litellm",
+        "LANGFUSE_HOST": langfuse_url,
+        "HOME": str(workdir),  # anything it caches goes to the row's temp dir
+    }
+
+
 # --- the run ---------------------------------------------------------------------------------------------
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
@@ -409,6 +465,8 @@ class Bench:
                 return self.measure(row, base, keys, proc.pid)
             finally:
                 self.procs.stop(proc)
+        if row.kind == "litellm":
+            return self.run_litellm(row, upstream, port, base, keys)
         # the gateway
         workdir = self.tmp / row.id
         workdir.mkdir()
@@ -443,6 +501,45 @@ class Bench:
         finally:
             self.procs.stop(proc, timeout=30)
 
+    def run_litellm(self, row: Row, upstream: str, port: int, base: str, keys: Path) -> Result:
+        """One LiteLLM proxy worker on the server core, its global langfuse callback on the loopback receiver.
+
+        No PostgreSQL/prisma here, so ``/key/generate`` is unavailable: every request carries the master key,
+        LiteLLM's cheapest auth path (the gateway rows use one virtual key per team)."""
+        workdir = self.tmp / row.id
+        workdir.mkdir()
+        master_key = "sk-bench-" + secrets.token_urlsafe(24)
+        keys.write_text(master_key + "\n")
+        config = litellm_config(workdir, upstream, master_key)
+        proc = self.procs.start(row.id, [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(config),
+                                         "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+                                cpu=self.server_cpu, env=litellm_env(self.receiver_urls["langfuse"], workdir))
+        try:
+            wait_http(base + "/health/liveliness", proc, timeout=180)
+            started = time.monotonic()
+            failures = asyncio.run(warm_keys(base, [master_key] * 16))
+            print(f"  LiteLLM up; 16 warm-up requests in {time.monotonic() - started:.1f}s"
+                  + (f" ({failures} failed)" if failures else "") + "; authenticating with the master key",
+                  flush=True)
+            if failures == 16:
+                raise RuntimeError(f"every warm-up request failed: {self.procs.tail(row.id)}")
+            before = self.receiver_counts().get("langfuse", 0)
+            result = self.measure(row, base, keys, proc.pid)
+            result.notes.append(f"{litellm_version()}, one uvicorn worker (uvloop; h11, as its extras install "
+                                "no httptools); authenticates with the master key "
+                                "(no PostgreSQL/prisma here, so no /key/generate): LiteLLM's cheapest auth path, "
+                                "while the gateway rows use one virtual key per team")
+            time.sleep(6)  # the langfuse exporter's flush interval, so the row's last spans reach the receiver
+            posts = self.receiver_counts().get("langfuse", 0) - before
+            result.notes.append(f"langfuse receiver POSTs during the row: {posts:,}")
+            if failures:
+                result.notes.append(f"{failures} of 16 warm-up requests failed")
+            if proc.poll() is not None:
+                result.notes.append(f"litellm exited with {proc.returncode}: {self.procs.tail(row.id)}")
+            return result
+        finally:
+            self.procs.stop(proc, timeout=30)
+
     def run(self) -> list[Result]:
         upstream, _ = self.start_mock("mock-upstream", "upstream")
         rows = [r for r in ROWS if not self.args.rows or r.id in self.args.rows]
@@ -460,7 +557,15 @@ class Bench:
                 for row in rows:
                     if row.sinks == "telemetry":
                         row.label = "gateway, {teams} teams x file sink (FALLBACK), httpx-aiohttp"
+        if any(r.kind == "litellm" for r in rows) and litellm_installed() and "langfuse" not in self.receiver_urls:
+            self.receiver_urls["langfuse"], self.receiver_procs["langfuse"] = self.start_mock("receiver-langfuse",
+                                                                                          "receiver")
         for row in rows:
+            if row.kind == "litellm" and not litellm_installed():
+                print(f"[{row.id}] not installed: run {LITELLM_SETUP}", flush=True)
+                self.results.append(Result(row.id, row.label, notes=[f"not installed: run {LITELLM_SETUP}"],
+                                           skipped=True))
+                continue
             try:
                 self.results.append(self.run_row(row, upstream))
             except Exception as exc:  # one broken row must not lose the others
@@ -538,6 +643,7 @@ def render(results: list[Result], args: argparse.Namespace, notes: list[str], el
             p, f = _point(r, cs[-1]), _point(floor, cs[-1])
             cells.append(f"{p.p99_ms / f.p99_ms:.2f}" if p and f and f.p99_ms else "—")
             out.append(f"| {r.label} | " + " | ".join(cells) + " |")
+    out += litellm_ratios(by_id, cs)
     streams = [r for r in results if r.stream]
     if streams:
         out += ["", "## SSE streaming at c=1 (the mock sends the whole stream at once, so latency ≈ time to "
@@ -553,6 +659,33 @@ def render(results: list[Result], args: argparse.Namespace, notes: list[str], el
     if extra:
         out += ["", "## Notes", "", *extra]
     return "\n".join(out) + "\n"
+
+
+def litellm_ratios(by_id: dict[str, Result], cs: list[int]) -> list[str]:
+    """Sluicegate vs LiteLLM, same run: the gateway with sinks against LiteLLM with its langfuse callback."""
+    lite = by_id.get("litellm")
+    if not lite or not lite.points:
+        return []
+    out = ["", "## Sluicegate vs LiteLLM (same run; LiteLLM authenticates with the master key)", "",
+           "| row vs `litellm` | " + " | ".join(f"c={c} RPS × | p50 ÷ | p99 ÷" for c in cs)
+           + f" | CPU/req ÷ (c={cs[-1]}) |", "|---|" + "---:|---:|---:|" * len(cs) + "---:|"]
+    for rid, what in (("gw-sinks", "gateway with sinks vs LiteLLM with its langfuse callback"),
+                      ("gw-aiohttp", "gateway without sinks vs LiteLLM with its langfuse callback")):
+        r = by_id.get(rid)
+        if not r or not r.points:
+            continue
+        cells = []
+        for c in cs:
+            p, q = _point(r, c), _point(lite, c)
+            cells += ([f"{p.rps / q.rps:.1f}×", f"{q.p50_ms / p.p50_ms:.1f}×", f"{q.p99_ms / p.p99_ms:.1f}×"]
+                      if p and q and q.rps and p.p50_ms and p.p99_ms else ["—"] * 3)
+        p, q = _point(r, cs[-1]), _point(lite, cs[-1])
+        cells.append(f"{q.cpu_ms_per_req / p.cpu_ms_per_req:.0f}×" if p and q and p.cpu_ms_per_req
+                     and q.cpu_ms_per_req else "—")
+        out.append(f"| {what} | " + " | ".join(cells) + " |")
+    out += ["", "RPS × = the gateway's throughput over LiteLLM's; p50/p99/CPU ÷ = LiteLLM's value over the "
+            "gateway's (above 1: the gateway is faster / cheaper)."]
+    return out
 
 
 def targets(by_id: dict[str, Result], cs: list[int]) -> list[str]:
@@ -653,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report)
     print(f"bench: wrote {out / 'latest.md'} and {out / 'latest.json'}")
-    return 0 if all(r.points for r in results) else 1
+    return 0 if all(r.points or r.skipped for r in results) else 1
 
 
 if __name__ == "__main__":
