@@ -147,22 +147,29 @@ class Store:
                 pass  # created concurrently: fine
 
     async def update_team(self, team_id: str, **values: Any) -> TeamRecord | None:
+        return await self.get_team(team_id) if await self._update(TeamRow, team_id, values) else None
+
+    async def delete_teams(self, team_ids: list[str]) -> list[str]:
+        return await self._delete(TeamRow.team_id, team_ids)
+
+    # shared by teams and keys ------------------------------------------------------------------------------
+    async def _update(self, table: type[TeamRow] | type[KeyRow], ident: str, values: dict[str, Any]) -> bool:
+        """Set ``values`` on one row and bump the change counter, in one transaction; False if no such row."""
         if "metadata" in values:
             values["metadata_"] = values.pop("metadata")
         async with self._sessions.begin() as session:
-            row = await session.get(TeamRow, team_id, with_for_update=not self.is_sqlite)
+            row = await session.get(table, ident, with_for_update=not self.is_sqlite)
             if row is None:
-                return None
+                return False
             for name, value in values.items():
                 setattr(row, name, value)
             row.updated_at = datetime.now(UTC)
             await self._bump(session)
-        return await self.get_team(team_id)
+        return True
 
-    async def delete_teams(self, team_ids: list[str]) -> list[str]:
+    async def _delete(self, column: Any, idents: list[str]) -> list[str]:
         async with self._sessions.begin() as session:
-            result = await session.execute(
-                sa.delete(TeamRow).where(TeamRow.team_id.in_(team_ids)).returning(TeamRow.team_id))
+            result = await session.execute(sa.delete(column.class_).where(column.in_(idents)).returning(column))
             deleted = [r[0] for r in result]
             await self._bump(session)
         return deleted
@@ -189,25 +196,10 @@ class Store:
         return await self.get_key(record.token_id)  # type: ignore[return-value]
 
     async def update_key(self, token_id: str, **values: Any) -> KeyRecord | None:
-        if "metadata" in values:
-            values["metadata_"] = values.pop("metadata")
-        async with self._sessions.begin() as session:
-            row = await session.get(KeyRow, token_id, with_for_update=not self.is_sqlite)
-            if row is None:
-                return None
-            for name, value in values.items():
-                setattr(row, name, value)
-            row.updated_at = datetime.now(UTC)
-            await self._bump(session)
-        return await self.get_key(token_id)
+        return await self.get_key(token_id) if await self._update(KeyRow, token_id, values) else None
 
     async def delete_keys(self, token_ids: list[str]) -> list[str]:
-        async with self._sessions.begin() as session:
-            result = await session.execute(
-                sa.delete(KeyRow).where(KeyRow.token_id.in_(token_ids)).returning(KeyRow.token_id))
-            deleted = [r[0] for r in result]
-            await self._bump(session)
-        return deleted
+        return await self._delete(KeyRow.token_id, token_ids)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
