@@ -75,7 +75,7 @@ DESCRIPTIONS: dict[str, str] = {
                                                "processes.",
     "DeliverySettings.queue_size": "Events held in memory per sink instance; past it the oldest is dropped "
                                    "(counted).",
-    "DeliverySettings.batch_interval": "Seconds a worker lingers for a fuller batch.",
+    "DeliverySettings.batch_interval": "Seconds a worker lingers for a fuller batch (stretched by max_sends_per_second).",
     "DeliverySettings.max_retries": "Retries of a failed batch before it is dropped (counted, logged).",
     "DeliverySettings.retry_base_delay": "Seconds before the first retry; doubles each time, with jitter.",
     "DeliverySettings.retry_max_delay": "Upper bound of the retry delay, in seconds.",

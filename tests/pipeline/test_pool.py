@@ -48,3 +48,25 @@ async def test_instances_over_the_bound_are_evicted_least_recently_used_first(re
         await gw.gateway.dispatcher.drain(5)
         assert await gw.gateway.dispatcher.evict_idle() == 2
         assert len(gw.gateway.dispatcher.pool.slots) == 3
+
+
+@pytest.mark.parametrize(("sends_per_second", "expect_batched"), [(0.5, True), (0, False)],
+                         ids=["adaptive-linger", "control-no-adaptive-linger"])
+async def test_many_busy_destinations_are_sent_in_fuller_batches(receiver, make_config, start, vars_for,
+                                                                 sends_per_second, expect_batched):
+    """With a send budget, each destination lingers longer, so 20 destinations x 3 rounds make ~20 sends,
+    not ~60 (every send costs the event loop a round trip; this is what keeps 1,000 teams affordable)."""
+    cfg = make_config(delivery={"batch_interval": 0.01, "max_batch_interval": 2.0,
+                                "max_sends_per_second": sends_per_second})
+    async with start(cfg) as gw:
+        keys = [await gw.new_key(metadata={"logging": [{"callback_name": "acme", "callback_vars": vars_for(f"b{i}")}]})
+                for i in range(20)]
+        for round_ in range(3):
+            for key in keys:
+                assert (await gw.chat(key, f"round {round_}")).status_code == 200
+        assert await receiver.wait_for_async(lambda: len(receiver.events("/dest/")) == 60)
+        posts = len(receiver.received("/dest/"))
+        if expect_batched:
+            assert posts <= 25
+        else:
+            assert posts >= 40

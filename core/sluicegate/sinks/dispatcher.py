@@ -90,6 +90,7 @@ class Dispatcher:
         self._sweeper: asyncio.Task[None] | None = None
         self._drop_logged_at = 0.0
         self.submitted = 0
+        self._working = 0  # slots whose worker task is running: drives the adaptive linger
 
     # request path --------------------------------------------------------------------------------------
     def submit(self, event: LogEvent, callbacks: CallbackSet | None) -> int:
@@ -173,7 +174,24 @@ class Dispatcher:
             slot.task = loop.create_task(self._work(slot))
         self._flusher = loop.create_task(self._flush_loop())
 
+    def _linger(self) -> float:
+        """How long a worker waits for a fuller batch: ``batch_interval``, stretched when many destinations
+        are busy so the sends per second stay near ``max_sends_per_second`` (each send costs the event loop
+        an HTTP round trip; 2,000 destinations at one event a second each would otherwise mean 2,000 sends)."""
+        settings = self.settings
+        if settings.max_sends_per_second <= 0 or settings.max_batch_interval <= settings.batch_interval:
+            return settings.batch_interval
+        return min(settings.max_batch_interval,
+                   max(settings.batch_interval, self._working / settings.max_sends_per_second))
+
     async def _work(self, slot: SinkSlot) -> None:
+        self._working += 1
+        try:
+            await self._work_through(slot)
+        finally:
+            self._working -= 1
+
+    async def _work_through(self, slot: SinkSlot) -> None:
         max_batch = max(1, slot.sink.max_batch_size)
         while slot.queue or slot.spilled:
             if slot.spilled and len(slot.queue) < max_batch:
@@ -183,7 +201,7 @@ class Dispatcher:
                 assert slot.wake is not None
                 slot.wake.clear()
                 try:
-                    await asyncio.wait_for(slot.wake.wait(), self.settings.batch_interval)
+                    await asyncio.wait_for(slot.wake.wait(), self._linger())
                 except TimeoutError:
                     pass
                 if slot.spilled and len(slot.queue) < max_batch:
