@@ -6,7 +6,7 @@ one :class:`LogEvent` and hand it to the dispatcher (``submit`` never awaits a s
 
 from __future__ import annotations
 
-import os
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ("chat_completions", "chat_completions_v1", "list_models", "list_models_v1")
 
 _decoder = msgspec.json.Decoder()
+_rng = random.Random()  # seeded from os.urandom once
 _encoder = msgspec.json.Encoder()
 
 
@@ -55,7 +56,7 @@ class _Call:
         self.body = body
         self.raw: bytes | None = None
         self.request_id = request_id
-        self.event_id = os.urandom(16).hex()  # a uuid4 without building a UUID object
+        self.event_id = _random_id()
         self.start = time.time()
         self.ip = request.client.host if request.client else None
         self.user_agent = request.headers.get("user-agent")
@@ -110,7 +111,13 @@ def _request_id(request: Request) -> str:
     given = request.headers.get("x-request-id")
     if given and len(given) <= 128 and given.isprintable():
         return given
-    return os.urandom(16).hex()
+    return _random_id()
+
+
+def _random_id() -> str:
+    """128 random bits as 32 hex digits. Ids, not secrets: the PRNG avoids a getrandom syscall per request
+    (os.urandom showed as 5 % of the loop in bench/)."""
+    return f"{_rng.getrandbits(128):032x}"
 
 
 async def _chat(request: Request) -> Response[Any]:

@@ -59,8 +59,8 @@ logger = logging.getLogger(__name__)
 
 Protocol = Literal["http/protobuf", "http/json", "grpc"]
 PROTOCOLS: tuple[str, ...] = ("http/protobuf", "http/json", "grpc")
-INLINE_ENCODE_MAX = 4
-"""Batches up to this many events are encoded on the event loop (~0.1 ms each); larger ones in the pool."""
+INLINE_ENCODE_MAX = 16
+"""Batches up to this many events are encoded on the event loop (~0.08 ms each); larger ones in the pool."""
 
 _SCOPE = InstrumentationScope("sluicegate", __version__,
                               "https://opentelemetry.io/schemas/1.37.0")
