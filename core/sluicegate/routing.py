@@ -177,6 +177,9 @@ class LoggingResolver:
         default_redact = self.global_redact
         if team_config is not None and team_config.turn_off_message_logging is not None:
             default_redact = team_config.turn_off_message_logging
+        if team is not None and team.logging == []:
+            # disable_logging is an opt-out (GDPR): it wins over every layer, the key's own logging included.
+            return CallbackSet(routes=(), source="team")
         try:
             if key is not None and isinstance(key.metadata.get("logging"), list):
                 return self._set(parse_entries(key.metadata["logging"]), "key", default_redact=default_redact)

@@ -8,6 +8,7 @@ entry-point metadata exactly as for any plugin, and tests without the fixture do
 from __future__ import annotations
 
 import importlib
+import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +24,66 @@ from sluicegate.testing.receiver import HttpReceiver
 MASTER = "sk-master-pipeline-test"
 ROOT = Path(__file__).resolve().parents[2]
 UV = Path(sys.executable).with_name("uv")
+
+
+# -- log scan: no secret used by these tests may appear in any log line of the session ---------------------
+_SECRETS: set[str] = {MASTER}
+
+
+class _LineRecorder(logging.Handler):
+    """Every formatted line: ``sluicegate*`` loggers at DEBUG, every other logger at INFO."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+        self.lines: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.startswith("sluicegate") or record.levelno >= logging.INFO
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+        except Exception:  # a record that cannot be formatted must not break the test that logged it
+            self.lines.append(f"{record.levelname} {record.name} {record.msg!r} {record.args!r}")
+
+
+def find_secrets(lines: list[str], secrets: set[str]) -> list[tuple[str, str]]:
+    return [(secret, line) for line in lines for secret in secrets if secret and secret in line]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def secret_log_scan() -> Iterator[_LineRecorder]:
+    """Record the log output of every pipeline test; at session end, fail if a registered secret is in it.
+
+    Secrets are registered with :func:`register_secret` (the master key is registered here). Gateways run in
+    subprocesses (the SIGKILL test) log to their own stderr and are not covered.
+    """
+    recorder = _LineRecorder()
+    root, ours = logging.getLogger(), logging.getLogger("sluicegate")
+    levels = (root.level, ours.level)
+    root.addHandler(recorder)
+    root.setLevel(min(root.level or logging.WARNING, logging.INFO))
+    ours.setLevel(logging.DEBUG)
+    try:
+        yield recorder
+    finally:
+        root.removeHandler(recorder)
+        root.setLevel(levels[0])
+        ours.setLevel(levels[1])
+    assert recorder.lines, "the log scan recorded nothing: the handler is not attached"
+    leaks = find_secrets(recorder.lines, _SECRETS)
+    assert not leaks, f"{len(leaks)} log line(s) carry a secret, e.g. {leaks[0][1][:300]!r}"
+
+
+@pytest.fixture
+def register_secret():
+    """``register_secret("sk-...")``: the session's log scan fails if this string is ever logged."""
+    def register(secret: str) -> str:
+        assert len(secret) >= 8, "a secret this short would match innocent text"
+        _SECRETS.add(secret)
+        return secret
+    return register
 
 
 @pytest.fixture(scope="session")
