@@ -135,14 +135,16 @@ async def test_without_the_spool_shutdown_drops_what_it_cannot_deliver(receiver,
     assert receiver.events_at("/dest/gone") == []
 
 
-async def test_no_secret_in_events_logs_or_responses(receiver, make_config, start, caplog, monkeypatch):
+async def test_no_secret_in_events_logs_or_responses(receiver, make_config, start, caplog, monkeypatch,
+                                                    register_secret):
     # Our loggers at DEBUG; third-party drivers at INFO (aiosqlite's DEBUG echoes SQL parameters, and the CLI
     # pins those loggers at WARNING whatever --log-level says).
     caplog.set_level(logging.INFO)
     caplog.set_level(logging.DEBUG, logger="sluicegate")
     monkeypatch.setenv("SG_SECRET_TOKEN", SECRET)
     receiver.behave("/dest/err", fail_times=2, fail_status=500)
-    upstream_key = "sk-upstream-" + "9" * 20
+    upstream_key = register_secret("sk-upstream-" + "9" * 20)
+    register_secret(SECRET)
     cfg = make_config(models=[{"model_name": "mock", "litellm_params": {
         "model": "openai/m", "mock_response": "ok", "api_key": upstream_key}}])
     async with start(cfg) as gw:

@@ -12,6 +12,11 @@ pytestmark = pytest.mark.usefixtures("acme", "clean_env")
 SECRET = "acme-secret-3f9a7c1e"
 
 
+@pytest.fixture(autouse=True)
+def _scan_logs_for_the_secret(register_secret):
+    register_secret(SECRET)
+
+
 async def test_add_get_delete_callback_with_seed_shapes(receiver, make_config, start, vars_for):
     async with start(make_config()) as gw:
         assert (await gw.admin("POST", "/team/new", json={"team_id": "t1", "team_alias": "one"})).status_code == 200
