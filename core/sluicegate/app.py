@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar, Request, Response
@@ -16,6 +18,8 @@ from sluicegate.litestar_plugin import SluicegatePlugin
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
     from sluicegate.config import Settings
 
@@ -46,11 +50,17 @@ def _http_error(_: Request, exc: HTTPException) -> Response[bytes]:
     if isinstance(exc, NotFoundException):
         message = "no such route"
     kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-            405: "invalid_request_error", 413: "invalid_request_error"}.get(status, "invalid_request_error")
+            405: "invalid_request_error", 408: "timeout", 413: "invalid_request_error"}.get(
+                status, "invalid_request_error")
     if status == 413:
         message = f"request body too large (limit {MAX_BODY // (1024 * 1024)} MiB)"
         param = "body"
-    return _json(status, error_body(message, type=kind, param=param, code=str(status)))
+    if status == 408:
+        param = "body"
+    response = _json(status, error_body(message, type=kind, param=param, code=str(status)))
+    if status == 408:  # the rest of the body may still be arriving: end the connection with the answer
+        response.headers["connection"] = "close"
+    return response
 
 
 def _database_error(request: Request, exc: DBAPIError) -> Response[bytes]:
@@ -69,6 +79,40 @@ def _unexpected(request: Request, exc: Exception) -> Response[bytes]:
                                  code="500"))
 
 
+def body_deadline(seconds: float) -> Callable[[ASGIApp], ASGIApp]:
+    """ASGI middleware: the request body must arrive within ``seconds`` of the request's start (uvicorn has no
+    such limit, so a client dribbling its body would hold a connection and a task indefinitely)."""
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http" or seconds <= 0:
+                await app(scope, receive, send)
+                return
+            deadline = asyncio.get_running_loop().time() + seconds
+            body_done = False
+
+            async def timed_receive() -> Message:
+                nonlocal body_done
+                if body_done:  # after the body, receive() only waits for a disconnect: no deadline
+                    return await receive()
+                remaining = deadline - asyncio.get_running_loop().time()
+                try:
+                    async with asyncio.timeout(max(remaining, 0.0)):
+                        message = await receive()
+                except TimeoutError:
+                    raise HTTPException(status_code=408, detail=f"body: not received within {seconds:g} s"
+                                        ) from None
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    body_done = True
+                return message
+
+            await app(scope, timed_receive, send)
+
+        return guarded
+
+    return middleware
+
+
 def create_app(settings: Settings, *, environ: Mapping[str, str] | None = None, http_client: str = "aiohttp",
                debug: bool = False) -> Litestar:
     gateway = Gateway(settings, environ=environ, http_client=http_client)
@@ -85,6 +129,7 @@ def create_app(settings: Settings, *, environ: Mapping[str, str] | None = None, 
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, DBAPIError: _database_error,
                             Exception: _unexpected},
         request_max_body_size=MAX_BODY,
+        middleware=[body_deadline(settings.sluicegate_settings.request_body_timeout)],
         openapi_config=None,
         debug=debug,
         logging_config=None,

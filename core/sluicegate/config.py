@@ -120,6 +120,8 @@ class DeliverySettings(msgspec.Struct, kw_only=True):
 class SluicegateSettings(msgspec.Struct, kw_only=True):
     delivery: DeliverySettings = msgspec.field(default_factory=DeliverySettings)
     change_poll_interval: float = 0.25
+    request_body_timeout: float = 30.0
+    """Seconds a client may take to send its whole request body; slower ones get 408 and lose the connection."""
 
 
 class Settings(msgspec.Struct, kw_only=True):
