@@ -93,6 +93,7 @@ class LoggingResolver:
         self.global_redact = settings.litellm_settings.turn_off_message_logging
         self.global_set = self._global_set()
         self.team_config: dict[str, CallbackSet | None] = {}
+        self._team_settings = {t.team_id: t for t in settings.litellm_settings.default_team_settings}
         problems: list[str] = []
         for index, team in enumerate(settings.litellm_settings.default_team_settings):
             try:
@@ -180,6 +181,10 @@ class LoggingResolver:
         if team is not None and team.logging == []:
             # disable_logging is an opt-out (GDPR): it wins over every layer, the key's own logging included.
             return CallbackSet(routes=(), source="team")
+        configured = self.team_config.get(team_id) if team_id is not None else None
+        if (team is None or team.logging is None) and configured is not None and not configured.routes:
+            # The same opt-out written in config.yaml (`success_callback: []` and no other callbacks).
+            return configured
         try:
             if key is not None and isinstance(key.metadata.get("logging"), list):
                 return self._set(parse_entries(key.metadata["logging"]), "key", default_redact=default_redact)
@@ -196,12 +201,7 @@ class LoggingResolver:
         return self.global_set
 
     def settings_for_team(self, team_id: str | None) -> TeamSettings | None:
-        if team_id is None:
-            return None
-        for team in self.settings.litellm_settings.default_team_settings:
-            if team.team_id == team_id:
-                return team
-        return None
+        return self._team_settings.get(team_id) if team_id is not None else None
 
     # write time ----------------------------------------------------------------------------------------
     def validate_entries(self, raw: Any, *, param: str) -> list[LoggingEntry]:

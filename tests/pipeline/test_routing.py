@@ -155,3 +155,19 @@ async def test_key_update_changes_routing_for_the_next_request(receiver, make_co
         await gw.gateway.dispatcher.drain(5)
         assert [e["messages"][0]["content"] for e in receiver.events_at("/dest/old")] == ["one"]
         assert [e["messages"][0]["content"] for e in receiver.events_at("/dest/new")] == ["two"]
+
+
+async def test_a_team_switched_off_in_config_wins_over_its_keys_own_logging(receiver, make_config, start, vars_for):
+    cfg = make_config(litellm={"default_team_settings": [
+        {"team_id": "gdpr", "success_callback": [], "failure_callback": []},
+        {"team_id": "open", "cache": False}]})
+    async with start(cfg) as gw:
+        muted = await gw.new_key(team_id="gdpr", metadata={"logging": [
+            {"callback_name": "acme", "callback_vars": vars_for("muted")}]})
+        control = await gw.new_key(team_id="open", metadata={"logging": [
+            {"callback_name": "acme", "callback_vars": vars_for("control")}]})
+        assert (await gw.chat(muted, "secret")).status_code == 200
+        assert (await gw.chat(control, "fine")).status_code == 200
+        assert await receiver.wait_for_async(lambda: len(receiver.events_at("/dest/control")) == 1)
+        await gw.gateway.dispatcher.drain(5)
+        assert receiver.events_at("/dest/muted") == []
