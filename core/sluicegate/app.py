@@ -119,7 +119,7 @@ def create_app(settings: Settings, *, environ: Mapping[str, str] | None = None, 
     handlers: list[Any] = [
         chat.chat_completions_v1, chat.chat_completions, chat.list_models_v1, chat.list_models,
         keys.generate, keys.update, keys.key_info, keys.delete_keys, keys.list_keys, keys.key_health,
-        teams.new_team, teams.team_info, teams.team_list, teams.delete_teams, teams.add_callback,
+        teams.new_team, teams.team_info, teams.team_list, teams.update_team, teams.delete_teams, teams.add_callback,
         teams.get_callbacks, teams.delete_callback, teams.disable_logging, teams.enable_logging,
         health.liveliness, health.readiness, introspection.plugins, introspection.sinks, metrics.metrics,
     ]

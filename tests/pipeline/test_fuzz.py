@@ -31,7 +31,8 @@ ROUTES = [
     ("POST", "/v1/chat/completions"), ("POST", "/chat/completions"), ("GET", "/v1/models"), ("GET", "/models"),
     ("POST", "/key/generate"), ("POST", "/key/update"), ("GET", "/key/info"), ("POST", "/key/delete"),
     ("GET", "/key/list"), ("POST", "/key/health"),
-    ("POST", "/team/new"), ("GET", "/team/info"), ("GET", "/team/list"), ("POST", "/team/delete"),
+    ("POST", "/team/new"), ("GET", "/team/info"), ("GET", "/team/list"), ("POST", "/team/update"),
+    ("POST", "/team/delete"),
     ("POST", "/team/{team}/callback"), ("GET", "/team/{team}/callback"), ("DELETE", "/team/{team}/callback/{name}"),
     ("POST", "/team/{team}/disable_logging"), ("POST", "/team/{team}/enable_logging"),
     ("GET", "/health/liveliness"), ("GET", "/health/liveness"), ("GET", "/health/readiness"),
@@ -184,3 +185,19 @@ def test_log_scan_control_a_logged_secret_is_found(secret_log_scan):
     logging.getLogger("some.library").debug("quiet %s", control + "-debug")  # below INFO for other loggers
     lines = [line for line in secret_log_scan.lines if control in line]
     assert len(lines) == 2 and "oops" in lines[0] and "also" in lines[1], lines
+
+
+def test_the_fuzzer_covers_every_route_of_the_app(tmp_path):
+    """A route added to the app without being added to ROUTES fails here (so it cannot escape the fuzzer)."""
+    from sluicegate.app import create_app
+    from sluicegate.config import parse_settings
+
+    app = create_app(parse_settings({"general_settings": {
+        "database_url": f"sqlite+aiosqlite:///{tmp_path}/x.db"}}))
+    served = set()
+    for route in app.routes:
+        path = route.path.replace("{team_id:str}", "{team}").replace("{callback_name:str}", "{name}")
+        for method in getattr(route, "methods", ()):
+            if method not in ("HEAD", "OPTIONS"):
+                served.add((method, path))
+    assert served == set(ROUTES)

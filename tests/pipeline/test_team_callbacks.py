@@ -169,3 +169,19 @@ async def test_seed_datadog_style_redaction_override_is_accepted(make_config, st
         entry = response.json()["metadata"]["logging"][0]
         assert entry["callback_vars"]["turn_off_message_logging"] is False
         assert len(response.json()["token_id"]) == 64 and response.json()["key"].startswith("sk-")
+
+
+async def test_team_update_changes_alias_and_metadata_but_not_logging(make_config, start):
+    async with start(make_config()) as gw:
+        await gw.admin("POST", "/team/new", json={"team_id": "t", "team_alias": "old"})
+        response = await gw.admin("POST", "/team/update", json={"team_id": "t", "team_alias": "new",
+                                                                "metadata": {"cache": False}})
+        assert response.status_code == 200, response.text
+        info = (await gw.admin("GET", "/team/info?team_id=t")).json()["team_info"]
+        assert info["team_alias"] == "new" and info["metadata"] == {"cache": False}
+        refused = await gw.admin("POST", "/team/update", json={"team_id": "t", "metadata": {"logging": []}})
+        assert refused.status_code == 422 and refused.json()["error"]["param"] == "metadata.logging"
+        assert (await gw.admin("POST", "/team/update", json={"team_id": "ghost"})).status_code == 404
+        key = await gw.new_key(team_id="t")
+        denied = await gw.client.post("/team/update", json={"team_id": "t"}, headers={"Authorization": f"Bearer {key}"})
+        assert denied.status_code == 403

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from sluicegate.gateway import Gateway
 
 __all__ = ("add_callback", "delete_callback", "delete_teams", "disable_logging", "enable_logging", "get_callbacks",
-           "new_team", "team_info", "team_list")
+           "new_team", "team_info", "team_list", "update_team")
 
 _TEAM_ID = re.compile(TEAM_ID_PATTERN)
 
@@ -31,6 +31,12 @@ class TeamNewRequest(msgspec.Struct, kw_only=True):
 
 class TeamDeleteRequest(msgspec.Struct, kw_only=True):
     team_ids: list[TeamId]
+
+
+class TeamUpdateRequest(msgspec.Struct, kw_only=True):
+    team_id: TeamId
+    team_alias: Alias | None | msgspec.UnsetType = msgspec.UNSET
+    metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
 
 
 class AddCallbackRequest(msgspec.Struct, kw_only=True):
@@ -95,6 +101,24 @@ async def team_list(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
     await gateway.admin_only(request)
     return json_response([team_view(gateway, t) for t in await gateway.store.list_teams()])
+
+
+@post("/team/update", status_code=200)
+async def update_team(request: Request) -> Response[bytes]:
+    """Change a team's alias or metadata (e.g. ``metadata.cache``); logging goes through /team/{id}/callback."""
+    gateway = gateway_of(request)
+    await gateway.admin_only(request)
+    data = await decode_body(request, TeamUpdateRequest)
+    await _team(gateway, data.team_id)
+    values = {name: getattr(data, name) for name in ("team_alias", "metadata")
+              if getattr(data, name) is not msgspec.UNSET}
+    if "metadata" in values and "logging" in values["metadata"]:
+        raise ApiError(422, "metadata.logging: a team's logging is set with POST /team/{team_id}/callback",
+                       param="metadata.logging")
+    team = await gateway.store.update_team(data.team_id, **values)
+    gateway.invalidate()
+    assert team is not None
+    return json_response(team_view(gateway, team))
 
 
 @post("/team/delete", status_code=200)
