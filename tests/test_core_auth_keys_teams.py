@@ -115,7 +115,7 @@ def test_expired_key_is_401(client: Any, admin: dict[str, str]) -> None:
     deadline = time.monotonic() + 10
     while (response := chat(client, key)).status_code == 200:
         assert time.monotonic() < deadline, "key still accepted long after it expired"
-        time.sleep(0.05)
+        time.sleep(0.05)  # deliberate: polls a condition under a deadline
     assert datetime.now(UTC) >= expires
     error = assert_error(response, 401, type_="authentication_error")
     assert "expired" in error["message"]

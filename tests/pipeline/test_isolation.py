@@ -137,7 +137,7 @@ async def test_200_teams_under_load_no_request_after_a_change_reaches_a_supersed
             deadline = time.monotonic() + timeout
             while completed < count:
                 assert time.monotonic() < deadline, "the load stalled"
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # deliberate: polls a condition under a deadline
 
         workers = [asyncio.create_task(worker()) for _ in range(WORKERS)]
         try:
@@ -236,7 +236,7 @@ async def test_gdpr_no_event_of_a_request_started_after_disable_logging_leaves_t
             deadline = time.monotonic() + 10
             while sum(1 for _, t, team in sent if t > returned and team == "gdpr") < 100:
                 assert time.monotonic() < deadline
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # deliberate: polls a condition under a deadline
         finally:
             stop.set()
             await asyncio.gather(*tasks)
