@@ -43,6 +43,7 @@ from typing import Any
 
 import pytest
 import yaml
+from sluicegate.testing.waiting import wait_until
 
 MASTER_KEY = "sk-master-test-0123456789"
 UPSTREAM_KEY = "sk-upstream-secret-do-not-forward"
@@ -75,17 +76,7 @@ def run_async(fn: Callable[[], Any], timeout: float = 30.0) -> Any:
     return result.get("value")
 
 
-def wait_for(condition: Callable[[], Any], *, timeout: float, interval: float = 0.02, what: str = "condition") -> Any:
-    """Poll ``condition`` until it returns something truthy, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = condition()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
-        time.sleep(interval)
+wait_for = wait_until  # the shared helper from sluicegate.testing
 
 
 def free_port() -> int:
@@ -488,7 +479,6 @@ def app_client(db_url: str, make_settings: Callable[..., Any], mock_upstream: Mo
     client's ``settings`` attribute holds the Settings used.
     """
     from litestar.testing import TestClient
-
     from sluicegate.app import create_app
 
     settings = make_settings(database_url=db_url, upstream=mock_upstream.url)

@@ -21,6 +21,7 @@ import msgspec
 import pytest
 import sqlalchemy as sa
 from aiohttp import web
+from sluicegate.testing.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("acme", "clean_env")
 
@@ -33,16 +34,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(condition: Any, *, timeout: float, interval: float = 0.02, what: str = "condition") -> Any:
-    """Poll ``condition`` until truthy, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = condition()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+wait_for = wait_until
 
 
 class SinkServer:

@@ -7,6 +7,7 @@ from sluicegate.testing.events import make_event
 from sluicegate.testing.gateway import RunningGateway, running_gateway
 from sluicegate.testing.receiver import HttpReceiver
 from sluicegate.testing.standard import SinkStandardTests
+from sluicegate.testing.waiting import wait_until
 
 __all__ = ("DeliveryReport", "HttpReceiver", "RunningGateway", "SinkStandardTests", "deliver", "make_event",
-           "running_gateway")
+           "running_gateway", "wait_until")
