@@ -95,7 +95,7 @@ class DeliverySettings(msgspec.Struct, kw_only=True):
     max_sends_per_second: float = 400.0
     """Delivery budget: with many busy destinations, each lingers up to ``busy destinations / this`` seconds
     (at most ``max_batch_interval``) so the gateway makes about this many sends a second, in fuller batches."""
-    max_batch_interval: float = 10.0
+    max_batch_interval: float = 5.0
     """Upper bound of the linger that ``max_sends_per_second`` may add (0 or less: no adaptive linger)."""
     max_retries: int = 8
     retry_base_delay: float = 0.5
