@@ -461,3 +461,17 @@ def test_sse_replay_of_tool_calls_and_several_choices():
         "tool_calls", "stop"]
     assert not any("usage" in c for c in chunks)
     assert "usage" in json.loads(sse_chunks(completion, include_usage=True)[-2][6:])
+
+
+async def test_cache_counters_are_in_metrics_and_sinks(start, make_config, mock_upstream):
+    marker = uuid.uuid4().hex
+    async with start(cfg(make_config, mock_upstream)) as gw:
+        key = await gw.new_key(team_id="t-metrics")
+        assert cache_state(await gw.chat(key, marker, model="up")) == "miss"
+        assert cache_state(await gw.chat(key, marker, model="up")) == "hit"
+        assert cache_state(await gw.chat(key, marker, model="up")) == "hit"
+        text = (await gw.admin("GET", "/metrics")).text
+        assert "sluicegate_cache_hits_total 2" in text and "sluicegate_cache_misses_total 1" in text
+        assert "sluicegate_cache_stores_total 1" in text and "sluicegate_cache_errors_total 0" in text
+        cache = (await gw.admin("GET", "/-/sinks")).json()["cache"]
+        assert (cache["hits"], cache["misses"], cache["stores"]) == (2, 1, 1)

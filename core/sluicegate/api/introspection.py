@@ -24,4 +24,5 @@ async def sinks(request: Request) -> Response[bytes]:
     await gateway.admin_only(request)
     stats = gateway.dispatcher.stats()
     return json_response({"sinks": stats, "submitted": gateway.dispatcher.submitted,
-                          "pending": gateway.dispatcher.pending(), "instances": len(stats)})
+                          "pending": gateway.dispatcher.pending(), "instances": len(stats),
+                          "cache": gateway.cache.stats()})

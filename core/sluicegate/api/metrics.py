@@ -1,4 +1,5 @@
-"""``GET /metrics``: the delivery counters of ``/-/sinks`` in the Prometheus text format (admin only).
+"""``GET /metrics``: the delivery counters of ``/-/sinks`` and the response cache's counters, in the Prometheus
+text format (admin only).
 
 Hand-written exposition (format 0.0.4): a handful of counters and gauges per sink instance do not need a client
 library. Labels are ``callback_name`` and ``instance_id`` (a digest of the sink's variables, never a secret).
@@ -32,7 +33,23 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render(stats: list[dict], submitted: int, pending: int) -> str:
+_CACHE_SERIES = (
+    ("hits", "sluicegate_cache_hits_total", "Requests answered from the response cache."),
+    ("misses", "sluicegate_cache_misses_total", "Cache lookups that found nothing."),
+    ("stores", "sluicegate_cache_stores_total", "Answers written to the cache."),
+    ("errors", "sluicegate_cache_errors_total", "Cache backend failures (requests went upstream instead)."),
+    ("bypassed", "sluicegate_cache_bypassed_total", "Lookups skipped while the backend was failing."),
+)
+
+
+def render_cache(stats: dict) -> list[str]:
+    lines = []
+    for field, name, text in _CACHE_SERIES:
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} counter", f"{name} {stats.get(field) or 0}"]
+    return lines
+
+
+def render(stats: list[dict], submitted: int, pending: int, cache: dict | None = None) -> str:
     lines = ["# HELP sluicegate_events_submitted_total Routed events accepted by the dispatcher.",
              "# TYPE sluicegate_events_submitted_total counter", f"sluicegate_events_submitted_total {submitted}",
              "# HELP sluicegate_events_pending Events not yet delivered (memory, in flight and spool).",
@@ -45,6 +62,8 @@ def render(stats: list[dict], submitted: int, pending: int) -> str:
         for row in stats:
             labels = f'callback_name="{_label(row["callback_name"])}",instance_id="{_label(row["instance_id"])}"'
             lines.append(f"{name}{{{labels}}} {row.get(field) or 0}")
+    if cache is not None:
+        lines += render_cache(cache)
     return "\n".join(lines) + "\n"
 
 
@@ -53,5 +72,5 @@ async def metrics(request: Request) -> Response[str]:
     gateway = gateway_of(request)
     await gateway.admin_only(request)
     dispatcher = gateway.dispatcher
-    body = render(dispatcher.stats(), dispatcher.submitted, dispatcher.pending())
+    body = render(dispatcher.stats(), dispatcher.submitted, dispatcher.pending(), gateway.cache.stats())
     return Response(content=body, media_type="text/plain; version=0.0.4; charset=utf-8")
