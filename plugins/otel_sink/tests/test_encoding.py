@@ -19,7 +19,10 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     make_event(status="failure"),
     make_event(metadata=LogMetadata(traceparent=TRACEPARENT, request_id="r1", user_api_key_team_id="t")),
     make_event(model_parameters={"temperature": 0.5, "max_tokens": 10, "stop": ["a", "b"], "top_p": 1}),
-], ids=["success", "failure", "traceparent", "parameters"])
+    make_event(model_parameters={"seed": -5, "frequency_penalty": -0.5, "stop": ""}, model="модель-ü",
+               messages=[{"role": "user", "content": "héllo ✓ " * 40}], error_str=""),
+    make_event(status="failure", error_str="", response=None, messages=None, api_base=None),
+], ids=["success", "failure", "traceparent", "parameters", "negative-and-unicode", "failure-empty-message"])
 def test_direct_encoding_matches_the_sdk_encoder(event) -> None:
     sink = OtelSink(decode_vars(OtelSink.Vars, {"otel_endpoint": "http://127.0.0.1:9/v1/traces",
                                                  "otel_resource_attributes": "deployment.environment=test"}))
