@@ -18,7 +18,6 @@ import collections
 import hashlib
 import logging
 import re
-import struct
 import threading
 import time
 import urllib.parse
@@ -32,17 +31,18 @@ import grpc
 import msgspec
 from google.protobuf import json_format
 from opentelemetry.exporter.otlp.proto.common._internal import _encode_instrumentation_scope, _encode_resource
-from opentelemetry.proto.trace.v1.trace_pb2 import SpanFlags as PbSpanFlags
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.proto.trace.v1.trace_pb2 import SpanFlags as PbSpanFlags
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from sluicegate.events import REDACTED
 from sluicegate.sinks.base import CallbackVars, HealthResult, SecretStr, Sink
+from sluicegate.sinks.protowire import field_fixed32, field_fixed64, field_len, key_value, tag
 
 from sluicegate_otel_sink import __version__
 
@@ -383,45 +383,13 @@ _FLAGS_LOCAL = PbSpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
 _FLAGS_REMOTE_PARENT = _FLAGS_LOCAL | PbSpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
 
 
-# --- OTLP protobuf wire format, written directly --------------------------------------------------------------
-# Building upb message objects cost ~50 us per span (25 KeyValue/AnyValue objects); writing the wire format
-# straight from the event costs a fraction. Field numbers are opentelemetry-proto's (trace/v1, common/v1);
-# tests/test_encoding.py checks the result parses equal to what the SDK's encoder produces.
-
-
-def _varint(value: int) -> bytes:
-    if value < 0:
-        value += 1 << 64  # int64 two's complement, as protobuf encodes negative varints
-    if value < 0x80:
-        return bytes((value,))
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _len(tag: bytes, payload: bytes) -> bytes:
-    return tag + _varint(len(payload)) + payload
-
-
-_T1_LEN, _T2_LEN, _T3_LEN, _T4_LEN, _T5_LEN = b"\x0a", b"\x12", b"\x1a", b"\x22", b"\x2a"
-_T2_VARINT, _T3_VARINT, _T6_VARINT = b"\x10", b"\x18", b"\x30"
-_T4_FIXED64, _T7_FIXED64, _T8_FIXED64 = b"\x21", b"\x39", b"\x41"
-_T9_LEN, _T15_LEN, _T16_FIXED32 = b"\x4a", b"\x7a", b"\x85\x01"
-
-
-def _wire_any(value: Any) -> bytes:
-    if isinstance(value, bool):
-        return _T2_VARINT + (b"\x01" if value else b"\x00")
-    if isinstance(value, int):
-        return _T3_VARINT + _varint(value)
-    if isinstance(value, float):
-        return _T4_FIXED64 + struct.pack("<d", value)
-    if isinstance(value, (list, tuple)):
-        return _len(_T5_LEN, b"".join(_len(_T1_LEN, _wire_any(v)) for v in value))
-    return _len(_T1_LEN, (value if isinstance(value, str) else str(value)).encode())
+# --- OTLP protobuf wire format, written directly (sluicegate.sinks.protowire) ------------------------------
+# Building upb message objects cost ~50 us per span; tests/test_encoding.py checks that the bytes parse equal to
+# what the SDK's encoder produces. Field numbers are opentelemetry-proto's (trace/v1).
+_T1_LEN, _T2_LEN, _T3_LEN, _T4_LEN, _T5_LEN = (tag(n, 2) for n in (1, 2, 3, 4, 5))
+_T3_VARINT, _T6_VARINT = tag(3, 0), tag(6, 0)
+_T7_FIXED64, _T8_FIXED64 = tag(7, 1), tag(8, 1)
+_T9_LEN, _T15_LEN, _T16_FIXED32 = tag(9, 2), tag(15, 2), tag(16, 5)
 
 
 def wire_span(event: LogEvent) -> bytes:
@@ -430,23 +398,23 @@ def wire_span(event: LogEvent) -> bytes:
     model = event.model_group or event.model
     context, parent = _contexts(event)
     start = _nanos(event.startTime)
-    parts = [_len(_T1_LEN, context.trace_id.to_bytes(16, "big")), _len(_T2_LEN, context.span_id.to_bytes(8, "big"))]
+    parts = [field_len(_T1_LEN, context.trace_id.to_bytes(16, "big")), field_len(_T2_LEN, context.span_id.to_bytes(8, "big"))]
     if parent is not None:
-        parts.append(_len(_T4_LEN, parent.span_id.to_bytes(8, "big")))
-    parts.append(_len(b"\x2a", f"{operation} {model}".strip().encode()))
+        parts.append(field_len(_T4_LEN, parent.span_id.to_bytes(8, "big")))
+    parts.append(field_len(_T5_LEN, f"{operation} {model}".strip().encode()))
     parts.append(_T6_VARINT + b"\x03")  # SPAN_KIND_CLIENT
-    parts.append(_T7_FIXED64 + struct.pack("<Q", start))
-    parts.append(_T8_FIXED64 + struct.pack("<Q", max(_nanos(event.endTime), start)))
+    parts.append(field_fixed64(_T7_FIXED64, start))
+    parts.append(field_fixed64(_T8_FIXED64, max(_nanos(event.endTime), start)))
     for key, value in _attributes(event, operation).items():
-        parts.append(_len(_T9_LEN, _len(_T1_LEN, key.encode()) + _len(_T2_LEN, _wire_any(value))))
+        parts.append(field_len(_T9_LEN, key_value(key, value)))
     if event.status == "failure":
         message = (event.error_str or "request failed")[:1024].encode()
-        status = (_len(_T2_LEN, message) if message else b"") + _T3_VARINT + b"\x02"  # STATUS_CODE_ERROR
+        status = (field_len(_T2_LEN, message) if message else b"") + _T3_VARINT + b"\x02"  # STATUS_CODE_ERROR
     else:
         status = b""
-    parts.append(_len(_T15_LEN, status))
+    parts.append(field_len(_T15_LEN, status))
     flags = _FLAGS_REMOTE_PARENT if parent is not None and parent.is_remote else _FLAGS_LOCAL
-    parts.append(_T16_FIXED32 + struct.pack("<I", flags))
+    parts.append(field_fixed32(_T16_FIXED32, flags))
     return b"".join(parts)
 
 
@@ -623,13 +591,13 @@ class OtelSink(Sink):
         """The OTLP body for ``batch`` in this instance's encoding (CPU only: ~0.1 ms per span)."""
         if self._pb_resource_cache is None:
             self._pb_resource_cache = _encode_resource(self._resource).SerializeToString()
-        scope_spans = _len(_T1_LEN, _PB_SCOPE_BYTES) + b"".join(_len(_T2_LEN, wire_span(e)) for e in batch)
+        scope_spans = field_len(_T1_LEN, _PB_SCOPE_BYTES) + b"".join(field_len(_T2_LEN, wire_span(e)) for e in batch)
         if _SCOPE.schema_url:
-            scope_spans += _len(_T3_LEN, _SCOPE.schema_url.encode())
-        resource_spans = _len(_T1_LEN, self._pb_resource_cache) + _len(_T2_LEN, scope_spans)
+            scope_spans += field_len(_T3_LEN, _SCOPE.schema_url.encode())
+        resource_spans = field_len(_T1_LEN, self._pb_resource_cache) + field_len(_T2_LEN, scope_spans)
         if self._resource.schema_url:
-            resource_spans += _len(_T3_LEN, self._resource.schema_url.encode())
-        body = _len(_T1_LEN, resource_spans)  # ExportTraceServiceRequest.resource_spans
+            resource_spans += field_len(_T3_LEN, self._resource.schema_url.encode())
+        body = field_len(_T1_LEN, resource_spans)  # ExportTraceServiceRequest.resource_spans
         if self._protocol == "http/json":
             return encode_json(ExportTraceServiceRequest.FromString(body))
         return body
