@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sluicegate import Sink, hookimpl
+
 from sluicegate_langfuse_sink.sink import LangfuseSink, host_problems, normalize_host
 
 __all__ = ("register_sinks", "validate_callback_vars")
