@@ -114,8 +114,8 @@ def body_deadline(seconds: float) -> Callable[[ASGIApp], ASGIApp]:
 
 
 def create_app(settings: Settings, *, environ: Mapping[str, str] | None = None, http_client: str = "aiohttp",
-               debug: bool = False) -> Litestar:
-    gateway = Gateway(settings, environ=environ, http_client=http_client)
+               debug: bool = False, tune_gc: bool = False) -> Litestar:
+    gateway = Gateway(settings, environ=environ, http_client=http_client, tune_gc=tune_gc)
     handlers: list[Any] = [
         chat.chat_completions_v1, chat.chat_completions, chat.list_models_v1, chat.list_models,
         keys.generate, keys.update, keys.key_info, keys.delete_keys, keys.list_keys, keys.key_health,

@@ -30,7 +30,7 @@ def app_factory() -> Any:
     from sluicegate.config import load_settings
 
     return create_app(load_settings(os.environ[CONFIG_ENV]),
-                      http_client=os.environ.get("SLUICEGATE_HTTP_CLIENT", "aiohttp"))
+                      http_client=os.environ.get("SLUICEGATE_HTTP_CLIENT", "aiohttp"), tune_gc=True)
 
 
 def _serve(args: argparse.Namespace) -> int:

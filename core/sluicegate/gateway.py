@@ -6,6 +6,7 @@ Built by ``create_app``; started and stopped by the Litestar plugin's lifespan.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import TYPE_CHECKING
 
@@ -35,7 +36,7 @@ log = logging.getLogger("sluicegate")
 
 class Gateway:
     def __init__(self, settings: Settings, *, environ: Mapping[str, str] | None = None,
-                 http_client: str = "aiohttp") -> None:
+                 http_client: str = "aiohttp", tune_gc: bool = False) -> None:
         self.settings = settings
         self.pm = get_plugin_manager(environ)
         self.registry = SinkRegistry.from_plugin_manager(self.pm)
@@ -47,6 +48,7 @@ class Gateway:
         self.cache = ResponseCache(settings, environ)  # no connection until a request uses it
         self.master_key = settings.general_settings.master_key
         self.http_client_kind = http_client
+        self.tune_gc = tune_gc
         self.upstream: UpstreamClient | None = None
         self.health_checks: dict[str, HealthCheck] = {}
         self._watcher: asyncio.Task[None] | None = None
@@ -68,6 +70,14 @@ class Gateway:
         self.upstream = make_upstream(self.http_client_kind)
         await self.dispatcher.start(self.registry.get)
         self._watcher = asyncio.get_running_loop().create_task(self._watch_changes())
+        if self.tune_gc:
+            # Everything built so far (plugins, config, caches' scaffolding) lives as long as the process: keep
+            # it out of the cyclic collector's passes and make full passes rarer, so one over a large heap does
+            # not stall the loop (bench: p99 at c=1 with 1,000 teams logging 160 ms -> 19 ms). Server processes
+            # only (`sluicegate serve`): it is process-wide state, not something an embedding app should inherit.
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(10_000, 50, 100)
 
     async def stop(self) -> None:
         if self._watcher is not None:
