@@ -164,7 +164,7 @@ async def test_ttl_expiry_turns_a_hit_back_into_a_miss(start, make_config, mock_
         deadline = time.monotonic() + 5
         while cache_state(response := await gw.chat(key, marker, model="up")) == "hit":
             assert time.monotonic() < deadline, "entry still served 5 s after a 0.3 s TTL"
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # deliberate: polls a condition under a deadline
         assert response.status_code == 200 and time.monotonic() - stored >= 0.29
         assert cache_state(await gw.chat(key, marker, model="up")) == "hit"  # the fresh answer was stored
 
@@ -315,7 +315,7 @@ async def test_s_maxage_refuses_entries_older_than_asked(start, make_config, moc
         while cache_state(await gw.chat(key, marker, model="up", cache={"s-maxage": 0.05, "no-store": True})) \
                 == "hit":
             assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # deliberate: polls a condition under a deadline
 
 
 # --- Redis outage ---------------------------------------------------------------------------------------------
@@ -345,7 +345,7 @@ def private_redis(port: int) -> Iterator[subprocess.Popen[bytes]]:
             except redis.ConnectionError:
                 assert proc.poll() is None, "private redis-server exited"
                 assert time.monotonic() < deadline, "private redis-server did not answer within 10 s"
-                time.sleep(0.02)
+                time.sleep(0.02)  # deliberate: polls a condition under a deadline
         yield proc
     finally:
         if proc.poll() is None:
@@ -369,7 +369,7 @@ async def test_redis_stopped_mid_run_sends_requests_upstream_and_logs_once(
             outage = []
             for _ in range(10):
                 outage.append(await gw.chat(key, marker, model="up"))
-                await asyncio.sleep(0.06)  # spacing beyond retry_after, so each request tries Redis again
+                await asyncio.sleep(0.06)  # deliberate: spacing beyond retry_after, so each request tries Redis again
             assert [r.status_code for r in outage] == [200] * 10
             assert all(cache_state(r) == "miss" for r in outage)
             assert calls_with(mock_upstream, marker) == 11  # every outage request went upstream
@@ -384,7 +384,7 @@ async def test_redis_stopped_mid_run_sends_requests_upstream_and_logs_once(
                 while "hit" not in states:
                     assert time.monotonic() < deadline, states
                     states.append(cache_state(await gw.chat(key, marker, model="up")))
-                    await asyncio.sleep(0.06)
+                    await asyncio.sleep(0.06)  # deliberate: spacing beyond retry_after
                 assert all(r.status_code == 200 for r in outage)
 
 
