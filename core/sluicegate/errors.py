@@ -33,15 +33,3 @@ def error_body(message: str, *, type: str, param: str | None = None,  # noqa: A0
     if extra:
         error.update(extra)
     return msgspec.json.encode({"error": error})
-
-
-def bad_request(message: str, param: str | None = None) -> ApiError:
-    return ApiError(400, message, param=param)
-
-
-def unprocessable(message: str, param: str | None = None, extra: dict[str, Any] | None = None) -> ApiError:
-    return ApiError(422, message, param=param, extra=extra)
-
-
-def not_found(message: str, param: str | None = None) -> ApiError:
-    return ApiError(404, message, type="not_found_error", param=param)

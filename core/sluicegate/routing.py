@@ -20,7 +20,7 @@ from sluicegate.config import ConfigError, TeamSettings
 from sluicegate.errors import ApiError
 from sluicegate.sinks.base import MASK, CallbackVars, Sink
 from sluicegate.sinks.registry import UnknownCallbackName
-from sluicegate.sinks.vars import VarsError, canonical_names, decode_vars, encode_vars, secret_fields
+from sluicegate.sinks.vars import FieldError, VarsError, decode_vars, encode_vars, secret_fields
 
 if TYPE_CHECKING:
     from sluicegate.config import Settings
@@ -68,13 +68,7 @@ def _as_bool(value: Any, field: str) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
         return value.strip().lower() in ("true", "1", "yes")
-    raise VarsError([_field_error(field, f"expected a boolean, got {value!r}")])
-
-
-def _field_error(field: str, reason: str) -> Any:
-    from sluicegate.sinks.vars import FieldError
-
-    return FieldError(field, reason)
+    raise VarsError([FieldError(field, f"expected a boolean, got {value!r}")])
 
 
 def instance_id_for(callback_name: str, callback_vars: CallbackVars) -> str:
@@ -124,7 +118,7 @@ class LoggingResolver:
             errors = []
             for message in messages:
                 field, _, reason = message.partition(":")
-                errors.append(_field_error(field.strip() if reason else "callback_vars",
+                errors.append(FieldError(field.strip() if reason else "callback_vars",
                                            reason.strip() if reason else message))
             raise VarsError(errors)
         return callback_vars
@@ -280,10 +274,3 @@ def parse_entries(raw: Any, *, param: str = "logging") -> list[LoggingEntry]:
             raise ApiError(422, f"{param}[{index}].callback_vars: expected an object",
                            param=f"{param}[{index}].callback_vars")
     return entries
-
-
-def canonical_vars(registry: SinkRegistry, entry: LoggingEntry) -> dict[str, Any]:
-    """Vars with aliases mapped to field names (for duplicate detection and display)."""
-    sink_class = registry.get(entry.callback_name)
-    raw = {k: v for k, v in entry.callback_vars.items() if k not in RESERVED_VARS}
-    return canonical_names(sink_class.Vars, raw)
