@@ -178,13 +178,19 @@ class LangfuseReceiver:
                 span_count=spans))
             self._changed.notify_all()
 
-    async def _ingest(self, request: web.Request) -> web.Response:
+    def _admit(self, request: web.Request) -> Project | web.Response:
+        """The authenticated project, or the answer for an outage or a refused credential (recorded)."""
         if self._outage is not None:
             self._record(request, self._outage, None)
             return _error(self._outage, "Service unavailable")
         project = self._project_for(request)
         if isinstance(project, web.Response):
             self._record(request, project.status, None)
+        return project
+
+    async def _ingest(self, request: web.Request) -> web.Response:
+        project = self._admit(request)
+        if isinstance(project, web.Response):
             return project
         answer = self._decode(request, await request.read())
         if isinstance(answer, web.Response):
@@ -249,12 +255,8 @@ class LangfuseReceiver:
         return spans
 
     async def _projects_endpoint(self, request: web.Request) -> web.Response:
-        if self._outage is not None:
-            self._record(request, self._outage, None)
-            return _error(self._outage, "Service unavailable")
-        project = self._project_for(request)
+        project = self._admit(request)
         if isinstance(project, web.Response):
-            self._record(request, project.status, None)
             return project
         self._record(request, 200, project)
         return web.json_response({"data": [{
