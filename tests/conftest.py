@@ -329,7 +329,7 @@ class MockUpstream:
         if isinstance(body.get("mock"), dict):
             knobs.update(body["mock"])
         if knobs.get("delay"):
-            await asyncio.sleep(float(knobs["delay"]))
+            await asyncio.sleep(float(knobs["delay"]))  # deliberate: the mock upstream's simulated latency
         if knobs.get("status"):
             if "raw" in knobs:
                 return web.Response(status=int(knobs["status"]), text=str(knobs["raw"]), content_type="text/plain")
@@ -363,7 +363,7 @@ class MockUpstream:
         for chunk in chunks:
             await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
             if knobs.get("chunk_delay"):
-                await asyncio.sleep(float(knobs["chunk_delay"]))
+                await asyncio.sleep(float(knobs["chunk_delay"]))  # deliberate: simulated gap between chunks
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

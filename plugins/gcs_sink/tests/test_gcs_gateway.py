@@ -61,7 +61,7 @@ async def until(condition, what: str, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # deliberate: polls a condition under a deadline
 
 
 async def new_key(client: httpx.AsyncClient, team_id: str) -> str:
