@@ -35,7 +35,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 from sluicegate.sinks.base import CallbackVars, HealthResult, SecretStr, Sink
-from sluicegate.sinks.protowire import field_fixed64, field_len, key_value, tag
+from sluicegate.sinks.protowire import field_fixed64, field_len, key_values, tag
 
 from sluicegate_langfuse_sink import __version__
 
@@ -293,7 +293,7 @@ def wire_span(event: LogEvent) -> bytes:
         parts.append(field_len(_T4_LEN, parent_span_id))
     parts += [field_len(_T5_LEN, name.encode()), _T6_VARINT + b"\x01",  # SPAN_KIND_INTERNAL
               field_fixed64(_T7_FIXED64, start), field_fixed64(_T8_FIXED64, max(start, _ns(event.endTime)))]
-    parts += [field_len(_T9_LEN, key_value(key, value)) for key, value in pairs]
+    parts.append(key_values(_T9_LEN, pairs))
     status = b""
     if failed:
         message = (event.error_str or "").encode()

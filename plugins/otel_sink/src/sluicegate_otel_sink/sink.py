@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import functools
 import hashlib
 import logging
 import re
@@ -42,7 +43,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from sluicegate.events import REDACTED
 from sluicegate.sinks.base import CallbackVars, HealthResult, SecretStr, Sink
-from sluicegate.sinks.protowire import field_fixed32, field_fixed64, field_len, key_value, tag
+from sluicegate.sinks.protowire import field_fixed32, field_fixed64, field_len, key_values, tag
 
 from sluicegate_otel_sink import __version__
 
@@ -200,12 +201,24 @@ def problems(callback_vars: Mapping[str, Any]) -> list[str]:
 
 def _is_redacted(value: Any) -> bool:
     """True when the redaction step touched ``value`` (whole or any string inside it)."""
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is str:
         return value == REDACTED
-    if isinstance(value, Mapping):
-        return any(_is_redacted(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_is_redacted(v) for v in value)
+    if kind is dict:
+        children: Any = value.values()
+    elif kind is list or kind is tuple:
+        children = value
+    elif isinstance(value, Mapping):  # exact types first: the ABC checks cost more than the walk
+        children = value.values()
+    elif isinstance(value, (list, tuple)):
+        children = value
+    elif isinstance(value, str):
+        return value == REDACTED
+    else:
+        return False
+    for child in children:
+        if _is_redacted(child):
+            return True
     return False
 
 
@@ -305,7 +318,15 @@ def _contexts(event: LogEvent) -> tuple[SpanContext, SpanContext | None]:
     return SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED)), None
 
 
+@functools.lru_cache(maxsize=1024)
+def _server(api_base: str) -> tuple[str | None, int]:
+    """``server.address`` and ``server.port`` of an upstream base URL (few distinct ones: parsed once each)."""
+    parsed = urllib.parse.urlsplit(api_base)
+    return parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+
+
 def _attributes(event: LogEvent, operation: str) -> dict[str, Any]:
+    """The span's attributes; ``None`` values are left in (the encoders skip them)."""
     metadata = event.metadata
     response = event.response if isinstance(event.response, Mapping) else None
     provider = event.custom_llm_provider or "_OTHER"
@@ -348,9 +369,7 @@ def _attributes(event: LogEvent, operation: str) -> dict[str, Any]:
     elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
         attributes["gen_ai.request.stop_sequences"] = stop
     if event.api_base and "://" in event.api_base:
-        parsed = urllib.parse.urlsplit(event.api_base)
-        attributes["server.address"] = parsed.hostname
-        attributes["server.port"] = parsed.port or (443 if parsed.scheme == "https" else 80)
+        attributes["server.address"], attributes["server.port"] = _server(event.api_base)
     if event.status == "failure":
         info = event.error_information or {}
         attributes["error.type"] = str(info.get("error_class") or "_OTHER")
@@ -360,7 +379,7 @@ def _attributes(event: LogEvent, operation: str) -> dict[str, Any]:
         attributes["gen_ai.input.messages"] = _json_attribute(_input_messages(event.messages))
     if response is not None and not _is_redacted(event.response) and response.get("choices"):
         attributes["gen_ai.output.messages"] = _json_attribute(_output_messages(response))
-    return {k: v for k, v in attributes.items() if v is not None}
+    return attributes
 
 
 def event_to_span(event: LogEvent, resource: Resource) -> ReadableSpan:
@@ -375,7 +394,8 @@ def event_to_span(event: LogEvent, resource: Resource) -> ReadableSpan:
     start = _nanos(event.startTime)
     return ReadableSpan(
         name=f"{operation} {model}".strip(), context=context, parent=parent, resource=resource,
-        attributes=_attributes(event, operation), kind=SpanKind.CLIENT, status=status,
+        attributes={k: v for k, v in _attributes(event, operation).items() if v is not None},
+        kind=SpanKind.CLIENT, status=status,
         start_time=start, end_time=max(_nanos(event.endTime), start), instrumentation_scope=_SCOPE)
 
 
@@ -405,8 +425,7 @@ def wire_span(event: LogEvent) -> bytes:
     parts.append(_T6_VARINT + b"\x03")  # SPAN_KIND_CLIENT
     parts.append(field_fixed64(_T7_FIXED64, start))
     parts.append(field_fixed64(_T8_FIXED64, max(_nanos(event.endTime), start)))
-    for key, value in _attributes(event, operation).items():
-        parts.append(field_len(_T9_LEN, key_value(key, value)))
+    parts.append(key_values(_T9_LEN, _attributes(event, operation).items()))
     if event.status == "failure":
         message = (event.error_str or "request failed")[:1024].encode()
         status = (field_len(_T2_LEN, message) if message else b"") + _T3_VARINT + b"\x02"  # STATUS_CODE_ERROR
