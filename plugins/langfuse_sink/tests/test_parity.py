@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from sluicegate.events import LogEvent, LogMetadata
 from sluicegate.testing import make_event
-from sluicegate_langfuse_sink.sink import _identity, _output, event_to_span
+from sluicegate_langfuse_sink.sink import _output, event_to_span
 from sluicegate_langfuse_sink.testing import LangfuseReceiver, ReceivedSpan
 
 
@@ -27,7 +27,11 @@ def _sdk_send(url: str, public_key: str, secret_key: str, event: LogEvent, *, as
     client = Langfuse(public_key=public_key, secret_key=secret_key, base_url=url, tracer_provider=TracerProvider())
     name = f"sluicegate-{event.call_type}"
     failed = event.status == "failure"
-    identity = {k: v for k, v in _identity(event).items() if v is not None}
+    meta = event.metadata
+    identity = {k: v for k, v in {
+        "user_api_key_team_id": meta.user_api_key_team_id, "user_api_key_team_alias": meta.user_api_key_team_alias,
+        "user_api_key_alias": meta.user_api_key_alias, "user_api_key_hash": meta.user_api_key_hash,
+        "request_id": meta.request_id}.items() if v is not None}
     details = {**identity, "call_type": event.call_type, "status": event.status, "stream": event.stream,
                "cache_hit": event.cache_hit, "model_group": event.model_group,
                "custom_llm_provider": event.custom_llm_provider, "error_information": event.error_information}

@@ -177,69 +177,71 @@ def _output(response: Any) -> Any:
     return response
 
 
-def _identity(event: LogEvent) -> dict[str, Any]:
-    meta = event.metadata
-    return {
-        "user_api_key_team_id": meta.user_api_key_team_id,
-        "user_api_key_team_alias": meta.user_api_key_team_alias,
-        "user_api_key_alias": meta.user_api_key_alias,
-        "user_api_key_hash": meta.user_api_key_hash,
-        "request_id": meta.request_id,
-    }
+_IDENTITY = ("user_api_key_team_id", "user_api_key_team_alias", "user_api_key_alias", "user_api_key_hash",
+             "request_id")
+_TRACE_METADATA_KEYS = tuple(f"{Attr.TRACE_METADATA}.{name}" for name in _IDENTITY)
+_OBSERVATION_METADATA_KEYS = tuple(f"{Attr.OBSERVATION_METADATA}.{name}" for name in (
+    *_IDENTITY, "call_type", "status", "stream", "cache_hit", "model_group", "custom_llm_provider",
+    "error_information"))
+_NAMES: dict[str, str] = {}
 
 
-def _span_fields(event: LogEvent) -> tuple[bytes, bytes, bytes | None, str, bool, list[tuple[str, str | bool]]]:
-    """Ids, name, failure flag and attributes (as key/value pairs) of the generation span for ``event``."""
+def _span_name(call_type: str | None) -> str:
+    name = _NAMES.get(call_type or "")
+    if name is None:
+        name = f"sluicegate-{call_type or 'completion'}"
+        if len(_NAMES) < 256:
+            _NAMES[call_type or ""] = name
+    return name
+
+
+def _span_fields(event: LogEvent) -> tuple[bytes, bytes, bytes | None, str, bool, list[tuple[str, Any]]]:
+    """Ids, name, failure flag and attributes (key/value pairs; ``None`` values are left out when encoded)."""
     trace_id, span_id, parent_span_id = _ids(event)
-    name = f"sluicegate-{event.call_type or 'completion'}"
+    name = _span_name(event.call_type)
     failed = event.status == "failure"
-    attributes = [
+    attributes: list[tuple[str, Any]] = [
         (Attr.TRACE_NAME, name),
         (Attr.OBSERVATION_TYPE, "generation"),
         (Attr.OBSERVATION_MODEL, event.model or event.model_group or "unknown"),
-        (Attr.OBSERVATION_USAGE_DETAILS, _as_attribute(
-            {"input": event.prompt_tokens, "output": event.completion_tokens, "total": event.total_tokens})),
+        (Attr.OBSERVATION_USAGE_DETAILS, _json.encode(
+            {"input": event.prompt_tokens, "output": event.completion_tokens, "total": event.total_tokens}
+        ).decode()),
         # The SDK marks the first span of an application trace; ours is the only one we send for it.
         (Attr.IS_APP_ROOT, True),
     ]
+    append = attributes.append
     if parent_span_id is not None:
         # Under a caller's trace the parent span lives elsewhere: show ours as the root, as the SDK does
         # when given a trace_context.
-        attributes.append((Attr.AS_ROOT, True))
+        append((Attr.AS_ROOT, True))
     if event.messages is not None:
-        attributes.append((Attr.OBSERVATION_INPUT, _as_attribute(event.messages)))
+        append((Attr.OBSERVATION_INPUT, _as_attribute(event.messages)))
     if event.response is not None:
-        attributes.append((Attr.OBSERVATION_OUTPUT, _as_attribute(_output(event.response))))
+        append((Attr.OBSERVATION_OUTPUT, _as_attribute(_output(event.response))))
     if event.model_parameters:
-        attributes.append((Attr.OBSERVATION_MODEL_PARAMETERS, _as_attribute(event.model_parameters)))
+        append((Attr.OBSERVATION_MODEL_PARAMETERS, _as_attribute(event.model_parameters)))
     if event.response_cost or event.cache_hit:
         # Zero usually means "no price known": leave it out so Langfuse applies its own model prices.
-        attributes.append((Attr.OBSERVATION_COST_DETAILS, _as_attribute({"total": event.response_cost})))
+        append((Attr.OBSERVATION_COST_DETAILS, _as_attribute({"total": event.response_cost})))
     if event.completionStartTime:
         # JSON-quoted, as the SDK serializes a datetime.
-        attributes.append((Attr.OBSERVATION_COMPLETION_START_TIME,
-                              _json.encode(_iso(event.completionStartTime)).decode()))
+        append((Attr.OBSERVATION_COMPLETION_START_TIME, _json.encode(_iso(event.completionStartTime)).decode()))
     if failed:
-        attributes.append((Attr.OBSERVATION_LEVEL, "ERROR"))
+        append((Attr.OBSERVATION_LEVEL, "ERROR"))
         if event.error_str:
-            attributes.append((Attr.OBSERVATION_STATUS_MESSAGE, event.error_str))
-    identity = _identity(event)
-    for key, value in identity.items():
-        if value is not None:
-            attributes.append((f"{Attr.TRACE_METADATA}.{key}", _metadata_value(value)))
-    details = {
-        **identity,
-        "call_type": event.call_type,
-        "status": event.status,
-        "stream": event.stream,
-        "cache_hit": event.cache_hit,
-        "model_group": event.model_group or None,
-        "custom_llm_provider": event.custom_llm_provider,
-        "error_information": event.error_information,
-    }
-    for key, value in details.items():
-        if value is not None:
-            attributes.append((f"{Attr.OBSERVATION_METADATA}.{key}", _metadata_value(value)))
+            append((Attr.OBSERVATION_STATUS_MESSAGE, event.error_str))
+    meta = event.metadata
+    identity = (meta.user_api_key_team_id, meta.user_api_key_team_alias, meta.user_api_key_alias,
+                meta.user_api_key_hash, meta.request_id)
+    details = (*identity, event.call_type, event.status, event.stream, event.cache_hit, event.model_group or None,
+               event.custom_llm_provider, event.error_information)
+    # Strings go as they are and other values as JSON (the SDK 3.x/4.x convention): Langfuse parses JSON where
+    # it can and keeps a plain string otherwise, whichever SDK generation it assumes.
+    for keys, values in ((_TRACE_METADATA_KEYS, identity), (_OBSERVATION_METADATA_KEYS, details)):
+        for key, value in zip(keys, values):
+            if value is not None:
+                append((key, value if type(value) is str else _metadata_value(value)))
     return trace_id, span_id, parent_span_id, name, failed, attributes
 
 
