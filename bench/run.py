@@ -7,7 +7,8 @@ and ``bench/results/latest.json``.
 
 Settings (environment, or the matching ``--flag``): ``BENCH_DURATION`` seconds per run (4),
 ``BENCH_REPEAT`` runs per point, best kept (2), ``BENCH_CONCURRENCY`` ("1,16,64"), ``BENCH_TEAMS`` (1000), ``BENCH_ROWS`` (comma list of row ids, default all),
-``BENCH_LOAD_CPU`` / ``BENCH_SERVER_CPU`` (0 / 1), ``BENCH_STREAM`` (1: also measure SSE streams at c=1).
+``BENCH_LOAD_CPU`` / ``BENCH_SERVER_CPU`` (0 / 1), ``BENCH_STREAM`` (1: also measure SSE streams at c=1),
+``BENCH_DELIVERY`` (``key=value,...`` added to the gateway rows' ``sluicegate_settings.delivery``, for what-if runs).
 
 The ``litellm`` row runs LiteLLM's proxy from ``bench/.litellm-venv`` (made by ``bench/litellm_setup.sh``, never a
 project dependency) when that venv exists, and otherwise says how to install it.
@@ -292,6 +293,9 @@ def gateway_config(workdir: Path, upstream: str, sinks: str, teams: list[str], r
                     "      callback_vars:",
                     f"        path: {workdir}/sinks/{team}.jsonl",
                 ]
+    delivery = [item.split("=", 1) for item in os.environ.get("BENCH_DELIVERY", "").split(",") if "=" in item]
+    if delivery:  # what-if runs: BENCH_DELIVERY="spool=false,max_batch_interval=10"
+        lines += ["sluicegate_settings:", "  delivery:"] + [f"    {k.strip()}: {v.strip()}" for k, v in delivery]
     path = workdir / "gateway.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
