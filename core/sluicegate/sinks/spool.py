@@ -47,6 +47,7 @@ log = logging.getLogger("sluicegate.spool")
 
 _FRAME = struct.Struct("<IB")
 _EVENT_HEAD = struct.Struct("<IQ")  # ref, seq
+_EVENT_RECORD = struct.Struct("<IBIQ")  # frame + event head, packed at once
 _HEADER_HEAD = struct.Struct("<IH")  # ref, id length
 _ACK_ID = struct.Struct("<H")
 _SEQ = struct.Struct("<Q")
@@ -326,15 +327,22 @@ class Spool:
         has_events = segment is not None and bool(segment.instances)
         limit = self.segment_bytes
         written = 0
+        encoded: dict[int, bytes] = {}
         for instance_log in dirty:
             pending = instance_log.pending
             if not pending:
                 continue
             skip = max(instance_log.acked, instance_log.written_seq)
+            ref = instance_log.ref
             for seq, event in pending:
                 if seq <= skip:
                     continue  # delivered before it was written (nothing left to keep), or already written
-                record = _frame(_EVENT, _EVENT_HEAD.pack(instance_log.ref, seq) + _encoder.encode(event))
+                # An event routed to several instances is one object: encoded once per flush (it is alive in
+                # the pending lists, so its id cannot be reused meanwhile).
+                payload = encoded.get(id(event))
+                if payload is None:
+                    payload = encoded[id(event)] = _encoder.encode(event)
+                record = _EVENT_RECORD.pack(_EVENT_HEAD.size + len(payload), _EVENT, ref, seq) + payload
                 if segment is None or (has_events and segment.size + used + len(record) > limit):
                     if segment is not None:
                         self._write(segment, chunks, events, headers, acks)
