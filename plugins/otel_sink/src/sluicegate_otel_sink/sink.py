@@ -220,6 +220,11 @@ def _is_redacted(value: Any) -> bool:
     return False
 
 
+def _is_mapping(value: Any) -> bool:
+    """``isinstance(value, Mapping)`` with the common case (a dict) first: the ABC check costs ~0.4 us."""
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def _parts(content: Any) -> list[dict[str, Any]]:
     if content is None:
         return []
@@ -228,9 +233,9 @@ def _parts(content: Any) -> list[dict[str, Any]]:
     if isinstance(content, list):
         parts = []
         for item in content:
-            if isinstance(item, Mapping) and item.get("type") == "text":
+            if _is_mapping(item) and item.get("type") == "text":
                 parts.append({"type": "text", "content": item.get("text", "")})
-            elif isinstance(item, Mapping):
+            elif _is_mapping(item):
                 parts.append(dict(item))
             else:
                 parts.append({"type": "text", "content": str(item)})
@@ -241,7 +246,7 @@ def _parts(content: Any) -> list[dict[str, Any]]:
 def _tool_calls(calls: Any) -> list[dict[str, Any]]:
     parts = []
     for call in calls or ():
-        if isinstance(call, Mapping):
+        if _is_mapping(call):
             function = call.get("function") or {}
             parts.append({"type": "tool_call", "id": call.get("id"), "name": function.get("name"),
                           "arguments": function.get("arguments")})
@@ -254,7 +259,7 @@ def _input_messages(messages: Any) -> list[dict[str, Any]]:
         return [{"role": "user", "parts": _parts(messages)}]
     converted = []
     for message in messages:
-        if not isinstance(message, Mapping):
+        if not _is_mapping(message):
             converted.append({"role": "user", "parts": _parts(message)})
             continue
         role = message.get("role", "user")
@@ -270,7 +275,7 @@ def _input_messages(messages: Any) -> list[dict[str, Any]]:
 def _output_messages(response: Mapping[str, Any]) -> list[dict[str, Any]]:
     converted = []
     for choice in response.get("choices") or ():
-        if not isinstance(choice, Mapping):
+        if not _is_mapping(choice):
             continue
         message = choice.get("message") or choice.get("delta") or {}
         parts = _parts(message.get("content") if "message" in choice or "delta" in choice
@@ -323,35 +328,63 @@ def _server(api_base: str) -> tuple[str | None, int]:
     return parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
 
 
+_STABLE_KEYS = ("gen_ai.operation.name", "gen_ai.system", "gen_ai.provider.name", "gen_ai.request.model",
+                "gen_ai.response.model", "sluicegate.team_id", "sluicegate.team_alias", "sluicegate.key_alias",
+                "sluicegate.status", "sluicegate.stream", "sluicegate.cache_hit", "gen_ai.request.stream")
+"""Attributes that repeat from event to event of one key (team, model, provider, status): see ``_stable``."""
+
+
+def _stable(event: LogEvent, operation: str, response: Mapping[str, Any] | None) -> tuple[Any, ...]:
+    """The values of :data:`_STABLE_KEYS` for ``event``, in order."""
+    metadata = event.metadata
+    provider = event.custom_llm_provider or "_OTHER"
+    return (operation, provider, provider, event.model_group or event.model,
+            (response.get("model") if response is not None else None) or event.model,
+            metadata.user_api_key_team_id, metadata.user_api_key_team_alias, metadata.user_api_key_alias,
+            event.status, event.stream, event.cache_hit, event.stream)
+
+
+class _EncodedStable:
+    """:data:`_STABLE_KEYS` written out, by their values: most events of a key repeat them, so they are encoded
+    once (a dict lookup instead of a dozen attributes). Bounded; a full table starts over."""
+
+    MAX_ENTRIES: ClassVar[int] = 4096
+    _table: ClassVar[dict[tuple[Any, ...], bytes]] = {}
+
+    @classmethod
+    def get(cls, values: tuple[Any, ...]) -> bytes:
+        encoded = cls._table.get(values)
+        if encoded is None:
+            encoded = key_values(_T9_LEN, zip(_STABLE_KEYS, values))
+            if len(cls._table) >= cls.MAX_ENTRIES:
+                cls._table.clear()
+            cls._table[values] = encoded
+        return encoded
+
+
 def _attributes(event: LogEvent, operation: str) -> dict[str, Any]:
     """The span's attributes; ``None`` values are left in (the encoders skip them)."""
-    metadata = event.metadata
     response = event.response if isinstance(event.response, Mapping) else None
-    provider = event.custom_llm_provider or "_OTHER"
+    attributes = dict(zip(_STABLE_KEYS, _stable(event, operation, response)))
+    attributes.update(_varying(event, response))
+    return attributes
+
+
+def _varying(event: LogEvent, response: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The attributes not in :data:`_STABLE_KEYS`."""
+    metadata = event.metadata
     attributes: dict[str, Any] = {
-        "gen_ai.operation.name": operation,
-        "gen_ai.system": provider,
-        "gen_ai.provider.name": provider,
-        "gen_ai.request.model": event.model_group or event.model,
-        "gen_ai.response.model": (response or {}).get("model") or event.model,
         "gen_ai.usage.input_tokens": event.prompt_tokens,
         "gen_ai.usage.output_tokens": event.completion_tokens,
-        "sluicegate.team_id": metadata.user_api_key_team_id,
-        "sluicegate.team_alias": metadata.user_api_key_team_alias,
-        "sluicegate.key_alias": metadata.user_api_key_alias,
         "sluicegate.request_id": metadata.request_id or event.trace_id,
         "sluicegate.event_id": event.id,
-        "sluicegate.status": event.status,
-        "sluicegate.stream": event.stream,
-        "sluicegate.cache_hit": event.cache_hit,
         "sluicegate.response_cost": event.response_cost,
         "sluicegate.total_tokens": event.total_tokens,
-        "gen_ai.request.stream": event.stream,
     }
     if response is not None:
         if isinstance(response.get("id"), str):
             attributes["gen_ai.response.id"] = response["id"]
-        reasons = [c.get("finish_reason") for c in response.get("choices") or () if isinstance(c, Mapping)]
+        reasons = [c.get("finish_reason") for c in response.get("choices") or () if _is_mapping(c)]
         if any(reasons):
             attributes["gen_ai.response.finish_reasons"] = [r or "" for r in reasons]
     if event.completionStartTime and event.startTime:
@@ -375,7 +408,8 @@ def _attributes(event: LogEvent, operation: str) -> dict[str, Any]:
             attributes["http.response.status_code"] = info["status_code"]
     if event.messages is not None and not _is_redacted(event.messages):
         attributes["gen_ai.input.messages"] = _json_attribute(_input_messages(event.messages))
-    if response is not None and not _is_redacted(event.response) and response.get("choices"):
+    # Redaction only ever touches the choices of a response (sluicegate.sinks.redaction).
+    if response is not None and response.get("choices") and not _is_redacted(response["choices"]):
         attributes["gen_ai.output.messages"] = _json_attribute(_output_messages(response))
     return attributes
 
@@ -423,7 +457,9 @@ def wire_span(event: LogEvent) -> bytes:
     parts.append(_T6_VARINT + b"\x03")  # SPAN_KIND_CLIENT
     parts.append(field_fixed64(_T7_FIXED64, start))
     parts.append(field_fixed64(_T8_FIXED64, max(_nanos(event.endTime), start)))
-    parts.append(key_values(_T9_LEN, _attributes(event, operation).items()))
+    response = event.response if _is_mapping(event.response) else None
+    parts.append(_EncodedStable.get(_stable(event, operation, response)))
+    parts.append(key_values(_T9_LEN, _varying(event, response).items()))
     if event.status == "failure":
         message = (event.error_str or "request failed")[:1024].encode()
         status = (field_len(_T2_LEN, message) if message else b"") + _T3_VARINT + b"\x02"  # STATUS_CODE_ERROR
