@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-__all__ = ("any_value", "field_fixed32", "field_fixed64", "field_len", "key_value", "key_values", "tag", "varint")
+__all__ = ("RepeatedKeyValues", "any_value", "field_fixed32", "field_fixed64", "field_len", "key_value", "key_values",
+           "tag", "varint")
 
 _SMALL = [bytes((n,)) for n in range(128)]
 _DOUBLE = struct.Struct("<d")
@@ -160,3 +161,29 @@ def key_values(field_tag: bytes, items: Iterable[tuple[str, Any]]) -> bytes:
         size = len(body)
         append(field_tag + (_SMALL[size] if size < 0x80 else varint(size)) + body)
     return b"".join(out)
+
+
+class RepeatedKeyValues:
+    """``key_values`` for a fixed list of keys whose values repeat from event to event (team, model, status):
+    written once per distinct tuple of values and then looked up. Bounded: a full table starts over.
+
+    ``RepeatedKeyValues(tag(9, 2), ("team", "model")).encode((team, model))``
+    """
+
+    __slots__ = ("field_tag", "keys", "max_entries", "_table")
+
+    def __init__(self, field_tag: bytes, keys: tuple[str, ...], *, max_entries: int = 4096) -> None:
+        self.field_tag = field_tag
+        self.keys = keys
+        self.max_entries = max_entries
+        self._table: dict[tuple[Any, ...], bytes] = {}
+
+    def encode(self, values: tuple[Any, ...]) -> bytes:
+        """The fields for ``values`` (hashable, in the order of ``keys``; ``None`` values left out)."""
+        encoded = self._table.get(values)
+        if encoded is None:
+            encoded = key_values(self.field_tag, zip(self.keys, values))
+            if len(self._table) >= self.max_entries:
+                self._table.clear()
+            self._table[values] = encoded
+        return encoded

@@ -35,7 +35,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 from sluicegate.sinks.base import CallbackVars, HealthResult, SecretStr, Sink
-from sluicegate.sinks.protowire import field_fixed64, field_len, key_values, tag
+from sluicegate.sinks.protowire import RepeatedKeyValues, field_fixed64, field_len, key_values, tag
 
 from sluicegate_langfuse_sink import __version__
 
@@ -177,12 +177,18 @@ def _output(response: Any) -> Any:
     return response
 
 
-_IDENTITY = ("user_api_key_team_id", "user_api_key_team_alias", "user_api_key_alias", "user_api_key_hash",
-             "request_id")
-_TRACE_METADATA_KEYS = tuple(f"{Attr.TRACE_METADATA}.{name}" for name in _IDENTITY)
-_OBSERVATION_METADATA_KEYS = tuple(f"{Attr.OBSERVATION_METADATA}.{name}" for name in (
-    *_IDENTITY, "call_type", "status", "stream", "cache_hit", "model_group", "custom_llm_provider",
-    "error_information"))
+_IDENTITY = ("user_api_key_team_id", "user_api_key_team_alias", "user_api_key_alias", "user_api_key_hash")
+_STABLE_KEYS = (
+    Attr.TRACE_NAME, Attr.OBSERVATION_TYPE, Attr.OBSERVATION_MODEL, Attr.IS_APP_ROOT,
+    *(f"{Attr.TRACE_METADATA}.{name}" for name in _IDENTITY),
+    *(f"{Attr.OBSERVATION_METADATA}.{name}" for name in (
+        *_IDENTITY, "call_type", "status", "stream", "cache_hit", "model_group", "custom_llm_provider")),
+)
+"""Attributes that repeat from event to event of one key (names, model, team, key, status): encoded once each."""
+_TRACE_REQUEST_ID = f"{Attr.TRACE_METADATA}.request_id"
+_OBSERVATION_REQUEST_ID = f"{Attr.OBSERVATION_METADATA}.request_id"
+_OBSERVATION_ERROR = f"{Attr.OBSERVATION_METADATA}.error_information"
+_JSON_BOOL = ("false", "true")
 _NAMES: dict[str, str] = {}
 
 
@@ -195,22 +201,33 @@ def _span_name(call_type: str | None) -> str:
     return name
 
 
-def _span_fields(event: LogEvent) -> tuple[bytes, bytes, bytes | None, str, bool, list[tuple[str, Any]]]:
-    """Ids, name, failure flag and attributes (key/value pairs; ``None`` values are left out when encoded)."""
+def _span_fields(event: LogEvent) -> tuple[bytes, bytes, bytes | None, str, bool, tuple[Any, ...],
+                                           list[tuple[str, Any]]]:
+    """Ids, name, failure flag, the values of :data:`_STABLE_KEYS` and the other attributes (key/value pairs).
+
+    ``None`` values are left out when encoded. Metadata strings go as they are and other values as JSON (the
+    SDK 3.x/4.x convention): Langfuse parses JSON where it can and keeps a plain string otherwise, whichever SDK
+    generation it assumes.
+    """
     trace_id, span_id, parent_span_id = _ids(event)
     name = _span_name(event.call_type)
     failed = event.status == "failure"
-    attributes: list[tuple[str, Any]] = [
-        (Attr.TRACE_NAME, name),
-        (Attr.OBSERVATION_TYPE, "generation"),
-        (Attr.OBSERVATION_MODEL, event.model or event.model_group or "unknown"),
+    meta = event.metadata
+    identity = (meta.user_api_key_team_id, meta.user_api_key_team_alias, meta.user_api_key_alias,
+                meta.user_api_key_hash)
+    call_type = event.call_type
+    stable = (name, "generation", event.model or event.model_group or "unknown",
+              # The SDK marks the first span of an application trace; ours is the only one we send for it.
+              True, *identity, *identity,
+              call_type if call_type is None or type(call_type) is str else _metadata_value(call_type),
+              event.status, _JSON_BOOL[event.stream], _JSON_BOOL[event.cache_hit], event.model_group or None,
+              event.custom_llm_provider)
+    varying: list[tuple[str, Any]] = [
         (Attr.OBSERVATION_USAGE_DETAILS, _json.encode(
             {"input": event.prompt_tokens, "output": event.completion_tokens, "total": event.total_tokens}
         ).decode()),
-        # The SDK marks the first span of an application trace; ours is the only one we send for it.
-        (Attr.IS_APP_ROOT, True),
     ]
-    append = attributes.append
+    append = varying.append
     if parent_span_id is not None:
         # Under a caller's trace the parent span lives elsewhere: show ours as the root, as the SDK does
         # when given a trace_context.
@@ -231,23 +248,18 @@ def _span_fields(event: LogEvent) -> tuple[bytes, bytes, bytes | None, str, bool
         append((Attr.OBSERVATION_LEVEL, "ERROR"))
         if event.error_str:
             append((Attr.OBSERVATION_STATUS_MESSAGE, event.error_str))
-    meta = event.metadata
-    identity = (meta.user_api_key_team_id, meta.user_api_key_team_alias, meta.user_api_key_alias,
-                meta.user_api_key_hash, meta.request_id)
-    details = (*identity, event.call_type, event.status, event.stream, event.cache_hit, event.model_group or None,
-               event.custom_llm_provider, event.error_information)
-    # Strings go as they are and other values as JSON (the SDK 3.x/4.x convention): Langfuse parses JSON where
-    # it can and keeps a plain string otherwise, whichever SDK generation it assumes.
-    for keys, values in ((_TRACE_METADATA_KEYS, identity), (_OBSERVATION_METADATA_KEYS, details)):
-        for key, value in zip(keys, values):
-            if value is not None:
-                append((key, value if type(value) is str else _metadata_value(value)))
-    return trace_id, span_id, parent_span_id, name, failed, attributes
+    if meta.request_id is not None:
+        append((_TRACE_REQUEST_ID, meta.request_id))
+        append((_OBSERVATION_REQUEST_ID, meta.request_id))
+    if event.error_information is not None:
+        append((_OBSERVATION_ERROR, _metadata_value(event.error_information)))
+    return trace_id, span_id, parent_span_id, name, failed, stable, varying
 
 
 def event_to_span(event: LogEvent) -> Span:
     """One Langfuse generation for one event, with the attribute names the ``langfuse`` 5.x SDK writes."""
-    trace_id, span_id, parent_span_id, name, failed, pairs = _span_fields(event)
+    trace_id, span_id, parent_span_id, name, failed, stable, varying = _span_fields(event)
+    pairs = [(key, value) for key, value in zip(_STABLE_KEYS, stable) if value is not None] + varying
     attributes = [_kv(key, value) for key, value in pairs]
     start = _ns(event.startTime)
     status = Status(code=Status.STATUS_CODE_ERROR, message=event.error_str or "") if failed else Status()
@@ -283,19 +295,21 @@ _T1_LEN, _T2_LEN, _T4_LEN, _T5_LEN = (tag(n, 2) for n in (1, 2, 4, 5))
 _T3_VARINT, _T6_VARINT = tag(3, 0), tag(6, 0)
 _T7_FIXED64, _T8_FIXED64, _T9_LEN, _T15_LEN = tag(7, 1), tag(8, 1), tag(9, 2), tag(15, 2)
 _RESOURCE_BYTES = field_len(_T1_LEN, _RESOURCE.SerializeToString())
+_STABLE_ENCODED = RepeatedKeyValues(_T9_LEN, _STABLE_KEYS)
 _SCOPE_BYTES = field_len(_T1_LEN, _SCOPE.SerializeToString())
 
 
 def wire_span(event: LogEvent) -> bytes:
     """:func:`event_to_span` serialized, without building message objects."""
-    trace_id, span_id, parent_span_id, name, failed, pairs = _span_fields(event)
+    trace_id, span_id, parent_span_id, name, failed, stable, varying = _span_fields(event)
     start = _ns(event.startTime)
     parts = [field_len(_T1_LEN, trace_id), field_len(_T2_LEN, span_id)]
     if parent_span_id:
         parts.append(field_len(_T4_LEN, parent_span_id))
     parts += [field_len(_T5_LEN, name.encode()), _T6_VARINT + b"\x01",  # SPAN_KIND_INTERNAL
               field_fixed64(_T7_FIXED64, start), field_fixed64(_T8_FIXED64, max(start, _ns(event.endTime)))]
-    parts.append(key_values(_T9_LEN, pairs))
+    parts.append(_STABLE_ENCODED.encode(stable))
+    parts.append(key_values(_T9_LEN, varying))
     status = b""
     if failed:
         message = (event.error_str or "").encode()

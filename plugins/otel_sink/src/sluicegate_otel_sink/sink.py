@@ -41,7 +41,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from sluicegate.events import REDACTED
 from sluicegate.sinks.base import CallbackVars, HealthResult, SecretStr, Sink
-from sluicegate.sinks.protowire import field_fixed32, field_fixed64, field_len, key_values, tag
+from sluicegate.sinks.protowire import RepeatedKeyValues, field_fixed32, field_fixed64, field_len, key_values, tag
 
 from sluicegate_otel_sink import __version__
 
@@ -331,7 +331,7 @@ def _server(api_base: str) -> tuple[str | None, int]:
 _STABLE_KEYS = ("gen_ai.operation.name", "gen_ai.system", "gen_ai.provider.name", "gen_ai.request.model",
                 "gen_ai.response.model", "sluicegate.team_id", "sluicegate.team_alias", "sluicegate.key_alias",
                 "sluicegate.status", "sluicegate.stream", "sluicegate.cache_hit", "gen_ai.request.stream")
-"""Attributes that repeat from event to event of one key (team, model, provider, status): see ``_stable``."""
+"""Attributes that repeat from event to event of one key (team, model, provider, status): encoded once each."""
 
 
 def _stable(event: LogEvent, operation: str, response: Mapping[str, Any] | None) -> tuple[Any, ...]:
@@ -342,24 +342,6 @@ def _stable(event: LogEvent, operation: str, response: Mapping[str, Any] | None)
             (response.get("model") if response is not None else None) or event.model,
             metadata.user_api_key_team_id, metadata.user_api_key_team_alias, metadata.user_api_key_alias,
             event.status, event.stream, event.cache_hit, event.stream)
-
-
-class _EncodedStable:
-    """:data:`_STABLE_KEYS` written out, by their values: most events of a key repeat them, so they are encoded
-    once (a dict lookup instead of a dozen attributes). Bounded; a full table starts over."""
-
-    MAX_ENTRIES: ClassVar[int] = 4096
-    _table: ClassVar[dict[tuple[Any, ...], bytes]] = {}
-
-    @classmethod
-    def get(cls, values: tuple[Any, ...]) -> bytes:
-        encoded = cls._table.get(values)
-        if encoded is None:
-            encoded = key_values(_T9_LEN, zip(_STABLE_KEYS, values))
-            if len(cls._table) >= cls.MAX_ENTRIES:
-                cls._table.clear()
-            cls._table[values] = encoded
-        return encoded
 
 
 def _attributes(event: LogEvent, operation: str) -> dict[str, Any]:
@@ -442,6 +424,7 @@ _T1_LEN, _T2_LEN, _T3_LEN, _T4_LEN, _T5_LEN = (tag(n, 2) for n in (1, 2, 3, 4, 5
 _T3_VARINT, _T6_VARINT = tag(3, 0), tag(6, 0)
 _T7_FIXED64, _T8_FIXED64 = tag(7, 1), tag(8, 1)
 _T9_LEN, _T15_LEN, _T16_FIXED32 = tag(9, 2), tag(15, 2), tag(16, 5)
+_STABLE_ENCODED = RepeatedKeyValues(_T9_LEN, _STABLE_KEYS)
 
 
 def wire_span(event: LogEvent) -> bytes:
@@ -458,7 +441,7 @@ def wire_span(event: LogEvent) -> bytes:
     parts.append(field_fixed64(_T7_FIXED64, start))
     parts.append(field_fixed64(_T8_FIXED64, max(_nanos(event.endTime), start)))
     response = event.response if _is_mapping(event.response) else None
-    parts.append(_EncodedStable.get(_stable(event, operation, response)))
+    parts.append(_STABLE_ENCODED.encode(_stable(event, operation, response)))
     parts.append(key_values(_T9_LEN, _varying(event, response).items()))
     if event.status == "failure":
         message = (event.error_str or "request failed")[:1024].encode()
