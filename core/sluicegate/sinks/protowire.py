@@ -170,7 +170,7 @@ class RepeatedKeyValues:
     ``RepeatedKeyValues(tag(9, 2), ("team", "model")).encode((team, model))``
     """
 
-    __slots__ = ("field_tag", "keys", "max_entries", "_table")
+    __slots__ = ("_table", "field_tag", "keys", "max_entries")
 
     def __init__(self, field_tag: bytes, keys: tuple[str, ...], *, max_entries: int = 4096) -> None:
         self.field_tag = field_tag

@@ -41,7 +41,14 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from sluicegate.events import REDACTED
 from sluicegate.sinks.base import CallbackVars, HealthResult, SecretStr, Sink
-from sluicegate.sinks.protowire import RepeatedKeyValues, field_fixed32, field_fixed64, field_len, key_values, tag
+from sluicegate.sinks.protowire import (
+    RepeatedKeyValues,
+    field_fixed32,
+    field_fixed64,
+    field_len,
+    key_values,
+    tag,
+)
 
 from sluicegate_otel_sink import __version__
 
