@@ -60,6 +60,7 @@ class Row:
     client: str = "aiohttp"
     sinks: str = "none"  # none | telemetry
     stream: bool = False
+    workers: int = 1  # gateway rows: `sluicegate serve --workers N` (all on the server CPU)
 
 
 ROWS = [
@@ -72,6 +73,9 @@ ROWS = [
     Row("gw-httpx", "gateway, no sinks, plain httpx", "gateway", "httpx"),
     Row("gw-sinks", "gateway, {teams} teams x (langfuse + otel), aiohttp client", "gateway", "aiohttp",
         "telemetry", stream=True),
+    # `--workers 2` on the same one core: the CPU per request must not grow with the number of workers
+    Row("gw-sinks-w2", "gateway, 2 workers on one core, {teams} teams x (langfuse + otel)", "gateway", "aiohttp",
+        "telemetry", workers=2),
     # every measured request is a cache hit: the warm-up sent each key's request once (one team per key)
     Row("gw-cache", "gateway, response cache hits (local), aiohttp client", "gateway", "aiohttp", "cache-local"),
     Row("gw-cache-redis", "gateway, response cache hits (Redis 127.0.0.1:6379), aiohttp client", "gateway",
@@ -169,18 +173,44 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) ->
     raise RuntimeError(f"{url}: no answer within {timeout:.0f}s")
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a gateway with ``--workers N`` is a supervisor and N worker processes)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            todo += [int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
+    """utime + stime of every thread of ``pid`` and of its descendants."""
+    total = 0.0
+    for member in _tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
 
 
 def threads_and_rss(pid: int) -> tuple[int, float]:
+    """Threads and resident MB of ``pid`` and its descendants, summed."""
     threads, rss = 0, 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            threads = int(line.split()[1])
-        elif line.startswith("VmRSS:"):
-            rss = int(line.split()[1]) / 1024
+    for member in _tree(pid):
+        try:
+            lines = Path(f"/proc/{member}/status").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if line.startswith("Threads:"):
+                threads += int(line.split()[1])
+            elif line.startswith("VmRSS:"):
+                rss += int(line.split()[1]) / 1024
     return threads, rss
 
 
@@ -477,7 +507,8 @@ class Bench:
         (workdir / "sinks").mkdir()
         config = gateway_config(workdir, upstream, row.sinks, self.teams, self.receiver_urls, self.sink_mode)
         proc = self.procs.start(row.id, [str(VENV_BIN / "sluicegate"), "serve", "--config", str(config),
-                                         "--port", str(port), "--log-level", "warning"],
+                                         "--port", str(port), "--log-level", "warning",
+                                         "--workers", str(row.workers)],
                                 cpu=self.server_cpu, env={"SLUICEGATE_HTTP_CLIENT": row.client})
         try:
             wait_http(base + "/health/liveliness", proc, timeout=120)
@@ -724,6 +755,15 @@ def targets(by_id: dict[str, Result], cs: list[int]) -> list[str]:
             if p and q and q.rps:
                 lines.append(f"- logging on vs off at c={c}: {_pct(p.rps / q.rps)} (target ≥ 90 %): "
                              f"{check(p.rps / q.rps >= 0.9)}")
+    two = by_id.get("gw-sinks-w2")
+    if on and two:
+        for c in cs:
+            p, q = _point(on, c), _point(two, c)
+            if p and q and p.cpu_ms_per_req and q.cpu_ms_per_req:
+                growth = q.cpu_ms_per_req / p.cpu_ms_per_req
+                lines.append(f"- CPU per request with 2 workers vs 1 at c={c}: {q.cpu_ms_per_req:.3f} vs "
+                             f"{p.cpu_ms_per_req:.3f} ms ({growth:.2f}×; must not grow with N): "
+                             f"{check(growth <= 1.10)}")
     ax, hax, hx = by_id.get("gw-aiohttp"), by_id.get("gw-httpx-aiohttp"), by_id.get("gw-httpx")
     if ax and hx:
         for c in cs:
