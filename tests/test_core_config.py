@@ -281,3 +281,23 @@ def test_cli_help_explains_every_command() -> None:
     assert result.returncode == 0
     for command in ("serve", "plugins"):
         assert command in result.stdout
+
+
+def test_each_worker_takes_its_share_of_the_send_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--workers N``: the gateway-wide ``max_sends_per_second`` is split, so N workers send no more than one."""
+    from sluicegate.cli import CONFIG_ENV, WORKERS_ENV, app_factory
+    from sluicegate.config import per_worker
+
+    config = tmp_path / "config.yaml"
+    config.write_text("sluicegate_settings:\n  delivery:\n    max_sends_per_second: 600\n"
+                      f"general_settings:\n  database_url: sqlite+aiosqlite:///{tmp_path}/db.sqlite\n")
+    settings = load_settings(config)
+    assert per_worker(settings, 3).sluicegate_settings.delivery.max_sends_per_second == 200
+    assert per_worker(settings, 1) is settings
+    assert settings.sluicegate_settings.delivery.max_sends_per_second == 600  # the loaded settings untouched
+
+    monkeypatch.setenv(CONFIG_ENV, str(config))
+    for workers, share in (("4", 150), ("1", 600), ("", 600)):
+        monkeypatch.setenv(WORKERS_ENV, workers)
+        app = app_factory()
+        assert app.state.gateway.dispatcher.settings.max_sends_per_second == share

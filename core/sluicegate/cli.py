@@ -13,6 +13,7 @@ from typing import Any
 __all__ = ("app_factory", "main")
 
 CONFIG_ENV = "SLUICEGATE_CONFIG"
+WORKERS_ENV = "SLUICEGATE_WORKERS"
 log = logging.getLogger("sluicegate")
 
 
@@ -27,10 +28,10 @@ def _setup_logging(level: str) -> None:
 def app_factory() -> Any:
     """Build the app from ``$SLUICEGATE_CONFIG`` (used by every server worker)."""
     from sluicegate.app import create_app
-    from sluicegate.config import load_settings
+    from sluicegate.config import load_settings, per_worker
 
-    return create_app(load_settings(os.environ[CONFIG_ENV]),
-                      http_client=os.environ.get("SLUICEGATE_HTTP_CLIENT", "aiohttp"), tune_gc=True)
+    settings = per_worker(load_settings(os.environ[CONFIG_ENV]), int(os.environ.get(WORKERS_ENV) or 1))
+    return create_app(settings, http_client=os.environ.get("SLUICEGATE_HTTP_CLIENT", "aiohttp"), tune_gc=True)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -80,6 +81,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     os.environ[CONFIG_ENV] = os.path.abspath(args.config)
+    os.environ[WORKERS_ENV] = str(args.workers)  # read by each worker's app_factory (spawned, not forked)
     uvicorn.run("sluicegate.cli:app_factory", factory=True, host=args.host, port=args.port, workers=args.workers,
                 proxy_headers=False, server_header=False, date_header=False,
                 log_level=args.log_level.lower(), access_log=False, loop="uvloop", http="httptools",

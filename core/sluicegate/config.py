@@ -28,6 +28,7 @@ __all__ = (
     "TeamSettings",
     "load_settings",
     "parse_settings",
+    "per_worker",
 )
 
 ENV_PREFIX = "os.environ/"
@@ -94,7 +95,8 @@ class DeliverySettings(msgspec.Struct, kw_only=True):
     batch_interval: float = 1.0
     max_sends_per_second: float = 400.0
     """Delivery budget: with many busy destinations, each lingers up to ``busy destinations / this`` seconds
-    (at most ``max_batch_interval``) so the gateway makes about this many sends a second, in fuller batches."""
+    (at most ``max_batch_interval``) so the gateway makes about this many sends a second, in fuller batches.
+    For the whole gateway: each of ``--workers N`` processes takes a 1/N share."""
     max_batch_interval: float = 5.0
     """Upper bound of the linger that ``max_sends_per_second`` may add (0 or less: no adaptive linger)."""
     max_retries: int = 8
@@ -301,6 +303,17 @@ def _check_semantics(settings: Settings, problems: list[str]) -> None:
     cache_problems, cache_warnings = cache_params_problems(settings)
     problems += cache_problems
     settings.warnings += cache_warnings
+
+
+def per_worker(settings: Settings, workers: int) -> Settings:
+    """``settings`` as one of ``workers`` server processes sees them: gateway-wide budgets divided among them."""
+    if workers <= 1:
+        return settings
+    gateway = settings.sluicegate_settings
+    delivery = msgspec.structs.replace(gateway.delivery,
+                                       max_sends_per_second=gateway.delivery.max_sends_per_second / workers)
+    return msgspec.structs.replace(settings,
+                                   sluicegate_settings=msgspec.structs.replace(gateway, delivery=delivery))
 
 
 def load_settings(path: str | os.PathLike[str]) -> Settings:
