@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import TYPE_CHECKING
+
 import pytest
+
+from sluicegate.config import DeliverySettings
+from sluicegate.routing import CallbackSet, Route
+from sluicegate.sinks.base import CallbackVars, Sink
+from sluicegate.sinks.dispatcher import Dispatcher
+from sluicegate.sinks.pool import NO_QUEUE
+from sluicegate.testing import make_event
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from sluicegate.events import LogEvent
 
 pytestmark = pytest.mark.usefixtures("acme", "clean_env")
 
@@ -48,6 +63,61 @@ async def test_instances_over_the_bound_are_evicted_least_recently_used_first(re
         await gw.gateway.dispatcher.drain(5)
         assert await gw.gateway.dispatcher.evict_idle() == 2
         assert len(gw.gateway.dispatcher.pool.slots) == 3
+
+
+async def test_an_instance_holds_a_task_only_while_sending(receiver, make_config, start, vars_for):
+    """A lingering batch waits in the shared deadline heap; an idle instance keeps no task, queue or deadline
+    (what 20,000 instances cost at rest)."""
+    async with start(make_config(delivery={"batch_interval": 30})) as gw:
+        keys = [await gw.new_key(metadata={"logging": [{"callback_name": "acme", "callback_vars": vars_for(f"r{i}")}]})
+                for i in range(3)]
+        for key in keys:
+            assert (await gw.chat(key)).status_code == 200
+        dispatcher = gw.gateway.dispatcher
+        slots = list(dispatcher.pool.slots.values())
+        assert len(slots) == 3
+        for slot in slots:  # lingering: a deadline and one queued event, no task
+            assert slot.due > 0 and slot.task is None and len(slot.queue) == 1 and slot.busy
+        assert receiver.events("/dest/") == []
+        assert await dispatcher.drain(5)
+        assert len(receiver.events("/dest/")) == 3
+        for slot in slots:
+            assert slot.due == 0 and slot.task is None and slot.queue is NO_QUEUE and not slot.busy
+        assert dispatcher._working == 0 and dispatcher._timer is None
+
+
+class _Recording(Sink):
+    callback_name = "recording"
+    max_batch_size = 3
+
+    def __init__(self, callback_vars: CallbackVars) -> None:
+        super().__init__(callback_vars)
+        self.batches: list[int] = []
+        self.sent = asyncio.Event()
+
+    async def send(self, batch: Sequence[LogEvent]) -> None:
+        self.batches.append(len(batch))
+        self.sent.set()
+
+
+async def test_a_full_batch_is_sent_at_once_and_a_partial_one_waits_for_its_deadline():
+    route = Route(callback_name="recording", instance_id="i1", sink_class=_Recording, callback_vars=CallbackVars(),
+                  on_success=True, on_failure=True, redact=False)
+    callbacks = CallbackSet(routes=(route,), source="global")
+    dispatcher = Dispatcher(DeliverySettings(batch_interval=30, max_sends_per_second=0, spool=False))
+    for _ in range(7):
+        dispatcher.submit(make_event(), callbacks)
+    slot = dispatcher.pool.slots["i1"]
+    sink = slot.sink
+    assert isinstance(sink, _Recording)
+    while len(sink.batches) < 2:  # full batches go at once, long before the 30 s deadline
+        await asyncio.wait_for(sink.sent.wait(), 5)
+        sink.sent.clear()
+    assert sink.batches == [3, 3] and len(slot.queue) == 1  # negative control: the partial batch lingers
+    assert await dispatcher.drain(5)
+    assert sink.batches == [3, 3, 1]
+    assert slot.task is None and slot.queue is NO_QUEUE and not slot.busy
+    await dispatcher.aclose()
 
 
 @pytest.mark.parametrize(("sends_per_second", "expect_batched"), [(0.5, True), (0, False)],

@@ -33,7 +33,6 @@ import logging
 import os
 import struct
 from array import array
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +86,7 @@ class InstanceLog:
 
     __slots__ = ("spool", "instance_id", "ident", "ref", "header", "header_info", "header_segment", "pending",
                  "next_seq", "acked", "acked_written", "written_seq", "mem_seq", "spans", "segments_in",
-                 "disk_bytes", "_index_segment", "_index_offset", "_index_seq", "_index_head")
+                 "disk_bytes", "_index", "_index_head")
 
     def __init__(self, spool: Spool, instance_id: str, header: bytes) -> None:
         self.spool = spool
@@ -103,13 +102,14 @@ class InstanceLog:
         self.acked_written = 0
         self.written_seq = 0  # highest seq on disk (a failed flush may have written part of a batch)
         self.mem_seq = 0
-        self.spans: deque[list[Any]] = deque()  # [segment, last seq there] with events not yet acknowledged
+        # [segment, last seq there] with events not yet acknowledged, oldest first: a list, as it holds one or two
+        # (a deque would cost ~600 bytes for each of 20,000 instances)
+        self.spans: list[list[Any]] = []
         self.segments_in = 0  # segments on disk holding events of this instance
         self.disk_bytes = 0
-        # where the spilled events are, in seq order (arrays: 24 bytes an event, whatever the backlog)
-        self._index_segment = array("Q")
-        self._index_offset = array("Q")
-        self._index_seq = array("Q")
+        # where the spilled events are, in seq order: (segment, offset, seq) triples in one array, 24 bytes an
+        # event whatever the backlog; ``_index_head`` is the first triple still needed
+        self._index = array("Q")
         self._index_head = 0
 
     # counts ---------------------------------------------------------------------------------------------
@@ -149,37 +149,40 @@ class InstanceLog:
         self.acked = seq
         self.spool.dirty[self] = None
         spans = self.spans
-        while spans and spans[0][1] <= seq:
-            segment = spans.popleft()[0]
+        done = 0
+        while done < len(spans) and spans[done][1] <= seq:
+            segment = spans[done][0]
+            done += 1
             segment.outstanding -= 1
             if segment.outstanding == 0:
                 self.spool.finished.append(segment)
+        if done:
+            del spans[:done]
 
     def flush(self) -> int:
         """Write what is pending (the whole process's log: one write for every instance)."""
         return self.spool.flush()
 
     def _index_add(self, segment: int, offset: int, seq: int) -> None:
-        self._index_segment.append(segment)
-        self._index_offset.append(offset)
-        self._index_seq.append(seq)
+        self._index.extend((segment, offset, seq))
 
     def _index_prune(self) -> None:
         """Forget index entries of events already in memory; compact the arrays now and then."""
-        head, seqs = self._index_head, self._index_seq
-        while head < len(seqs) and seqs[head] <= self.mem_seq:
+        head, index = self._index_head, self._index
+        count = len(index) // 3
+        while head < count and index[3 * head + 2] <= self.mem_seq:
             head += 1
-        if head >= 1024 and head * 2 >= len(seqs):
-            del self._index_segment[:head], self._index_offset[:head], self._index_seq[:head]
+        if head >= 1024 and head * 2 >= count:
+            del index[:3 * head]
             head = 0
-        elif head == len(seqs) and head:
-            del self._index_segment[:], self._index_offset[:], self._index_seq[:]
+        elif head == count and head:
+            del index[:]
             head = 0
         self._index_head = head
 
     @property
     def indexed(self) -> int:
-        return len(self._index_seq) - self._index_head
+        return len(self._index) // 3 - self._index_head
 
     # reading ---------------------------------------------------------------------------------------------
     def read(self, limit: int) -> list[tuple[int, LogEvent]]:
@@ -188,9 +191,10 @@ class InstanceLog:
         self._index_prune()
         fd, fd_segment = -1, -1
         try:
-            while self._index_head < len(self._index_seq) and len(found) < limit:
+            index = self._index
+            while self._index_head < len(index) // 3 and len(found) < limit:
                 head = self._index_head
-                number, offset, seq = self._index_segment[head], self._index_offset[head], self._index_seq[head]
+                number, offset, seq = index[3 * head], index[3 * head + 1], index[3 * head + 2]
                 if seq <= self.mem_seq:
                     self._index_head = head + 1
                     continue
