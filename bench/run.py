@@ -514,7 +514,11 @@ class Bench:
             wait_http(base + "/health/liveliness", proc, timeout=120)
             started = time.monotonic()
             asyncio.run(make_keys(base, self.teams, keys))
-            failures = asyncio.run(warm_keys(base, [f"sk-bench-{t}-k0" for t in self.teams]))
+            # Each worker fills its own key cache and sink instances: with N workers sharing the port, send every
+            # key's request 3N times so every worker has seen (nearly) every key before the measurement.
+            rounds = 1 if row.workers == 1 else 3 * row.workers
+            failures = sum(asyncio.run(warm_keys(base, [f"sk-bench-{t}-k0" for t in self.teams]))
+                           for _ in range(rounds))
             print(f"  {len(self.teams)} keys generated and warmed in {time.monotonic() - started:.1f}s"
                   + (f" ({failures} warm-up failures)" if failures else ""), flush=True)
             before = self.receiver_counts() if row.sinks == "telemetry" and self.sink_mode == "telemetry" else {}
