@@ -1,0 +1,77 @@
+"""``sluicegate serve --workers N``: N real worker processes behind one port, coherent, stopped together.
+
+Everything here runs the real CLI in a subprocess (uvicorn supervisor and spawned workers) on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from sluicegate.testing.waiting import wait_until
+
+MASTER_KEY = "sk-master-workers-0123456789"
+
+WORKERS = 2
+REQUESTS = 40  # fresh connections each: the chance that one of 2 workers gets none is 2 * 0.5**40
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def _chat(url: str, key: str) -> int:
+    # a new client each time: a new connection, so the kernel may hand it to either worker
+    with httpx.Client(timeout=10) as client:
+        return client.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                           json={"model": "gpt-mock", "messages": [{"role": "user", "content": "hi"}]}).status_code
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads worker processes from /proc")
+def test_workers_serve_one_port_see_each_others_changes_and_stop_together(tmp_path: Path,
+                                                                         gateway_process) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "model_list": [{"model_name": "gpt-mock", "litellm_params": {"model": "openai/mock-model",
+                                                                     "mock_response": "hello from a worker"}}],
+        "general_settings": {"master_key": MASTER_KEY,
+                             "database_url": f"sqlite+aiosqlite:///{tmp_path / 'workers.db'}"}}))
+    gateway = gateway_process(config, workers=WORKERS)
+    supervisor = gateway.proc.pid
+
+    # the supervisor is a bare uvicorn supervisor (the validating CLI process replaced itself), with N workers
+    assert "uvicorn sluicegate.cli:app_factory" in _cmdline(supervisor)
+    assert f"--workers {WORKERS}" in _cmdline(supervisor)
+    workers = [p for p in _children(supervisor) if "spawn_main" in _cmdline(p)]
+    assert len(workers) == WORKERS
+
+    with httpx.Client(timeout=10) as admin:
+        created = admin.post(f"{gateway.url}/key/generate", headers={"Authorization": f"Bearer {MASTER_KEY}"},
+                             json={"key_alias": "both-workers"})
+        assert created.status_code == 200, created.text
+        key = created.json()["key"]
+        # created through one worker, accepted by every one
+        assert [_chat(gateway.url, key) for _ in range(REQUESTS)] == [200] * REQUESTS
+
+        deleted = admin.post(f"{gateway.url}/key/delete", headers={"Authorization": f"Bearer {MASTER_KEY}"},
+                             json={"keys": [key]})
+        assert deleted.status_code == 200, deleted.text
+    # deleted through one worker: refused by every one once it polled the change counter (0.25 s by default)
+    wait_until(lambda: [_chat(gateway.url, key) for _ in range(REQUESTS)] == [401] * REQUESTS, timeout=10,
+             what="every worker refuses the deleted key")
+
+    os.kill(supervisor, signal.SIGTERM)
+    gateway.proc.wait(30)
+    wait_until(lambda: not any(Path(f"/proc/{p}").exists() and "spawn_main" in _cmdline(p) for p in workers),
+             timeout=15, what="the workers to exit with the supervisor")
