@@ -11,7 +11,6 @@ from sluicegate.config import DeliverySettings
 from sluicegate.routing import CallbackSet, Route
 from sluicegate.sinks.base import CallbackVars, Sink
 from sluicegate.sinks.dispatcher import Dispatcher
-from sluicegate.sinks.pool import NO_QUEUE
 from sluicegate.testing import make_event
 
 if TYPE_CHECKING:
@@ -66,8 +65,8 @@ async def test_instances_over_the_bound_are_evicted_least_recently_used_first(re
 
 
 async def test_an_instance_holds_a_task_only_while_sending(receiver, make_config, start, vars_for):
-    """A lingering batch waits in the shared deadline heap; an idle instance keeps no task, queue or deadline
-    (what 20,000 instances cost at rest)."""
+    """A lingering batch waits in the shared deadline heap; an idle instance keeps no task or deadline (what
+    20,000 instances cost at rest)."""
     async with start(make_config(delivery={"batch_interval": 30})) as gw:
         keys = [await gw.new_key(metadata={"logging": [{"callback_name": "acme", "callback_vars": vars_for(f"r{i}")}]})
                 for i in range(3)]
@@ -82,7 +81,7 @@ async def test_an_instance_holds_a_task_only_while_sending(receiver, make_config
         assert await dispatcher.drain(5)
         assert len(receiver.events("/dest/")) == 3
         for slot in slots:
-            assert slot.due == 0 and slot.task is None and slot.queue is NO_QUEUE and not slot.busy
+            assert slot.due == 0 and slot.task is None and slot.queue == [] and not slot.busy
         assert dispatcher._working == 0 and dispatcher._timer is None
 
 
@@ -116,7 +115,7 @@ async def test_a_full_batch_is_sent_at_once_and_a_partial_one_waits_for_its_dead
     assert sink.batches == [3, 3] and len(slot.queue) == 1  # negative control: the partial batch lingers
     assert await dispatcher.drain(5)
     assert sink.batches == [3, 3, 1]
-    assert slot.task is None and slot.queue is NO_QUEUE and not slot.busy
+    assert slot.task is None and slot.queue == [] and not slot.busy
     await dispatcher.aclose()
 
 

@@ -25,13 +25,12 @@ import itertools
 import logging
 import random
 import time
-from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from sluicegate.sinks.pool import NO_QUEUE, SinkPool, SinkSlot
+from sluicegate.sinks.pool import SinkPool, SinkSlot
 from sluicegate.sinks.redaction import redact
 from sluicegate.sinks.spool import Spool
 from sluicegate.sinks.vars import decode_vars, encode_vars
@@ -136,8 +135,6 @@ class Dispatcher:
         slot.last_used = time.monotonic()
         slot.queued += 1
         queue = slot.queue
-        if queue is NO_QUEUE:
-            queue = slot.queue = deque()
         if self.spool is not None:
             if slot.log is None:
                 header = msgspec.json.encode({"callback_name": route.callback_name,
@@ -152,7 +149,7 @@ class Dispatcher:
         else:
             queue.append((0, event))
             if len(queue) > self.settings.queue_size:
-                queue.popleft()
+                del queue[0]  # O(queue_size), but only while a sink without a spool is down and its queue full
                 slot.dropped += 1
                 self._log_drop(slot)
         if slot.task is None:
@@ -258,8 +255,6 @@ class Dispatcher:
             self._schedule(slot)  # a partial batch left: linger for more
             return
         self._working -= 1
-        if not slot.queue:
-            slot.queue = NO_QUEUE  # idle: hold no deque until the next event
 
     async def _send_batches(self, slot: SinkSlot) -> None:
         """Send full batches (and, when closing or not lingering, everything) while there are any."""
@@ -270,7 +265,8 @@ class Dispatcher:
             queue = slot.queue
             if not queue:
                 return
-            batch = [queue.popleft() for _ in range(min(max_batch, len(queue)))]
+            batch = queue[:max_batch]
+            del queue[:max_batch]
             slot.inflight = len(batch)
             try:
                 await self._deliver(slot, [event for _, event in batch])
@@ -286,8 +282,6 @@ class Dispatcher:
         """Move spilled events back into memory, oldest first (a bounded read of the instance's log)."""
         assert slot.log is not None
         room = max(max_batch, min(self.settings.queue_size - len(slot.queue), 4 * max_batch))
-        if slot.queue is NO_QUEUE:
-            slot.queue = deque()
         try:
             slot.queue.extend(slot.log.read(room))
         except (OSError, ValueError) as exc:
@@ -331,9 +325,12 @@ class Dispatcher:
             slot = self.pool.slots.get(instance_log.instance_id)
             lost = max(0, last - before_mem)  # spilled: only on disk
             if slot is not None:
-                while slot.queue and slot.queue[0][0] <= last:
-                    slot.queue.popleft()
-                    lost += 1
+                queue = slot.queue
+                gone = 0
+                while gone < len(queue) and queue[gone][0] <= last:
+                    gone += 1
+                del queue[:gone]
+                lost += gone
             lost = min(lost, max(0, last - before_ack))
             total += lost
             if slot is not None and lost:
