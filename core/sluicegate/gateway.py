@@ -6,6 +6,7 @@ Built by ``create_app``; started and stopped by the Litestar plugin's lifespan.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 from typing import TYPE_CHECKING
@@ -32,6 +33,19 @@ if TYPE_CHECKING:
 __all__ = ("Gateway",)
 
 log = logging.getLogger("sluicegate")
+
+
+def _return_free_heap() -> None:
+    """Give the C heap's free pages back to the OS (glibc's ``malloc_trim``; elsewhere nothing to do).
+
+    Parsing a large ``config.yaml`` (10,000 teams) frees tens of MB that glibc would otherwise keep mapped for the
+    life of the process (bench: ~20 MB of RSS at 10,000 teams).
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return
+    trim(0)
 
 
 class Gateway:
@@ -78,6 +92,7 @@ class Gateway:
             gc.collect()
             gc.freeze()
             gc.set_threshold(10_000, 50, 100)
+            _return_free_heap()
 
     async def stop(self) -> None:
         if self._watcher is not None:
