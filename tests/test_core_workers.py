@@ -51,7 +51,7 @@ def test_workers_serve_one_port_see_each_others_changes_and_stop_together(tmp_pa
     supervisor = gateway.proc.pid
 
     # the supervisor is a bare uvicorn supervisor (the validating CLI process replaced itself), with N workers
-    assert "uvicorn sluicegate.cli:app_factory" in _cmdline(supervisor)
+    assert "-m uvicorn sluicegate.cli:app_factory" in _cmdline(supervisor)
     assert f"--workers {WORKERS}" in _cmdline(supervisor)
     workers = [p for p in _children(supervisor) if "spawn_main" in _cmdline(p)]
     assert len(workers) == WORKERS

@@ -316,11 +316,16 @@ def per_worker(settings: Settings, workers: int) -> Settings:
                                    sluicegate_settings=msgspec.structs.replace(gateway, delivery=delivery))
 
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_settings(path: str | os.PathLike[str]) -> Settings:
     """Read and validate ``config.yaml``."""
     try:
         with open(path, "rb") as handle:
-            raw = yaml.safe_load(handle)
+            # libyaml's loader when PyYAML has it: same YAML, a fraction of the time and of the transient heap (a
+            # 10,000-team config: ~35 MB less resident for the process's life, bench/)
+            raw = yaml.load(handle, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader either way
     except FileNotFoundError:
         raise ConfigError([f"{path}: file not found"]) from None
     except yaml.YAMLError as exc:
