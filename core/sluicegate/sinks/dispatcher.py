@@ -350,9 +350,7 @@ class Dispatcher:
         while True:
             async with self._send_slots:
                 try:
-                    # asyncio.timeout, not wait_for: no extra task per send (Python 3.11's wait_for makes one)
-                    async with asyncio.timeout(slot.sink.send_timeout):
-                        await slot.sink.send(batch)
+                    await asyncio.wait_for(slot.sink.send(batch), slot.sink.send_timeout)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # a sink raises on any failure, by contract
