@@ -281,9 +281,9 @@ def team_ids(count: int) -> list[str]:
     return [f"bench-team-{i:05d}" for i in range(count)]
 
 
-def gateway_config(workdir: Path, upstream: str, sinks: str, teams: list[str], receivers: dict[str, str],
-                   sink_mode: str) -> Path:
-    lines = [
+def _model_and_key(upstream: str, master_key: str) -> list[str]:
+    """config.yaml lines every server row shares: the mock upstream as the one model, and the master key."""
+    return [
         "model_list:",
         f"  - model_name: {MODEL}",
         "    litellm_params:",
@@ -292,7 +292,14 @@ def gateway_config(workdir: Path, upstream: str, sinks: str, teams: list[str], r
         "      api_key: sk-upstream-bench",
         "      timeout: 30",
         "general_settings:",
-        f"  master_key: {MASTER_KEY}",
+        f"  master_key: {master_key}",
+    ]
+
+
+def gateway_config(workdir: Path, upstream: str, sinks: str, teams: list[str], receivers: dict[str, str],
+                   sink_mode: str) -> Path:
+    lines = [
+        *_model_and_key(upstream, MASTER_KEY),
         f"  database_url: sqlite+aiosqlite:///{workdir}/gateway.db",
         "litellm_settings:",
         "  callbacks: []",
@@ -382,15 +389,7 @@ def litellm_version() -> str:
 def litellm_config(workdir: Path, upstream: str, master_key: str) -> Path:
     """The same model and mock upstream as the gateway rows; the global ``langfuse`` success callback."""
     lines = [
-        "model_list:",
-        f"  - model_name: {MODEL}",
-        "    litellm_params:",
-        f"      model: openai/{MODEL}",
-        f"      api_base: {upstream}/v1",
-        "      api_key: sk-upstream-bench",
-        "      timeout: 30",
-        "general_settings:",
-        f"  master_key: {master_key}",
+        *_model_and_key(upstream, master_key),
         "litellm_settings:",
         "  success_callback: [langfuse]",
     ]
