@@ -139,3 +139,28 @@ async def test_many_busy_destinations_are_sent_in_fuller_batches(receiver, make_
             assert posts <= 25
         else:
             assert posts >= 40
+
+
+@pytest.mark.parametrize(("events", "written_early"), [(300, True), (100, False)],
+                         ids=["busy-spool-writes-early", "control-quiet-spool-waits-for-its-interval"])
+async def test_a_busy_spool_is_written_before_its_interval(tmp_path, events, written_early):
+    """Past a few hundred waiting events the spool is written at once (small writes stall the loop less than one
+    big one); below that it waits for ``spool_flush_interval`` (60 s here, so only the early write can do it)."""
+    from sluicegate.sinks.dispatcher import _EARLY_FLUSH_EVENTS
+
+    route = Route(callback_name="recording", instance_id="i1", sink_class=_Recording, callback_vars=CallbackVars(),
+                  on_success=True, on_failure=True, redact=False)
+    callbacks = CallbackSet(routes=(route,), source="global")
+    dispatcher = Dispatcher(DeliverySettings(batch_interval=30, max_sends_per_second=0, spool_flush_interval=60),
+                            spool_dir=tmp_path)
+    await dispatcher.start(lambda name: _Recording)
+    try:
+        assert (events >= _EARLY_FLUSH_EVENTS) is written_early
+        for _ in range(events):
+            dispatcher.submit(make_event(), callbacks)
+        for _ in range(5):  # the early write is scheduled with call_soon: a few loop turns, no timer
+            await asyncio.sleep(0)
+        unwritten = dispatcher.stats()[0]["spool_unwritten"]
+        assert (unwritten == 0) is written_early, unwritten
+    finally:
+        await dispatcher.aclose(grace=5)

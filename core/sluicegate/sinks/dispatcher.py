@@ -48,6 +48,11 @@ __all__ = ("Dispatcher", "spool_dir_for")
 
 log = logging.getLogger("sluicegate.delivery")
 
+_EARLY_FLUSH_EVENTS = 256
+"""Spool writes happen every ``spool_flush_interval`` or as soon as this many events wait, whichever is first:
+writing ~900 events at once stalled the loop ~7 ms (up to 20 ms at a segment change) at 2,000 req/s with two
+sinks each (bench/: p99)."""
+
 # A deadline this close is due: the loop runs a timer up to its clock resolution early, and waking again for the
 # rest would cost a loop iteration for nothing.
 _DUE_SLACK = 0.001
@@ -92,6 +97,8 @@ class Dispatcher:
         self.spool = (Spool(spool_dir, max_bytes=settings.spool_max_bytes, segment_bytes=settings.spool_segment_bytes,
                             fsync=settings.spool_fsync) if spool_dir is not None and settings.spool else None)
         self._flusher: asyncio.Task[None] | None = None
+        self._unflushed = 0  # events added to the spool since its last write
+        self._early_flush = False
         self._spool_drop_logged_at = 0.0
         self.pool = SinkPool(max_instances=settings.max_instances, idle_seconds=settings.idle_seconds)
         self._send_slots = asyncio.Semaphore(settings.max_concurrent_sends)
@@ -146,6 +153,11 @@ class Dispatcher:
                 slot.log.mem_seq = seq
             if self.settings.spool_flush_interval <= 0:
                 slot.log.flush()  # a write to the page cache, not awaited: survives SIGKILL
+            else:
+                self._unflushed += 1
+                if self._unflushed >= _EARLY_FLUSH_EVENTS and not self._early_flush:
+                    self._early_flush = True
+                    asyncio.get_running_loop().call_soon(self._flush_early)
         else:
             queue.append((0, event))
             if len(queue) > self.settings.queue_size:
@@ -291,6 +303,16 @@ class Dispatcher:
             slot.log.ack(slot.log.mem_seq)
             slot.dropped += lost
 
+    def _flush_early(self) -> None:
+        """Write a busy spool before its interval is up: many small writes stall the loop less than one big one."""
+        self._early_flush = False
+        if self._flusher is None or self._flusher.done():  # not started, or shutting down: aclose writes the rest
+            return
+        try:
+            self.flush_spool()
+        except OSError as exc:  # as in _flush_loop: keep serving
+            log.error("spool: flush failed: %s", exc)
+
     async def _flush_loop(self) -> None:
         interval = self.settings.spool_flush_interval
         interval = interval if interval > 0 else 1.0  # writes happen in submit(); this writes acks
@@ -305,6 +327,7 @@ class Dispatcher:
         """Write every pending event and acknowledgement; enforce ``spool_max_bytes``. Returns events written."""
         if self.spool is None:
             return 0
+        self._unflushed = 0
         written = self.spool.flush()
         if len(self.spool.logs) > len(self.pool.slots):  # some instance was evicted: forget its log once empty
             for instance_id in [i for i in self.spool.logs if i not in self.pool.slots]:
