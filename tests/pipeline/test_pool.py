@@ -159,7 +159,7 @@ async def test_a_busy_spool_is_written_before_its_interval(tmp_path, events, wri
         for _ in range(events):
             dispatcher.submit(make_event(), callbacks)
         for _ in range(5):  # the early write is scheduled with call_soon: a few loop turns, no timer
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # deliberate: loop turns, not time; the control must see nothing written
         unwritten = dispatcher.stats()[0]["spool_unwritten"]
         assert (unwritten == 0) is written_early, unwritten
     finally:

@@ -308,20 +308,20 @@ class Dispatcher:
         self._early_flush = False
         if self._flusher is None or self._flusher.done():  # not started, or shutting down: aclose writes the rest
             return
-        try:
-            self.flush_spool()
-        except OSError as exc:  # as in _flush_loop: keep serving
-            log.error("spool: flush failed: %s", exc)
+        self._flush_or_log()
 
     async def _flush_loop(self) -> None:
         interval = self.settings.spool_flush_interval
         interval = interval if interval > 0 else 1.0  # writes happen in submit(); this writes acks
         while True:
             await asyncio.sleep(interval)
-            try:
-                self.flush_spool()
-            except OSError as exc:  # disk full, permissions: keep serving; events stay in memory meanwhile
-                log.error("spool: flush failed: %s", exc)
+            self._flush_or_log()
+
+    def _flush_or_log(self) -> None:
+        try:
+            self.flush_spool()
+        except OSError as exc:  # disk full, permissions: keep serving; events stay in memory meanwhile
+            log.error("spool: flush failed: %s", exc)
 
     def flush_spool(self) -> int:
         """Write every pending event and acknowledgement; enforce ``spool_max_bytes``. Returns events written."""

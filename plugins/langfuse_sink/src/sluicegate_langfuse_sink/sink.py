@@ -215,12 +215,9 @@ def _span_fields(event: LogEvent) -> tuple[bytes, bytes, bytes | None, str, bool
     meta = event.metadata
     identity = (meta.user_api_key_team_id, meta.user_api_key_team_alias, meta.user_api_key_alias,
                 meta.user_api_key_hash)
-    call_type = event.call_type
     stable = (name, "generation", event.model or event.model_group or "unknown",
               # The SDK marks the first span of an application trace; ours is the only one we send for it.
-              True, *identity, *identity,
-              call_type if call_type is None or type(call_type) is str else _metadata_value(call_type),
-              event.status, _JSON_BOOL[event.stream], _JSON_BOOL[event.cache_hit], event.model_group or None,
+              True, *identity, *identity, event.call_type, event.status, _JSON_BOOL[event.stream], _JSON_BOOL[event.cache_hit], event.model_group or None,
               event.custom_llm_provider)
     varying: list[tuple[str, Any]] = [
         (Attr.OBSERVATION_USAGE_DETAILS, _json.encode(
