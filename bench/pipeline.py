@@ -1,0 +1,183 @@
+"""CPU per event of the whole delivery pipeline, in one process, without the HTTP server in front of it.
+
+``python -m bench.pipeline [--teams 1000] [--rate 4000] [--seconds 6] [--spool/--no-spool]``
+
+What a gateway request logging to langfuse + otel costs the event loop once its event exists: ``submit`` (routing
+to two sink instances, the spool's bookkeeping), the spool writes, the linger timers, encoding, the HTTP POSTs to
+loopback receivers (``bench.mock_upstream --mode receiver`` on the load CPU) and the acknowledgements. Events
+arrive at ``--rate`` a second spread over every team (as ``bench.run``'s wrk script spreads requests over keys),
+for ``--seconds``; then the dispatcher drains. The driver's own cost is measured by the same loop with no routes
+and subtracted. This process pins itself to the server CPU. The number moves far less between runs than
+``bench.run``'s rows (no HTTP server, no wrk), so it is the one to A/B a delivery change with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from sluicegate.config import DeliverySettings
+from sluicegate.events import LogMetadata
+from sluicegate.routing import CallbackSet, Route, instance_id_for
+from sluicegate.sinks.dispatcher import Dispatcher
+from sluicegate.sinks.vars import decode_vars
+from sluicegate.testing import make_event
+
+from bench.run import Procs, free_port, team_ids, wait_http
+
+__all__ = ("main",)
+
+
+def _routes(teams: list[str], receivers: dict[str, str]) -> list[CallbackSet]:
+    from sluicegate_langfuse_sink.sink import LangfuseSink
+    from sluicegate_otel_sink.sink import OtelSink
+
+    sets = []
+    for team in teams:
+        routes = []
+        for sink_class, raw in (
+            (LangfuseSink, {"langfuse_public_key": f"pk-lf-{team}", "langfuse_secret_key": f"sk-lf-{team}",
+                            "langfuse_host": receivers["langfuse"]}),
+            (OtelSink, {"otel_endpoint": receivers["otel"] + "/v1/traces", "otel_headers": f"x-bench-team={team}",
+                        "otel_service_name": f"sluicegate-{team}"}),
+        ):
+            callback_vars = decode_vars(sink_class.Vars, raw)
+            routes.append(Route(callback_name=sink_class.callback_name,
+                                instance_id=instance_id_for(sink_class.callback_name, callback_vars),
+                                sink_class=sink_class, callback_vars=callback_vars, on_success=True,
+                                on_failure=True, redact=False))
+        sets.append(CallbackSet(routes=tuple(routes), source="team_config"))
+    return sets
+
+
+def _event(team: str, index: int):
+    return make_event(
+        metadata=LogMetadata(user_api_key_hash=f"{hash(team) & (2**64 - 1):064x}", user_api_key_alias=f"{team}-key",
+                             user_api_key_team_id=team, request_id=f"{index:032x}"),
+        messages=[{"role": "user", "content": "Say hello in one short sentence."}])
+
+
+async def _drive(dispatcher: Dispatcher | None, sets: list[CallbackSet], teams: list[str], rate: float,
+                 seconds: float) -> int:
+    """Submit ``rate`` events a second for ``seconds``, in 5 ms ticks; returns the number submitted."""
+    loop = asyncio.get_running_loop()
+    tick = 0.005
+    per_tick = rate * tick
+    start = loop.time()
+    sent = 0
+    owed = 0.0
+    count = len(teams)
+    while loop.time() - start < seconds:
+        owed += per_tick
+        while owed >= 1:
+            owed -= 1
+            team = sent % count
+            event = _event(teams[team], sent)
+            if dispatcher is not None:
+                dispatcher.submit(event, sets[team])
+            sent += 1
+        await asyncio.sleep(tick)
+    return sent
+
+
+async def _run(args: argparse.Namespace, receivers: dict[str, str], spool_dir: str | None) -> tuple[float, int]:
+    teams = team_ids(args.teams)
+    sets = _routes(teams, receivers)
+    settings = DeliverySettings(spool=spool_dir is not None)
+    dispatcher = Dispatcher(settings, spool_dir=spool_dir)
+    await dispatcher.start()
+    if args.gc == "gateway":  # what a served gateway does once started (Gateway.tune_gc), before any traffic
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(10_000, 50, 100)
+    elif args.gc == "off":
+        gc.disable()
+    # warm: one event per team creates every sink instance (as bench.run's warm-up request per key does)
+    for team in range(len(teams)):
+        dispatcher.submit(_event(teams[team], team), sets[team])
+    deadline = time.monotonic() + 60
+    while dispatcher.pending() and time.monotonic() < deadline:  # drain() would end lingering for good
+        await asyncio.sleep(0.05)
+    cpu = time.process_time()
+    sent = await _drive(dispatcher, sets, teams, args.rate, args.seconds)
+    await dispatcher.aclose(60)
+    gc.enable()
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)
+    return time.process_time() - cpu, sent
+
+
+async def _baseline(args: argparse.Namespace) -> tuple[float, int]:
+    teams = team_ids(args.teams)
+    cpu = time.process_time()
+    sent = await _drive(None, [], teams, args.rate, args.seconds)
+    return time.process_time() - cpu, sent
+
+
+def _posts(receivers: dict[str, str]) -> dict[str, int]:
+    out = {}
+    for name, url in receivers.items():
+        with urllib.request.urlopen(url + "/stats", timeout=5) as resp:
+            out[name] = int(json.loads(resp.read())["requests"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--teams", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=4000.0, help="events a second (default 4000)")
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--repeat", type=int, default=3, help="runs; the best is kept (default 3)")
+    parser.add_argument("--spool", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--gc", choices=("gateway", "default", "off"), default="gateway",
+                        help="collector settings: as a served gateway tunes them (default), Python's, or off")
+    parser.add_argument("--load-cpu", type=int, default=0)
+    parser.add_argument("--server-cpu", type=int, default=1)
+    args = parser.parse_args(argv)
+    import uvloop
+
+    multi = (os.cpu_count() or 1) > 1
+    if multi:
+        os.sched_setaffinity(0, {args.server_cpu})
+    tmp = Path(tempfile.mkdtemp(prefix="sluicegate-pipeline-"))
+    procs = Procs(tmp)
+    receivers = {}
+    try:
+        for name in ("langfuse", "otel"):
+            port = free_port()
+            proc = procs.start(name, [sys.executable, "-m", "bench.mock_upstream", "--port", str(port),
+                                      "--mode", "receiver"], cpu=args.load_cpu if multi else None)
+            receivers[name] = f"http://127.0.0.1:{port}"
+            wait_http(receivers[name] + "/stats", proc, timeout=20)
+        base_cpu, base_sent = min(uvloop.run(_baseline(args)) for _ in range(args.repeat))
+        driver = base_cpu / base_sent
+        best = None
+        for attempt in range(args.repeat):
+            spool_dir = str(tmp / f"spool-{attempt}") if args.spool else None
+            before = _posts(receivers)
+            cpu, sent = uvloop.run(_run(args, receivers, spool_dir))
+            after = _posts(receivers)
+            per_event = cpu / sent - driver
+            posts = {name: after[name] - before[name] for name in after}
+            print(f"run {attempt + 1}: {sent:,} events in {args.seconds:.0f} s, pipeline {per_event * 1e6:.1f} µs "
+                  f"CPU per event (driver {driver * 1e6:.1f} µs subtracted); POSTs "
+                  + ", ".join(f"{k} {v:,}" for k, v in posts.items()), flush=True)
+            if best is None or per_event < best:
+                best = per_event
+        print(f"best: {best * 1e6:.1f} µs CPU per event ({args.teams} teams x (langfuse + otel), "
+              f"{args.rate:.0f} events/s, spool {'on' if args.spool else 'off'})")
+    finally:
+        procs.stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
