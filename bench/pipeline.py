@@ -23,33 +23,65 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sluicegate.config import DeliverySettings
-from sluicegate.events import LogMetadata
+from sluicegate.events import LogEvent, LogMetadata
 from sluicegate.routing import CallbackSet, Route, instance_id_for
+from sluicegate.sinks.base import CallbackVars, Sink
 from sluicegate.sinks.dispatcher import Dispatcher
 from sluicegate.sinks.vars import decode_vars
 from sluicegate.testing import make_event
 
 from bench.run import Procs, free_port, team_ids, wait_http
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
 __all__ = ("main",)
 
 
-def _routes(teams: list[str], receivers: dict[str, str]) -> list[CallbackSet]:
+class _DiscardVars(CallbackVars):
+    team: str = ""
+
+
+class _DiscardSink(Sink):
+    """Accepts every batch and does nothing with it: what the dispatcher and spool cost without a sink's own work
+    (``--sinks discard,discard`` stands for a request logging to two destinations). Bench-only, never registered."""
+
+    callback_name = "discard"
+    Vars = _DiscardVars
+    max_batch_size = 200
+
+    async def send(self, batch: Sequence[LogEvent]) -> None:
+        return None
+
+
+def _sink_classes(names: list[str]) -> list[tuple[type[Sink], Callable[[str, dict[str, str], int], dict[str, Any]]]]:
     from sluicegate_langfuse_sink.sink import LangfuseSink
     from sluicegate_otel_sink.sink import OtelSink
 
+    known: dict[str, tuple[type[Sink], Callable[[str, dict[str, str], int], dict[str, Any]]]] = {
+        "langfuse": (LangfuseSink, lambda team, receivers, _: {
+            "langfuse_public_key": f"pk-lf-{team}", "langfuse_secret_key": f"sk-lf-{team}",
+            "langfuse_host": receivers["langfuse"]}),
+        "otel": (OtelSink, lambda team, receivers, _: {
+            "otel_endpoint": receivers["otel"] + "/v1/traces", "otel_headers": f"x-bench-team={team}",
+            "otel_service_name": f"sluicegate-{team}"}),
+        "discard": (_DiscardSink, lambda team, _, index: {"team": f"{team}-{index}"}),
+    }
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise SystemExit(f"--sinks: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
+    return [known[name] for name in names]
+
+
+def _routes(teams: list[str], receivers: dict[str, str], names: list[str]) -> list[CallbackSet]:
     sets = []
     for team in teams:
         routes = []
-        for sink_class, raw in (
-            (LangfuseSink, {"langfuse_public_key": f"pk-lf-{team}", "langfuse_secret_key": f"sk-lf-{team}",
-                            "langfuse_host": receivers["langfuse"]}),
-            (OtelSink, {"otel_endpoint": receivers["otel"] + "/v1/traces", "otel_headers": f"x-bench-team={team}",
-                        "otel_service_name": f"sluicegate-{team}"}),
-        ):
-            callback_vars = decode_vars(sink_class.Vars, raw)
+        for index, (sink_class, make_vars) in enumerate(_sink_classes(names)):
+            callback_vars = decode_vars(sink_class.Vars, make_vars(team, receivers, index))
             routes.append(Route(callback_name=sink_class.callback_name,
                                 instance_id=instance_id_for(sink_class.callback_name, callback_vars),
                                 sink_class=sink_class, callback_vars=callback_vars, on_success=True,
@@ -90,7 +122,7 @@ async def _drive(dispatcher: Dispatcher | None, sets: list[CallbackSet], teams: 
 
 async def _run(args: argparse.Namespace, receivers: dict[str, str], spool_dir: str | None) -> tuple[float, int]:
     teams = team_ids(args.teams)
-    sets = _routes(teams, receivers)
+    sets = _routes(teams, receivers, args.sinks.split(","))
     settings = DeliverySettings(spool=spool_dir is not None)
     dispatcher = Dispatcher(settings, spool_dir=spool_dir)
     await dispatcher.start()
@@ -106,9 +138,12 @@ async def _run(args: argparse.Namespace, receivers: dict[str, str], spool_dir: s
     deadline = time.monotonic() + 60
     while dispatcher.pending() and time.monotonic() < deadline:  # drain() would end lingering for good
         await asyncio.sleep(0.05)
+    times = os.times()
     cpu = time.process_time()
     sent = await _drive(dispatcher, sets, teams, args.rate, args.seconds)
     await dispatcher.aclose(60)
+    after = os.times()
+    print(f"  user {(after.user - times.user) / max(sent, 1) * 1e6:.1f} µs, system {(after.system - times.system) / max(sent, 1) * 1e6:.1f} µs per event (driver included)")
     gc.enable()
     gc.unfreeze()
     gc.set_threshold(700, 10, 10)
@@ -136,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=4000.0, help="events a second (default 4000)")
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--repeat", type=int, default=3, help="runs; the best is kept (default 3)")
+    parser.add_argument("--sinks", default="langfuse,otel",
+                        help="routes of every team, comma-separated: langfuse, otel, discard (default langfuse,otel)")
     parser.add_argument("--spool", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--gc", choices=("gateway", "default", "off"), default="gateway",
                         help="collector settings: as a served gateway tunes them (default), Python's, or off")
@@ -172,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                   + ", ".join(f"{k} {v:,}" for k, v in posts.items()), flush=True)
             if best is None or per_event < best:
                 best = per_event
-        print(f"best: {best * 1e6:.1f} µs CPU per event ({args.teams} teams x (langfuse + otel), "
+        print(f"best: {best * 1e6:.1f} µs CPU per event ({args.teams} teams x ({' + '.join(args.sinks.split(','))}), "
               f"{args.rate:.0f} events/s, spool {'on' if args.spool else 'off'})")
     finally:
         procs.stop_all()

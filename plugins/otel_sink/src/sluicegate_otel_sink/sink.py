@@ -328,6 +328,28 @@ def _contexts(event: LogEvent) -> tuple[SpanContext, SpanContext | None]:
     return SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED)), None
 
 
+def _wire_ids(event: LogEvent) -> tuple[bytes, bytes, bytes | None]:
+    """:func:`_contexts` as the wire wants it (trace id, span id, remote parent span id as bytes), without
+    building ``SpanContext`` objects: the same ids, at a third of the cost."""
+    span_id = hashlib.sha256(f"span:{event.id}".encode()).digest()[:8]
+    if span_id == _ZERO_SPAN:
+        span_id = _ONE_SPAN
+    header = event.metadata.traceparent
+    if header:
+        match = _TRACEPARENT.match(header.strip().lower())
+        if match and match.group(1) != "ff" and not (match.group(1) == "00" and match.group(5)):
+            trace_hex, parent_hex = match.group(2), match.group(3)
+            if int(trace_hex, 16) and int(parent_hex, 16):
+                return bytes.fromhex(trace_hex), span_id, bytes.fromhex(parent_hex)
+    source = event.trace_id or event.metadata.request_id or event.id
+    if _HEX32.match(source) and int(source, 16):
+        return bytes.fromhex(source), span_id, None
+    return _hash_id(f"trace:{source}", 16).to_bytes(16, "big"), span_id, None
+
+
+_ZERO_SPAN, _ONE_SPAN = bytes(8), (1).to_bytes(8, "big")
+
+
 @functools.lru_cache(maxsize=1024)
 def _server(api_base: str) -> tuple[str | None, int]:
     """``server.address`` and ``server.port`` of an upstream base URL (few distinct ones: parsed once each)."""
@@ -438,11 +460,11 @@ def wire_span(event: LogEvent) -> bytes:
     """One ``Span`` message, serialized: the span :func:`event_to_span` describes, without the SDK's objects."""
     operation = _OPERATIONS.get(event.call_type, event.call_type or "chat")
     model = event.model_group or event.model
-    context, parent = _contexts(event)
+    trace_id, span_id, parent_id = _wire_ids(event)
     start = _nanos(event.startTime)
-    parts = [field_len(_T1_LEN, context.trace_id.to_bytes(16, "big")), field_len(_T2_LEN, context.span_id.to_bytes(8, "big"))]
-    if parent is not None:
-        parts.append(field_len(_T4_LEN, parent.span_id.to_bytes(8, "big")))
+    parts = [field_len(_T1_LEN, trace_id), field_len(_T2_LEN, span_id)]
+    if parent_id is not None:
+        parts.append(field_len(_T4_LEN, parent_id))
     parts.append(field_len(_T5_LEN, f"{operation} {model}".strip().encode()))
     parts.append(_T6_VARINT + b"\x03")  # SPAN_KIND_CLIENT
     parts.append(field_fixed64(_T7_FIXED64, start))
@@ -456,7 +478,7 @@ def wire_span(event: LogEvent) -> bytes:
     else:
         status = b""
     parts.append(field_len(_T15_LEN, status))
-    flags = _FLAGS_REMOTE_PARENT if parent is not None and parent.is_remote else _FLAGS_LOCAL
+    flags = _FLAGS_REMOTE_PARENT if parent_id is not None else _FLAGS_LOCAL  # a parent is always remote
     parts.append(field_fixed32(_T16_FIXED32, flags))
     return b"".join(parts)
 
