@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from sluicegate.config import DeliverySettings
 from sluicegate.events import LogEvent, LogMetadata
 from sluicegate.routing import CallbackSet, Route, instance_id_for
@@ -124,6 +125,8 @@ async def _run(args: argparse.Namespace, receivers: dict[str, str], spool_dir: s
     teams = team_ids(args.teams)
     sets = _routes(teams, receivers, args.sinks.split(","))
     settings = DeliverySettings(spool=spool_dir is not None)
+    if args.segment_mb:
+        settings = msgspec.structs.replace(settings, spool_segment_bytes=args.segment_mb << 20)
     dispatcher = Dispatcher(settings, spool_dir=spool_dir)
     await dispatcher.start()
     if args.gc == "gateway":  # what a served gateway does once started (Gateway.tune_gc), before any traffic
@@ -173,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs; the best is kept (default 3)")
     parser.add_argument("--sinks", default="langfuse,otel",
                         help="routes of every team, comma-separated: langfuse, otel, discard (default langfuse,otel)")
+    parser.add_argument("--segment-mb", type=int, default=0,
+                        help="spool_segment_bytes in MiB (default: the setting's default)")
     parser.add_argument("--spool", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--gc", choices=("gateway", "default", "off"), default="gateway",
                         help="collector settings: as a served gateway tunes them (default), Python's, or off")

@@ -85,7 +85,8 @@ DESCRIPTIONS: dict[str, str] = {
     "DeliverySettings.shutdown_grace": "Seconds to drain queues on SIGTERM.",
     "DeliverySettings.health_timeout": "Seconds per sink probe in `/key/health`.",
     "DeliverySettings.spool_max_bytes": "Upper bound of the on-disk spool, in bytes.",
-    "DeliverySettings.spool_segment_bytes": "Size at which a spool segment file is closed and the next one begun.",
+    "DeliverySettings.spool_segment_bytes": "Size at which a spool segment file is closed and the next one begun (each segment repeats the "
+    "headers of the instances in it: larger segments, fewer repeats).",
 }
 
 TEAM_SINK_VARIABLES = ("Any other key of a team entry is a sink variable in LiteLLM's flat form "
