@@ -127,6 +127,9 @@ async def _run(args: argparse.Namespace, receivers: dict[str, str], spool_dir: s
     settings = DeliverySettings(spool=spool_dir is not None)
     if args.segment_mb:
         settings = msgspec.structs.replace(settings, spool_segment_bytes=args.segment_mb << 20)
+    if args.delivery:  # what-if: key=value,... as in bench.run's BENCH_DELIVERY
+        changes = dict(item.split("=", 1) for item in args.delivery.split(",") if item)
+        settings = msgspec.convert({**msgspec.structs.asdict(settings), **changes}, DeliverySettings, strict=False)
     dispatcher = Dispatcher(settings, spool_dir=spool_dir)
     await dispatcher.start()
     if args.gc == "gateway":  # what a served gateway does once started (Gateway.tune_gc), before any traffic
@@ -176,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs; the best is kept (default 3)")
     parser.add_argument("--sinks", default="langfuse,otel",
                         help="routes of every team, comma-separated: langfuse, otel, discard (default langfuse,otel)")
+    parser.add_argument("--delivery", default="",
+                        help="what-if delivery settings, key=value,... (e.g. max_sends_per_second=200)")
     parser.add_argument("--segment-mb", type=int, default=0,
                         help="spool_segment_bytes in MiB (default: the setting's default)")
     parser.add_argument("--spool", action=argparse.BooleanOptionalAction, default=True)
