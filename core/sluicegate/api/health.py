@@ -6,6 +6,7 @@ import asyncio
 
 from litestar import Request, Response, get
 
+from sluicegate.aio import bounded
 from sluicegate.api.common import gateway_of, json_response
 
 __all__ = ("liveliness", "readiness")
@@ -27,7 +28,7 @@ async def readiness(request: Request) -> Response[bytes]:
         checks["database"] = {"healthy": False, "details": type(exc).__name__}
     for name, check in gateway.health_checks.items():
         try:
-            result = await asyncio.wait_for(check(), 5)
+            result = await bounded(check(), 5, f"health check {name}")
             checks[name] = {"healthy": result.healthy, "details": result.details}
         except Exception as exc:
             checks[name] = {"healthy": False, "details": type(exc).__name__}

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from litestar import Request, Response, get, post
 
+from sluicegate.aio import bounded
 from sluicegate.api.common import Alias, TeamId, decode_body, gateway_of, json_response
 from sluicegate.auth import generate_key, hash_key, key_name
 from sluicegate.db.store import KeyRecord
@@ -197,7 +198,7 @@ async def key_health(request: Request) -> Response[bytes]:
     async def probe(route: Any) -> tuple[bool, str]:
         slot = gateway.dispatcher.slot_for(route)
         try:
-            result = await asyncio.wait_for(slot.sink.health_check(), timeout)
+            result = await bounded(slot.sink.health_check(), timeout, f"{route.callback_name}: health check")
         except TimeoutError:
             return False, f"{route.callback_name}: timeout: no answer within {timeout:g}s"
         except Exception as exc:

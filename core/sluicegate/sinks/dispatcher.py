@@ -19,7 +19,6 @@ is replayed by the next process that claims the spool slot.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import logging
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from sluicegate.aio import bounded, cancel_and_wait
 from sluicegate.sinks.pool import SinkPool, SinkSlot
 from sluicegate.sinks.redaction import redact
 from sluicegate.sinks.spool import Spool
@@ -40,9 +40,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from sluicegate.config import DeliverySettings, Settings
-    from sluicegate.sinks.base import Sink
     from sluicegate.events import LogEvent
     from sluicegate.routing import CallbackSet, Route
+    from sluicegate.sinks.base import Sink
 
 __all__ = ("Dispatcher", "spool_dir_for")
 
@@ -373,7 +373,8 @@ class Dispatcher:
         while True:
             async with self._send_slots:
                 try:
-                    await asyncio.wait_for(slot.sink.send(batch), slot.sink.send_timeout)
+                    await bounded(slot.sink.send(batch), slot.sink.send_timeout,
+                                  f"sink {slot.callback_name}/{slot.instance_id}: send")
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # a sink raises on any failure, by contract
@@ -430,7 +431,7 @@ class Dispatcher:
 
     async def _close_sink(self, slot: SinkSlot) -> None:
         try:
-            await asyncio.wait_for(slot.sink.aclose(), 10)
+            await bounded(slot.sink.aclose(), 10, f"sink {slot.callback_name}/{slot.instance_id}: aclose")
         except Exception as exc:  # closing must not stop the others
             log.warning("sink %s/%s: aclose failed: %s", slot.callback_name, slot.instance_id,
                         slot.scrub(str(exc)))
@@ -483,9 +484,8 @@ class Dispatcher:
             if slot.task is not None and not slot.task.done():
                 if slot.log is None:
                     slot.dropped += len(slot.queue) + slot.inflight
-                slot.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await slot.task
+                # bounded: a sink that ignores cancellation must not hang the shutdown
+                await cancel_and_wait(slot.task, f"sink {slot.callback_name}/{slot.instance_id}: delivery")
             self.pool.remove(slot)
             await self._close_sink(slot)
         if self.spool is not None:
@@ -496,6 +496,6 @@ class Dispatcher:
             self.spool.release()
         for sink_class in self.pool.sink_classes:
             try:
-                await sink_class.shutdown()
+                await bounded(sink_class.shutdown(), 10, f"sink class {sink_class.callback_name}: shutdown")
             except Exception as exc:
                 log.warning("sink class %s: shutdown failed: %s", sink_class.callback_name, type(exc).__name__)

@@ -7,6 +7,7 @@ scheduler with it: a receiver told to hang really hangs only the connection that
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import threading
 import time
@@ -33,6 +34,10 @@ class Recorded(msgspec.Struct, kw_only=True):
         if body[:2] == b"\x1f\x8b":
             body = gzip.decompress(body)
         return msgspec.json.decode(body)
+
+
+HANG_LIMIT = 30.0
+"""Seconds a ``hang=True`` request is held at most (released earlier when the receiver stops)."""
 
 
 class Behaviour(msgspec.Struct, kw_only=True):
@@ -88,7 +93,10 @@ class HttpReceiver:
             hang = behaviour.hang
         if hang:
             assert self._release is not None
-            await self._release.wait()
+            # Bounded, so a client that never gives up on its request (a swallowed cancellation) cannot keep a
+            # test's event loop from closing for ever: at worst it waits HANG_LIMIT seconds.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._release.wait(), HANG_LIMIT)
             status = 503
         recorded = Recorded(method=request.method, path=request.path, query=request.query_string,
                             headers={k.lower(): v for k, v in request.headers.items()}, body=body, status=status)
