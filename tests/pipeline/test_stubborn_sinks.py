@@ -65,7 +65,7 @@ async def _until(predicate, timeout: float = 10.0) -> bool:
     while not predicate():
         if time.monotonic() > deadline:
             return False
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # deliberate: polls the condition, bounded by the deadline
     return True
 
 
@@ -75,18 +75,19 @@ async def test_bounded_returns_on_time_even_when_the_task_ignores_cancellation(r
         await bounded(_stubborn_wait(release), 0.1, "probe", grace=0.1)
     assert time.monotonic() - started < 5  # the stubborn task is still waiting: release has not been set
     assert not release.is_set()
-    assert await bounded(asyncio.sleep(0, result="ok"), 1, "quick") == "ok"  # control: a result passes through
+    # deliberate: sleep(0) is the awaited work; control: a result passes through
+    assert await bounded(asyncio.sleep(0, result="ok"), 1, "quick") == "ok"
     with pytest.raises(ZeroDivisionError):
         await bounded(asyncio.to_thread(lambda: 1 / 0), 1, "raises")  # and an error is the work's own
 
 
 async def test_cancel_and_wait_reports_a_task_that_would_not_stop(release):
     stubborn = asyncio.get_running_loop().create_task(_stubborn_wait(release))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # deliberate: one loop turn, so the task is inside its wait before it is cancelled
     assert await cancel_and_wait(stubborn, "stubborn task", grace=0.05) is False
     assert not stubborn.done() and abandoned_tasks() == 1
-    polite = asyncio.get_running_loop().create_task(asyncio.sleep(30))
-    await asyncio.sleep(0)
+    polite = asyncio.get_running_loop().create_task(asyncio.sleep(30))  # deliberate: the work being cancelled
+    await asyncio.sleep(0)  # deliberate: one loop turn, as above
     assert await cancel_and_wait(polite, "polite task", grace=5) is True and polite.cancelled()
 
 
