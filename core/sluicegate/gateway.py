@@ -11,6 +11,7 @@ import gc
 import logging
 from typing import TYPE_CHECKING
 
+from sluicegate.aio import cancel_and_wait
 from sluicegate.auth import AuthContext, KeyCache, bearer_token, check_usable, hash_key, is_master
 from sluicegate.cache import ResponseCache
 from sluicegate.db.store import Store
@@ -96,7 +97,11 @@ class Gateway:
 
     async def stop(self) -> None:
         if self._watcher is not None:
-            self._watcher.cancel()
+            # Awaited, not only cancelled: a poll cut short releases its database connection on the way out, and
+            # that must happen before the store closes (a cleanup left for later waited for ever on the closed
+            # driver's thread and hung the event loop's own shutdown).
+            await cancel_and_wait(self._watcher, "change watcher", grace=5.0)
+            self._watcher = None
         await self.dispatcher.aclose()
         await self.cache.aclose()
         if self.upstream is not None:
