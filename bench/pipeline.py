@@ -16,12 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +32,7 @@ from sluicegate.sinks.dispatcher import Dispatcher
 from sluicegate.sinks.vars import decode_vars
 from sluicegate.testing import make_event
 
-from bench.run import Procs, free_port, team_ids, wait_http
+from bench.run import Procs, free_port, receiver_counts, team_ids, wait_http
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -163,14 +161,6 @@ async def _baseline(args: argparse.Namespace) -> tuple[float, int]:
     return time.process_time() - cpu, sent
 
 
-def _posts(receivers: dict[str, str]) -> dict[str, int]:
-    out = {}
-    for name, url in receivers.items():
-        with urllib.request.urlopen(url + "/stats", timeout=5) as resp:
-            out[name] = int(json.loads(resp.read())["requests"])
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--teams", type=int, default=1000)
@@ -209,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         best = None
         for attempt in range(args.repeat):
             spool_dir = str(tmp / f"spool-{attempt}") if args.spool else None
-            before = _posts(receivers)
+            before = receiver_counts(receivers)
             cpu, sent = uvloop.run(_run(args, receivers, spool_dir))
-            after = _posts(receivers)
+            after = receiver_counts(receivers)
             per_event = cpu / sent - driver
             posts = {name: after[name] - before[name] for name in after}
             print(f"run {attempt + 1}: {sent:,} events in {args.seconds:.0f} s, pipeline {per_event * 1e6:.1f} µs "

@@ -149,6 +149,17 @@ class Procs:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
+def receiver_counts(receivers: dict[str, str]) -> dict[str, int]:
+    """Requests each ``bench.mock_upstream --mode receiver`` has answered so far (its ``GET /stats``), by name."""
+    import urllib.request
+
+    counts = {}
+    for name, url in receivers.items():
+        with urllib.request.urlopen(url + "/stats", timeout=5) as resp:
+            counts[name] = int(json.loads(resp.read())["requests"])
+    return counts
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -437,13 +448,7 @@ class Bench:
         return url, proc
 
     def receiver_counts(self) -> dict[str, int]:
-        import urllib.request
-
-        counts = {}
-        for name, url in self.receiver_urls.items():
-            with urllib.request.urlopen(url + "/stats", timeout=5) as resp:
-                counts[name] = int(json.loads(resp.read())["requests"])
-        return counts
+        return receiver_counts(self.receiver_urls)
 
     def best_of(self, url: str, keys: Path, concurrency: int, duration: float, pid: int | None, *,
                 stream: bool = False) -> Point:

@@ -34,6 +34,12 @@ def abandoned_tasks() -> int:
     return len(_abandoned)
 
 
+def _abandon(task: asyncio.Task[Any]) -> None:
+    """Keep ``task`` referenced until it finishes, its outcome discarded."""
+    _abandoned.add(task)
+    task.add_done_callback(_forget)
+
+
 def _forget(task: asyncio.Task[Any]) -> None:
     _abandoned.discard(task)
     if not task.cancelled():
@@ -55,8 +61,7 @@ async def cancel_and_wait(task: asyncio.Task[Any], what: str, grace: float = CAN
         _forget(task)
         return True
     log.warning("%s did not stop within %.1fs of being cancelled; left to finish on its own", what, grace)
-    _abandoned.add(task)
-    task.add_done_callback(_forget)
+    _abandon(task)
     return False
 
 
@@ -68,9 +73,7 @@ async def bounded(coro: Coroutine[Any, Any, T], timeout: float, what: str, grace
         await asyncio.wait((task,), timeout=timeout)
     except asyncio.CancelledError:  # we are being cancelled: so is the work, without waiting for it
         task.cancel()
-        if not task.done():
-            _abandoned.add(task)
-            task.add_done_callback(_forget)
+        _abandon(task)
         raise
     if task.done():
         if task.cancelled():  # cancelled from elsewhere (it was never ours to cancel): report, do not propagate
