@@ -336,9 +336,10 @@ async def test_shutdown_releases_shared_parts_and_they_come_back(otlp_receiver) 
     sink = make_sink(otel_endpoint=otlp_receiver.http_url)
     await sink.send([event_with()])
     transports = OtelSink._shared[asyncio.get_running_loop()]
-    session = transports.session()
+    client = transports.http()
+    assert client.open_connections == 1  # the keep-alive connection of the first send
     await OtelSink.shutdown()
-    assert session.closed
+    assert client.closed and client.open_connections == 0
     assert asyncio.get_running_loop() not in OtelSink._shared
     again = event_with()
     await sink.send([again])  # shared parts are created anew on first use

@@ -2,12 +2,11 @@
 
 Why no ``TracerProvider``: the SDK's pipeline is one provider, one ``BatchSpanProcessor`` thread and one
 exporter per destination, which is how LiteLLM leaked a thread per team. Here an instance holds only its
-parsed settings. ``send`` builds :class:`~opentelemetry.sdk.trace.ReadableSpan` objects itself, encodes them
-with ``opentelemetry-exporter-otlp-proto-common``'s encoder (the same one the SDK exporters use) in a
-2-thread pool shared by all instances, and posts them on the running event loop: aiohttp for
-``http/protobuf`` and ``http/json``, ``grpc.aio`` for ``grpc``. Both transports are shared by every
-instance on the loop, so no thread exists per destination, and a slow endpoint only holds the connection
-of the instance that is waiting on it.
+parsed settings. ``send`` writes the spans in the OTLP protobuf wire format itself (checked against the SDK's
+own encoder in the tests) on the running event loop, and posts them there: the core's lean HTTP/1.1 client
+(``sluicegate.sinks.http``) for ``http/protobuf`` and ``http/json``, ``grpc.aio`` for ``grpc``. Both transports
+are shared by every instance on the loop, so no thread exists per destination, and a slow endpoint only holds
+the connection of the instance that is waiting on it.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import aiohttp
 import grpc
 import msgspec
 from google.protobuf import json_format
@@ -41,6 +39,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from sluicegate.events import REDACTED
 from sluicegate.sinks.base import CallbackVars, HealthResult, SecretStr, Sink
+from sluicegate.sinks.http import HttpClient, HttpClientError, encode_headers
 from sluicegate.sinks.protowire import (
     RepeatedKeyValues,
     field_fixed32,
@@ -501,26 +500,25 @@ def encode_json(request: ExportTraceServiceRequest) -> bytes:
 
 
 class _Transports:
-    """What every instance on one event loop shares: one aiohttp session and an LRU of gRPC channels.
+    """What every instance on one event loop shares: one HTTP client and an LRU of gRPC channels.
 
-    The session's connector caps connections per host, so one slow endpoint cannot take every socket;
+    The HTTP client caps connections per origin, so one slow endpoint cannot take every socket;
     gRPC channels multiplex calls on one connection each and hold no thread of their own.
     """
 
     MAX_CHANNELS: ClassVar[int] = 256
-    __slots__ = ("_session", "_channels", "_closing")
+    __slots__ = ("_http", "_channels", "_closing")
 
     def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
+        self._http: HttpClient | None = None
         self._channels: collections.OrderedDict[tuple[str, bool], grpc.aio.Channel]
         self._channels = collections.OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
 
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=512, limit_per_host=64, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(connector=connector, headers={"User-Agent": _USER_AGENT})
-        return self._session
+    def http(self) -> HttpClient:
+        if self._http is None or self._http.closed:
+            self._http = HttpClient(user_agent=_USER_AGENT, max_per_origin=64, max_connections=512)
+        return self._http
 
     def channel(self, target: str, tls: bool) -> grpc.aio.Channel:
         key = (target, tls)
@@ -541,9 +539,9 @@ class _Transports:
         return channel
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
         channels, self._channels = list(self._channels.values()), collections.OrderedDict()
         for channel in channels:
             await channel.close()
@@ -563,11 +561,12 @@ class OtelSink(Sink):
     send_timeout = 15.0
     callback_vars: OtelVars
 
-    # Keyed by event loop: aiohttp sessions and grpc.aio channels belong to the loop that made them.
+    # Keyed by event loop: HTTP connections and grpc.aio channels belong to the loop that made them.
     _shared: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Transports]] = (
         weakref.WeakKeyDictionary())
 
-    __slots__ = ("_protocol", "_url", "_target", "_tls", "_headers", "_resource", "_display", "_pb_resource_cache")
+    __slots__ = ("_protocol", "_url", "_target", "_tls", "_headers", "_resource", "_display", "_pb_resource_cache",
+                 "_http_headers")
 
     def __init__(self, callback_vars: OtelVars) -> None:
         super().__init__(callback_vars)
@@ -591,6 +590,7 @@ class OtelSink(Sink):
         if isinstance(attributes, str):
             attributes = parse_key_values(attributes, what="otel_resource_attributes")
         self._pb_resource_cache: Any = None  # built on first encode: instances stay cheap until used
+        self._http_headers: bytes | None = None  # the request head's header lines, on first send
         self._resource = Resource({
             "telemetry.sdk.language": "python", "telemetry.sdk.name": "opentelemetry",
             "telemetry.sdk.version": _sdk_version(), **(attributes or {}),
@@ -684,26 +684,24 @@ class OtelSink(Sink):
         return await self._export_http(body, timeout)
 
     async def _export_http(self, body: bytes, timeout: float) -> ExportTraceServiceResponse:
-        content_type = "application/json" if self._protocol == "http/json" else "application/x-protobuf"
-        headers = {**self._headers, "Content-Type": content_type}
+        if self._http_headers is None:
+            content_type = "application/json" if self._protocol == "http/json" else "application/x-protobuf"
+            self._http_headers = encode_headers({**self._headers, "Content-Type": content_type})
         try:
-            async with self._transports().session().post(
-                    self._url, data=body, headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=timeout)) as answer:
-                payload = await answer.read()
-                if answer.status // 100 != 2:
-                    kind = "auth" if answer.status in (401, 403) else "http_status"
-                    snippet = payload[:200].decode("utf-8", "replace")
-                    raise OtelExportError(f"otel: {self._display} answered HTTP {answer.status}: {snippet}",
-                                          kind=kind)
-                response_type = answer.headers.get("Content-Type", "")
-        except TimeoutError:
-            raise OtelExportError(f"otel: {self._display} did not answer within {timeout:g}s",
-                                  kind="timeout") from None
-        except aiohttp.ClientError as exc:
-            raise OtelExportError(f"otel: {self._display} unreachable: {type(exc).__name__}",
+            answer = await self._transports().http().post(self._url, body, headers=self._http_headers,
+                                                          timeout=timeout)
+        except HttpClientError as exc:
+            if exc.kind == "timeout":
+                raise OtelExportError(f"otel: {self._display} did not answer within {timeout:g}s",
+                                      kind="timeout") from None
+            raise OtelExportError(f"otel: {self._display} unreachable: {exc.kind}: {exc}",
                                   kind="connection") from None
-        return _parse_response(payload, response_type)
+        if answer.status // 100 != 2:
+            kind = "auth" if answer.status in (401, 403) else "http_status"
+            snippet = answer.body[:200].decode("utf-8", "replace")
+            raise OtelExportError(f"otel: {self._display} answered HTTP {answer.status}: {snippet}",
+                                  kind=kind)
+        return _parse_response(answer.body, answer.headers.get("content-type", ""))
 
     async def _export_grpc(self, body: bytes, timeout: float) -> ExportTraceServiceResponse:
         channel = self._transports().channel(self._target, self._tls)

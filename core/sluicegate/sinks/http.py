@@ -1,0 +1,492 @@
+"""A lean HTTP/1.1 client for sink deliveries: pooled keep-alive connections and a C response parser, no more.
+
+A sink sends a body it already holds to a fixed URL and reads a short answer, hundreds of times a second
+when thousands of teams log, on the event loop that also serves requests. Through aiohttp's client one such
+POST cost 140-220 us of CPU; through this client, 30-40 us (``python -m bench.http_client``).
+
+What it does: ``http`` and ``https`` (certificates verified against the system store, or a given
+``ssl.SSLContext``); per-origin pools of keep-alive connections with a per-origin and a total limit and an
+idle expiry; responses framed by ``Content-Length``, chunked, or ended by the server closing; ``gzip`` and
+``deflate`` answers inflated; one timeout for the whole request; one quiet retry on a fresh connection when
+a reused idle connection turns out to have been closed by the server before any byte of the answer (the race
+every keep-alive client has). What it does not: redirects, proxies, cookies, HTTP/2, streaming bodies.
+
+Responses are parsed by ``httptools`` (llhttp, the parser of Node.js and of uvicorn's ``httptools`` mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+import zlib
+from collections.abc import Mapping
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+import httptools
+
+__all__ = ("HttpClient", "HttpClientError", "HttpTimeoutError", "Response", "encode_headers")
+
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+"""An answer bigger than this is refused (a sink reads status lines and short JSON or protobuf bodies)."""
+_BIG_BODY = 64 * 1024  # above this the head and body are written separately instead of joined (a copy)
+
+
+class Response(NamedTuple):
+    status: int
+    headers: dict[str, str]
+    """Header names in lower case; repeated headers joined with ``", "``."""
+    body: bytes
+
+
+class HttpClientError(Exception):
+    """No usable answer: ``kind`` is ``connect``, ``tls``, ``timeout``, ``closed`` or ``protocol``.
+
+    Transport failures are worth retrying; the dispatcher does.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class HttpTimeoutError(HttpClientError, TimeoutError):
+    """The request did not complete within its timeout."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="timeout")
+
+
+def encode_headers(headers: Mapping[str, str]) -> bytes:
+    """``headers`` as the lines of a request head, for reuse across requests; refuses CR, LF and NUL.
+
+    ``Host``, ``Content-Length`` and ``Transfer-Encoding`` are the client's to write and are refused here.
+    """
+    lines = []
+    for name, value in headers.items():
+        name, value = str(name), str(value)
+        if not name or any(c in name for c in " \t\r\n\0:") or any(c in value for c in "\r\n\0"):
+            raise ValueError(f"header {name!r}: a header name must be a token and a value must not contain "
+                             "CR, LF or NUL")
+        if name.lower() in ("host", "content-length", "transfer-encoding"):
+            raise ValueError(f"header {name!r} is set by the client")
+        lines.append(f"{name}: {value.strip()}\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+class _Origin(NamedTuple):
+    """Where a URL's requests go, and the parts of the request line and head that depend on the URL alone."""
+
+    key: tuple[str, str, int]
+    host: str
+    port: int
+    tls: bool
+    target: bytes  # path and query, percent-encoded as given
+    host_line: bytes
+
+
+def _origin(url: str) -> _Origin:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    if parts.username or parts.password:
+        raise ValueError("credentials in the URL are not supported: send an Authorization header")
+    tls = scheme == "https"
+    host = parts.hostname
+    port = parts.port or (443 if tls else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if any(c in target for c in " \r\n\0"):
+        raise ValueError(f"URL path must not contain spaces or control characters: {url!r}")
+    shown = f"[{host}]" if ":" in host else host
+    default_port = port == (443 if tls else 80)
+    host_line = f"Host: {shown if default_port else f'{shown}:{port}'}\r\n"
+    return _Origin((scheme, host, port), host, port, tls, target.encode("ascii", "strict"),
+                   host_line.encode("idna" if not host.isascii() else "ascii"))
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection; at most one request at a time (no pipelining)."""
+
+    __slots__ = ("transport", "parser", "waiter", "status", "headers", "chunks", "size", "framed", "done",
+                 "keep_alive", "received", "closed", "requests", "idle_since", "origin_key", "oversized")
+
+    def __init__(self, origin_key: tuple[str, str, int]) -> None:
+        self.origin_key = origin_key
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[Response] | None = None
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.framed = False  # Content-Length or chunked: a close before the end is a truncation
+        self.done = False
+        self.keep_alive = False
+        self.received = False  # any byte of the current answer
+        self.closed = False
+        self.requests = 0
+        self.idle_since = 0.0
+        self.oversized = False
+
+    # asyncio.Protocol --------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.waiter is None or self.waiter.done():
+            self._fail(HttpClientError("the server sent data without a request", kind="protocol"))
+            return
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            reason = (f"answer larger than {MAX_RESPONSE_BYTES} bytes" if self.oversized
+                      else f"malformed HTTP response: {exc}")
+            self._fail(HttpClientError(reason, kind="protocol"))
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost settles the request
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        if self.status and not self.framed:  # an answer ended by the close: it is complete now
+            self.keep_alive = False
+            self._complete()
+            return
+        reason = f": {exc}" if exc else ""
+        what = "before answering" if not self.received else "in the middle of its answer"
+        waiter.set_exception(HttpClientError(f"the server closed the connection {what}{reason}",
+                                             kind="closed"))
+
+    # httptools callbacks ----------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.status = 0
+        self.headers = {}
+        self.chunks = []
+        self.size = 0
+        self.framed = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        if key in ("content-length", "transfer-encoding"):
+            self.framed = True
+        old = self.headers.get(key)
+        self.headers[key] = text if old is None else f"{old}, {text}"
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        if self.status in (204, 304):
+            self.framed = True  # no body, whatever the headers say
+
+    def on_body(self, body: bytes) -> None:
+        self.size += len(body)
+        if self.size > MAX_RESPONSE_BYTES:
+            self.oversized = True
+            raise ValueError("oversized")  # stops the parser; data_received reports it
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        if 100 <= self.status < 200:  # interim (100 Continue, 103 Early Hints): the real answer follows
+            return
+        self.keep_alive = self.parser.should_keep_alive()
+        self._complete()
+
+    # ------------------------------------------------------------------------------------------------
+    def _complete(self) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        body = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
+        self.chunks = []
+        encoding = self.headers.get("content-encoding", "").strip().lower()
+        if body and encoding in ("gzip", "x-gzip", "deflate"):
+            problem = ""
+            try:
+                inflater = zlib.decompressobj(wbits=47)  # gzip or zlib framing, told apart by the header
+                body = inflater.decompress(body, MAX_RESPONSE_BYTES)
+                if inflater.unconsumed_tail:
+                    problem = f"answer larger than {MAX_RESPONSE_BYTES} bytes inflated"
+            except zlib.error as exc:
+                problem = f"answer body is not valid {encoding}: {exc}"
+            if problem:
+                self.keep_alive = False
+                waiter.set_exception(HttpClientError(problem, kind="protocol"))
+                return
+        self.done = True
+        waiter.set_result(Response(self.status, self.headers, body))
+
+    def _fail(self, exc: HttpClientError) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        self.close()
+
+    def start(self, loop: asyncio.AbstractEventLoop, data: bytes,
+              body: bytes | None) -> asyncio.Future[Response]:
+        self.waiter = waiter = loop.create_future()
+        self.done = self.received = self.keep_alive = False
+        self.requests += 1
+        assert self.transport is not None
+        self.transport.write(data)
+        if body is not None:
+            self.transport.write(body)
+        return waiter
+
+    def reusable(self, now: float, expiry: float) -> bool:
+        return (not self.closed and self.transport is not None and not self.transport.is_closing()
+                and now - self.idle_since < expiry)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _Pool:
+    __slots__ = ("idle", "open", "waiters")
+
+    def __init__(self) -> None:
+        self.idle: list[_Connection] = []  # most recently used last
+        self.open = 0
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+
+class HttpClient:
+    """Pooled HTTP/1.1 requests with in-memory bodies; one per event loop (its connections are the loop's).
+
+    ``max_per_origin`` bounds the connections to one scheme/host/port, ``max_connections`` all of them; a
+    request over a limit waits for a connection (within its timeout). Idle connections close after
+    ``keepalive_expiry`` seconds.
+    """
+
+    def __init__(self, *, user_agent: str, max_per_origin: int = 64, max_connections: int = 512,
+                 keepalive_expiry: float = 30.0, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._agent_line = encode_headers({"User-Agent": user_agent})
+        self.max_per_origin = max(1, max_per_origin)
+        self.max_connections = max(self.max_per_origin, max_connections)
+        self.keepalive_expiry = keepalive_expiry
+        self._ssl = ssl_context
+        self._pools: dict[tuple[str, str, int], _Pool] = {}
+        self._open = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()  # for the total limit
+        self._origins: dict[str, _Origin] = {}
+        self._connections: set[_Connection] = set()
+        self._swept_at = time.monotonic()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    async def post(self, url: str, body: bytes, *, headers: bytes = b"", timeout: float) -> Response:
+        """``POST`` ``body`` to ``url`` with ``headers`` (from :func:`encode_headers`): the answer, whatever
+        its status. Raises :class:`HttpClientError` when no answer came (:class:`HttpTimeoutError` after
+        ``timeout`` seconds, connecting included)."""
+        return await self.request("POST", url, body=body, headers=headers, timeout=timeout)
+
+    async def request(self, method: str, url: str, *, body: bytes = b"", headers: bytes = b"",
+                      timeout: float) -> Response:
+        if self._closed:
+            raise HttpClientError("the HTTP client is closed", kind="closed")
+        origin = self._origins.get(url)
+        if origin is None:
+            origin = _origin(url)
+            if len(self._origins) >= 4096:
+                self._origins.clear()
+            self._origins[url] = origin
+        head = b"".join((method.encode("ascii"), b" ", origin.target, b" HTTP/1.1\r\n", origin.host_line,
+                         self._agent_line, headers, b"Content-Length: %d\r\n\r\n" % len(body)))
+        if len(body) <= _BIG_BODY:
+            data, extra = head + body, None
+        else:
+            data, extra = head, body
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for _ in range(2):
+            conn = self._idle_connection(origin)
+            if conn is None:  # connect, or wait for a connection: the slow path, under an asyncio timeout
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        conn = await self._acquire(loop, origin)
+                except TimeoutError:
+                    raise HttpTimeoutError(f"no connection to {_shown(origin)} within {timeout:g}s") from None
+            reused = conn.requests > 0
+            waiter = conn.start(loop, data, extra)
+            # A plain timer rather than asyncio.timeout(): a third of the client's CPU per request went there.
+            timer = loop.call_at(deadline, _expire, waiter, origin, timeout)
+            try:
+                response = await waiter
+            except HttpClientError as exc:
+                self._release(conn, reuse=False)
+                if reused and exc.kind == "closed" and not conn.received:
+                    continue  # the server closed it while idle: one more try on a new connection
+                if isinstance(exc, HttpTimeoutError):
+                    raise
+                raise HttpClientError(f"{_shown(origin)}: {exc}", kind=exc.kind) from None
+            except BaseException:  # cancelled mid-request: the answer may still come, so the connection goes
+                self._release(conn, reuse=False)
+                raise
+            finally:
+                timer.cancel()
+            self._release(conn, reuse=conn.keep_alive)
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _idle_connection(self, origin: _Origin) -> _Connection | None:
+        """A pooled connection to ``origin`` that is still open and fresh, if there is one."""
+        pool = self._pools.get(origin.key)
+        if pool is None or not pool.idle:
+            return None
+        now = time.monotonic()
+        idle = pool.idle
+        while idle:
+            conn = idle.pop()
+            if conn.reusable(now, self.keepalive_expiry):
+                return conn
+            self._discard(pool, conn)
+        return None
+
+    async def _acquire(self, loop: asyncio.AbstractEventLoop, origin: _Origin) -> _Connection:
+        while True:
+            if self._closed:
+                raise HttpClientError("the HTTP client is closed", kind="closed")
+            pool = self._pools.get(origin.key)  # again each turn: a sweep drops pools with no connection
+            if pool is None:
+                pool = self._pools[origin.key] = _Pool()
+            conn = self._idle_connection(origin)
+            if conn is not None:
+                return conn
+            if pool.open < self.max_per_origin and (self._open < self.max_connections
+                                                    or self._close_one_idle()):
+                return await self._connect(loop, origin, pool)
+            waiter = loop.create_future()
+            (pool.waiters if pool.open >= self.max_per_origin else self._waiters).append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if not waiter.cancelled() and waiter.done():
+                    self._wake(pool)  # we were woken but leave: pass the turn on
+                raise
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, origin: _Origin, pool: _Pool) -> _Connection:
+        pool.open += 1
+        self._open += 1
+        context = None
+        if origin.tls:
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            context = self._ssl
+        try:
+            _, conn = await loop.create_connection(
+                lambda: _Connection(origin.key), origin.host, origin.port, ssl=context,
+                server_hostname=origin.host if context is not None else None)
+        except BaseException as exc:
+            pool.open -= 1
+            self._open -= 1
+            self._wake(pool)
+            if isinstance(exc, ssl.SSLError):
+                raise HttpClientError(f"{_shown(origin)}: TLS failed: {exc}", kind="tls") from None
+            if isinstance(exc, OSError):
+                reason = exc.strerror or str(exc) or type(exc).__name__
+                raise HttpClientError(f"cannot connect to {_shown(origin)}: {reason}",
+                                      kind="connect") from None
+            raise
+        self._connections.add(conn)
+        return conn
+
+    def _release(self, conn: _Connection, *, reuse: bool) -> None:
+        pool = self._pools.get(conn.origin_key)
+        if pool is None:  # the client was closed meanwhile
+            conn.close()
+            return
+        conn.waiter = None
+        if reuse and conn.done and not conn.closed and not self._closed:
+            conn.idle_since = time.monotonic()
+            pool.idle.append(conn)
+        else:
+            self._discard(pool, conn)
+        self._wake(pool)
+        if conn.idle_since - self._swept_at > self.keepalive_expiry / 2:
+            self._sweep(conn.idle_since)
+
+    def _discard(self, pool: _Pool, conn: _Connection) -> None:
+        conn.close()
+        self._connections.discard(conn)
+        pool.open -= 1
+        self._open -= 1
+
+    def _wake(self, pool: _Pool) -> None:
+        """A connection came back or closed: one waiter of its origin and one for the total limit retry."""
+        for waiters in (pool.waiters, self._waiters):
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    break
+
+    def _close_one_idle(self) -> bool:
+        """At the total limit: close the longest-idle connection of any origin to make room; False if none."""
+        oldest: tuple[float, _Pool] | None = None
+        for pool in self._pools.values():
+            if pool.idle and (oldest is None or pool.idle[0].idle_since < oldest[0]):
+                oldest = (pool.idle[0].idle_since, pool)
+        if oldest is None:
+            return False
+        pool = oldest[1]
+        self._discard(pool, pool.idle.pop(0))
+        return True
+
+    def _sweep(self, now: float) -> None:
+        """Close idle connections past their expiry (at most twice per expiry period, from ``_release``)."""
+        self._swept_at = now
+        for key, pool in list(self._pools.items()):
+            keep = []
+            for conn in pool.idle:
+                if conn.reusable(now, self.keepalive_expiry):
+                    keep.append(conn)
+                else:
+                    self._discard(pool, conn)
+            pool.idle = keep
+            if not pool.open and not pool.waiters:
+                del self._pools[key]
+
+    async def aclose(self) -> None:
+        """Close every connection; requests in flight fail. Idempotent."""
+        self._closed = True
+        pools, self._pools = self._pools, {}
+        connections, self._connections = self._connections, set()
+        for conn in connections:
+            conn.close()
+        for pool in pools.values():
+            for waiter in pool.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._open = 0
+        await asyncio.sleep(0)  # let the transports' connection_lost run
+
+
+def _expire(waiter: asyncio.Future[Response], origin: _Origin, timeout: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(HttpTimeoutError(f"no complete answer from {_shown(origin)} "
+                                              f"within {timeout:g}s"))
+
+
+def _shown(origin: _Origin) -> str:
+    scheme = "https" if origin.tls else "http"
+    return f"{scheme}://{origin.host}:{origin.port}"
