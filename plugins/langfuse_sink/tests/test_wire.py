@@ -58,10 +58,10 @@ async def test_event_arrives_as_one_generation(langfuse_receiver: LangfuseReceiv
     assert span.start_time_unix_nano == int(event.startTime * 1e9)
     assert span.status_code == 0 and "langfuse.observation.level" not in attrs
     assert span.scope_name == "sluicegate"
-    # The wire: gzip + protobuf + ingestion version 4, to the OTLP path.
+    # The wire: protobuf + ingestion version 4, to the OTLP path; one small span goes uncompressed.
     [request] = [r for r in langfuse_receiver.requests if r.path == INGESTION_PATH]
     assert (request.status, request.content_type, request.content_encoding, request.ingestion_version) == (
-        200, "application/x-protobuf", "gzip", "4")
+        200, "application/x-protobuf", None, "4")
     # Negative control: the other project received nothing.
     assert langfuse_receiver.spans("project-2") == []
 
@@ -190,6 +190,18 @@ async def test_big_batch_is_split_into_several_requests(langfuse_receiver: Langf
     posts = [r for r in langfuse_receiver.requests if r.path == INGESTION_PATH]
     assert len(posts) > 1 and all(r.status == 200 for r in posts)
     assert sum(r.span_count for r in posts) == 40 == len(langfuse_receiver.span_ids("project-1"))
+
+
+async def test_bodies_from_16_kib_are_gzipped_and_smaller_ones_are_not(langfuse_receiver: LangfuseReceiver,
+                                                                      make_sink: MakeSink) -> None:
+    sink = make_sink()
+    await sink.send([make_event()])
+    big = [make_event(messages=[{"role": "user", "content": "tell me more " * 200}]) for _ in range(20)]
+    await sink.send(big)
+    small_post, big_post = [r for r in langfuse_receiver.requests if r.path == INGESTION_PATH]
+    assert (small_post.status, small_post.content_encoding, small_post.span_count) == (200, None, 1)
+    assert (big_post.status, big_post.content_encoding, big_post.span_count) == (200, "gzip", 20)
+    assert len(langfuse_receiver.span_ids("project-1")) == 21
 
 
 async def test_health_check(langfuse_receiver: LangfuseReceiver, make_sink: MakeSink) -> None:
