@@ -278,6 +278,35 @@ async def test_idle_connection_closed_by_the_server_is_retried_once_on_a_new_one
         assert server.connections == 2
 
 
+async def test_after_a_stale_connection_the_retry_skips_the_other_idle_ones() -> None:
+    async def answer_then_close_on_next(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                        number: int) -> None:
+        await read_request(reader)
+        if number <= 2:
+            first_two.append(number)
+            await both_in.wait()  # hold both answers so the two requests need two connections
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read(1)  # a later request on this connection: close it unanswered
+
+    first_two: list[int] = []
+    both_in = asyncio.Event()
+    http = HttpClient(user_agent="t")
+    try:
+        async with RawServer(answer_then_close_on_next) as server:
+            pending = [asyncio.create_task(http.post(server.url + "/x", b"", timeout=5)) for _ in range(2)]
+            async with asyncio.timeout(5):
+                while len(first_two) < 2:
+                    await asyncio.sleep(0.005)
+            both_in.set()
+            assert [a.body for a in await asyncio.gather(*pending)] == [b"ok", b"ok"]
+            assert http.open_connections == 2  # both idle, both stale from the server's side
+            assert (await http.post(server.url + "/x", b"", timeout=5)).body == b"ok"
+            assert server.connections == 3  # one stale try, then a new connection, not the other stale one
+    finally:
+        await http.aclose()
+
+
 async def test_fresh_connection_closed_without_answer_is_an_error_not_a_loop(client: HttpClient) -> None:
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
         await read_request(reader)

@@ -332,7 +332,10 @@ class HttpClient:
             except HttpClientError as exc:
                 self._release(conn, reuse=False)
                 if reused and exc.kind == "closed" and not conn.received:
-                    continue  # the server closed it while idle: one more try on a new connection
+                    # The server closed it while idle (a restart, or its keep-alive timeout): the other idle
+                    # connections to it are likely gone too, so the one more try goes on a new connection.
+                    self._drop_idle(origin)
+                    continue
                 if isinstance(exc, HttpTimeoutError):
                     raise
                 raise HttpClientError(f"{_shown(origin)}: {exc}", kind=exc.kind) from None
@@ -344,6 +347,13 @@ class HttpClient:
             self._release(conn, reuse=conn.keep_alive)
             return response
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _drop_idle(self, origin: _Origin) -> None:
+        pool = self._pools.get(origin.key)
+        if pool is not None:
+            idle, pool.idle = pool.idle, []
+            for conn in idle:
+                self._discard(pool, conn)
 
     def _idle_connection(self, origin: _Origin) -> _Connection | None:
         """A pooled connection to ``origin`` that is still open and fresh, if there is one."""
