@@ -165,21 +165,3 @@ async def test_a_busy_spool_is_written_before_its_interval(tmp_path, events, wri
     finally:
         await dispatcher.aclose(grace=5)
 
-
-async def test_destinations_that_start_lingering_together_get_spread_deadlines():
-    """Lingers are shortened at random by up to a fifth: 50 destinations whose first event came in the same instant
-    are due over a spread of the interval, not in one wave (which, repeated every interval, was the p99 at c=64
-    with 1,000 teams logging), and none later than ``batch_interval``."""
-    dispatcher = Dispatcher(DeliverySettings(batch_interval=10, max_sends_per_second=0, spool=False))
-    loop = asyncio.get_running_loop()
-    before = loop.time()
-    for index in range(50):
-        route = Route(callback_name="recording", instance_id=f"d{index}", sink_class=_Recording,
-                      callback_vars=CallbackVars(), on_success=True, on_failure=True, redact=False)
-        dispatcher.submit(make_event(), CallbackSet(routes=(route,), source="global"))
-    after = loop.time()
-    dues = [slot.due for slot in dispatcher.pool.slots.values()]
-    assert len(dues) == 50 and all(before + 7.9 <= due <= after + 10 for due in dues)
-    assert max(dues) - min(dues) > 1.0  # spread over up to 2 s; all within 1 s would be a wave
-    assert await dispatcher.drain(5)
-    await dispatcher.aclose()

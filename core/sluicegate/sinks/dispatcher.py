@@ -53,10 +53,6 @@ _EARLY_FLUSH_EVENTS = 256
 writing ~900 events at once stalled the loop ~7 ms (up to 20 ms at a segment change) at 2,000 req/s with two
 sinks each (bench/: p99)."""
 
-_LINGER_JITTER = 0.2
-"""Lingers are shortened by up to this fraction, at random: waves of sends spread out (p99 at c=64 with 1,000
-teams logging: the 2,000 instances warmed together sent in one wave every 5 s)."""
-
 # A deadline this close is due: the loop runs a timer up to its clock resolution early, and waking again for the
 # rest would cost a loop iteration for nothing.
 _DUE_SLACK = 0.001
@@ -225,9 +221,7 @@ class Dispatcher:
             self._start_send(slot)
             return
         loop = asyncio.get_running_loop()
-        # Up to a fifth shorter at random: instances that started lingering together (a burst, the first request
-        # of every key after a start) drift apart instead of sending in one wave every interval for ever.
-        due = loop.time() + self._linger() * (1.0 - _LINGER_JITTER * random.random())
+        due = loop.time() + self._linger()
         slot.due = due
         heapq.heappush(self._due, (due, next(self._due_order), slot))
         if self._timer is None or due < self._timer_at:
