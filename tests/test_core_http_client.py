@@ -469,3 +469,14 @@ def test_encode_headers_writes_lines() -> None:
 async def test_bad_urls_are_refused(client: HttpClient, url: str) -> None:
     with pytest.raises(ValueError):
         await client.post(url, b"", timeout=1)
+
+
+def test_request_head_names_the_origin_as_http_wants_it() -> None:
+    from sluicegate.sinks.http import _origin
+
+    idn = _origin("https://münchen.example/otel/v1/traces?team=ü")
+    assert idn.host_line == b"Host: xn--mnchen-3ya.example\r\n" and idn.key == ("https", "xn--mnchen-3ya.example", 443)
+    assert idn.target == b"/otel/v1/traces?team=%C3%BC"
+    assert _origin("http://[::1]:4318/v1/traces").host_line == b"Host: [::1]:4318\r\n"
+    assert _origin("http://collector:80").host_line == b"Host: collector\r\n"  # default port left out
+    assert _origin("http://collector:80").target == b"/"

@@ -23,7 +23,7 @@ import time
 import zlib
 from collections.abc import Mapping
 from typing import NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httptools
 
@@ -102,11 +102,18 @@ def _origin(url: str) -> _Origin:
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if any(c in target for c in " \r\n\0"):
         raise ValueError(f"URL path must not contain spaces or control characters: {url!r}")
+    if not target.isascii():
+        target = quote(target, safe="/?&=%:@!$'()*+,;~-._")
+    if not host.isascii():  # an internationalized name: the Host header carries its ASCII (punycode) form
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise ValueError(f"host name {host!r} cannot be encoded: {exc}") from None
     shown = f"[{host}]" if ":" in host else host
     default_port = port == (443 if tls else 80)
     host_line = f"Host: {shown if default_port else f'{shown}:{port}'}\r\n"
     return _Origin((scheme, host, port), host, port, tls, target.encode("ascii", "strict"),
-                   host_line.encode("idna" if not host.isascii() else "ascii"))
+                   host_line.encode("ascii"))
 
 
 class _Connection(asyncio.Protocol):
