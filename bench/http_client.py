@@ -14,13 +14,12 @@ import argparse
 import asyncio
 import os
 import resource
-import sys
 import tempfile
 from pathlib import Path
 
 import aiohttp
 
-from bench.run import Procs, free_port, wait_http
+from bench.run import Procs, add_cpu_options, pin_to_server_cpu, start_receiver
 from sluicegate.sinks.http import HttpClient, encode_headers
 
 __all__ = ("main",)
@@ -68,21 +67,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--body", type=int, default=2000, help="body bytes")
     parser.add_argument("--concurrency", default="1,16")
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--load-cpu", type=int, default=0)
-    parser.add_argument("--server-cpu", type=int, default=1)
+    add_cpu_options(parser)
     args = parser.parse_args(argv)
     import uvloop
 
-    multi = (os.cpu_count() or 1) > 1
-    if multi:
-        os.sched_setaffinity(0, {args.server_cpu})
+    multi = pin_to_server_cpu(args)
     procs = Procs(Path(tempfile.mkdtemp(prefix="sluicegate-http-client-")))
     try:
-        port = free_port()
-        proc = procs.start("receiver", [sys.executable, "-m", "bench.mock_upstream", "--port", str(port),
-                                        "--mode", "receiver"], cpu=args.load_cpu if multi else None)
-        base = f"http://127.0.0.1:{port}"
-        wait_http(base + "/stats", proc, timeout=20)
+        base = start_receiver(procs, "receiver", args.load_cpu if multi else None)
         url = base + "/api/public/otel/v1/traces"
         body = os.urandom(args.body)
         print(f"{'client':<24} {'concurrency':>11} {'µs CPU per POST':>16}")

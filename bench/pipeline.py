@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import gc
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ from sluicegate.sinks.dispatcher import Dispatcher
 from sluicegate.sinks.vars import decode_vars
 from sluicegate.testing import make_event
 
-from bench.run import Procs, free_port, receiver_counts, team_ids, wait_http
+from bench.run import Procs, add_cpu_options, pin_to_server_cpu, receiver_counts, start_receiver, team_ids
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -188,24 +187,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spool", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--gc", choices=("gateway", "default", "off"), default="gateway",
                         help="collector settings: as a served gateway tunes them (default), Python's, or off")
-    parser.add_argument("--load-cpu", type=int, default=0)
-    parser.add_argument("--server-cpu", type=int, default=1)
+    add_cpu_options(parser)
     args = parser.parse_args(argv)
     import uvloop
 
-    multi = (os.cpu_count() or 1) > 1
-    if multi:
-        os.sched_setaffinity(0, {args.server_cpu})
+    multi = pin_to_server_cpu(args)
     tmp = Path(tempfile.mkdtemp(prefix="sluicegate-pipeline-"))
     procs = Procs(tmp)
     receivers = {}
     try:
         for name in ("langfuse", "otel"):
-            port = free_port()
-            proc = procs.start(name, [sys.executable, "-m", "bench.mock_upstream", "--port", str(port),
-                                      "--mode", "receiver"], cpu=args.load_cpu if multi else None)
-            receivers[name] = f"http://127.0.0.1:{port}"
-            wait_http(receivers[name] + "/stats", proc, timeout=20)
+            receivers[name] = start_receiver(procs, name, args.load_cpu if multi else None)
         base_cpu, base_sent = min(uvloop.run(_baseline(args)) for _ in range(args.repeat))
         driver = base_cpu / base_sent
         best = None

@@ -166,6 +166,31 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def add_cpu_options(parser: argparse.ArgumentParser) -> None:
+    """``--load-cpu`` (receivers and other children) and ``--server-cpu`` (this process), as ``bench.run`` pins."""
+    parser.add_argument("--load-cpu", type=int, default=0, help="CPU of the receivers (default 0)")
+    parser.add_argument("--server-cpu", type=int, default=1, help="CPU of this process (default 1)")
+
+
+def pin_to_server_cpu(args: argparse.Namespace) -> bool:
+    """Pin this process to ``args.server_cpu``; True on a machine with several CPUs (children then go to
+    ``args.load_cpu``), False on one CPU (nothing pinned)."""
+    multi = (os.cpu_count() or 1) > 1
+    if multi:
+        os.sched_setaffinity(0, {args.server_cpu})
+    return multi
+
+
+def start_receiver(procs: Procs, name: str, cpu: int | None) -> str:
+    """A ``bench.mock_upstream --mode receiver`` child, answering: its base URL."""
+    port = free_port()
+    proc = procs.start(name, [sys.executable, "-m", "bench.mock_upstream", "--port", str(port), "--mode", "receiver"],
+                       cpu=cpu)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/stats", proc, timeout=20)
+    return url
+
+
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     import urllib.error
     import urllib.request

@@ -29,6 +29,16 @@ from sluicegate.sinks.http import (
     encode_headers,
 )
 
+async def _until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    """Wait for ``condition`` (set by a server on this same loop) with a deadline; fail naming ``what``."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await asyncio.sleep(0.005)  # deliberate: the poll interval of a deadline-bounded wait
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[HttpClient]:
     http = HttpClient(user_agent="sluicegate-test/1")
@@ -196,9 +206,7 @@ async def test_connections_per_origin_are_capped(web_server: WebServer) -> None:
     http = HttpClient(user_agent="t", max_per_origin=2)
     try:
         tasks = [asyncio.create_task(http.post(web_server.url + "/held", b"", timeout=10)) for _ in range(6)]
-        async with asyncio.timeout(5):
-            while web_server.holding < 2:
-                await asyncio.sleep(0.005)
+        await _until(lambda: web_server.holding >= 2, "two requests held by the server")
         assert http.open_connections == 2
         web_server.release.set()
         answers = await asyncio.gather(*tasks)
@@ -239,7 +247,7 @@ async def test_expired_idle_connection_is_not_reused(web_server: WebServer) -> N
 
 
 async def test_refused_connection_is_a_connect_error(client: HttpClient) -> None:
-    async with RawServer(lambda r, w, n: asyncio.sleep(0)) as server:
+    async with RawServer(lambda r, w, n: asyncio.sleep(0)) as server:  # deliberate: a server that does nothing
         url = server.url
     with pytest.raises(HttpClientError) as info:
         await client.post(url + "/x", b"", timeout=5)
@@ -295,9 +303,7 @@ async def test_after_a_stale_connection_the_retry_skips_the_other_idle_ones() ->
     try:
         async with RawServer(answer_then_close_on_next) as server:
             pending = [asyncio.create_task(http.post(server.url + "/x", b"", timeout=5)) for _ in range(2)]
-            async with asyncio.timeout(5):
-                while len(first_two) < 2:
-                    await asyncio.sleep(0.005)
+            await _until(lambda: len(first_two) >= 2, "both requests at the server")
             both_in.set()
             assert [a.body for a in await asyncio.gather(*pending)] == [b"ok", b"ok"]
             assert http.open_connections == 2  # both idle, both stale from the server's side
@@ -382,9 +388,7 @@ async def test_cancelled_request_does_not_leave_its_connection_in_the_pool(web_s
     http = HttpClient(user_agent="t")
     try:
         task = asyncio.create_task(http.post(web_server.url + "/held", b"", timeout=10))
-        async with asyncio.timeout(5):
-            while web_server.holding < 1:
-                await asyncio.sleep(0.005)
+        await _until(lambda: web_server.holding >= 1, "the request held by the server")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
