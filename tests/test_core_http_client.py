@@ -149,6 +149,19 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, await reader.readexactly(length)
 
 
+def answering(reply: bytes, *, keep_open: bool = True) -> Script:
+    """A script that reads a request and writes ``reply`` (raw bytes); then it either waits for the next bytes
+    from the client and hangs up unanswered (``keep_open``), or closes at once."""
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+        await read_request(reader)
+        writer.write(reply)
+        await writer.drain()
+        if keep_open:
+            await reader.read(1)
+
+    return script
+
+
 # --- the ordinary path --------------------------------------------------------------------------------
 
 
@@ -273,14 +286,8 @@ async def test_timeout_raises_and_drops_the_connection(client: HttpClient) -> No
 
 
 async def test_idle_connection_closed_by_the_server_is_retried_once_on_a_new_one(client: HttpClient) -> None:
-    async def one_answer_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                                    number: int) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-        await reader.read(1)  # the next request arrives on the idle connection: close it unanswered
-
-    async with RawServer(one_answer_then_close) as server:
+    # the next request arrives on the idle connection: it is closed unanswered
+    async with RawServer(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")) as server:
         assert (await client.post(server.url + "/x", b"1", timeout=5)).body == b"ok"
         assert (await client.post(server.url + "/x", b"2", timeout=5)).body == b"ok"
         assert server.connections == 2
@@ -325,10 +332,7 @@ async def test_fresh_connection_closed_without_answer_is_an_error_not_a_loop(cli
 
 
 async def test_answer_cut_short_is_an_error(client: HttpClient) -> None:
-    async def truncated(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
-
+    truncated = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part", keep_open=False)
     async with RawServer(truncated) as server:
         with pytest.raises(HttpClientError) as info:
             await client.post(server.url + "/x", b"1", timeout=5)
@@ -336,10 +340,8 @@ async def test_answer_cut_short_is_an_error(client: HttpClient) -> None:
 
 
 async def test_answer_ended_by_close_is_complete(client: HttpClient) -> None:
-    async def close_delimited(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it")
-
+    close_delimited = answering(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it",
+                                keep_open=False)
     async with RawServer(close_delimited) as server:
         answer = await client.post(server.url + "/x", b"1", timeout=5)
         assert answer.status == 200 and answer.body == b"all of it"
@@ -347,23 +349,15 @@ async def test_answer_ended_by_close_is_complete(client: HttpClient) -> None:
 
 
 async def test_interim_100_continue_is_skipped(client: HttpClient) -> None:
-    async def continue_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 4\r\n\r\ndone")
-        await reader.read(1)
-
+    continue_first = answering(b"HTTP/1.1 100 Continue\r\n\r\n"
+                               b"HTTP/1.1 202 Accepted\r\nContent-Length: 4\r\n\r\ndone")
     async with RawServer(continue_first) as server:
         answer = await client.post(server.url + "/x", b"1", timeout=5)
         assert answer.status == 202 and answer.body == b"done"
 
 
 async def test_malformed_answer_is_a_protocol_error(client: HttpClient) -> None:
-    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        await read_request(reader)
-        writer.write(b"SMTP ready\r\n\r\n")
-        await reader.read(1)
-
-    async with RawServer(garbage) as server:
+    async with RawServer(answering(b"SMTP ready\r\n\r\n")) as server:
         with pytest.raises(HttpClientError) as info:
             await client.post(server.url + "/x", b"1", timeout=5)
         assert info.value.kind == "protocol"
@@ -371,13 +365,8 @@ async def test_malformed_answer_is_a_protocol_error(client: HttpClient) -> None:
 
 
 async def test_oversized_answer_is_refused(client: HttpClient) -> None:
-    async def huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_RESPONSE_BYTES + 10))
-        writer.write(b"x" * (MAX_RESPONSE_BYTES + 10))
-        await writer.drain()
-        await reader.read(1)
-
+    huge = answering(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_RESPONSE_BYTES + 10)
+                     + b"x" * (MAX_RESPONSE_BYTES + 10))
     async with RawServer(huge) as server:
         with pytest.raises(HttpClientError) as info:
             await client.post(server.url + "/x", b"1", timeout=10)
