@@ -2,9 +2,10 @@
 
 Every instance (one per Langfuse project, i.e. per distinct credentials) is a few hundred bytes: the
 protobuf encoding is done here, and delivery goes through one pooled HTTP client per event loop
-(``sluicegate.sinks.http``) shared by all instances, so 10,000 projects cost no more threads or sockets than one. The ``langfuse`` SDK gives
-the attribute names (``LangfuseOtelSpanAttributes``) and the typed API client used by the health check; its
-tracer, batch processor and threads are not used (they are per project and thread-hungry).
+(``sluicegate.sinks.http``) shared by all instances, so 10,000 projects cost no more threads or sockets than
+one. The ``langfuse`` SDK gives the attribute names (``LangfuseOtelSpanAttributes``) and the typed API client
+used by the health check; its tracer, batch processor and threads are not used (they are per project and
+thread-hungry).
 """
 
 from __future__ import annotations
@@ -422,7 +423,7 @@ class LangfuseSink(Sink):
     # One client per running event loop (httpx clients are loop-bound), shared by every instance.
     _shared: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Shared]] = weakref.WeakKeyDictionary()
 
-    __slots__ = ("_base_url", "_authorization", "_headers", "_closed")
+    __slots__ = ("_base_url", "_headers", "_closed")
 
     def __init__(self, callback_vars: LangfuseVars) -> None:
         super().__init__(callback_vars)
@@ -431,8 +432,8 @@ class LangfuseSink(Sink):
         token = base64.b64encode(
             f"{callback_vars.langfuse_public_key}:{callback_vars.langfuse_secret_key.get_secret_value()}".encode()
         ).decode("ascii")
-        self._authorization = f"Basic {token}"
-        self._headers = encode_headers({**_INGEST_HEADERS, "Authorization": self._authorization})
+        # The request head's header lines, credentials included: encoded once, kept in this one form only.
+        self._headers = encode_headers({**_INGEST_HEADERS, "Authorization": f"Basic {token}"})
         self._closed = False
 
     def __repr__(self) -> str:
