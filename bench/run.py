@@ -67,19 +67,20 @@ ROWS = [
     Row("direct", "direct to the mock upstream (the limit)", "direct", stream=True),
     Row("floor", "floor: bare Litestar + aiohttp client, uvicorn", "bare", "aiohttp"),
     Row("floor-httpx", "bare Litestar + plain httpx client, uvicorn", "bare", "httpx"),
-    Row("gw-aiohttp", "gateway, no sinks, aiohttp client (the default)", "gateway", "aiohttp", stream=True),
+    Row("gw", "gateway, no sinks, builtin client (the default)", "gateway", "builtin", stream=True),
+    Row("gw-aiohttp", "gateway, no sinks, aiohttp client", "gateway", "aiohttp"),
     Row("gw-httpx-aiohttp", "gateway, no sinks, httpx over the httpx-aiohttp transport", "gateway",
         "httpx-aiohttp"),
     Row("gw-httpx", "gateway, no sinks, plain httpx", "gateway", "httpx"),
-    Row("gw-sinks", "gateway, {teams} teams x (langfuse + otel), aiohttp client", "gateway", "aiohttp",
+    Row("gw-sinks", "gateway, {teams} teams x (langfuse + otel), builtin client", "gateway", "builtin",
         "telemetry", stream=True),
     # `--workers 2` on the same one core: the CPU per request must not grow with the number of workers
-    Row("gw-sinks-w2", "gateway, 2 workers on one core, {teams} teams x (langfuse + otel)", "gateway", "aiohttp",
+    Row("gw-sinks-w2", "gateway, 2 workers on one core, {teams} teams x (langfuse + otel)", "gateway", "builtin",
         "telemetry", workers=2),
     # every measured request is a cache hit: the warm-up sent each key's request once (one team per key)
-    Row("gw-cache", "gateway, response cache hits (local), aiohttp client", "gateway", "aiohttp", "cache-local"),
-    Row("gw-cache-redis", "gateway, response cache hits (Redis 127.0.0.1:6379), aiohttp client", "gateway",
-        "aiohttp", "cache-redis"),
+    Row("gw-cache", "gateway, response cache hits (local)", "gateway", "builtin", "cache-local"),
+    Row("gw-cache-redis", "gateway, response cache hits (Redis 127.0.0.1:6379)", "gateway",
+        "builtin", "cache-redis"),
     # LiteLLM's proxy, one worker, global `langfuse` success callback on the loopback receiver; master-key auth
     Row("litellm", "LiteLLM proxy, langfuse callback (master key auth)", "litellm", "litellm", "langfuse"),
 ]
@@ -738,7 +739,7 @@ def litellm_ratios(by_id: dict[str, Result], cs: list[int]) -> list[str]:
            "| row vs `litellm` | " + " | ".join(f"c={c} RPS × | p50 ÷ | p99 ÷" for c in cs)
            + f" | CPU/req ÷ (c={cs[-1]}) |", "|---|" + "---:|---:|---:|" * len(cs) + "---:|"]
     for rid, what in (("gw-sinks", "gateway with sinks vs LiteLLM with its langfuse callback"),
-                      ("gw-aiohttp", "gateway without sinks vs LiteLLM with its langfuse callback")):
+                      ("gw", "gateway without sinks vs LiteLLM with its langfuse callback")):
         r = by_id.get(rid)
         if not r or not r.points:
             continue
@@ -758,7 +759,7 @@ def litellm_ratios(by_id: dict[str, Result], cs: list[int]) -> list[str]:
 
 def targets(by_id: dict[str, Result], cs: list[int]) -> list[str]:
     lines = []
-    direct, floor, on, off = (by_id.get(k) for k in ("direct", "floor", "gw-sinks", "gw-aiohttp"))
+    direct, floor, on, off = (by_id.get(k) for k in ("direct", "floor", "gw-sinks", "gw"))
 
     def check(ok: bool) -> str:
         return "met" if ok else "NOT met"
@@ -797,15 +798,15 @@ def targets(by_id: dict[str, Result], cs: list[int]) -> list[str]:
                 lines.append(f"- CPU per request with 2 workers vs 1 at c={c}: {q.cpu_ms_per_req:.3f} vs "
                              f"{p.cpu_ms_per_req:.3f} ms ({growth:.2f}×; must not grow with N): "
                              f"{check(growth <= 1.10)}")
-    ax, hax, hx = by_id.get("gw-aiohttp"), by_id.get("gw-httpx-aiohttp"), by_id.get("gw-httpx")
-    if ax and hx:
+    clients = [(name, by_id.get(rid)) for name, rid in (("builtin", "gw"), ("aiohttp", "gw-aiohttp"),
+                                                         ("httpx-aiohttp", "gw-httpx-aiohttp"), ("httpx", "gw-httpx"))]
+    clients = [(name, row) for name, row in clients if row and row.points]
+    if len(clients) > 1:
         for c in cs:
-            p, q = _point(ax, c), _point(hx, c)
-            r = _point(hax, c) if hax else None
-            if p and q and q.rps:
-                middle = f", httpx-aiohttp {r.rps:,.0f}" if r else ""
-                lines.append(f"- upstream client at c={c}: aiohttp {p.rps:,.0f}{middle} vs plain httpx "
-                             f"{q.rps:,.0f} req/s ({p.rps / q.rps:.1f}×)")
+            points = [(name, _point(row, c)) for name, row in clients]
+            shown = [f"{name} {p.rps:,.0f} req/s, {p.cpu_ms_per_req:.3f} ms CPU" for name, p in points if p]
+            if len(shown) > 1:
+                lines.append(f"- upstream client at c={c} (gateway, no sinks): " + "; ".join(shown))
     return lines or ["- (not enough rows in this run to check them)"]
 
 

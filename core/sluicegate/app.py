@@ -113,7 +113,7 @@ def body_deadline(seconds: float) -> Callable[[ASGIApp], ASGIApp]:
     return middleware
 
 
-def create_app(settings: Settings, *, environ: Mapping[str, str] | None = None, http_client: str = "aiohttp",
+def create_app(settings: Settings, *, environ: Mapping[str, str] | None = None, http_client: str = "builtin",
                debug: bool = False, tune_gc: bool = False) -> Litestar:
     gateway = Gateway(settings, environ=environ, http_client=http_client, tune_gc=tune_gc)
     handlers: list[Any] = [

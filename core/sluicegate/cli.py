@@ -31,7 +31,7 @@ def app_factory() -> Any:
     from sluicegate.config import load_settings, per_worker
 
     settings = per_worker(load_settings(os.environ[CONFIG_ENV]), int(os.environ.get(WORKERS_ENV) or 1))
-    return create_app(settings, http_client=os.environ.get("SLUICEGATE_HTTP_CLIENT", "aiohttp"), tune_gc=True)
+    return create_app(settings, http_client=os.environ.get("SLUICEGATE_HTTP_CLIENT", "builtin"), tune_gc=True)
 
 
 def _serve(args: argparse.Namespace) -> int:

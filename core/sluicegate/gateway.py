@@ -51,7 +51,7 @@ def _return_free_heap() -> None:
 
 class Gateway:
     def __init__(self, settings: Settings, *, environ: Mapping[str, str] | None = None,
-                 http_client: str = "aiohttp", tune_gc: bool = False) -> None:
+                 http_client: str = "builtin", tune_gc: bool = False) -> None:
         self.settings = settings
         self.pm = get_plugin_manager(environ)
         self.registry = SinkRegistry.from_plugin_manager(self.pm)

@@ -1,8 +1,11 @@
-"""A lean HTTP/1.1 client for sink deliveries: pooled keep-alive connections and a C response parser, no more.
+"""A lean HTTP/1.1 client for sink deliveries and upstream completions: pooled keep-alive connections and a C
+response parser, no more.
 
 A sink sends a body it already holds to a fixed URL and reads a short answer, hundreds of times a second
 when thousands of teams log, on the event loop that also serves requests. Through aiohttp's client one such
-POST cost 140-220 us of CPU; through this client, 30-40 us (``python -m bench.http_client``).
+POST cost 140-220 us of CPU; through this client, 30-40 us (``python -m bench.http_client``). The gateway's
+non-streaming upstream calls are the same shape (a body in memory, one answer), so the default upstream client
+(``sluicegate.providers.upstream.BuiltinUpstream``) sends them through it too.
 
 What it does: ``http`` and ``https`` (certificates verified against the system store, or a given
 ``ssl.SSLContext``); per-origin pools of keep-alive connections with a per-origin and a total limit and an
@@ -30,7 +33,8 @@ import httptools
 __all__ = ("HttpClient", "HttpClientError", "HttpTimeoutError", "Response", "encode_headers")
 
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
-"""An answer bigger than this is refused (a sink reads status lines and short JSON or protobuf bodies)."""
+"""By default an answer bigger than this is refused (a sink reads status lines and short JSON or protobuf
+bodies); ``HttpClient(max_response_bytes=...)`` sets another limit."""
 _BIG_BODY = 64 * 1024  # above this the head and body are written separately instead of joined (a copy)
 
 
@@ -120,10 +124,11 @@ class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection; at most one request at a time (no pipelining)."""
 
     __slots__ = ("transport", "parser", "waiter", "status", "headers", "chunks", "size", "framed", "done",
-                 "keep_alive", "received", "closed", "requests", "idle_since", "origin_key", "oversized")
+                 "keep_alive", "received", "closed", "requests", "idle_since", "origin_key", "oversized", "limit")
 
-    def __init__(self, origin_key: tuple[str, str, int]) -> None:
+    def __init__(self, origin_key: tuple[str, str, int], limit: int = MAX_RESPONSE_BYTES) -> None:
         self.origin_key = origin_key
+        self.limit = limit  # bytes of answer body accepted
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[Response] | None = None
@@ -152,7 +157,7 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            reason = (f"answer larger than {MAX_RESPONSE_BYTES} bytes" if self.oversized
+            reason = (f"answer larger than {self.limit} bytes" if self.oversized
                       else f"malformed HTTP response: {exc}")
             self._fail(HttpClientError(reason, kind="protocol"))
 
@@ -196,7 +201,7 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
-        if self.size > MAX_RESPONSE_BYTES:
+        if self.size > self.limit:
             self.oversized = True
             raise ValueError("oversized")  # stops the parser; data_received reports it
         self.chunks.append(body)
@@ -219,9 +224,9 @@ class _Connection(asyncio.Protocol):
             problem = ""
             try:
                 inflater = zlib.decompressobj(wbits=47)  # gzip or zlib framing, told apart by the header
-                body = inflater.decompress(body, MAX_RESPONSE_BYTES)
+                body = inflater.decompress(body, self.limit)
                 if inflater.unconsumed_tail:
-                    problem = f"answer larger than {MAX_RESPONSE_BYTES} bytes inflated"
+                    problem = f"answer larger than {self.limit} bytes inflated"
             except zlib.error as exc:
                 problem = f"answer body is not valid {encoding}: {exc}"
             if problem:
@@ -272,15 +277,18 @@ class HttpClient:
 
     ``max_per_origin`` bounds the connections to one scheme/host/port, ``max_connections`` all of them; a
     request over a limit waits for a connection (within its timeout). Idle connections close after
-    ``keepalive_expiry`` seconds.
+    ``keepalive_expiry`` seconds. An answer body over ``max_response_bytes`` (inflated, when compressed) fails
+    the request.
     """
 
     def __init__(self, *, user_agent: str, max_per_origin: int = 64, max_connections: int = 512,
-                 keepalive_expiry: float = 30.0, ssl_context: ssl.SSLContext | None = None) -> None:
+                 keepalive_expiry: float = 30.0, ssl_context: ssl.SSLContext | None = None,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
         self._agent_line = encode_headers({"User-Agent": user_agent})
         self.max_per_origin = max(1, max_per_origin)
         self.max_connections = max(self.max_per_origin, max_connections)
         self.keepalive_expiry = keepalive_expiry
+        self.max_response_bytes = max(1, max_response_bytes)
         self._ssl = ssl_context
         self._pools: dict[tuple[str, str, int], _Pool] = {}
         self._open = 0
@@ -408,7 +416,7 @@ class HttpClient:
             context = self._ssl
         try:
             _, conn = await loop.create_connection(
-                lambda: _Connection(origin.key), origin.host, origin.port, ssl=context,
+                lambda: _Connection(origin.key, self.max_response_bytes), origin.host, origin.port, ssl=context,
                 server_hostname=origin.host if context is not None else None)
         except BaseException as exc:
             pool.open -= 1
