@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         for batch in batches:
             await langfuse._bodies(batch)
 
-    rows.append(("langfuse: request bodies, 18 a batch (spans; gzip from 16 KiB)",
+    rows.append(("langfuse: request bodies, 18 a batch (spans; gzip from 64 KiB)",
                  _per_event(lambda: asyncio.run(bodies()), len(events))))
     rows.append(("otel: span bytes (wire_span)", _per_event(lambda: [otel.wire_span(e) for e in events],
                                                              len(events))))

@@ -23,11 +23,14 @@ from sluicegate.events import REDACTED, LogMetadata
 from sluicegate.testing import make_event
 from sluicegate_langfuse_sink import sink as sink_module
 from sluicegate_langfuse_sink.sink import (
+    GZIP_MIN_BYTES,
     INGESTION_PATH,
     LangfuseDeliveryError,
     LangfuseSink,
     encode_request,
     event_to_span,
+    wire_request,
+    wire_span,
 )
 from sluicegate_langfuse_sink.testing import LangfuseReceiver
 
@@ -192,16 +195,22 @@ async def test_big_batch_is_split_into_several_requests(langfuse_receiver: Langf
     assert sum(r.span_count for r in posts) == 40 == len(langfuse_receiver.span_ids("project-1"))
 
 
-async def test_bodies_from_16_kib_are_gzipped_and_smaller_ones_are_not(langfuse_receiver: LangfuseReceiver,
+async def test_bodies_from_64_kib_are_gzipped_and_smaller_ones_are_not(langfuse_receiver: LangfuseReceiver,
                                                                       make_sink: MakeSink) -> None:
     sink = make_sink()
     await sink.send([make_event()])
-    big = [make_event(messages=[{"role": "user", "content": "tell me more " * 200}]) for _ in range(20)]
+    medium = [make_event(messages=[{"role": "user", "content": "tell me more " * 200}]) for _ in range(10)]
+    big = [make_event(messages=[{"role": "user", "content": "tell me more " * 400}]) for _ in range(20)]
+    # the batches straddle the threshold, as encoded
+    assert 16 * 1024 < len(wire_request([wire_span(e) for e in medium])) < GZIP_MIN_BYTES
+    assert len(wire_request([wire_span(e) for e in big])) >= GZIP_MIN_BYTES == 64 * 1024
+    await sink.send(medium)
     await sink.send(big)
-    small_post, big_post = [r for r in langfuse_receiver.requests if r.path == INGESTION_PATH]
+    small_post, medium_post, big_post = [r for r in langfuse_receiver.requests if r.path == INGESTION_PATH]
     assert (small_post.status, small_post.content_encoding, small_post.span_count) == (200, None, 1)
+    assert (medium_post.status, medium_post.content_encoding, medium_post.span_count) == (200, None, 10)
     assert (big_post.status, big_post.content_encoding, big_post.span_count) == (200, "gzip", 20)
-    assert len(langfuse_receiver.span_ids("project-1")) == 21
+    assert len(langfuse_receiver.span_ids("project-1")) == 31
 
 
 async def test_health_check(langfuse_receiver: LangfuseReceiver, make_sink: MakeSink) -> None:
