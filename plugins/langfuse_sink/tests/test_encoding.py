@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from sluicegate import LogMetadata
 from sluicegate.sinks.redaction import redact
 from sluicegate.testing import make_event
+from sluicegate_langfuse_sink import sink as sink_module
 from sluicegate_langfuse_sink.sink import encode_request, event_to_span, wire_request, wire_span
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -28,3 +31,21 @@ def test_wire_bytes_parse_equal_to_the_message_classes(events) -> None:
     # negative control: another event does not compare equal
     other = ExportTraceServiceRequest.FromString(encode_request([event_to_span(make_event(model="other"))]))
     assert ours != other
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False),
+                 st.integers(min_value=0, max_value=4_102_444_800).map(float),
+                 st.integers(min_value=0, max_value=4_102_444_800).map(lambda s: s + 0.9999995),
+                 st.integers(min_value=0, max_value=4_102_444_800).map(lambda s: s + 0.0000005)))
+def test_iso_timestamps_match_datetime_isoformat(timestamp: float) -> None:
+    """The fast formatter writes what ``datetime.fromtimestamp(ts, utc).isoformat()`` does (rounding half-even,
+    no fraction on whole seconds), called in any order (it keeps the last second's text)."""
+    assert sink_module._iso(timestamp) == sink_module._iso_slow(timestamp)
+    assert sink_module._iso(timestamp + 1) == sink_module._iso_slow(timestamp + 1)
+    assert sink_module._iso(timestamp) == sink_module._iso_slow(timestamp)
+
+
+def test_iso_timestamps_outside_the_fast_range_take_the_datetime_path() -> None:
+    for timestamp in (-1.5, 253402300799.25):
+        assert sink_module._iso(timestamp) == sink_module._iso_slow(timestamp)
