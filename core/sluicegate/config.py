@@ -95,8 +95,9 @@ class DeliverySettings(msgspec.Struct, kw_only=True):
     batch_interval: float = 1.0
     max_sends_per_second: float = 400.0
     """Delivery budget: with many busy destinations, each lingers up to ``busy destinations / this`` seconds
-    (at most ``max_batch_interval``) so the gateway makes about this many sends a second, in fuller batches.
-    For the whole gateway: each of ``--workers N`` processes takes a 1/N share."""
+    (at most ``max_batch_interval``) so the gateway makes about this many sends a second, in fuller batches;
+    lingering batches that come due together start at this pace (or faster, when ``max_batch_interval`` needs it),
+    not all at once. For the whole gateway: each of ``--workers N`` processes takes a 1/N share."""
     max_batch_interval: float = 5.0
     """Upper bound of the linger that ``max_sends_per_second`` may add (0 or less: no adaptive linger)."""
     max_retries: int = 8

@@ -133,7 +133,8 @@ async def test_many_busy_destinations_are_sent_in_fuller_batches(receiver, make_
         for round_ in range(3):
             for key in keys:
                 assert (await gw.chat(key, f"round {round_}")).status_code == 200
-        assert await receiver.wait_for_async(lambda: len(receiver.events("/dest/")) == 60)
+        # up to two lingers: the 20 sends come due within ~5 s, then start at the pace (4 a second here)
+        assert await receiver.wait_for_async(lambda: len(receiver.events("/dest/")) == 60, timeout=20)
         posts = len(receiver.received("/dest/"))
         if expect_batched:
             assert posts <= 25
@@ -165,3 +166,46 @@ async def test_a_busy_spool_is_written_before_its_interval(tmp_path, events, wri
     finally:
         await dispatcher.aclose(grace=5)
 
+
+
+class _Timed(Sink):
+    """Records the loop time of every send, in a list shared by its instances (set per test)."""
+
+    callback_name = "timed"
+    max_batch_size = 100
+    log: list[float] = []  # noqa: RUF012 - replaced by each test
+
+    async def send(self, batch: Sequence[LogEvent]) -> None:
+        _Timed.log.append(asyncio.get_running_loop().time())
+
+
+@pytest.mark.parametrize(("settings", "paced"), [
+    ({"batch_interval": 0.3, "max_batch_interval": 0.5, "max_sends_per_second": 10}, True),
+    ({"batch_interval": 0.5, "max_batch_interval": 0.5, "max_sends_per_second": 10}, False),
+], ids=["paced", "control-no-adaptive-linger-no-pace"])
+async def test_batches_coming_due_together_start_at_the_pace_not_all_at_once(settings, paced):
+    """40 destinations that begin lingering in the same instant come due together. With a send budget they start
+    at its pace (here ``max(10, 40 busy / 0.5 s)`` = 80 a second: ~0.45 s for the 37 that come due last), not
+    back to back: thousands of teams after a restart would otherwise encode and POST in one wave on the loop that
+    serves requests, every linger cycle. Every event is still delivered."""
+    _Timed.log = []
+    callbacks = [CallbackSet(routes=(Route(callback_name="timed", instance_id=f"t{i}", sink_class=_Timed,
+                                           callback_vars=CallbackVars(), on_success=True, on_failure=True,
+                                           redact=False),), source="global") for i in range(40)]
+    dispatcher = Dispatcher(DeliverySettings(spool=False, **settings))
+    try:
+        for callback_set in callbacks:
+            dispatcher.submit(make_event(), callback_set)
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(_Timed.log) < 40:
+            assert asyncio.get_running_loop().time() < deadline, f"only {len(_Timed.log)} of 40 sends in 10 s"
+            await asyncio.sleep(0.01)  # deliberate: the poll interval of a deadline-bounded wait
+        last = sorted(_Timed.log)[3:]  # the first few came due early (the linger ramps up with the busy count)
+        spread = last[-1] - last[0]
+        if paced:
+            assert spread >= 0.3, spread
+        else:
+            assert spread < 0.1, spread
+        assert sum(slot.sent for slot in dispatcher.pool.slots.values()) == 40
+    finally:
+        await dispatcher.aclose()

@@ -57,6 +57,11 @@ sinks each (bench/: p99)."""
 # rest would cost a loop iteration for nothing.
 _DUE_SLACK = 0.001
 
+_PACE_TICK = 0.01
+"""While due sends wait for the pace, the timer wakes this often and starts what the pace allows meanwhile."""
+_PACE_BURST = 0.02
+"""Sends the pace lets start at once: this many seconds' worth (8 at 400 a second), at least one."""
+
 
 def _retryable(exc: BaseException | None) -> bool:
     """Whether a failed send is worth retrying.
@@ -112,6 +117,8 @@ class Dispatcher:
         self._due_order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._pace_tokens = 0.0  # sends the pace allows now (a token bucket refilled at _pace_rate())
+        self._pace_at = 0.0  # loop time the tokens were counted
 
     # request path --------------------------------------------------------------------------------------
     def submit(self, event: LogEvent, callbacks: CallbackSet | None) -> int:
@@ -233,17 +240,50 @@ class Dispatcher:
         self._timer = loop.call_at(when, self._send_due)
         self._timer_at = when
 
+    def _pace_rate(self) -> float:
+        """Sends a second that lingering slots may start: ``max_sends_per_second``, or more when so many slots are
+        busy that even ``max_batch_interval`` cannot bring them down to it (the pace never holds sends back below
+        what the lingers need); 0 when unpaced."""
+        settings = self.settings
+        if settings.max_sends_per_second <= 0 or settings.max_batch_interval <= settings.batch_interval:
+            return 0.0
+        return max(settings.max_sends_per_second, self._working / settings.max_batch_interval)
+
     def _send_due(self) -> None:
-        """The timer: start a send for every slot whose deadline has come; wait for the next one."""
+        """The timer: start a send for every slot whose deadline has come, at most at the pace (:meth:`_pace_rate`);
+        wait for the next deadline, or for the pace to allow more.
+
+        Slots that began lingering together (every team's first request in the same second of a restart or a
+        burst) come due together, one linger later and again after every send: without the pace, thousands of
+        sends (encoding and POSTing) would run back to back on the loop that serves requests, every cycle.
+        Held back, a slot sends a little later and lingers again from then, so the wave spreads out.
+        """
         self._timer = None
         loop = asyncio.get_running_loop()
         heap = self._due
-        now = loop.time() + _DUE_SLACK
-        while heap and heap[0][0] <= now:
-            due, _, slot = heapq.heappop(heap)
-            if slot.due == due and slot.task is None and not slot.closed:
-                self._start_send(slot)
-        if heap:
+        now = loop.time()
+        rate = 0.0 if self._closing else self._pace_rate()
+        if rate:
+            self._pace_tokens = min(max(1.0, rate * _PACE_BURST),
+                                    self._pace_tokens + (now - self._pace_at) * rate)
+            self._pace_at = now
+        limit = now + _DUE_SLACK
+        held = False
+        while heap and heap[0][0] <= limit:
+            due, _, slot = heap[0]
+            if slot.due != due or slot.task is not None or slot.closed:
+                heapq.heappop(heap)  # stale: sent meanwhile (a full batch), or closed
+                continue
+            if rate:
+                if self._pace_tokens < 1.0:
+                    held = True
+                    break
+                self._pace_tokens -= 1.0
+            heapq.heappop(heap)
+            self._start_send(slot)
+        if held:
+            self._arm(loop, now + max(_PACE_TICK, (1.0 - self._pace_tokens) / rate))
+        elif heap:
             self._arm(loop, heap[0][0])
 
     def _start_send(self, slot: SinkSlot) -> None:
