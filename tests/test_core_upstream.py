@@ -30,6 +30,10 @@ ANSWER = json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "choices":
     "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}).encode()
 
 
+SSE = (b'data: {"choices":[{"index":0,"delta":{"content":"one"}}]}\n\n',
+       b'data: {"choices":[{"index":0,"delta":{"content":"two"}}]}\n\n', b"data: [DONE]\n\n")
+
+
 class Upstream:
     """``/v1/chat/completions`` answering :data:`ANSWER` (or what ``mode`` asks for); records every request and
     the client port it came on."""
@@ -62,7 +66,33 @@ class Upstream:
                                                 "param": None, "code": "rate_limit"}}, status=429)
         if self.mode == "slow":
             await self.release.wait()
+        if self.mode in ("sse", "sse-stall", "sse-gzip", "sse-big"):
+            return await self.sse(request)
         return web.Response(body=ANSWER, content_type="application/json")
+
+    async def sse(self, request: web.Request) -> web.StreamResponse:
+        """Three events, the second only once the test sets ``release`` (so a client that buffered the whole
+        answer would never see the first in time); ``sse-stall`` never sends the second."""
+        headers = {"Content-Type": "text/event-stream"}
+        if self.mode == "sse-gzip":
+            headers["Content-Encoding"] = "gzip"
+        response = web.StreamResponse(headers=headers)
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        if self.mode == "sse-gzip":
+            await response.write(gzip.compress(b"".join(SSE)))
+        elif self.mode == "sse-big":
+            for _ in range(64):
+                await response.write(b"data: " + b"x" * 65536 + b"\n\n")
+        else:
+            await response.write(SSE[0])
+            await self.release.wait()
+            if self.mode == "sse-stall":
+                await asyncio.Event().wait()  # never: the client's timeout must end it
+            for event in SSE[1:]:
+                await response.write(event)
+        await response.write_eof()
+        return response
 
     async def start(self) -> None:
         app = web.Application()
@@ -220,6 +250,109 @@ async def test_builtin_client_refuses_an_answer_over_its_limit_as_502() -> None:
         await server.wait_closed()
     assert caught.value.status == 502
     assert caught.value.type == "upstream_unreachable"
+
+
+STREAMING = [kind for kind in UPSTREAM_CLIENTS if kind in ("builtin", "aiohttp")]
+
+
+@pytest.fixture(params=STREAMING)
+async def streaming_client(request: pytest.FixtureRequest) -> AsyncIterator[UpstreamClient]:
+    made = make_upstream(request.param)
+    yield made
+    await made.aclose()
+
+
+async def _first_chunk(iterator: AsyncIterator[bytes]) -> bytes:
+    return await asyncio.wait_for(iterator.__anext__(), 5)
+
+
+async def test_streams_hand_over_each_event_as_it_arrives(upstream: Upstream,
+                                                          streaming_client: UpstreamClient) -> None:
+    upstream.mode = "sse"
+    stream = await streaming_client.open_stream(deployment(upstream.url), BODY, "req-sse")
+    try:
+        chunks = stream.aiter_raw()
+        first = await _first_chunk(chunks)  # before the upstream may send the rest
+        assert first == SSE[0]
+        upstream.release.set()
+        rest = [data async for data in chunks]
+    finally:
+        await stream.aclose()
+    assert first + b"".join(rest) == b"".join(SSE)
+    assert upstream.requests[0]["body"] == BODY
+
+
+async def test_a_stalled_stream_fails_within_the_model_timeout(upstream: Upstream,
+                                                               streaming_client: UpstreamClient) -> None:
+    upstream.mode = "sse-stall"
+    upstream.release.set()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    stream = await streaming_client.open_stream(deployment(upstream.url, timeout=0.5), BODY, "req-stall")
+    received = b""
+    try:
+        with pytest.raises(Exception):  # each client's own error type: the chat route ends the relay on any
+            async for data in stream.aiter_raw():
+                received += data
+    finally:
+        await stream.aclose()
+    assert received == SSE[0]
+    assert loop.time() - started < 5.0
+
+
+async def test_a_stream_refused_with_an_error_status_is_the_upstreams_error(upstream: Upstream,
+                                                                            streaming_client: UpstreamClient) -> None:
+    upstream.mode = "error"
+    with pytest.raises(UpstreamError) as caught:
+        await streaming_client.open_stream(deployment(upstream.url), BODY, "req-stream-err")
+    assert (caught.value.status, caught.value.message) == (429, "rate limited")
+
+
+async def test_builtin_streams_inflate_gzip_and_reuse_the_connection_once_finished(upstream: Upstream) -> None:
+    client = make_upstream("builtin")
+    try:
+        for mode in ("sse-gzip", "sse-gzip", "sse"):
+            upstream.mode = mode
+            upstream.release.set()
+            stream = await client.open_stream(deployment(upstream.url), BODY, f"req-{mode}")
+            try:
+                assert b"".join([data async for data in stream.aiter_raw()]) == b"".join(SSE)
+            finally:
+                await stream.aclose()
+        upstream.mode = "plain"
+        assert await client.complete(deployment(upstream.url), BODY, "req-after") == ANSWER  # not stuck paused
+    finally:
+        await client.aclose()
+    assert len(set(upstream.peers)) == 1  # one keep-alive connection for the four
+
+
+async def test_builtin_stream_closed_early_drops_its_connection_and_a_big_one_is_read_whole(
+        upstream: Upstream) -> None:
+    """4 MiB streamed: reading pauses while the consumer lags and resumes as it reads; a stream left
+    unfinished closes its connection (the rest of the answer would otherwise arrive on the next request)."""
+    client = make_upstream("builtin")
+    try:
+        upstream.mode = "sse-big"
+        stream = await client.open_stream(deployment(upstream.url), BODY, "req-big")
+        try:
+            total = 0
+            async for data in stream.aiter_raw():
+                total += len(data)
+                await asyncio.sleep(0)  # a consumer that yields between chunks, as the relay does
+        finally:
+            await stream.aclose()
+        assert total == 64 * (65536 + 8)
+        upstream.mode = "sse"
+        upstream.release.clear()
+        stream = await client.open_stream(deployment(upstream.url), BODY, "req-early")
+        assert await _first_chunk(stream.aiter_raw()) == SSE[0]
+        await stream.aclose()  # before the rest
+        upstream.release.set()
+        upstream.mode = "plain"
+        assert await client.complete(deployment(upstream.url), BODY, "req-next") == ANSWER
+    finally:
+        await client.aclose()
+    assert len(set(upstream.peers)) == 2  # the early-closed stream's connection was not reused
 
 
 def test_unknown_client_kind_is_refused_naming_the_choices() -> None:

@@ -98,8 +98,8 @@ ENVIRONMENT = (
     ("SLUICEGATE_CONFIG", "Set by `sluicegate serve` for its workers: the config path."),
     ("SLUICEGATE_LOAD_PLUGINS", "Comma-separated distribution names: load only these plugins (empty: none)."),
     ("SLUICEGATE_DISABLE_PLUGINS", "Comma-separated entry-point names to skip (e.g. `datadog_sink`)."),
-    ("SLUICEGATE_HTTP_CLIENT", "Upstream HTTP client: `builtin` (default: the gateway's own HTTP/1.1 client for "
-                               "plain completions, aiohttp for streams), `aiohttp`, `httpx-aiohttp` or `httpx`."),
+    ("SLUICEGATE_HTTP_CLIENT", "Upstream HTTP client: `builtin` (default: the gateway's own HTTP/1.1 client), "
+                               "`aiohttp`, `httpx-aiohttp` or `httpx`."),
 )
 
 

@@ -15,7 +15,7 @@ import yarl
 
 from sluicegate import __version__
 from sluicegate.errors import ApiError
-from sluicegate.sinks.http import HttpClient, HttpClientError, HttpTimeoutError, encode_headers
+from sluicegate.sinks.http import HttpClient, HttpClientError, HttpTimeoutError, StreamedResponse, encode_headers
 
 if TYPE_CHECKING:
     from sluicegate.providers.models import Deployment
@@ -150,38 +150,37 @@ MAX_UPSTREAM_ANSWER_BYTES = 64 * 1024 * 1024
 """A non-streaming completion larger than this fails as unreachable (502) instead of filling memory."""
 
 
-class BuiltinUpstream(AiohttpUpstream):
-    """Non-streaming completions over the gateway's own HTTP/1.1 client (:mod:`sluicegate.sinks.http`), streams
-    over aiohttp (which hands their bytes over as they arrive). The default: per request it costs a fraction of
-    aiohttp's CPU (``bench/``: aiohttp's client was about a quarter of the gateway's CPU under load).
+class BuiltinUpstream(UpstreamClient):
+    """Completions over the gateway's own HTTP/1.1 client (:mod:`sluicegate.sinks.http`), streamed or not. The
+    default: per request it costs a fraction of aiohttp's CPU (``bench/``: aiohttp's client was about a quarter
+    of the gateway's CPU under load).
 
     Like the aiohttp session it replaces: no proxies from the environment, no cookies, no redirects, TLS verified
-    against the system store, up to ``max_connections`` connections. A reused keep-alive connection that the
-    upstream had closed before any byte of the answer is retried once on a new one (the keep-alive race).
+    against the system store, up to ``max_connections`` connections, gzip/deflate answers inflated, the model's
+    ``timeout`` for the whole answer (a stream's included). A reused keep-alive connection that the upstream had
+    closed before any byte of the answer is retried once on a new one (the keep-alive race).
     """
 
     __slots__ = ("client", "_heads")
 
     def __init__(self, max_connections: int = 1000) -> None:
-        super().__init__(max_connections)
         self.client = HttpClient(user_agent=f"sluicegate/{__version__}", max_per_origin=max_connections,
                                  max_connections=max_connections, max_response_bytes=MAX_UPSTREAM_ANSWER_BYTES)
         self._heads: dict[str, tuple[str, bytes]] = {}
 
-    def _head(self, deployment: Deployment) -> tuple[str, bytes]:
+    def _headers(self, deployment: Deployment, request_id: str) -> tuple[str, bytes]:
         head = self._heads.get(deployment.model_name)
         if head is None:
             head = (deployment.completions_url, encode_headers(_base_headers(deployment)))
             self._heads[deployment.model_name] = head
-        return head
-
-    async def complete(self, deployment: Deployment, body: bytes, request_id: str) -> bytes:
-        url, headers = self._head(deployment)
         # request ids are printable (the chat route checks); non-ASCII ones go percent-encoded
         rid = request_id.encode() if request_id.isascii() else quote(request_id, safe="").encode()
+        return head[0], head[1] + b"x-request-id: " + rid + b"\r\n"
+
+    async def complete(self, deployment: Deployment, body: bytes, request_id: str) -> bytes:
+        url, headers = self._headers(deployment, request_id)
         try:
-            response = await self.client.post(url, body, headers=headers + b"x-request-id: " + rid + b"\r\n",
-                                              timeout=deployment.timeout)
+            response = await self.client.post(url, body, headers=headers, timeout=deployment.timeout)
         except HttpTimeoutError:
             raise _timed_out(deployment) from None
         except HttpClientError as exc:
@@ -190,11 +189,26 @@ class BuiltinUpstream(AiohttpUpstream):
             raise _error_from(response.status, response.body, deployment)
         return response.body
 
-    async def aclose(self) -> None:
+    async def open_stream(self, deployment: Deployment, body: bytes, request_id: str) -> StreamedResponse:
+        url, headers = self._headers(deployment, request_id)
         try:
-            await self.client.aclose()
-        finally:
-            await super().aclose()
+            response = await self.client.stream("POST", url, body=body, headers=headers, timeout=deployment.timeout)
+        except HttpTimeoutError:
+            raise _timed_out(deployment) from None
+        except HttpClientError as exc:
+            raise _unreachable(deployment, exc) from None
+        if response.status >= 400:
+            try:
+                content = await response.read()
+            except HttpClientError:
+                content = b""
+            finally:
+                await response.aclose()
+            raise _error_from(response.status, content, deployment)
+        return response
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
 
 class HttpxUpstream(UpstreamClient):

@@ -4,15 +4,17 @@ response parser, no more.
 A sink sends a body it already holds to a fixed URL and reads a short answer, hundreds of times a second
 when thousands of teams log, on the event loop that also serves requests. Through aiohttp's client one such
 POST cost 140-220 us of CPU; through this client, 30-40 us (``python -m bench.http_client``). The gateway's
-non-streaming upstream calls are the same shape (a body in memory, one answer), so the default upstream client
-(``sluicegate.providers.upstream.BuiltinUpstream``) sends them through it too.
+upstream calls are the same shape (a body in memory, one answer, read whole or as a stream of server-sent
+events), so the default upstream client (``sluicegate.providers.upstream.BuiltinUpstream``) sends them through it
+too.
 
 What it does: ``http`` and ``https`` (certificates verified against the system store, or a given
 ``ssl.SSLContext``); per-origin pools of keep-alive connections with a per-origin and a total limit and an
 idle expiry; responses framed by ``Content-Length``, chunked, or ended by the server closing; ``gzip`` and
 ``deflate`` answers inflated; one timeout for the whole request; one quiet retry on a fresh connection when
 a reused idle connection turns out to have been closed by the server before any byte of the answer (the race
-every keep-alive client has). What it does not: redirects, proxies, cookies, HTTP/2, streaming bodies.
+every keep-alive client has); answers read whole, or as they arrive (:meth:`HttpClient.stream`, reading paused
+while the consumer lags). What it does not: redirects, proxies, cookies, HTTP/2, streamed request bodies.
 
 Responses are parsed by ``httptools`` (llhttp, the parser of Node.js and of uvicorn's ``httptools`` mode).
 """
@@ -24,18 +26,19 @@ import collections
 import ssl
 import time
 import zlib
-from collections.abc import Mapping
-from typing import NamedTuple
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 import httptools
 
-__all__ = ("HttpClient", "HttpClientError", "HttpTimeoutError", "Response", "encode_headers")
+__all__ = ("HttpClient", "HttpClientError", "HttpTimeoutError", "Response", "StreamedResponse", "encode_headers")
 
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 """By default an answer bigger than this is refused (a sink reads status lines and short JSON or protobuf
 bodies); ``HttpClient(max_response_bytes=...)`` sets another limit."""
 _BIG_BODY = 64 * 1024  # above this the head and body are written separately instead of joined (a copy)
+_STREAM_HIGH_WATER = 256 * 1024  # a streamed answer buffered beyond this pauses reading until it is consumed
 
 
 class Response(NamedTuple):
@@ -120,11 +123,77 @@ def _origin(url: str) -> _Origin:
                    host_line.encode("ascii"))
 
 
+class _BodyStream:
+    """The body of a streamed answer: chunks handed over as they arrive, reading paused while too many wait."""
+
+    __slots__ = ("chunks", "buffered", "finished", "error", "wakeup", "transport", "paused", "inflater")
+
+    def __init__(self, transport: asyncio.Transport, inflater: Any) -> None:
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.finished = False
+        self.error: HttpClientError | None = None
+        self.wakeup: asyncio.Future[None] | None = None
+        self.transport = transport
+        self.paused = False
+        self.inflater = inflater  # a zlib decompressobj for gzip/deflate answers, else None
+
+    def _wake(self) -> None:
+        wakeup = self.wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    def feed(self, data: bytes) -> None:
+        if self.inflater is not None:
+            data = self.inflater.decompress(data)  # a zlib.error stops the parser: a protocol failure
+        if data:
+            self.chunks.append(data)
+            self.buffered += len(data)
+            if self.buffered > _STREAM_HIGH_WATER and not self.paused:
+                self.paused = True
+                self.transport.pause_reading()
+            self._wake()
+
+    def finish(self) -> None:
+        if self.inflater is not None:
+            rest = self.inflater.flush()
+            if rest:
+                self.chunks.append(rest)
+        self.finished = True
+        self._wake()
+
+    def fail(self, exc: HttpClientError) -> None:
+        if not self.finished and self.error is None:
+            self.error = exc
+            self._wake()
+
+    async def next(self) -> bytes | None:
+        """The next chunk; ``None`` at the end; raises :class:`HttpClientError` when the answer broke off."""
+        while True:
+            if self.chunks:
+                data = self.chunks.popleft()
+                self.buffered -= len(data)
+                if self.paused and self.buffered <= _STREAM_HIGH_WATER // 2:
+                    self.paused = False
+                    self.transport.resume_reading()
+                return data
+            if self.error is not None:
+                raise self.error
+            if self.finished:
+                return None
+            self.wakeup = asyncio.get_running_loop().create_future()
+            try:
+                await self.wakeup
+            finally:
+                self.wakeup = None
+
+
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection; at most one request at a time (no pipelining)."""
 
     __slots__ = ("transport", "parser", "waiter", "status", "headers", "chunks", "size", "framed", "done",
-                 "keep_alive", "received", "closed", "requests", "idle_since", "origin_key", "oversized", "limit")
+                 "keep_alive", "received", "closed", "requests", "idle_since", "origin_key", "oversized", "limit",
+                 "streaming", "stream")
 
     def __init__(self, origin_key: tuple[str, str, int], limit: int = MAX_RESPONSE_BYTES) -> None:
         self.origin_key = origin_key
@@ -144,13 +213,15 @@ class _Connection(asyncio.Protocol):
         self.requests = 0
         self.idle_since = 0.0
         self.oversized = False
+        self.streaming = False  # the current request wants its answer's body as a stream
+        self.stream: _BodyStream | None = None  # that stream, once the answer's head has arrived
 
     # asyncio.Protocol --------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self.waiter is None or self.waiter.done():
+        if self.waiter is None or (self.waiter.done() and (self.stream is None or self.done)):
             self._fail(HttpClientError("the server sent data without a request", kind="protocol"))
             return
         self.received = True
@@ -166,6 +237,17 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        stream = self.stream
+        if stream is not None and not self.done:  # the head was handed over; the body was streaming
+            if self.status and not self.framed:  # ended by the close: complete now
+                self.done = True
+                self.keep_alive = False
+                stream.finish()
+            else:
+                reason = f": {exc}" if exc else ""
+                stream.fail(HttpClientError(f"the server closed the connection in the middle of its answer{reason}",
+                                            kind="closed"))
+            return
         waiter = self.waiter
         if waiter is None or waiter.done():
             return
@@ -198,8 +280,19 @@ class _Connection(asyncio.Protocol):
         self.status = self.parser.get_status_code()
         if self.status in (204, 304):
             self.framed = True  # no body, whatever the headers say
+        if self.streaming and not 100 <= self.status < 200:
+            waiter = self.waiter
+            if waiter is None or waiter.done() or self.transport is None:
+                return
+            encoding = self.headers.get("content-encoding", "").strip().lower()
+            inflater = zlib.decompressobj(wbits=47) if encoding in ("gzip", "x-gzip", "deflate") else None
+            self.stream = _BodyStream(self.transport, inflater)
+            waiter.set_result(Response(self.status, self.headers, b""))
 
     def on_body(self, body: bytes) -> None:
+        if self.stream is not None:
+            self.stream.feed(body)
+            return
         self.size += len(body)
         if self.size > self.limit:
             self.oversized = True
@@ -210,6 +303,10 @@ class _Connection(asyncio.Protocol):
         if 100 <= self.status < 200:  # interim (100 Continue, 103 Early Hints): the real answer follows
             return
         self.keep_alive = self.parser.should_keep_alive()
+        if self.stream is not None:
+            self.done = True
+            self.stream.finish()
+            return
         self._complete()
 
     # ------------------------------------------------------------------------------------------------
@@ -240,12 +337,16 @@ class _Connection(asyncio.Protocol):
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
+        if self.stream is not None:
+            self.stream.fail(exc)
         self.close()
 
     def start(self, loop: asyncio.AbstractEventLoop, data: bytes,
-              body: bytes | None) -> asyncio.Future[Response]:
+              body: bytes | None, *, streaming: bool = False) -> asyncio.Future[Response]:
         self.waiter = waiter = loop.create_future()
         self.done = self.received = self.keep_alive = False
+        self.streaming = streaming
+        self.stream = None
         self.requests += 1
         assert self.transport is not None
         self.transport.write(data)
@@ -314,6 +415,21 @@ class HttpClient:
 
     async def request(self, method: str, url: str, *, body: bytes = b"", headers: bytes = b"",
                       timeout: float) -> Response:
+        _, response, _ = await self._exchange(method, url, body, headers, timeout, streaming=False)
+        return response
+
+    async def stream(self, method: str, url: str, *, body: bytes = b"", headers: bytes = b"",
+                     timeout: float) -> StreamedResponse:
+        """Like :meth:`request`, but returns once the answer's status and headers have arrived; its body comes
+        from :meth:`StreamedResponse.aiter_raw` as it arrives. ``timeout`` covers the whole answer, body
+        included; :meth:`StreamedResponse.aclose` must follow (it returns a finished connection to the pool and
+        closes an unfinished one)."""
+        conn, response, timer = await self._exchange(method, url, body, headers, timeout, streaming=True)
+        assert timer is not None
+        return StreamedResponse(self, conn, response, timer)
+
+    async def _exchange(self, method: str, url: str, body: bytes, headers: bytes, timeout: float, *,
+                        streaming: bool) -> tuple[_Connection, Response, asyncio.TimerHandle | None]:
         if self._closed:
             raise HttpClientError("the HTTP client is closed", kind="closed")
         origin = self._origins.get(url)
@@ -339,12 +455,13 @@ class HttpClient:
                 except TimeoutError:
                     raise HttpTimeoutError(f"no connection to {_shown(origin)} within {timeout:g}s") from None
             reused = conn.requests > 0
-            waiter = conn.start(loop, data, extra)
+            waiter = conn.start(loop, data, extra, streaming=streaming)
             # A plain timer rather than asyncio.timeout(): a third of the client's CPU per request went there.
-            timer = loop.call_at(deadline, _expire, waiter, origin, timeout)
+            timer = loop.call_at(deadline, _expire, conn, origin, timeout)
             try:
                 response = await waiter
             except HttpClientError as exc:
+                timer.cancel()
                 self._release(conn, reuse=False)
                 if reused and exc.kind == "closed" and not conn.received:
                     # The server closed it while idle (a restart, or its keep-alive timeout): the other idle
@@ -355,12 +472,14 @@ class HttpClient:
                     raise
                 raise HttpClientError(f"{_shown(origin)}: {exc}", kind=exc.kind) from None
             except BaseException:  # cancelled mid-request: the answer may still come, so the connection goes
+                timer.cancel()
                 self._release(conn, reuse=False)
                 raise
-            finally:
-                timer.cancel()
+            if streaming:
+                return conn, response, timer  # the timer bounds the body too; StreamedResponse.aclose ends it
+            timer.cancel()
             self._release(conn, reuse=conn.keep_alive)
-            return response
+            return conn, response, None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _drop_idle(self, origin: _Origin) -> None:
@@ -506,10 +625,66 @@ class HttpClient:
         await asyncio.sleep(0)  # let the transports' connection_lost run
 
 
-def _expire(waiter: asyncio.Future[Response], origin: _Origin, timeout: float) -> None:
-    if not waiter.done():
-        waiter.set_exception(HttpTimeoutError(f"no complete answer from {_shown(origin)} "
-                                              f"within {timeout:g}s"))
+def _expire(conn: _Connection, origin: _Origin, timeout: float) -> None:
+    exc = HttpTimeoutError(f"no complete answer from {_shown(origin)} within {timeout:g}s")
+    waiter = conn.waiter
+    if waiter is not None and not waiter.done():
+        waiter.set_exception(exc)
+    elif conn.stream is not None and not conn.done:
+        conn.stream.fail(exc)
+        conn.close()
+
+
+class StreamedResponse:
+    """An answer whose body is read as it arrives (:meth:`HttpClient.stream`)."""
+
+    __slots__ = ("status", "headers", "_client", "_conn", "_timer", "_closed")
+
+    def __init__(self, client: HttpClient, conn: _Connection, head: Response, timer: asyncio.TimerHandle) -> None:
+        self.status = head.status
+        self.headers = head.headers
+        self._client = client
+        self._conn = conn
+        self._timer = timer
+        self._closed = False
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        """The body's bytes as they arrive (inflated when gzip/deflate); raises :class:`HttpClientError` when
+        the answer breaks off or its timeout passes."""
+        stream = self._conn.stream
+        assert stream is not None
+        while True:
+            data = await stream.next()
+            if data is None:
+                return
+            yield data
+
+    async def read(self, limit: int | None = None) -> bytes:
+        """The rest of the body at once (an error answer's); more than ``limit`` bytes (default: the client's
+        ``max_response_bytes``) fails with :class:`HttpClientError`."""
+        limit = self._client.max_response_bytes if limit is None else limit
+        parts: list[bytes] = []
+        size = 0
+        async for data in self.aiter_raw():
+            size += len(data)
+            if size > limit:
+                raise HttpClientError(f"answer larger than {limit} bytes", kind="protocol")
+            parts.append(data)
+        return b"".join(parts)
+
+    async def aclose(self) -> None:
+        """Done with the answer: a finished connection goes back to the pool, an unfinished one is closed."""
+        if self._closed:
+            return
+        self._closed = True
+        self._timer.cancel()
+        conn = self._conn
+        stream = conn.stream
+        if stream is not None and stream.paused and not conn.closed and conn.transport is not None:
+            stream.paused = False
+            conn.transport.resume_reading()
+        conn.stream = None
+        self._client._release(conn, reuse=conn.done and conn.keep_alive)
 
 
 def _shown(origin: _Origin) -> str:
