@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from litestar.exceptions import HTTPException
-
 from sluicegate.app import body_deadline
 
 SCOPE: dict[str, Any] = {"type": "http", "method": "POST", "path": "/"}

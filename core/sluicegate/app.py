@@ -85,7 +85,7 @@ class _BodyGuard:
     deadline a ``receive()`` under way is cancelled and a later one refused, both as 408. ``asyncio.timeout()``
     around every ``receive()`` did the same at several times the cost (4 % of the gateway's CPU, bench.profile)."""
 
-    __slots__ = ("_receive", "deadline", "seconds", "done", "waiting", "expired", "timer", "task", "cancelling")
+    __slots__ = ("_receive", "cancelling", "deadline", "done", "expired", "seconds", "task", "timer", "waiting")
 
     def __init__(self, receive: Receive, deadline: float, seconds: float) -> None:
         self._receive = receive

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from urllib.parse import quote
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import aiohttp
 import httpx
@@ -15,7 +15,13 @@ import yarl
 
 from sluicegate import __version__
 from sluicegate.errors import ApiError
-from sluicegate.sinks.http import HttpClient, HttpClientError, HttpTimeoutError, StreamedResponse, encode_headers
+from sluicegate.sinks.http import (
+    HttpClient,
+    HttpClientError,
+    HttpTimeoutError,
+    StreamedResponse,
+    encode_headers,
+)
 
 if TYPE_CHECKING:
     from sluicegate.providers.models import Deployment
@@ -94,9 +100,10 @@ class _AiohttpStream:
 
 
 class AiohttpUpstream(UpstreamClient):
-    """aiohttp's client straight: the fastest option measured in ``bench/`` (no per-request header rebuild)."""
+    """aiohttp's client straight (no per-request header rebuild): the fastest third-party client measured in
+    ``bench/``, and the default until the builtin client replaced it."""
 
-    __slots__ = ("session", "_prepared")
+    __slots__ = ("_prepared", "session")
 
     def __init__(self, max_connections: int = 1000) -> None:
         connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, ttl_dns_cache=300)
@@ -161,7 +168,7 @@ class BuiltinUpstream(UpstreamClient):
     closed before any byte of the answer is retried once on a new one (the keep-alive race).
     """
 
-    __slots__ = ("client", "_heads")
+    __slots__ = ("_heads", "client")
 
     def __init__(self, max_connections: int = 1000) -> None:
         self.client = HttpClient(user_agent=f"sluicegate/{__version__}", max_per_origin=max_connections,

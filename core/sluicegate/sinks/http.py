@@ -126,7 +126,7 @@ def _origin(url: str) -> _Origin:
 class _BodyStream:
     """The body of a streamed answer: chunks handed over as they arrive, reading paused while too many wait."""
 
-    __slots__ = ("chunks", "buffered", "finished", "error", "wakeup", "transport", "paused", "inflater")
+    __slots__ = ("buffered", "chunks", "error", "finished", "inflater", "paused", "transport", "wakeup")
 
     def __init__(self, transport: asyncio.Transport, inflater: Any) -> None:
         self.chunks: collections.deque[bytes] = collections.deque()
@@ -191,9 +191,9 @@ class _BodyStream:
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection; at most one request at a time (no pipelining)."""
 
-    __slots__ = ("transport", "parser", "waiter", "status", "headers", "chunks", "size", "framed", "done",
-                 "keep_alive", "received", "closed", "requests", "idle_since", "origin_key", "oversized", "limit",
-                 "streaming", "stream")
+    __slots__ = ("chunks", "closed", "done", "framed", "headers", "idle_since", "keep_alive", "limit", "origin_key",
+                 "oversized", "parser", "received", "requests", "size", "status", "stream", "streaming", "transport",
+                 "waiter")
 
     def __init__(self, origin_key: tuple[str, str, int], limit: int = MAX_RESPONSE_BYTES) -> None:
         self.origin_key = origin_key
@@ -638,7 +638,7 @@ def _expire(conn: _Connection, origin: _Origin, timeout: float) -> None:
 class StreamedResponse:
     """An answer whose body is read as it arrives (:meth:`HttpClient.stream`)."""
 
-    __slots__ = ("status", "headers", "_client", "_conn", "_timer", "_closed")
+    __slots__ = ("_client", "_closed", "_conn", "_timer", "headers", "status")
 
     def __init__(self, client: HttpClient, conn: _Connection, head: Response, timer: asyncio.TimerHandle) -> None:
         self.status = head.status
