@@ -83,7 +83,8 @@ class _BodyGuard:
     """One request's ``receive`` with the body deadline: one timer for the whole body, armed at the first
     ``receive()`` (routes that never read a body never arm it) and stopped when the body is complete. At the
     deadline a ``receive()`` under way is cancelled and a later one refused, both as 408. ``asyncio.timeout()``
-    around every ``receive()`` did the same at several times the cost (4 % of the gateway's CPU, bench.profile)."""
+    around every ``receive()`` did the same for more: 5.4 instead of 3.2 us of middleware per request (py-spy put
+    it and this middleware at ~4 % of the gateway's CPU under load)."""
 
     __slots__ = ("_receive", "cancelling", "deadline", "done", "expired", "seconds", "task", "timer", "waiting")
 
