@@ -39,6 +39,13 @@ MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 bodies); ``HttpClient(max_response_bytes=...)`` sets another limit."""
 _BIG_BODY = 64 * 1024  # above this the head and body are written separately instead of joined (a copy)
 _STREAM_HIGH_WATER = 256 * 1024  # a streamed answer buffered beyond this pauses reading until it is consumed
+_COMPRESSED = frozenset({"gzip", "x-gzip", "deflate"})  # Content-Encodings the client inflates
+
+
+def _inflater(encoding: str) -> Any:
+    """A zlib decompressor for an answer in ``encoding`` (gzip or zlib framing, told apart by the header), or
+    ``None`` when it is not compressed."""
+    return zlib.decompressobj(wbits=47) if encoding in _COMPRESSED else None
 
 
 class Response(NamedTuple):
@@ -284,9 +291,8 @@ class _Connection(asyncio.Protocol):
             waiter = self.waiter
             if waiter is None or waiter.done() or self.transport is None:
                 return
-            encoding = self.headers.get("content-encoding", "").strip().lower()
-            inflater = zlib.decompressobj(wbits=47) if encoding in ("gzip", "x-gzip", "deflate") else None
-            self.stream = _BodyStream(self.transport, inflater)
+            self.stream = _BodyStream(self.transport,
+                                      _inflater(self.headers.get("content-encoding", "").strip().lower()))
             waiter.set_result(Response(self.status, self.headers, b""))
 
     def on_body(self, body: bytes) -> None:
@@ -317,10 +323,10 @@ class _Connection(asyncio.Protocol):
         body = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
         self.chunks = []
         encoding = self.headers.get("content-encoding", "").strip().lower()
-        if body and encoding in ("gzip", "x-gzip", "deflate"):
+        inflater = _inflater(encoding) if body else None
+        if inflater is not None:
             problem = ""
             try:
-                inflater = zlib.decompressobj(wbits=47)  # gzip or zlib framing, told apart by the header
                 body = inflater.decompress(body, self.limit)
                 if inflater.unconsumed_tail:
                     problem = f"answer larger than {self.limit} bytes inflated"
