@@ -60,12 +60,14 @@ class Row:
     client: str = "aiohttp"
     sinks: str = "none"  # none | telemetry
     stream: bool = False
-    workers: int = 1  # gateway rows: `sluicegate serve --workers N` (all on the server CPU)
+    workers: int = 1  # `sluicegate serve --workers N` / `uvicorn --workers N` (all on the server CPU)
 
 
 ROWS = [
     Row("direct", "direct to the mock upstream (the limit)", "direct", stream=True),
     Row("floor", "floor: bare Litestar + aiohttp client, uvicorn", "bare", "aiohttp"),
+    # the floor with `--workers 2` on the one core: what a second process costs any uvicorn app
+    Row("floor-w2", "floor with 2 uvicorn workers on one core", "bare", "aiohttp", workers=2),
     Row("floor-httpx", "bare Litestar + plain httpx client, uvicorn", "bare", "httpx"),
     Row("gw", "gateway, no sinks, builtin client (the default)", "gateway", "builtin", stream=True),
     Row("gw-aiohttp", "gateway, no sinks, aiohttp client", "gateway", "aiohttp"),
@@ -77,6 +79,8 @@ ROWS = [
     # `--workers 2` on the same one core: the CPU per request must not grow with the number of workers
     Row("gw-sinks-w2", "gateway, 2 workers on one core, {teams} teams x (langfuse + otel)", "gateway", "builtin",
         "telemetry", workers=2),
+    # the same without sinks: what a second process on the one core costs by itself
+    Row("gw-w2", "gateway, 2 workers on one core, no sinks, builtin client", "gateway", "builtin", workers=2),
     # every measured request is a cache hit: the warm-up sent each key's request once (one team per key)
     Row("gw-cache", "gateway, response cache hits (local)", "gateway", "builtin", "cache-local"),
     Row("gw-cache-redis", "gateway, response cache hits (Redis 127.0.0.1:6379)", "gateway",
@@ -522,7 +526,7 @@ class Bench:
             proc = self.procs.start(row.id, [
                 sys.executable, "-m", "uvicorn", "bench.bare_app:create_app", "--factory", "--host", "127.0.0.1",
                 "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-                "--log-level", "warning"], cpu=self.server_cpu,
+                "--log-level", "warning", "--workers", str(row.workers)], cpu=self.server_cpu,
                 env={"BENCH_UPSTREAM": upstream, "BENCH_BARE_CLIENT": row.client})
             try:
                 wait_http(base + "/", proc)
