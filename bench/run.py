@@ -802,6 +802,16 @@ def targets(by_id: dict[str, Result], cs: list[int]) -> list[str]:
                 lines.append(f"- CPU per request with 2 workers vs 1 at c={c}: {q.cpu_ms_per_req:.3f} vs "
                              f"{p.cpu_ms_per_req:.3f} ms ({growth:.2f}×; must not grow with N): "
                              f"{check(growth <= 1.10)}")
+    # The controls: the same two processes on the one core without sinks, and the bare floor app under uvicorn.
+    for label, one_id, two_id in (("gateway without sinks", "gw", "gw-w2"), ("floor", "floor", "floor-w2")):
+        one, two = by_id.get(one_id), by_id.get(two_id)
+        if not (one and two):
+            continue
+        for c in cs:
+            p, q = _point(one, c), _point(two, c)
+            if p and q and p.cpu_ms_per_req and q.cpu_ms_per_req:
+                lines.append(f"  - control, {label}: 2 workers vs 1 at c={c}: {q.cpu_ms_per_req:.3f} vs "
+                             f"{p.cpu_ms_per_req:.3f} ms ({q.cpu_ms_per_req / p.cpu_ms_per_req:.2f}×)")
     clients = [(name, by_id.get(rid)) for name, rid in (("builtin", "gw"), ("aiohttp", "gw-aiohttp"),
                                                          ("httpx-aiohttp", "gw-httpx-aiohttp"), ("httpx", "gw-httpx"))]
     clients = [(name, row) for name, row in clients if row and row.points]

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from sluicegate.sinks.http import (
+    _INFLATE_PIECE,
+    _STREAM_HIGH_WATER,
     MAX_RESPONSE_BYTES,
     HttpClient,
     HttpClientError,
@@ -46,6 +48,10 @@ async def client() -> AsyncIterator[HttpClient]:
     await http.aclose()
 
 
+BOMB_SIZE = 32 * 1024 * 1024
+BOMB = gzip.compress(b"data: " + b"0" * (BOMB_SIZE - 8) + b"\n\n", compresslevel=9)
+
+
 class WebServer:
     """An aiohttp.web app on a loopback port; records requests and the client ports they came from."""
 
@@ -56,6 +62,7 @@ class WebServer:
         self.app.router.add_post("/echo", self.echo)
         self.app.router.add_get("/chunked", self.chunked)
         self.app.router.add_get("/gzip", self.gzipped)
+        self.app.router.add_get("/bomb", self.bomb)
         self.app.router.add_post("/held", self.held)
         self.release = asyncio.Event()
         self.holding = 0
@@ -75,6 +82,15 @@ class WebServer:
         await response.prepare(request)
         for part in (b"one,", b"two,", b"three"):
             await response.write(part)
+        await response.write_eof()
+        return response
+
+    async def bomb(self, request: web.Request) -> web.StreamResponse:
+        """A streamed gzip answer whose one ~32 KiB chunk inflates to 32 MiB."""
+        response = web.StreamResponse(headers={"Content-Encoding": "gzip", "Content-Type": "text/event-stream"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(BOMB)
         await response.write_eof()
         return response
 
@@ -473,3 +489,56 @@ def test_request_head_names_the_origin_as_http_wants_it() -> None:
     assert _origin("http://[::1]:4318/v1/traces").host_line == b"Host: [::1]:4318\r\n"
     assert _origin("http://collector:80").host_line == b"Host: collector\r\n"  # default port left out
     assert _origin("http://collector:80").target == b"/"
+
+
+async def test_a_streamed_gzip_answer_is_inflated_a_piece_at_a_time(client: HttpClient,
+                                                                   web_server: WebServer) -> None:
+    """A small compressed chunk that inflates to 32 MiB is handed over in pieces while the consumer reads: what
+    waits in memory stays under the high-water mark plus one piece, and the whole body still arrives."""
+    assert len(BOMB) < 64 * 1024
+    answer = await client.stream("GET", web_server.url + "/bomb", timeout=30)
+    try:
+        stream = answer._conn.stream
+        assert stream is not None
+        total = most_waiting = 0
+        async for data in answer.aiter_raw():
+            assert len(data) <= _INFLATE_PIECE
+            total += len(data)
+            most_waiting = max(most_waiting, stream.buffered + len(data))
+    finally:
+        await answer.aclose()
+    assert total == BOMB_SIZE
+    assert most_waiting <= _STREAM_HIGH_WATER + _INFLATE_PIECE
+
+
+@pytest.mark.parametrize("body", [
+    b"\x1f\x8b" + b"not really gzip" * 10,  # broken at once: found while the answer is read
+    BOMB[:-8] + bytes(b ^ 0xFF for b in BOMB[-8:-4]) + BOMB[-4:],  # a wrong CRC: found once the consumer gets there
+], ids=["garbage", "bad-crc-after-32-MiB"])
+async def test_a_streamed_answer_that_is_not_valid_gzip_fails_as_a_protocol_error(client: HttpClient,
+                                                                                  body: bytes) -> None:
+    """Bytes that are not valid gzip under ``Content-Encoding: gzip`` end the stream with a protocol error,
+    whether the inflater meets them as they arrive or later, when the consumer has caught up."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body)
+                     + body)
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        answer = await client.stream("GET", f"http://127.0.0.1:{port}/", timeout=30)
+        try:
+            with pytest.raises(HttpClientError) as caught:
+                async for _ in answer.aiter_raw():
+                    pass
+        finally:
+            await answer.aclose()
+        assert caught.value.kind == "protocol"
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -39,6 +39,7 @@ MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 bodies); ``HttpClient(max_response_bytes=...)`` sets another limit."""
 _BIG_BODY = 64 * 1024  # above this the head and body are written separately instead of joined (a copy)
 _STREAM_HIGH_WATER = 256 * 1024  # a streamed answer buffered beyond this pauses reading until it is consumed
+_INFLATE_PIECE = 64 * 1024  # a compressed stream is inflated at most this much at a time
 _COMPRESSED = frozenset({"gzip", "x-gzip", "deflate"})  # Content-Encodings the client inflates
 
 
@@ -131,9 +132,14 @@ def _origin(url: str) -> _Origin:
 
 
 class _BodyStream:
-    """The body of a streamed answer: chunks handed over as they arrive, reading paused while too many wait."""
+    """The body of a streamed answer: chunks handed over as they arrive, reading paused while too many wait.
 
-    __slots__ = ("buffered", "chunks", "error", "finished", "inflater", "paused", "transport", "wakeup")
+    A gzip/deflate body is inflated :data:`_INFLATE_PIECE` bytes at a time and only while less than
+    :data:`_STREAM_HIGH_WATER` waits; the rest stays compressed (``tail``) until the consumer catches up, so a
+    small chunk that inflates to gigabytes costs no more memory than a plain stream.
+    """
+
+    __slots__ = ("buffered", "chunks", "error", "finished", "inflater", "paused", "tail", "transport", "wakeup")
 
     def __init__(self, transport: asyncio.Transport, inflater: Any) -> None:
         self.chunks: collections.deque[bytes] = collections.deque()
@@ -144,29 +150,55 @@ class _BodyStream:
         self.transport = transport
         self.paused = False
         self.inflater = inflater  # a zlib decompressobj for gzip/deflate answers, else None
+        self.tail = b""  # compressed bytes received and not inflated yet
 
     def _wake(self) -> None:
         wakeup = self.wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
 
-    def feed(self, data: bytes) -> None:
-        if self.inflater is not None:
-            data = self.inflater.decompress(data)  # a zlib.error stops the parser: a protocol failure
-        if data:
-            self.chunks.append(data)
-            self.buffered += len(data)
-            if self.buffered > _STREAM_HIGH_WATER and not self.paused:
+    def _push(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.buffered += len(data)
+        if self.buffered > _STREAM_HIGH_WATER and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def _inflate(self) -> None:
+        """Inflate held bytes while under the high-water mark, a piece at a time (raises ``zlib.error``); at the
+        end of the answer, what the inflater still holds."""
+        inflater = self.inflater
+        while self.tail and self.buffered <= _STREAM_HIGH_WATER:
+            data = inflater.decompress(self.tail, _INFLATE_PIECE)
+            self.tail = inflater.unconsumed_tail
+            if data:
+                self._push(data)
+        if self.tail:
+            if not self.paused:  # the consumer is behind: read no more until it catches up
                 self.paused = True
                 self.transport.pause_reading()
-            self._wake()
+        elif self.finished:
+            rest = inflater.flush()
+            if rest:
+                self._push(rest)
+
+    def feed(self, data: bytes) -> None:
+        if self.inflater is None:
+            if data:
+                self._push(data)
+            return
+        self.tail = self.tail + data if self.tail else data
+        try:
+            self._inflate()
+        except zlib.error:
+            self.tail = b""
+            raise  # stops the parser: a protocol failure
 
     def finish(self) -> None:
-        if self.inflater is not None:
-            rest = self.inflater.flush()
-            if rest:
-                self.chunks.append(rest)
         self.finished = True
+        if self.inflater is not None:
+            self._inflate()
         self._wake()
 
     def fail(self, exc: HttpClientError) -> None:
@@ -177,16 +209,22 @@ class _BodyStream:
     async def next(self) -> bytes | None:
         """The next chunk; ``None`` at the end; raises :class:`HttpClientError` when the answer broke off."""
         while True:
+            if self.tail and self.buffered <= _STREAM_HIGH_WATER // 2:
+                try:
+                    self._inflate()
+                except zlib.error as exc:
+                    self.tail = b""
+                    self.error = HttpClientError(f"answer body is not valid gzip/deflate: {exc}", kind="protocol")
             if self.chunks:
                 data = self.chunks.popleft()
                 self.buffered -= len(data)
-                if self.paused and self.buffered <= _STREAM_HIGH_WATER // 2:
+                if self.paused and not self.tail and self.buffered <= _STREAM_HIGH_WATER // 2:
                     self.paused = False
                     self.transport.resume_reading()
                 return data
             if self.error is not None:
                 raise self.error
-            if self.finished:
+            if self.finished and not self.tail:
                 return None
             self.wakeup = asyncio.get_running_loop().create_future()
             try:
