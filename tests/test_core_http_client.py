@@ -31,6 +31,7 @@ from sluicegate.sinks.http import (
     encode_headers,
 )
 
+
 async def _until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
     """Wait for ``condition`` (set by a server on this same loop) with a deadline; fail naming ``what``."""
     try:
