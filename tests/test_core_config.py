@@ -155,6 +155,8 @@ def test_team_entry_with_empty_or_duplicate_team_id(litellm_env: None) -> None:
     ({"general_settings": {"master_key": "1234"}}, "general_settings.master_key: must start with 'sk-'"),
     ({"sluicegate_settings": {"delivery": {"queue_size": "big"}}},
      "sluicegate_settings.delivery.queue_size: Expected `int`, got `str`"),
+    ({"sluicegate_settings": {"delivery": {"memory_events": -1}}},
+     "sluicegate_settings.delivery.memory_events: must be 0 (no limit) or more"),
     ([1, 2], "(top level): expected a mapping, got list"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_wrong_types_and_values_name_the_yaml_path(raw: Any, expected: str) -> None:
@@ -284,15 +286,17 @@ def test_cli_help_explains_every_command() -> None:
 
 
 def test_each_worker_takes_its_share_of_the_send_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``--workers N``: the gateway-wide ``max_sends_per_second`` is split, so N workers send no more than one."""
+    """``--workers N``: the gateway-wide ``max_sends_per_second`` and ``memory_events`` are split, so N workers send
+    and hold no more than one."""
     from sluicegate.cli import CONFIG_ENV, WORKERS_ENV, app_factory
     from sluicegate.config import per_worker
 
     config = tmp_path / "config.yaml"
-    config.write_text("sluicegate_settings:\n  delivery:\n    max_sends_per_second: 600\n"
+    config.write_text("sluicegate_settings:\n  delivery:\n    max_sends_per_second: 600\n    memory_events: 1000\n"
                       f"general_settings:\n  database_url: sqlite+aiosqlite:///{tmp_path}/db.sqlite\n")
     settings = load_settings(config)
     assert per_worker(settings, 3).sluicegate_settings.delivery.max_sends_per_second == 200
+    assert per_worker(settings, 3).sluicegate_settings.delivery.memory_events == 334  # rounded up
     assert per_worker(settings, 1) is settings
     assert settings.sluicegate_settings.delivery.max_sends_per_second == 600  # the loaded settings untouched
 

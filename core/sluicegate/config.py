@@ -92,6 +92,11 @@ class DeliverySettings(msgspec.Struct, kw_only=True):
     """``sluicegate_settings.delivery``: how events travel to sinks."""
 
     queue_size: int = 10_000
+    memory_events: int = 20_000
+    """Events waiting in memory for all sink instances together (with the spool on): beyond this, new events wait
+    in the spool on disk only and are read back when their batch goes out, so memory stays bounded however many
+    teams log (a lingering event holds ~3 KB; 10,000 teams lingering up to ``max_batch_interval`` held ~100 MB).
+    0: no limit. For the whole gateway: each of ``--workers N`` processes takes a 1/N share."""
     batch_interval: float = 1.0
     max_sends_per_second: float = 400.0
     """Delivery budget: with many busy destinations, each lingers up to ``busy destinations / this`` seconds
@@ -298,6 +303,8 @@ def _check_semantics(settings: Settings, problems: list[str]) -> None:
         problems.append("sluicegate_settings.delivery.spool_max_bytes: must be at least 1048576 (1 MiB)")
     if delivery.queue_size < 1:
         problems.append("sluicegate_settings.delivery.queue_size: must be at least 1")
+    if delivery.memory_events < 0:
+        problems.append("sluicegate_settings.delivery.memory_events: must be 0 (no limit) or more")
     master = settings.general_settings.master_key
     if master is not None and not master.startswith("sk-"):
         problems.append("general_settings.master_key: must start with 'sk-'")
@@ -314,7 +321,8 @@ def per_worker(settings: Settings, workers: int) -> Settings:
         return settings
     gateway = settings.sluicegate_settings
     delivery = msgspec.structs.replace(gateway.delivery,
-                                       max_sends_per_second=gateway.delivery.max_sends_per_second / workers)
+                                       max_sends_per_second=gateway.delivery.max_sends_per_second / workers,
+                                       memory_events=-(-gateway.delivery.memory_events // workers))
     return msgspec.structs.replace(settings,
                                    sluicegate_settings=msgspec.structs.replace(gateway, delivery=delivery))
 

@@ -209,3 +209,50 @@ async def test_batches_coming_due_together_start_at_the_pace_not_all_at_once(set
         assert sum(slot.sent for slot in dispatcher.pool.slots.values()) == 40
     finally:
         await dispatcher.aclose()
+
+
+class _Collected(Sink):
+    """Records every batch it is sent (event ids), in a dict shared by its instances (set per test)."""
+
+    callback_name = "collected"
+    max_batch_size = 100
+    batches: dict[str, list[list[str]]] = {}  # noqa: RUF012 - replaced by each test
+
+    async def send(self, batch: Sequence[LogEvent]) -> None:
+        _Collected.batches.setdefault(batch[0].trace_id.split("/")[0], []).append([e.trace_id for e in batch])
+
+
+@pytest.mark.parametrize("limit", [10, 0], ids=["bounded", "control-no-limit"])
+async def test_events_past_the_memory_budget_wait_in_the_spool_and_still_go_in_order_and_in_batches(tmp_path,
+                                                                                                    limit):
+    """20 destinations x 5 events with ``memory_events: 10``: at most 10 wait in memory, the other 90 only in the
+    spool (what keeps 10,000 lingering teams from holding ~100 MB); when the lingers end every destination still
+    gets its 5 events in order, in one batch (spilled events count towards the batch and linger with it), and
+    the count of events in memory goes back to 0."""
+    _Collected.batches = {}
+    callbacks = [CallbackSet(routes=(Route(callback_name="collected", instance_id=f"d{i}", sink_class=_Collected,
+                                           callback_vars=CallbackVars(), on_success=True, on_failure=True,
+                                           redact=False),), source="global") for i in range(20)]
+    dispatcher = Dispatcher(DeliverySettings(batch_interval=1.0, max_sends_per_second=0, memory_events=limit,
+                                             spool_flush_interval=60), spool_dir=tmp_path)
+    await dispatcher.start(lambda name: _Collected)
+    try:
+        for n in range(5):
+            for i, callback_set in enumerate(callbacks):
+                dispatcher.submit(make_event(trace_id=f"d{i}/{n}"), callback_set)
+        in_memory = sum(len(slot.queue) for slot in dispatcher.pool.slots.values())
+        spilled = sum(slot.spilled for slot in dispatcher.pool.slots.values())
+        if limit:
+            assert in_memory == dispatcher._in_memory == 10 and spilled == 90
+        else:
+            assert in_memory == dispatcher._in_memory == 100 and spilled == 0
+        # every destination lingers (a deadline, no send task), spilled or not
+        assert all(slot.due > 0 and slot.task is None for slot in dispatcher.pool.slots.values())
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(_Collected.batches) < 20 or any(slot.busy for slot in dispatcher.pool.slots.values()):
+            assert asyncio.get_running_loop().time() < deadline, f"{len(_Collected.batches)} of 20 sent in 10 s"
+            await asyncio.sleep(0.01)  # deliberate: the poll interval of a deadline-bounded wait
+        assert _Collected.batches == {f"d{i}": [[f"d{i}/{n}" for n in range(5)]] for i in range(20)}
+        assert dispatcher._in_memory == 0
+    finally:
+        await dispatcher.aclose(grace=5)

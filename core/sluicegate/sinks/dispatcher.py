@@ -111,6 +111,7 @@ class Dispatcher:
         self._sweeper: asyncio.Task[None] | None = None
         self._drop_logged_at = 0.0
         self.submitted = 0
+        self._in_memory = 0  # events in the slots' queues (delivery.memory_events bounds it, with a spool)
         self._working = 0  # slots lingering or sending: drives the adaptive linger
         # lingering slots by deadline: (due, tie-breaker, slot); an entry whose due is no longer the slot's is stale
         self._due: list[tuple[float, int, SinkSlot]] = []
@@ -155,9 +156,11 @@ class Dispatcher:
                                               "callback_vars": encode_vars(route.callback_vars, reveal=True)})
                 slot.log = self.spool.log_for(slot.instance_id, header)
             seq = slot.log.add(event)
-            if slot.log.spilled == 1 and len(queue) < self.settings.queue_size:
+            if (slot.log.spilled == 1 and len(queue) < self.settings.queue_size
+                    and (self._in_memory < self.settings.memory_events or not self.settings.memory_events)):
                 queue.append((seq, event))  # nothing spilled before it: it may wait in memory
                 slot.log.mem_seq = seq
+                self._in_memory += 1
             if self.settings.spool_flush_interval <= 0:
                 slot.log.flush()  # a write to the page cache, not awaited: survives SIGKILL
             else:
@@ -167,15 +170,17 @@ class Dispatcher:
                     asyncio.get_running_loop().call_soon(self._flush_early)
         else:
             queue.append((0, event))
+            self._in_memory += 1
             if len(queue) > self.settings.queue_size:
                 del queue[0]  # O(queue_size), but only while a sink without a spool is down and its queue full
+                self._in_memory -= 1
                 slot.dropped += 1
                 self._log_drop(slot)
         if slot.task is None:
             if not slot.due:
                 self._working += 1
                 self._schedule(slot)
-            elif len(queue) >= slot.sink.max_batch_size:
+            elif len(queue) + (slot.log.spilled if slot.log is not None else 0) >= slot.sink.max_batch_size:
                 self._start_send(slot)  # a full batch does not wait for the deadline
 
     # background ----------------------------------------------------------------------------------------
@@ -223,8 +228,9 @@ class Dispatcher:
     # scheduling: a slot is idle (no task, no deadline), lingering (a deadline in the heap) or sending (a task) --
     def _schedule(self, slot: SinkSlot) -> None:
         """Send ``slot``'s queue now, or at its deadline when it holds less than a batch and may linger."""
-        if (self._closing or self.settings.batch_interval <= 0 or slot.spilled
-                or len(slot.queue) >= max(1, slot.sink.max_batch_size)):
+        # Spilled events (a backlog, or past memory_events) count towards the batch: a full one goes at once.
+        if (self._closing or self.settings.batch_interval <= 0
+                or len(slot.queue) + slot.spilled >= max(1, slot.sink.max_batch_size)):
             self._start_send(slot)
             return
         loop = asyncio.get_running_loop()
@@ -319,6 +325,7 @@ class Dispatcher:
                 return
             batch = queue[:max_batch]
             del queue[:max_batch]
+            self._in_memory -= len(batch)
             slot.inflight = len(batch)
             try:
                 await self._deliver(slot, [event for _, event in batch])
@@ -335,7 +342,9 @@ class Dispatcher:
         assert slot.log is not None
         room = max(max_batch, min(self.settings.queue_size - len(slot.queue), 4 * max_batch))
         try:
-            slot.queue.extend(slot.log.read(room))
+            events = slot.log.read(room)
+            slot.queue.extend(events)
+            self._in_memory += len(events)
         except (OSError, ValueError) as exc:
             log.error("spool %s/%s: read failed: %s", slot.callback_name, slot.instance_id, exc)
             lost = slot.log.spilled
@@ -393,6 +402,7 @@ class Dispatcher:
                 while gone < len(queue) and queue[gone][0] <= last:
                     gone += 1
                 del queue[:gone]
+                self._in_memory -= gone
                 lost += gone
             lost = min(lost, max(0, last - before_ack))
             total += lost
