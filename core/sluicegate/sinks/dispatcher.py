@@ -420,6 +420,7 @@ class Dispatcher:
 
     async def _deliver(self, slot: SinkSlot, batch: list[LogEvent]) -> None:
         attempt = 0
+        retryable = True
         while True:
             async with self._send_slots:
                 try:
@@ -432,12 +433,14 @@ class Dispatcher:
                     kind = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
                     slot.last_error = slot.scrub(f"{kind}: {exc}")[:500]
                     slot.last_error_at = time.time()
-                    slot.last_exception = exc
+                    # Not the exception itself: its traceback holds the failed attempt's frames (the encoded
+                    # body, the connection attempt), ~50 KB a slot; 20,000 failing slots kept ~1 GB alive.
+                    retryable = _retryable(exc)
                 else:
                     slot.sent += len(batch)
                     return
             attempt += 1
-            if not _retryable(slot.last_exception):
+            if not retryable:
                 slot.dropped += len(batch)
                 log.error("sink %s/%s: dropped %d event(s): permanent failure: %s", slot.callback_name,
                           slot.instance_id, len(batch), slot.last_error)

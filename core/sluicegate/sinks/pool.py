@@ -25,7 +25,7 @@ class SinkSlot:
 
     __slots__ = ("instance_id", "callback_name", "sink", "queue", "task", "last_used", "queued", "sent", "retried",
                  "dropped", "failed_sends", "last_error", "last_error_at", "closed", "due", "inflight",
-                 "last_exception", "log", "spool_dropped")
+                 "log", "spool_dropped")
 
     def __init__(self, instance_id: str, sink: Sink) -> None:
         self.instance_id = instance_id
@@ -47,7 +47,6 @@ class SinkSlot:
         self.inflight = 0
         self.last_error: str | None = None
         self.last_error_at: float | None = None
-        self.last_exception: BaseException | None = None
         self.closed = False
 
     def scrub(self, text: str) -> str:
