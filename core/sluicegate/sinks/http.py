@@ -195,10 +195,19 @@ class _BodyStream:
             self.tail = b""
             raise  # stops the parser: a protocol failure
 
+    def _inflate_or_fail(self) -> None:
+        """:meth:`_inflate` off the parser (the consumer caught up, or the answer ended): bad data ends the stream
+        with a protocol error for the consumer."""
+        try:
+            self._inflate()
+        except zlib.error as exc:
+            self.tail = b""
+            self.error = HttpClientError(f"answer body is not valid gzip/deflate: {exc}", kind="protocol")
+
     def finish(self) -> None:
         self.finished = True
         if self.inflater is not None:
-            self._inflate()
+            self._inflate_or_fail()
         self._wake()
 
     def fail(self, exc: HttpClientError) -> None:
@@ -210,11 +219,7 @@ class _BodyStream:
         """The next chunk; ``None`` at the end; raises :class:`HttpClientError` when the answer broke off."""
         while True:
             if self.tail and self.buffered <= _STREAM_HIGH_WATER // 2:
-                try:
-                    self._inflate()
-                except zlib.error as exc:
-                    self.tail = b""
-                    self.error = HttpClientError(f"answer body is not valid gzip/deflate: {exc}", kind="protocol")
+                self._inflate_or_fail()
             if self.chunks:
                 data = self.chunks.popleft()
                 self.buffered -= len(data)
