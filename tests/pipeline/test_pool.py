@@ -297,3 +297,44 @@ async def test_a_failing_sink_retrying_does_not_keep_its_failed_attempt_alive():
         assert len(_Failing.held) == 1 and _Failing.held[0]() is None
     finally:
         await dispatcher.aclose(grace=0.1)
+
+
+class _Blocking(Sink):
+    """Holds every send until the test releases it."""
+
+    callback_name = "blocking"
+    release: asyncio.Event | None = None
+
+    async def send(self, batch: Sequence[LogEvent]) -> None:
+        assert _Blocking.release is not None
+        await _Blocking.release.wait()
+
+
+async def test_a_send_waiting_for_a_send_slot_leaves_its_events_in_the_queue():
+    """With every send slot taken (``max_concurrent_sends: 1``, one destination stuck), a second destination's due
+    send waits without taking its batch: its events stay counted in its queue (where ``memory_events`` bounds
+    them), and go out once a slot frees."""
+    _Blocking.release = asyncio.Event()
+    routes = [Route(callback_name="blocking", instance_id=f"b{i}", sink_class=_Blocking, callback_vars=CallbackVars(),
+                    on_success=True, on_failure=True, redact=False) for i in range(2)]
+    dispatcher = Dispatcher(DeliverySettings(spool=False, batch_interval=0, max_concurrent_sends=1))
+    try:
+        dispatcher.submit(make_event(), CallbackSet(routes=(routes[0],), source="global"))
+        stuck = dispatcher.pool.slots["b0"]
+        deadline = asyncio.get_running_loop().time() + 10
+        while stuck.inflight != 1:
+            assert asyncio.get_running_loop().time() < deadline, "the first send never started"
+            await asyncio.sleep(0.01)  # deliberate: the poll interval of a deadline-bounded wait
+        for _ in range(3):
+            dispatcher.submit(make_event(), CallbackSet(routes=(routes[1],), source="global"))
+        waiting = dispatcher.pool.slots["b1"]
+        for _ in range(5):
+            await asyncio.sleep(0)  # deliberate: loop turns, so the second send task runs up to its wait
+        assert waiting.task is not None and not waiting.task.done()
+        assert waiting.inflight == 0 and len(waiting.queue) == 3 and dispatcher._in_memory == 3
+        _Blocking.release.set()
+        assert await dispatcher.drain(10)
+        assert waiting.sent == 3 and stuck.sent == 1 and dispatcher._in_memory == 0
+    finally:
+        _Blocking.release.set()
+        await dispatcher.aclose(grace=1)

@@ -318,17 +318,25 @@ class Dispatcher:
         """Send full batches (and, when closing or not lingering, everything) while there are any."""
         max_batch = max(1, slot.sink.max_batch_size)
         while True:
+            # A send slot first, the batch after: a send waiting for one of the max_concurrent_sends holds no
+            # events, so what waits stays in the queues (and past memory_events in the spool), not in tasks.
+            await self._send_slots.acquire()
             if slot.spilled and len(slot.queue) < max_batch:
-                self._refill(slot, max_batch)
+                try:
+                    self._refill(slot, max_batch)
+                except BaseException:
+                    self._send_slots.release()
+                    raise
             queue = slot.queue
             if not queue:
+                self._send_slots.release()
                 return
             batch = queue[:max_batch]
             del queue[:max_batch]
             self._in_memory -= len(batch)
             slot.inflight = len(batch)
             try:
-                await self._deliver(slot, [event for _, event in batch])
+                await self._deliver(slot, [event for _, event in batch], held=True)
             finally:
                 slot.inflight = 0
             if slot.log is not None:
@@ -418,11 +426,16 @@ class Dispatcher:
                       ", ".join(hit[:5]) + (", ..." if len(hit) > 5 else ""))
         return True
 
-    async def _deliver(self, slot: SinkSlot, batch: list[LogEvent]) -> None:
+    async def _deliver(self, slot: SinkSlot, batch: list[LogEvent], *, held: bool = False) -> None:
+        """Send ``batch``, retrying; each attempt holds one of the send slots (``held``: the first one's is taken
+        already), released while backing off."""
         attempt = 0
         retryable = True
         while True:
-            async with self._send_slots:
+            if not held:
+                await self._send_slots.acquire()
+            held = False
+            try:
                 try:
                     await bounded(slot.sink.send(batch), slot.sink.send_timeout,
                                   f"sink {slot.callback_name}/{slot.instance_id}: send")
@@ -439,6 +452,8 @@ class Dispatcher:
                 else:
                     slot.sent += len(batch)
                     return
+            finally:
+                self._send_slots.release()
             attempt += 1
             if not retryable:
                 slot.dropped += len(batch)
