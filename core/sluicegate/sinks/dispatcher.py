@@ -180,7 +180,7 @@ class Dispatcher:
             if not slot.due:
                 self._working += 1
                 self._schedule(slot)
-            elif len(queue) + (slot.log.spilled if slot.log is not None else 0) >= slot.sink.max_batch_size:
+            elif len(queue) + slot.spilled >= slot.sink.max_batch_size:
                 self._start_send(slot)  # a full batch does not wait for the deadline
 
     # background ----------------------------------------------------------------------------------------
