@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import tracemalloc
 import weakref
 from typing import TYPE_CHECKING
 
+import msgspec
 import pytest
 
 from sluicegate.config import DeliverySettings
 from sluicegate.routing import CallbackSet, Route
 from sluicegate.sinks.base import CallbackVars, Sink
 from sluicegate.sinks.dispatcher import Dispatcher
+from sluicegate.sinks.spool import Spool
 from sluicegate.testing import make_event
 
 if TYPE_CHECKING:
@@ -338,3 +341,73 @@ async def test_a_send_waiting_for_a_send_slot_leaves_its_events_in_the_queue():
     finally:
         _Blocking.release.set()
         await dispatcher.aclose(grace=1)
+
+
+class _CollectedInOne(_Collected):
+    max_batch_size = 5000
+
+
+async def test_lingering_events_wait_encoded_not_as_object_trees():
+    """2,000 events lingering for two destinations each hold about half what the events themselves would (their
+    JSON, shared by both queues) and nothing the garbage collector walks; each destination still gets every event,
+    decoded, when its batch goes out."""
+    _Collected.batches = {}
+    routes = tuple(Route(callback_name="collected", instance_id=f"d{i}", sink_class=_CollectedInOne,
+                         callback_vars=CallbackVars(), on_success=True, on_failure=True, redact=False)
+                   for i in range(2))
+    callbacks = CallbackSet(routes=routes, source="global")
+    dispatcher = Dispatcher(DeliverySettings(batch_interval=30, max_sends_per_second=0, spool=False))
+    dispatcher.submit(make_event(trace_id="all/warm"), callbacks)  # the instances exist before measuring
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        as_objects = [make_event(trace_id=f"all/{n}") for n in range(2000)]
+        objects_bytes = tracemalloc.get_traced_memory()[0] - before
+        del as_objects
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        tracked = len(gc.get_objects())
+        for n in range(2000):  # each event built and handed over, as a request does
+            dispatcher.submit(make_event(trace_id=f"all/{n}"), callbacks)
+        waiting_bytes = tracemalloc.get_traced_memory()[0] - before
+        gc.collect()  # a collection untracks tuples of untracked items: the queue entries drop out of its walk
+        assert len(gc.get_objects()) - tracked < 100  # not one tracked object per event
+    finally:
+        tracemalloc.stop()
+    # the JSON of this event is ~60 % of its objects; the queue entries add the rest
+    assert waiting_bytes < 0.85 * objects_bytes, (waiting_bytes, objects_bytes)
+    assert all(len(slot.queue) == 2001 for slot in dispatcher.pool.slots.values())
+    assert await dispatcher.drain(10)
+    assert _Collected.batches == {"all": [["all/warm", *(f"all/{n}" for n in range(2000))]] * 2}
+    await dispatcher.aclose()
+
+
+async def test_a_spooled_event_that_does_not_decode_is_dropped_and_counted_and_the_rest_go(tmp_path, caplog):
+    """A damaged record in the spool (valid frame, payload no longer an event) is dropped when its batch goes out:
+    counted in the instance's ``dropped``, logged with its seq; the events around it are delivered in order."""
+    spool = Spool(tmp_path, max_bytes=1 << 30, segment_bytes=1 << 22, fsync=False)
+    spool.acquire()
+    header = msgspec.json.encode({"callback_name": "collected", "callback_vars": {}})
+    instance_log = spool.log_for("d0", header)
+    instance_log.add(msgspec.json.encode(make_event(trace_id="d0/1")))
+    instance_log.add(b'{"trace_id": "d0/2", "no": "id"}')
+    instance_log.add(msgspec.json.encode(make_event(trace_id="d0/3")))
+    spool.flush()
+    spool._close_current()
+    spool.release()  # what a crash leaves
+
+    _Collected.batches = {}
+    dispatcher = Dispatcher(DeliverySettings(batch_interval=0.05, max_sends_per_second=0), spool_dir=tmp_path)
+    await dispatcher.start(lambda name: _Collected)
+    try:
+        slot = dispatcher.pool.slots["d0"]
+        deadline = asyncio.get_running_loop().time() + 10
+        while slot.busy or not _Collected.batches:
+            assert asyncio.get_running_loop().time() < deadline, "the replay did not finish in 10 s"
+            await asyncio.sleep(0.01)  # deliberate: the poll interval of a deadline-bounded wait
+        assert _Collected.batches == {"d0": [["d0/1", "d0/3"]]}
+        assert slot.dropped == 1 and slot.sent == 2
+        assert "dropped event 2: it does not decode" in caplog.text
+    finally:
+        await dispatcher.aclose(grace=5)

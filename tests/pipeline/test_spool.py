@@ -20,8 +20,9 @@ def make_spool(base: Path, *, segment_bytes: int = 4 * 1024 * 1024, max_bytes: i
     return spool
 
 
-def event(text: str) -> LogEvent:
-    return LogEvent(id=text, trace_id=text, messages=[{"role": "user", "content": text}])
+def event(text: str) -> bytes:
+    """An event as the dispatcher hands it to the spool: its JSON."""
+    return msgspec.json.encode(LogEvent(id=text, trace_id=text, messages=[{"role": "user", "content": text}]))
 
 
 def instance(spool: Spool, name: str) -> InstanceLog:
@@ -39,8 +40,8 @@ def files(spool: Spool) -> list[Path]:
     return sorted(p for p in spool.root.rglob("*") if p.is_file() and p.name != ".lock")
 
 
-def contents(found: list[tuple[int, LogEvent]]) -> list[str]:
-    return [e.id for _, e in found]
+def contents(found: list[tuple[int, bytes]]) -> list[str]:
+    return [msgspec.json.decode(e, type=LogEvent).id for _, e in found]
 
 
 def test_many_instances_share_one_file_and_no_directory_each(tmp_path):

@@ -7,6 +7,10 @@ only while its instance is sending, so an instance with nothing to send holds no
 logging to two sinks each are 20,000 instances). ``aclose()`` drains every queue within a grace period, then closes
 every sink.
 
+Events wait as their JSON, encoded once in ``submit()`` (once more when a route redacts), shared by every queue and
+the spool, and decoded when their batch goes out: 1.3 KB of bytes the collector never walks instead of a ~2.5 KB
+tree of objects (at 10,000 teams ~20,000 events linger at a time; bench/).
+
 With a spool (``delivery.spool``, on by default in a gateway): every accepted event not delivered yet is also
 appended to the process's write-ahead log on disk by a background flusher (every ``spool_flush_interval``, one
 write for all instances; at once when it is 0), and an acknowledgement follows each delivered batch. Past ``queue_size`` events stay on disk only ("spooled") and are
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from sluicegate.aio import bounded, cancel_and_wait
+from sluicegate.events import LogEvent
 from sluicegate.sinks.pool import SinkPool, SinkSlot
 from sluicegate.sinks.redaction import redact
 from sluicegate.sinks.spool import Spool
@@ -40,13 +45,15 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from sluicegate.config import DeliverySettings, Settings
-    from sluicegate.events import LogEvent
     from sluicegate.routing import CallbackSet, Route
     from sluicegate.sinks.base import Sink
 
 __all__ = ("Dispatcher", "spool_dir_for")
 
 log = logging.getLogger("sluicegate.delivery")
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(LogEvent)
 
 _EARLY_FLUSH_EVENTS = 256
 """Spool writes happen every ``spool_flush_interval`` or as soon as this many events wait, whichever is first:
@@ -127,17 +134,20 @@ class Dispatcher:
         if callbacks is None or not callbacks.routes:
             return 0
         success = event.status == "success"
-        redacted: LogEvent | None = None
+        encoded: bytes | None = None
+        redacted: bytes | None = None
         count = 0
         for route in callbacks.routes:
             if not (route.on_success if success else route.on_failure):
                 continue
             if route.redact:
                 if redacted is None:
-                    redacted = redact(event)
+                    redacted = _encoder.encode(redact(event))
                 self._enqueue(route, redacted)
             else:
-                self._enqueue(route, event)
+                if encoded is None:
+                    encoded = _encoder.encode(event)
+                self._enqueue(route, encoded)
             count += 1
         self.submitted += count
         return count
@@ -145,7 +155,7 @@ class Dispatcher:
     def slot_for(self, route: Route) -> SinkSlot:
         return self.pool.get(route.instance_id, route.sink_class, route.callback_vars)
 
-    def _enqueue(self, route: Route, event: LogEvent) -> None:
+    def _enqueue(self, route: Route, event: bytes) -> None:
         slot = self.slot_for(route)
         slot.last_used = time.monotonic()
         slot.queued += 1
@@ -336,7 +346,11 @@ class Dispatcher:
             self._in_memory -= len(batch)
             slot.inflight = len(batch)
             try:
-                await self._deliver(slot, [event for _, event in batch], held=True)
+                events = self._decode(slot, batch)
+                if events:
+                    await self._deliver(slot, events, held=True)
+                else:
+                    self._send_slots.release()
             finally:
                 slot.inflight = 0
             if slot.log is not None:
@@ -344,6 +358,23 @@ class Dispatcher:
             if not (slot.spilled or len(slot.queue) >= max_batch or self._closing
                     or self.settings.batch_interval <= 0):
                 return
+
+    def _decode(self, slot: SinkSlot, batch: list[tuple[int, bytes]]) -> list[LogEvent]:
+        """The batch's events as objects; one that does not decode (a damaged spool record) is dropped, counted
+        and logged, and the rest go."""
+        try:
+            return [_decoder.decode(event) for _, event in batch]
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            pass
+        events: list[LogEvent] = []
+        for seq, event in batch:
+            try:
+                events.append(_decoder.decode(event))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                slot.dropped += 1
+                log.error("sink %s/%s: dropped event %d: it does not decode (%s)", slot.callback_name,
+                          slot.instance_id, seq, exc)
+        return events
 
     def _refill(self, slot: SinkSlot, max_batch: int) -> None:
         """Move spilled events back into memory, oldest first (a bounded read of the instance's log)."""

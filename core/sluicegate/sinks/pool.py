@@ -12,7 +12,6 @@ from sluicegate.sinks.vars import encode_vars, secret_fields
 if TYPE_CHECKING:
     import asyncio
 
-    from sluicegate.events import LogEvent
     from sluicegate.sinks.spool import InstanceLog
 
 __all__ = ("SinkPool", "SinkSlot")
@@ -31,9 +30,9 @@ class SinkSlot:
         self.instance_id = instance_id
         self.callback_name = sink.callback_name
         self.sink = sink
-        # (spool seq or 0, event), oldest first. A list, not a deque: a deque costs ~600 bytes even for the one or
+        # (spool seq or 0, the event's JSON), oldest first. A list, not a deque: a deque costs ~600 bytes even for the one or
         # two events most of 20,000 instances hold while lingering; batches leave from the front in one slice.
-        self.queue: list[tuple[int, LogEvent]] = []
+        self.queue: list[tuple[int, bytes]] = []
         self.log: InstanceLog | None = None
         self.spool_dropped = 0
         self.task: asyncio.Task[None] | None = None

@@ -10,7 +10,7 @@ A segment is a sequence of framed records ``<u32 length><u8 kind><payload>``:
 - ``H`` an instance's route header: ``<u32 ref><u16 id length><instance id><JSON callback_name + resolved
   callback_vars>``; written once per segment, before the instance's first event there. ``ref`` names the instance
   in the ``E`` records of that segment;
-- ``E`` an event: ``<u32 ref><u64 seq>`` + the event's JSON; an instance's sequence numbers grow by one per event;
+- ``E`` an event: ``<u32 ref><u64 seq>`` + the event's JSON (as the dispatcher encoded it); an instance's sequence numbers grow by one per event;
 - ``K`` acknowledgements, batched: repeated ``<u16 id length><instance id><u64 seq>``: every event of the instance
   up to ``seq`` was delivered (or dropped and counted). A new segment starts with one holding the acks of every
   instance that still has events in older segments, so a segment can be deleted without losing acks.
@@ -38,8 +38,6 @@ from typing import Any
 
 import msgspec
 
-from sluicegate.events import LogEvent
-
 __all__ = ("InstanceLog", "Segment", "Spool")
 
 log = logging.getLogger("sluicegate.spool")
@@ -52,8 +50,6 @@ _ACK_ID = struct.Struct("<H")
 _SEQ = struct.Struct("<Q")
 _HEADER, _EVENT, _ACKS = ord("H"), ord("E"), ord("K")
 _MAX_RECORD = 256 * 1024 * 1024
-_decoder = msgspec.json.Decoder(LogEvent)
-_encoder = msgspec.json.Encoder()
 _WAL = "wal"
 
 
@@ -96,7 +92,7 @@ class InstanceLog:
         self.header = header
         self.header_info: dict[str, Any] | None = None
         self.header_segment: Segment | None = None  # the segment that has this instance's header
-        self.pending: list[tuple[int, LogEvent]] = []
+        self.pending: list[tuple[int, bytes]] = []  # (seq, the event's JSON)
         self.next_seq = 1
         self.acked = 0
         self.acked_written = 0
@@ -136,7 +132,8 @@ class InstanceLog:
         return self.spool.wal_dir
 
     # writing ---------------------------------------------------------------------------------------------
-    def add(self, event: LogEvent) -> int:
+    def add(self, event: bytes) -> int:
+        """Append an event (its JSON) to be written at the next flush; returns its seq."""
         seq = self.next_seq
         self.next_seq += 1
         self.pending.append((seq, event))
@@ -185,9 +182,10 @@ class InstanceLog:
         return len(self._index) // 3 - self._index_head
 
     # reading ---------------------------------------------------------------------------------------------
-    def read(self, limit: int) -> list[tuple[int, LogEvent]]:
-        """Up to ``limit`` spilled events, in order: first from disk (by the index), then from ``pending``."""
-        found: list[tuple[int, LogEvent]] = []
+    def read(self, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` spilled events (seq, JSON), in order: first from disk (by the index), then from
+        ``pending``."""
+        found: list[tuple[int, bytes]] = []
         self._index_prune()
         fd, fd_segment = -1, -1
         try:
@@ -211,7 +209,7 @@ class InstanceLog:
                 payload = os.pread(fd, length, offset + _FRAME.size)
                 if kind != _EVENT or len(payload) < length or _EVENT_HEAD.unpack_from(payload)[1] != seq:
                     raise ValueError(f"spool segment {number}: no event {seq} of {self.instance_id} at {offset}")
-                found.append((seq, _decoder.decode(payload[_EVENT_HEAD.size:])))
+                found.append((seq, payload[_EVENT_HEAD.size:]))
                 self.mem_seq = seq
                 self._index_head = head + 1
         finally:
@@ -331,21 +329,15 @@ class Spool:
         has_events = segment is not None and bool(segment.instances)
         limit = self.segment_bytes
         written = 0
-        encoded: dict[int, bytes] = {}
         for instance_log in dirty:
             pending = instance_log.pending
             if not pending:
                 continue
             skip = max(instance_log.acked, instance_log.written_seq)
             ref = instance_log.ref
-            for seq, event in pending:
+            for seq, payload in pending:
                 if seq <= skip:
                     continue  # delivered before it was written (nothing left to keep), or already written
-                # An event routed to several instances is one object: encoded once per flush (it is alive in
-                # the pending lists, so its id cannot be reused meanwhile).
-                payload = encoded.get(id(event))
-                if payload is None:
-                    payload = encoded[id(event)] = _encoder.encode(event)
                 record = _EVENT_RECORD.pack(_EVENT_HEAD.size + len(payload), _EVENT, ref, seq) + payload
                 if segment is None or (has_events and segment.size + used + len(record) > limit):
                     if segment is not None:
