@@ -94,10 +94,11 @@ class DeliverySettings(msgspec.Struct, kw_only=True):
     queue_size: int = 10_000
     memory_events: int = 100_000
     """Event deliveries waiting in memory for all sink instances together, with the spool on (an event for two
-    sinks counts twice; it is held once, ~3 KB): beyond this, new ones wait in the spool on disk only and are read
-    back when their batch goes out, so memory stays bounded however many teams log or however far delivery falls
-    behind. Reading back costs CPU (the event is read and decoded again; one bench.pipeline run went from 57 to 68
-    us per event with half of them spilled), so this is a bound for backlogs, not a working size. 0: no limit. For
+    sinks counts twice; it is held once, as its JSON: ~1.3 KB for a short chat): beyond this, new ones wait in the
+    spool on disk only and are read back when their batch goes out, so memory stays bounded however many teams log
+    or however far delivery falls behind. Reading back costs CPU (the event is read from disk again; one
+    bench.pipeline run went from 57 to 68 us per event with half of them spilled), so this is a bound for backlogs,
+    not a working size. 0: no limit. For
     the whole gateway: each of ``--workers N`` processes takes a 1/N share."""
     batch_interval: float = 1.0
     max_sends_per_second: float = 400.0
