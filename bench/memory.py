@@ -1,0 +1,103 @@
+"""Where the gateway's memory goes as teams grow: resident set size by phase, at each team count.
+
+``python -m bench.memory [--teams 10,10000] [--concurrency 16] [--seconds 8]``
+
+For each team count, the ``gw-sinks`` set-up of ``bench.run`` (every team logging to its own langfuse project and
+otel destination on loopback receivers, one key per team): the gateway is started on the server CPU and its RSS
+read after start-up (the config: settings and routing), after the keys are made, after one request per key (the
+key cache and every sink instance), during wrk load (events lingering for their batches) and after it. Each phase
+is printed as it is read, then a table of the phases and of their growth from the smallest team count. Issue 8's
+target compares the last column: RSS at 10 vs 10,000 teams within +150 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import threading
+import time
+from typing import Any
+
+from bench.run import (
+    VENV_BIN,
+    Bench,
+    add_cpu_options,
+    free_port,
+    gateway_config,
+    make_keys,
+    parse_args,
+    threads_and_rss,
+    wait_http,
+    warm_keys,
+)
+
+__all__ = ("main",)
+
+PHASES = ("started", "keys made", "keys warmed", "under load", "after load")
+
+
+def measure(teams: int, concurrency: int, seconds: float, cpu_args: list[str]) -> dict[str, float]:
+    bench = Bench(parse_args(["--rows", "gw-sinks", "--teams", str(teams), *cpu_args]))
+    rss: dict[str, float] = {}
+
+    def read(phase: str, pid: int) -> None:
+        rss[phase] = threads_and_rss(pid)[1]
+        print(f"  {teams} teams, {phase}: {rss[phase]:.0f} MB", flush=True)
+
+    try:
+        upstream, _ = bench.start_mock("mock-upstream", "upstream")
+        for name in ("langfuse", "otel"):
+            bench.receiver_urls[name], _ = bench.start_mock(f"receiver-{name}", "receiver")
+        workdir = bench.tmp / "gw"
+        (workdir / "sinks").mkdir(parents=True)
+        config = gateway_config(workdir, upstream, "telemetry", bench.teams, bench.receiver_urls, "telemetry")
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        proc = bench.procs.start("gw", [str(VENV_BIN / "sluicegate"), "serve", "--config", str(config),
+                                        "--port", str(port), "--log-level", "warning"], cpu=bench.server_cpu)
+        wait_http(base + "/health/liveliness", proc, timeout=300)
+        read("started", proc.pid)
+        keys = bench.tmp / "keys.txt"
+        asyncio.run(make_keys(base, bench.teams, keys))
+        read("keys made", proc.pid)
+        failures = asyncio.run(warm_keys(base, [f"sk-bench-{t}-k0" for t in bench.teams]))
+        if failures:
+            print(f"  {failures} warm-up requests failed", flush=True)
+        read("keys warmed", proc.pid)
+        result: dict[str, Any] = {}
+        load = threading.Thread(target=lambda: result.update(bench.wrk.run(base, keys, concurrency, seconds)))
+        load.start()
+        time.sleep(seconds * 0.75)
+        read("under load", proc.pid)
+        load.join()
+        read("after load", proc.pid)
+        rps = result.get("requests", 0) / max(1e-9, result.get("duration_us", 0) / 1e6)
+        print(f"  {teams} teams: {rps:,.0f} req/s at c={concurrency}", flush=True)
+        return rss
+    finally:
+        bench.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--teams", default="10,10000", help="team counts, comma-separated (default 10,10000)")
+    parser.add_argument("--concurrency", type=int, default=16, help="wrk connections during the load (16)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="seconds of load (8)")
+    add_cpu_options(parser)
+    args = parser.parse_args(argv)
+    cpu_args = ["--load-cpu", str(args.load_cpu), "--server-cpu", str(args.server_cpu)]
+    counts = [int(t) for t in args.teams.split(",") if t.strip()]
+    found = {count: measure(count, args.concurrency, args.seconds, cpu_args) for count in counts}
+    print("\n| teams | " + " | ".join(PHASES) + " |")
+    print("|---:|" + "---:|" * len(PHASES))
+    first = found[counts[0]]
+    for count in counts:
+        cells = [f"{found[count][p]:.0f}" + (f" (+{found[count][p] - first[p]:.0f})" if count != counts[0] else "")
+                 for p in PHASES]
+        print(f"| {count:,} | " + " | ".join(cells) + " |")
+    print("\nRSS in MB; in brackets, the growth from the first team count.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
