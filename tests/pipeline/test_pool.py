@@ -411,3 +411,45 @@ async def test_a_spooled_event_that_does_not_decode_is_dropped_and_counted_and_t
         assert "dropped event 2: it does not decode" in caplog.text
     finally:
         await dispatcher.aclose(grace=5)
+
+
+class _Kept(Sink):
+    """Keeps the event objects each instance is sent (set per test)."""
+
+    callback_name = "kept"
+    max_batch_size = 100
+    received: dict[int, list[LogEvent]] = {}  # noqa: RUF012 - by id(instance); replaced by each test
+
+    async def send(self, batch: Sequence[LogEvent]) -> None:
+        _Kept.received.setdefault(id(self), []).extend(batch)
+
+
+async def test_an_event_for_several_destinations_is_decoded_once_and_a_redacted_copy_apart(tmp_path):
+    """Three routes of one request lingering together: the two that log messages get the very same decoded object
+    (one decode for both); the route that redacts gets its own, redacted; every decoded event is let go once
+    many later ones were decoded (the cache is bounded)."""
+    _Kept.received = {}
+    routes = tuple(Route(callback_name="kept", instance_id=name, sink_class=_Kept, callback_vars=CallbackVars(),
+                         on_success=True, on_failure=True, redact=redact)
+                   for name, redact in (("plain-1", False), ("plain-2", False), ("redacted", True)))
+    callbacks = CallbackSet(routes=routes, source="global")
+    dispatcher = Dispatcher(DeliverySettings(batch_interval=0.2, max_sends_per_second=0), spool_dir=tmp_path)
+    await dispatcher.start(lambda name: _Kept)
+    try:
+        for n in range(5):
+            dispatcher.submit(make_event(trace_id=f"t/{n}"), callbacks)
+        assert await dispatcher.drain(10)
+        by_instance = {iid: _Kept.received[id(slot.sink)] for iid, slot in dispatcher.pool.slots.items()}
+        plain_1, plain_2, redacted = by_instance["plain-1"], by_instance["plain-2"], by_instance["redacted"]
+        assert [e.trace_id for e in plain_1] == [e.trace_id for e in redacted] == [f"t/{n}" for n in range(5)]
+        assert all(a is b for a, b in zip(plain_1, plain_2, strict=True))
+        assert not any(a is b for a, b in zip(plain_1, redacted, strict=True))
+        assert plain_1[0].messages != redacted[0].messages  # negative control: redaction still applies
+        retained = len(dispatcher._recent) + len(dispatcher._recent_older)
+        assert 0 < retained <= 10
+        for n in range(3000):
+            dispatcher.submit(make_event(trace_id=f"u/{n}"), CallbackSet(routes=routes[:1], source="global"))
+        assert await dispatcher.drain(30)
+        assert len(dispatcher._recent) + len(dispatcher._recent_older) <= 2 * 1024
+    finally:
+        await dispatcher.aclose(grace=5)

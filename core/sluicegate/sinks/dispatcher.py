@@ -54,6 +54,8 @@ log = logging.getLogger("sluicegate.delivery")
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(LogEvent)
+_RECENT_DECODED = 1024
+"""Decoded events kept for other routes of the same event (per generation; two generations)."""
 
 _EARLY_FLUSH_EVENTS = 256
 """Spool writes happen every ``spool_flush_interval`` or as soon as this many events wait, whichever is first:
@@ -118,6 +120,8 @@ class Dispatcher:
         self._sweeper: asyncio.Task[None] | None = None
         self._drop_logged_at = 0.0
         self.submitted = 0
+        self._recent: dict[int, tuple[bytes, LogEvent]] = {}  # id(JSON) -> (JSON, decoded), see _decode
+        self._recent_older: dict[int, tuple[bytes, LogEvent]] = {}
         self._in_memory = 0  # events in the slots' queues (delivery.memory_events bounds it, with a spool)
         self._working = 0  # slots lingering or sending: drives the adaptive linger
         # lingering slots by deadline: (due, tie-breaker, slot); an entry whose due is no longer the slot's is stale
@@ -361,19 +365,30 @@ class Dispatcher:
 
     def _decode(self, slot: SinkSlot, batch: list[tuple[int, bytes]]) -> list[LogEvent]:
         """The batch's events as objects; one that does not decode (a damaged spool record) is dropped, counted
-        and logged, and the rest go."""
-        try:
-            return [_decoder.decode(event) for _, event in batch]
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            pass
+        and logged, and the rest go.
+
+        An event routed to several instances is one bytes object in all their queues; their batches mostly go out
+        together (they began lingering with the same request), so the objects decoded for one are kept a little
+        while for the next (two generations of ``_RECENT_DECODED``): one decode per event instead of one per route.
+        """
+        recent, older = self._recent, self._recent_older
         events: list[LogEvent] = []
-        for seq, event in batch:
+        for seq, payload in batch:
+            hit = recent.get(id(payload)) or older.get(id(payload))
+            if hit is not None and hit[0] is payload:  # the same bytes, alive in the cache: its id is its own
+                events.append(hit[1])
+                continue
             try:
-                events.append(_decoder.decode(event))
+                event = _decoder.decode(payload)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 slot.dropped += 1
                 log.error("sink %s/%s: dropped event %d: it does not decode (%s)", slot.callback_name,
                           slot.instance_id, seq, exc)
+                continue
+            events.append(event)
+            recent[id(payload)] = (payload, event)
+        if len(recent) >= _RECENT_DECODED:
+            self._recent_older, self._recent = recent, {}
         return events
 
     def _refill(self, slot: SinkSlot, max_batch: int) -> None:
