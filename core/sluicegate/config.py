@@ -98,8 +98,7 @@ class DeliverySettings(msgspec.Struct, kw_only=True):
     spool on disk only and are read back when their batch goes out, so memory stays bounded however many teams log
     or however far delivery falls behind. Reading back costs CPU (the event is read from disk again; one
     bench.pipeline run went from 57 to 68 us per event with half of them spilled), so this is a bound for backlogs,
-    not a working size. 0: no limit. For
-    the whole gateway: each of ``--workers N`` processes takes a 1/N share."""
+    not a working size. 0: no limit. For the whole gateway: each of ``--workers N`` processes takes a 1/N share."""
     batch_interval: float = 1.0
     max_sends_per_second: float = 400.0
     """Delivery budget: with many busy destinations, each lingers up to ``busy destinations / this`` seconds

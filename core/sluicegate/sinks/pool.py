@@ -30,8 +30,9 @@ class SinkSlot:
         self.instance_id = instance_id
         self.callback_name = sink.callback_name
         self.sink = sink
-        # (spool seq or 0, the event's JSON), oldest first. A list, not a deque: a deque costs ~600 bytes even for the one or
-        # two events most of 20,000 instances hold while lingering; batches leave from the front in one slice.
+        # (spool seq or 0, the event's JSON), oldest first. A list, not a deque: a deque costs ~600 bytes even for
+        # the one or two events most of 20,000 instances hold while lingering; batches leave from the front in one
+        # slice.
         self.queue: list[tuple[int, bytes]] = []
         self.log: InstanceLog | None = None
         self.spool_dropped = 0

@@ -10,7 +10,8 @@ A segment is a sequence of framed records ``<u32 length><u8 kind><payload>``:
 - ``H`` an instance's route header: ``<u32 ref><u16 id length><instance id><JSON callback_name + resolved
   callback_vars>``; written once per segment, before the instance's first event there. ``ref`` names the instance
   in the ``E`` records of that segment;
-- ``E`` an event: ``<u32 ref><u64 seq>`` + the event's JSON (as the dispatcher encoded it); an instance's sequence numbers grow by one per event;
+- ``E`` an event: ``<u32 ref><u64 seq>`` + the event's JSON (as the dispatcher encoded it); an instance's
+  sequence numbers grow by one per event;
 - ``K`` acknowledgements, batched: repeated ``<u16 id length><instance id><u64 seq>``: every event of the instance
   up to ``seq`` was delivered (or dropped and counted). A new segment starts with one holding the acks of every
   instance that still has events in older segments, so a segment can be deleted without losing acks.
