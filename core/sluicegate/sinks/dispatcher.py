@@ -55,7 +55,8 @@ log = logging.getLogger("sluicegate.delivery")
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(LogEvent)
 _RECENT_DECODED = 1024
-"""Decoded events kept for other routes of the same event (per generation; two generations)."""
+"""Decoded events kept for other routes of the same event, per generation (two generations: at most 2,048 events
+and their JSON, ~8 MB for short chats)."""
 
 _EARLY_FLUSH_EVENTS = 256
 """Spool writes happen every ``spool_flush_interval`` or as soon as this many events wait, whichever is first:
