@@ -565,8 +565,8 @@ class OtelSink(Sink):
     _shared: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Transports]] = (
         weakref.WeakKeyDictionary())
 
-    __slots__ = ("_protocol", "_url", "_target", "_tls", "_headers", "_resource", "_display", "_pb_resource_cache",
-                 "_http_headers")
+    __slots__ = ("_protocol", "_url", "_target", "_tls", "_headers", "_resource_attributes", "_display",
+                 "_pb_resource_cache", "_http_headers")
 
     def __init__(self, callback_vars: OtelVars) -> None:
         super().__init__(callback_vars)
@@ -589,13 +589,20 @@ class OtelSink(Sink):
         attributes = callback_vars.otel_resource_attributes
         if isinstance(attributes, str):
             attributes = parse_key_values(attributes, what="otel_resource_attributes")
-        self._pb_resource_cache: Any = None  # built on first encode: instances stay cheap until used
+        self._pb_resource_cache: bytes | None = None  # built on first encode: instances stay cheap until used
         self._http_headers: bytes | None = None  # the request head's header lines, on first send
-        self._resource = Resource({
+        # A plain dict, not the SDK's Resource (~370 bytes more an instance, with its lock and bounded dict: 10,000
+        # teams hold 10,000 instances); a Resource is built from it when the encoded resource is first needed.
+        self._resource_attributes: dict[str, Any] = {
             "telemetry.sdk.language": "python", "telemetry.sdk.name": "opentelemetry",
             "telemetry.sdk.version": _sdk_version(), **(attributes or {}),
             "service.name": callback_vars.otel_service_name,
-        })
+        }
+
+    @property
+    def _resource(self) -> Resource:
+        """This instance's OTel resource: service name, SDK facts and ``otel_resource_attributes``."""
+        return Resource(self._resource_attributes)
 
     @classmethod
     def env_defaults(cls, environ: Mapping[str, str]) -> dict[str, Any]:
@@ -646,13 +653,12 @@ class OtelSink(Sink):
 
     def _assemble(self, spans: list[bytes]) -> bytes:
         if self._pb_resource_cache is None:
-            self._pb_resource_cache = _encode_resource(self._resource).SerializeToString()
+            # ResourceSpans.resource; a Resource built from attributes alone has no schema_url (field 3) to add
+            self._pb_resource_cache = field_len(_T1_LEN, _encode_resource(self._resource).SerializeToString())
         scope_spans = field_len(_T1_LEN, _PB_SCOPE_BYTES) + b"".join([field_len(_T2_LEN, span) for span in spans])
         if _SCOPE.schema_url:
             scope_spans += field_len(_T3_LEN, _SCOPE.schema_url.encode())
-        resource_spans = field_len(_T1_LEN, self._pb_resource_cache) + field_len(_T2_LEN, scope_spans)
-        if self._resource.schema_url:
-            resource_spans += field_len(_T3_LEN, self._resource.schema_url.encode())
+        resource_spans = self._pb_resource_cache + field_len(_T2_LEN, scope_spans)
         body = field_len(_T1_LEN, resource_spans)  # ExportTraceServiceRequest.resource_spans
         if self._protocol == "http/json":
             return encode_json(ExportTraceServiceRequest.FromString(body))
