@@ -358,3 +358,14 @@ def test_what_yaml_gives_survives_the_rebuild(tmp_path: Path) -> None:
     assert team.callback_vars == {"langfuse_public_key": "pk-1", "langfuse_secret_key": "sk-1", "flush_at": 7,
                                   "langfuse_host": None, "ratio": 0.5}
     assert settings.litellm_settings.turn_off_message_logging is True
+
+
+def test_a_value_msgpack_cannot_hold_is_loaded_as_parsed(tmp_path: Path) -> None:
+    """An integer past 64 bits cannot go through the rebuild: the file is used as YAML parsed it, not refused."""
+    config = tmp_path / "config.yaml"
+    config.write_text("litellm_settings:\n  default_team_settings:\n    - team_id: big\n"
+                      "      success_callback: [langfuse]\n"
+                      "      callback_vars: {langfuse_public_key: pk-1, langfuse_secret_key: sk-1,"
+                      " seed: 1180591620717411303424}\n")
+    team = load_settings(config).litellm_settings.default_team_settings[0]
+    assert team.callback_vars["seed"] == 2**70

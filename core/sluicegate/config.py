@@ -343,7 +343,8 @@ def _read_yaml(path: str | os.PathLike[str]) -> Any:
     The settings keep the parsed strings, and those sit scattered among the parser's garbage (nodes, events,
     marks), so the heap's arenas could not be given back: a 10,000-team config left ~100 MB resident where the
     same data rebuilt this way leaves ~20 MB (bench/). msgpack keeps what YAML gives (integer keys, bytes,
-    datetimes); a file with a value it cannot hold (a set, a huge integer) is used as parsed.
+    datetimes; a set comes back as a list, a date as its ISO text); a file with a value it cannot hold (an integer
+    past 64 bits) is used as parsed.
     """
     try:
         with open(path, "rb") as handle:
