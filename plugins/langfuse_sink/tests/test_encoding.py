@@ -49,3 +49,29 @@ def test_iso_timestamps_match_datetime_isoformat(timestamp: float) -> None:
 def test_iso_timestamps_outside_the_fast_range_take_the_datetime_path() -> None:
     for timestamp in (-1.5, 253402300799.25):
         assert sink_module._iso(timestamp) == sink_module._iso_slow(timestamp)
+
+
+_HASHED = object()  # the trace id is a hash of the event's trace id: 16 bytes that are not its hex
+
+
+@pytest.mark.parametrize(("traceparent", "trace_id", "expected_trace", "expected_parent"), [
+    (TRACEPARENT, "ignored", "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"),
+    (f"  {TRACEPARENT.upper()} ", "ignored", "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"),
+    ("ff" + TRACEPARENT[2:], "a" * 32, "a" * 32, None),  # version ff is invalid
+    (f"00-{'0' * 32}-00f067aa0ba902b7-01", "b" * 32, "b" * 32, None),  # all-zero trace id is invalid
+    (f"00-4bf92f3577b34da6a3ce929d0e0e4736-{'0' * 16}-01", "c" * 32, "c" * 32, None),  # all-zero parent
+    ("not a traceparent", "D" * 32, "d" * 32, None),
+    (None, "0b38c7a3-6d7e-4e53-9a3c-2d27f1d3e0f1", "0b38c7a36d7e4e539a3c2d27f1d3e0f1", None),  # a UUID
+    (None, "0" * 32, _HASHED, None),  # all zeros: hashed, never sent as is
+    (None, "req-123", _HASHED, None),
+    ("", "e" * 32, "e" * 32, None),
+])
+def test_trace_and_parent_ids(traceparent, trace_id, expected_trace, expected_parent) -> None:
+    event = make_event(trace_id=trace_id, metadata=LogMetadata(traceparent=traceparent))
+    trace, span, parent = sink_module._ids(event)
+    assert len(span) == 8 and span == sink_module._ids(event)[1]  # stable: a redelivery upserts
+    if expected_trace is _HASHED:
+        assert len(trace) == 16 and trace != bytes(16) and trace.hex() != trace_id.replace("-", "").lower()
+    else:
+        assert trace.hex() == expected_trace
+    assert (parent.hex() if parent is not None else None) == expected_parent

@@ -73,6 +73,7 @@ HEALTH_TIMEOUT = 5.0
 _USER_AGENT = f"sluicegate-langfuse-sink/{__version__}"
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16  # all-zero ids are invalid (W3C trace context)
 _json = msgspec.json.Encoder(enc_hook=repr)  # repr: never fail a batch on one odd value
 
 
@@ -185,11 +186,13 @@ def _ids(event: LogEvent) -> tuple[bytes, bytes, bytes | None]:
     event's ``trace_id`` is used when it is 32 hex digits (a request id), or hashed into 32 when it is not.
     """
     span_id = hashlib.sha256(f"sluicegate-span:{event.id}".encode()).digest()[:8]
-    match = _TRACEPARENT.fullmatch((event.metadata.traceparent or "").strip().lower())
-    if match and match.group(1) != "ff" and set(match.group(2)) != {"0"} and set(match.group(3)) != {"0"}:
-        return bytes.fromhex(match.group(2)), span_id, bytes.fromhex(match.group(3))
+    header = event.metadata.traceparent
+    if header:  # most requests carry none: no regex then
+        match = _TRACEPARENT.fullmatch(header.strip().lower())
+        if match and match.group(1) != "ff" and match.group(2) != _ZERO_TRACE and match.group(3) != _ZERO_SPAN:
+            return bytes.fromhex(match.group(2)), span_id, bytes.fromhex(match.group(3))
     raw = (event.trace_id or event.id).strip().lower().replace("-", "")
-    if _HEX32.fullmatch(raw) and set(raw) != {"0"}:
+    if raw != _ZERO_TRACE and _HEX32.fullmatch(raw):
         return bytes.fromhex(raw), span_id, None
     return hashlib.sha256(f"sluicegate-trace:{event.trace_id or event.id}".encode()).digest()[:16], span_id, None
 
