@@ -1,5 +1,6 @@
 -- wrk script: POST a chat completion, cycling through the Authorization keys in a file (one per line), and
--- print one JSON line of results in done(). Arguments after `--`: <path> <keys file> <body file>.
+-- print one JSON line of results in done(). Arguments after `--`: <path> <keys file> <body file> [close]
+-- ("close": every request asks for `Connection: close`, so each one opens a new connection).
 local counter = 0
 local threads = {}
 
@@ -24,10 +25,9 @@ function init(args)
   local body = read_all(args[3])
   for key in io.lines(args[2]) do
     if key ~= "" then
-      table.insert(requests_list, wrk.format("POST", path, {
-        ["Authorization"] = "Bearer " .. key,
-        ["Content-Type"] = "application/json",
-      }, body))
+      local headers = {["Authorization"] = "Bearer " .. key, ["Content-Type"] = "application/json"}
+      if args[4] == "close" then headers["Connection"] = "close" end
+      table.insert(requests_list, wrk.format("POST", path, headers, body))
     end
   end
   -- Threads start at different keys so requests spread over every team.

@@ -8,7 +8,9 @@ and ``bench/results/latest.json``.
 Settings (environment, or the matching ``--flag``): ``BENCH_DURATION`` seconds per run (4),
 ``BENCH_REPEAT`` runs per point, best kept (2), ``BENCH_CONCURRENCY`` ("1,16,64"), ``BENCH_TEAMS`` (1000), ``BENCH_ROWS`` (comma list of row ids, default all),
 ``BENCH_LOAD_CPU`` / ``BENCH_SERVER_CPU`` (0 / 1), ``BENCH_STREAM`` (1: also measure SSE streams at c=1),
-``BENCH_DELIVERY`` (``key=value,...`` added to the gateway rows' ``sluicegate_settings.delivery``, for what-if runs).
+``BENCH_DELIVERY`` (``key=value,...`` added to the gateway rows' ``sluicegate_settings.delivery``, for what-if runs),
+``BENCH_CONNECTION_CLOSE`` (1: every request sends ``Connection: close``, i.e. clients that open a connection per
+request).
 
 The ``litellm`` row runs LiteLLM's proxy from ``bench/.litellm-venv`` (made by ``bench/litellm_setup.sh``, never a
 project dependency) when that venv exists, and otherwise says how to install it.
@@ -287,6 +289,8 @@ class Wrk:
         argv = [self.binary, "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
                 "-s", str(HERE / "chat.lua"), url, "--", path, str(keys),
                 str(self.stream_body if stream else self.body)]
+        if os.environ.get("BENCH_CONNECTION_CLOSE") == "1":  # clients that open a connection per request
+            argv.append("close")
         if self.load_cpu is not None and shutil.which("taskset"):
             argv = ["taskset", "-c", str(self.load_cpu), *argv]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)

@@ -86,7 +86,8 @@ def _serve(args: argparse.Namespace) -> int:
     # path in the environment (app_factory); with --workers N > 1 this process becomes a bare supervisor.
     argv = [sys.executable, "-P", "-m", "uvicorn", "sluicegate.cli:app_factory", "--factory", "--host", args.host,
             "--port", str(args.port), "--workers", str(args.workers), "--no-proxy-headers", "--no-server-header",
-            "--no-date-header", "--log-level", args.log_level.lower(), "--no-access-log", "--loop", "uvloop",
+            "--no-date-header", "--log-level", args.log_level.lower(), "--no-access-log",
+            "--loop", "sluicegate.serving:new_event_loop",  # uvloop, accepting every waiting connection at once
             "--http", "httptools", "--lifespan", "on", "--timeout-graceful-shutdown", str(grace)]
     sys.stdout.flush()
     sys.stderr.flush()
