@@ -54,7 +54,7 @@ def _burst_turns(loop_factory) -> list[int]:
                 while time.perf_counter() < until:
                     pass
                 turn[0] += 1
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # deliberate: one yield is one turn of the loop, the unit the test counts
 
         clients: list[socket.socket] = []
         go, queued = threading.Event(), threading.Event()
@@ -73,7 +73,7 @@ def _burst_turns(loop_factory) -> list[int]:
         spinner = loop.create_task(busy())
         deadline = loop.time() + 30
         while len(made) < CONNECTIONS and loop.time() < deadline:
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # deliberate: a condition with a deadline, polled once a turn
         stop = True
         await spinner
         for client in clients:
