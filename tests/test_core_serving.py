@@ -227,3 +227,29 @@ def test_connections_arriving_from_many_threads_are_all_served() -> None:
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         assert runner.run(scenario()) == 200
+
+
+def test_a_server_made_without_serving_listens_only_once_started_and_serve_forever_ends_at_close() -> None:
+    async def scenario() -> tuple[bool, bytes]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(_protocol([], [0]), "127.0.0.1", 0, start_serving=False)
+        address = server.sockets[0].getsockname()
+        refused = False
+        try:
+            await asyncio.to_thread(lambda: socket.create_connection(address, timeout=5).close())
+        except ConnectionRefusedError:
+            refused = True  # bound, not listening yet
+        forever = loop.create_task(server.serve_forever())
+
+        def talk() -> bytes:
+            with socket.create_connection(address, timeout=10) as client:
+                client.sendall(b"up")
+                return client.recv(16)
+
+        answer = await asyncio.to_thread(talk)
+        server.close()
+        await asyncio.wait_for(forever, 10)
+        return refused, answer
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        assert runner.run(scenario()) == (True, b"UP")

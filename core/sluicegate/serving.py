@@ -48,6 +48,7 @@ class AcceptingServer(asyncio.AbstractServer):
         self._serving = False
         self._closed = False
         self._handing_over: set[asyncio.Task[Any]] = set()  # connections on their way to a transport
+        self._closing: asyncio.Future[None] | None = None  # what serve_forever waits on
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -63,9 +64,11 @@ class AcceptingServer(asyncio.AbstractServer):
         self._start()
 
     async def serve_forever(self) -> None:
+        """Serve until :meth:`close`."""
         self._start()
-        while not self._closed:
-            await asyncio.sleep(3600)
+        if not self._closed:
+            self._closing = self._loop.create_future()
+            await self._closing
 
     def _start(self) -> None:
         if self._serving or self._closed:
@@ -119,6 +122,8 @@ class AcceptingServer(asyncio.AbstractServer):
             if sock.fileno() >= 0:
                 self._loop.remove_reader(sock.fileno())
                 sock.close()
+        if self._closing is not None and not self._closing.done():
+            self._closing.set_result(None)
 
     async def wait_closed(self) -> None:
         if self._handing_over:
@@ -132,9 +137,10 @@ def _name(sock: socket.socket) -> str:
         return "a closed socket"
 
 
-def _bind(host: str | list[str] | None, port: int | None, *, backlog: int, reuse_address: bool | None,
+def _bind(host: str | list[str] | None, port: int | None, *, reuse_address: bool | None,
           reuse_port: bool | None) -> list[socket.socket]:
-    """Listening sockets for ``host`` and ``port`` as ``asyncio``'s ``create_server`` makes them."""
+    """Sockets bound to ``host`` and ``port`` as ``asyncio``'s ``create_server`` binds them (the server listens on
+    them when it starts)."""
     hosts: Iterable[str | None] = [host] if host is None or isinstance(host, str) else host
     infos = {info for each in hosts for info in socket.getaddrinfo(each or None, port, type=socket.SOCK_STREAM,
                                                                      flags=socket.AI_PASSIVE)}
@@ -150,7 +156,6 @@ def _bind(host: str | list[str] | None, port: int | None, *, backlog: int, reuse
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
-            sock.listen(backlog)
     except BaseException:
         for sock in sockets:
             sock.close()
@@ -178,7 +183,7 @@ class GatewayLoop(uvloop.Loop):  # type: ignore[misc]
             sockets = [sock]
         else:
             # Bound here, once at start-up: a thread for the name lookup would stay in the pool for good.
-            sockets = _bind(host, port, backlog=backlog, reuse_address=reuse_address, reuse_port=reuse_port)
+            sockets = _bind(host, port, reuse_address=reuse_address, reuse_port=reuse_port)
         server = AcceptingServer(self, protocol_factory, sockets, backlog)
         if start_serving:
             server._start()
