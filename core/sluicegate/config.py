@@ -25,6 +25,8 @@ __all__ = (
     "LiteLLMSettings",
     "ModelEntry",
     "Settings",
+    "SinkDestinations",
+    "SluicegateSettings",
     "TeamSettings",
     "load_settings",
     "parse_settings",
@@ -129,11 +131,38 @@ class DeliverySettings(msgspec.Struct, kw_only=True):
     """fsync after each spool write (survives power loss, not only process death; costs a disk flush)."""
 
 
+class SinkDestinations(msgspec.Struct, kw_only=True):
+    """``sluicegate_settings.sink_destinations``: where sinks written through the admin API may connect.
+
+    Entries are host names (``*.example.com`` globs) or IP networks in CIDR form (``10.0.0.0/8``). A destination is
+    refused when it matches ``deny`` (or the built-in denials: link-local ranges and the cloud metadata addresses)
+    and does not match ``allow``; with a non-empty ``allow`` list, nothing outside it is reached. Checked when the
+    callback is written and again against the resolved address at every connection (DNS rebinding). Sinks from
+    config.yaml are trusted and not checked."""
+
+    allow: list[str] = msgspec.field(default_factory=list)
+    deny: list[str] = msgspec.field(default_factory=list)
+
+
 class SluicegateSettings(msgspec.Struct, kw_only=True):
     delivery: DeliverySettings = msgspec.field(default_factory=DeliverySettings)
     change_poll_interval: float = 0.25
     request_body_timeout: float = 30.0
     """Seconds a client may take to send its whole request body; slower ones get 408 and lose the connection."""
+    header_timeout: float = 10.0
+    """Seconds a client may take to send a request's headers (from its first byte, or from connecting); slower
+    connections are closed (slow-header attacks)."""
+    max_header_bytes: int = 64 * 1024
+    """Largest request head (request line and headers) accepted; a larger one gets 431 and the connection closed."""
+    allowed_env_refs: list[str] = msgspec.field(default_factory=list)
+    """Glob patterns of environment variable names that ``os.environ/NAME`` may reference in callbacks written
+    through the admin API, and only in secret fields. Empty (the default): refused. config.yaml is not limited."""
+    file_sink_root: str | None = None
+    """Directory every ``file`` sink path resolves under. Default: ``logs/`` next to config.yaml (the working
+    directory without a config file). Paths escaping it are refused."""
+    sink_destinations: SinkDestinations = msgspec.field(default_factory=SinkDestinations)
+    key_health_per_minute: int = 10
+    """Calls of ``/key/health`` a key may make per minute (each probes every sink of the key); more get 429."""
 
 
 class Settings(msgspec.Struct, kw_only=True):
@@ -193,7 +222,7 @@ def _check_keys(data: Any, struct: type[msgspec.Struct], path: str, unknown: lis
             (typos if hint else unknown).append(f"{here} (did you mean {hint!r}?)" if hint else here)
             continue
         child = {"litellm_params": LiteLLMParams, "general_settings": GeneralSettings,
-                 "delivery": DeliverySettings}.get(key)
+                 "delivery": DeliverySettings, "sink_destinations": SinkDestinations}.get(key)
         if child is not None:
             _check_keys(value, child, here, unknown, typos)
 
