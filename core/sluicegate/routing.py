@@ -8,6 +8,7 @@ Every entry keeps its own variables. Resolution runs when a key is first seen af
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import logging
 import os
@@ -34,6 +35,7 @@ log = logging.getLogger("sluicegate.routing")
 
 CallbackType = Literal["success", "failure", "success_and_failure"]
 RESERVED_VARS = ("turn_off_message_logging",)
+ENV_REFERENCE = "os.environ/"
 
 
 class LoggingEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -52,6 +54,9 @@ class Route(msgspec.Struct, frozen=True, kw_only=True):
     on_success: bool
     on_failure: bool
     redact: bool
+    trusted: bool = True
+    """Written in config.yaml (trusted) rather than through the admin API: API-written routes are held to
+    ``sluicegate_settings`` (``allowed_env_refs``, ``sink_destinations``, ``file_sink_root``)."""
 
 
 class CallbackSet(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,6 +90,7 @@ class LoggingResolver:
         self.registry = registry
         self.pm = pm
         self.global_redact = settings.litellm_settings.turn_off_message_logging
+        self.allowed_env_refs = tuple(settings.sluicegate_settings.allowed_env_refs)
         self.global_set = self._global_set()
         self.team_config: dict[str, CallbackSet | None] = {}
         self._team_settings = {t.team_id: t for t in settings.litellm_settings.default_team_settings}
@@ -98,9 +104,12 @@ class LoggingResolver:
             raise ConfigError(problems)
 
     # building ------------------------------------------------------------------------------------------
-    def _resolve_refs(self, callback_name: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+    def _resolve_refs(self, sink_class: type[Sink], raw: Mapping[str, Any], *, trusted: bool) -> dict[str, Any]:
+        callback_name = sink_class.callback_name
         resolved: dict[str, Any] = {}
         for key, value in raw.items():
+            if not trusted and _is_reference(value):
+                self._check_api_reference(sink_class, key, value)
             if isinstance(value, str):
                 result = self.pm.hook.resolve_callback_var(value=value, key=key, callback_name=callback_name)
                 resolved[key] = value if result is None else result
@@ -123,7 +132,21 @@ class LoggingResolver:
             raise VarsError(errors)
         return callback_vars
 
-    def route(self, entry: LoggingEntry, *, default_redact: bool) -> Route:
+    def _check_api_reference(self, sink_class: type[Sink], key: str, value: str) -> None:
+        """Allow an ``os.environ/NAME`` written through the admin API only in a secret field and only for a name
+        matching ``allowed_env_refs``; the refusal is the same whether or not the variable exists."""
+        name = value[len(ENV_REFERENCE):]
+        field = sink_class.Vars.aliases.get(key, key)
+        if field not in secret_fields(sink_class.Vars):
+            raise VarsError([FieldError(key, "os.environ/ references through the admin API are allowed only in "
+                                             "secret fields; write the value itself (config.yaml may reference "
+                                             "any variable)")])
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in self.allowed_env_refs):
+            raise VarsError([FieldError(key, "this os.environ/ reference is not allowed through the admin API: "
+                                             "the proxy admin lists the names teams may reference in "
+                                             "sluicegate_settings.allowed_env_refs")])
+
+    def route(self, entry: LoggingEntry, *, default_redact: bool, trusted: bool = True) -> Route:
         sink_class = self.registry.get(entry.callback_name)
         raw = dict(entry.callback_vars)
         redact = default_redact
@@ -134,14 +157,17 @@ class LoggingResolver:
             # means "this sink as configured for the gateway", i.e. from the process environment. An entry
             # with any variable of its own never falls back to the environment for the others.
             raw = sink_class.env_defaults(os.environ)
-        callback_vars = self._validate(sink_class, self._resolve_refs(entry.callback_name, raw))
-        return Route(callback_name=entry.callback_name, instance_id=instance_id_for(entry.callback_name,
-                     callback_vars), sink_class=sink_class, callback_vars=callback_vars,
-                     on_success=entry.callback_type != "failure", on_failure=entry.callback_type != "success",
-                     redact=redact)
+        callback_vars = self._validate(sink_class, self._resolve_refs(sink_class, raw, trusted=trusted))
+        instance_id = instance_id_for(entry.callback_name, callback_vars)
+        if not trusted:  # never one instance with a trusted twin: their destination checks differ
+            instance_id = "api-" + instance_id[4:]
+        return Route(callback_name=entry.callback_name, instance_id=instance_id, sink_class=sink_class,
+                     callback_vars=callback_vars, on_success=entry.callback_type != "failure",
+                     on_failure=entry.callback_type != "success", redact=redact, trusted=trusted)
 
     def _set(self, entries: Sequence[LoggingEntry], source: Any, *, default_redact: bool) -> CallbackSet:
-        routes = tuple(self.route(e, default_redact=default_redact) for e in entries)
+        trusted = source in ("team_config", "global")  # config.yaml; "key" and "team" were written through the API
+        routes = tuple(self.route(e, default_redact=default_redact, trusted=trusted) for e in entries)
         return CallbackSet(routes=routes, source=source)
 
     def _global_set(self) -> CallbackSet:
@@ -207,7 +233,7 @@ class LoggingResolver:
         for index, entry in enumerate(entries):
             where = f"{param}[{index}]" if param.endswith("logging") else param
             try:
-                self.route(entry, default_redact=self.global_redact)
+                self.route(entry, default_redact=self.global_redact, trusted=False)
             except UnknownCallbackName as exc:
                 raise ApiError(400, str(exc), param=f"{where}.callback_name" if where != param or
                                param.endswith("logging") else "callback_name") from None
@@ -242,7 +268,7 @@ def _prefix(where: str) -> str:
 
 
 def _is_reference(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith("os.environ/")
+    return isinstance(value, str) and value.startswith(ENV_REFERENCE)
 
 
 def _named_entries(both: list[str] | None, success: list[str] | None, failure: list[str] | None,

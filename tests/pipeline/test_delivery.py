@@ -147,6 +147,7 @@ async def test_no_secret_in_events_logs_or_responses(receiver, make_config, star
     register_secret(SECRET)
     cfg = make_config(models=[{"model_name": "mock", "litellm_params": {
         "model": "openai/m", "mock_response": "ok", "api_key": upstream_key}}])
+    cfg["sluicegate_settings"]["allowed_env_refs"] = ["SG_SECRET_*"]
     async with start(cfg) as gw:
         generated = await gw.admin("POST", "/key/generate", json={"team_id": "t", "metadata": {"logging": [
             {"callback_name": "acme", "callback_vars": {"url": f"{receiver.url}/dest/err",

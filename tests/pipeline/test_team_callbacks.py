@@ -66,7 +66,7 @@ async def test_callback_type_defaults_to_success_and_failure(make_config, start,
     ({"callback_name": "acme", "callback_vars": {"url": "http://x", "api_token": MASK}}, 422,
      "callback_vars.api_token", "masked placeholder"),
     ({"callback_name": "acme", "callback_vars": {"url": "http://x", "api_token": "os.environ/SG_NOT_SET_X"}}, 422,
-     "callback_vars", "SG_NOT_SET_X"),
+     "callback_vars.api_token", "allowed_env_refs"),
     ({"callback_name": "acme", "callback_type": "sometimes", "callback_vars": {}}, 422, "callback_type", "Invalid enum"),
     ({"callback_vars": {}}, 422, "callback_name", "required"),
 ])
@@ -94,7 +94,9 @@ async def test_reposting_the_masked_get_payload_is_refused(make_config, start, v
 async def test_env_references_are_stored_as_written_and_resolved_for_delivery(
         receiver, make_config, start, monkeypatch):
     monkeypatch.setenv("SG_TEST_ACME_TOKEN", SECRET)
-    async with start(make_config()) as gw:
+    cfg = make_config()
+    cfg["sluicegate_settings"]["allowed_env_refs"] = ["SG_TEST_*"]
+    async with start(cfg) as gw:
         await gw.admin("POST", "/team/new", json={"team_id": "t"})
         response = await gw.admin("POST", "/team/t/callback", json={"callback_name": "acme", "callback_vars": {
             "url": f"{receiver.url}/dest/env", "api_token": "os.environ/SG_TEST_ACME_TOKEN"}})
