@@ -11,10 +11,11 @@ import msgspec
 from litestar import Request, Response, get, post
 
 from sluicegate.aio import bounded
-from sluicegate.api.common import Alias, TeamId, decode_body, gateway_of, json_response
+from sluicegate.api.common import Alias, TeamId, decode_body, gateway_of, json_response, page_of
 from sluicegate.auth import generate_key, hash_key, key_name
 from sluicegate.db.store import KeyRecord
 from sluicegate.errors import ApiError
+from sluicegate.sinks.scrub import error_kind_of, public_error_kind
 
 if TYPE_CHECKING:
     from sluicegate.gateway import Gateway
@@ -164,7 +165,7 @@ async def delete_keys(request: Request) -> Response[bytes]:
     data = await decode_body(request, KeyDeleteRequest)
     token_ids = [token_id_of(k) for k in data.keys or ()]
     if data.key_aliases:
-        token_ids += [r.token_id for r in await gateway.store.list_keys() if r.key_alias in data.key_aliases]
+        token_ids += [r.token_id for r in await gateway.store.list_keys(key_aliases=data.key_aliases)]
     if not token_ids:
         raise ApiError(422, "keys: give at least one key (or key_aliases)", param="keys")
     deleted = await gateway.store.delete_keys(token_ids)
@@ -175,13 +176,19 @@ async def delete_keys(request: Request) -> Response[bytes]:
 
 
 @get("/key/list")
-async def list_keys(request: Request, team_id: str | None = None,
-                    return_full_object: bool = False) -> Response[bytes]:
+async def list_keys(request: Request, team_id: str | None = None, return_full_object: bool = False,
+                    page: str | None = None, page_size: str | None = None, size: str | None = None
+                    ) -> Response[bytes]:
+    """A page of keys (``page`` from 1; ``page_size``, or LiteLLM's ``size``: default 100, at most 1,000)."""
     gateway = gateway_of(request)
     await gateway.admin_only(request)
-    records = await gateway.store.list_keys(team_id=team_id)
+    chosen = page_of(page, page_size if page_size is not None else size, default_size=100,
+                     size_name="page_size" if page_size is not None or size is None else "size")
+    records = await gateway.store.list_keys(team_id=team_id, offset=chosen.offset, limit=chosen.size)
+    total = await gateway.store.count_keys(team_id=team_id)
     keys: list[Any] = [key_view(gateway, r) for r in records] if return_full_object else [r.token_id for r in records]
-    return json_response({"keys": keys, "total_count": len(records), "current_page": 1, "total_pages": 1})
+    return json_response({"keys": keys, "total_count": total, "current_page": chosen.page,
+                          "total_pages": chosen.total_pages(total)})
 
 
 @post("/key/health", status_code=200)
@@ -189,6 +196,7 @@ async def key_health(request: Request) -> Response[bytes]:
     """Probe every sink of the calling key's effective routing, concurrently, each under a timeout."""
     gateway = gateway_of(request)
     ctx = await gateway.authenticate(request)
+    gateway.key_health_throttle.check(ctx.token_id, "/key/health")  # each call makes a request per sink
     callbacks = ctx.callbacks
     if callbacks is None or not callbacks.routes:
         return json_response({"key": "healthy", "logging_callbacks": None})
@@ -196,16 +204,23 @@ async def key_health(request: Request) -> Response[bytes]:
     routes = callbacks.routes
 
     async def probe(route: Any) -> tuple[bool, str]:
+        # An admin reads the failure (scrubbed of the instance's secrets); a key holder reads only its kind: the
+        # destination's words may quote what it was sent, and the sink's own may name hosts and paths.
+        name = route.callback_name
         slot = gateway.dispatcher.slot_for(route)
         try:
-            result = await bounded(slot.sink.health_check(), timeout, f"{route.callback_name}: health check")
+            result = await bounded(slot.sink.health_check(), timeout, f"{name}: health check")
         except TimeoutError:
-            return False, f"{route.callback_name}: timeout: no answer within {timeout:g}s"
+            return False, f"{name}: timeout" + (f": no answer within {timeout:g}s" if ctx.is_admin else "")
         except Exception as exc:
-            return False, slot.scrub(f"{route.callback_name}: {type(exc).__name__}: {exc}")[:300]
+            if not ctx.is_admin:
+                return False, f"{name}: {error_kind_of(exc)}"
+            return False, slot.scrub(f"{name}: {type(exc).__name__}: {exc}", 300)
         if result.healthy:
             return True, ""
-        return False, slot.scrub(f"{route.callback_name}: {result.error_kind or 'unhealthy'}: {result.details}")[:300]
+        if not ctx.is_admin:
+            return False, f"{name}: {public_error_kind(result.error_kind)}"
+        return False, slot.scrub(f"{name}: {result.error_kind or 'unhealthy'}: {result.details}", 300)
 
     results = await asyncio.gather(*(probe(r) for r in routes))
     names = callbacks.callback_names

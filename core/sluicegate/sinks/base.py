@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
@@ -59,7 +59,11 @@ class CallbackVars(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 class HealthResult(msgspec.Struct, frozen=True, kw_only=True):
-    """The outcome of a health check. ``details`` is shown to key owners: never put a secret in it."""
+    """The outcome of a health check.
+
+    ``details`` is shown to admins, scrubbed of the instance's secrets; a key holder sees only the sink's name and
+    ``error_kind`` reduced to one of auth, unreachable, timeout, protocol or rejected. Never put a secret in it.
+    """
 
     healthy: bool
     details: str = ""
@@ -108,6 +112,21 @@ class Sink(abc.ABC):
     async def health_check(self) -> HealthResult:
         """Check that the destination is reachable and accepts these credentials, with a real call."""
         return HealthResult(healthy=True, details=f"{self.callback_name}: no health check implemented")
+
+    def secret_forms(self) -> Iterable[str]:
+        """Return every secret this instance sends, in each form it puts on the wire.
+
+        The core masks each of them (and their JSON-escaped, percent-encoded and base64 forms) in every text that
+        leaves the instance: health details, ``last_error``, log lines. Override to add what the destination
+        receives beyond the raw values (a ``Basic`` token, each header parsed out of one secret field, a current
+        access token). Called only on error paths; must not do I/O. Default: the values of the ``SecretStr``
+        fields.
+        """
+        callback_vars = self.callback_vars
+        for name in callback_vars.__struct_fields__:
+            value = getattr(callback_vars, name, None)
+            if isinstance(value, SecretStr) and value:
+                yield value.get_secret_value()
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release what this instance holds. Called once when it is evicted or at shutdown; idempotent."""

@@ -28,6 +28,7 @@ import itertools
 import logging
 import random
 import time
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -318,8 +319,10 @@ class Dispatcher:
             slot.task = None
             self._working -= 1
             raise
-        except Exception:  # a bug, not a failed send (those are retried in _deliver): the next event tries again
-            log.exception("sink %s/%s: delivery stopped", slot.callback_name, slot.instance_id)
+        except Exception as exc:  # a bug, not a failed send (those are retried in _deliver): the next event tries again
+            # The traceback as text, scrubbed: an exception's message may quote what a destination answered.
+            log.error("sink %s/%s: delivery stopped: %s", slot.callback_name, slot.instance_id,
+                      slot.scrubber()("".join(traceback.format_exception(exc))))
             slot.task = None
             self._working -= 1
             return
@@ -491,7 +494,8 @@ class Dispatcher:
                 except Exception as exc:  # a sink raises on any failure, by contract
                     slot.failed_sends += 1
                     kind = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-                    slot.last_error = slot.scrub(f"{kind}: {exc}")[:500]
+                    # Scrubbed of every form of the instance's secrets: a destination may echo the request back.
+                    slot.last_error = slot.scrub(f"{kind}: {exc}", 500)
                     slot.last_error_at = time.time()
                     # Not the exception itself: its traceback holds the failed attempt's frames (the encoded
                     # body, the connection attempt), ~50 KB a slot; 20,000 failing slots kept ~1 GB alive.

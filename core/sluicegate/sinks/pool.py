@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sluicegate.sinks.base import MASK, CallbackVars, Sink
-from sluicegate.sinks.vars import encode_vars, secret_fields
+from sluicegate.sinks.base import CallbackVars, Sink
+from sluicegate.sinks.scrub import Scrubber
 
 if TYPE_CHECKING:
     import asyncio
@@ -15,9 +14,6 @@ if TYPE_CHECKING:
     from sluicegate.sinks.spool import InstanceLog
 
 __all__ = ("SinkPool", "SinkSlot")
-
-_secret_fields = functools.cache(secret_fields)  # per Vars class; type introspection is slow
-
 
 class SinkSlot:
     """One sink instance with its queue, send task (while sending), deadline (while lingering) and counters."""
@@ -49,15 +45,15 @@ class SinkSlot:
         self.last_error_at: float | None = None
         self.closed = False
 
-    def scrub(self, text: str) -> str:
-        """``text`` with every secret of this instance replaced by the mask (for errors shown to admins)."""
-        callback_vars = self.sink.callback_vars
-        values: dict[str, Any] = encode_vars(callback_vars, reveal=True)  # here, not kept: errors are rare
-        for name in _secret_fields(type(callback_vars)):
-            secret = str(values[name]) if values.get(name) else ""
-            if len(secret) >= 4:
-                text = text.replace(secret, MASK)
-        return text
+    def scrubber(self) -> Scrubber:
+        """A :class:`Scrubber` for this instance's secrets, as the sink sends them now (built here, not kept: errors
+        are rare, and a secret may change, e.g. a refreshed access token)."""
+        return Scrubber.for_sink(self.sink)
+
+    def scrub(self, text: str, limit: int = 500) -> str:
+        """``text`` fit to leave the instance (``last_error``, a log line, health details for an admin): every form
+        of every secret masked, on one line, at most ``limit`` characters."""
+        return self.scrubber().line(text, limit)
 
     @property
     def spilled(self) -> int:
