@@ -19,7 +19,8 @@ import httpx
 import msgspec
 from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
 
-from sluicegate.sinks.base import MASK, CallbackVars, HealthResult, SecretStr, Sink
+from sluicegate.sinks.base import CallbackVars, HealthResult, SecretStr, Sink
+from sluicegate.sinks.scrub import Scrubber
 from sluicegate.sinks.vars import VarsError, decode_vars
 
 if TYPE_CHECKING:
@@ -341,10 +342,8 @@ class DatadogSink(Sink):
     def _error(self, response: httpx.Response, what: str) -> DatadogIntakeError:
         status = response.status_code
         kind = {401: "auth", 403: "auth", 413: "too_large", 429: "rate_limited"}.get(status, "http_status")
-        text = response.text[:200]
-        if self._headers:
-            # An intake or proxy that echoes the request must not put the key into our logs.
-            text = text.replace(self._headers["DD-API-KEY"], MASK)
+        # A short excerpt, scrubbed of the key in every form: an intake or proxy may answer with our request.
+        text = Scrubber.for_sink(self).excerpt(response.content)
         return DatadogIntakeError(f"datadog: {self._intake_url} {what}: HTTP {status} {text}".rstrip(),
                                   status=status, kind=kind)
 

@@ -16,13 +16,14 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import msgspec
 
 from sluicegate import CallbackVars, HealthResult, SecretStr, Sink
+from sluicegate.sinks.scrub import Scrubber
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "GcsBucketSink",
+    "GcsDeliveryError",
     "GcsBucketVars",
     "ServiceAccountFileError",
     "object_name",
@@ -291,6 +293,24 @@ class _Shared:
                 pass
 
 
+_REQUEST_LINE = re.compile(r"^[A-Z]+ \S+: ")
+
+
+class GcsDeliveryError(RuntimeError):
+    """An upload failed. The message says why in the sink's words, with at most a short, scrubbed excerpt of the
+    storage API's own message; ``kind`` is the health check's error kind for the same failure."""
+
+    retryable: bool | None = None
+
+    def __init__(self, message: str, *, kind: str, status_code: int | None = None,
+                 retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status_code = status_code
+        if retryable is not None:
+            self.retryable = retryable
+
+
 class GcsBucketSink(Sink):
     """Writes each batch as NDJSON objects (one event per line) to a GCS bucket, never overwriting one."""
 
@@ -381,7 +401,46 @@ class GcsBucketSink(Sink):
             return
         if self._closed:
             raise RuntimeError("gcs_bucket: sink is closed")
-        await self._run(self._upload, self._objects(batch))
+        try:
+            await self._run(self._upload, self._objects(batch))
+        except Exception as exc:
+            raise self._delivery_error(exc) from None
+
+    def _delivery_error(self, exc: Exception) -> GcsDeliveryError:
+        """What a failed upload raises: :meth:`_classify`'s kind and reason, plus a short scrubbed excerpt of the
+        storage API's message (never of the token endpoint's answer: it may quote the signed assertion, which no
+        scrubber knows). Retrying stays as the original exception asked (its flag or its HTTP status)."""
+        from google.api_core import exceptions as api
+
+        found = self._classify(exc)
+        message = found.details
+        status = None
+        if isinstance(exc, api.GoogleAPICallError):
+            status = exc.code if isinstance(exc.code, int) else None
+            text = _REQUEST_LINE.sub("", exc.message or "")  # the library puts the request line first
+            message = f"{message}: {Scrubber.for_sink(self).excerpt(text)}"
+        flag = getattr(exc, "retryable", None)
+        return GcsDeliveryError(message, kind=found.error_kind or "error", status_code=status,
+                                retryable=flag if isinstance(flag, bool) else None)
+
+    def secret_forms(self) -> Iterable[str]:
+        """The key file's path and the access token the storage requests carry now (from the shared caches; a
+        token refreshed later is found by the next error's scrubber)."""
+        yield from super().secret_forms()
+        shared = GcsBucketSink._shared
+        if shared is None:
+            return
+        path = self._service_account_path()
+        with shared.lock:
+            if path is not None:
+                cached = shared.credentials.get(path)
+                credentials = cached[1] if cached else None
+            else:  # Application Default Credentials: the client holds them
+                client = shared.clients.get((None, os.environ.get(EMULATOR_ENV)))
+                credentials = getattr(client, "_credentials", None)
+        token = getattr(credentials, "token", None)
+        if isinstance(token, str):
+            yield token
 
     def _upload(self, shared: _Shared, objects: list[tuple[str, bytes]]) -> None:
         from google.api_core.exceptions import PreconditionFailed

@@ -21,7 +21,7 @@ import os
 import re
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -40,6 +40,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from sluicegate.sinks.base import CallbackVars, HealthResult, SecretStr, Sink
 from sluicegate.sinks.http import HttpClient, HttpClientError, encode_headers
 from sluicegate.sinks.protowire import RepeatedKeyValues, field_fixed64, field_len, key_values, tag
+from sluicegate.sinks.scrub import Scrubber
 
 from sluicegate_langfuse_sink import __version__
 
@@ -476,6 +477,12 @@ class LangfuseSink(Sink):
     def base_url(self) -> str:
         return self._base_url
 
+    def secret_forms(self) -> Iterable[str]:
+        """The secret key, and the ``Basic`` token (base64 of ``public_key:secret_key``) every request carries."""
+        secret = self.callback_vars.langfuse_secret_key.get_secret_value()
+        token = base64.b64encode(f"{self.callback_vars.langfuse_public_key}:{secret}".encode()).decode("ascii")
+        return (secret, token)
+
     @classmethod
     def env_defaults(cls, environ: Mapping[str, str]) -> dict[str, Any]:
         found: dict[str, Any] = {}
@@ -529,7 +536,8 @@ class LangfuseSink(Sink):
                         f"langfuse: {name} sending to {self._base_url}: {exc}") from None
                 status = response.status
                 if not 200 <= status < 300:
-                    text = response.body[:200].decode("utf-8", "replace")
+                    # A short, scrubbed excerpt: a proxy or debugging endpoint may answer with our request.
+                    text = Scrubber.for_sink(self).excerpt(response.body)
                     raise LangfuseDeliveryError(f"langfuse: {self._base_url} answered HTTP {status}: {text}",
                                                 status_code=status)
                 self._note_partial_success(response.headers.get("content-type", ""), response.body)
@@ -544,7 +552,8 @@ class LangfuseSink(Sink):
             return
         if answer.partial_success.rejected_spans:
             logger.warning("langfuse: %s rejected %d span(s): %s", self._base_url,
-                           answer.partial_success.rejected_spans, answer.partial_success.error_message[:200])
+                           answer.partial_success.rejected_spans,
+                           Scrubber.for_sink(self).excerpt(answer.partial_success.error_message))
 
     async def health_check(self) -> HealthResult:
         """Authenticate against the project with ``GET /api/public/projects`` (the SDK's typed API client)."""

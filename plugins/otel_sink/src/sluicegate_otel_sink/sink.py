@@ -21,7 +21,7 @@ import re
 import time
 import urllib.parse
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import grpc
@@ -48,6 +48,7 @@ from sluicegate.sinks.protowire import (
     key_values,
     tag,
 )
+from sluicegate.sinks.scrub import Scrubber
 
 from sluicegate_otel_sink import __version__
 
@@ -604,6 +605,20 @@ class OtelSink(Sink):
         """This instance's OTel resource: service name, SDK facts and ``otel_resource_attributes``."""
         return Resource(self._resource_attributes)
 
+    def secret_forms(self) -> Iterable[str]:
+        """``otel_headers`` as written, each header value as sent (percent-decoded), the credential after a
+        scheme word (``Bearer x``), and the values of the endpoint's query string (a token may ride there)."""
+        yield from super().secret_forms()
+        for value in self._headers.values():
+            yield value
+            scheme, _, credential = value.partition(" ")
+            if credential.strip() and scheme.isalpha():
+                yield credential.strip()
+        if "://" in self.callback_vars.otel_endpoint:
+            query = urllib.parse.urlsplit(self.callback_vars.otel_endpoint).query
+            for _, value in urllib.parse.parse_qsl(query):
+                yield value
+
     @classmethod
     def env_defaults(cls, environ: Mapping[str, str]) -> dict[str, Any]:
         """The standard OTel variables for a global ``otel`` entry written without vars.
@@ -682,7 +697,7 @@ class OtelSink(Sink):
         if rejected:
             # OTLP says not to retry a partial success: the same spans would be rejected again.
             logger.warning("otel sink %s rejected %d of %d spans: %s", self._display, rejected, len(batch),
-                           response.partial_success.error_message[:200])
+                           Scrubber.for_sink(self).excerpt(response.partial_success.error_message))
 
     async def _export(self, body: bytes, *, timeout: float) -> ExportTraceServiceResponse:
         if self._protocol == "grpc":
@@ -704,7 +719,8 @@ class OtelSink(Sink):
                                   kind="connection") from None
         if answer.status // 100 != 2:
             kind = "auth" if answer.status in (401, 403) else "http_status"
-            snippet = answer.body[:200].decode("utf-8", "replace")
+            # A short, scrubbed excerpt: a collector or proxy may answer with the request, headers included.
+            snippet = Scrubber.for_sink(self).excerpt(answer.body)
             raise OtelExportError(f"otel: {self._display} answered HTTP {answer.status}: {snippet}",
                                   kind=kind)
         return _parse_response(answer.body, answer.headers.get("content-type", ""))
@@ -722,7 +738,7 @@ class OtelSink(Sink):
             kind = {grpc.StatusCode.UNAUTHENTICATED: "auth", grpc.StatusCode.PERMISSION_DENIED: "auth",
                     grpc.StatusCode.UNAVAILABLE: "connection",
                     grpc.StatusCode.DEADLINE_EXCEEDED: "timeout"}.get(code, "grpc_status")
-            details = (exc.details() or "")[:200]
+            details = Scrubber.for_sink(self).excerpt(exc.details() or "")
             raise OtelExportError(f"otel: {self._display} answered gRPC {code.name}: {details}",
                                   kind=kind) from None
 
