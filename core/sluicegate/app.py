@@ -34,7 +34,7 @@ def _json(status: int, body: bytes) -> Response[bytes]:
 
 
 def _api_error(_: Request, exc: ApiError) -> Response[bytes]:
-    return _json(exc.status, exc.body())
+    return Response(content=exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers)
 
 
 def _http_error(_: Request, exc: HTTPException) -> Response[bytes]:

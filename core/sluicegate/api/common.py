@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from sluicegate.gateway import Gateway
 
-__all__ = ("Alias", "TeamId", "decode_body", "gateway_of", "json_response")
+__all__ = ("Alias", "Page", "TeamId", "decode_body", "gateway_of", "json_response", "page_of")
 
 T = TypeVar("T")
 TEAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,254}$"
@@ -22,6 +22,41 @@ TeamId = Annotated[str, msgspec.Meta(pattern=TEAM_ID_PATTERN, description=(
     "1-255 characters: letters, digits and _ . : @ - (starting with a letter or digit)"))]
 Alias = Annotated[str, msgspec.Meta(max_length=255, pattern=r"^[^\x00]*$")]
 _encoder = msgspec.json.Encoder()
+
+
+MAX_PAGE_SIZE = 1000
+
+
+class Page(msgspec.Struct, frozen=True):
+    """A page of a listing: ``page`` from 1, ``size`` rows."""
+
+    page: int
+    size: int
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.size
+
+    def total_pages(self, total: int) -> int:
+        return max(1, -(-total // self.size))
+
+
+def _positive(value: str | int | None, name: str, default: int, limit: int | None = None) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ApiError(422, f"{name}: expected a whole number, got {str(value)[:40]!r}", param=name) from None
+    if number < 1 or (limit is not None and number > limit):
+        bound = f"between 1 and {limit}" if limit is not None else "1 or more"
+        raise ApiError(422, f"{name}: must be {bound}, got {number}", param=name)
+    return number
+
+
+def page_of(page: str | None, page_size: str | None, *, default_size: int, size_name: str = "page_size") -> Page:
+    """Parse LiteLLM's ``page``/``page_size`` query parameters (422 naming the parameter when out of range)."""
+    return Page(_positive(page, "page", 1), _positive(page_size, size_name, default_size, MAX_PAGE_SIZE))
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -57,6 +92,9 @@ def decode_json(raw: bytes, type_: type[T] | Any = Any) -> T:
         raise ApiError(422, f"{field}: {reason}", param=field) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"malformed JSON: {exc}", param="body") from None
+    except UnicodeDecodeError:  # msgspec checks UTF-8 inside strings and raises this, not a DecodeError
+        raise ApiError(400, "request body is not valid UTF-8: send JSON encoded as UTF-8",
+                       param="body") from None
     except RecursionError:  # hostile nesting: msgspec gives up at the interpreter's depth limit
         raise ApiError(400, "JSON nested too deeply", param="body") from None
 

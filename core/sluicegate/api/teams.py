@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 from litestar import Request, Response, delete, get, post
 
-from sluicegate.api.common import TEAM_ID_PATTERN, Alias, TeamId, decode_body, gateway_of, json_response
+from sluicegate.api.common import (TEAM_ID_PATTERN, Alias, TeamId, decode_body, gateway_of, json_response,
+                                   page_of)
 from sluicegate.errors import ApiError
 from sluicegate.routing import LoggingEntry, parse_entries
 
@@ -97,10 +98,16 @@ async def team_info(request: Request, team_id: str) -> Response[bytes]:
 
 
 @get("/team/list")
-async def team_list(request: Request) -> Response[bytes]:
+async def team_list(request: Request, page: str | None = None, page_size: str | None = None) -> Response[bytes]:
+    """Teams in creation order, as LiteLLM's list; ``page``/``page_size`` (default 1 and 1,000, at most 1,000) page
+    through more, with the total in the ``x-total-count`` header."""
     gateway = gateway_of(request)
     await gateway.admin_only(request)
-    return json_response([team_view(gateway, t) for t in await gateway.store.list_teams()])
+    chosen = page_of(page, page_size, default_size=1000)
+    teams = await gateway.store.list_teams(offset=chosen.offset, limit=chosen.size)
+    total = await gateway.store.count_teams()
+    return json_response([team_view(gateway, t) for t in teams], headers={
+        "x-total-count": str(total), "x-page": str(chosen.page), "x-total-pages": str(chosen.total_pages(total))})
 
 
 @post("/team/update", status_code=200)
@@ -128,11 +135,11 @@ async def delete_teams(request: Request) -> Response[bytes]:
     data = await decode_body(request, TeamDeleteRequest)
     if not data.team_ids:
         raise ApiError(422, "team_ids: give at least one team id", param="team_ids")
-    deleted = await gateway.store.delete_teams(data.team_ids)
+    deleted, deleted_keys = await gateway.store.delete_teams(data.team_ids)
     gateway.invalidate()
     if not deleted:
         raise ApiError(404, "team_ids: none of these teams exist", type="not_found_error", param="team_ids")
-    return json_response({"deleted_teams": deleted})
+    return json_response({"deleted_teams": deleted, "deleted_keys": deleted_keys})
 
 
 # callbacks ---------------------------------------------------------------------------------------------------
