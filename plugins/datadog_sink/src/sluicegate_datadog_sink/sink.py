@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import gzip
+import ipaddress
+import re
 import socket
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -176,16 +178,36 @@ def config_problems(callback_vars: Mapping[str, Any]) -> list[str]:
     assert isinstance(decoded, DatadogVars)
     problems = []
     if decoded.dd_agent_host is not None:
-        host = decoded.dd_agent_host.strip()
-        if not host or "/" in host or " " in host:
-            problems.append("dd_agent_host: a host name or IP address, without scheme or path")
+        if not _is_host(decoded.dd_agent_host.strip()):
+            problems.append("dd_agent_host: a host name or IP address, without scheme, port or path "
+                            "(the port is dd_agent_port)")
     else:
-        if not decoded.dd_api_key:
+        if not decoded.dd_api_key or not decoded.dd_api_key.get_secret_value().strip():
             problems.append("dd_api_key: required to send to Datadog directly (or set dd_agent_host for an agent)")
-        site = _normalise_site(decoded.dd_site)
-        if not site or "/" in site or " " in site or "." not in site:
-            problems.append(f"dd_site: expected a Datadog site such as {DEFAULT_SITE!r} or 'datadoghq.eu'")
+        if not _SITE.fullmatch(_normalise_site(decoded.dd_site)):
+            problems.append(f"dd_site: expected a Datadog site such as {DEFAULT_SITE!r} or 'datadoghq.eu' "
+                            "(a host name: letters, digits, '-' and '.', no port, path or other characters)")
+    if decoded.dd_api_key is not None and any(not " " <= c <= "~" for c in decoded.dd_api_key.get_secret_value()):
+        # It travels as the DD-API-KEY header: never echoed, and only printable ASCII can be sent.
+        problems.append("dd_api_key: must be printable ASCII (no CR, LF, NUL, other control or non-ASCII "
+                        "characters)")
     return problems
+
+
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_SITE = re.compile(rf"{_LABEL}(?:\.{_LABEL})+")
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+
+
+def _is_host(host: str) -> bool:
+    """A host name (``_`` allowed: container names) or an IPv4/IPv6 address, bracketed or not; no port."""
+    try:
+        ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+        return True
+    except ValueError:
+        pass
+    name = host.lower().removesuffix(".")
+    return 0 < len(name) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in name.split("."))
 
 
 class DatadogSink(Sink):
