@@ -16,6 +16,7 @@ import base64
 import collections
 import functools
 import hashlib
+import ipaddress
 import logging
 import re
 import time
@@ -55,7 +56,8 @@ from sluicegate_otel_sink import __version__
 if TYPE_CHECKING:
     from sluicegate.events import LogEvent
 
-__all__ = ("OtelExportError", "OtelSink", "OtelVars", "parse_key_values", "problems")
+__all__ = ("OtelExportError", "OtelSink", "OtelVars", "header_problems", "host_problem", "parse_key_values",
+           "problems")
 
 logger = logging.getLogger(__name__)
 
@@ -135,29 +137,119 @@ def parse_key_values(text: str, *, what: str) -> dict[str, str]:
     return result
 
 
+_HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_GRPC_KEY = re.compile(r"[0-9a-z_.-]+")
+"""gRPC metadata keys (after lower-casing): what gRPC core accepts; ``-bin`` keys take bytes, which we never send."""
+_CLIENT_HEADERS = frozenset({"host", "content-length", "transfer-encoding"})
+"""Written by the HTTP client itself (``encode_headers`` refuses them)."""
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` (a name or an IP address, without port) can never be connected to, else ``None``."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    if ":" in host:
+        return "the host is not a valid IPv6 address"
+    try:
+        name = host.encode("idna").decode("ascii").lower().removesuffix(".")
+    except UnicodeError:
+        name = ""
+    if not name or len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
+        return "the host is not a valid host name: letters, digits, '-', '_' and '.' only"
+    return None
+
+
+def _url_problem(parsed: urllib.parse.SplitResult, schemes: tuple[str, ...]) -> str | None:
+    """Why an ``http(s)``-style endpoint URL can never be delivered to, else ``None``."""
+    if parsed.scheme not in schemes or not parsed.hostname:
+        return "no scheme or host"
+    if parsed.username is not None or parsed.password is not None:
+        return "must not carry credentials (user:password@); send them in otel_headers"
+    if parsed.fragment:
+        return "must not have a #fragment"
+    try:
+        port = parsed.port
+    except ValueError:
+        return "the port is not a number from 1 to 65535"
+    if port == 0:
+        return "the port is not a number from 1 to 65535"
+    return host_problem(parsed.hostname)
+
+
 def _grpc_target(endpoint: str) -> tuple[str, bool]:
     """``(host:port, tls)`` from ``host:port`` (plaintext), ``http://host:port`` or ``https://host:port``."""
+    usage = "for grpc give host:port, http://host:port or https://host:port"
+    endpoint = _no_controls(endpoint.strip())
     if "://" in endpoint:
-        parsed = urllib.parse.urlsplit(endpoint)
-        if parsed.scheme not in ("http", "https", "grpc", "grpcs") or not parsed.hostname:
-            raise ValueError("for grpc give host:port, http://host:port or https://host:port")
+        parsed = _split(endpoint, usage)
+        problem = _url_problem(parsed, ("http", "https", "grpc", "grpcs"))
+        if problem:
+            raise ValueError(f"{usage} ({problem})")
         port = parsed.port or (443 if parsed.scheme in ("https", "grpcs") else 4317)
         host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
         return f"{host}:{port}", parsed.scheme in ("https", "grpcs")
     host, sep, port = endpoint.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError("for grpc give host:port, http://host:port or https://host:port")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(usage)
+    problem = host_problem(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+    if problem:
+        raise ValueError(f"{usage} ({problem})")
     return endpoint, False
 
 
 def _http_url(endpoint: str) -> str:
-    parsed = urllib.parse.urlsplit(endpoint)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ValueError("for http/protobuf and http/json give an http:// or https:// traces URL")
+    usage = "for http/protobuf and http/json give an http:// or https:// traces URL"
+    endpoint = _no_controls(endpoint.strip())
+    parsed = _split(endpoint, usage)
+    problem = _url_problem(parsed, ("http", "https"))
+    if problem:
+        raise ValueError(f"{usage} ({problem})")
     if parsed.path in ("", "/"):
         # A bare collector origin: the OTLP/HTTP traces path, as OTEL_EXPORTER_OTLP_ENDPOINT would get.
         return urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, "/v1/traces", parsed.query, ""))
     return endpoint
+
+
+def _split(endpoint: str, usage: str) -> urllib.parse.SplitResult:
+    try:
+        return urllib.parse.urlsplit(endpoint)
+    except ValueError:  # e.g. a bracketed host that is no IPv6 address
+        raise ValueError(f"{usage} (the URL cannot be parsed)") from None
+
+
+def _no_controls(endpoint: str) -> str:
+    # urlsplit silently drops tabs and newlines, so check the text itself (never echoed: it may hold a token).
+    if any(c <= " " or c == "\x7f" for c in endpoint):
+        raise ValueError("the endpoint must not contain spaces or control characters")
+    return endpoint
+
+
+def header_problems(headers: Mapping[str, str], *, grpc_metadata: bool) -> list[str]:
+    """Why headers (or gRPC metadata) could never be sent; neither names nor values are echoed."""
+    found = []
+    for number, (name, value) in enumerate(headers.items(), start=1):
+        if grpc_metadata:
+            key = name.lower()
+            if not _GRPC_KEY.fullmatch(key) or key.endswith("-bin") or key.startswith("grpc-"):
+                found.append(f"header {number}: the name is not a valid gRPC metadata key (letters, digits, "
+                             "'-', '_' and '.'; no grpc- prefix or -bin suffix)")
+            if any(not " " <= c <= "~" for c in value):
+                found.append(f"header {number}: gRPC metadata values must be printable ASCII (no CR, LF, NUL "
+                             "or other control characters)")
+            continue
+        if not _HTTP_TOKEN.fullmatch(name):
+            found.append(f"header {number}: the name is not a valid HTTP token")
+        elif name.lower() in _CLIENT_HEADERS:
+            found.append(f"header {number}: Host, Content-Length and Transfer-Encoding are set by the client")
+        if any((c < " " and c != "\t") or c == "\x7f" for c in value):
+            found.append(f"header {number}: the value contains CR, LF, NUL or another control character")
+        elif any(c > "\xff" for c in value):
+            found.append(f"header {number}: the value has characters outside ISO-8859-1 (percent-encode it)")
+    return found
 
 
 def _display(endpoint: str) -> str:
@@ -183,15 +275,14 @@ def problems(callback_vars: Mapping[str, Any]) -> list[str]:
     headers = callback_vars.get("otel_headers")
     if isinstance(headers, SecretStr):
         headers = headers.get_secret_value()
+    parsed: Mapping[Any, Any] | None = headers if isinstance(headers, Mapping) else None
     if isinstance(headers, str):
         try:
             parsed = parse_key_values(headers, what="otel_headers")
         except ValueError as exc:
             found.append(f"otel_headers: {exc}")
-        else:
-            bad = [k for k in parsed if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", k)]
-            if bad:
-                found.append(f"otel_headers: {len(bad)} header name(s) are not valid HTTP tokens")
+    if parsed is not None and all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):
+        found += [f"otel_headers: {reason}" for reason in header_problems(parsed, grpc_metadata=protocol == "grpc")]
     attributes = callback_vars.get("otel_resource_attributes")
     if isinstance(attributes, str):
         try:
