@@ -7,7 +7,7 @@ from typing import Any
 
 from sluicegate import Sink, hookimpl
 
-from sluicegate_langfuse_sink.sink import LangfuseSink, host_problems, normalize_host
+from sluicegate_langfuse_sink.sink import LangfuseSink, host_problems, key_problems, normalize_host
 
 __all__ = ("register_sinks", "validate_callback_vars")
 
@@ -36,6 +36,7 @@ def validate_callback_vars(callback_name: str, callback_vars: Mapping[str, Any])
         problems.append("langfuse_public_key: must not contain ':' (it is the Basic auth user name)")
     if not secret_key.strip():
         problems.append("langfuse_secret_key: must not be empty")
+    problems.extend(key_problems(public_key, secret_key))
     if public_key.startswith("sk-lf-") or secret_key.startswith("pk-lf-"):
         problems.append("langfuse_public_key: looks like a secret key (sk-lf-...); "
                         "are langfuse_public_key and langfuse_secret_key swapped?")

@@ -15,6 +15,7 @@ import base64
 import datetime as dt
 import gzip
 import hashlib
+import ipaddress
 import logging
 import math
 import os
@@ -111,19 +112,50 @@ def normalize_host(host: str | None, environ: Mapping[str, str] | None = None) -
 
 def host_problems(host: str) -> list[str]:
     """Reasons ``host`` (already normalized) cannot be a Langfuse base URL; empty when it can."""
+    if any(c <= " " or c == "\x7f" for c in host):
+        # urlsplit silently drops tabs and newlines: check the text itself.
+        return ["must not contain spaces or control characters"]
     try:
         parts = urlsplit(host)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
+        port = parts.port
     except ValueError as exc:
         return [f"not a valid URL ({exc})"]
     problems = []
     if parts.scheme not in ("http", "https") or not parts.hostname:
         problems.append("must be an http(s) URL with a host name, e.g. https://cloud.langfuse.com")
+    elif not _is_host_name(parts.hostname):
+        problems.append("the host is not a valid host name: letters, digits, '-', '_' and '.' only")
+    if port == 0:
+        problems.append("port 0 cannot be connected to")
     if parts.username or parts.password:
         problems.append("must not carry credentials; use langfuse_public_key / langfuse_secret_key")
     if parts.query or parts.fragment:
         problems.append("must not have a query or fragment")
     return problems
+
+
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+
+
+def _is_host_name(host: str) -> bool:
+    """An IPv4/IPv6 address or a host name (internationalized names as their IDNA form)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    try:
+        name = host.encode("idna").decode("ascii").lower().removesuffix(".")
+    except UnicodeError:
+        return False
+    return 0 < len(name) <= 253 and all(_LABEL.fullmatch(label) for label in name.split("."))
+
+
+def key_problems(public_key: str, secret_key: str) -> list[str]:
+    """Control characters make a key one Langfuse can never accept (the keys are never echoed)."""
+    return [f"{field}: must not contain control characters (CR, LF, NUL, ...)"
+            for field, key in (("langfuse_public_key", public_key), ("langfuse_secret_key", secret_key))
+            if any(c < " " or c == "\x7f" for c in key)]
 
 
 # --- event → OTLP span -------------------------------------------------------------------------------
