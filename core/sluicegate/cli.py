@@ -1,4 +1,4 @@
-"""The ``sluicegate`` command: ``serve``, ``plugins`` and ``new-sink``."""
+"""The ``sluicegate`` command: ``serve``, ``plugins``, ``rotate-salt-key`` and ``new-sink``."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def app_factory() -> Any:
 
 def _serve(args: argparse.Namespace) -> int:
     from sluicegate.config import ConfigError, load_settings
-    from sluicegate.db.store import Store, display_url
+    from sluicegate.db.store import SaltKeyError, Store, display_url
     from sluicegate.gateway import Gateway
 
     try:
@@ -56,13 +56,17 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("general_settings.master_key is not set: admin routes are closed to everyone")
 
     async def migrate() -> None:
-        store = Store(settings.database_url)
+        store = Store.for_settings(settings)
         try:
             await store.migrate()
         finally:
             await store.aclose()
 
-    asyncio.run(migrate())
+    try:
+        asyncio.run(migrate())
+    except SaltKeyError as exc:  # stored secrets this salt key cannot open: refuse before binding
+        print(f"sluicegate: cannot start: {exc}", file=sys.stderr)
+        return 2
     described = gateway.pm.describe(gateway.registry.by_plugin())
     sinks = ", ".join(f"{name} ({gateway.registry.owner(name)})" for name in gateway.registry.names())
     broken = [p for p in described if p.error]
@@ -116,6 +120,42 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rotate_salt_key(args: argparse.Namespace) -> int:
+    """Re-encrypt every stored callback_vars: old key as at start-up, new key from ``SLUICEGATE_NEW_SALT_KEY``."""
+    from sluicegate.config import ConfigError, load_settings
+    from sluicegate.db.crypto import NEW_SALT_KEY_ENV, SALT_KEY_ENV, SaltKeyError, SecretBox
+    from sluicegate.db.store import Store, display_url
+
+    new_key = os.environ.get(NEW_SALT_KEY_ENV)  # never from argv, which every user can read in ps
+    if not new_key:
+        print(f"sluicegate rotate-salt-key: set {NEW_SALT_KEY_ENV} to the new salt key", file=sys.stderr)
+        return 2
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"sluicegate rotate-salt-key: {args.config}: configuration error:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+
+    async def rotate() -> int:
+        store = Store.for_settings(settings)
+        try:
+            await store.migrate()  # checks the old key (and encrypts rows still in plaintext)
+            return await store.rotate_secrets(SecretBox(new_key, source=NEW_SALT_KEY_ENV))
+        finally:
+            await store.aclose()
+
+    try:
+        count = asyncio.run(rotate())
+    except SaltKeyError as exc:
+        print(f"sluicegate rotate-salt-key: {exc}", file=sys.stderr)
+        return 2
+    print(f"re-encrypted {count} callback_vars in {display_url(settings.database_url)}; start the gateway with "
+          f"{SALT_KEY_ENV} set to the new key")
+    return 0
+
+
 def _new_sink(args: argparse.Namespace) -> int:
     from sluicegate.scaffold import ScaffoldError, write_sink_package
 
@@ -143,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
                              description="List installed plugins: distribution, version, hooks, sinks, errors.")
     plugins.add_argument("--json", action="store_true", help="print JSON")
     plugins.set_defaults(func=_plugins)
+    rotate = sub.add_parser("rotate-salt-key", help="re-encrypt stored callback secrets with a new salt key",
+                            description="Re-encrypt every stored callback_vars, in one transaction, from the "
+                            "current salt key (SLUICEGATE_SALT_KEY, else LITELLM_SALT_KEY, else the master key) to "
+                            "the one in SLUICEGATE_NEW_SALT_KEY. Stop the gateways first; start them again with "
+                            "SLUICEGATE_SALT_KEY set to the new key.")
+    rotate.add_argument("--config", required=True, help="path to config.yaml (for the database and master key)")
+    rotate.set_defaults(func=_rotate_salt_key)
     new_sink = sub.add_parser("new-sink", help="write a new sink package to start from",
                               description="Write a complete, installable sink package in the current folder.")
     new_sink.add_argument("name", help="the sink's callback_name, e.g. 'webhook'")

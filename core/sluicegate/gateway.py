@@ -57,7 +57,7 @@ class Gateway:
         self.registry = SinkRegistry.from_plugin_manager(self.pm)
         self.resolver = LoggingResolver(settings, self.registry, self.pm)
         self.models = ModelRouter(settings.model_list)
-        self.store = Store(settings.database_url)
+        self.store = Store.for_settings(settings, environ)  # the salt key for stored secrets comes with it
         self.keys = KeyCache()
         self.dispatcher = Dispatcher(settings.sluicegate_settings.delivery, spool_dir=spool_dir_for(settings))
         self.cache = ResponseCache(settings, environ)  # no connection until a request uses it

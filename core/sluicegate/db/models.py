@@ -1,11 +1,12 @@
-"""Tables. Plaintext keys are never stored: a key's id is the sha256 hex of the key."""
+"""Tables. Plaintext keys are never stored: a key's id is the sha256 hex of the key. The ``callback_vars`` of
+logging entries (``sg_teams.logging``, ``sg_keys.metadata.logging``) are stored encrypted (``db.crypto``)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, String, func
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, String, Text, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ("Base", "KeyRow", "StateRow", "TeamRow")
@@ -49,3 +50,6 @@ class StateRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version: Mapped[int] = mapped_column(BigInteger, default=0)
+    # A known value encrypted with the salt key of the stored callback_vars (None until one is stored): a wrong
+    # key is refused at start-up and on write (see ``sluicegate.db.crypto``).
+    secrets_check: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -7,9 +7,11 @@ the database sees that something changed by polling one integer (see ``sluicegat
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from datetime import UTC, datetime
 from importlib.resources import files
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import sqlalchemy as sa
@@ -17,9 +19,18 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from sluicegate.db.crypto import (SaltKeyError, SecretBox, box_from_environ, open_entries, seal_entries,
+                                  wrong_key_message)
 from sluicegate.db.models import KeyRow, StateRow, TeamRow
 
-__all__ = ("KeyRecord", "Store", "TeamRecord", "display_url", "normalise_url")
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from sluicegate.config import Settings
+
+__all__ = ("KeyRecord", "SaltKeyError", "Store", "TeamRecord", "display_url", "normalise_url")
+
+log = logging.getLogger("sluicegate")
 
 
 class TeamRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,37 +75,83 @@ def _utc(value: datetime | None) -> datetime | None:
     return value
 
 
-def _team(row: TeamRow) -> TeamRecord:
+# Records hold callback_vars in plaintext, rows hold them encrypted: these four convert (see sluicegate.db.crypto).
+def _team(row: TeamRow, secrets: SecretBox | None) -> TeamRecord:
+    logging_ = open_entries(secrets, row.logging, table="sg_teams", row_id=row.team_id)
     return TeamRecord(team_id=row.team_id, team_alias=row.team_alias, metadata=row.metadata_ or {},
-                      logging=row.logging, created_at=_utc(row.created_at), updated_at=_utc(row.updated_at))
+                      logging=logging_, created_at=_utc(row.created_at), updated_at=_utc(row.updated_at))
 
 
-def _key(row: KeyRow) -> KeyRecord:
+def _key(row: KeyRow, secrets: SecretBox | None) -> KeyRecord:
+    metadata = row.metadata_ or {}
+    if "logging" in metadata:
+        metadata = {**metadata, "logging": open_entries(secrets, metadata["logging"], table="sg_keys",
+                                                        row_id=row.token_id)}
     return KeyRecord(token_id=row.token_id, key_name=row.key_name, key_alias=row.key_alias, team_id=row.team_id,
-                     models=row.models or [], metadata=row.metadata_ or {}, expires=_utc(row.expires),
+                     models=row.models or [], metadata=metadata, expires=_utc(row.expires),
                      blocked=bool(row.blocked), created_at=_utc(row.created_at), updated_at=_utc(row.updated_at))
 
 
-class Store:
-    __slots__ = ("engine", "url", "_sessions", "is_sqlite")
+def _seal_team_values(secrets: SecretBox | None, team_id: str, values: dict[str, Any]) -> int:
+    """Encrypt ``values["logging"]`` in place (column values of a team row); how many entries were encrypted."""
+    if "logging" not in values:
+        return 0
+    values["logging"], count = seal_entries(secrets, values["logging"], table="sg_teams", row_id=team_id)
+    return count
 
-    def __init__(self, url: str) -> None:
+
+def _seal_key_values(secrets: SecretBox | None, token_id: str, values: dict[str, Any]) -> int:
+    """Encrypt ``values["metadata_"]["logging"]`` in place (column values of a key row); entries encrypted."""
+    metadata = values.get("metadata_")
+    if not isinstance(metadata, dict) or "logging" not in metadata:
+        return 0
+    entries, count = seal_entries(secrets, metadata["logging"], table="sg_keys", row_id=token_id)
+    values["metadata_"] = {**metadata, "logging": entries}
+    return count
+
+
+class Store:
+    """Teams and keys in one database. ``secrets`` encrypts the stored ``callback_vars`` (None: no salt key is set,
+    and storing any is refused); records going in and out hold them in plaintext."""
+
+    __slots__ = ("engine", "url", "_sessions", "is_sqlite", "secrets")
+
+    def __init__(self, url: str, *, secrets: SecretBox | None = None) -> None:
         self.url = normalise_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
+        self.secrets = secrets
         if self.is_sqlite:
             self.engine: AsyncEngine = create_async_engine(self.url, connect_args={"timeout": 30})
+            path = _sqlite_path(self.url)
+            if path is not None:
+                event.listen(self.engine.sync_engine, "do_connect",
+                             lambda *_: _make_owner_only(path))  # before SQLite opens (and maybe creates) it
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             self.engine = create_async_engine(self.url, pool_size=10, max_overflow=10, pool_pre_ping=True)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
+    @classmethod
+    def for_settings(cls, settings: Settings, environ: Mapping[str, str] | None = None) -> Store:
+        """The store of ``settings``, its salt key from ``SLUICEGATE_SALT_KEY`` / ``LITELLM_SALT_KEY`` in ``environ``
+        (default: the process environment), else the master key."""
+        secrets = box_from_environ(environ, master_key=settings.general_settings.master_key)
+        return cls(settings.database_url, secrets=secrets)
+
     async def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision (idempotent; never drops data)."""
+        """Bring the schema to the newest Alembic revision (idempotent; never drops data), then make sure the salt
+        key opens the stored secrets.
+
+        Raises:
+            SaltKeyError: the database holds secrets this store's salt key cannot decrypt (or there are plaintext
+                ones to encrypt and no key); the message names the setting.
+        """
         from alembic import command
         from alembic.config import Config
 
         cfg = Config()
         cfg.set_main_option("script_location", str(files("sluicegate.db") / "migrations"))
+        cfg.attributes["secrets"] = self.secrets  # revision 0002 encrypts the plaintext callback_vars with it
 
         def upgrade(connection: sa.Connection) -> None:
             cfg.attributes["connection"] = connection
@@ -104,6 +161,56 @@ class Store:
             if not self.is_sqlite:  # replicas starting together migrate one at a time
                 await conn.execute(sa.text("SELECT pg_advisory_xact_lock(727274)"))
             await conn.run_sync(upgrade)
+            stored = (await conn.execute(sa.select(StateRow.secrets_check).where(StateRow.id == 1))).scalar_one()
+        if stored is not None:
+            if self.secrets is None:
+                raise SaltKeyError(wrong_key_message(None))
+            self.secrets.check(stored)
+
+    async def rotate_secrets(self, new: SecretBox) -> int:
+        """Re-encrypt every stored ``callback_vars`` with ``new``, in one transaction; how many were.
+
+        Run it with the gateways stopped: a process still holding the old key has its writes refused afterwards.
+
+        Raises:
+            SaltKeyError: this store's (old) key does not open what is stored.
+        """
+        count = 0
+        # Rows are locked (PostgreSQL; SQLite renders no FOR UPDATE and has one writer at a time anyway) so that a
+        # concurrent write cannot land between reading a value and writing it back under the new key.
+        async with self._sessions.begin() as session:
+            state_query = sa.select(StateRow).where(StateRow.id == 1).with_for_update()
+            state = (await session.execute(state_query)).scalar_one()
+            if state.secrets_check is not None:
+                if self.secrets is None:
+                    raise SaltKeyError(wrong_key_message(None))
+                self.secrets.check(state.secrets_check)
+            teams = sa.select(TeamRow).where(TeamRow.logging.is_not(None)).with_for_update()
+            for team in (await session.execute(teams)).scalars():
+                values = {"logging": open_entries(self.secrets, team.logging, table="sg_teams", row_id=team.team_id)}
+                count += _seal_team_values(new, team.team_id, values)
+                team.logging = values["logging"]
+            for key in (await session.execute(sa.select(KeyRow).with_for_update())).scalars():
+                metadata = key.metadata_ or {}
+                if "logging" not in metadata:
+                    continue
+                values = {"metadata_": {**metadata, "logging": open_entries(
+                    self.secrets, metadata["logging"], table="sg_keys", row_id=key.token_id)}}
+                count += _seal_key_values(new, key.token_id, values)
+                key.metadata_ = values["metadata_"]
+            state.secrets_check = new.sentinel()
+            await self._bump(session)
+        self.secrets = new
+        return count
+
+    async def _check_secrets_key(self, session: Any) -> None:
+        """In a write storing secrets: record this key's check value if none is, else refuse a different key."""
+        assert self.secrets is not None  # sealing raised otherwise
+        first = await session.execute(sa.update(StateRow).where(StateRow.id == 1, StateRow.secrets_check.is_(None))
+                                      .values(secrets_check=self.secrets.sentinel()))
+        if first.rowcount == 0:
+            stored = (await session.execute(sa.select(StateRow.secrets_check).where(StateRow.id == 1))).scalar_one()
+            self.secrets.check(stored)
 
     async def aclose(self) -> None:
         await self.engine.dispose()
@@ -124,12 +231,12 @@ class Store:
     async def get_team(self, team_id: str) -> TeamRecord | None:
         async with self._sessions() as session:
             row = await session.get(TeamRow, team_id)
-            return _team(row) if row else None
+            return _team(row, self.secrets) if row else None
 
     async def list_teams(self) -> list[TeamRecord]:
         async with self._sessions() as session:
             rows = (await session.execute(sa.select(TeamRow).order_by(TeamRow.created_at))).scalars()
-            return [_team(r) for r in rows]
+            return [_team(r, self.secrets) for r in rows]
 
     async def create_team(self, team_id: str, *, team_alias: str | None = None,
                           metadata: dict[str, Any] | None = None) -> TeamRecord:
@@ -157,10 +264,14 @@ class Store:
         """Set ``values`` on one row and bump the change counter, in one transaction; False if no such row."""
         if "metadata" in values:
             values["metadata_"] = values.pop("metadata")
+        seal = _seal_team_values if table is TeamRow else _seal_key_values
+        sealed = seal(self.secrets, ident, values)
         async with self._sessions.begin() as session:
             row = await session.get(table, ident, with_for_update=not self.is_sqlite)
             if row is None:
                 return False
+            if sealed:
+                await self._check_secrets_key(session)
             for name, value in values.items():
                 setattr(row, name, value)
             row.updated_at = datetime.now(UTC)
@@ -178,19 +289,23 @@ class Store:
     async def get_key(self, token_id: str) -> KeyRecord | None:
         async with self._sessions() as session:
             row = await session.get(KeyRow, token_id)
-            return _key(row) if row else None
+            return _key(row, self.secrets) if row else None
 
     async def list_keys(self, *, team_id: str | None = None) -> list[KeyRecord]:
         query = sa.select(KeyRow).order_by(KeyRow.created_at)
         if team_id is not None:
             query = query.where(KeyRow.team_id == team_id)
         async with self._sessions() as session:
-            return [_key(r) for r in (await session.execute(query)).scalars()]
+            return [_key(r, self.secrets) for r in (await session.execute(query)).scalars()]
 
     async def create_key(self, record: KeyRecord) -> KeyRecord:
+        values: dict[str, Any] = {"metadata_": record.metadata}
+        sealed = _seal_key_values(self.secrets, record.token_id, values)
         async with self._sessions.begin() as session:
+            if sealed:
+                await self._check_secrets_key(session)
             session.add(KeyRow(token_id=record.token_id, key_name=record.key_name, key_alias=record.key_alias,
-                               team_id=record.team_id, models=record.models, metadata_=record.metadata,
+                               team_id=record.team_id, models=record.models, metadata_=values["metadata_"],
                                expires=record.expires, blocked=record.blocked))
             await self._bump(session)
         return await self.get_key(record.token_id)  # type: ignore[return-value]
@@ -200,6 +315,33 @@ class Store:
 
     async def delete_keys(self, token_ids: list[str]) -> list[str]:
         return await self._delete(KeyRow.token_id, token_ids)
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The file behind a SQLite URL; None for in-memory databases and ``file:`` URIs."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return database
+
+
+def _make_owner_only(path: str) -> None:
+    """Create the SQLite file readable by its owner only before SQLite opens it, or take group and other access
+    away from an existing one (SQLite would create it by the umask, typically 0644; its ``-wal`` and ``-shm``
+    files take the database file's mode)."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        return
+    except FileExistsError:
+        pass
+    for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
+        try:
+            mode = os.stat(name).st_mode & 0o777
+            if mode & 0o077:
+                os.chmod(name, mode & 0o700)
+                log.warning("%s was readable by other users (mode %o): now %o", name, mode, mode & 0o700)
+        except FileNotFoundError:
+            continue
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
