@@ -52,9 +52,9 @@ _KINDS = {
 _URLSAFE = str.maketrans("+/", "-_")
 
 # Header (or field) names whose echoed value is a credential whatever it is.
-_CREDENTIAL_NAMES = (r"(?:proxy-)?authorization|x-api-key|api[-_]?key|dd-api-key|dd-application-key|x-goog-api-key"
-                     r"|x-auth-token|set-cookie|cookie|access[-_]token|refresh[-_]token|id[-_]token|client[-_]secret"
-                     r"|secret[-_]key|private[-_]key(?:[-_]id)?|password|passwd|assertion")
+_CREDENTIAL_NAMES = (r"(?:proxy-)?authorization|x-api-key|api[-_]?key|dd-api-key|dd-application-key"
+                     r"|x-goog-api-key|x-auth-token|set-cookie|cookie|access[-_]token|refresh[-_]token|id[-_]token"
+                     r"|client[-_]secret|secret[-_]key|private[-_]key(?:[-_]id)?|password|passwd|assertion")
 _GENERIC = (
     # -----BEGIN PRIVATE KEY----- ... -----END PRIVATE KEY----- (also JSON-escaped, also cut off)
     (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)", re.S), MASK),
@@ -161,7 +161,8 @@ def public_error_kind(kind: str | None) -> str:
 
 
 def error_kind_of(exc: BaseException) -> str:
-    """One of :data:`ERROR_KINDS` for an exception from a sink: its ``kind``, else its HTTP status, else its type."""
+    """One of :data:`ERROR_KINDS` for an exception from a sink: its ``kind``, else its HTTP status, else its
+    type."""
     if isinstance(exc, TimeoutError):
         return "timeout"
     kind = getattr(exc, "kind", None) or getattr(exc, "error_kind", None)
