@@ -38,6 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
     from sluicegate.config import ConfigError, load_settings
     from sluicegate.db.store import SaltKeyError, Store, display_url
     from sluicegate.gateway import Gateway
+    from sluicegate.serving_http import HEADER_TIMEOUT_ENV, MAX_HEADER_BYTES_ENV
 
     try:
         settings = load_settings(args.config)
@@ -84,6 +85,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     os.environ[CONFIG_ENV] = os.path.abspath(args.config)
     os.environ[WORKERS_ENV] = str(args.workers)  # read by each worker's app_factory (spawned, not forked)
+    os.environ[HEADER_TIMEOUT_ENV] = str(settings.sluicegate_settings.header_timeout)  # read by the protocol class
+    os.environ[MAX_HEADER_BYTES_ENV] = str(settings.sluicegate_settings.max_header_bytes)
     grace = int(settings.sluicegate_settings.delivery.shutdown_grace)
     # Replace this process (it loaded the config, the plugins and a validating gateway: ~100 MB at 10,000 teams
     # that would stay resident) with uvicorn: same pid, same signals. Each worker builds its app from the config
@@ -92,7 +95,8 @@ def _serve(args: argparse.Namespace) -> int:
             "--port", str(args.port), "--workers", str(args.workers), "--no-proxy-headers", "--no-server-header",
             "--no-date-header", "--log-level", args.log_level.lower(), "--no-access-log",
             "--loop", "sluicegate.serving:new_event_loop",  # uvloop, accepting every waiting connection at once
-            "--http", "httptools", "--lifespan", "on", "--timeout-graceful-shutdown", str(grace)]
+            "--http", "sluicegate.serving_http:GatewayHttpProtocol",  # httptools with a head deadline and size cap
+            "--lifespan", "on", "--timeout-graceful-shutdown", str(grace)]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)

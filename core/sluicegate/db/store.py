@@ -233,10 +233,14 @@ class Store:
             row = await session.get(TeamRow, team_id)
             return _team(row, self.secrets) if row else None
 
-    async def list_teams(self) -> list[TeamRecord]:
+    async def list_teams(self, *, offset: int = 0, limit: int | None = None) -> list[TeamRecord]:
+        query = sa.select(TeamRow).order_by(TeamRow.created_at, TeamRow.team_id).offset(offset).limit(limit)
         async with self._sessions() as session:
-            rows = (await session.execute(sa.select(TeamRow).order_by(TeamRow.created_at))).scalars()
-            return [_team(r, self.secrets) for r in rows]
+            return [_team(r, self.secrets) for r in (await session.execute(query)).scalars()]
+
+    async def count_teams(self) -> int:
+        async with self._sessions() as session:
+            return int((await session.execute(sa.select(sa.func.count()).select_from(TeamRow))).scalar_one())
 
     async def create_team(self, team_id: str, *, team_alias: str | None = None,
                           metadata: dict[str, Any] | None = None) -> TeamRecord:
@@ -256,8 +260,21 @@ class Store:
     async def update_team(self, team_id: str, **values: Any) -> TeamRecord | None:
         return await self.get_team(team_id) if await self._update(TeamRow, team_id, values) else None
 
-    async def delete_teams(self, team_ids: list[str]) -> list[str]:
-        return await self._delete(TeamRow.team_id, team_ids)
+    async def delete_teams(self, team_ids: list[str]) -> tuple[list[str], int]:
+        """Delete teams and every key of theirs in one transaction; returns (deleted team ids, keys deleted).
+
+        The keys go with the team: a key left behind would have no team settings to resolve, and a team created
+        later under the same id must not inherit keys someone else was given.
+        """
+        async with self._sessions.begin() as session:
+            result = await session.execute(sa.delete(TeamRow).where(TeamRow.team_id.in_(team_ids))
+                                           .returning(TeamRow.team_id))
+            deleted = [r[0] for r in result]
+            keys = await session.execute(sa.delete(KeyRow).where(KeyRow.team_id.in_(team_ids))
+                                         .returning(KeyRow.token_id))
+            key_count = len(keys.all())
+            await self._bump(session)
+        return deleted, key_count
 
     # shared by teams and keys ------------------------------------------------------------------------------
     async def _update(self, table: type[TeamRow] | type[KeyRow], ident: str, values: dict[str, Any]) -> bool:
@@ -291,12 +308,22 @@ class Store:
             row = await session.get(KeyRow, token_id)
             return _key(row, self.secrets) if row else None
 
-    async def list_keys(self, *, team_id: str | None = None) -> list[KeyRecord]:
-        query = sa.select(KeyRow).order_by(KeyRow.created_at)
+    async def list_keys(self, *, team_id: str | None = None, key_aliases: list[str] | None = None, offset: int = 0,
+                        limit: int | None = None) -> list[KeyRecord]:
+        query = sa.select(KeyRow).order_by(KeyRow.created_at, KeyRow.token_id).offset(offset).limit(limit)
+        if team_id is not None:
+            query = query.where(KeyRow.team_id == team_id)
+        if key_aliases is not None:
+            query = query.where(KeyRow.key_alias.in_(key_aliases))
+        async with self._sessions() as session:
+            return [_key(r, self.secrets) for r in (await session.execute(query)).scalars()]
+
+    async def count_keys(self, *, team_id: str | None = None) -> int:
+        query = sa.select(sa.func.count()).select_from(KeyRow)
         if team_id is not None:
             query = query.where(KeyRow.team_id == team_id)
         async with self._sessions() as session:
-            return [_key(r, self.secrets) for r in (await session.execute(query)).scalars()]
+            return int((await session.execute(query)).scalar_one())
 
     async def create_key(self, record: KeyRecord) -> KeyRecord:
         values: dict[str, Any] = {"metadata_": record.metadata}
