@@ -100,6 +100,13 @@ ENVIRONMENT = (
     ("SLUICEGATE_DISABLE_PLUGINS", "Comma-separated entry-point names to skip (e.g. `datadog_sink`)."),
     ("SLUICEGATE_HTTP_CLIENT", "Upstream HTTP client: `builtin` (default: the gateway's own HTTP/1.1 client), "
                                "`aiohttp`, `httpx-aiohttp` or `httpx`."),
+    ("SLUICEGATE_SALT_KEY", "Key that encrypts stored callback_vars (else `LITELLM_SALT_KEY`, else the master key). "
+                            "Never change it by hand: use `sluicegate rotate-salt-key`."),
+    ("LITELLM_SALT_KEY", "LiteLLM's name for `SLUICEGATE_SALT_KEY`, used when that is unset."),
+    ("SLUICEGATE_NEW_SALT_KEY", "The new key, read by `sluicegate rotate-salt-key` only."),
+    ("SLUICEGATE_HEADER_TIMEOUT", "Set by `sluicegate serve` for its workers from `sluicegate_settings.header_timeout`."),
+    ("SLUICEGATE_MAX_HEADER_BYTES", "Set by `sluicegate serve` for its workers from "
+                                    "`sluicegate_settings.max_header_bytes`."),
 )
 
 
