@@ -404,23 +404,37 @@ class GcsBucketSink(Sink):
         try:
             await self._run(self._upload, self._objects(batch))
         except Exception as exc:
-            raise self._delivery_error(exc) from None
+            safe = self._without_answer(exc)
+            if safe is exc:
+                raise
+            raise safe from None
 
-    def _delivery_error(self, exc: Exception) -> GcsDeliveryError:
-        """What a failed upload raises: :meth:`_classify`'s kind and reason, plus a short scrubbed excerpt of the
-        storage API's message (never of the token endpoint's answer: it may quote the signed assertion, which no
-        scrubber knows). Retrying stays as the original exception asked (its flag or its HTTP status)."""
+    def _without_answer(self, exc: Exception) -> Exception:
+        """``exc``, or when its message quotes a destination's answer, an exception of the same type (so the same
+        status and retry flag) saying why in the sink's words, with at most a short scrubbed excerpt.
+
+        The storage library puts the whole answer into an API error's message: an excerpt stays. google-auth puts
+        the token endpoint's answer into a ``RefreshError``: none stays, since it may quote the signed assertion,
+        which no scrubber knows. Other failures (a key file, a refused connection) carry no answer.
+        """
         from google.api_core import exceptions as api
+        from google.auth import exceptions as auth
 
-        found = self._classify(exc)
-        message = found.details
-        status = None
-        if isinstance(exc, api.GoogleAPICallError):
-            status = exc.code if isinstance(exc.code, int) else None
-            text = _REQUEST_LINE.sub("", exc.message or "")  # the library puts the request line first
-            message = f"{message}: {Scrubber.for_sink(self).excerpt(text)}"
+        reason = self._classify(exc).details
+        try:
+            if isinstance(exc, api.GoogleAPICallError) and isinstance(exc.code, int):
+                text = _REQUEST_LINE.sub("", exc.message or "")  # the library puts the request line first
+                return api.from_http_status(exc.code, f"{reason}: {Scrubber.for_sink(self).excerpt(text)}",
+                                            response=exc.response)
+            if isinstance(exc, auth.RefreshError):
+                return type(exc)(reason, retryable=exc.retryable)
+        except Exception:  # an exception type that cannot be rebuilt so: ours, with the same kind and status
+            pass
+        else:
+            return exc
         flag = getattr(exc, "retryable", None)
-        return GcsDeliveryError(message, kind=found.error_kind or "error", status_code=status,
+        return GcsDeliveryError(reason, kind=self._classify(exc).error_kind or "error",
+                                status_code=exc.code if isinstance(getattr(exc, "code", None), int) else None,
                                 retryable=flag if isinstance(flag, bool) else None)
 
     def secret_forms(self) -> Iterable[str]:
