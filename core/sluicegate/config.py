@@ -17,6 +17,8 @@ from typing import Any
 import msgspec
 import yaml
 
+from sluicegate.sinks.destinations import entry_problem as destination_entry_problem
+
 __all__ = (
     "ConfigError",
     "DeliverySettings",
@@ -141,7 +143,11 @@ class SinkDestinations(msgspec.Struct, kw_only=True):
     config.yaml are trusted and not checked."""
 
     allow: list[str] = msgspec.field(default_factory=list)
+    """Host globs and networks API-written sinks may reach; non-empty: nothing else is reached, and a listed
+    network overrides the built-in denials (e.g. ``169.254.169.254`` for a metadata proxy you run)."""
     deny: list[str] = msgspec.field(default_factory=list)
+    """Host globs and networks refused to API-written sinks, besides the built-in ones (``169.254.0.0/16``,
+    ``fe80::/10``, ``fd00:ec2::254``, ``100.100.100.200``, ``192.0.0.192``, ``metadata.google.internal``...)."""
 
 
 class SluicegateSettings(msgspec.Struct, kw_only=True):
@@ -161,6 +167,8 @@ class SluicegateSettings(msgspec.Struct, kw_only=True):
     """Directory every ``file`` sink path resolves under. Default: ``logs/`` next to config.yaml (the working
     directory without a config file). Paths escaping it are refused."""
     sink_destinations: SinkDestinations = msgspec.field(default_factory=SinkDestinations)
+    """Where sinks written through the admin API may connect (``allow`` / ``deny``); config.yaml's are not checked.
+    Default: everything but link-local addresses and the cloud metadata services."""
     key_health_per_minute: int = 10
     """Calls of ``/key/health`` a key may make per minute (each probes every sink of the key); more get 429."""
 
@@ -336,6 +344,15 @@ def _check_semantics(settings: Settings, problems: list[str]) -> None:
         problems.append("sluicegate_settings.delivery.queue_size: must be at least 1")
     if delivery.memory_events < 0:
         problems.append("sluicegate_settings.delivery.memory_events: must be 0 (no limit) or more")
+    gateway = settings.sluicegate_settings
+    for kind in ("allow", "deny"):
+        for index, entry in enumerate(getattr(gateway.sink_destinations, kind)):
+            problem = destination_entry_problem(entry)
+            if problem is not None:
+                problems.append(f"sluicegate_settings.sink_destinations.{kind}[{index}]: {problem}")
+    if gateway.file_sink_root is not None and (not gateway.file_sink_root.strip() or "\0" in gateway.file_sink_root):
+        problems.append("sluicegate_settings.file_sink_root: must be a directory path (default: logs/ next to "
+                        "config.yaml)")
     master = settings.general_settings.master_key
     if master is not None and not master.startswith("sk-"):
         problems.append("general_settings.master_key: must start with 'sk-'")
