@@ -23,14 +23,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 import ssl
 import time
 import zlib
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 import httptools
+
+from sluicegate.sinks.destinations import literal_address
+
+if TYPE_CHECKING:
+    from sluicegate.sinks.destinations import DestinationPolicy
 
 __all__ = ("HttpClient", "HttpClientError", "HttpTimeoutError", "Response", "StreamedResponse", "encode_headers")
 
@@ -57,7 +63,8 @@ class Response(NamedTuple):
 
 
 class HttpClientError(Exception):
-    """No usable answer: ``kind`` is ``connect``, ``tls``, ``timeout``, ``closed`` or ``protocol``.
+    """No usable answer: ``kind`` is ``connect``, ``refused`` (the destination policy refused every address the
+    host resolved to; no connection was opened), ``tls``, ``timeout``, ``closed`` or ``protocol``.
 
     Transport failures are worth retrying; the dispatcher does.
     """
@@ -96,7 +103,7 @@ def encode_headers(headers: Mapping[str, str]) -> bytes:
 class _Origin(NamedTuple):
     """Where a URL's requests go, and the parts of the request line and head that depend on the URL alone."""
 
-    key: tuple[str, str, int]
+    key: tuple[Any, ...]  # (scheme, host, port), and the destination policy when the request has one
     host: str
     port: int
     tls: bool
@@ -245,7 +252,7 @@ class _Connection(asyncio.Protocol):
                  "oversized", "parser", "received", "requests", "size", "status", "stream", "streaming", "transport",
                  "waiter")
 
-    def __init__(self, origin_key: tuple[str, str, int], limit: int = MAX_RESPONSE_BYTES) -> None:
+    def __init__(self, origin_key: tuple[Any, ...], limit: int = MAX_RESPONSE_BYTES) -> None:
         self.origin_key = origin_key
         self.limit = limit  # bytes of answer body accepted
         self.transport: asyncio.Transport | None = None
@@ -440,7 +447,7 @@ class HttpClient:
         self.keepalive_expiry = keepalive_expiry
         self.max_response_bytes = max(1, max_response_bytes)
         self._ssl = ssl_context
-        self._pools: dict[tuple[str, str, int], _Pool] = {}
+        self._pools: dict[tuple[Any, ...], _Pool] = {}
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()  # for the total limit
         self._origins: dict[str, _Origin] = {}
@@ -456,29 +463,36 @@ class HttpClient:
     def open_connections(self) -> int:
         return self._open
 
-    async def post(self, url: str, body: bytes, *, headers: bytes = b"", timeout: float) -> Response:
+    async def post(self, url: str, body: bytes, *, headers: bytes = b"", timeout: float,
+                   policy: DestinationPolicy | None = None) -> Response:
         """``POST`` ``body`` to ``url`` with ``headers`` (from :func:`encode_headers`): the answer, whatever
         its status. Raises :class:`HttpClientError` when no answer came (:class:`HttpTimeoutError` after
-        ``timeout`` seconds, connecting included)."""
-        return await self.request("POST", url, body=body, headers=headers, timeout=timeout)
+        ``timeout`` seconds, connecting included).
+
+        ``policy`` (a sink's ``destination_policy``): every address the host resolves to is checked before a
+        connection to it opens, and connections are pooled apart from other policies' (kind ``refused`` when
+        every address is refused)."""
+        return await self.request("POST", url, body=body, headers=headers, timeout=timeout, policy=policy)
 
     async def request(self, method: str, url: str, *, body: bytes = b"", headers: bytes = b"",
-                      timeout: float) -> Response:
-        _, response, _ = await self._exchange(method, url, body, headers, timeout, streaming=False)
+                      timeout: float, policy: DestinationPolicy | None = None) -> Response:
+        _, response, _ = await self._exchange(method, url, body, headers, timeout, streaming=False, policy=policy)
         return response
 
     async def stream(self, method: str, url: str, *, body: bytes = b"", headers: bytes = b"",
-                     timeout: float) -> StreamedResponse:
+                     timeout: float, policy: DestinationPolicy | None = None) -> StreamedResponse:
         """Like :meth:`request`, but returns once the answer's status and headers have arrived; its body comes
         from :meth:`StreamedResponse.aiter_raw` as it arrives. ``timeout`` covers the whole answer, body
         included; :meth:`StreamedResponse.aclose` must follow (it returns a finished connection to the pool and
         closes an unfinished one)."""
-        conn, response, timer = await self._exchange(method, url, body, headers, timeout, streaming=True)
+        conn, response, timer = await self._exchange(method, url, body, headers, timeout, streaming=True,
+                                                     policy=policy)
         assert timer is not None
         return StreamedResponse(self, conn, response, timer)
 
     async def _exchange(self, method: str, url: str, body: bytes, headers: bytes, timeout: float, *,
-                        streaming: bool) -> tuple[_Connection, Response, asyncio.TimerHandle | None]:
+                        streaming: bool, policy: DestinationPolicy | None = None,
+                        ) -> tuple[_Connection, Response, asyncio.TimerHandle | None]:
         if self._closed:
             raise HttpClientError("the HTTP client is closed", kind="closed")
         origin = self._origins.get(url)
@@ -487,6 +501,11 @@ class HttpClient:
             if len(self._origins) >= 4096:
                 self._origins.clear()
             self._origins[url] = origin
+        if policy is not None and policy.trusted:
+            policy = None
+        if policy is not None:
+            # Pooled apart: a connection opened unchecked (or under another policy) must not carry this request.
+            origin = origin._replace(key=(*origin.key, policy))
         head = b"".join((method.encode("ascii"), b" ", origin.target, b" HTTP/1.1\r\n", origin.host_line,
                          self._agent_line, headers, b"Content-Length: %d\r\n\r\n" % len(body)))
         if len(body) <= _BIG_BODY:
@@ -500,7 +519,7 @@ class HttpClient:
             if conn is None:  # connect, or wait for a connection: the slow path, under an asyncio timeout
                 try:
                     async with asyncio.timeout_at(deadline):
-                        conn = await self._acquire(loop, origin)
+                        conn = await self._acquire(loop, origin, policy)
                 except TimeoutError:
                     raise HttpTimeoutError(f"no connection to {_shown(origin)} within {timeout:g}s") from None
             reused = conn.requests > 0
@@ -552,7 +571,8 @@ class HttpClient:
             self._discard(pool, conn)
         return None
 
-    async def _acquire(self, loop: asyncio.AbstractEventLoop, origin: _Origin) -> _Connection:
+    async def _acquire(self, loop: asyncio.AbstractEventLoop, origin: _Origin,
+                       policy: DestinationPolicy | None = None) -> _Connection:
         while True:
             if self._closed:
                 raise HttpClientError("the HTTP client is closed", kind="closed")
@@ -564,7 +584,7 @@ class HttpClient:
                 return conn
             if pool.open < self.max_per_origin and (self._open < self.max_connections
                                                     or self._close_one_idle()):
-                return await self._connect(loop, origin, pool)
+                return await self._connect(loop, origin, pool, policy)
             waiter = loop.create_future()
             (pool.waiters if pool.open >= self.max_per_origin else self._waiters).append(waiter)
             try:
@@ -574,7 +594,8 @@ class HttpClient:
                     self._wake(pool)  # we were woken but leave: pass the turn on
                 raise
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop, origin: _Origin, pool: _Pool) -> _Connection:
+    async def _connect(self, loop: asyncio.AbstractEventLoop, origin: _Origin, pool: _Pool,
+                       policy: DestinationPolicy | None = None) -> _Connection:
         pool.open += 1
         self._open += 1
         context = None
@@ -583,13 +604,19 @@ class HttpClient:
                 self._ssl = ssl.create_default_context()
             context = self._ssl
         try:
-            _, conn = await loop.create_connection(
-                lambda: _Connection(origin.key, self.max_response_bytes), origin.host, origin.port, ssl=context,
-                server_hostname=origin.host if context is not None else None)
+            if policy is None:
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(origin.key, self.max_response_bytes), origin.host, origin.port, ssl=context,
+                    server_hostname=origin.host if context is not None else None)
+            else:
+                conn = await self._connect_checked(loop, origin, policy, context)
         except BaseException as exc:
             pool.open -= 1
             self._open -= 1
             self._wake(pool)
+            if isinstance(exc, _Refused):
+                error = HttpClientError(f"{_shown(origin)}: {exc}", kind="refused")
+                raise error from None
             if isinstance(exc, ssl.SSLError):
                 raise HttpClientError(f"{_shown(origin)}: TLS failed: {exc}", kind="tls") from None
             if isinstance(exc, OSError):
@@ -599,6 +626,36 @@ class HttpClient:
             raise
         self._connections.add(conn)
         return conn
+
+    async def _connect_checked(self, loop: asyncio.AbstractEventLoop, origin: _Origin, policy: DestinationPolicy,
+                               context: ssl.SSLContext | None) -> _Connection:
+        """Resolve ``origin``'s host, drop the addresses ``policy`` refuses, and connect to the first of the rest
+        that answers: by address, so nothing resolves again between check and connect (DNS rebinding); the name
+        stays in the TLS handshake (SNI, certificate check) and the ``Host`` header."""
+        literal = literal_address(origin.host)
+        if literal is not None:
+            addresses = [literal]
+        else:
+            infos = await loop.getaddrinfo(origin.host, origin.port, type=socket.SOCK_STREAM,
+                                           proto=socket.IPPROTO_TCP)
+            addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        allowed = [a for a in addresses if policy.address_problem(a, origin.host) is None]
+        if not allowed:
+            raise _Refused(policy.address_problem(addresses[0], origin.host) if addresses else "no address")
+        error: OSError | None = None
+        for address in allowed:
+            try:
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(origin.key, self.max_response_bytes), address, origin.port, ssl=context,
+                    server_hostname=origin.host if context is not None else None)
+            except ssl.SSLError:
+                raise
+            except OSError as exc:
+                error = exc
+                continue
+            return conn
+        assert error is not None
+        raise error
 
     def _release(self, conn: _Connection, *, reuse: bool) -> None:
         pool = self._pools.get(conn.origin_key)
@@ -734,6 +791,10 @@ class StreamedResponse:
             conn.transport.resume_reading()
         conn.stream = None
         self._client._release(conn, reuse=conn.done and conn.keep_alive)
+
+
+class _Refused(Exception):
+    """Every address of a host refused by the destination policy (reported as ``HttpClientError`` ``refused``)."""
 
 
 def _shown(origin: _Origin) -> str:
