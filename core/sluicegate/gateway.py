@@ -60,6 +60,7 @@ class Gateway:
         self.store = Store.for_settings(settings, environ)  # the salt key for stored secrets comes with it
         self.keys = KeyCache()
         self.dispatcher = Dispatcher(settings.sluicegate_settings.delivery, spool_dir=spool_dir_for(settings))
+        self.dispatcher.pool.api_policy = self.resolver.api_policy  # API-written callbacks' destinations
         self.cache = ResponseCache(settings, environ)  # no connection until a request uses it
         self.master_key = settings.general_settings.master_key
         self.http_client_kind = http_client

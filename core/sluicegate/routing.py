@@ -20,6 +20,7 @@ import msgspec
 from sluicegate.config import ConfigError, TeamSettings
 from sluicegate.errors import ApiError
 from sluicegate.sinks.base import MASK, CallbackVars, Sink
+from sluicegate.sinks.destinations import DestinationPolicy
 from sluicegate.sinks.registry import UnknownCallbackName
 from sluicegate.sinks.vars import FieldError, VarsError, decode_vars, encode_vars, secret_fields
 
@@ -91,6 +92,7 @@ class LoggingResolver:
         self.pm = pm
         self.global_redact = settings.litellm_settings.turn_off_message_logging
         self.allowed_env_refs = tuple(settings.sluicegate_settings.allowed_env_refs)
+        self.api_policy = DestinationPolicy.from_settings(settings)  # sink_destinations, file_sink_root
         self.global_set = self._global_set()
         self.team_config: dict[str, CallbackSet | None] = {}
         self._team_settings = {t.team_id: t for t in settings.litellm_settings.default_team_settings}
@@ -158,6 +160,10 @@ class LoggingResolver:
             # with any variable of its own never falls back to the environment for the others.
             raw = sink_class.env_defaults(os.environ)
         callback_vars = self._validate(sink_class, self._resolve_refs(sink_class, raw, trusted=trusted))
+        if not trusted:  # text only (no DNS): also runs when a stored entry is resolved, so a narrowed policy applies
+            refused = sink_class.destination_problems(callback_vars, self.api_policy)
+            if refused:
+                raise VarsError([FieldError(field, reason) for field, reason in refused])
         instance_id = instance_id_for(entry.callback_name, callback_vars)
         if not trusted:  # never one instance with a trusted twin: their destination checks differ
             instance_id = "api-" + instance_id[4:]

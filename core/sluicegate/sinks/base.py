@@ -8,8 +8,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
+from sluicegate.sinks.destinations import TRUSTED
+
 if TYPE_CHECKING:
     from sluicegate.events import LogEvent
+    from sluicegate.sinks.destinations import DestinationPolicy
 
 __all__ = ("MASK", "CallbackVars", "HealthCheck", "HealthResult", "SecretStr", "Sink")
 
@@ -91,10 +94,37 @@ class Sink(abc.ABC):
     send_timeout: ClassVar[float] = 30.0
     """Seconds one ``send`` may take before the core cancels it and retries."""
 
-    __slots__ = ("callback_vars",)
+    __slots__ = ("callback_vars", "destination_policy")
 
     def __init__(self, callback_vars: CallbackVars) -> None:
         self.callback_vars = callback_vars
+        self.destination_policy: DestinationPolicy = TRUSTED
+        """Where this instance may connect: the core sets it for callbacks written through the admin API. Pass it
+        to :class:`sluicegate.sinks.http.HttpClient` (``policy=``) or check resolved addresses with its
+        ``address_problem`` before connecting by other means."""
+
+    @classmethod
+    def destinations(cls, callback_vars: CallbackVars) -> list[tuple[str, str]]:
+        """Return ``(field, url)`` for every network destination ``callback_vars`` name (default: none).
+
+        A URL may also be ``host:port`` or a bare host. Callbacks written through the admin API are refused
+        (422 naming the field) when ``sluicegate_settings.sink_destinations`` refuses one.
+        """
+        return []
+
+    @classmethod
+    def destination_problems(cls, callback_vars: CallbackVars, policy: DestinationPolicy) -> list[tuple[str, str]]:
+        """Return ``(field, reason)`` for each destination of ``callback_vars`` that ``policy`` refuses.
+
+        The default checks :meth:`destinations`; a sink writing somewhere other than a network (a file)
+        overrides this. Runs when a callback is written and when it is resolved: no I/O beyond a stat.
+        """
+        found = []
+        for field, url in cls.destinations(callback_vars):
+            problem = policy.url_problem(url)
+            if problem is not None:
+                found.append((field, problem))
+        return found
 
     @classmethod
     def env_defaults(cls, environ: Mapping[str, str]) -> dict[str, Any]:

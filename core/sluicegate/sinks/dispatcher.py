@@ -159,7 +159,7 @@ class Dispatcher:
         return count
 
     def slot_for(self, route: Route) -> SinkSlot:
-        return self.pool.get(route.instance_id, route.sink_class, route.callback_vars)
+        return self.pool.get(route.instance_id, route.sink_class, route.callback_vars, trusted=route.trusted)
 
     def _enqueue(self, route: Route, event: bytes) -> None:
         slot = self.slot_for(route)
@@ -222,7 +222,9 @@ class Dispatcher:
                           info.get("callback_name"), instance_log.instance_id, type(exc).__name__,
                           instance_log.directory)
                 continue
-            slot = self.pool.get(instance_log.instance_id, sink_class, callback_vars)
+            # The spool keeps no Route: an API-written callback's instance id starts "api-" (LoggingResolver.route).
+            slot = self.pool.get(instance_log.instance_id, sink_class, callback_vars,
+                                 trusted=not instance_log.instance_id.startswith("api-"))
             slot.log = instance_log
             log.warning("spool: replaying %d event(s) for sink %s/%s", instance_log.spilled, slot.callback_name,
                         slot.instance_id)

@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING
 
 from sluicegate.sinks.base import CallbackVars, Sink
+from sluicegate.sinks.destinations import TRUSTED, DestinationPolicy
 from sluicegate.sinks.scrub import Scrubber
 
 if TYPE_CHECKING:
@@ -69,18 +70,24 @@ class SinkSlot:
 class SinkPool:
     """Holds :class:`SinkSlot` objects by instance id; bounded by ``max_instances`` (idle ones evicted first)."""
 
-    __slots__ = ("slots", "max_instances", "idle_seconds", "sink_classes")
+    __slots__ = ("slots", "max_instances", "idle_seconds", "sink_classes", "api_policy")
 
     def __init__(self, *, max_instances: int, idle_seconds: float) -> None:
         self.slots: dict[str, SinkSlot] = {}
         self.max_instances = max_instances
         self.idle_seconds = idle_seconds
         self.sink_classes: set[type[Sink]] = set()
+        self.api_policy = DestinationPolicy()
+        """The destination policy of instances for API-written callbacks (the gateway sets it from settings)."""
 
-    def get(self, instance_id: str, sink_class: type[Sink], callback_vars: CallbackVars) -> SinkSlot:
+    def get(self, instance_id: str, sink_class: type[Sink], callback_vars: CallbackVars, *,
+            trusted: bool = True) -> SinkSlot:
+        """The slot of ``instance_id``, creating its sink (held to :attr:`api_policy` unless ``trusted``)."""
         slot = self.slots.get(instance_id)
         if slot is None or slot.closed:
-            slot = SinkSlot(instance_id, sink_class(callback_vars))
+            sink = sink_class(callback_vars)
+            sink.destination_policy = TRUSTED if trusted else self.api_policy
+            slot = SinkSlot(instance_id, sink)
             self.slots[instance_id] = slot
             self.sink_classes.add(sink_class)
         return slot
