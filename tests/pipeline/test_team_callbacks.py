@@ -165,7 +165,7 @@ async def test_seed_datadog_style_redaction_override_is_accepted(make_config, st
     """The seed's ``/key/generate`` body (``turn_off_message_logging: false`` as the only var) round-trips."""
     async with start(make_config(litellm={"turn_off_message_logging": True})) as gw:
         response = await gw.admin("POST", "/key/generate", json={"metadata": {"logging": [
-            {"callback_name": "file", "callback_vars": {"path": "/tmp/sg-seed.jsonl",
+            {"callback_name": "file", "callback_vars": {"path": "sg-seed.jsonl",
                                                         "turn_off_message_logging": False}}]}})
         assert response.status_code == 200, response.text
         entry = response.json()["metadata"]["logging"][0]
