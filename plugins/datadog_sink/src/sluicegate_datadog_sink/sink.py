@@ -22,6 +22,7 @@ import msgspec
 from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
 
 from sluicegate.sinks.base import CallbackVars, HealthResult, SecretStr, Sink
+from sluicegate.sinks.destinations import DestinationPolicy, aiohttp_connector_factory
 from sluicegate.sinks.scrub import Scrubber
 from sluicegate.sinks.vars import VarsError, decode_vars
 
@@ -223,6 +224,11 @@ class DatadogSink(Sink):
     # One client per running event loop (httpx pools are loop-bound), shared by all instances.
     _clients: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]] = (
         weakref.WeakKeyDictionary())
+    # Instances of API-written callbacks: one client per loop and destination policy, its resolver checking
+    # every address before aiohttp connects to it.
+    _checked_clients: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                                         dict[DestinationPolicy, httpx.AsyncClient]]] = (
+        weakref.WeakKeyDictionary())
     _transport_wrapper: ClassVar[Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None] = None
     """Tests only: wraps the shared client's transport (e.g. to route the site hosts to a loopback intake)."""
 
@@ -247,8 +253,19 @@ class DatadogSink(Sink):
     # -- shared client -----------------------------------------------------------------------------------
 
     @classmethod
-    def _client(cls) -> httpx.AsyncClient:
+    def destinations(cls, callback_vars: CallbackVars) -> list[tuple[str, str]]:
+        assert isinstance(callback_vars, DatadogVars)
+        if callback_vars.dd_agent_host:
+            agent = f"http://{_url_host(callback_vars.dd_agent_host)}:{callback_vars.dd_agent_port}"
+            return [("dd_agent_host", agent)]
+        site = _normalise_site(callback_vars.dd_site)
+        return [("dd_site", f"https://http-intake.logs.{site}"), ("dd_site", f"https://api.{site}")]
+
+    @classmethod
+    def _client(cls, policy: DestinationPolicy | None = None) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
+        if policy is not None and not policy.trusted:
+            return cls._checked_client(loop, policy)
         client = DatadogSink._clients.get(loop)
         if client is None or client.is_closed:
             # httpx's API on aiohttp's connection pool (as the core's upstream client): httpcore's pool does
@@ -265,9 +282,27 @@ class DatadogSink(Sink):
         return client
 
     @classmethod
+    def _checked_client(cls, loop: asyncio.AbstractEventLoop, policy: DestinationPolicy) -> httpx.AsyncClient:
+        clients = DatadogSink._checked_clients.setdefault(loop, {})
+        client = clients.get(policy)
+        if client is None or client.is_closed:
+            session = aiohttp_connector_factory(policy, limit=_LIMITS.max_connections or 100,
+                                                keepalive_timeout=_LIMITS.keepalive_expiry or 30.0)
+            transport: httpx.AsyncBaseTransport = AiohttpTransport(limits=_LIMITS, client=session)
+            wrapper = DatadogSink._transport_wrapper
+            client = clients[policy] = HttpxAiohttpClient(
+                transport=wrapper(transport) if wrapper else transport, limits=_LIMITS,
+                timeout=httpx.Timeout(20.0, connect=5.0), follow_redirects=False,
+                trust_env=False)  # no proxy from the environment: the check must see the real destination
+        return client
+
+    @classmethod
     async def shutdown(cls) -> None:
         clients = list(DatadogSink._clients.items())
         DatadogSink._clients.clear()
+        clients += [(loop, client) for loop, by_policy in DatadogSink._checked_clients.items()
+                    for client in by_policy.values()]
+        DatadogSink._checked_clients.clear()
         try:
             current = asyncio.get_running_loop()
         except RuntimeError:
@@ -346,7 +381,8 @@ class DatadogSink(Sink):
             compressed = gzip.compress(body, 6)
         headers = {**self._headers, "Content-Type": "application/json", "Content-Encoding": "gzip"}
         try:
-            response = await self._client().post(self._intake_url, content=compressed, headers=headers)
+            response = await self._client(self.destination_policy).post(self._intake_url, content=compressed,
+                                                                        headers=headers)
         except httpx.HTTPError as exc:
             kind, name = _transport_error(exc)
             what = "timed out" if kind == "timeout" else "could not be reached"
@@ -377,7 +413,8 @@ class DatadogSink(Sink):
                                 details="datadog: no dd_api_key configured for the Datadog site")
         try:
             async with asyncio.timeout(self.health_timeout):
-                response = await self._client().get(self._validate_url, headers=self._headers)
+                response = await self._client(self.destination_policy).get(self._validate_url,
+                                                                           headers=self._headers)
         except TimeoutError:
             return HealthResult(healthy=False, error_kind="timeout",
                                 details=f"datadog: {self._validate_url} did not answer within {self.health_timeout}s")

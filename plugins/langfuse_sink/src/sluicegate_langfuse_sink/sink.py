@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import httpx
 import msgspec
-from httpx_aiohttp import HttpxAiohttpClient
+from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
 from langfuse import LangfuseOtelSpanAttributes as Attr
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -39,6 +39,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 from sluicegate.sinks.base import CallbackVars, HealthResult, SecretStr, Sink
+from sluicegate.sinks.destinations import DestinationPolicy, aiohttp_connector_factory
 from sluicegate.sinks.http import HttpClient, HttpClientError, encode_headers
 from sluicegate.sinks.protowire import RepeatedKeyValues, field_fixed64, field_len, key_values, tag
 from sluicegate.sinks.scrub import Scrubber
@@ -447,9 +448,11 @@ _GZIP_HEADER = encode_headers({"Content-Encoding": "gzip"})
 class _Shared:
     """What every instance on one event loop shares: the delivery and health-check clients and the gate."""
 
-    __slots__ = ("client", "http", "in_flight", "timeout")
+    __slots__ = ("checked", "client", "http", "in_flight", "limits", "timeout")
 
     def __init__(self, limits: httpx.Limits, timeout: httpx.Timeout) -> None:
+        self.limits = limits
+        self.checked: dict[DestinationPolicy, httpx.AsyncClient] = {}  # one per policy: at most the API one
         # httpx's API on aiohttp's connection pool (for the SDK's typed health-check client): httpcore's pool
         # scans every queued request for every connection, which turns quadratic with thousands of projects.
         self.client = HttpxAiohttpClient(limits=limits, timeout=timeout, follow_redirects=False,
@@ -465,8 +468,24 @@ class _Shared:
     def is_closed(self) -> bool:
         return self.client.is_closed or self.http.closed
 
+    def health_client(self, policy: DestinationPolicy) -> httpx.AsyncClient:
+        """The health-check client for ``policy``: unchecked for config.yaml's callbacks, else one whose
+        connections resolve through the policy (each resolved address checked before connecting)."""
+        if policy.trusted:
+            return self.client
+        client = self.checked.get(policy)
+        if client is None:
+            transport = AiohttpTransport(limits=self.limits, client=aiohttp_connector_factory(
+                policy, keepalive_timeout=self.limits.keepalive_expiry or 30.0))
+            client = self.checked[policy] = HttpxAiohttpClient(
+                transport=transport, timeout=self.client.timeout, follow_redirects=False, trust_env=False,
+                headers={"User-Agent": _USER_AGENT})  # trust_env=False: no proxy from the environment
+        return client
+
     async def aclose(self) -> None:
         await self.client.aclose()
+        for client in self.checked.values():
+            await client.aclose()
         await self.http.aclose()
 
 
@@ -504,6 +523,11 @@ class LangfuseSink(Sink):
 
     def __repr__(self) -> str:
         return f"LangfuseSink(host={self._base_url!r}, public_key={self.callback_vars.langfuse_public_key!r})"
+
+    @classmethod
+    def destinations(cls, callback_vars: CallbackVars) -> list[tuple[str, str]]:
+        assert isinstance(callback_vars, LangfuseVars)
+        return [("langfuse_host", normalize_host(callback_vars.langfuse_host))]
 
     @property
     def base_url(self) -> str:
@@ -561,7 +585,7 @@ class LangfuseSink(Sink):
                 try:
                     response = await shared.http.post(
                         url, body, headers=self._headers + _GZIP_HEADER if gzipped else self._headers,
-                        timeout=shared.timeout)
+                        timeout=shared.timeout, policy=self.destination_policy)
                 except HttpClientError as exc:
                     name = {"connect": "ConnectError", "timeout": "Timeout"}.get(exc.kind, exc.kind)
                     raise LangfuseDeliveryError(
@@ -597,7 +621,7 @@ class LangfuseSink(Sink):
             base_url=self._base_url,
             username=self.callback_vars.langfuse_public_key,
             password=self.callback_vars.langfuse_secret_key.get_secret_value(),
-            httpx_client=self._state().client,
+            httpx_client=self._state().health_client(self.destination_policy),
         )
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT):

@@ -19,6 +19,7 @@ import hashlib
 import ipaddress
 import logging
 import re
+import socket
 import time
 import urllib.parse
 import weakref
@@ -40,6 +41,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from sluicegate.events import REDACTED
 from sluicegate.sinks.base import CallbackVars, HealthResult, SecretStr, Sink
+from sluicegate.sinks.destinations import DestinationPolicy
 from sluicegate.sinks.http import HttpClient, HttpClientError, encode_headers
 from sluicegate.sinks.protowire import (
     RepeatedKeyValues,
@@ -599,26 +601,66 @@ class _Transports:
     """
 
     MAX_CHANNELS: ClassVar[int] = 256
-    __slots__ = ("_http", "_channels", "_closing")
+    PIN_SECONDS: ClassVar[float] = 60.0
+    """How long a checked gRPC target keeps the address it was resolved to before it is resolved again."""
+    __slots__ = ("_http", "_channels", "_closing", "_pins")
 
     def __init__(self) -> None:
         self._http: HttpClient | None = None
-        self._channels: collections.OrderedDict[tuple[str, bool], grpc.aio.Channel]
+        self._channels: collections.OrderedDict[tuple[str, bool, str], grpc.aio.Channel]
         self._channels = collections.OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
+        # (target, tls, policy) -> (expiry, "ipv4:a.b.c.d:port"): addresses checked against a destination policy
+        self._pins: collections.OrderedDict[tuple[str, bool, DestinationPolicy], tuple[float, str]]
+        self._pins = collections.OrderedDict()
+
+    async def checked_channel(self, target: str, tls: bool, policy: DestinationPolicy) -> grpc.aio.Channel:
+        """A channel to ``target`` that connects only to an address ``policy`` allows: the host is resolved here,
+        every address checked, and the channel is made for the first allowed address (gRPC then never resolves
+        the name itself); the name stays the authority and the TLS name. Resolved again after
+        :attr:`PIN_SECONDS` or when the pinned address fails (:meth:`unpin`)."""
+        if policy.trusted:
+            return self.channel(target, tls)
+        loop = asyncio.get_running_loop()
+        key = (target, tls, policy)
+        pin = self._pins.get(key)
+        if pin is None or pin[0] < loop.time():
+            host, _, port = target.rpartition(":")
+            host = host.strip("[]")
+            try:
+                infos = await loop.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+            except OSError as exc:
+                raise OtelExportError(f"otel: cannot resolve {host}: {exc}", kind="connection") from None
+            addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+            allowed = [a for a in addresses if policy.address_problem(a, host) is None]
+            if not allowed:
+                reason = policy.address_problem(addresses[0], host) if addresses else "no address"
+                raise OtelExportError(f"otel: refused: {reason}", kind="refused")
+            address = allowed[0]
+            pinned = f"ipv6:[{address}]:{port}" if ":" in address else f"ipv4:{address}:{port}"
+            pin = self._pins[key] = (loop.time() + self.PIN_SECONDS, pinned)
+            while len(self._pins) > self.MAX_CHANNELS:
+                self._pins.popitem(last=False)
+        return self.channel(pin[1], tls, authority=target)
+
+    def unpin(self, target: str, tls: bool, policy: DestinationPolicy) -> None:
+        self._pins.pop((target, tls, policy), None)
 
     def http(self) -> HttpClient:
         if self._http is None or self._http.closed:
             self._http = HttpClient(user_agent=_USER_AGENT, max_per_origin=64, max_connections=512)
         return self._http
 
-    def channel(self, target: str, tls: bool) -> grpc.aio.Channel:
-        key = (target, tls)
+    def channel(self, target: str, tls: bool, authority: str = "") -> grpc.aio.Channel:
+        key = (target, tls, authority)
         channel = self._channels.get(key)
         if channel is not None:
             self._channels.move_to_end(key)
             return channel
         options = [("grpc.primary_user_agent", _USER_AGENT), ("grpc.max_send_message_length", 64 << 20)]
+        if authority:  # an address target pinned for a name: the name stays the authority and the TLS name
+            options += [("grpc.default_authority", authority),
+                        ("grpc.ssl_target_name_override", authority.rpartition(":")[0].strip("[]"))]
         channel = (grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=options) if tls
                    else grpc.aio.insecure_channel(target, options=options))
         self._channels[key] = channel
@@ -659,6 +701,11 @@ class OtelSink(Sink):
 
     __slots__ = ("_protocol", "_url", "_target", "_tls", "_headers", "_resource_attributes", "_display",
                  "_pb_resource_cache", "_http_headers")
+
+    @classmethod
+    def destinations(cls, callback_vars: CallbackVars) -> list[tuple[str, str]]:
+        assert isinstance(callback_vars, OtelVars)
+        return [("otel_endpoint", callback_vars.otel_endpoint)]
 
     def __init__(self, callback_vars: OtelVars) -> None:
         super().__init__(callback_vars)
@@ -801,7 +848,7 @@ class OtelSink(Sink):
             self._http_headers = encode_headers({**self._headers, "Content-Type": content_type})
         try:
             answer = await self._transports().http().post(self._url, body, headers=self._http_headers,
-                                                          timeout=timeout)
+                                                          timeout=timeout, policy=self.destination_policy)
         except HttpClientError as exc:
             if exc.kind == "timeout":
                 raise OtelExportError(f"otel: {self._display} did not answer within {timeout:g}s",
@@ -817,7 +864,7 @@ class OtelSink(Sink):
         return _parse_response(answer.body, answer.headers.get("content-type", ""))
 
     async def _export_grpc(self, body: bytes, timeout: float) -> ExportTraceServiceResponse:
-        channel = self._transports().channel(self._target, self._tls)
+        channel = await self._transports().checked_channel(self._target, self._tls, self.destination_policy)
         # The body is already serialised (in the pool): send the bytes as they are.
         export = channel.unary_unary(_GRPC_EXPORT, request_serializer=None,
                                      response_deserializer=ExportTraceServiceResponse.FromString)
@@ -826,6 +873,8 @@ class OtelSink(Sink):
             return await export(body, metadata=metadata, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
+            if code == grpc.StatusCode.UNAVAILABLE:  # a pinned address that stopped answering: resolve anew
+                self._transports().unpin(self._target, self._tls, self.destination_policy)
             kind = {grpc.StatusCode.UNAUTHENTICATED: "auth", grpc.StatusCode.PERMISSION_DENIED: "auth",
                     grpc.StatusCode.UNAVAILABLE: "connection",
                     grpc.StatusCode.DEADLINE_EXCEEDED: "timeout"}.get(code, "grpc_status")
