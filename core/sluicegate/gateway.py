@@ -22,6 +22,7 @@ from sluicegate.providers.upstream import UpstreamClient, make_upstream
 from sluicegate.routing import LoggingResolver
 from sluicegate.sinks.dispatcher import Dispatcher, spool_dir_for
 from sluicegate.sinks.registry import SinkRegistry
+from sluicegate.throttle import Throttle
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -59,6 +60,7 @@ class Gateway:
         self.models = ModelRouter(settings.model_list)
         self.store = Store.for_settings(settings, environ)  # the salt key for stored secrets comes with it
         self.keys = KeyCache()
+        self.key_health_throttle = Throttle(settings.sluicegate_settings.key_health_per_minute, 60.0)
         self.dispatcher = Dispatcher(settings.sluicegate_settings.delivery, spool_dir=spool_dir_for(settings))
         self.dispatcher.pool.api_policy = self.resolver.api_policy  # API-written callbacks' destinations
         self.cache = ResponseCache(settings, environ)  # no connection until a request uses it
@@ -152,6 +154,11 @@ class Gateway:
                 self.keys.put_unknown(token_id)
             raise ApiError(401, "invalid API key", type="authentication_error", code="401")
         team = await self.store.get_team(record.team_id) if record.team_id else None
+        if record.team_id and team is None:
+            # Its team was deleted (deletion takes the team's keys along; this covers a key written meanwhile, or
+            # by hand): never resolve such a key to the global layer, where a team's opt-out would be lost.
+            raise ApiError(401, f"this key's team {record.team_id!r} no longer exists", type="authentication_error",
+                           code="401")
         ctx = AuthContext(token_id=token_id, is_admin=False, key=record, team=team,
                           callbacks=self.resolver.for_key(record, team))
         if generation == self._generation:  # a change landed meanwhile: do not cache what may be stale
