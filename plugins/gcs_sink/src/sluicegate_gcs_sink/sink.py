@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -53,8 +54,18 @@ _WRITE_PERMISSION = "storage.objects.create"
 # Bucket naming rules (https://cloud.google.com/storage/docs/buckets#naming): lowercase letters, digits,
 # dashes, underscores and dots; starts and ends with a letter or digit; 3-63 characters (222 with dots).
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+_IPV4_RE = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
+_MAX_PREFIX_BYTES = 1024 - len("/YYYY-MM-DD/YYYYMMDDTHHMMSS.ffffffZ-") - 32 - len(".ndjson")
+"""Object names are at most 1,024 bytes; :func:`object_name` adds this much after the prefix."""
 
 _encoder = msgspec.json.Encoder()
+
+MAX_KEY_FILE_BYTES = 64 * 1024
+"""A service-account key file is 2-3 KiB; anything far bigger is not one, and is not read whole."""
+KEY_FILE_TIMEOUT = 2.0
+"""Seconds a key file read may take before it is reported as unreadable."""
+_KEY_READERS = threading.BoundedSemaphore(4)
+"""Key file reads in flight at once (each on a thread of its own, so a hung one parks only that thread)."""
 
 
 class GcsBucketVars(CallbackVars, frozen=True):
@@ -82,10 +93,33 @@ def _bucket_name_problem(bucket: str) -> str | None:
     if not bucket:
         return "no bucket name given"
     if not _BUCKET_RE.match(bucket):
-        return (f"{bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, '-', '_' or '.', "
+        # Not echoed: the value may hold anything (control characters, a pasted secret).
+        return ("not a valid bucket name (3-63 lowercase letters, digits, '-', '_' or '.', "
                 "starting and ending with a letter or digit)")
     if "." not in bucket and len(bucket) > 63:
         return f"{bucket!r} is longer than 63 characters"
+    if any(not 0 < len(part) <= 63 for part in bucket.split(".")):
+        return f"{bucket!r}: each dot-separated part must be 1-63 characters (no '..')"
+    if _IPV4_RE.match(bucket):
+        return f"{bucket!r}: a bucket name cannot be an IP address"
+    if bucket.startswith("goog") or "google" in bucket or "g00gle" in bucket:
+        return f"{bucket!r}: bucket names cannot start with 'goog' or contain 'google' (Google reserves them)"
+    return None
+
+
+def _prefix_problem(prefix: str) -> str | None:
+    """Why object names under ``prefix`` could never be written (GCS object naming rules), else ``None``."""
+    if any(c < " " or "\x7f" <= c <= "\x9f" for c in prefix):
+        return "the object prefix must not contain control characters (CR, LF, NUL, ...)"
+    try:
+        size = len(prefix.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "the object prefix is not valid Unicode text"
+    if size > _MAX_PREFIX_BYTES:
+        return (f"the object prefix is {size} bytes; at most {_MAX_PREFIX_BYTES} leave room for the object "
+                "names under it (GCS allows 1,024 bytes)")
+    if (prefix + "/").startswith(".well-known/acme-challenge/"):
+        return "objects cannot be written under .well-known/acme-challenge/"
     return None
 
 
@@ -110,21 +144,95 @@ def object_name(prefix: str, events: Sequence[LogEvent]) -> str:
     return f"{prefix}/{name}" if prefix else name
 
 
-def _load_service_account(path: str) -> Credentials:
-    """Read and parse a service-account key file; raise :class:`ServiceAccountFileError` saying why not."""
-    from google.oauth2 import service_account
+def _read_key_file(path: str) -> bytes:
+    """The bytes of the regular file at ``path``, at most ``MAX_KEY_FILE_BYTES`` (blocking; see :func:`_read_bounded`).
 
+    Anything but a regular file is refused before it is opened (opening a device can act: a tape rewinds, a
+    watchdog starts), and opened with ``O_NONBLOCK`` so a FIFO swapped in meanwhile cannot block the open;
+    ``fstat`` then checks what was really opened.
+    """
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(1 << 20)
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise ServiceAccountFileError(_not_regular(mode))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
         raise ServiceAccountFileError("file does not exist") from None
-    except IsADirectoryError:
-        raise ServiceAccountFileError("is a directory, not a key file") from None
     except PermissionError:
         raise ServiceAccountFileError("file is not readable (permission denied)") from None
     except OSError as exc:
         raise ServiceAccountFileError(f"file cannot be read ({type(exc).__name__})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ServiceAccountFileError(_not_regular(info.st_mode))
+        if info.st_size > MAX_KEY_FILE_BYTES:
+            raise ServiceAccountFileError(_too_large())
+        chunks, size = [], 0
+        while size <= MAX_KEY_FILE_BYTES:  # st_size can be 0 or stale (procfs, a growing file): count what comes
+            chunk = os.read(fd, MAX_KEY_FILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_KEY_FILE_BYTES:
+            raise ServiceAccountFileError(_too_large())
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ServiceAccountFileError(f"file cannot be read ({type(exc).__name__})") from None
+    finally:
+        os.close(fd)
+
+
+def _not_regular(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a key file"
+    return "is not a regular file (a pipe, socket or device); give the path of a JSON key file"
+
+
+def _too_large() -> str:
+    return f"file is larger than {MAX_KEY_FILE_BYTES // 1024} KiB; a service-account key file is a few KiB"
+
+
+def _read_bounded(path: str) -> bytes:
+    """:func:`_read_key_file` on a daemon thread, waited for at most ``KEY_FILE_TIMEOUT`` seconds.
+
+    Validation calls this on the event loop: a file on a hung network filesystem then costs a parked thread
+    (at most ``_KEY_READERS`` of them), never the loop or a delivery thread.
+    """
+    deadline = time.monotonic() + KEY_FILE_TIMEOUT
+    if not _KEY_READERS.acquire(timeout=KEY_FILE_TIMEOUT):
+        raise ServiceAccountFileError("earlier key file reads are still hanging (check the filesystem)")
+    outcome: list[bytes | BaseException] = []
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            outcome.append(_read_key_file(path))
+        except BaseException as exc:  # handed to the waiting caller
+            outcome.append(exc)
+        finally:
+            _KEY_READERS.release()
+            done.set()
+
+    threading.Thread(target=read, name="sluicegate-gcs-key-file", daemon=True).start()
+    if not done.wait(max(deadline - time.monotonic(), 0.0)):
+        raise ServiceAccountFileError(f"file could not be read within {KEY_FILE_TIMEOUT:g}s")
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _load_service_account(path: str) -> Credentials:
+    """Read and parse a service-account key file; raise :class:`ServiceAccountFileError` saying why not.
+
+    No message quotes the file: whatever it holds (a key, or another secret file named by mistake) stays out of
+    API answers and logs.
+    """
+    from google.oauth2 import service_account
+
+    raw = _read_bounded(path)
     try:
         info = json.loads(raw)
     except ValueError:
@@ -132,9 +240,7 @@ def _load_service_account(path: str) -> Credentials:
     if not isinstance(info, dict):
         raise ServiceAccountFileError("file is not a JSON object") from None
     if info.get("type") != "service_account":
-        raise ServiceAccountFileError(
-            f"not a service-account key file (type is {str(info.get('type'))[:40]!r}, "
-            "expected 'service_account')")
+        raise ServiceAccountFileError("not a service-account key file (its \"type\" is not \"service_account\")")
     missing = [key for key in ("client_email", "private_key", "token_uri") if not info.get(key)]
     if missing:
         raise ServiceAccountFileError(f"key file lacks {', '.join(missing)}")
@@ -159,7 +265,8 @@ def validation_problems(callback_vars: Mapping[str, Any]) -> list[str]:
     problems: list[str] = []
     bucket_value = callback_vars.get("gcs_bucket_name")
     if isinstance(bucket_value, str):
-        problem = _bucket_name_problem(split_bucket_name(bucket_value)[0])
+        bucket, prefix = split_bucket_name(bucket_value)
+        problem = _bucket_name_problem(bucket) or _prefix_problem(prefix)
         if problem:
             problems.append(f"gcs_bucket_name: {problem}")
     path = callback_vars.get("gcs_path_service_account")
