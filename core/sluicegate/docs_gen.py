@@ -73,6 +73,8 @@ DESCRIPTIONS: dict[str, str] = {
     "TeamSettings.turn_off_message_logging": "This team's redaction default (overrides the global one).",
     "TeamSettings.cache": "Response caching for this team (LiteLLM's key).",
     "SluicegateSettings.delivery": "How events travel to sinks.",
+    "SluicegateSettings.sink_destinations": "Where sinks written through the admin API may connect (`allow` / "
+                                            "`deny`).",
     "SluicegateSettings.change_poll_interval": "Seconds between checks for key/team changes made by other "
                                                "processes.",
     "DeliverySettings.queue_size": "Events held in memory per sink instance; past it the oldest is dropped "

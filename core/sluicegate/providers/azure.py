@@ -11,7 +11,6 @@ a content-filter refusal keeps Azure's ``code: content_filter`` and its ``innere
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -51,12 +50,14 @@ class AzureProvider(Provider):
     api_base_env: ClassVar[tuple[str, ...]] = ("AZURE_API_BASE",)
     api_key_env: ClassVar[tuple[str, ...]] = ("AZURE_OPENAI_API_KEY", "AZURE_API_KEY")
     api_base_required: ClassVar[bool] = True
+    params_env: ClassVar[dict[str, tuple[str, ...]]] = {"api_version": ("AZURE_API_VERSION",),
+                                                        "azure_ad_token": ("AZURE_AD_TOKEN",)}
     params: AzureParams
 
     def __init__(self, deployment: Any, params: ProviderParams) -> None:
         super().__init__(deployment, params)
-        version = self.params.api_version or os.environ.get("AZURE_API_VERSION") or ""
-        token = self.params.azure_ad_token or os.environ.get("AZURE_AD_TOKEN")
+        version = self.params.api_version or ""
+        token = self.params.azure_ad_token
         base = (deployment.api_base or "").rstrip("/")
         if base.endswith("/openai"):
             base = base[: -len("/openai")]
@@ -77,9 +78,9 @@ class AzureProvider(Provider):
     def check(cls, deployment: Any, params: ProviderParams, environ: Mapping[str, str]) -> list[str]:
         problems = super().check(deployment, params, environ)
         assert isinstance(params, AzureParams)
-        if not (params.api_version or environ.get("AZURE_API_VERSION")):
+        if not params.api_version:
             problems.append("api_version: required for azure (e.g. 2024-10-21, or v1; or set AZURE_API_VERSION)")
-        if not (deployment.api_key or params.azure_ad_token or environ.get("AZURE_AD_TOKEN")):
+        if not (deployment.api_key or params.azure_ad_token):
             problems.append("api_key: required for azure (or azure_ad_token; or set AZURE_OPENAI_API_KEY, "
                             "AZURE_API_KEY or AZURE_AD_TOKEN)")
         return problems

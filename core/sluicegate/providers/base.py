@@ -107,6 +107,8 @@ class Provider(abc.ABC):
     api_key_env: ClassVar[tuple[str, ...]] = ()
     api_base_required: ClassVar[bool] = False
     api_key_required: ClassVar[bool] = False
+    params_env: ClassVar[dict[str, tuple[str, ...]]] = {}
+    """``Params`` fields filled from environment variables (in order) when the config leaves them unset."""
     supported_params: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, deployment: Deployment, params: ProviderParams) -> None:

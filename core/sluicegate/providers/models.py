@@ -111,6 +111,10 @@ def _deployment(entry: ModelEntry, path: str, registry: ProviderRegistry, enviro
     except msgspec.ValidationError as exc:
         problems.append(_param_problem(provider_class, path, exc))
         return None
+    from_env = {field: value for field, names in provider_class.params_env.items()
+                if getattr(provider_params, field, None) is None and (value := _first_env(names, environ))}
+    if from_env:
+        provider_params = msgspec.structs.replace(provider_params, **from_env)
     deployment = Deployment(
         model_name=entry.model_name, custom_llm_provider=name, upstream_model=upstream,
         api_base=params.api_base or _first_env(provider_class.api_base_env, environ) or provider_class.default_api_base,
