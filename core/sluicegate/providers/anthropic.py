@@ -48,9 +48,10 @@ class AnthropicProvider(Provider):
     api_base_env: ClassVar[tuple[str, ...]] = ("ANTHROPIC_API_BASE", "ANTHROPIC_BASE_URL")
     api_key_env: ClassVar[tuple[str, ...]] = ("ANTHROPIC_API_KEY",)
     api_key_required: ClassVar[bool] = True
+    # The Messages API as the official SDK types it (anthropic 2.16) takes no sampling parameters: temperature,
+    # top_p and top_k are refused like any other unsupported key (or dropped with drop_params).
     supported_params: ClassVar[frozenset[str] | None] = frozenset({
-        "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "stop", "tools", "tool_choice",
-        "parallel_tool_calls", "user", "n"})
+        "max_tokens", "max_completion_tokens", "stop", "tools", "tool_choice", "parallel_tool_calls", "user", "n"})
     params: AnthropicParams
 
     def __init__(self, deployment: Any, params: ProviderParams) -> None:
@@ -93,9 +94,6 @@ class AnthropicProvider(Provider):
             request["system"] = "\n".join(b["text"] for b in system) if plain and len(system) == 1 else system
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         request["max_tokens"] = int(max_tokens) if max_tokens else self.default_max_tokens
-        for key in ("temperature", "top_p", "top_k"):
-            if body.get(key) is not None:
-                request[key] = body[key]
         stop = body.get("stop")
         if stop:
             request["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
