@@ -73,6 +73,10 @@ DESCRIPTIONS: dict[str, str] = {
     "TeamSettings.turn_off_message_logging": "This team's redaction default (overrides the global one).",
     "TeamSettings.cache": "Response caching for this team (LiteLLM's key).",
     "SluicegateSettings.delivery": "How events travel to sinks.",
+    "SinkDestinations.allow": "Host names (`*.example.com` globs) or CIDR networks API-written sinks may reach; "
+                              "when non-empty, nothing else is reached.",
+    "SinkDestinations.deny": "Host names or CIDR networks refused (besides the built-in link-local and cloud "
+                             "metadata denials) unless `allow` matches them.",
     "SluicegateSettings.sink_destinations": "Where sinks written through the admin API may connect (`allow` / "
                                             "`deny`).",
     "SluicegateSettings.change_poll_interval": "Seconds between checks for key/team changes made by other "
