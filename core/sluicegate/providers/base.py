@@ -14,10 +14,9 @@ upstream already speaks OpenAI's wire format overrides :meth:`Provider.complete_
 from __future__ import annotations
 
 import abc
-import time
-from urllib.parse import quote
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
 
 import msgspec
 
@@ -321,10 +320,6 @@ class ChunkStream:
 
     async def aclose(self) -> None:
         await self._chunks.aclose()  # type: ignore[attr-defined]
-
-
-def completion_id(upstream_id: str | None) -> str:
-    return upstream_id or f"chatcmpl-{time.time_ns():x}"
 
 
 def request_id_header(request_id: str) -> bytes:
