@@ -1,4 +1,4 @@
-"""CPU per POST of the sinks' HTTP client (``sluicegate.sinks.http``) against aiohttp's, to a loopback receiver.
+"""CPU per POST of the sinks' HTTP client (``sluicegate.net.http``) against aiohttp's, to a loopback receiver.
 
 ``python -m bench.http_client [--posts 5000] [--body 2000] [--concurrency 1,16] [--repeat 2]``
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.run import Procs, add_cpu_options, pin_to_server_cpu, start_receiver
-from sluicegate.sinks.http import HttpClient, encode_headers
+from sluicegate.net.http import HttpClient, encode_headers
 
 __all__ = ("main",)
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         body = os.urandom(args.body)
         print(f"{'client':<24} {'concurrency':>11} {'µs CPU per POST':>16}")
         for concurrency in [int(c) for c in args.concurrency.split(",")]:
-            for name, run in (("aiohttp", _aiohttp), ("sluicegate.sinks.http", _lean)):
+            for name, run in (("aiohttp", _aiohttp), ("sluicegate.net.http", _lean)):
                 uvloop.run(run(url, body, 200, concurrency))  # warm: connections, imports
                 best = float("inf")
                 for _ in range(args.repeat):

@@ -1,4 +1,4 @@
-"""The sinks' HTTP/1.1 client (``sluicegate.sinks.http``) against real servers on loopback.
+"""The sinks' HTTP/1.1 client (``sluicegate.net.http``) against real servers on loopback.
 
 Two kinds of server: ``aiohttp.web`` (a real HTTP server: keep-alive, chunked answers, TLS) and a scripted raw
 ``asyncio`` server for what a well-behaved server never does on purpose (answers cut short, closes while idle,
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sluicegate.sinks.http import (
+from sluicegate.net.http import (
     _INFLATE_PIECE,
     _STREAM_HIGH_WATER,
     MAX_RESPONSE_BYTES,
@@ -482,7 +482,7 @@ async def test_bad_urls_are_refused(client: HttpClient, url: str) -> None:
 
 
 def test_request_head_names_the_origin_as_http_wants_it() -> None:
-    from sluicegate.sinks.http import _origin
+    from sluicegate.net.http import _origin
 
     idn = _origin("https://münchen.example/otel/v1/traces?team=ü")
     assert idn.host_line == b"Host: xn--mnchen-3ya.example\r\n" and idn.key == ("https", "xn--mnchen-3ya.example", 443)

@@ -24,7 +24,7 @@ from sluicegate.providers.upstream import (
     UpstreamError,
     make_upstream,
 )
-from sluicegate.sinks.http import HttpClientError
+from sluicegate.net.http import HttpClientError
 
 ANSWER = json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "choices": [
     {"index": 0, "message": {"role": "assistant", "content": "héllo"}, "finish_reason": "stop"}],
@@ -126,7 +126,7 @@ async def client(request: pytest.FixtureRequest) -> AsyncIterator[UpstreamClient
 
 
 def deployment(url: str, *, timeout: float = 10.0, key: str | None = "sk-upstream-secret") -> Deployment:
-    return Deployment(model_name="m", provider="openai", upstream_model="gpt-x", api_base=url, api_key=key,
+    return Deployment(model_name="m", custom_llm_provider="openai", upstream_model="gpt-x", api_base=url, api_key=key,
                       timeout=timeout)
 
 

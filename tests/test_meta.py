@@ -12,7 +12,8 @@ HOOKS = sorted(name for name in dir(hookspecs) if hasattr(getattr(hookspecs, nam
 
 
 def test_hookspecs_are_found():
-    assert HOOKS == ["register_health_checks", "register_sinks", "resolve_callback_var", "validate_callback_vars"]
+    assert HOOKS == ["register_health_checks", "register_providers", "register_sinks", "resolve_callback_var",
+                     "validate_callback_vars"]
 
 
 def test_every_hook_has_a_docs_section():
@@ -28,6 +29,7 @@ def test_every_hook_is_exercised_by_a_test():
         assert f"def {hook}(" in fixture, f"the acme fixture plugin does not implement {hook}"
     for hook, evidence in {"register_sinks": "test_pip_installed_third_party_sink_is_discovered",
                            "register_health_checks": "test_register_health_checks_feeds_readiness",
+                           "register_providers": "test_pip_installed_third_party_provider_answers_chat",
                            "resolve_callback_var": "test_plugin_resolver_hook_runs_before_env",
                            "validate_callback_vars": "http(s) URL"}.items():
         assert evidence in sources, f"no test exercises {hook}"

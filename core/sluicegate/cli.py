@@ -68,7 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
     except SaltKeyError as exc:  # stored secrets this salt key cannot open: refuse before binding
         print(f"sluicegate: cannot start: {exc}", file=sys.stderr)
         return 2
-    described = gateway.pm.describe(gateway.registry.by_plugin())
+    described = gateway.pm.describe(gateway.registry.by_plugin(), gateway.providers.by_plugin())
     sinks = ", ".join(f"{name} ({gateway.registry.owner(name)})" for name in gateway.registry.names())
     broken = [p for p in described if p.error]
     print(f"Sluicegate listening on http://{args.host}:{args.port} ({args.workers} worker(s))", flush=True)
@@ -107,17 +107,20 @@ def _plugins(args: argparse.Namespace) -> int:
     import msgspec
 
     from sluicegate.plugins import get_plugin_manager
+    from sluicegate.providers.registry import ProviderRegistry
     from sluicegate.sinks.registry import SinkRegistry
 
     pm = get_plugin_manager()
     registry = SinkRegistry.from_plugin_manager(pm)
-    described = pm.describe(registry.by_plugin())
+    described = pm.describe(registry.by_plugin(), ProviderRegistry.from_plugin_manager(pm).by_plugin())
     if args.json:
         print(json.dumps([msgspec.to_builtins(p) for p in described], indent=2))
         return 0
     for plugin in described:
         where = f"{plugin.distribution} {plugin.version}" if plugin.distribution else "?"
         line = f"{plugin.name:40} {where:40} sinks: {', '.join(plugin.callback_names) or '-'}"
+        if plugin.providers:
+            line += f"  providers: {', '.join(plugin.providers)}"
         if plugin.error:
             line += f"  FAILED: {plugin.error}"
         print(line)
@@ -183,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=1, help="worker processes sharing the database (default 1)")
     serve.add_argument("--log-level", default="info", help="debug, info, warning or error (default info)")
     serve.set_defaults(func=_serve)
-    plugins = sub.add_parser("plugins", help="list installed plugins and their sinks",
-                             description="List installed plugins: distribution, version, hooks, sinks, errors.")
+    plugins = sub.add_parser("plugins", help="list installed plugins, their sinks and providers",
+                             description="List installed plugins: distribution, version, hooks, sinks, providers, "
+                                         "errors.")
     plugins.add_argument("--json", action="store_true", help="print JSON")
     plugins.set_defaults(func=_plugins)
     rotate = sub.add_parser("rotate-salt-key", help="re-encrypt stored callback secrets with a new salt key",

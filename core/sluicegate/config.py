@@ -23,6 +23,7 @@ __all__ = (
     "ConfigError",
     "DeliverySettings",
     "GeneralSettings",
+    "LITELLM_IGNORED_PARAMS",
     "LiteLLMParams",
     "LiteLLMSettings",
     "ModelEntry",
@@ -55,6 +56,24 @@ class LiteLLMParams(msgspec.Struct, kw_only=True):
     mock_response: Any = None
     input_cost_per_token: float = 0.0
     output_cost_per_token: float = 0.0
+    custom_llm_provider: str | None = None
+    """The provider, when `model` has no `provider/` prefix (LiteLLM's key); the prefix wins otherwise."""
+    drop_params: bool | None = None
+    """Drop request parameters this model's provider cannot take instead of answering 400 naming them
+    (overrides `litellm_settings.drop_params`)."""
+    extra: dict[str, Any] = msgspec.field(default_factory=dict)
+    """The provider's own keys (``api_version``...), checked against its ``Params`` when the gateway starts."""
+
+
+LITELLM_IGNORED_PARAMS = frozenset({
+    "rpm", "tpm", "max_parallel_requests", "order", "weight", "tags", "max_retries", "num_retries",
+    "stream_timeout", "base_model", "region_name", "litellm_credential_name", "use_in_pass_through",
+    "use_litellm_proxy", "merge_reasoning_content_in_choices", "mock_testing_fallbacks",
+    "cache_control_injection_points", "litellm_trace_id", "temperature", "max_tokens", "top_p", "seed",
+    "configurable_clientside_auth_params", "model_info",
+})
+"""LiteLLM ``litellm_params`` keys Sluicegate accepts and ignores (one warning line): router-level settings and
+request defaults. Any other key not in :class:`LiteLLMParams` belongs to the model's provider."""
 
 
 class ModelEntry(msgspec.Struct, kw_only=True):
@@ -90,6 +109,9 @@ class LiteLLMSettings(msgspec.Struct, kw_only=True):
     turn_off_message_logging: bool = False
     cache: bool = False
     cache_params: dict[str, Any] | None = None
+    drop_params: bool = False
+    """Drop request parameters a model's provider cannot take instead of answering 400 naming them (a model's own
+    `litellm_params.drop_params` wins)."""
 
 
 class DeliverySettings(msgspec.Struct, kw_only=True):
@@ -197,7 +219,7 @@ _PATH = re.compile(r" - at `\$(.*)`$")
 
 
 def _fields(struct: type[msgspec.Struct]) -> tuple[str, ...]:
-    return tuple(f for f in struct.__struct_fields__ if f not in ("source", "warnings", "flat"))
+    return tuple(f for f in struct.__struct_fields__ if f not in ("source", "warnings", "flat", "extra"))
 
 
 def _resolve_env(node: Any, path: str, problems: list[str]) -> Any:
@@ -225,6 +247,8 @@ def _check_keys(data: Any, struct: type[msgspec.Struct], path: str, unknown: lis
     known = _fields(struct)
     for key, value in data.items():
         here = f"{path}.{key}" if path else str(key)
+        if struct is LiteLLMParams and key not in known and key not in LITELLM_IGNORED_PARAMS:
+            continue  # the provider's own key: its Params check it when the gateway starts
         if key not in known:
             hint = _suggest(str(key), known)
             (typos if hint else unknown).append(f"{here} (did you mean {hint!r}?)" if hint else here)
@@ -251,6 +275,14 @@ def _split_team_entry(entry: Any, path: str, problems: list[str]) -> Any:
         flat[str(key)] = value
     base["flat"] = flat
     return base
+
+
+def _split_litellm_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of :class:`LiteLLMParams`, with the provider's own keys gathered under ``extra``."""
+    known = _fields(LiteLLMParams)
+    result = {k: v for k, v in params.items() if k in known}
+    result["extra"] = {str(k): v for k, v in params.items() if k not in known and k not in LITELLM_IGNORED_PARAMS}
+    return result
 
 
 def parse_settings(raw: Any, *, source: str | None = None) -> Settings:
@@ -287,7 +319,7 @@ def parse_settings(raw: Any, *, source: str | None = None) -> Settings:
         data["litellm_settings"] = {k: v for k, v in litellm.items() if k in _fields(LiteLLMSettings)}
     if isinstance(models, list):
         data["model_list"] = [
-            {**e, "litellm_params": {k: v for k, v in e["litellm_params"].items() if k in _fields(LiteLLMParams)}}
+            {**e, "litellm_params": _split_litellm_params(e["litellm_params"])}
             if isinstance(e, Mapping) and isinstance(e.get("litellm_params"), Mapping) else e
             for e in models]
     if problems:

@@ -31,8 +31,9 @@ __all__ = ("DESCRIPTIONS", "config_keys", "main", "render_config_reference", "re
 
 OUTPUT = Path("docs") / "config-reference.md"
 SINKS_DIR = Path("docs") / "sinks"
-_HIDDEN = {("Settings", "source"), ("Settings", "warnings"), ("TeamSettings", "flat")}
-"""Not keys of config.yaml: where the settings came from, load warnings, a team entry's flat sink variables."""
+_HIDDEN = {("Settings", "source"), ("Settings", "warnings"), ("TeamSettings", "flat"), ("LiteLLMParams", "extra")}
+"""Not keys of config.yaml: where the settings came from, load warnings, a team entry's flat sink variables, a
+model's provider-specific keys (documented per provider in docs/providers.md)."""
 
 DESCRIPTIONS: dict[str, str] = {
     "Settings.model_list": "The models clients may call (`model` in a request is matched against `model_name`).",
@@ -42,7 +43,8 @@ DESCRIPTIONS: dict[str, str] = {
     "ModelEntry.model_name": "What clients send as `model`. Several entries with one name are not allowed.",
     "ModelEntry.litellm_params": "How to reach the upstream model.",
     "ModelEntry.model_info": "Free-form information about the model (LiteLLM's key).",
-    "LiteLLMParams.model": "`provider/model` upstream, e.g. `openai/gpt-4o`; any OpenAI-compatible API.",
+    "LiteLLMParams.model": "`provider/model` upstream, e.g. `openai/gpt-4o`, `anthropic/claude-sonnet-4-5`, "
+                           "`azure/<deployment>` (docs/providers.md).",
     "LiteLLMParams.api_base": "Upstream base URL, e.g. `https://api.openai.com/v1`.",
     "LiteLLMParams.api_key": "Upstream API key; use `os.environ/NAME`. Never logged.",
     "LiteLLMParams.timeout": "Seconds before the upstream call is abandoned (504).",
@@ -71,6 +73,12 @@ DESCRIPTIONS: dict[str, str] = {
     "TeamSettings.turn_off_message_logging": "This team's redaction default (overrides the global one).",
     "TeamSettings.cache": "Response caching for this team (LiteLLM's key).",
     "SluicegateSettings.delivery": "How events travel to sinks.",
+    "SinkDestinations.allow": "Host names (`*.example.com` globs) or CIDR networks API-written sinks may reach; "
+                              "when non-empty, nothing else is reached.",
+    "SinkDestinations.deny": "Host names or CIDR networks refused (besides the built-in link-local and cloud "
+                             "metadata denials) unless `allow` matches them.",
+    "SluicegateSettings.sink_destinations": "Where sinks written through the admin API may connect (`allow` / "
+                                            "`deny`).",
     "SluicegateSettings.change_poll_interval": "Seconds between checks for key/team changes made by other "
                                                "processes.",
     "DeliverySettings.queue_size": "Events held in memory per sink instance; past it the oldest is dropped "

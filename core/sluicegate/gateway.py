@@ -11,14 +11,18 @@ import gc
 import logging
 from typing import TYPE_CHECKING
 
+from sluicegate import __version__
 from sluicegate.aio import cancel_and_wait
 from sluicegate.auth import AuthContext, KeyCache, bearer_token, check_usable, hash_key, is_master
 from sluicegate.cache import ResponseCache
 from sluicegate.db.store import Store
 from sluicegate.errors import ApiError
 from sluicegate.plugins import get_plugin_manager
+from sluicegate.net.http import HttpClient
+from sluicegate.providers.base import ProviderClients
 from sluicegate.providers.models import ModelRouter
-from sluicegate.providers.upstream import UpstreamClient, make_upstream
+from sluicegate.providers.registry import ProviderRegistry
+from sluicegate.providers.upstream import MAX_UPSTREAM_ANSWER_BYTES, BuiltinUpstream, UpstreamClient, make_upstream
 from sluicegate.routing import LoggingResolver
 from sluicegate.sinks.dispatcher import Dispatcher, spool_dir_for
 from sluicegate.sinks.registry import SinkRegistry
@@ -57,7 +61,8 @@ class Gateway:
         self.pm = get_plugin_manager(environ)
         self.registry = SinkRegistry.from_plugin_manager(self.pm)
         self.resolver = LoggingResolver(settings, self.registry, self.pm)
-        self.models = ModelRouter(settings.model_list)
+        self.providers = ProviderRegistry.from_plugin_manager(self.pm)
+        self.models = ModelRouter.from_settings(settings, self.providers, environ)
         self.store = Store.for_settings(settings, environ)  # the salt key for stored secrets comes with it
         self.keys = KeyCache()
         self.key_health_throttle = Throttle(settings.sluicegate_settings.key_health_per_minute, 60.0)
@@ -68,6 +73,7 @@ class Gateway:
         self.http_client_kind = http_client
         self.tune_gc = tune_gc
         self.upstream: UpstreamClient | None = None
+        self._provider_http: HttpClient | None = None
         self.health_checks: dict[str, HealthCheck] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._version = -1
@@ -86,6 +92,13 @@ class Gateway:
         await self.store.migrate()
         self._version = await self.store.version()
         self.upstream = make_upstream(self.http_client_kind)
+        if isinstance(self.upstream, BuiltinUpstream):
+            http = self.upstream.client  # one pool for every provider
+        else:  # bench's alternative upstream clients serve the OpenAI-compatible providers only
+            http = self._provider_http = HttpClient(user_agent=f"sluicegate/{__version__}", max_per_origin=1000,
+                                                    max_connections=1000,
+                                                    max_response_bytes=MAX_UPSTREAM_ANSWER_BYTES)
+        await self.models.start(ProviderClients(http=http, upstream=self.upstream))
         await self.dispatcher.start(self.registry.get)
         self._watcher = asyncio.get_running_loop().create_task(self._watch_changes())
         if self.tune_gc:
@@ -107,8 +120,11 @@ class Gateway:
             self._watcher = None
         await self.dispatcher.aclose()
         await self.cache.aclose()
+        await self.models.aclose()
         if self.upstream is not None:
             await self.upstream.aclose()
+        if self._provider_http is not None:
+            await self._provider_http.aclose()
         await self.store.aclose()
 
     async def _watch_changes(self) -> None:

@@ -13,6 +13,7 @@ import pluggy
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from sluicegate.providers.base import Provider
     from sluicegate.sinks.base import HealthCheck, Sink
 
 __all__ = ("PROJECT_NAME", "hookimpl", "hookspec")
@@ -31,6 +32,18 @@ def register_sinks(register: Callable[[type[Sink]], None]) -> None:
     one ``callback_name`` stop start-up with an error naming both distributions.
 
     :param register: Takes a :class:`sluicegate.Sink` subclass.
+    """
+
+
+@hookspec
+def register_providers(register: Callable[[type[Provider]], None]) -> None:
+    """Register provider classes by calling ``register(ProviderClass)`` once per class.
+
+    Called once when the gateway starts (and by ``sluicegate plugins``). Each class names its
+    ``custom_llm_provider``, the prefix of ``litellm_params.model`` it answers for; two classes with one name stop
+    start-up with an error naming both distributions. The built-in providers register through this hook too.
+
+    :param register: Takes a :class:`sluicegate.Provider` subclass.
     """
 
 

@@ -23,6 +23,7 @@ ENTRY_POINT_GROUP = "sluicegate"
 DEFAULT_PLUGINS = (
     "sluicegate.default_plugins.env_refs",
     "sluicegate.default_plugins.file_sink",
+    "sluicegate.default_plugins.providers",
 )
 
 
@@ -33,6 +34,7 @@ class PluginInfo(msgspec.Struct, kw_only=True):
     entry_point: str | None
     hooks: list[str] = msgspec.field(default_factory=list)
     callback_names: list[str] = msgspec.field(default_factory=list)
+    providers: list[str] = msgspec.field(default_factory=list)
     error: str | None = None
 
 
@@ -49,8 +51,10 @@ class SluicegatePluginManager(pluggy.PluginManager):
         return self.origins.get(plugin_name) or PluginInfo(name=plugin_name, distribution=None, version=None,
                                                            entry_point=None)
 
-    def describe(self, callback_names: Mapping[str, list[str]] | None = None) -> list[PluginInfo]:
-        """Every plugin (loaded or failed) with its hooks, for ``sluicegate plugins`` and ``/-/plugins``."""
+    def describe(self, callback_names: Mapping[str, list[str]] | None = None,
+                 providers: Mapping[str, list[str]] | None = None) -> list[PluginInfo]:
+        """Every plugin (loaded or failed) with its hooks, sinks and providers, for ``sluicegate plugins`` and
+        ``/-/plugins``."""
         described = []
         for name, plugin in self.list_name_plugin():
             if plugin is None:
@@ -58,7 +62,8 @@ class SluicegatePluginManager(pluggy.PluginManager):
             info = self.origin(name)
             hooks = sorted(h.name for h in self.get_hookcallers(plugin) or ())
             described.append(msgspec.structs.replace(
-                info, hooks=hooks, callback_names=sorted((callback_names or {}).get(name, []))))
+                info, hooks=hooks, callback_names=sorted((callback_names or {}).get(name, [])),
+                providers=sorted((providers or {}).get(name, []))))
         described.extend(self.load_errors.values())
         return sorted(described, key=lambda p: (p.distribution or "", p.name))
 

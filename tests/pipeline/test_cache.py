@@ -428,14 +428,14 @@ def test_unknown_cache_params_are_a_warning_and_env_references_resolve(monkeypat
 def test_key_covers_model_messages_parameters_and_team_but_not_framing():
     from sluicegate.providers.models import Deployment
 
-    dep = Deployment(model_name="m", provider="openai", upstream_model="u", api_base="http://x/v1")
+    dep = Deployment(model_name="m", custom_llm_provider="openai", upstream_model="u", api_base="http://x/v1")
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.2}
     base = ResponseCache.key_for("t1", dep, body)
     same = [{**body, "stream": True}, {**body, "stream_options": {"include_usage": True}},
             {**body, "metadata": {"tag": "x"}}, dict(reversed(list(body.items())))]
     assert all(ResponseCache.key_for("t1", dep, b) == base for b in same)
     different = [("t2", dep, body), (None, dep, body),
-                 ("t1", Deployment(model_name="m", provider="openai", upstream_model="u2", api_base="http://x/v1"),
+                 ("t1", Deployment(model_name="m", custom_llm_provider="openai", upstream_model="u2", api_base="http://x/v1"),
                   body),
                  ("t1", dep, {**body, "temperature": 0.3}), ("t1", dep, {**body, "max_tokens": 5}),
                  ("t1", dep, {**body, "tools": [{"type": "function", "function": {"name": "f"}}]}),

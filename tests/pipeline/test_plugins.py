@@ -18,6 +18,7 @@ import pytest
 from sluicegate.config import ConfigError, parse_settings
 from sluicegate.gateway import Gateway
 from sluicegate.plugins import get_plugin_manager
+from sluicegate.providers.registry import DuplicateProvider, ProviderRegistry
 from sluicegate.sinks.registry import DuplicateCallbackName, SinkRegistry
 
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -60,8 +61,8 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def run_python(code: str, extra_path: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("SLUICEGATE_")}
-    if extra_path is not None:
-        environment["PYTHONPATH"] = str(extra_path)
+    if extra_path is not None:  # in front of any path already set (a checkout run without installing it)
+        environment["PYTHONPATH"] = os.pathsep.join(p for p in (str(extra_path), os.environ.get("PYTHONPATH")) if p)
     environment.update(env)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment,
                           timeout=60, check=False)
@@ -90,7 +91,8 @@ def test_cli_plugins_json_describes_the_installed_plugin(acme_path: Path) -> Non
     assert acme["callback_names"] == ["acme"]
     assert acme["entry_point"] == "acme_sink = sluicegate_acme_sink.plugin"
     assert set(acme["hooks"]) == {"register_sinks", "validate_callback_vars", "resolve_callback_var",
-                                  "register_health_checks"}
+                                  "register_health_checks", "register_providers"}
+    assert acme["providers"] == ["acme"]
     assert plugins["sluicegate.default_plugins.file_sink"]["callback_names"] == ["file"]
 
 
@@ -175,3 +177,88 @@ async def test_plugins_endpoint_is_admin_only_and_shows_the_installed_plugin(mak
         key = await gw.new_key()
         denied = await gw.client.get("/-/plugins", headers={"Authorization": f"Bearer {key}"})
         assert denied.status_code == 403
+
+
+# ------------------------------------------------------------------------------------------------ providers
+ACME_MODEL = {"model_name": "echo", "litellm_params": {"model": "acme/echo-1", "prefix": "acme says: ",
+                                                       "input_cost_per_token": 0.5, "output_cost_per_token": 1.0}}
+
+
+@pytest.mark.usefixtures("acme")
+async def test_pip_installed_third_party_provider_answers_chat(make_config, start, receiver, monkeypatch) -> None:
+    monkeypatch.setenv("ACME_URL", f"{receiver.url}/dest/global")
+    monkeypatch.setenv("ACME_TOKEN", "global-token")
+    async with start(make_config(models=[ACME_MODEL], litellm={"callbacks": ["acme"]})) as gw:
+        key = await gw.new_key()
+        answer = await gw.chat(key, "hello there", model="echo")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["choices"][0]["message"]["content"] == "acme says: hello there"
+        streamed = await gw.chat(key, "one two", model="echo", stream=True)
+        assert streamed.status_code == 200
+        assert '"content":" two"' in streamed.text and streamed.text.endswith("data: [DONE]\n\n")
+        assert '"usage"' not in streamed.text  # not asked for (include_usage), yet logged below
+        refused = await gw.chat(key, "fail", model="echo")
+        assert refused.status_code == 503 and refused.json()["error"]["message"] == "acme is down"
+        unsupported = await gw.chat(key, "hi", model="echo", top_p=0.5)
+        assert unsupported.status_code == 400 and "top_p" in unsupported.json()["error"]["message"]
+        assert "acme" in unsupported.json()["error"]["message"]
+        assert await receiver.wait_for_async(lambda: len(receiver.events("/dest/global")) >= 4)
+        events = sorted(receiver.events("/dest/global"), key=lambda e: e["startTime"])
+        plain, stream = events[0], events[1]
+        assert plain["custom_llm_provider"] == "acme" and plain["model"] == "echo-1"
+        assert plain["model_group"] == "echo" and plain["status"] == "success"
+        assert (plain["prompt_tokens"], plain["completion_tokens"]) == (3, 4)
+        assert plain["response_cost"] == 3 * 0.5 + 4 * 1.0
+        assert stream["stream"] is True and (stream["prompt_tokens"], stream["completion_tokens"]) == (3, 4)
+        assert stream["response"]["choices"][0]["message"]["content"] == "acme says: one two"
+        assert [e["status"] for e in events[2:]] == ["failure", "failure"]
+        plugins = (await gw.admin("GET", "/-/plugins")).json()
+        acme = next(p for p in plugins if p["name"] == "acme_sink")
+        assert acme["providers"] == ["acme"] and "register_providers" in acme["hooks"]
+        builtin = next(p for p in plugins if p["name"] == "sluicegate.default_plugins.providers")
+        assert {"openai", "anthropic", "azure", "groq"} <= set(builtin["providers"])
+
+
+def test_a_provider_nobody_installed_stops_start_up_naming_the_known_ones(tmp_path: Path) -> None:
+    settings = parse_settings({"general_settings": {"database_url": f"sqlite+aiosqlite:///{tmp_path}/x.db"},
+                               "model_list": [ACME_MODEL]})
+    with pytest.raises(ConfigError) as info:  # negative control of the test above: acme is not installed here
+        Gateway(settings, environ={})
+    (problem,) = info.value.problems
+    assert problem.startswith("model_list[0].litellm_params.model: unknown provider 'acme'")
+    assert "anthropic" in problem and "openai" in problem
+
+
+@pytest.mark.usefixtures("acme")
+def test_a_providers_params_refuse_unknown_keys_at_start_up(tmp_path: Path) -> None:
+    model = {"model_name": "echo", "litellm_params": {"model": "acme/echo-1", "prefx": "x"}}
+    settings = parse_settings({"general_settings": {"database_url": f"sqlite+aiosqlite:///{tmp_path}/x.db"},
+                               "model_list": [model]})
+    with pytest.raises(ConfigError) as info:
+        Gateway(settings, environ={})
+    assert info.value.problems == ["model_list[0].litellm_params.prefx: not a parameter of acme (did you mean "
+                                   "'prefix'?); its own parameters: prefix"]
+
+
+def test_duplicate_provider_names_both_distributions(site: Path) -> None:
+    module = """
+from sluicegate import Provider, hookimpl
+
+class P(Provider):
+    custom_llm_provider = "twin"
+    async def complete(self, body, *, request_id):
+        return {}
+    async def stream(self, body, *, request_id):
+        yield {}
+
+@hookimpl
+def register_providers(register):
+    register(P)
+"""
+    install(site, "sluicegate-one-provider", "one_provider_mod", module)
+    install(site, "sluicegate-two-provider", "two_provider_mod", module)
+    with pytest.raises(DuplicateProvider) as info:
+        ProviderRegistry.from_plugin_manager(get_plugin_manager({}))
+    assert "sluicegate-one-provider" in str(info.value) and "sluicegate-two-provider" in str(info.value)
+    registry = ProviderRegistry.from_plugin_manager(get_plugin_manager({"SLUICEGATE_DISABLE_PLUGINS": "two_provider_mod"}))
+    assert "twin" in registry.names()

@@ -17,7 +17,7 @@ import pytest
 
 from sluicegate.config import ConfigError, parse_settings
 from sluicegate.sinks.destinations import DestinationPolicy
-from sluicegate.sinks.http import HttpClient, HttpClientError
+from sluicegate.net.http import HttpClient, HttpClientError
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 

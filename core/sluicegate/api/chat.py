@@ -1,7 +1,9 @@
 """The OpenAI-compatible API: ``/v1/chat/completions`` (plain and SSE) and ``/v1/models``.
 
-The request path: authenticate from cache, forward to the upstream over the shared client, answer, then build
-one :class:`LogEvent` and hand it to the dispatcher (``submit`` never awaits a sink).
+The request path: authenticate from cache, ask the model's provider for the answer (an OpenAI-compatible upstream
+gets the client's bytes as they came; others are translated by their provider), answer, then build one
+:class:`LogEvent` and hand it to the dispatcher (``submit`` never awaits a sink). Nothing here knows which
+provider is behind a model.
 """
 
 from __future__ import annotations
@@ -31,14 +33,8 @@ __all__ = ("chat_completions", "chat_completions_v1", "list_models", "list_model
 
 _decoder = msgspec.json.Decoder()
 _rng = random.Random()  # seeded from os.urandom once
-_encoder = msgspec.json.Encoder()
 
 
-def _upstream_body(call: _Call, deployment: Deployment) -> bytes:
-    """The client's bytes as they came when nothing needs changing (the common case), else re-encoded."""
-    if call.raw is not None and call.body.get("model") == deployment.upstream_model:
-        return call.raw
-    return _encoder.encode({**call.body, "model": deployment.upstream_model})
 _MODEL_PARAMS_SKIP = frozenset({"model", "messages", "stream", "stream_options", "user", "metadata", "tools",
                                 "functions", "cache", "response_format"})
 
@@ -88,7 +84,7 @@ class _Call:
             model_id=deployment.model_name if deployment else None,
             model_group=deployment.model_name if deployment else str(self.body.get("model", "")),
             api_base=deployment.api_base if deployment else None,
-            custom_llm_provider=deployment.provider if deployment else None,
+            custom_llm_provider=deployment.custom_llm_provider if deployment else None,
             prompt_tokens=prompt, completion_tokens=completion,
             total_tokens=int(usage.get("total_tokens") or prompt + completion),
             response_cost=deployment.cost(prompt, completion) if deployment and status == "success" else 0.0,
@@ -167,8 +163,7 @@ async def _chat(request: Request) -> Response[Any]:
         if deployment.mock_response is not None:
             content = mock_completion(deployment, body)
         else:
-            assert gateway.upstream is not None
-            content = await gateway.upstream.complete(deployment, _upstream_body(call, deployment), request_id)
+            content = await deployment.provider.complete_bytes(body, call.raw, request_id)
     except ApiError as exc:
         gateway.dispatcher.submit(call.event(status="failure", error=exc, stream=stream), ctx.callbacks)
         return _error_response(exc, request_id)
@@ -224,7 +219,7 @@ class _StreamState:
     """Assembles a streamed completion from its SSE chunks, for the log event."""
 
     __slots__ = ("buffer", "content", "reasoning", "tool_calls", "usage", "finish_reason", "response_id", "model",
-                 "role", "first_token_at", "done")
+                 "role", "first_token_at", "done", "error")
 
     def __init__(self) -> None:
         self.buffer = b""
@@ -238,6 +233,7 @@ class _StreamState:
         self.role = "assistant"
         self.first_token_at: float | None = None
         self.done = False
+        self.error: str | None = None
 
     def feed(self, data: bytes) -> None:
         if self.first_token_at is None:
@@ -260,6 +256,10 @@ class _StreamState:
                 self._chunk(chunk)
 
     def _chunk(self, chunk: dict[str, Any]) -> None:
+        error = chunk.get("error")
+        if error is not None:  # an error frame mid-stream (what OpenAI's SDKs raise as APIError)
+            self.error = str(error.get("message") if isinstance(error, dict) else error)
+            return
         self.response_id = self.response_id or chunk.get("id")
         self.model = self.model or chunk.get("model")
         if isinstance(chunk.get("usage"), dict):
@@ -311,9 +311,7 @@ async def _stream(gateway: Gateway, call: _Call, deployment: Deployment,
         source: AsyncIterator[bytes] = mock_stream(deployment, body)
         upstream_response = None
     else:
-        assert gateway.upstream is not None
-        upstream_response = await gateway.upstream.open_stream(deployment, _upstream_body(call, deployment),
-                                                               call.request_id)
+        upstream_response = await deployment.provider.open_stream(body, call.raw, call.request_id)
         source = upstream_response.aiter_raw()
 
     async def relay() -> AsyncIterator[bytes]:
@@ -323,7 +321,9 @@ async def _stream(gateway: Gateway, call: _Call, deployment: Deployment,
             async for data in source:
                 state.feed(data)
                 yield data
-            if not state.done:
+            if state.error is not None:
+                error = state.error
+            elif not state.done:
                 error = "upstream stream ended before [DONE]"
         except BaseException as exc:  # client gone (cancelled/closed) or upstream broke mid-stream
             error = ("client disconnected mid-stream" if isinstance(exc, GeneratorExit | BaseExceptionGroup)
@@ -332,8 +332,10 @@ async def _stream(gateway: Gateway, call: _Call, deployment: Deployment,
         finally:
             if upstream_response is not None:
                 await upstream_response.aclose()
+            # a translating provider knows the usage even when the client did not ask for it
+            usage = state.usage or getattr(upstream_response, "usage", None)
             event = call.event(status="failure" if error else "success", response=state.response(),
-                               usage=state.usage, error_str=error, response_id=state.response_id,
+                               usage=usage, error_str=error, response_id=state.response_id,
                                first_token_at=state.first_token_at, stream=True)
             if lookup is not None and error is None:  # -- response cache: store the assembled answer
                 lookup.mark(event, hit=False)
@@ -361,7 +363,8 @@ async def _models(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
     ctx = await gateway.authenticate(request)
     return json_response({"object": "list", "data": [
-        {"id": name, "object": "model", "created": 0, "owned_by": gateway.models.get(name).provider}  # type: ignore[union-attr]
+        {"id": name, "object": "model", "created": 0,
+         "owned_by": gateway.models.get(name).custom_llm_provider}  # type: ignore[union-attr]
         for name in _allowed(gateway, ctx)]})
 
 

@@ -1,29 +1,36 @@
-"""The model list: ``model_name`` → deployment (provider, upstream model, base URL, key, costs)."""
+"""The model list: ``model_name`` → deployment (its provider, upstream model, base URL, key, costs).
+
+Built once at start-up from ``model_list``: each entry's provider comes from the registry (an unknown prefix
+names the known ones), its ``litellm_params`` are checked against the provider's ``Params``, and ``api_base`` /
+``api_key`` fall back to the provider's environment variables and default base. Every problem is reported
+together, with its YAML path, as a :class:`~sluicegate.config.ConfigError`: never at request time.
+"""
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from sluicegate.config import ConfigError
+from sluicegate.providers.registry import UnknownProvider
+
 if TYPE_CHECKING:
-    from sluicegate.config import ModelEntry
+    from sluicegate.config import ModelEntry, Settings
+    from sluicegate.providers.base import Provider, ProviderClients
+    from sluicegate.providers.registry import ProviderRegistry
 
-__all__ = ("Deployment", "ModelRouter")
-
-DEFAULT_API_BASES = {
-    "openai": "https://api.openai.com/v1",
-    "mistral": "https://api.mistral.ai/v1",
-    "groq": "https://api.groq.com/openai/v1",
-    "deepseek": "https://api.deepseek.com/v1",
-    "together_ai": "https://api.together.xyz/v1",
-    "fireworks_ai": "https://api.fireworks.ai/inference/v1",
-}
+__all__ = ("Deployment", "ModelRouter", "build_deployments")
 
 
-class Deployment(msgspec.Struct, frozen=True, kw_only=True):
+class Deployment(msgspec.Struct, kw_only=True):
+    """One configured model. ``provider`` is the instance that answers for it (set when the gateway builds it)."""
+
     model_name: str
-    provider: str
+    custom_llm_provider: str
     upstream_model: str
     api_base: str | None
     api_key: str | None = msgspec.field(default=None)
@@ -31,9 +38,13 @@ class Deployment(msgspec.Struct, frozen=True, kw_only=True):
     mock_response: Any = None
     input_cost_per_token: float = 0.0
     output_cost_per_token: float = 0.0
+    drop_params: bool = False
+    extra_headers: dict[str, str] | None = None
+    provider: Any = None
 
     def __repr__(self) -> str:  # never show the upstream key
-        return f"Deployment({self.model_name!r} -> {self.provider}/{self.upstream_model} at {self.api_base})"
+        return (f"Deployment({self.model_name!r} -> {self.custom_llm_provider}/{self.upstream_model} "
+                f"at {self.api_base})")
 
     @property
     def completions_url(self) -> str:
@@ -43,25 +54,112 @@ class Deployment(msgspec.Struct, frozen=True, kw_only=True):
         return prompt_tokens * self.input_cost_per_token + completion_tokens * self.output_cost_per_token
 
 
+def _first_env(names: tuple[str, ...], environ: Mapping[str, str]) -> str | None:
+    for name in names:
+        if environ.get(name):
+            return environ[name]
+    return None
+
+
+def _param_problem(provider_class: type[Provider], path: str, exc: msgspec.ValidationError) -> str:
+    message = str(exc)
+    field = message.rsplit("at `$.", 1)[-1].rstrip("`") if "at `$." in message else ""
+    reason = message.split(" - at ")[0]
+    unknown = reason.startswith("Object contains unknown field")
+    if unknown:
+        name = reason.split("`")[1]
+        known = [*provider_class.Params.__struct_fields__, "api_base", "api_key", "timeout", "mock_response",
+                 "drop_params", "input_cost_per_token", "output_cost_per_token"]
+        hint = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
+        own = ", ".join(provider_class.Params.__struct_fields__) or "none"
+        return (f"{path}.{name}: not a parameter of {provider_class.custom_llm_provider}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "") + f"; its own parameters: {own}")
+    return f"{path}.{field}: {reason}" if field else f"{path}: {reason}"
+
+
+def build_deployments(settings: Settings, registry: ProviderRegistry,
+                      environ: Mapping[str, str] | None = None) -> dict[str, Deployment]:
+    """Every model of ``settings.model_list`` as a :class:`Deployment` with its provider; raises
+    :class:`ConfigError` listing every problem (YAML paths) at once."""
+    environ = os.environ if environ is None else environ
+    problems: list[str] = []
+    deployments: dict[str, Deployment] = {}
+    global_drop = settings.litellm_settings.drop_params
+    for index, entry in enumerate(settings.model_list):
+        path = f"model_list[{index}].litellm_params"
+        deployment = _deployment(entry, path, registry, environ, global_drop, problems)
+        if deployment is not None:
+            deployments[entry.model_name] = deployment
+    if problems:
+        raise ConfigError(problems)
+    return deployments
+
+
+def _deployment(entry: ModelEntry, path: str, registry: ProviderRegistry, environ: Mapping[str, str],
+                global_drop: bool, problems: list[str]) -> Deployment | None:
+    params = entry.litellm_params
+    name, _, upstream = params.model.partition("/")
+    if not upstream:
+        name, upstream = params.custom_llm_provider or "openai", params.model
+    try:
+        provider_class = registry.get(name)
+    except UnknownProvider as exc:
+        problems.append(f"{path}.model: {exc}")
+        return None
+    try:
+        provider_params = msgspec.convert(params.extra, provider_class.Params, strict=False)
+    except msgspec.ValidationError as exc:
+        problems.append(_param_problem(provider_class, path, exc))
+        return None
+    from_env = {field: value for field, names in provider_class.params_env.items()
+                if getattr(provider_params, field, None) is None and (value := _first_env(names, environ))}
+    if from_env:
+        provider_params = msgspec.structs.replace(provider_params, **from_env)
+    deployment = Deployment(
+        model_name=entry.model_name, custom_llm_provider=name, upstream_model=upstream,
+        api_base=params.api_base or _first_env(provider_class.api_base_env, environ) or provider_class.default_api_base,
+        api_key=params.api_key or _first_env(provider_class.api_key_env, environ),
+        timeout=params.timeout, mock_response=params.mock_response,
+        input_cost_per_token=params.input_cost_per_token, output_cost_per_token=params.output_cost_per_token,
+        drop_params=global_drop if params.drop_params is None else params.drop_params)
+    if params.mock_response is None:  # an offline model needs no upstream
+        found = provider_class.check(deployment, provider_params, environ)
+        if found:
+            problems.extend(f"{path}.{p}" if not p.startswith(path) else p for p in found)
+            return None
+        base = deployment.api_base
+        if base is not None and not base.startswith(("http://", "https://")):
+            problems.append(f"{path}.api_base: not an http(s) URL: {base!r}")
+            return None
+    try:
+        deployment.provider = provider_class(deployment, provider_params)
+    except Exception as exc:  # a third-party provider refusing its configuration
+        problems.append(f"{path}: {name} refused this configuration: {exc}")
+        return None
+    return deployment
+
+
 class ModelRouter:
     __slots__ = ("deployments",)
 
-    def __init__(self, entries: list[ModelEntry]) -> None:
-        self.deployments: dict[str, Deployment] = {}
-        for entry in entries:
-            params = entry.litellm_params
-            provider, _, upstream = params.model.partition("/")
-            if not upstream:
-                provider, upstream = "openai", params.model
-            self.deployments[entry.model_name] = Deployment(
-                model_name=entry.model_name, provider=provider, upstream_model=upstream,
-                api_base=params.api_base or DEFAULT_API_BASES.get(provider), api_key=params.api_key,
-                timeout=params.timeout, mock_response=params.mock_response,
-                input_cost_per_token=params.input_cost_per_token,
-                output_cost_per_token=params.output_cost_per_token)
+    def __init__(self, deployments: Mapping[str, Deployment]) -> None:
+        self.deployments: dict[str, Deployment] = dict(deployments)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, registry: ProviderRegistry,
+                      environ: Mapping[str, str] | None = None) -> ModelRouter:
+        return cls(build_deployments(settings, registry, environ))
 
     def get(self, name: str) -> Deployment | None:
         return self.deployments.get(name)
 
     def names(self) -> list[str]:
         return list(self.deployments)
+
+    async def start(self, clients: ProviderClients) -> None:
+        for deployment in self.deployments.values():
+            await deployment.provider.start(clients)
+
+    async def aclose(self) -> None:
+        for deployment in self.deployments.values():
+            await deployment.provider.aclose()

@@ -14,14 +14,15 @@ import msgspec
 import yarl
 
 from sluicegate import __version__
-from sluicegate.errors import ApiError
-from sluicegate.sinks.http import (
+from sluicegate.net.http import (
     HttpClient,
     HttpClientError,
     HttpTimeoutError,
     StreamedResponse,
     encode_headers,
 )
+
+from sluicegate.providers.base import UpstreamError, openai_error
 
 if TYPE_CHECKING:
     from sluicegate.providers.models import Deployment
@@ -31,43 +32,27 @@ __all__ = ("UPSTREAM_CLIENTS", "UpstreamClient", "UpstreamError", "make_upstream
 _json = msgspec.json.Encoder()
 
 
-class UpstreamError(ApiError):
-    """The upstream answered with an error status, or could not be reached in time."""
-
-
 def _base_headers(deployment: Deployment) -> dict[str, str]:
     headers = {"content-type": "application/json"}
     if deployment.api_key:
         headers["authorization"] = f"Bearer {deployment.api_key}"
+    if deployment.extra_headers:
+        headers.update(deployment.extra_headers)
     return headers
 
 
 def _error_from(status: int, content: bytes, deployment: Deployment) -> UpstreamError:
-    message = f"upstream {deployment.provider} returned HTTP {status}"
-    etype, param, code = "upstream_error", None, str(status)
-    try:
-        body = msgspec.json.decode(content)
-        error = body.get("error") if isinstance(body, dict) else None
-        if isinstance(error, dict):
-            message = str(error.get("message") or message)
-            etype = str(error.get("type") or etype)
-            param = error.get("param")
-            code = error.get("code") if error.get("code") is not None else code
-        elif isinstance(error, str):
-            message = error
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        pass
-    return UpstreamError(status, message, type=etype, param=param, code=code)
+    return openai_error(status, content, deployment.custom_llm_provider)
 
 
 def _timed_out(deployment: Deployment) -> UpstreamError:
-    return UpstreamError(504, f"upstream {deployment.provider} timed out after {deployment.timeout:g}s",
+    return UpstreamError(504, f"upstream {deployment.custom_llm_provider} timed out after {deployment.timeout:g}s",
                          type="timeout", code="504")
 
 
 def _unreachable(deployment: Deployment, exc: BaseException) -> UpstreamError:
     reason = f"{exc.kind} failed" if isinstance(exc, HttpClientError) else type(exc).__name__
-    return UpstreamError(502, f"upstream {deployment.provider} unreachable: {reason}",
+    return UpstreamError(502, f"upstream {deployment.custom_llm_provider} unreachable: {reason}",
                          type="upstream_unreachable", code="502")
 
 
@@ -158,7 +143,7 @@ MAX_UPSTREAM_ANSWER_BYTES = 64 * 1024 * 1024
 
 
 class BuiltinUpstream(UpstreamClient):
-    """Completions over the gateway's own HTTP/1.1 client (:mod:`sluicegate.sinks.http`), streamed or not. The
+    """Completions over the gateway's own HTTP/1.1 client (:mod:`sluicegate.net.http`), streamed or not. The
     default: per request it costs a fraction of aiohttp's CPU (``bench/``: aiohttp's client was about a quarter
     of the gateway's CPU under load).
 

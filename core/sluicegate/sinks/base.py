@@ -100,7 +100,7 @@ class Sink(abc.ABC):
         self.callback_vars = callback_vars
         self.destination_policy: DestinationPolicy = TRUSTED
         """Where this instance may connect: the core sets it for callbacks written through the admin API. Pass it
-        to :class:`sluicegate.sinks.http.HttpClient` (``policy=``) or check resolved addresses with its
+        to :class:`sluicegate.net.http.HttpClient` (``policy=``) or check resolved addresses with its
         ``address_problem`` before connecting by other means."""
 
     @classmethod

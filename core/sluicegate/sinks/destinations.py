@@ -6,7 +6,7 @@ written through the admin API (a key's ``metadata.logging``, ``/team/{id}/callba
 
 - a network destination is checked as text when the callback is written (:meth:`DestinationPolicy.url_problem`)
   and its resolved address again at every connection (:meth:`DestinationPolicy.address_problem`, called by
-  :class:`sluicegate.sinks.http.HttpClient` and :class:`CheckingResolver`), so a name that resolves elsewhere
+  :class:`sluicegate.net.http.HttpClient` and :class:`CheckingResolver`), so a name that resolves elsewhere
   later (DNS rebinding) is refused before a socket opens;
 - a file path must resolve under the file sink root (:meth:`DestinationPolicy.file_problem` and
   :meth:`DestinationPolicy.open_append`, which opens it without following any symlink below the root).

@@ -2,7 +2,7 @@
 
 Every instance (one per Langfuse project, i.e. per distinct credentials) is a few hundred bytes: the
 protobuf encoding is done here, and delivery goes through one pooled HTTP client per event loop
-(``sluicegate.sinks.http``) shared by all instances, so 10,000 projects cost no more threads or sockets than
+(``sluicegate.net.http``) shared by all instances, so 10,000 projects cost no more threads or sockets than
 one. The ``langfuse`` SDK gives the attribute names (``LangfuseOtelSpanAttributes``) and the typed API client
 used by the health check; its tracer, batch processor and threads are not used (they are per project and
 thread-hungry).
@@ -39,8 +39,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 from sluicegate.sinks.base import CallbackVars, HealthResult, SecretStr, Sink
+from sluicegate.net.http import HttpClient, HttpClientError, encode_headers
 from sluicegate.sinks.destinations import DestinationPolicy, aiohttp_connector_factory
-from sluicegate.sinks.http import HttpClient, HttpClientError, encode_headers
 from sluicegate.sinks.protowire import RepeatedKeyValues, field_fixed64, field_len, key_values, tag
 from sluicegate.sinks.scrub import Scrubber
 

@@ -4,7 +4,7 @@ Why no ``TracerProvider``: the SDK's pipeline is one provider, one ``BatchSpanPr
 exporter per destination, which is how LiteLLM leaked a thread per team. Here an instance holds only its
 parsed settings. ``send`` writes the spans in the OTLP protobuf wire format itself (checked against the SDK's
 own encoder in the tests) on the running event loop, and posts them there: the core's lean HTTP/1.1 client
-(``sluicegate.sinks.http``) for ``http/protobuf`` and ``http/json``, ``grpc.aio`` for ``grpc``. Both transports
+(``sluicegate.net.http``) for ``http/protobuf`` and ``http/json``, ``grpc.aio`` for ``grpc``. Both transports
 are shared by every instance on the loop, so no thread exists per destination, and a slow endpoint only holds
 the connection of the instance that is waiting on it.
 """
@@ -41,8 +41,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from sluicegate.events import REDACTED
 from sluicegate.sinks.base import CallbackVars, HealthResult, SecretStr, Sink
+from sluicegate.net.http import HttpClient, HttpClientError, encode_headers
 from sluicegate.sinks.destinations import DestinationPolicy
-from sluicegate.sinks.http import HttpClient, HttpClientError, encode_headers
 from sluicegate.sinks.protowire import (
     RepeatedKeyValues,
     field_fixed32,

@@ -1,0 +1,380 @@
+"""Anthropic (``anthropic/<model>``): OpenAI chat requests translated to the Messages API and back.
+
+``POST {api_base}/v1/messages`` with ``x-api-key`` and ``anthropic-version``. System messages are lifted into
+``system``; ``max_tokens`` defaults as in LiteLLM (``DEFAULT_ANTHROPIC_CHAT_MAX_TOKENS``, else 4096); tools,
+``tool_choice`` and ``parallel_tool_calls``; images from data URLs (base64) and http(s) URLs; ``stop_reason`` and
+usage (cache read and creation tokens included) mapped as LiteLLM maps them. A stream's events are translated
+one by one as they arrive: nothing is buffered beyond the event being read.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar
+
+import msgspec
+
+from sluicegate.errors import ApiError
+from sluicegate.net.http import encode_headers
+from sluicegate.providers.base import Provider, ProviderParams, UpstreamError, request_id_header
+
+__all__ = ("AnthropicParams", "AnthropicProvider")
+
+_json = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+
+ANTHROPIC_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+
+FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+                  "pause_turn": "stop", "refusal": "content_filter", "model_context_window_exceeded": "length"}
+
+ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
+                "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
+                "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
+
+
+class AnthropicParams(ProviderParams, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    extra_headers: dict[str, str] | None = None
+    """Headers added to every upstream request (``anthropic-beta``, say)."""
+
+
+class AnthropicProvider(Provider):
+    custom_llm_provider: ClassVar[str] = "anthropic"
+    Params = AnthropicParams
+    default_api_base: ClassVar[str | None] = "https://api.anthropic.com"
+    api_base_env: ClassVar[tuple[str, ...]] = ("ANTHROPIC_API_BASE", "ANTHROPIC_BASE_URL")
+    api_key_env: ClassVar[tuple[str, ...]] = ("ANTHROPIC_API_KEY",)
+    api_key_required: ClassVar[bool] = True
+    # The Messages API as the official SDK types it (anthropic 2.16) takes no sampling parameters: temperature,
+    # top_p and top_k are refused like any other unsupported key (or dropped with drop_params).
+    supported_params: ClassVar[frozenset[str] | None] = frozenset({
+        "max_tokens", "max_completion_tokens", "stop", "tools", "tool_choice", "parallel_tool_calls", "user", "n"})
+    params: AnthropicParams
+
+    def __init__(self, deployment: Any, params: ProviderParams) -> None:
+        super().__init__(deployment, params)
+        base = (deployment.api_base or "").rstrip("/")
+        self.url = base if base.endswith("/v1/messages") else f"{base}/v1/messages"
+        headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION,
+                   "x-api-key": deployment.api_key or ""}
+        headers.update(self.params.extra_headers or {})
+        self._head = encode_headers(headers)
+        self.default_max_tokens = int(os.environ.get("DEFAULT_ANTHROPIC_CHAT_MAX_TOKENS") or DEFAULT_MAX_TOKENS)
+
+    def accepted(self, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("n") not in (None, 1):  # one answer per request is all the Messages API gives
+            if not self.deployment.drop_params:
+                raise ApiError(400, "anthropic does not support n > 1; remove it, or set drop_params: true",
+                               param="n", code="unsupported_params")
+            body = {k: v for k, v in body.items() if k != "n"}
+        return super().accepted(body)
+
+    # errors -------------------------------------------------------------------------------------------
+    def error_from(self, status: int, content: bytes) -> UpstreamError:
+        message, etype = f"upstream anthropic returned HTTP {status}", "upstream_error"
+        try:
+            data = _decoder.decode(content)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            data = None
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict):
+            message = str(error.get("message") or message)
+            etype = str(error.get("type") or etype)
+        return UpstreamError(status, message, type=etype, code=str(status))
+
+    # request ------------------------------------------------------------------------------------------
+    def translate_request(self, body: Mapping[str, Any], *, stream: bool) -> dict[str, Any]:
+        system, messages = _messages(body.get("messages") or [])
+        request: dict[str, Any] = {"model": self.deployment.upstream_model, "messages": messages}
+        if system:
+            plain = all(set(block) == {"type", "text"} for block in system)
+            request["system"] = "\n".join(b["text"] for b in system) if plain and len(system) == 1 else system
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        request["max_tokens"] = int(max_tokens) if max_tokens else self.default_max_tokens
+        stop = body.get("stop")
+        if stop:
+            request["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        tools = body.get("tools")
+        if tools:
+            request["tools"] = [_tool(t) for t in tools]
+        choice = _tool_choice(body.get("tool_choice"))
+        if body.get("parallel_tool_calls") is False and (tools or choice):
+            choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
+        if choice is not None:
+            request["tool_choice"] = choice
+        if body.get("user"):
+            request["metadata"] = {"user_id": str(body["user"])}
+        if stream:
+            request["stream"] = True
+        return request
+
+    def _headers(self, request_id: str) -> bytes:
+        return self._head + request_id_header(request_id)
+
+    # answers ------------------------------------------------------------------------------------------
+    async def complete(self, body: Mapping[str, Any], *, request_id: str) -> dict[str, Any]:
+        payload = _json.encode(self.translate_request(body, stream=False))
+        content = await self.post(self.url, payload, self._headers(request_id))
+        try:
+            message = _decoder.decode(content)
+        except msgspec.DecodeError:
+            raise UpstreamError(502, "upstream anthropic returned a body that is not JSON",
+                                type="upstream_error", code="502") from None
+        return self.translate_response(message)
+
+    def translate_response(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        texts: list[str] = []
+        reasoning: list[str] = []
+        tool_calls: list[dict[str, Any]] = []
+        for block in message.get("content") or ():
+            kind = block.get("type")
+            if kind == "text":
+                texts.append(block.get("text") or "")
+            elif kind == "thinking":
+                reasoning.append(block.get("thinking") or "")
+            elif kind == "tool_use":
+                tool_calls.append({"id": block.get("id"), "type": "function",
+                                   "function": {"name": block.get("name"),
+                                                "arguments": _json.encode(block.get("input") or {}).decode()}})
+        answer: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
+        if reasoning:
+            answer["reasoning_content"] = "".join(reasoning)
+        if tool_calls:
+            answer["tool_calls"] = tool_calls
+        return {"id": message.get("id"), "object": "chat.completion", "created": int(time.time()),
+                "model": message.get("model") or self.deployment.upstream_model,
+                "choices": [{"index": 0, "message": answer,
+                             "finish_reason": FINISH_REASONS.get(message.get("stop_reason") or "", "stop")}],
+                "usage": _usage(message.get("usage") or {})}
+
+    async def stream(self, body: Mapping[str, Any], *, request_id: str) -> AsyncIterator[dict[str, Any]]:
+        payload = _json.encode(self.translate_request(body, stream=True))
+        response = await self.post_stream(self.url, payload, self._headers(request_id))
+        try:
+            translator = _StreamTranslator(self.deployment.upstream_model)
+            async for _event, data in self.sse_events(response):
+                try:
+                    event = _decoder.decode(data)
+                except msgspec.DecodeError:
+                    continue
+                if not isinstance(event, dict):
+                    continue
+                for chunk in translator.feed(event):
+                    yield chunk
+                if translator.finished:
+                    break
+        finally:
+            await response.aclose()
+
+
+class _StreamTranslator:
+    """Anthropic stream events → OpenAI chunks, one event at a time."""
+
+    __slots__ = ("base", "model", "tool_index", "block_tools", "usage", "finished", "finish_reason")
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.base: dict[str, Any] = {"id": None, "object": "chat.completion.chunk", "created": int(time.time()),
+                                     "model": model}
+        self.tool_index = -1
+        self.block_tools: dict[int, int] = {}  # content block index -> OpenAI tool_calls index
+        self.usage: dict[str, Any] = {}
+        self.finished = False
+        self.finish_reason: str | None = None
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return {**self.base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+
+    def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        kind = event.get("type")
+        if kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            dtype = delta.get("type")
+            if dtype == "text_delta":
+                return [self._chunk({"content": delta.get("text", "")})]
+            if dtype == "input_json_delta":
+                index = self.block_tools.get(int(event.get("index", 0)), max(self.tool_index, 0))
+                return [self._chunk({"tool_calls": [{"index": index, "function": {
+                    "arguments": delta.get("partial_json", "")}}]})]
+            if dtype == "thinking_delta":
+                return [self._chunk({"reasoning_content": delta.get("thinking", "")})]
+            return []
+        if kind == "content_block_start":
+            block = event.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                self.tool_index += 1
+                self.block_tools[int(event.get("index", 0))] = self.tool_index
+                return [self._chunk({"tool_calls": [{"index": self.tool_index, "id": block.get("id"),
+                                                     "type": "function", "function": {
+                                                         "name": block.get("name"), "arguments": ""}}]})]
+            if block.get("type") == "text" and block.get("text"):
+                return [self._chunk({"content": block["text"]})]
+            return []
+        if kind == "message_start":
+            message = event.get("message") or {}
+            self.base["id"] = message.get("id")
+            self.base["model"] = message.get("model") or self.model
+            self.usage = dict(message.get("usage") or {})
+            return [self._chunk({"role": "assistant", "content": ""})]
+        if kind == "message_delta":
+            usage = event.get("usage") or {}
+            self.usage.update({k: v for k, v in usage.items() if v is not None})  # cumulative counts
+            reason = (event.get("delta") or {}).get("stop_reason")
+            self.finish_reason = FINISH_REASONS.get(reason or "", "stop")
+            return [self._chunk({}, self.finish_reason)]
+        if kind == "message_stop":
+            self.finished = True
+            return [{**self.base, "choices": [], "usage": _usage(self.usage)}]
+        if kind == "error":
+            error = event.get("error") or {}
+            etype = str(error.get("type") or "api_error")
+            raise UpstreamError(ERROR_STATUS.get(etype, 500), str(error.get("message") or "anthropic stream error"),
+                                type=etype, code=str(ERROR_STATUS.get(etype, 500)))
+        return []  # ping, content_block_stop, and event types added later
+
+
+# translation helpers ----------------------------------------------------------------------------------
+def _usage(usage: Mapping[str, Any]) -> dict[str, Any]:
+    """Anthropic usage → OpenAI's, as LiteLLM maps it: cache reads and writes count as prompt tokens."""
+    fresh = int(usage.get("input_tokens") or 0)
+    read = int(usage.get("cache_read_input_tokens") or 0)
+    created = int(usage.get("cache_creation_input_tokens") or 0)
+    output = int(usage.get("output_tokens") or 0)
+    prompt = fresh + read + created
+    return {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output,
+            "prompt_tokens_details": {"cached_tokens": read, "cache_creation_tokens": created},
+            "cache_read_input_tokens": read, "cache_creation_input_tokens": created}
+
+
+def _text_blocks(content: Any) -> list[dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks = []
+    for part in content:
+        if isinstance(part, dict) and part.get("type") == "text":
+            block = {"type": "text", "text": part.get("text", "")}
+            if part.get("cache_control"):
+                block["cache_control"] = part["cache_control"]
+            blocks.append(block)
+    return blocks
+
+
+def _image(part: Mapping[str, Any]) -> dict[str, Any]:
+    image = part.get("image_url")
+    url = image.get("url", "") if isinstance(image, dict) else str(image or "")
+    if url.startswith("data:"):
+        header, _, data = url.partition(",")
+        media_type = header[5:].split(";", 1)[0] or "image/png"
+        if ";base64" not in header:
+            raise ApiError(400, "image_url: data URLs must be base64-encoded for anthropic", param="messages")
+        source: dict[str, Any] = {"type": "base64", "media_type": media_type, "data": data}
+    elif url.startswith(("http://", "https://")):
+        source = {"type": "url", "url": url}
+    else:
+        raise ApiError(400, "image_url: expected a data: URL or an http(s) URL", param="messages")
+    block: dict[str, Any] = {"type": "image", "source": source}
+    if part.get("cache_control"):
+        block["cache_control"] = part["cache_control"]
+    return block
+
+
+def _user_blocks(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str) or content is None:
+        return _text_blocks(content)
+    blocks = []
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "text":
+            blocks.extend(_text_blocks([part]))
+        elif part.get("type") == "image_url":
+            blocks.append(_image(part))
+        else:
+            raise ApiError(400, f"messages: content part type {part.get('type')!r} is not supported by anthropic",
+                           param="messages")
+    return blocks
+
+
+def _arguments(raw: Any) -> Any:
+    if isinstance(raw, dict):
+        return raw
+    if not raw:
+        return {}
+    try:
+        return _decoder.decode(raw)
+    except (msgspec.DecodeError, TypeError):
+        raise ApiError(400, "messages: a tool call's function.arguments is not valid JSON",
+                       param="messages") from None
+
+
+def _messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """OpenAI messages → (system blocks, Anthropic messages), consecutive same-role turns merged."""
+    system: list[dict[str, Any]] = []
+    result: list[dict[str, Any]] = []
+    for message in messages:
+        if not isinstance(message, dict):
+            raise ApiError(400, "messages: each message must be an object", param="messages")
+        role = message.get("role")
+        content = message.get("content")
+        if role in ("system", "developer"):
+            system.extend(_text_blocks(content))
+            continue
+        if role == "user":
+            turn, blocks = "user", _user_blocks(content)
+        elif role == "assistant":
+            turn, blocks = "assistant", _text_blocks(content)
+            for call in message.get("tool_calls") or ():
+                function = call.get("function") or {}
+                blocks.append({"type": "tool_use", "id": call.get("id"), "name": function.get("name"),
+                               "input": _arguments(function.get("arguments"))})
+        elif role in ("tool", "function"):
+            result_block: dict[str, Any] = {"type": "tool_result",
+                                            "tool_use_id": message.get("tool_call_id") or message.get("name")}
+            if isinstance(content, str):
+                result_block["content"] = content
+            else:
+                result_block["content"] = _text_blocks(content)
+            turn, blocks = "user", [result_block]
+        else:
+            raise ApiError(400, f"messages: role {role!r} is not supported by anthropic", param="messages")
+        if not blocks:
+            continue
+        if result and result[-1]["role"] == turn:
+            result[-1]["content"].extend(blocks)
+        else:
+            result.append({"role": turn, "content": blocks})
+    return system, result
+
+
+def _tool(tool: Mapping[str, Any]) -> dict[str, Any]:
+    function = tool.get("function") if tool.get("type", "function") == "function" else None
+    if not isinstance(function, dict) or not function.get("name"):
+        raise ApiError(400, "tools: each tool must be {type: function, function: {name, parameters}}",
+                       param="tools")
+    converted: dict[str, Any] = {"name": function["name"],
+                                 "input_schema": function.get("parameters") or {"type": "object", "properties": {}}}
+    if function.get("description"):
+        converted["description"] = function["description"]
+    if tool.get("cache_control"):
+        converted["cache_control"] = tool["cache_control"]
+    return converted
+
+
+def _tool_choice(choice: Any) -> dict[str, Any] | None:
+    if choice is None:
+        return None
+    if choice == "auto":
+        return {"type": "auto"}
+    if choice == "required":
+        return {"type": "any"}
+    if choice == "none":
+        return {"type": "none"}
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict) and choice["function"].get("name"):
+        return {"type": "tool", "name": choice["function"]["name"]}
+    raise ApiError(400, "tool_choice: expected auto, required, none or {type: function, function: {name}}",
+                   param="tool_choice")

@@ -1,0 +1,121 @@
+"""Azure OpenAI (``azure/<deployment>``): OpenAI's body and answers at Azure's URLs, with Azure's auth.
+
+- Deployment API: ``{api_base}/openai/deployments/{deployment}/chat/completions?api-version={api_version}``.
+- v1 API (``api_version: v1``, ``latest`` or ``preview``): ``{api_base}/openai/v1/chat/completions``, the
+  deployment name as ``model`` (``?api-version=preview`` for ``preview``).
+- Auth: ``api-key: <api_key>``, or ``Authorization: Bearer <azure_ad_token>``.
+
+Bodies and answers are OpenAI's, so they pass as bytes (the fast path). Error answers are OpenAI-shaped too;
+a content-filter refusal keeps Azure's ``code: content_filter`` and its ``innererror`` (which category fired).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import msgspec
+
+from sluicegate.net.http import encode_headers
+from sluicegate.providers.base import (
+    Provider,
+    ProviderParams,
+    SSEDecoder,
+    UpstreamError,
+    openai_error,
+    request_id_header,
+)
+from sluicegate.providers.openai_compatible import upstream_body
+
+__all__ = ("AzureParams", "AzureProvider")
+
+_decoder = msgspec.json.Decoder()
+V1_VERSIONS = ("v1", "latest", "preview")
+
+
+class AzureParams(ProviderParams, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    api_version: str | None = None
+    """Azure's ``api-version`` (e.g. ``2024-10-21``), or ``v1`` / ``latest`` / ``preview`` for the v1 API.
+    Default: ``AZURE_API_VERSION``. Required."""
+    azure_ad_token: str | None = None
+    """An Entra ID token sent as ``Authorization: Bearer`` instead of ``api-key``. Default: ``AZURE_AD_TOKEN``."""
+    extra_headers: dict[str, str] | None = None
+    """Headers added to every upstream request."""
+
+
+class AzureProvider(Provider):
+    custom_llm_provider: ClassVar[str] = "azure"
+    Params = AzureParams
+    api_base_env: ClassVar[tuple[str, ...]] = ("AZURE_API_BASE",)
+    api_key_env: ClassVar[tuple[str, ...]] = ("AZURE_OPENAI_API_KEY", "AZURE_API_KEY")
+    api_base_required: ClassVar[bool] = True
+    params_env: ClassVar[dict[str, tuple[str, ...]]] = {"api_version": ("AZURE_API_VERSION",),
+                                                        "azure_ad_token": ("AZURE_AD_TOKEN",)}
+    params: AzureParams
+
+    def __init__(self, deployment: Any, params: ProviderParams) -> None:
+        super().__init__(deployment, params)
+        version = self.params.api_version or ""
+        token = self.params.azure_ad_token
+        base = (deployment.api_base or "").rstrip("/")
+        if base.endswith("/openai"):
+            base = base[: -len("/openai")]
+        if version in V1_VERSIONS:
+            self.url = f"{base}/openai/v1/chat/completions" + ("?api-version=preview" if version == "preview" else "")
+        else:
+            name = quote(deployment.upstream_model, safe="")
+            self.url = f"{base}/openai/deployments/{name}/chat/completions?api-version={quote(version, safe='')}"
+        headers = {"content-type": "application/json"}
+        if deployment.api_key:
+            headers["api-key"] = deployment.api_key
+        elif token:
+            headers["authorization"] = f"Bearer {token}"
+        headers.update(self.params.extra_headers or {})
+        self._head = encode_headers(headers)
+
+    @classmethod
+    def check(cls, deployment: Any, params: ProviderParams, environ: Mapping[str, str]) -> list[str]:
+        problems = super().check(deployment, params, environ)
+        assert isinstance(params, AzureParams)
+        if not params.api_version:
+            problems.append("api_version: required for azure (e.g. 2024-10-21, or v1; or set AZURE_API_VERSION)")
+        if not (deployment.api_key or params.azure_ad_token):
+            problems.append("api_key: required for azure (or azure_ad_token; or set AZURE_OPENAI_API_KEY, "
+                            "AZURE_API_KEY or AZURE_AD_TOKEN)")
+        return problems
+
+    def _headers(self, request_id: str) -> bytes:
+        return self._head + request_id_header(request_id)
+
+    def error_from(self, status: int, content: bytes) -> UpstreamError:
+        error = openai_error(status, content, self.custom_llm_provider)
+        if error.code in ("content_filter", "ResponsibleAIPolicyViolation"):
+            error.code = "content_filter"
+            error.type = "content_policy_violation"
+            if not error.message or error.message.startswith("upstream azure returned"):
+                error.message = "the request was refused by Azure's content filter"
+        return error
+
+    async def complete_bytes(self, body: dict[str, Any], raw: bytes | None, request_id: str) -> bytes:
+        return await self.post(self.url, upstream_body(body, raw, self.deployment.upstream_model),
+                               self._headers(request_id))
+
+    async def open_stream(self, body: dict[str, Any], raw: bytes | None, request_id: str) -> Any:
+        return await self.post_stream(self.url, upstream_body(body, raw, self.deployment.upstream_model),
+                                      self._headers(request_id))
+
+    async def complete(self, body: Mapping[str, Any], *, request_id: str) -> dict[str, Any]:
+        return _decoder.decode(await self.complete_bytes(dict(body), None, request_id))
+
+    async def stream(self, body: Mapping[str, Any], *, request_id: str) -> AsyncIterator[dict[str, Any]]:
+        response = await self.open_stream(dict(body), None, request_id)
+        decoder = SSEDecoder()
+        try:
+            async for data in response.aiter_raw():
+                for _, payload in decoder.feed(data):
+                    if payload.strip() == b"[DONE]":
+                        return
+                    yield _decoder.decode(payload)
+        finally:
+            await response.aclose()

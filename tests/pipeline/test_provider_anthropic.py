@@ -1,0 +1,420 @@
+"""The ``anthropic`` provider end to end: the official ``openai`` SDK → the gateway → a fake Anthropic on loopback.
+
+The fake speaks the Messages API: it checks every request it receives against the official ``anthropic`` SDK's
+request types (``MessageCreateParams*``, block and tool types, unknown keys refused) and builds its answers and
+stream events from the SDK's response models, so a translation the real API would refuse fails here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anthropic.types as at
+import openai
+import pytest
+from aiohttp import web
+from anthropic.types.message_create_params import MessageCreateParamsNonStreaming, MessageCreateParamsStreaming
+from pydantic import TypeAdapter
+
+pytestmark = pytest.mark.usefixtures("acme", "clean_env")
+
+API_KEY = "sk-ant-test-key"
+MODEL = "claude-test-1"
+_REQUEST = {False: TypeAdapter(MessageCreateParamsNonStreaming), True: TypeAdapter(MessageCreateParamsStreaming)}
+_BLOCKS = {"text": at.TextBlockParam, "image": at.ImageBlockParam, "tool_use": at.ToolUseBlockParam,
+           "tool_result": at.ToolResultBlockParam}
+
+
+def _keys(typed_dict: Any) -> set[str]:
+    return set(typed_dict.__required_keys__) | set(typed_dict.__optional_keys__)
+
+
+def _materialize(value: Any) -> Any:
+    """Pydantic validates iterables lazily: walk everything so every nested item is checked."""
+    if isinstance(value, dict):
+        return {k: _materialize(v) for k, v in value.items()}
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return value
+    return [_materialize(v) for v in value]
+
+
+def validate_request(body: dict[str, Any]) -> None:
+    """Raise ValueError unless ``body`` is a Messages API request by the SDK's own types (no unknown keys)."""
+    stream = bool(body.get("stream"))
+    kind = MessageCreateParamsStreaming if stream else MessageCreateParamsNonStreaming
+    unknown = set(body) - _keys(kind)
+    if unknown:
+        raise ValueError(f"unknown request keys {sorted(unknown)}")
+    _materialize(_REQUEST[stream].validate_python(body))
+    for message in body["messages"]:
+        content = message["content"]
+        for block in [] if isinstance(content, str) else content:
+            allowed = _keys(_BLOCKS[block["type"]])
+            if set(block) - allowed:
+                raise ValueError(f"unknown keys in a {block['type']} block: {sorted(set(block) - allowed)}")
+            if block["type"] == "image":
+                source_type = at.Base64ImageSourceParam if block["source"]["type"] == "base64" else at.URLImageSourceParam
+                if set(block["source"]) - _keys(source_type):
+                    raise ValueError("unknown keys in an image source")
+    for tool in body.get("tools") or ():
+        if set(tool) - _keys(at.ToolParam):
+            raise ValueError(f"unknown tool keys {sorted(set(tool) - _keys(at.ToolParam))}")
+    if isinstance(body.get("system"), list):
+        for block in body["system"]:
+            if set(block) - _keys(at.TextBlockParam):
+                raise ValueError("unknown keys in a system block")
+
+
+def last_text(body: dict[str, Any]) -> str:
+    content = body["messages"][-1]["content"]
+    if isinstance(content, str):
+        return content
+    return " ".join(b.get("text", "") for b in content if b.get("type") == "text")
+
+
+class FakeAnthropic:
+    """``POST /v1/messages`` on loopback. What the last user turn says picks the behaviour."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.invalid: list[str] = []
+        self.gate = asyncio.Event()  # the slow stream waits here after its first delta
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    def _usage(self) -> at.Usage:
+        return at.Usage(input_tokens=11, output_tokens=7, cache_read_input_tokens=5, cache_creation_input_tokens=3)
+
+    def _message(self, body: dict[str, Any]) -> at.Message:
+        text = last_text(body)
+        last = body["messages"][-1]["content"]
+        got_result = not isinstance(last, str) and any(b.get("type") == "tool_result" for b in last)
+        if body.get("tools") and not got_result:
+            content: list[Any] = [at.TextBlock(type="text", text="Let me check."),
+                                  at.ToolUseBlock(type="tool_use", id="toolu_1", name="get_weather",
+                                                  input={"city": "Paris"}),
+                                  at.ToolUseBlock(type="tool_use", id="toolu_2", name="get_weather",
+                                                  input={"city": "Rome"})]
+            stop = "tool_use"
+        else:
+            content, stop = [at.TextBlock(type="text", text=f"You said: {text}")], "end_turn"
+        if text == "long":
+            stop = "max_tokens"
+        return at.Message(id="msg_fake_1", type="message", role="assistant", model=MODEL, content=content,
+                          stop_reason=stop, stop_sequence=None, usage=self._usage())
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        body = json.loads(raw)
+        self.requests.append({"headers": dict(request.headers), "body": body})
+        if request.headers.get("x-api-key") != API_KEY:
+            return self._error(401, "authentication_error", "invalid x-api-key")
+        if request.headers.get("anthropic-version") != "2023-06-01":
+            return self._error(400, "invalid_request_error", "anthropic-version header is required")
+        try:
+            validate_request(body)
+        except ValueError as exc:
+            self.invalid.append(str(exc))
+            return self._error(400, "invalid_request_error", str(exc)[:500])
+        if last_text(body) == "overloaded":
+            return self._error(529, "overloaded_error", "Overloaded")
+        if not body.get("stream"):
+            return web.Response(body=self._message(body).model_dump_json(exclude_none=True),
+                                content_type="application/json")
+        return await self._stream(request, body)
+
+    def _error(self, status: int, kind: str, message: str) -> web.Response:
+        return web.json_response({"type": "error", "error": {"type": kind, "message": message}}, status=status)
+
+    async def _stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+
+        async def send(event: Any) -> None:
+            data = event.model_dump_json(exclude_none=True) if hasattr(event, "model_dump_json") else json.dumps(event)
+            kind = json.loads(data)["type"]
+            await response.write(f"event: {kind}\ndata: {data}\n\n".encode())
+
+        message = self._message(body)
+        start = message.model_copy(update={"content": [], "stop_reason": None,
+                                           "usage": at.Usage(input_tokens=11, output_tokens=1,
+                                                             cache_read_input_tokens=5,
+                                                             cache_creation_input_tokens=3)})
+        await send(at.RawMessageStartEvent(type="message_start", message=start))
+        await send({"type": "ping"})
+        for index, block in enumerate(message.content):
+            if block.type == "text":
+                await send(at.RawContentBlockStartEvent(type="content_block_start", index=index,
+                                                        content_block=at.TextBlock(type="text", text="")))
+                words = block.text.split(" ")
+                for n, word in enumerate(words):
+                    await send(at.RawContentBlockDeltaEvent(type="content_block_delta", index=index, delta=at.TextDelta(
+                        type="text_delta", text=word if n == 0 else " " + word)))
+                    if last_text(body) == "slow" and n == 0:
+                        await self.gate.wait()
+                    if last_text(body) == "break" and n == 1:
+                        await send({"type": "error", "error": {"type": "overloaded_error",
+                                                                "message": "Overloaded mid-stream"}})
+                        return response
+            else:
+                await send(at.RawContentBlockStartEvent(type="content_block_start", index=index,
+                                                        content_block=block.model_copy(update={"input": {}})))
+                arguments = json.dumps(block.input)
+                for piece in (arguments[:5], arguments[5:]):
+                    await send(at.RawContentBlockDeltaEvent(type="content_block_delta", index=index,
+                                                            delta=at.InputJSONDelta(type="input_json_delta",
+                                                                                    partial_json=piece)))
+            await send(at.RawContentBlockStopEvent(type="content_block_stop", index=index))
+        await send(at.RawMessageDeltaEvent(type="message_delta", delta={"stop_reason": message.stop_reason,
+                                                                         "stop_sequence": None},
+                                           usage=at.MessageDeltaUsage(output_tokens=7)))
+        await send(at.RawMessageStopEvent(type="message_stop"))
+        return response
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/messages", self.messages)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        self.gate.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeAnthropic]:
+    server = FakeAnthropic()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def events(receiver, monkeypatch):
+    monkeypatch.setenv("ACME_URL", f"{receiver.url}/dest/global")
+    monkeypatch.setenv("ACME_TOKEN", "global-token")
+    return receiver
+
+
+def models(fake: FakeAnthropic, **extra: Any) -> list[dict[str, Any]]:
+    return [{"model_name": "claude", "litellm_params": {
+        "model": f"anthropic/{MODEL}", "api_base": fake.url, "api_key": API_KEY, "timeout": 10,
+        "input_cost_per_token": 0.001, "output_cost_per_token": 0.002, **extra}}]
+
+
+def sdk(gw: Any, key: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=str(gw.client.base_url).rstrip("/") + "/v1", api_key=key, max_retries=0, timeout=20)
+
+
+async def test_chat_translates_system_images_and_usage_and_logs_the_event(fake, events, make_config, start) -> None:
+    async with start(make_config(models=models(fake), litellm={"callbacks": ["acme"]})) as gw:
+        client = sdk(gw, await gw.new_key())
+        answer = await client.chat.completions.create(model="claude", messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "what is this"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}],
+            stop="END", user="user-7")
+        assert answer.choices[0].message.content == "You said: what is this"
+        assert answer.choices[0].finish_reason == "stop"
+        assert (answer.usage.prompt_tokens, answer.usage.completion_tokens, answer.usage.total_tokens) == (19, 7, 26)
+        assert answer.usage.prompt_tokens_details.cached_tokens == 5
+        assert fake.invalid == []
+        sent = fake.requests[-1]["body"]
+        assert sent["system"] == "Be brief." and sent["max_tokens"] == 4096  # LiteLLM's default
+        assert sent["stop_sequences"] == ["END"] and sent["metadata"] == {"user_id": "user-7"}
+        images = [b["source"] for b in sent["messages"][0]["content"] if b["type"] == "image"]
+        assert images == [{"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
+                          {"type": "url", "url": "https://example.com/cat.png"}]
+        assert await events.wait_for_async(lambda: len(events.events("/dest/global")) >= 1)
+        (event,) = events.events("/dest/global")
+        assert event["custom_llm_provider"] == "anthropic" and event["model"] == MODEL
+        assert (event["prompt_tokens"], event["completion_tokens"]) == (19, 7)
+        assert event["response_cost"] == pytest.approx(19 * 0.001 + 7 * 0.002)
+
+
+async def test_max_tokens_from_the_request_and_length_finish(fake, make_config, start) -> None:
+    async with start(make_config(models=models(fake))) as gw:
+        client = sdk(gw, await gw.new_key())
+        answer = await client.chat.completions.create(model="claude", max_tokens=50,
+                                                      messages=[{"role": "user", "content": "long"}])
+        assert answer.choices[0].finish_reason == "length"
+        assert fake.requests[-1]["body"]["max_tokens"] == 50 and fake.invalid == []
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                           "parameters": {"type": "object",
+                                                          "properties": {"city": {"type": "string"}}}}}]
+
+
+async def test_tools_round_trip_with_parallel_calls(fake, make_config, start) -> None:
+    async with start(make_config(models=models(fake))) as gw:
+        client = sdk(gw, await gw.new_key())
+        messages: list[Any] = [{"role": "user", "content": "weather in Paris and Rome?"}]
+        first = await client.chat.completions.create(model="claude", messages=messages, tools=TOOLS,
+                                                     tool_choice="required", parallel_tool_calls=False)
+        choice = first.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        calls = choice.message.tool_calls
+        assert [(c.id, c.function.name, json.loads(c.function.arguments)) for c in calls] == [
+            ("toolu_1", "get_weather", {"city": "Paris"}), ("toolu_2", "get_weather", {"city": "Rome"})]
+        sent = fake.requests[-1]["body"]
+        assert sent["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
+        assert sent["tools"][0]["input_schema"]["properties"] == {"city": {"type": "string"}}
+        messages.append(choice.message.model_dump(exclude_none=True))
+        messages += [{"role": "tool", "tool_call_id": c.id, "content": f"sunny in {c.id}"} for c in calls]
+        second = await client.chat.completions.create(model="claude", messages=messages, tools=TOOLS)
+        assert second.choices[0].message.content.startswith("You said")
+        assert fake.invalid == []
+        turns = fake.requests[-1]["body"]["messages"]
+        assert [t["role"] for t in turns] == ["user", "assistant", "user"]  # tool results merged in one turn
+        assert [b["type"] for b in turns[1]["content"]] == ["text", "tool_use", "tool_use"]
+        assert [b["tool_use_id"] for b in turns[2]["content"]] == ["toolu_1", "toolu_2"]
+
+
+async def test_stream_with_include_usage_and_tool_call_deltas(fake, events, make_config, start) -> None:
+    async with start(make_config(models=models(fake), litellm={"callbacks": ["acme"]})) as gw:
+        client = sdk(gw, await gw.new_key())
+        stream = await client.chat.completions.create(model="claude", stream=True,
+                                                      stream_options={"include_usage": True},
+                                                      messages=[{"role": "user", "content": "hello there friend"}])
+        chunks = [chunk async for chunk in stream]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == "You said: hello there friend"
+        assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+        assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == 19
+        assert chunks[-1].usage.completion_tokens == 7
+        tool_stream = await client.chat.completions.create(model="claude", stream=True, tools=TOOLS,
+                                                           messages=[{"role": "user", "content": "weather?"}])
+        calls: dict[int, dict[str, str]] = {}
+        async for chunk in tool_stream:
+            assert chunk.usage is None  # not asked for
+            for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                slot = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
+                slot["id"] += call.id or ""
+                slot["name"] += (call.function.name or "") if call.function else ""
+                slot["arguments"] += (call.function.arguments or "") if call.function else ""
+        assert {i: (c["id"], c["name"], json.loads(c["arguments"])) for i, c in calls.items()} == {
+            0: ("toolu_1", "get_weather", {"city": "Paris"}), 1: ("toolu_2", "get_weather", {"city": "Rome"})}
+        assert fake.invalid == []
+        assert await events.wait_for_async(lambda: len(events.events("/dest/global")) >= 2)
+        logged = sorted(events.events("/dest/global"), key=lambda e: e["startTime"])
+        assert all(e["stream"] and e["custom_llm_provider"] == "anthropic" for e in logged)
+        assert [(e["prompt_tokens"], e["completion_tokens"]) for e in logged] == [(19, 7), (19, 7)]
+        assert logged[1]["response"]["choices"][0]["message"]["tool_calls"][1]["function"]["name"] == "get_weather"
+
+
+async def test_stream_chunks_reach_the_client_before_the_upstream_finishes(fake, make_config, start) -> None:
+    async with start(make_config(models=models(fake))) as gw:
+        client = sdk(gw, await gw.new_key())
+        stream = await client.chat.completions.create(model="claude", stream=True,
+                                                      messages=[{"role": "user", "content": "slow"}])
+        received: list[str] = []
+        async for chunk in stream:
+            piece = chunk.choices[0].delta.content if chunk.choices else None
+            if piece:
+                received.append(piece)
+                if len(received) == 1:
+                    # the fake holds the rest until this gate opens: the first word arrived unbuffered
+                    assert not fake.gate.is_set()
+                    fake.gate.set()
+        assert "".join(received) == "You said: slow"
+
+
+async def test_errors_are_openai_shaped_before_and_during_a_stream(fake, events, make_config, start) -> None:
+    bad_key = models(fake, api_key="sk-ant-wrong")[0] | {"model_name": "claude-bad"}
+    async with start(make_config(models=[*models(fake), bad_key], litellm={"callbacks": ["acme"]})) as gw:
+        client = sdk(gw, await gw.new_key())
+        with pytest.raises(openai.AuthenticationError) as denied:
+            await client.chat.completions.create(model="claude-bad", messages=[{"role": "user", "content": "hi"}])
+        assert denied.value.body["type"] == "authentication_error" and "x-api-key" in denied.value.body["message"]
+        with pytest.raises(openai.APIStatusError) as busy:
+            await client.chat.completions.create(model="claude", stream=True,
+                                                 messages=[{"role": "user", "content": "overloaded"}])
+        assert busy.value.status_code == 529 and busy.value.body["type"] == "overloaded_error"
+        stream = await client.chat.completions.create(model="claude", stream=True,
+                                                      messages=[{"role": "user", "content": "break"}])
+        with pytest.raises(openai.APIError) as broken:
+            async for _ in stream:
+                pass
+        assert "Overloaded mid-stream" in str(broken.value)
+        # negative control: the same model answers a normal request
+        ok = await client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}])
+        assert ok.choices[0].message.content == "You said: hi"
+        assert await events.wait_for_async(lambda: len(events.events("/dest/global")) >= 4)
+        logged = sorted(events.events("/dest/global"), key=lambda e: e["startTime"])
+        assert [e["status"] for e in logged] == ["failure", "failure", "failure", "success"]
+        assert logged[2]["error_str"] == "Overloaded mid-stream"
+
+
+async def test_unsupported_parameter_is_400_naming_it_unless_drop_params(fake, make_config, start) -> None:
+    dropping = models(fake, drop_params=True)[0] | {"model_name": "claude-drop"}
+    async with start(make_config(models=[*models(fake), dropping])) as gw:
+        client = sdk(gw, await gw.new_key())
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.chat.completions.create(model="claude", frequency_penalty=0.5,
+                                                 messages=[{"role": "user", "content": "hi"}])
+        message = refused.value.body["message"]
+        assert "frequency_penalty" in message and "anthropic" in message and "drop_params" in message
+        assert fake.requests == []  # refused before any upstream call
+        answer = await client.chat.completions.create(model="claude-drop", frequency_penalty=0.5,
+                                                      messages=[{"role": "user", "content": "hi"}])
+        assert answer.choices[0].message.content == "You said: hi"
+        assert "frequency_penalty" not in fake.requests[-1]["body"] and fake.invalid == []
+
+
+async def test_global_drop_params_applies_to_every_model(fake, make_config, start) -> None:
+    async with start(make_config(models=models(fake), litellm={"drop_params": True})) as gw:
+        client = sdk(gw, await gw.new_key())
+        answer = await client.chat.completions.create(model="claude", seed=3, n=1, temperature=0.2,
+                                                      messages=[{"role": "user", "content": "hi"}])
+        assert answer.choices[0].message.content == "You said: hi"
+        assert not {"seed", "temperature", "n"} & set(fake.requests[-1]["body"]) and fake.invalid == []
+
+
+def test_fake_validation_refuses_what_the_real_api_would() -> None:
+    """The negative control of every ``fake.invalid == []`` above: the SDK types do catch bad requests."""
+    good = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    validate_request(good)
+    for bad in ({**good, "max_tokens": None}, {**good, "frequency_penalty": 1}, {**good, "temperature": 0.5},
+                {**good, "messages": [{"role": "tool", "content": "x"}]},
+                {**good, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]},
+                {**good, "tools": [{"type": "function", "function": {"name": "f"}}]}):
+        with pytest.raises(Exception):  # noqa: B017 - pydantic's ValidationError or our ValueError
+            validate_request(bad)
+
+
+async def test_translation_cpu_per_request_is_small() -> None:
+    """Measured, not asserted tightly: request and response translation of a typical chat (printed with -s)."""
+    from sluicegate.providers.anthropic import AnthropicProvider
+    from sluicegate.providers.models import Deployment
+
+    deployment = Deployment(model_name="c", custom_llm_provider="anthropic", upstream_model=MODEL,
+                            api_base="http://127.0.0.1:9", api_key=API_KEY)
+    provider = AnthropicProvider(deployment, AnthropicProvider.Params())
+    body = {"model": "c", "messages": [{"role": "system", "content": "Be brief."},
+                                       {"role": "user", "content": "Hello, how are you today?"}],
+            "max_tokens": 256}
+    answer = FakeAnthropic()._message({"messages": [{"role": "user", "content": "hi"}]}).model_dump(exclude_none=True)
+    import msgspec
+
+    raw_answer = msgspec.json.encode(answer)
+    rounds = 5000
+    started = time.process_time()
+    for _ in range(rounds):
+        msgspec.json.encode(provider.translate_request(provider.accepted(body), stream=False))
+        msgspec.json.encode(provider.translate_response(msgspec.json.decode(raw_answer)))
+    per_request_us = (time.process_time() - started) / rounds * 1e6
+    print(f"anthropic translation: {per_request_us:.1f} us CPU per request")
+    assert per_request_us < 1000  # a sanity bound for a shared CI core; the measured figure is far below
+
