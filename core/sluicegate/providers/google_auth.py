@@ -157,6 +157,8 @@ class AccessTokens:
         """The one refresh in flight, started if none is."""
         if self._inflight is None or self._inflight.done():
             self._inflight = asyncio.ensure_future(self._do_refresh())
+            # a failure nobody awaits any more (the request timed out) is still retrieved, not reported at exit
+            self._inflight.add_done_callback(lambda done: done.cancelled() or done.exception())
         return self._inflight
 
     def _refresh_blocking(self) -> tuple[str, datetime.datetime | None]:
