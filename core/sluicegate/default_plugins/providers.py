@@ -5,7 +5,9 @@ from __future__ import annotations
 from sluicegate.hookspecs import hookimpl
 from sluicegate.providers.anthropic import AnthropicProvider
 from sluicegate.providers.azure import AzureProvider
+from sluicegate.providers.gemini import GeminiProvider
 from sluicegate.providers.openai_compatible import openai_compatible_providers
+from sluicegate.providers.vertex_ai import VertexAIProvider
 
 
 @hookimpl
@@ -14,3 +16,5 @@ def register_providers(register) -> None:
         register(provider_class)
     register(AzureProvider)
     register(AnthropicProvider)
+    register(GeminiProvider)
+    register(VertexAIProvider)
