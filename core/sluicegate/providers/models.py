@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ("Deployment", "ModelRouter", "build_deployments")
 
-log = logging.getLogger("sluicegate")
+log = logging.getLogger("sluicegate.cost")
 
 
 class Deployment(msgspec.Struct, kw_only=True):
