@@ -5,9 +5,19 @@ chunked request bodies, and every response body precomputed, so it is never the 
 (it answers ~10x what the gateway can on the same core; see bench/README.md).
 
 Modes:
-- ``upstream`` (default): ``POST /v1/chat/completions`` and ``/chat/completions`` answer a fixed completion
-  with usage, or, when the body has ``"stream": true``, an SSE stream (role chunk, content chunks, a finish
-  chunk, a usage chunk, ``[DONE]``); ``GET /v1/models`` lists one model; anything else is a JSON 404.
+- ``upstream`` (default): every wire format in :data:`WIRES`, matched on the request's path (first match wins):
+  - ``anthropic``: ``POST /v1/messages`` answers an Anthropic message with usage, or with ``"stream": true`` the
+    Messages API's SSE events (``message_start``, ``content_block_start``, ``ping``, a ``content_block_delta`` per
+    word, ``content_block_stop``, ``message_delta``, ``message_stop``);
+  - ``azure``: ``POST /openai/deployments/{deployment}/chat/completions?api-version=...`` (and the v1 API's
+    ``/openai/v1/chat/completions``) answers OpenAI's completion or stream with Azure's additions
+    (``prompt_filter_results``, per-choice ``content_filter_results``, the leading filter-results chunk);
+  - ``openai``: ``POST /v1/chat/completions`` and ``/chat/completions`` answer a fixed completion with usage, or,
+    when the body has ``"stream": true``, an SSE stream (role chunk, content chunks, a finish chunk, a usage
+    chunk, ``[DONE]``).
+  Every format answers the same text in the same number of chunks, so rows differ only by translation.
+  ``GET /v1/models`` lists one model; anything else is a JSON 404. Another provider's row (Gemini, Bedrock) adds
+  its answer bytes and one entry in :data:`WIRES`, and its model in ``bench/run.py``'s ``PROVIDER_MODELS``.
 - ``receiver``: every request is answered ``200`` with an empty ``application/x-protobuf`` body (an empty
   ``ExportTraceServiceResponse``), standing in for Langfuse's OTLP endpoint and an OTel collector. It counts
   requests and bytes and reports them on ``GET /stats``.
@@ -23,8 +33,9 @@ import json
 import re
 import signal
 import sys
+from collections.abc import Callable
 
-__all__ = ("COMPLETION", "main", "serve")
+__all__ = ("COMPLETION", "WIRES", "main", "serve")
 
 MODEL = "mock-gpt"
 CONTENT = "Hello from the sluicegate bench mock upstream."
@@ -36,7 +47,7 @@ COMPLETION = json.dumps({
 }, separators=(",", ":")).encode()
 
 
-def _sse_body() -> bytes:
+def _sse_events() -> list[bytes]:
     base = {"id": "chatcmpl-bench0000000000000000000", "object": "chat.completion.chunk", "created": 1700000000,
             "model": MODEL}
     chunks = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
@@ -49,8 +60,7 @@ def _sse_body() -> bytes:
                                                      "total_tokens": 17}})
     events = [b"data: " + json.dumps(c, separators=(",", ":")).encode() + b"\n\n" for c in chunks]
     events.append(b"data: [DONE]\n\n")
-    # One HTTP chunk per SSE event, all written at once: the mock never waits between tokens.
-    return b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+    return events
 
 
 def _response(status: str, content_type: bytes, body: bytes, close: bool = False) -> bytes:
@@ -61,9 +71,69 @@ def _response(status: str, content_type: bytes, body: bytes, close: bool = False
     return head + b"\r\n" + body
 
 
+def _stream_response(events: list[bytes]) -> bytes:
+    """An SSE answer: one HTTP chunk per event, all written at once (the mock never waits between tokens)."""
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+            + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n")
+
+
+def _compact(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+# Anthropic's Messages API (shapes as the anthropic SDK types them)
+ANTHROPIC_MODEL = "claude-sonnet-4-5"
+_ANTHROPIC_USAGE = {"input_tokens": 9, "output_tokens": 8, "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": 0, "service_tier": "standard"}
+ANTHROPIC_MESSAGE = _compact({
+    "id": "msg_bench0000000000000000000", "type": "message", "role": "assistant", "model": ANTHROPIC_MODEL,
+    "content": [{"type": "text", "text": CONTENT}], "stop_reason": "end_turn", "stop_sequence": None,
+    "usage": _ANTHROPIC_USAGE})
+
+
+def _anthropic_events() -> list[bytes]:
+    def event(name: str, data: object) -> bytes:
+        return b"event: " + name.encode() + b"\ndata: " + _compact(data) + b"\n\n"
+
+    events = [event("message_start", {"type": "message_start", "message": {
+        "id": "msg_bench0000000000000000000", "type": "message", "role": "assistant", "model": ANTHROPIC_MODEL,
+        "content": [], "stop_reason": None, "stop_sequence": None, "usage": {**_ANTHROPIC_USAGE, "output_tokens": 1}}}),
+        event("content_block_start", {"type": "content_block_start", "index": 0,
+                                      "content_block": {"type": "text", "text": ""}}),
+        event("ping", {"type": "ping"})]
+    for index, word in enumerate(CONTENT.split(" ")):
+        events.append(event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {
+            "type": "text_delta", "text": word if index == 0 else " " + word}}))
+    events += [event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+               event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn",
+                                                                          "stop_sequence": None},
+                                       "usage": {"output_tokens": 8}}),
+               event("message_stop", {"type": "message_stop"})]
+    return events
+
+
+# Azure OpenAI: OpenAI's shapes plus the content-filter results Azure adds
+_FILTERS = {name: {"filtered": False, "severity": "safe"} for name in ("hate", "self_harm", "sexual", "violence")}
+AZURE_COMPLETION = _compact({
+    **json.loads(COMPLETION),
+    "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": _FILTERS}],
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": CONTENT}, "finish_reason": "stop",
+                 "content_filter_results": _FILTERS}]})
+
+
+def _azure_events() -> list[bytes]:
+    first = {"id": "", "object": "", "created": 0, "model": "", "choices": [],
+             "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": _FILTERS}]}
+    return [b"data: " + _compact(first) + b"\n\n", *_sse_events()]
+
+
 RESP_COMPLETION = _response("200 OK", b"application/json", COMPLETION)
-RESP_STREAM = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-               b"Transfer-Encoding: chunked\r\n\r\n" + _sse_body())
+RESP_STREAM = _stream_response(_sse_events())
+RESP_ANTHROPIC = _response("200 OK", b"application/json", ANTHROPIC_MESSAGE)
+RESP_ANTHROPIC_STREAM = _stream_response(_anthropic_events())
+RESP_AZURE = _response("200 OK", b"application/json", AZURE_COMPLETION)
+RESP_AZURE_STREAM = _stream_response(_azure_events())
 RESP_MODELS = _response("200 OK", b"application/json", json.dumps(
     {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "bench"}]}).encode())
 RESP_404 = _response("404 Not Found", b"application/json",
@@ -75,6 +145,22 @@ RESP_RECEIVER = _response("200 OK", b"application/x-protobuf", b"")
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024
+
+
+def _by_stream_flag(completion: bytes, stream: bytes) -> Callable[[bytes, bytes], bytes]:
+    """An answer chosen by the body's ``"stream": true`` (OpenAI, Azure, Anthropic)."""
+    return lambda path, body: stream if _STREAM_TRUE.search(body) else completion
+
+
+WIRES: list[tuple[str, Callable[[bytes], bool], Callable[[bytes, bytes], bytes]]] = [
+    # (name, does this request path belong to it, (path, body) -> the whole HTTP response); first match wins
+    ("anthropic", lambda path: path.startswith(b"/v1/messages"),
+     _by_stream_flag(RESP_ANTHROPIC, RESP_ANTHROPIC_STREAM)),
+    ("azure", lambda path: path.startswith((b"/openai/deployments/", b"/openai/v1/chat/completions")),
+     _by_stream_flag(RESP_AZURE, RESP_AZURE_STREAM)),
+    ("openai", lambda path: path.endswith(b"/chat/completions"), _by_stream_flag(RESP_COMPLETION, RESP_STREAM)),
+]
+"""The wire formats the mock speaks. A new provider's row adds its precomputed answers and one entry here."""
 
 
 class _Stats:
@@ -156,9 +242,13 @@ class HttpProtocol(asyncio.Protocol):
             return RESP_RECEIVER
         self.stats.requests += 1
         self.stats.bytes += len(body)
-        if head.startswith(b"POST ") and b"/chat/completions" in head[:head.find(b"\r\n")]:
-            return RESP_STREAM if _STREAM_TRUE.search(body) else RESP_COMPLETION
-        if head.startswith(b"GET ") and b"/models" in head[:head.find(b"\r\n")]:
+        line = head[:head.find(b"\r\n")]
+        if head.startswith(b"POST "):
+            path = line.split(b" ", 2)[1] if line.count(b" ") >= 2 else b""
+            for _name, matches, answer in WIRES:
+                if matches(path):
+                    return answer(path, body)
+        if head.startswith(b"GET ") and b"/models" in line:
             return RESP_MODELS
         return RESP_404
 

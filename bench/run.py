@@ -63,6 +63,7 @@ class Row:
     sinks: str = "none"  # none | telemetry
     stream: bool = False
     workers: int = 1  # `sluicegate serve --workers N` / `uvicorn --workers N` (all on the server CPU)
+    provider: str = "openai"  # the gateway rows' upstream wire format: a key of PROVIDER_MODELS
 
 
 ROWS = [
@@ -72,6 +73,11 @@ ROWS = [
     Row("floor-w2", "floor with 2 uvicorn workers on one core", "bare", "aiohttp", workers=2),
     Row("floor-httpx", "bare Litestar + plain httpx client, uvicorn", "bare", "httpx"),
     Row("gw", "gateway, no sinks, builtin client (the default)", "gateway", "builtin", stream=True),
+    # translating providers, each against the mock speaking its wire format: compared with `gw` (OpenAI passthrough)
+    Row("gw-anthropic", "gateway, no sinks, anthropic provider (Messages API, translated)", "gateway", "builtin",
+        stream=True, provider="anthropic"),
+    Row("gw-azure", "gateway, no sinks, azure provider (deployment URL, api-key)", "gateway", "builtin",
+        stream=True, provider="azure"),
     Row("gw-aiohttp", "gateway, no sinks, aiohttp client", "gateway", "aiohttp"),
     Row("gw-httpx-aiohttp", "gateway, no sinks, httpx over the httpx-aiohttp transport", "gateway",
         "httpx-aiohttp"),
@@ -326,14 +332,23 @@ def team_ids(count: int) -> list[str]:
     return [f"bench-team-{i:05d}" for i in range(count)]
 
 
-def _model_and_key(upstream: str, master_key: str) -> list[str]:
+PROVIDER_MODELS: dict[str, list[str]] = {
+    # provider -> its `litellm_params` lines ({upstream} is the mock's base URL); each is priced from the table
+    "openai": [f"model: openai/{MODEL}", "api_base: {upstream}/v1", "base_model: gpt-4o-mini"],
+    "anthropic": ["model: anthropic/claude-sonnet-4-5", "api_base: {upstream}"],
+    "azure": [f"model: azure/{MODEL}", "api_base: {upstream}", "api_version: '2024-10-21'",
+              "base_model: gpt-4o-mini"],
+}
+"""The model every gateway row serves as ``mock-gpt``, by upstream wire format (bench.mock_upstream's WIRES)."""
+
+
+def _model_and_key(upstream: str, master_key: str, provider: str = "openai") -> list[str]:
     """config.yaml lines every server row shares: the mock upstream as the one model, and the master key."""
     return [
         "model_list:",
         f"  - model_name: {MODEL}",
         "    litellm_params:",
-        f"      model: openai/{MODEL}",
-        f"      api_base: {upstream}/v1",
+        *(f"      {line.format(upstream=upstream)}" for line in PROVIDER_MODELS[provider]),
         "      api_key: sk-upstream-bench",
         "      timeout: 30",
         "general_settings:",
@@ -342,9 +357,9 @@ def _model_and_key(upstream: str, master_key: str) -> list[str]:
 
 
 def gateway_config(workdir: Path, upstream: str, sinks: str, teams: list[str], receivers: dict[str, str],
-                   sink_mode: str) -> Path:
+                   sink_mode: str, provider: str = "openai") -> Path:
     lines = [
-        *_model_and_key(upstream, MASTER_KEY),
+        *_model_and_key(upstream, MASTER_KEY, provider),
         f"  database_url: sqlite+aiosqlite:///{workdir}/gateway.db",
         "litellm_settings:",
         "  callbacks: []",
@@ -543,7 +558,8 @@ class Bench:
         workdir = self.tmp / row.id
         workdir.mkdir()
         (workdir / "sinks").mkdir()
-        config = gateway_config(workdir, upstream, row.sinks, self.teams, self.receiver_urls, self.sink_mode)
+        config = gateway_config(workdir, upstream, row.sinks, self.teams, self.receiver_urls, self.sink_mode,
+                                row.provider)
         proc = self.procs.start(row.id, [str(VENV_BIN / "sluicegate"), "serve", "--config", str(config),
                                          "--port", str(port), "--log-level", "warning",
                                          "--workers", str(row.workers)],
@@ -730,6 +746,7 @@ def render(results: list[Result], args: argparse.Namespace, notes: list[str], el
             s = r.stream
             added = f"+{s.p50_ms - base.p50_ms:.2f} ms" if base and r is not direct else "—"
             out.append(f"| {r.label} | {s.rps:,.0f} | {s.p50_ms:.2f} | {s.p99_ms:.2f} | {added} |")
+    out += providers_vs_passthrough(by_id, cs)
     out += ["", "## Issue 8 targets (this run)", ""]
     out += targets(by_id, cs)
     extra = [f"- {r.id}: {n}" for r in results for n in r.notes]
@@ -762,6 +779,30 @@ def litellm_ratios(by_id: dict[str, Result], cs: list[int]) -> list[str]:
         out.append(f"| {what} | " + " | ".join(cells) + " |")
     out += ["", "RPS × = the gateway's throughput over LiteLLM's; p50/p99/CPU ÷ = LiteLLM's value over the "
             "gateway's (above 1: the gateway is faster / cheaper)."]
+    return out
+
+
+def providers_vs_passthrough(by_id: dict[str, Result], cs: list[int]) -> list[str]:
+    """Issue 22: a translating provider adds at most 30 µs of CPU per request over the OpenAI passthrough (`gw`)."""
+    base = by_id.get("gw")
+    rows = [r for r in by_id.values() if r.id.startswith("gw-") and r.points
+            and next((row.provider for row in ROWS if row.id == r.id), "openai") != "openai"]
+    if not (base and base.points and rows):
+        return []
+    out = ["", "## Providers vs the OpenAI passthrough (`gw`): CPU per request, throughput (issue 22: translation "
+           "adds ≤ 30 µs)", "", "| row | " + " | ".join(f"c={c} CPU µs/req (+µs vs gw) | RPS % of gw" for c in cs)
+           + " |", "|---|" + "---:|---:|" * len(cs)]
+    for r in [base, *rows]:
+        cells = []
+        for c in cs:
+            p, q = _point(r, c), _point(base, c)
+            if not (p and q and p.cpu_ms_per_req and q.cpu_ms_per_req and q.rps):
+                cells += ["—", "—"]
+                continue
+            delta = (p.cpu_ms_per_req - q.cpu_ms_per_req) * 1000
+            cells += [f"{p.cpu_ms_per_req * 1000:.0f}" + ("" if r is base else f" ({delta:+.0f})"),
+                      _pct(p.rps / q.rps)]
+        out.append(f"| {r.label} | " + " | ".join(cells) + " |")
     return out
 
 

@@ -232,7 +232,8 @@ class MockUpstream:
     - ``status`` (int) and ``body`` (JSON value, or ``raw`` text): answer with this error status and body;
     - ``delay`` (seconds) before the response headers — for timeouts;
     - ``chunk_delay`` (seconds) between streamed chunks;
-    - ``content`` (str): the assistant's answer.
+    - ``content`` (str): the assistant's answer;
+    - ``usage`` (dict): the usage to report instead of the default counts.
 
     Every request is recorded in ``requests`` as ``{"path", "headers", "body", "raw"}``;
     :meth:`find` looks one up by its ``x-request-id`` header (the gateway forwards its request id).
@@ -341,8 +342,8 @@ class MockUpstream:
         content = str(knobs.get("content", f"echo: {last}"))
         model = str(body.get("model"))
         ident = f"chatcmpl-mock-{uuid.uuid4().hex[:12]}"
-        usage = {"prompt_tokens": 7, "completion_tokens": len(content.split()),
-                 "total_tokens": 7 + len(content.split())}
+        usage = knobs.get("usage") or {"prompt_tokens": 7, "completion_tokens": len(content.split()),
+                                       "total_tokens": 7 + len(content.split())}
         if not body.get("stream"):
             return web.json_response({
                 "id": ident, "object": "chat.completion", "created": int(time.time()), "model": model,

@@ -54,8 +54,16 @@ class LiteLLMParams(msgspec.Struct, kw_only=True):
     api_key: str | None = None
     timeout: float = 600.0
     mock_response: Any = None
-    input_cost_per_token: float = 0.0
-    output_cost_per_token: float = 0.0
+    input_cost_per_token: float | None = None
+    output_cost_per_token: float | None = None
+    cache_read_input_token_cost: float | None = None
+    """USD per prompt token read from the provider's prompt cache (replaces the price table's; LiteLLM's key)."""
+    cache_creation_input_token_cost: float | None = None
+    """USD per prompt token written to the provider's prompt cache (replaces the price table's; LiteLLM's key)."""
+    output_cost_per_reasoning_token: float | None = None
+    """USD per reasoning token, where a provider bills them apart from other completion tokens (LiteLLM's key)."""
+    base_model: str | None = None
+    """The model to look prices up under when `model` does not name it (an Azure deployment name: `gpt-4o`)."""
     custom_llm_provider: str | None = None
     """The provider, when `model` has no `provider/` prefix (LiteLLM's key); the prefix wins otherwise."""
     drop_params: bool | None = None
@@ -67,7 +75,7 @@ class LiteLLMParams(msgspec.Struct, kw_only=True):
 
 LITELLM_IGNORED_PARAMS = frozenset({
     "rpm", "tpm", "max_parallel_requests", "order", "weight", "tags", "max_retries", "num_retries",
-    "stream_timeout", "base_model", "region_name", "litellm_credential_name", "use_in_pass_through",
+    "stream_timeout", "region_name", "litellm_credential_name", "use_in_pass_through",
     "use_litellm_proxy", "merge_reasoning_content_in_choices", "mock_testing_fallbacks",
     "cache_control_injection_points", "litellm_trace_id", "temperature", "max_tokens", "top_p", "seed",
     "configurable_clientside_auth_params", "model_info",

@@ -42,15 +42,18 @@ DESCRIPTIONS: dict[str, str] = {
     "Settings.sluicegate_settings": "Sluicegate's own tuning.",
     "ModelEntry.model_name": "What clients send as `model`. Several entries with one name are not allowed.",
     "ModelEntry.litellm_params": "How to reach the upstream model.",
-    "ModelEntry.model_info": "Free-form information about the model (LiteLLM's key).",
+    "ModelEntry.model_info": "Free-form information about the model (LiteLLM's key); its `base_model` and prices "
+                             "(`input_cost_per_token`, ...) count when `litellm_params` does not set them.",
     "LiteLLMParams.model": "`provider/model` upstream, e.g. `openai/gpt-4o`, `anthropic/claude-sonnet-4-5`, "
                            "`azure/<deployment>` (docs/providers.md).",
     "LiteLLMParams.api_base": "Upstream base URL, e.g. `https://api.openai.com/v1`.",
     "LiteLLMParams.api_key": "Upstream API key; use `os.environ/NAME`. Never logged.",
     "LiteLLMParams.timeout": "Seconds before the upstream call is abandoned (504).",
     "LiteLLMParams.mock_response": "Answer offline with this text instead of calling the upstream.",
-    "LiteLLMParams.input_cost_per_token": "Cost per prompt token, for `response_cost` in log events.",
-    "LiteLLMParams.output_cost_per_token": "Cost per completion token, for `response_cost` in log events.",
+    "LiteLLMParams.input_cost_per_token": "USD per prompt token, for `response_cost` in log events; replaces the "
+                                          "price table's (docs/providers.md#cost).",
+    "LiteLLMParams.output_cost_per_token": "USD per completion token, for `response_cost` in log events; replaces "
+                                           "the price table's.",
     "GeneralSettings.master_key": "The admin key (must start with `sk-`). Without it admin routes are closed.",
     "GeneralSettings.database_url": "`sqlite+aiosqlite:///./sluicegate.db` (default) or `postgresql+asyncpg://...`;"
                                     " the `DATABASE_URL` environment variable wins.",

@@ -87,7 +87,7 @@ class _Call:
             custom_llm_provider=deployment.custom_llm_provider if deployment else None,
             prompt_tokens=prompt, completion_tokens=completion,
             total_tokens=int(usage.get("total_tokens") or prompt + completion),
-            response_cost=deployment.cost(prompt, completion) if deployment and status == "success" else 0.0,
+            response_cost=deployment.cost(usage, self.start) if deployment and status == "success" else 0.0,
             startTime=self.start, endTime=end, completionStartTime=first_token_at or (end if response else None),
             response_time=end - self.start,
             messages=self.body.get("messages"), response=response,

@@ -97,6 +97,7 @@ class Provider(abc.ABC):
     - ``api_base_required`` / ``api_key_required``: a missing one stops start-up naming the YAML path.
     - ``supported_params``: the OpenAI request keys the provider can take (``None``: any, it forwards the body).
       Others are a 400 naming them, or dropped with ``drop_params: true``.
+    - ``price_provider``: the genai-prices provider whose prices apply (default: ``custom_llm_provider``).
     """
 
     custom_llm_provider: ClassVar[str] = ""
@@ -109,6 +110,9 @@ class Provider(abc.ABC):
     params_env: ClassVar[dict[str, tuple[str, ...]]] = {}
     """``Params`` fields filled from environment variables (in order) when the config leaves them unset."""
     supported_params: ClassVar[frozenset[str] | None] = None
+    price_provider: ClassVar[str | None] = None
+    """The provider's id in the genai-prices table, where it differs from ``custom_llm_provider`` and genai-prices
+    does not match that name itself (``fireworks_ai`` is ``fireworks`` there)."""
 
     def __init__(self, deployment: Deployment, params: ProviderParams) -> None:
         self.deployment = deployment

@@ -242,6 +242,7 @@ class GeminiStreamTranslator:
 
 class GeminiProvider(Provider):
     custom_llm_provider: ClassVar[str] = "gemini"
+    price_provider: ClassVar[str | None] = "google"  # genai-prices' id for Gemini (and Vertex AI's Gemini) models
     Params = GeminiParams
     default_api_base: ClassVar[str | None] = "https://generativelanguage.googleapis.com"
     api_base_env: ClassVar[tuple[str, ...]] = ("GEMINI_API_BASE",)

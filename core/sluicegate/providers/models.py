@@ -9,13 +9,17 @@ together, with its YAML path, as a :class:`~sluicegate.config.ConfigError`: neve
 from __future__ import annotations
 
 import difflib
+import logging
+import math
 import os
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from sluicegate.config import ConfigError
+from sluicegate.cost import PRICE_KEYS, Price, resolve_price
 from sluicegate.providers.registry import UnknownProvider
 
 if TYPE_CHECKING:
@@ -24,6 +28,8 @@ if TYPE_CHECKING:
     from sluicegate.providers.registry import ProviderRegistry
 
 __all__ = ("Deployment", "ModelRouter", "build_deployments")
+
+log = logging.getLogger("sluicegate.cost")
 
 
 class Deployment(msgspec.Struct, kw_only=True):
@@ -36,8 +42,10 @@ class Deployment(msgspec.Struct, kw_only=True):
     api_key: str | None = msgspec.field(default=None)
     timeout: float = 600.0
     mock_response: Any = None
-    input_cost_per_token: float = 0.0
-    output_cost_per_token: float = 0.0
+    price_model: str = ""
+    """The model looked up in the price table (``base_model`` when given, else the upstream model)."""
+    price: Price | None = None
+    """Resolved at start-up; None when neither the table nor the config prices the model (cost 0)."""
     drop_params: bool = False
     extra_headers: dict[str, str] | None = None
     provider: Any = None
@@ -50,8 +58,10 @@ class Deployment(msgspec.Struct, kw_only=True):
     def completions_url(self) -> str:
         return f"{(self.api_base or '').rstrip('/')}/chat/completions"
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return prompt_tokens * self.input_cost_per_token + completion_tokens * self.output_cost_per_token
+    def cost(self, usage: Mapping[str, Any], at: float) -> float:
+        """USD for an answer's OpenAI ``usage`` (0 for a model nobody priced); ``at``: when it was asked."""
+        price = self.price
+        return price.cost(usage, at) if price is not None else 0.0
 
 
 def _first_env(names: tuple[str, ...], environ: Mapping[str, str]) -> str | None:
@@ -69,7 +79,7 @@ def _param_problem(provider_class: type[Provider], path: str, exc: msgspec.Valid
     if unknown:
         name = reason.split("`")[1]
         known = [*provider_class.Params.__struct_fields__, "api_base", "api_key", "timeout", "mock_response",
-                 "drop_params", "input_cost_per_token", "output_cost_per_token"]
+                 "drop_params", "base_model", *PRICE_KEYS]
         hint = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
         own = ", ".join(provider_class.Params.__struct_fields__) or "none"
         return (f"{path}.{name}: not a parameter of {provider_class.custom_llm_provider}"
@@ -120,7 +130,6 @@ def _deployment(entry: ModelEntry, path: str, registry: ProviderRegistry, enviro
         api_base=params.api_base or _first_env(provider_class.api_base_env, environ) or provider_class.default_api_base,
         api_key=params.api_key or _first_env(provider_class.api_key_env, environ),
         timeout=params.timeout, mock_response=params.mock_response,
-        input_cost_per_token=params.input_cost_per_token, output_cost_per_token=params.output_cost_per_token,
         drop_params=global_drop if params.drop_params is None else params.drop_params)
     if params.mock_response is None:  # an offline model needs no upstream
         found = provider_class.check(deployment, provider_params, environ)
@@ -131,12 +140,42 @@ def _deployment(entry: ModelEntry, path: str, registry: ProviderRegistry, enviro
         if base is not None and not base.startswith(("http://", "https://")):
             problems.append(f"{path}.api_base: not an http(s) URL: {base!r}")
             return None
+    if not _price(deployment, entry, provider_class, path, problems):
+        return None
     try:
         deployment.provider = provider_class(deployment, provider_params)
     except Exception as exc:  # a third-party provider refusing its configuration
         problems.append(f"{path}: {name} refused this configuration: {exc}")
         return None
     return deployment
+
+
+def _price(deployment: Deployment, entry: ModelEntry, provider_class: type[Provider], path: str,
+           problems: list[str]) -> bool:
+    """Resolve the deployment's price once: ``litellm_params`` prices, else ``model_info``'s, else the table's
+    (key by key), looked up under ``base_model`` (``litellm_params``, then ``model_info``) or the upstream model."""
+    params = entry.litellm_params
+    info = entry.model_info or {}
+    overrides: dict[str, float] = {}
+    for key in PRICE_KEYS:
+        value = getattr(params, key)
+        where = path
+        if value is None and info.get(key) is not None:
+            value, where = info[key], path.rsplit(".", 1)[0] + ".model_info"
+            try:  # model_info is free-form: LiteLLM configs carry numbers, sometimes as strings
+                value = float(value)
+            except (TypeError, ValueError):
+                value = math.nan
+        if value is not None:
+            if not math.isfinite(value) or value < 0:
+                problems.append(f"{where}.{key}: expected a non-negative number (USD per token)")
+                return False
+            overrides[key] = value
+    base_model = params.base_model or info.get("base_model")
+    deployment.price_model = str(base_model) if base_model else deployment.upstream_model
+    table_provider = provider_class.price_provider or provider_class.custom_llm_provider
+    deployment.price = resolve_price(table_provider, deployment.price_model, overrides, time.time())
+    return True
 
 
 class ModelRouter:
@@ -156,7 +195,16 @@ class ModelRouter:
     def names(self) -> list[str]:
         return list(self.deployments)
 
+    def unpriced(self) -> list[str]:
+        """``provider/model`` of every configured model that neither the price table nor the config prices."""
+        return sorted({f"{d.custom_llm_provider}/{d.price_model}" for d in self.deployments.values()
+                       if d.price is None})
+
     async def start(self, clients: ProviderClients) -> None:
+        for name in self.unpriced():  # one line per model and process, never per request
+            log.warning("no price for %s (not in genai-prices' table): its response_cost is 0; set "
+                        "input_cost_per_token / output_cost_per_token in its litellm_params or model_info, or "
+                        "base_model to the model it is", name)
         for deployment in self.deployments.values():
             await deployment.provider.start(clients)
 

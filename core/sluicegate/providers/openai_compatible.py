@@ -111,6 +111,10 @@ OPENAI_COMPATIBLE: tuple[tuple[str, str | None, tuple[str, ...], tuple[str, ...]
 )
 
 
+_PRICE_PROVIDERS = {"fireworks_ai": "fireworks"}
+"""genai-prices' ids that its own matching does not find from LiteLLM's prefix."""
+
+
 class _OllamaProvider(OpenAICompatibleProvider):
     """Ollama's base may be written as the server root (LiteLLM's form): its OpenAI API lives under ``/v1``."""
 
@@ -129,5 +133,6 @@ def openai_compatible_providers() -> list[type[OpenAICompatibleProvider]]:
         classes.append(type(f"{name.title().replace('_', '')}Provider", (parent,), {
             "__doc__": f"``{name}/<model>``: OpenAI's wire protocol at {base or 'your api_base'}.",
             "custom_llm_provider": name, "default_api_base": base, "api_base_env": base_env,
-            "api_key_env": key_env, "api_base_required": base is None, "__module__": __name__}))
+            "api_key_env": key_env, "api_base_required": base is None,
+            "price_provider": _PRICE_PROVIDERS.get(name), "__module__": __name__}))
     return classes
