@@ -5,6 +5,7 @@ from __future__ import annotations
 from sluicegate.hookspecs import hookimpl
 from sluicegate.providers.anthropic import AnthropicProvider
 from sluicegate.providers.azure import AzureProvider
+from sluicegate.providers.bedrock import BedrockProvider
 from sluicegate.providers.openai_compatible import openai_compatible_providers
 
 
@@ -14,3 +15,4 @@ def register_providers(register) -> None:
         register(provider_class)
     register(AzureProvider)
     register(AnthropicProvider)
+    register(BedrockProvider)
