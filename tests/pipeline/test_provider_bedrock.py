@@ -49,6 +49,7 @@ ACCESS_KEY = "AKIDEXAMPLE"  # the AWS SigV4 test suite's credentials
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
 MODEL_ID = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 ROLE_ARN = "arn:aws:iam::123456789012:role/bedrock-caller"
+BEDROCK_API_KEY = "ABSKQmVkcm9ja0FQSUtleS10ZXN0LWtleQ=="  # a Bedrock API key's shape (Bearer auth, no SigV4)
 
 _SERVICE = get_session().get_service_model("bedrock-runtime")
 _CONVERSE = _SERVICE.operation_model("Converse")
@@ -100,6 +101,9 @@ def validate_request(operation: Any, model_id: str, body: dict[str, Any]) -> Non
         raise ValueError("modelId belongs in the path, not the body")
     params = from_wire(operation.input_shape, {"modelId": model_id, **body})
     validate(operation.input_shape, params)
+    tool_blocks = any("toolUse" in b or "toolResult" in b for m in body["messages"] for b in m["content"])
+    if tool_blocks and "toolConfig" not in body:  # Bedrock's own rule, beyond the shapes
+        raise ValueError("The toolConfig field must be defined when using toolUse and toolResult content blocks.")
 
 
 def to_wire(value: Any) -> Any:
@@ -228,7 +232,12 @@ class FakeBedrock:
         self.requests.append({"raw_path": request.raw_path, "headers": dict(request.headers), "body": body,
                               "model_id": model_id, "stream": streaming})
         try:
-            key_id = verify_sigv4(request, raw, "bedrock", self.known)
+            if request.headers.get("Authorization", "").startswith("Bearer "):
+                if request.headers["Authorization"] != f"Bearer {BEDROCK_API_KEY}":
+                    raise PermissionError("UnrecognizedClientException")
+                key_id = "api-key"
+            else:
+                key_id = verify_sigv4(request, raw, "bedrock", self.known)
         except PermissionError as exc:
             return self._error(403, str(exc), "The request signature we calculated does not match the signature "
                                               "you provided.")
@@ -616,3 +625,32 @@ async def test_translation_and_signing_cpu_per_request() -> None:
     sign_us = (time.process_time() - started) / rounds * 1e6
     print(f"bedrock translation: {translate_us:.1f} us CPU per request; SigV4 signing: {sign_us:.1f} us")
     assert translate_us < 1000 and sign_us < 5000  # sanity bounds for a shared core; the figures are far below
+
+
+async def test_api_key_history_without_tools_and_unavailable_credentials(fake, make_config, start) -> None:
+    register = [{"model_name": "keyed", "litellm_params": {
+                    "model": f"bedrock/converse/{MODEL_ID}", "api_base": fake.url, "aws_region_name": REGION,
+                    "api_key": BEDROCK_API_KEY}},
+                {"model_name": "no-creds", "litellm_params": {
+                    "model": f"bedrock/{MODEL_ID}", "aws_bedrock_runtime_endpoint": fake.url,
+                    "aws_region_name": REGION, "aws_profile_name": "no-such-profile-here"}}]
+    async with start(make_config(models=register)) as gw:
+        client = sdk(gw, await gw.new_key())
+        # a Bedrock API key goes as Bearer; bedrock/converse/<id> is the same model id
+        history = [{"role": "user", "content": "weather?"},
+                   {"role": "assistant", "content": None, "tool_calls": [
+                       {"id": "tooluse_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+                   {"role": "tool", "tool_call_id": "tooluse_1", "content": "sunny"}]
+        answer = await client.chat.completions.create(model="keyed", messages=history)  # no tools in this request
+        assert answer.choices[0].message.content.startswith("You said")
+        seen = fake.requests[-1]
+        assert seen["key_id"] == "api-key" and seen["model_id"] == MODEL_ID and fake.invalid == []
+        assert seen["body"]["toolConfig"]["tools"][0]["toolSpec"]["name"] == "dummy_tool"
+        # credentials that cannot be resolved: start-up goes on, the model answers 503 saying why
+        requests_before = len(fake.requests)
+        with pytest.raises(openai.APIStatusError) as unavailable:
+            await client.chat.completions.create(model="no-creds", messages=[{"role": "user", "content": "hi"}])
+        assert unavailable.value.status_code == 503
+        assert unavailable.value.body["code"] == "credentials_unavailable"
+        assert "ProfileNotFound" in unavailable.value.body["message"]
+        assert len(fake.requests) == requests_before  # nothing unsigned went upstream

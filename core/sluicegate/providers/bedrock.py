@@ -65,6 +65,8 @@ ERRORS: dict[str, tuple[int, str]] = {
 }
 STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 429: "rate_limit_error"}
+DUMMY_TOOL = {"toolSpec": {"name": "dummy_tool", "description": "This is a dummy tool call",
+                           "inputSchema": {"json": {"type": "object", "properties": {}}}}}
 IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/gif": "gif",
                  "image/webp": "webp"}
 
@@ -231,6 +233,9 @@ class BedrockProvider(Provider):
             request["toolConfig"] = config
         elif choice is not None and choice != "none":
             raise ApiError(400, "tool_choice: given without tools", param="tool_choice")
+        if "toolConfig" not in request and _has_tool_blocks(messages):
+            # Converse refuses toolUse / toolResult blocks without a toolConfig; LiteLLM adds a dummy tool too.
+            request["toolConfig"] = {"tools": [DUMMY_TOOL]}
         return request
 
     # answers ------------------------------------------------------------------------------------------
@@ -528,6 +533,10 @@ def _messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
         raise ApiError(400, "messages: bedrock needs at least one user or assistant message with content",
                        param="messages")
     return system, result
+
+
+def _has_tool_blocks(messages: list[dict[str, Any]]) -> bool:
+    return any("toolUse" in block or "toolResult" in block for m in messages for block in m["content"])
 
 
 def _tool(tool: Any) -> dict[str, Any]:
