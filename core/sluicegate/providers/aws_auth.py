@@ -143,8 +143,8 @@ class AwsCredentialSource:
     async def _refresh_loop(self) -> None:
         failures = 0
         while True:
-            if self._frozen is None or failures:
-                delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)] if failures else 0.0
+            if self._frozen is None or failures:  # start-up's attempt failed too: back off from the first step
+                delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
             else:
                 delay = self._next_wake()
             await asyncio.sleep(delay)
