@@ -559,6 +559,8 @@ async def test_bad_response_format_or_reasoning_effort_is_a_400_naming_it(fake, 
                              ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
                               "response_format"),
                              ({"reasoning_effort": "extreme"}, "reasoning_effort"),
+                             ({"reasoning_effort": ["high"]}, "reasoning_effort"),
+                             ({"stop": [1]}, "stop"),
                              ({"thinking": {"type": "sometimes"}}, "thinking"),
                              ({"messages": [{"role": "assistant", "content": "x", "thinking_blocks": [{"type": "x"}]},
                                             {"role": "user", "content": "hi"}]}, "messages")):

@@ -529,6 +529,9 @@ async def test_bad_input_is_a_400_naming_the_field_before_any_upstream_call(fake
                  ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
                  ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools"),
                  ({"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, "temperature"),
+                 ({"messages": [{"role": "user", "content": "hi"}], "stop": [1, 2]}, "stop"),
+                 ({"messages": [{"role": "user", "content": "hi"}], "tools": {"a": 1}}, "tools"),
+                 ({"messages": "hi"}, "messages"),
                  ({"messages": [{"role": "user", "content": "hi"}], "frequency_penalty": 1}, "frequency_penalty")]
         for body, field in cases:
             response = await gw.client.post("/v1/chat/completions", json={"model": "nova", **body},

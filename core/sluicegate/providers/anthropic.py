@@ -123,7 +123,9 @@ class AnthropicProvider(Provider):
             request["max_tokens"] = self.default_max_tokens + (int(budget) if isinstance(budget, int) else 0)
         stop = body.get("stop")
         if stop:
-            request["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+            if not (isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))):
+                raise ApiError(400, "stop: expected a string or a list of strings", param="stop")
+            request["stop_sequences"] = [stop] if isinstance(stop, str) else stop
         tools = body.get("tools")
         if tools:
             request["tools"] = [_tool(t) for t in tools]
@@ -153,7 +155,7 @@ class AnthropicProvider(Provider):
         effort = body.get("reasoning_effort")
         if effort is None or effort == "none":
             return None
-        if effort not in self.thinking_budgets:
+        if not isinstance(effort, str) or effort not in self.thinking_budgets:
             raise ApiError(400, f"reasoning_effort: expected one of none, {', '.join(self.thinking_budgets)}",
                            param="reasoning_effort")
         return {"type": "enabled", "budget_tokens": self.thinking_budgets[effort]}

@@ -108,8 +108,9 @@ class BedrockProvider(Provider):
         region = self.params.aws_region_name or ""
         self.region = region
         model = deployment.upstream_model
-        if model.startswith("converse/"):
+        if model.startswith("converse/"):  # LiteLLM's explicit route name: the same model id
             model = model[len("converse/"):]
+            deployment.upstream_model = model  # what log events and costs name
         self.model_id = model
         base = (deployment.api_base or self.params.aws_bedrock_runtime_endpoint
                 or f"https://bedrock-runtime.{region}.amazonaws.com").rstrip("/")
@@ -220,11 +221,15 @@ class BedrockProvider(Provider):
             inference["topP"] = _number(body["top_p"], "top_p", float)
         stop = body.get("stop")
         if stop:
-            inference["stopSequences"] = [stop] if isinstance(stop, str) else [str(s) for s in stop]
+            if not (isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))):
+                raise ApiError(400, "stop: expected a string or a list of strings", param="stop")
+            inference["stopSequences"] = [stop] if isinstance(stop, str) else stop
         if inference:
             request["inferenceConfig"] = inference
         tools = body.get("tools")
         choice = body.get("tool_choice")
+        if tools is not None and not isinstance(tools, list):
+            raise ApiError(400, "tools: expected a list", param="tools")
         if tools and choice != "none":
             config: dict[str, Any] = {"tools": [_tool(t) for t in tools]}
             mapped = _tool_choice(choice)
