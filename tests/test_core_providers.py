@@ -107,7 +107,8 @@ def test_a_model_answering_offline_needs_no_credentials(registry: ProviderRegist
 def test_provider_params_refuse_unknown_keys_and_wrong_types(registry: ProviderRegistry) -> None:
     assert problems(registry, {"model": "azure/d", "api_base": "https://r", "api_key": "k", "api_verison": "v1"}) == [
         "model_list[0].litellm_params.api_verison: not a parameter of azure (did you mean 'api_version'?); its "
-        "own parameters: api_version, azure_ad_token, extra_headers"]
+        "own parameters: api_version, azure_ad_token, tenant_id, client_id, client_secret, azure_scope, "
+        "azure_authority_host, extra_headers"]
     assert problems(registry, {"model": "openai/a", "api_bse": "http://h"})[0].startswith(
         "model_list[0].litellm_params.api_bse: not a parameter of openai (did you mean 'api_base'?)")
     (wrong,) = problems(registry, {"model": "anthropic/c", "api_key": "k", "extra_headers": ["x"]})

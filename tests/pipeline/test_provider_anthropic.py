@@ -26,7 +26,8 @@ API_KEY = "sk-ant-test-key"
 MODEL = "claude-test-1"
 _REQUEST = {False: TypeAdapter(MessageCreateParamsNonStreaming), True: TypeAdapter(MessageCreateParamsStreaming)}
 _BLOCKS = {"text": at.TextBlockParam, "image": at.ImageBlockParam, "tool_use": at.ToolUseBlockParam,
-           "tool_result": at.ToolResultBlockParam}
+           "tool_result": at.ToolResultBlockParam, "thinking": at.ThinkingBlockParam,
+           "redacted_thinking": at.RedactedThinkingBlockParam}
 
 
 def _keys(typed_dict: Any) -> set[str]:
@@ -63,6 +64,20 @@ def validate_request(body: dict[str, Any]) -> None:
     for tool in body.get("tools") or ():
         if set(tool) - _keys(at.ToolParam):
             raise ValueError(f"unknown tool keys {sorted(set(tool) - _keys(at.ToolParam))}")
+    output_format = (body.get("output_config") or {}).get("format")
+    if output_format is not None and set(output_format) - _keys(at.JSONOutputFormatParam):
+        raise ValueError("unknown keys in output_config.format")
+    thinking = body.get("thinking")
+    if thinking and thinking.get("type") == "enabled" and body["max_tokens"] <= thinking["budget_tokens"]:
+        raise ValueError("max_tokens must be greater than thinking.budget_tokens")
+    if thinking and thinking.get("type") == "enabled" and (body.get("tool_choice") or {}).get("type") in ("any", "tool"):
+        raise ValueError("Thinking may not be enabled when tool_choice forces tool use.")
+    for message in body["messages"]:  # with thinking on, an assistant turn that calls tools starts with thinking
+        content = message["content"]
+        kinds = [] if isinstance(content, str) else [b["type"] for b in content]
+        if thinking and thinking.get("type") == "enabled" and message["role"] == "assistant" and "tool_use" in kinds \
+                and kinds[0] not in ("thinking", "redacted_thinking"):
+            raise ValueError("Expected `thinking` or `redacted_thinking`, but found `tool_use`.")
     if isinstance(body.get("system"), list):
         for block in body["system"]:
             if set(block) - _keys(at.TextBlockParam):
@@ -93,7 +108,15 @@ class FakeAnthropic:
         text = last_text(body)
         last = body["messages"][-1]["content"]
         got_result = not isinstance(last, str) and any(b.get("type") == "tool_result" for b in last)
-        if body.get("tools") and not got_result:
+        forced = (body.get("tool_choice") or {}).get("name") == "json_tool_call" or (
+            body.get("thinking") and any(t["name"] == "json_tool_call" for t in body.get("tools") or ()))
+        if forced:
+            content = [at.ToolUseBlock(type="tool_use", id="toolu_json", name="json_tool_call",
+                                       input={"city": "Paris", "temp": 21})]
+            stop = "tool_use"
+        elif body.get("output_config"):
+            content, stop = [at.TextBlock(type="text", text='{"city": "Paris", "temp": 21}')], "end_turn"
+        elif body.get("tools") and not got_result:
             content: list[Any] = [at.TextBlock(type="text", text="Let me check."),
                                   at.ToolUseBlock(type="tool_use", id="toolu_1", name="get_weather",
                                                   input={"city": "Paris"}),
@@ -104,6 +127,9 @@ class FakeAnthropic:
             content, stop = [at.TextBlock(type="text", text=f"You said: {text}")], "end_turn"
         if text == "long":
             stop = "max_tokens"
+        if (body.get("thinking") or {}).get("type") == "enabled":
+            content = [at.ThinkingBlock(type="thinking", thinking="First, the weather. Then the answer.",
+                                        signature="sig-abc123"), *content]
         return at.Message(id="msg_fake_1", type="message", role="assistant", model=MODEL, content=content,
                           stop_reason=stop, stop_sequence=None, usage=self._usage())
 
@@ -147,7 +173,16 @@ class FakeAnthropic:
         await send(at.RawMessageStartEvent(type="message_start", message=start))
         await send({"type": "ping"})
         for index, block in enumerate(message.content):
-            if block.type == "text":
+            if block.type == "thinking":
+                await send(at.RawContentBlockStartEvent(type="content_block_start", index=index, content_block=
+                                                        at.ThinkingBlock(type="thinking", thinking="", signature="")))
+                for piece in block.thinking.split(". "):
+                    await send(at.RawContentBlockDeltaEvent(type="content_block_delta", index=index,
+                                                            delta=at.ThinkingDelta(type="thinking_delta",
+                                                                                   thinking=piece)))
+                await send(at.RawContentBlockDeltaEvent(type="content_block_delta", index=index, delta=at.SignatureDelta(
+                    type="signature_delta", signature=block.signature)))
+            elif block.type == "text":
                 await send(at.RawContentBlockStartEvent(type="content_block_start", index=index,
                                                         content_block=at.TextBlock(type="text", text="")))
                 words = block.text.split(" ")
@@ -418,3 +453,120 @@ async def test_translation_cpu_per_request_is_small() -> None:
     print(f"anthropic translation: {per_request_us:.1f} us CPU per request")
     assert per_request_us < 1000  # a sanity bound for a shared CI core; the measured figure is far below
 
+
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "temp": {"type": "integer"}},
+          "required": ["city", "temp"], "additionalProperties": False}
+JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "weather", "schema": SCHEMA, "strict": True}}
+
+
+async def test_response_format_json_schema_uses_structured_outputs_where_the_model_has_them(fake, make_config,
+                                                                                            start) -> None:
+    sonnet = models(fake, model="anthropic/claude-sonnet-4-5-20250929")[0] | {"model_name": "sonnet"}
+    async with start(make_config(models=[sonnet])) as gw:
+        client = sdk(gw, await gw.new_key())
+        answer = await client.chat.completions.create(model="sonnet", response_format=JSON_SCHEMA,
+                                                      messages=[{"role": "user", "content": "weather?"}])
+        assert json.loads(answer.choices[0].message.content) == {"city": "Paris", "temp": 21}
+        sent = fake.requests[-1]["body"]
+        assert sent["output_config"] == {"format": {"type": "json_schema", "schema": SCHEMA}}
+        assert "tools" not in sent and fake.invalid == []
+
+
+async def test_response_format_is_a_forced_tool_for_other_models(fake, make_config, start) -> None:
+    async with start(make_config(models=models(fake))) as gw:
+        client = sdk(gw, await gw.new_key())
+        answer = await client.chat.completions.create(model="claude", response_format=JSON_SCHEMA,
+                                                      messages=[{"role": "user", "content": "weather?"}])
+        choice = answer.choices[0]
+        assert json.loads(choice.message.content) == {"city": "Paris", "temp": 21}
+        assert choice.message.tool_calls is None and choice.finish_reason == "stop"
+        sent = fake.requests[-1]["body"]
+        assert sent["tools"] == [{"name": "json_tool_call", "input_schema": SCHEMA}]
+        assert sent["tool_choice"] == {"type": "tool", "name": "json_tool_call"} and "output_config" not in sent
+        stream = await client.chat.completions.create(model="claude", response_format={"type": "json_object"},
+                                                      stream=True, messages=[{"role": "user", "content": "weather?"}])
+        chunks = [c async for c in stream]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert json.loads(text) == {"city": "Paris", "temp": 21}
+        assert not any(c.choices[0].delta.tool_calls for c in chunks if c.choices)
+        assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+        assert fake.requests[-1]["body"]["tools"][0]["input_schema"]["additionalProperties"] is True
+        # negative control: the same request without response_format is an ordinary chat
+        plain = await client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}])
+        assert plain.choices[0].message.content == "You said: hi" and "tools" not in fake.requests[-1]["body"]
+        assert fake.invalid == []
+
+
+async def test_reasoning_effort_thinking_blocks_round_trip_and_stream(fake, make_config, start) -> None:
+    async with start(make_config(models=models(fake))) as gw:
+        client = sdk(gw, await gw.new_key())
+        messages: list[Any] = [{"role": "user", "content": "weather in Paris?"}]
+        first = await client.chat.completions.create(model="claude", messages=messages, tools=TOOLS,
+                                                     reasoning_effort="medium")
+        sent = fake.requests[-1]["body"]
+        assert sent["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+        assert sent["max_tokens"] == 4096 + 2048  # LiteLLM's default answer length plus the budget
+        reply = first.choices[0].message
+        assert reply.model_extra["reasoning_content"] == "First, the weather. Then the answer."
+        assert reply.model_extra["thinking_blocks"] == [{"type": "thinking", "signature": "sig-abc123",
+                                                         "thinking": "First, the weather. Then the answer."}]
+        # the thinking block goes back with the tool calls (the API refuses a tool_use turn without it)
+        messages.append(reply.model_dump(exclude_none=True))
+        messages += [{"role": "tool", "tool_call_id": c.id, "content": "sunny"} for c in reply.tool_calls]
+        second = await client.chat.completions.create(model="claude", messages=messages, tools=TOOLS,
+                                                      extra_body={"thinking": {"type": "enabled",
+                                                                               "budget_tokens": 1024}})
+        assert second.choices[0].message.content.startswith("You said")
+        assistant = fake.requests[-1]["body"]["messages"][1]["content"]
+        assert assistant[0] == {"type": "thinking", "thinking": "First, the weather. Then the answer.",
+                                "signature": "sig-abc123"}
+        stream = await client.chat.completions.create(model="claude", stream=True, reasoning_effort="low",
+                                                      messages=[{"role": "user", "content": "hi"}])
+        reasoning, signatures, text = "", [], ""
+        async for chunk in stream:
+            delta = chunk.choices[0].delta if chunk.choices else None
+            if delta is None:
+                continue
+            reasoning += (delta.model_extra or {}).get("reasoning_content") or ""
+            signatures += [b["signature"] for b in (delta.model_extra or {}).get("thinking_blocks") or ()
+                           if b.get("signature")]
+            text += delta.content or ""
+        assert (reasoning, signatures, text) == ("First, the weatherThen the answer.", ["sig-abc123"], "You said: hi")
+        assert fake.requests[-1]["body"]["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+        assert fake.invalid == []
+
+
+async def test_thinking_dropped_from_a_tool_turn_is_refused_by_the_fake(fake, make_config, start) -> None:
+    """Negative control of the round trip above: without its thinking block the same history is refused."""
+    async with start(make_config(models=models(fake))) as gw:
+        client = sdk(gw, await gw.new_key())
+        messages = [{"role": "user", "content": "weather in Paris?"},
+                    {"role": "assistant", "content": None, "tool_calls": [{"id": "toolu_1", "type": "function",
+                                                                          "function": {"name": "get_weather",
+                                                                                       "arguments": "{}"}}]},
+                    {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"}]
+        with pytest.raises(openai.BadRequestError):
+            await client.chat.completions.create(model="claude", messages=messages, tools=TOOLS,
+                                                 reasoning_effort="low")
+        assert fake.invalid and "thinking" in fake.invalid[-1]
+
+
+async def test_bad_response_format_or_reasoning_effort_is_a_400_naming_it(fake, make_config, start) -> None:
+    async with start(make_config(models=models(fake))) as gw:
+        key = await gw.new_key()
+        for extra, field in (({"response_format": {"type": "xml"}}, "response_format"),
+                             ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+                              "response_format"),
+                             ({"reasoning_effort": "extreme"}, "reasoning_effort"),
+                             ({"reasoning_effort": ["high"]}, "reasoning_effort"),
+                             ({"stop": [1]}, "stop"),
+                             ({"thinking": {"type": "sometimes"}}, "thinking"),
+                             ({"messages": [{"role": "assistant", "content": "x", "thinking_blocks": [{"type": "x"}]},
+                                            {"role": "user", "content": "hi"}]}, "messages")):
+            body = {"model": "claude", "messages": [{"role": "user", "content": "hi"}], **extra}
+            response = await gw.client.post("/v1/chat/completions", json=body,
+                                            headers={"Authorization": f"Bearer {key}"})
+            assert response.status_code == 400, (extra, response.text)
+            assert response.json()["error"]["param"] == field
+        assert fake.requests == []

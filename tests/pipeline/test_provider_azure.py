@@ -3,12 +3,17 @@
 The fake answers only at Azure's URLs (``/openai/deployments/{deployment}/chat/completions?api-version=...`` and
 the v1 API's ``/openai/v1/chat/completions``), only with Azure's auth (``api-key``, or a Bearer Entra ID token),
 sends Azure's ``prompt_filter_results`` chunk first in streams, and refuses flagged prompts with Azure's
-content-filter error body.
+content-filter error body. Beside it, a fake Entra ID token endpoint (``POST /{tenant}/oauth2/v2.0/token``)
+speaks the OAuth 2.0 client-credentials grant as Entra does: a form body with ``grant_type``, ``client_id``,
+``client_secret`` and ``scope``, a JSON answer with ``token_type``, ``expires_in`` and ``access_token``, and
+Entra's ``invalid_client`` error (AADSTS7000215) for a wrong secret; the Azure fake accepts the tokens it issued.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +25,9 @@ pytestmark = pytest.mark.usefixtures("acme", "clean_env")
 
 KEY = "azure-key-1"
 TOKEN = "entra-token-1"
+TENANT = "11111111-2222-3333-4444-555555555555"
+CLIENT_ID = "app-client-id-1"
+CLIENT_SECRET = "app-client-secret-value-1"
 VERSION = "2024-10-21"
 
 CONTENT_FILTER = {"error": {
@@ -32,8 +40,29 @@ CONTENT_FILTER = {"error": {
 class FakeAzure:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.token_requests: list[dict[str, str]] = []
+        self.issued: list[str] = []
+        self.token_lifetime = 3599
         self.url = ""
         self._runner: web.AppRunner | None = None
+
+    async def token(self, request: web.Request) -> web.Response:
+        form = dict(await request.post())
+        self.token_requests.append({k: str(v) for k, v in form.items()})
+        if request.match_info["tenant"] != TENANT:
+            return web.json_response({"error": "invalid_request", "error_description": "AADSTS90002: Tenant "
+                                      "not found."}, status=400)
+        if request.content_type != "application/x-www-form-urlencoded" or form.get("grant_type") != \
+                "client_credentials" or form.get("scope") != "https://cognitiveservices.azure.com/.default":
+            return web.json_response({"error": "invalid_request", "error_description": "AADSTS900144: bad "
+                                      "request body"}, status=400)
+        if form.get("client_id") != CLIENT_ID or form.get("client_secret") != CLIENT_SECRET:
+            return web.json_response({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid "
+                                      "client secret provided."}, status=401)
+        token = f"entra-issued-{len(self.issued) + 1}-" + "t" * 16
+        self.issued.append(token)
+        return web.json_response({"token_type": "Bearer", "expires_in": self.token_lifetime,
+                                  "ext_expires_in": self.token_lifetime, "access_token": token})
 
     def _answer(self, model: str, text: str) -> dict[str, Any]:
         return {"id": "chatcmpl-az1", "object": "chat.completion", "created": 1, "model": "gpt-4o-2024-08-06",
@@ -46,7 +75,9 @@ class FakeAzure:
         body = json.loads(await request.read())
         self.requests.append({"path": request.path, "query": dict(request.query), "headers": dict(request.headers),
                               "body": body})
-        auth_ok = request.headers.get("api-key") == KEY or request.headers.get("authorization") == f"Bearer {TOKEN}"
+        bearer = request.headers.get("authorization")
+        auth_ok = request.headers.get("api-key") == KEY or bearer in {f"Bearer {t}" for t in [TOKEN, *self.issued]}
+        self.requests[-1]["bearer"] = bearer
         if not auth_ok:
             return web.json_response({"error": {"code": "401", "message": "Access denied due to invalid "
                                                  "subscription key or wrong API endpoint."}}, status=401)
@@ -84,6 +115,7 @@ class FakeAzure:
         app = web.Application()
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self.deployments)
         app.router.add_post("/openai/v1/chat/completions", self.v1)
+        app.router.add_post("/{tenant}/oauth2/v2.0/token", self.token)
         self._runner = web.AppRunner(app, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -173,3 +205,59 @@ async def test_content_filter_and_auth_errors_are_mapped(fake, make_config, star
         # negative control: a clean prompt on the same model answers
         ok = await client.chat.completions.create(model="az", messages=[{"role": "user", "content": "peace"}])
         assert ok.choices[0].message.content == "gpt4o-prod heard: peace"
+
+
+def entra(name: str, fake: FakeAzure, **params: Any) -> dict[str, Any]:
+    return model(name, fake, **{"tenant_id": TENANT, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+                                "azure_authority_host": fake.url, **params})
+
+
+async def test_entra_id_client_credentials_token_is_fetched_cached_and_refreshed(fake, register_secret,
+                                                                                 make_config, start) -> None:
+    register_secret(CLIENT_SECRET)
+    fake.token_lifetime = 2  # refreshed half-way through a life this short (five minutes early for real ones)
+    async with start(make_config(models=[entra("az-entra", fake)])) as gw:
+        assert len(fake.token_requests) == 1  # fetched when the gateway started
+        assert fake.token_requests[0]["client_id"] == CLIENT_ID
+        client = sdk(gw, await gw.new_key())
+        for _ in range(3):  # cached: requests do not go to the token endpoint
+            answer = await client.chat.completions.create(model="az-entra",
+                                                          messages=[{"role": "user", "content": "hi"}])
+            assert answer.choices[0].message.content == "gpt4o-prod heard: hi"
+        assert len(fake.token_requests) == 1
+        assert fake.requests[-1]["bearer"] == f"Bearer {fake.issued[0]}" and "api-key" not in fake.requests[-1]["headers"]
+        deadline = time.monotonic() + 10
+        while len(fake.issued) < 2:  # the background refresh, before the first token expires
+            assert time.monotonic() < deadline, "the token was not refreshed"
+            await asyncio.sleep(0.05)
+        stream = await client.chat.completions.create(model="az-entra", stream=True,
+                                                      messages=[{"role": "user", "content": "one two"}])
+        assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]).endswith("one two")
+        assert fake.requests[-1]["bearer"] in {f"Bearer {t}" for t in fake.issued[1:]}
+
+
+async def test_entra_id_wrong_secret_is_a_503_naming_entra_not_the_secret(fake, register_secret, make_config,
+                                                                          start) -> None:
+    """Negative control: a refused client secret never reaches Azure, and the answer says why without it."""
+    register_secret("wrong-client-secret-value")
+    cfg = make_config(models=[entra("az-entra", fake), entra("az-wrong", fake, client_secret="wrong-client-secret-value")])
+    async with start(cfg) as gw:
+        client = sdk(gw, await gw.new_key())
+        with pytest.raises(openai.APIStatusError) as refused:
+            await client.chat.completions.create(model="az-wrong", messages=[{"role": "user", "content": "hi"}])
+        assert refused.value.status_code == 503 and "AADSTS7000215" in refused.value.body["message"]
+        assert "wrong-client-secret-value" not in json.dumps(refused.value.body)
+        assert not any(r["path"].startswith("/openai") and r.get("bearer") is None and "api-key" not in r["headers"]
+                       for r in fake.requests)
+        ok = await client.chat.completions.create(model="az-entra", messages=[{"role": "user", "content": "hi"}])
+        assert ok.choices[0].message.content == "gpt4o-prod heard: hi"
+
+
+async def test_entra_id_half_configured_is_a_start_up_error(fake, make_config, start) -> None:
+    from sluicegate.config import ConfigError
+
+    cfg = make_config(models=[model("az", fake, tenant_id=TENANT, client_id=CLIENT_ID)])
+    with pytest.raises(ConfigError) as refused:
+        async with start(cfg):
+            pass
+    assert "model_list[0].litellm_params.client_secret: required for Entra ID client credentials" in str(refused.value)

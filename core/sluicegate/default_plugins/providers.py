@@ -5,6 +5,7 @@ from __future__ import annotations
 from sluicegate.hookspecs import hookimpl
 from sluicegate.providers.anthropic import AnthropicProvider
 from sluicegate.providers.azure import AzureProvider
+from sluicegate.providers.bedrock import BedrockProvider
 from sluicegate.providers.gemini import GeminiProvider
 from sluicegate.providers.openai_compatible import openai_compatible_providers
 from sluicegate.providers.vertex_ai import VertexAIProvider
@@ -18,3 +19,4 @@ def register_providers(register) -> None:
     register(AnthropicProvider)
     register(GeminiProvider)
     register(VertexAIProvider)
+    register(BedrockProvider)

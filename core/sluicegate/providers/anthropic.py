@@ -5,6 +5,13 @@
 ``tool_choice`` and ``parallel_tool_calls``; images from data URLs (base64) and http(s) URLs; ``stop_reason`` and
 usage (cache read and creation tokens included) mapped as LiteLLM maps them. A stream's events are translated
 one by one as they arrive: nothing is buffered beyond the event being read.
+
+``response_format`` as LiteLLM maps it: a ``json_schema`` for a model with structured outputs (Sonnet 4.5 and 4.6,
+Opus 4.1 and later) becomes Anthropic's ``output_config.format``; for other models, and for ``json_object``, a
+forced tool named ``json_tool_call`` whose input comes back as the message's content. Extended thinking:
+``thinking`` passes through, ``reasoning_effort`` becomes a thinking budget (LiteLLM's budgets), and thinking
+comes back as ``reasoning_content`` plus ``thinking_blocks`` (with their signatures, to send back on the next
+turn), in answers and stream deltas.
 """
 
 from __future__ import annotations
@@ -27,6 +34,14 @@ _decoder = msgspec.json.Decoder()
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
+RESPONSE_FORMAT_TOOL_NAME = "json_tool_call"  # LiteLLM's name for the forced tool of response_format
+# LiteLLM's thinking budgets per reasoning_effort (its DEFAULT_REASONING_EFFORT_*_THINKING_BUDGET, same env names);
+# "minimal" is raised to Anthropic's minimum budget of 1024, as LiteLLM does.
+THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 2048, "high": 4096, "xhigh": 8192}
+# Models that take Anthropic's structured outputs (LiteLLM's list); others get the forced tool.
+STRUCTURED_OUTPUT_MODELS = ("sonnet-4.5", "sonnet-4-5", "sonnet-4.6", "sonnet-4-6", "sonnet_4.6", "sonnet_4_6",
+                            "opus-4.1", "opus-4-1", "opus-4.5", "opus-4-5", "opus-4.6", "opus-4-6", "opus-4.7",
+                            "opus-4-7")
 
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
                   "pause_turn": "stop", "refusal": "content_filter", "model_context_window_exceeded": "length"}
@@ -51,7 +66,8 @@ class AnthropicProvider(Provider):
     # The Messages API as the official SDK types it (anthropic 2.16) takes no sampling parameters: temperature,
     # top_p and top_k are refused like any other unsupported key (or dropped with drop_params).
     supported_params: ClassVar[frozenset[str] | None] = frozenset({
-        "max_tokens", "max_completion_tokens", "stop", "tools", "tool_choice", "parallel_tool_calls", "user", "n"})
+        "max_tokens", "max_completion_tokens", "stop", "tools", "tool_choice", "parallel_tool_calls", "user", "n",
+        "response_format", "reasoning_effort", "thinking"})
     params: AnthropicParams
 
     def __init__(self, deployment: Any, params: ProviderParams) -> None:
@@ -63,6 +79,10 @@ class AnthropicProvider(Provider):
         headers.update(self.params.extra_headers or {})
         self._head = encode_headers(headers)
         self.default_max_tokens = int(os.environ.get("DEFAULT_ANTHROPIC_CHAT_MAX_TOKENS") or DEFAULT_MAX_TOKENS)
+        self.thinking_budgets = {effort: int(os.environ.get(f"DEFAULT_REASONING_EFFORT_{effort.upper()}_THINKING_BUDGET")
+                                             or budget) for effort, budget in THINKING_BUDGETS.items()}
+        self.thinking_budgets["minimal"] = max(self.thinking_budgets["minimal"], 1024)
+        self.structured_outputs = any(name in deployment.upstream_model for name in STRUCTURED_OUTPUT_MODELS)
 
     def accepted(self, body: dict[str, Any]) -> dict[str, Any]:
         if body.get("n") not in (None, 1):  # one answer per request is all the Messages API gives
@@ -93,14 +113,28 @@ class AnthropicProvider(Provider):
             plain = all(set(block) == {"type", "text"} for block in system)
             request["system"] = "\n".join(b["text"] for b in system) if plain and len(system) == 1 else system
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-        request["max_tokens"] = int(max_tokens) if max_tokens else self.default_max_tokens
+        thinking = self._thinking(body)
+        if thinking is not None:
+            request["thinking"] = thinking
+        budget = thinking.get("budget_tokens") if thinking and thinking.get("type") == "enabled" else None
+        if max_tokens:
+            request["max_tokens"] = int(max_tokens)
+        else:  # as LiteLLM: room for the thinking budget on top of the default answer length
+            request["max_tokens"] = self.default_max_tokens + (int(budget) if isinstance(budget, int) else 0)
         stop = body.get("stop")
         if stop:
-            request["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+            if not (isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))):
+                raise ApiError(400, "stop: expected a string or a list of strings", param="stop")
+            request["stop_sequences"] = [stop] if isinstance(stop, str) else stop
         tools = body.get("tools")
         if tools:
             request["tools"] = [_tool(t) for t in tools]
         choice = _tool_choice(body.get("tool_choice"))
+        json_tool = self._response_format(body.get("response_format"), request)
+        if json_tool is not None:
+            request.setdefault("tools", []).append(json_tool)
+            if thinking is None or thinking.get("type") == "disabled":  # thinking cannot be combined with a forced tool
+                choice = {"type": "tool", "name": RESPONSE_FORMAT_TOOL_NAME}
         if body.get("parallel_tool_calls") is False and (tools or choice):
             choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
         if choice is not None:
@@ -111,23 +145,68 @@ class AnthropicProvider(Provider):
             request["stream"] = True
         return request
 
+    def _thinking(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        thinking = body.get("thinking")
+        if thinking is not None:
+            if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled", "adaptive"):
+                raise ApiError(400, "thinking: expected {type: enabled, budget_tokens: N}, {type: adaptive} or "
+                                    "{type: disabled}", param="thinking")
+            return dict(thinking)
+        effort = body.get("reasoning_effort")
+        if effort is None or effort == "none":
+            return None
+        if not isinstance(effort, str) or effort not in self.thinking_budgets:
+            raise ApiError(400, f"reasoning_effort: expected one of none, {', '.join(self.thinking_budgets)}",
+                           param="reasoning_effort")
+        return {"type": "enabled", "budget_tokens": self.thinking_budgets[effort]}
+
+    def _response_format(self, value: Any, request: dict[str, Any]) -> dict[str, Any] | None:
+        """Set Anthropic's structured output on ``request``, or return the forced tool that stands for it."""
+        if value is None:
+            return None
+        kind = value.get("type") if isinstance(value, dict) else None
+        if kind == "text":
+            return None
+        if kind == "json_schema":
+            spec = value.get("json_schema")
+            schema = spec.get("schema") if isinstance(spec, dict) else None
+            if not isinstance(schema, dict):
+                raise ApiError(400, "response_format: json_schema needs {json_schema: {name, schema}}",
+                               param="response_format")
+            if self.structured_outputs:
+                request["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+                return None
+            return {"name": RESPONSE_FORMAT_TOOL_NAME, "input_schema": schema}
+        if kind == "json_object":
+            return {"name": RESPONSE_FORMAT_TOOL_NAME,
+                    "input_schema": {"type": "object", "properties": {}, "additionalProperties": True}}
+        raise ApiError(400, "response_format: expected type text, json_object or json_schema",
+                       param="response_format")
+
+    def json_mode(self, body: Mapping[str, Any]) -> bool:
+        """Whether ``body``'s response_format goes as the forced tool (whose input is then the answer's content)."""
+        value = body.get("response_format")
+        kind = value.get("type") if isinstance(value, dict) else None
+        return kind == "json_object" or (kind == "json_schema" and not self.structured_outputs)
+
     def _headers(self, request_id: str) -> bytes:
         return self._head + request_id_header(request_id)
 
     # answers ------------------------------------------------------------------------------------------
     async def complete(self, body: Mapping[str, Any], *, request_id: str) -> dict[str, Any]:
-        payload = _json.encode(self.translate_request(body, stream=False))
-        content = await self.post(self.url, payload, self._headers(request_id))
+        request = self.translate_request(body, stream=False)
+        content = await self.post(self.url, _json.encode(request), self._headers(request_id))
         try:
             message = _decoder.decode(content)
         except msgspec.DecodeError:
             raise UpstreamError(502, "upstream anthropic returned a body that is not JSON",
                                 type="upstream_error", code="502") from None
-        return self.translate_response(message)
+        return self.translate_response(message, json_mode=self.json_mode(body))
 
-    def translate_response(self, message: Mapping[str, Any]) -> dict[str, Any]:
+    def translate_response(self, message: Mapping[str, Any], *, json_mode: bool = False) -> dict[str, Any]:
         texts: list[str] = []
         reasoning: list[str] = []
+        thinking_blocks: list[dict[str, Any]] = []
         tool_calls: list[dict[str, Any]] = []
         for block in message.get("content") or ():
             kind = block.get("type")
@@ -135,6 +214,12 @@ class AnthropicProvider(Provider):
                 texts.append(block.get("text") or "")
             elif kind == "thinking":
                 reasoning.append(block.get("thinking") or "")
+                thinking_blocks.append({"type": "thinking", "thinking": block.get("thinking") or "",
+                                        "signature": block.get("signature")})
+            elif kind == "redacted_thinking":
+                thinking_blocks.append({"type": "redacted_thinking", "data": block.get("data")})
+            elif kind == "tool_use" and json_mode and block.get("name") == RESPONSE_FORMAT_TOOL_NAME:
+                texts.append(_json.encode(block.get("input") or {}).decode())  # the forced tool's input is the answer
             elif kind == "tool_use":
                 tool_calls.append({"id": block.get("id"), "type": "function",
                                    "function": {"name": block.get("name"),
@@ -142,19 +227,23 @@ class AnthropicProvider(Provider):
         answer: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
         if reasoning:
             answer["reasoning_content"] = "".join(reasoning)
+        if thinking_blocks:
+            answer["thinking_blocks"] = thinking_blocks
         if tool_calls:
             answer["tool_calls"] = tool_calls
+        finish = FINISH_REASONS.get(message.get("stop_reason") or "", "stop")
+        if finish == "tool_calls" and not tool_calls:
+            finish = "stop"
         return {"id": message.get("id"), "object": "chat.completion", "created": int(time.time()),
                 "model": message.get("model") or self.deployment.upstream_model,
-                "choices": [{"index": 0, "message": answer,
-                             "finish_reason": FINISH_REASONS.get(message.get("stop_reason") or "", "stop")}],
+                "choices": [{"index": 0, "message": answer, "finish_reason": finish}],
                 "usage": _usage(message.get("usage") or {})}
 
     async def stream(self, body: Mapping[str, Any], *, request_id: str) -> AsyncIterator[dict[str, Any]]:
-        payload = _json.encode(self.translate_request(body, stream=True))
-        response = await self.post_stream(self.url, payload, self._headers(request_id))
+        request = self.translate_request(body, stream=True)
+        response = await self.post_stream(self.url, _json.encode(request), self._headers(request_id))
         try:
-            translator = _StreamTranslator(self.deployment.upstream_model)
+            translator = _StreamTranslator(self.deployment.upstream_model, json_mode=self.json_mode(body))
             async for _event, data in self.sse_events(response):
                 try:
                     event = _decoder.decode(data)
@@ -173,10 +262,13 @@ class AnthropicProvider(Provider):
 class _StreamTranslator:
     """Anthropic stream events → OpenAI chunks, one event at a time."""
 
-    __slots__ = ("base", "model", "tool_index", "block_tools", "usage", "finished", "finish_reason")
+    __slots__ = ("base", "model", "tool_index", "block_tools", "usage", "finished", "finish_reason", "json_mode",
+                 "json_blocks")
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, *, json_mode: bool = False) -> None:
         self.model = model
+        self.json_mode = json_mode
+        self.json_blocks: set[int] = set()  # content blocks of the forced response_format tool
         self.base: dict[str, Any] = {"id": None, "object": "chat.completion.chunk", "created": int(time.time()),
                                      "model": model}
         self.tool_index = -1
@@ -195,15 +287,27 @@ class _StreamTranslator:
             dtype = delta.get("type")
             if dtype == "text_delta":
                 return [self._chunk({"content": delta.get("text", "")})]
+            if dtype == "input_json_delta" and int(event.get("index", 0)) in self.json_blocks:
+                return [self._chunk({"content": delta.get("partial_json", "")})]
             if dtype == "input_json_delta":
                 index = self.block_tools.get(int(event.get("index", 0)), max(self.tool_index, 0))
                 return [self._chunk({"tool_calls": [{"index": index, "function": {
                     "arguments": delta.get("partial_json", "")}}]})]
             if dtype == "thinking_delta":
-                return [self._chunk({"reasoning_content": delta.get("thinking", "")})]
+                thinking = delta.get("thinking", "")
+                return [self._chunk({"reasoning_content": thinking,
+                                     "thinking_blocks": [{"type": "thinking", "thinking": thinking}]})]
+            if dtype == "signature_delta":
+                return [self._chunk({"reasoning_content": "", "thinking_blocks": [
+                    {"type": "thinking", "thinking": "", "signature": delta.get("signature", "")}]})]
             return []
         if kind == "content_block_start":
             block = event.get("content_block") or {}
+            if block.get("type") == "tool_use" and self.json_mode and block.get("name") == RESPONSE_FORMAT_TOOL_NAME:
+                self.json_blocks.add(int(event.get("index", 0)))
+                return []
+            if block.get("type") == "redacted_thinking":
+                return [self._chunk({"thinking_blocks": [{"type": "redacted_thinking", "data": block.get("data")}]})]
             if block.get("type") == "tool_use":
                 self.tool_index += 1
                 self.block_tools[int(event.get("index", 0))] = self.tool_index
@@ -224,6 +328,8 @@ class _StreamTranslator:
             self.usage.update({k: v for k, v in usage.items() if v is not None})  # cumulative counts
             reason = (event.get("delta") or {}).get("stop_reason")
             self.finish_reason = FINISH_REASONS.get(reason or "", "stop")
+            if self.finish_reason == "tool_calls" and self.tool_index < 0:
+                self.finish_reason = "stop"  # only the forced response_format tool was called
             return [self._chunk({}, self.finish_reason)]
         if kind == "message_stop":
             self.finished = True
@@ -237,6 +343,24 @@ class _StreamTranslator:
 
 
 # translation helpers ----------------------------------------------------------------------------------
+def _thinking_blocks(blocks: Any) -> list[dict[str, Any]]:
+    """An assistant message's ``thinking_blocks`` (as this gateway and LiteLLM return them) back as Anthropic
+    blocks: they must precede its tool_use blocks when thinking is on."""
+    if not isinstance(blocks, list):
+        raise ApiError(400, "messages: thinking_blocks must be a list", param="messages")
+    result = []
+    for block in blocks:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "thinking" and isinstance(block.get("thinking"), str) and isinstance(block.get("signature"), str):
+            result.append({"type": "thinking", "thinking": block["thinking"], "signature": block["signature"]})
+        elif kind == "redacted_thinking" and isinstance(block.get("data"), str):
+            result.append({"type": "redacted_thinking", "data": block["data"]})
+        else:
+            raise ApiError(400, "messages: each thinking block needs {type: thinking, thinking, signature} or "
+                                "{type: redacted_thinking, data}", param="messages")
+    return result
+
+
 def _usage(usage: Mapping[str, Any]) -> dict[str, Any]:
     """Anthropic usage → OpenAI's, as LiteLLM maps it: cache reads and writes count as prompt tokens."""
     fresh = int(usage.get("input_tokens") or 0)
@@ -328,6 +452,8 @@ def _messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str,
             turn, blocks = "user", _user_blocks(content)
         elif role == "assistant":
             turn, blocks = "assistant", _text_blocks(content)
+            if message.get("thinking_blocks"):
+                blocks = _thinking_blocks(message["thinking_blocks"]) + blocks
             for call in message.get("tool_calls") or ():
                 function = call.get("function") or {}
                 blocks.append({"type": "tool_use", "id": call.get("id"), "name": function.get("name"),

@@ -3,7 +3,9 @@
 - Deployment API: ``{api_base}/openai/deployments/{deployment}/chat/completions?api-version={api_version}``.
 - v1 API (``api_version: v1``, ``latest`` or ``preview``): ``{api_base}/openai/v1/chat/completions``, the
   deployment name as ``model`` (``?api-version=preview`` for ``preview``).
-- Auth: ``api-key: <api_key>``, or ``Authorization: Bearer <azure_ad_token>``.
+- Auth: ``api-key: <api_key>``, or ``Authorization: Bearer <azure_ad_token>``, or a Bearer token obtained from
+  Entra ID with the client-credentials grant (``tenant_id`` / ``client_id`` / ``client_secret``), fetched when
+  the gateway starts and refreshed in the background before it expires.
 
 Bodies and answers are OpenAI's, so they pass as bytes (the fast path). Error answers are OpenAI-shaped too;
 a content-filter refusal keeps Azure's ``code: content_filter`` and its ``innererror`` (which category fired).
@@ -20,12 +22,14 @@ import msgspec
 from sluicegate.net.http import encode_headers
 from sluicegate.providers.base import (
     Provider,
+    ProviderClients,
     ProviderParams,
     SSEDecoder,
     UpstreamError,
     openai_error,
     request_id_header,
 )
+from sluicegate.providers.entra import EntraTokenSource
 from sluicegate.providers.openai_compatible import upstream_body
 
 __all__ = ("AzureParams", "AzureProvider")
@@ -40,6 +44,15 @@ class AzureParams(ProviderParams, frozen=True, kw_only=True, forbid_unknown_fiel
     Default: ``AZURE_API_VERSION``. Required."""
     azure_ad_token: str | None = None
     """An Entra ID token sent as ``Authorization: Bearer`` instead of ``api-key``. Default: ``AZURE_AD_TOKEN``."""
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    """Entra ID client credentials (an app registration); a token is fetched with them and refreshed before it
+    expires. Defaults: ``AZURE_TENANT_ID``, ``AZURE_CLIENT_ID``, ``AZURE_CLIENT_SECRET``."""
+    azure_scope: str | None = None
+    """The token's scope (default ``https://cognitiveservices.azure.com/.default``)."""
+    azure_authority_host: str | None = None
+    """The Entra ID authority (default ``AZURE_AUTHORITY_HOST``, else ``https://login.microsoftonline.com``)."""
     extra_headers: dict[str, str] | None = None
     """Headers added to every upstream request."""
 
@@ -51,7 +64,11 @@ class AzureProvider(Provider):
     api_key_env: ClassVar[tuple[str, ...]] = ("AZURE_OPENAI_API_KEY", "AZURE_API_KEY")
     api_base_required: ClassVar[bool] = True
     params_env: ClassVar[dict[str, tuple[str, ...]]] = {"api_version": ("AZURE_API_VERSION",),
-                                                        "azure_ad_token": ("AZURE_AD_TOKEN",)}
+                                                        "azure_ad_token": ("AZURE_AD_TOKEN",),
+                                                        "tenant_id": ("AZURE_TENANT_ID",),
+                                                        "client_id": ("AZURE_CLIENT_ID",),
+                                                        "client_secret": ("AZURE_CLIENT_SECRET",),
+                                                        "azure_authority_host": ("AZURE_AUTHORITY_HOST",)}
     params: AzureParams
 
     def __init__(self, deployment: Any, params: ProviderParams) -> None:
@@ -67,12 +84,19 @@ class AzureProvider(Provider):
             name = quote(deployment.upstream_model, safe="")
             self.url = f"{base}/openai/deployments/{name}/chat/completions?api-version={quote(version, safe='')}"
         headers = {"content-type": "application/json"}
+        self.entra: EntraTokenSource | None = None
+        p = self.params
         if deployment.api_key:
             headers["api-key"] = deployment.api_key
         elif token:
             headers["authorization"] = f"Bearer {token}"
+        elif p.tenant_id and p.client_id and p.client_secret:
+            self.entra = EntraTokenSource(what=f"model {deployment.model_name!r}", tenant_id=p.tenant_id,
+                                          client_id=p.client_id, client_secret=p.client_secret, scope=p.azure_scope,
+                                          authority_host=p.azure_authority_host, on_token=self._use_token)
         headers.update(self.params.extra_headers or {})
         self._head = encode_headers(headers)
+        self._auth = b""  # the Entra ID token's header line, swapped whole when the token is refreshed
 
     @classmethod
     def check(cls, deployment: Any, params: ProviderParams, environ: Mapping[str, str]) -> list[str]:
@@ -80,13 +104,40 @@ class AzureProvider(Provider):
         assert isinstance(params, AzureParams)
         if not params.api_version:
             problems.append("api_version: required for azure (e.g. 2024-10-21, or v1; or set AZURE_API_VERSION)")
+        entra = {"tenant_id": params.tenant_id, "client_id": params.client_id, "client_secret": params.client_secret}
         if not (deployment.api_key or params.azure_ad_token):
-            problems.append("api_key: required for azure (or azure_ad_token; or set AZURE_OPENAI_API_KEY, "
-                            "AZURE_API_KEY or AZURE_AD_TOKEN)")
+            if not any(entra.values()):
+                problems.append("api_key: required for azure (or azure_ad_token, or tenant_id + client_id + "
+                                "client_secret; or set AZURE_OPENAI_API_KEY, AZURE_API_KEY or AZURE_AD_TOKEN)")
+            else:
+                problems.extend(f"{name}: required for Entra ID client credentials (with "
+                                f"{' and '.join(n for n in entra if n != name)})"
+                                for name, value in entra.items() if not value)
+        for field in ("azure_authority_host",):
+            value = getattr(params, field)
+            if value and not value.startswith(("http://", "https://")):
+                problems.append(f"{field}: not an http(s) URL: {value!r}")
         return problems
 
+    # lifecycle ----------------------------------------------------------------------------------------
+    async def start(self, clients: ProviderClients) -> None:
+        await super().start(clients)
+        if self.entra is not None:
+            await self.entra.start(clients.http, timeout=min(self.deployment.timeout, 30.0))
+
+    async def aclose(self) -> None:
+        if self.entra is not None:
+            await self.entra.aclose()
+
+    def _use_token(self, token: str) -> None:
+        self._auth = encode_headers({"authorization": f"Bearer {token}"})
+
     def _headers(self, request_id: str) -> bytes:
-        return self._head + request_id_header(request_id)
+        if self.entra is not None and not self._auth:
+            reason = self.entra.last_error or "still being fetched"
+            raise UpstreamError(503, f"azure: the Entra ID token is not available: {reason}",
+                                type="service_unavailable", code="credentials_unavailable")
+        return self._head + self._auth + request_id_header(request_id)
 
     def error_from(self, status: int, content: bytes) -> UpstreamError:
         error = openai_error(status, content, self.custom_llm_provider)
