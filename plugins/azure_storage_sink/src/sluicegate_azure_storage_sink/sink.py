@@ -43,6 +43,8 @@ _encoder = msgspec.json.Encoder()
 # https://learn.microsoft.com/rest/api/storageservices/naming-and-referencing-containers--blobs--and-metadata
 _ACCOUNT_RE = re.compile(r"^[a-z0-9]{3,24}$")
 _CONTAINER_RE = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+_AUTH_CODES = ("AuthenticationFailed", "AuthorizationFailure", "InvalidAuthenticationInfo", "NoAuthenticationInformation")
+"""Error codes of a refused key or token (the others of a 403 say the credential lacks a permission)."""
 _MAX_PREFIX_BYTES = 1024 - len("/YYYY-MM-DD/YYYYMMDDTHHMMSS.ffffffZ-") - 32 - len(".ndjson")
 """Blob names are at most 1,024 characters; :func:`blob_name` adds this much after the prefix."""
 
@@ -353,10 +355,11 @@ class AzureStorageSink(Sink):
 
         status = getattr(exc, "status_code", None)
         code = getattr(exc, "error_code", None)
+        code = getattr(code, "value", code)  # the SDK gives a StorageErrorCode (a str enum) or the raw text
         code_text = f" {code}" if isinstance(code, str) and re.fullmatch(r"[A-Za-z]{1,64}", code) else ""
         where = f"azure_storage: {self._display}"
         if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
-            kind = "auth" if code in (None, "AuthenticationFailed", "InvalidAuthenticationInfo") else "permission"
+            kind = "auth" if code in (None, *_AUTH_CODES) else "permission"
             return AzureStorageDeliveryError(f"{where}: credentials refused (HTTP {status}{code_text})", kind=kind,
                                              status_code=status if isinstance(status, int) else 403)
         if isinstance(exc, ResourceNotFoundError) or status == 404:
