@@ -8,12 +8,14 @@ outage tests can stop it and start it again on the same port with the blobs stil
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -118,3 +120,11 @@ def azurite() -> Iterator[Azurite]:
 async def _close_shared_clients() -> AsyncIterator[None]:
     yield
     await AzureStorageSink.shutdown()
+
+
+async def until(condition, what: str, timeout: float = 15.0) -> None:
+    """Wait for ``condition`` under a deadline, between turns of the event loop the gateway runs on."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)  # deliberate: polls a condition under a deadline
