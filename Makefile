@@ -5,8 +5,15 @@ UV := $(VENV)/bin/uv
 PY := $(VENV)/bin/python
 CONFIG ?= examples/config.yaml
 PYTEST_ARGS ?=
+# Servers the sink tests start: Microsoft's storage emulator (npm) and Arize Phoenix (PyPI). Phoenix gets a venv of
+# its own: it requires anthropic<2, which the gateway's dev group (anthropic>=2.16) cannot share.
+TOOLS := .tools
+AZURITE_VERSION := 3.35.0
+PHOENIX_VERSION := 20.26.1
+AZURITE := $(TOOLS)/azurite/node_modules/.bin/azurite-blob
+PHOENIX := $(TOOLS)/phoenix/bin/phoenix
 
-.PHONY: install run test bench clean
+.PHONY: install tools run test bench clean
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -15,14 +22,23 @@ $(UV):
 install: $(UV)
 	$(UV) sync --all-packages --inexact --locked
 
+$(AZURITE):
+	npm install --prefix $(TOOLS)/azurite --no-audit --no-fund --loglevel=error azurite@$(AZURITE_VERSION)
+
+$(PHOENIX): | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PY) $(TOOLS)/phoenix
+	$(UV) pip install --quiet --python $(TOOLS)/phoenix/bin/python arize-phoenix==$(PHOENIX_VERSION)
+
+tools: $(AZURITE) $(PHOENIX)
+
 run: install
 	$(VENV)/bin/sluicegate serve --config $(CONFIG)
 
-test: install
+test: install tools
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m bench.run
 
 clean:
-	rm -rf $(VENV) sluicegate.db logs
+	rm -rf $(VENV) $(TOOLS) sluicegate.db logs

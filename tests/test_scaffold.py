@@ -59,6 +59,17 @@ def test_bad_names_are_refused_with_the_reason(name: str, reason: str, tmp_path:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_package_written_into_the_workspace_takes_sluicegate_from_it(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "sluicegate"\n\n[tool.uv.workspace]\n'
+                                             'members = ["plugins/*"]\n')
+    (tmp_path / "plugins").mkdir()
+    inside = write_sink_package("webhook", tmp_path / "plugins") / "pyproject.toml"
+    assert "[tool.uv.sources]\nsluicegate = { workspace = true }" in inside.read_text()
+    (tmp_path / "elsewhere").mkdir()
+    outside = write_sink_package("webhook", tmp_path / "elsewhere") / "pyproject.toml"  # control
+    assert "[tool.uv.sources]" not in outside.read_text()
+
+
 def test_good_names_follow_the_one_naming_rule() -> None:
     assert package_names("click_house") == {
         "name": "click_house", "folder": "click_house_sink", "dist": "sluicegate-click-house-sink",

@@ -84,6 +84,19 @@ def render_sink_package(name: str) -> dict[str, str]:
     return files
 
 
+_WORKSPACE_SOURCE = "\n[tool.uv.sources]\nsluicegate = { workspace = true }\n"
+
+
+def _in_sluicegate_workspace(directory: Path) -> bool:
+    """True when ``directory`` is a folder of members of the sluicegate repository's uv workspace."""
+    root = directory.resolve().parent / "pyproject.toml"
+    try:
+        text = root.read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return 'name = "sluicegate"' in text and "[tool.uv.workspace]" in text and directory.resolve().name == "plugins"
+
+
 def write_sink_package(name: str, directory: str | Path = ".") -> Path:
     """Write the package for sink ``name`` to ``directory/<name>_sink`` and return that folder.
 
@@ -100,6 +113,10 @@ def write_sink_package(name: str, directory: str | Path = ".") -> Path:
         raise ScaffoldError(f"{target}: already exists; remove it or choose another --directory (nothing was "
                             f"overwritten)")
     files = render_sink_package(name)
+    if _in_sluicegate_workspace(base):
+        # A member of this repository's uv workspace (plugins/): `sluicegate` must come from the workspace, or
+        # `uv lock` looks it up on the index. A package written anywhere else depends on the published one.
+        files["pyproject.toml"] += _WORKSPACE_SOURCE
     for relative, text in files.items():
         path = target / relative
         path.parent.mkdir(parents=True, exist_ok=True)

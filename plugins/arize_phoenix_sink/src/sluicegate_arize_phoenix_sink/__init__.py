@@ -1,0 +1,3 @@
+"""The ``arize_phoenix`` sink for Sluicegate."""
+
+__version__ = "0.1.0"
