@@ -10,8 +10,10 @@ downloaded.
 
 from __future__ import annotations
 
+import fnmatch
 import keyword
 import re
+import tomllib
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -100,8 +102,35 @@ def write_sink_package(name: str, directory: str | Path = ".") -> Path:
         raise ScaffoldError(f"{target}: already exists; remove it or choose another --directory (nothing was "
                             f"overwritten)")
     files = render_sink_package(name)
+    if _in_uv_workspace(target):
+        # uv refuses a workspace member whose dependency on another member (sluicegate) has no source entry.
+        files["pyproject.toml"] += "\n[tool.uv.sources]\nsluicegate = { workspace = true }\n"
     for relative, text in files.items():
         path = target / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     return target
+
+
+def _in_uv_workspace(target: Path) -> bool:
+    """Whether ``target`` is a member of a uv workspace whose root holds ``sluicegate`` (this repository's
+    ``plugins/``): such a member must take ``sluicegate`` from the workspace, not from an index."""
+    folder = target.resolve()
+    for root in folder.parents:
+        config = root / "pyproject.toml"
+        if not config.is_file():
+            continue
+        try:
+            data = tomllib.loads(config.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError):
+            return False
+        workspace = data.get("tool", {}).get("uv", {}).get("workspace")
+        if workspace is None:
+            continue  # a package of its own inside another project: look further up
+        relative = folder.relative_to(root).as_posix()
+        members = workspace.get("members", [])
+        excluded = workspace.get("exclude", [])
+        return (data.get("project", {}).get("name") == "sluicegate"
+                and any(fnmatch.fnmatch(relative, glob) for glob in members)
+                and not any(fnmatch.fnmatch(relative, glob) for glob in excluded))
+    return False
