@@ -1,7 +1,8 @@
 """10,000 S3 destinations in one process: threads flat, memory bounded and measured per instance.
 
 moto's server runs in this process and starts a thread per connection it serves; those threads (named
-``... (process_request_thread)`` by werkzeug) are the server's, not the sink's, and are left out of the count.
+``... (process_request_thread)`` by werkzeug) are the server's, not the sink's: threads are counted by the kernel
+once the sink's shared client has closed its connections and those server threads have ended.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import threading
 import tracemalloc
 
 from sluicegate.sinks.vars import decode_vars
-from sluicegate.testing import make_event
+from sluicegate.testing import make_event, wait_until
 from sluicegate_s3_sink.sink import S3Sink
 
 INSTANCES = 10_000
@@ -30,8 +31,11 @@ def _server_threads() -> int:
     return sum("process_request_thread" in t.name for t in threading.enumerate())
 
 
-def _own_threads() -> int:
-    return _kernel_threads() - _server_threads()
+async def _settled_threads() -> int:
+    """Kernel threads once the shared client is closed and moto has ended the threads serving its connections."""
+    await S3Sink.shutdown()
+    await asyncio.to_thread(wait_until, lambda: _server_threads() == 0, timeout=10, what="moto's threads to end")
+    return _kernel_threads()
 
 
 def _rss_mb() -> float:
@@ -49,7 +53,7 @@ async def test_ten_thousand_instances_threads_flat_and_memory_bounded(moto_s3, n
 
     warm = build(INSTANCES + 1)
     await warm.send([make_event()])  # the shared client and botocore's signer exist before the baseline
-    threads_before, rss_before = _own_threads(), _rss_mb()
+    threads_before, rss_before = await _settled_threads(), _rss_mb()
 
     tracemalloc.start()
     first = tracemalloc.take_snapshot()
@@ -60,9 +64,9 @@ async def test_ten_thousand_instances_threads_flat_and_memory_bounded(moto_s3, n
 
     for _ in range(2):
         await asyncio.gather(*(s.send([make_event(team_id=f"team-{n}")]) for n, s in enumerate(sinks[:SENDERS])))
-    threads_after, rss_after = _own_threads(), _rss_mb()
+    threads_after, rss_after = await _settled_threads(), _rss_mb()
     print(f"\ns3 sink: {INSTANCES} instances, {per_instance:.0f} bytes each (tracemalloc, vars included); "
-          f"{SENDERS} sending twice concurrently: own threads {threads_before} -> {threads_after}, "
+          f"{SENDERS} sending twice concurrently: threads {threads_before} -> {threads_after}, "
           f"RSS {rss_before:.1f} -> {rss_after:.1f} MB")
     stored = sum(len(moto_s3.keys(b)) for b in buckets)
     assert stored == 1 + 2 * SENDERS  # every send stored its own object
