@@ -67,6 +67,7 @@ class LangsmithVars(CallbackVars, frozen=True):
     """Callback variables of the ``langsmith`` sink (LiteLLM's names)."""
 
     langsmith_api_key: SecretStr
+    """Sent as ``x-api-key``."""
     langsmith_project: str | None = None
     """Project (LangSmith "session") the runs go to; ``None``: ``LANGSMITH_PROJECT`` or ``litellm-completion``."""
     langsmith_base_url: str | None = None

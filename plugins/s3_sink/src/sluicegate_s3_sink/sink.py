@@ -76,7 +76,9 @@ class S3Vars(CallbackVars, frozen=True):
     s3_region_name: str | None = None
     """Region the requests are signed for (``us-east-1`` when not given; ``auto`` for Cloudflare R2)."""
     s3_aws_access_key_id: str | None = None
+    """Access key id; with the secret key, or neither (botocore's default chain, for config.yaml callbacks only)."""
     s3_aws_secret_access_key: SecretStr | None = None
+    """Secret access key: signs the requests (SigV4), never sent itself."""
     s3_aws_session_token: SecretStr | None = None
     """Temporary (STS) credentials carry a session token beside the key pair."""
     s3_endpoint_url: str | None = None
