@@ -154,7 +154,8 @@ def test_sluicegate_plugins_lists_it_only_where_installed(author_venv: Path) -> 
 def test_generated_tests_catch_a_sink_that_swallows_failures(tmp_path: Path) -> None:
     package = write_sink_package("swallow", tmp_path)
     sink_py = package / "src" / "sluicegate_swallow_sink" / "sink.py"
-    sink_py.write_text(sink_py.read_text().replace("if response.is_success:", "if True:  # broken on purpose"))
+    sink_py.write_text(sink_py.read_text().replace("response_is_success = 200 <= response.status < 300",
+                                                   "response_is_success = True  # broken on purpose"))
     folder = tmp_path / "target"
     assert _run([UV, "pip", "install", "--quiet", "--no-deps", "--target", folder, package]).returncode == 0
     done = _run([sys.executable, "-m", "pytest", "-q"], cwd=package,

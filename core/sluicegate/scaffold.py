@@ -10,6 +10,7 @@ downloaded.
 
 from __future__ import annotations
 
+import fnmatch
 import keyword
 import re
 from importlib import resources
@@ -122,3 +123,4 @@ def write_sink_package(name: str, directory: str | Path = ".") -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     return target
+

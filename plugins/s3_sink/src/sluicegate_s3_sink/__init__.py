@@ -1,0 +1,3 @@
+"""The ``s3`` sink for Sluicegate."""
+
+__version__ = "0.1.0"
