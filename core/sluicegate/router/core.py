@@ -210,12 +210,10 @@ class Router:
             matched = model_name_matches(pattern.name, name)
             if matched is None:
                 continue
-            if len(self._concrete) >= MAX_WILDCARD_MODELS or self._clients is None:
-                return pattern  # not cached: resolved per call (bounded memory)
-            deployments = [for_wildcard(d, name, matched) for d in pattern.deployments]
-            group = Group(name, deployments)
-            self._concrete[name] = group
-            self.strategy.prepare(name, deployments)
+            group = Group(name, [for_wildcard(d, name, matched) for d in pattern.deployments])
+            if len(self._concrete) < MAX_WILDCARD_MODELS:  # beyond: built per request (bounded memory)
+                self._concrete[name] = group
+                self.strategy.prepare(name, group.deployments)
             return group
         return None
 
@@ -224,11 +222,8 @@ class Router:
         if self._clients is None:
             return
         for deployment in group.deployments:
-            provider = deployment.provider
-            if getattr(provider, "_sluicegate_started", False) or deployment in self.models.all:
-                continue
-            await provider.start(self._clients)
-            provider._sluicegate_started = True
+            if deployment.provider.http is None:  # a wildcard's concrete deployment, new
+                await deployment.provider.start(self._clients)
 
     # picking ------------------------------------------------------------------------------------------
     def pick(self, group: Group, avoid: Sequence[str] = (), tokens: int = 0) -> Deployment:
