@@ -144,7 +144,7 @@ class RouterSettings(msgspec.Struct, kw_only=True):
     """Retries per model group (default: ``litellm_settings.num_retries``, else 2)."""
     retry_after: float = 0.0
     """Seconds to wait before each retry."""
-    retry_policy: RetryPolicy | None = None
+    retry_policy: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
     timeout: float | None = None
     stream_timeout: float | None = None
     fallbacks: list[dict[str, list[str]]] | None = None
@@ -153,7 +153,7 @@ class RouterSettings(msgspec.Struct, kw_only=True):
     default_fallbacks: list[str] | None = None
     max_fallbacks: int = 5
     allowed_fails: int = 3
-    allowed_fails_policy: AllowedFailsPolicy | None = None
+    allowed_fails_policy: AllowedFailsPolicy = msgspec.field(default_factory=AllowedFailsPolicy)
     cooldown_time: float = 5.0
     disable_cooldowns: bool = False
     redis_host: str | None = None
@@ -589,7 +589,7 @@ def _check_models_and_router(settings: Settings, problems: list[str]) -> None:
             problems.append(f"{where}: must be positive")
     for policy_name in ("retry_policy", "allowed_fails_policy"):
         policy = getattr(router, policy_name)
-        for field in policy.__struct_fields__ if policy is not None else ():
+        for field in policy.__struct_fields__:
             value = getattr(policy, field)
             if value is not None and value < 0:
                 problems.append(f"router_settings.{policy_name}.{field}: must be 0 or more")

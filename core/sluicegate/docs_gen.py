@@ -84,6 +84,13 @@ DESCRIPTIONS: dict[str, str] = {
     "RouterSettings.context_window_fallbacks": "Fallbacks after a context-window error (else `fallbacks`).",
     "RouterSettings.content_policy_fallbacks": "Fallbacks after a content-policy refusal (else `fallbacks`).",
     "RouterSettings.default_fallbacks": "Fallback groups for every group without an entry in `fallbacks`.",
+    "RouterSettings.retry_policy": "Retries per error class (`RateLimitErrorRetries`...), overriding `num_retries`.",
+    **{f"RetryPolicy.{kind}Retries": f"Retries after a {kind} (default: `num_retries` if retryable, else 0)."
+       for kind in ("BadRequestError", "AuthenticationError", "TimeoutError", "RateLimitError",
+                    "ContentPolicyViolationError", "InternalServerError")},
+    **{f"AllowedFailsPolicy.{kind}AllowedFails": f"{kind}s per minute before a cooldown (default: `allowed_fails`)."
+       for kind in ("BadRequestError", "AuthenticationError", "TimeoutError", "RateLimitError",
+                    "ContentPolicyViolationError", "InternalServerError")},
     "RouterSettings.max_fallbacks": "Most fallback groups one request tries.",
     "RouterSettings.allowed_fails": "Failures per minute a deployment may have before it cools down.",
     "RouterSettings.allowed_fails_policy": "`allowed_fails` per error class (`RateLimitErrorAllowedFails`...).",

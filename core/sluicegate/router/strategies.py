@@ -134,13 +134,24 @@ class LatencyBased(Strategy):
         self.buffer = args.lowest_latency_buffer
         self.size = args.max_latency_list_size
         self.samples: dict[str, deque[tuple[float, float]]] = {}
+        self._means: dict[str, tuple[float, float]] = {}  # id -> (mean, when its oldest counted sample expires)
+
+    def _recompute(self, model_id: str, now: float) -> tuple[float, float]:
+        fresh = [(at, seconds) for at, seconds in self.samples.get(model_id, ()) if now - at < self.ttl]
+        if not fresh:
+            mean = (0.0, float("inf"))
+        else:
+            mean = (sum(seconds for _, seconds in fresh) / len(fresh), fresh[0][0] + self.ttl)
+        self._means[model_id] = mean
+        return mean
 
     def latency(self, deployment: Deployment, now: float) -> float:
-        samples = self.samples.get(deployment.model_id)
-        if not samples:
+        mean = self._means.get(deployment.model_id)
+        if mean is None:
             return 0.0
-        fresh = [seconds for at, seconds in samples if now - at < self.ttl]
-        return sum(fresh) / len(fresh) if fresh else 0.0
+        if now >= mean[1]:  # a sample aged past ttl: recount (rare; the mean is kept up to date otherwise)
+            mean = self._recompute(deployment.model_id, now)
+        return mean[0]
 
     def pick(self, candidates: Sequence[Deployment], group: str, tokens: int) -> Deployment:
         if len(candidates) == 1:
@@ -156,7 +167,9 @@ class LatencyBased(Strategy):
         samples = self.samples.get(deployment.model_id)
         if samples is None:
             samples = self.samples[deployment.model_id] = deque(maxlen=self.size)
-        samples.append((self.clock(), seconds if ok else max(seconds, deployment.timeout)))
+        now = self.clock()
+        samples.append((now, seconds if ok else max(seconds, deployment.timeout)))
+        self._recompute(deployment.model_id, now)
 
 
 class UsageBasedV2(Strategy):
