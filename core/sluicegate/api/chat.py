@@ -175,7 +175,8 @@ async def _chat(request: Request) -> Response[Any]:
             return await deployment.provider.complete_bytes(body, call.raw, request_id)
 
         try:
-            outcome = await gateway.router.call(group, attempt, options=options)
+            outcome = await gateway.router.call(group, attempt, options=options,
+                                                tokens=gateway.router.estimate_tokens(body.get("messages")))
         except RouterFailure as failure:
             call.deployment = failure.deployment or call.deployment
             call.attempts = failure.attempts
@@ -369,7 +370,8 @@ async def _stream(gateway: Gateway, call: _Call, group: Group, options: RequestO
         return response.aiter_raw(), response
 
     try:
-        outcome = await gateway.router.call(group, attempt, options=options, stream=True)
+        outcome = await gateway.router.call(group, attempt, options=options, stream=True,
+                                            tokens=gateway.router.estimate_tokens(body.get("messages")))
     except RouterFailure as failure:
         call.deployment = failure.deployment or call.deployment
         call.attempts = failure.attempts
