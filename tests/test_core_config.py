@@ -135,12 +135,12 @@ def test_team_entry_with_empty_or_duplicate_team_id(litellm_env: None) -> None:
 
 @pytest.mark.parametrize(("raw", "expected"), [
     ({"model_list": [{"model_name": "a", "litellm_params": {"model": "x", "timeout": "soon"}}]},
-     "model_list[0].litellm_params.timeout: Expected `float`, got `str`"),
+     "model_list[0].litellm_params.timeout: Expected `float | null`, got `str`"),
     ({"model_list": [{"model_name": "a", "litellm_params": {"model": "x", "timeout": -1}}]},
      "model_list[0].litellm_params.timeout: must be positive"),
-    ({"model_list": [{"model_name": "a", "litellm_params": {"model": "x"}},
-                     {"model_name": "a", "litellm_params": {"model": "y"}}]},
-     "model_list[1].model_name: 'a' is listed twice"),
+    ({"model_list": [{"model_name": "a", "litellm_params": {"model": "x"}, "model_info": {"id": "d1"}},
+                     {"model_name": "a", "litellm_params": {"model": "y"}, "model_info": {"id": "d1"}}]},
+     "model_list[1].model_info.id: 'd1' already used by model_list[0]"),
     ({"model_list": [{"model_name": "a"}]}, "model_list[0].litellm_params: required"),
     ({"model_list": [{"litellm_params": {"model": "x"}}]}, "model_list[0].model_name: required"),
     ({"litellm_settings": {"turn_off_message_logging": "maybe"}},
@@ -172,21 +172,23 @@ def test_model_list_as_mapping_names_model_list(litellm_env: None) -> None:
 # ----------------------------------------------------------------------------------------------- unknown keys
 def test_unknown_keys_produce_one_warning_line(litellm_env: None) -> None:
     raw = yaml.safe_load(LITELLM_CONFIG)
-    raw["router_settings"] = {"routing_strategy": "simple-shuffle"}
+    raw["router_settings"] = {"routing_strategy": "simple-shuffle", "enable_pre_call_checks": True}
     raw["environment_variables"] = {"A": "b"}
     raw["litellm_settings"]["drop_params"] = True  # supported: no warning
     raw["litellm_settings"]["set_verbose"] = False
     raw["general_settings"]["alerting"] = ["slack"]
-    raw["model_list"][0]["litellm_params"]["rpm"] = 100
+    raw["model_list"][0]["litellm_params"]["rpm"] = 100  # supported (routing): no warning
+    raw["model_list"][0]["litellm_params"]["max_parallel_requests"] = 100
     raw["model_list"][0]["model_info"] = {"id": "m1"}  # supported: no warning
     settings = parse_settings(raw)
     assert len(settings.warnings) == 1, settings.warnings
     line = settings.warnings[0]
     assert "\n" not in line
-    for key in ("router_settings", "environment_variables",
-                "litellm_settings.set_verbose", "general_settings.alerting", "model_list[0].litellm_params.rpm"):
+    for key in ("router_settings.enable_pre_call_checks", "environment_variables", "litellm_settings.set_verbose",
+                "general_settings.alerting", "model_list[0].litellm_params.max_parallel_requests"):
         assert key in line
-    assert "model_info" not in line and "drop_params" not in line
+    assert "model_info" not in line and "drop_params" not in line and "routing_strategy" not in line
+    assert "litellm_params.rpm" not in line
     assert settings.model_list[0].litellm_params.api_key == "sk-openai-from-env"  # the rest still loads
 
 

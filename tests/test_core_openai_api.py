@@ -35,7 +35,7 @@ def gw(module_db_url: str, make_config: Any, write_config: Any, mock_upstream: A
     served = module_serve_app(create_app(parse_settings(config)))
     # The second process starts now (after this one migrated the schema) so its start-up overlaps the tests
     # below; only the cross-process tests wait for it. The unknown sections check the one-line warning.
-    other_config = {**config, "router_settings": {"routing_strategy": "simple-shuffle"},
+    other_config = {**config, "router_settings": {"routing_strategy": "simple-shuffle", "enable_pre_call_checks": True},
                     "environment_variables": {"X": "1"}}
     if module_db_url.startswith("postgresql"):  # trust auth ignores it; start-up output must mask it
         url = make_url(module_db_url).set(password=DB_PASSWORD).render_as_string(hide_password=False)
@@ -398,7 +398,7 @@ def other(gw: SimpleNamespace) -> Any:
 def test_startup_output_warns_once_for_unsupported_keys_and_masks_the_db_password(other: Any) -> None:
     lines = [line for line in other.stderr.splitlines() if "does not support" in line]
     assert len(lines) == 1, other.stderr
-    assert "router_settings" in lines[0] and "environment_variables" in lines[0]
+    assert "router_settings.enable_pre_call_checks" in lines[0] and "environment_variables" in lines[0]
     assert f"Sluicegate listening on http://127.0.0.1:{other.port}" in other.stdout
     assert "database: " in other.stdout
     assert DB_PASSWORD not in other.stdout + other.stderr

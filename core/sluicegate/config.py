@@ -27,6 +27,8 @@ __all__ = (
     "LiteLLMParams",
     "LiteLLMSettings",
     "ModelEntry",
+    "ROUTING_STRATEGIES",
+    "RouterSettings",
     "Settings",
     "SinkDestinations",
     "SluicegateSettings",
@@ -52,7 +54,16 @@ class LiteLLMParams(msgspec.Struct, kw_only=True):
     model: str
     api_base: str | None = None
     api_key: str | None = None
-    timeout: float = 600.0
+    timeout: float | None = None
+    """Seconds for one upstream attempt (default: ``router_settings.timeout``, else 600)."""
+    stream_timeout: float | None = None
+    """Seconds a streamed attempt may take to start answering (default: ``router_settings.stream_timeout``)."""
+    rpm: int | None = None
+    """Requests per minute this deployment takes: a shuffle weight, and a limit for usage-based-routing-v2."""
+    tpm: int | None = None
+    """Tokens per minute this deployment takes: a shuffle weight, and a limit for usage-based-routing-v2."""
+    weight: float | None = None
+    """Share of the group's traffic under simple-shuffle (relative to the other deployments' weights)."""
     mock_response: Any = None
     input_cost_per_token: float | None = None
     output_cost_per_token: float | None = None
@@ -74,8 +85,8 @@ class LiteLLMParams(msgspec.Struct, kw_only=True):
 
 
 LITELLM_IGNORED_PARAMS = frozenset({
-    "rpm", "tpm", "max_parallel_requests", "order", "weight", "tags", "max_retries", "num_retries",
-    "stream_timeout", "region_name", "litellm_credential_name", "use_in_pass_through",
+    "max_parallel_requests", "order", "tags", "max_retries", "num_retries", "region_name",
+    "litellm_credential_name", "use_in_pass_through",
     "use_litellm_proxy", "merge_reasoning_content_in_choices", "mock_testing_fallbacks",
     "cache_control_injection_points", "litellm_trace_id", "temperature", "max_tokens", "top_p", "seed",
     "configurable_clientside_auth_params", "model_info",
@@ -88,6 +99,87 @@ class ModelEntry(msgspec.Struct, kw_only=True):
     model_name: str
     litellm_params: LiteLLMParams
     model_info: dict[str, Any] | None = None
+
+
+ROUTING_STRATEGIES = ("simple-shuffle", "least-busy", "latency-based-routing", "usage-based-routing-v2")
+"""``router_settings.routing_strategy`` values Sluicegate implements (LiteLLM's names)."""
+_LITELLM_ONLY_STRATEGIES = {"usage-based-routing": "usage-based-routing-v2", "cost-based-routing": "simple-shuffle"}
+
+
+class RoutingStrategyArgs(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``router_settings.routing_strategy_args`` (latency-based-routing)."""
+
+    ttl: float = 3600.0
+    """Seconds a latency sample counts for."""
+    lowest_latency_buffer: float = 0.0
+    """Pick at random among deployments within this fraction of the lowest latency (0.5: up to 50 % slower)."""
+    max_latency_list_size: int = 10
+    """Latency samples kept per deployment."""
+
+
+class RetryPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``router_settings.retry_policy``: retries per error class (overrides ``num_retries`` for that class; a class
+    that is not retried by default is retried only when set here)."""
+
+    BadRequestErrorRetries: int | None = None
+    AuthenticationErrorRetries: int | None = None
+    TimeoutErrorRetries: int | None = None
+    RateLimitErrorRetries: int | None = None
+    ContentPolicyViolationErrorRetries: int | None = None
+    InternalServerErrorRetries: int | None = None
+
+
+class AllowedFailsPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``router_settings.allowed_fails_policy``: failures per minute a deployment may have in one error class
+    before it cools down (overrides ``allowed_fails`` for that class)."""
+
+    BadRequestErrorAllowedFails: int | None = None
+    AuthenticationErrorAllowedFails: int | None = None
+    TimeoutErrorAllowedFails: int | None = None
+    RateLimitErrorAllowedFails: int | None = None
+    ContentPolicyViolationErrorAllowedFails: int | None = None
+    InternalServerErrorAllowedFails: int | None = None
+
+
+class RouterSettings(msgspec.Struct, kw_only=True):
+    """``router_settings``: how requests for a model group are spread over its deployments, retried and failed
+    over (LiteLLM's names and defaults)."""
+
+    routing_strategy: str = "simple-shuffle"
+    routing_strategy_args: RoutingStrategyArgs = msgspec.field(default_factory=RoutingStrategyArgs)
+    model_group_alias: dict[str, Any] = msgspec.field(default_factory=dict)
+    """``alias: group`` or ``alias: {model: group, hidden: true}`` (hidden: not listed by ``/v1/models``)."""
+    num_retries: int | None = None
+    """Retries per model group (default: ``litellm_settings.num_retries``, else 2)."""
+    retry_after: float = 0.0
+    """Seconds to wait before each retry."""
+    retry_policy: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
+    timeout: float | None = None
+    stream_timeout: float | None = None
+    fallbacks: list[dict[str, list[str]]] | None = None
+    context_window_fallbacks: list[dict[str, list[str]]] | None = None
+    content_policy_fallbacks: list[dict[str, list[str]]] | None = None
+    default_fallbacks: list[str] | None = None
+    max_fallbacks: int = 5
+    allowed_fails: int = 3
+    allowed_fails_policy: AllowedFailsPolicy = msgspec.field(default_factory=AllowedFailsPolicy)
+    cooldown_time: float = 5.0
+    disable_cooldowns: bool = False
+    redis_host: str | None = None
+    redis_port: int | None = None
+    redis_password: str | None = None
+    redis_url: str | None = None
+
+
+ROUTER_IGNORED_SETTINGS = frozenset({
+    "enable_pre_call_checks", "cache_responses", "set_verbose", "debug_level", "client_ttl",
+    "default_max_parallel_requests", "polling_interval", "provider_budget_config", "alerting_config",
+    "optional_pre_call_checks", "enable_tag_filtering", "tag_filtering_match_any", "default_priority",
+    "router_general_settings", "caching_groups", "model_group_retry_policy", "default_litellm_params",
+    "cache_kwargs", "ignore_invalid_deployments",
+})
+"""LiteLLM ``router_settings`` keys Sluicegate accepts and ignores (one warning line); any other unknown key
+stops start-up."""
 
 
 class GeneralSettings(msgspec.Struct, kw_only=True):
@@ -120,6 +212,14 @@ class LiteLLMSettings(msgspec.Struct, kw_only=True):
     drop_params: bool = False
     """Drop request parameters a model's provider cannot take instead of answering 400 naming them (a model's own
     `litellm_params.drop_params` wins)."""
+    num_retries: int | None = None
+    """Retries per request (``router_settings.num_retries`` wins)."""
+    request_timeout: float | None = None
+    """Seconds per upstream attempt (``router_settings.timeout`` wins)."""
+    fallbacks: list[dict[str, list[str]]] | None = None
+    context_window_fallbacks: list[dict[str, list[str]]] | None = None
+    content_policy_fallbacks: list[dict[str, list[str]]] | None = None
+    default_fallbacks: list[str] | None = None
 
 
 class DeliverySettings(msgspec.Struct, kw_only=True):
@@ -207,6 +307,7 @@ class Settings(msgspec.Struct, kw_only=True):
     model_list: list[ModelEntry] = msgspec.field(default_factory=list)
     general_settings: GeneralSettings = msgspec.field(default_factory=GeneralSettings)
     litellm_settings: LiteLLMSettings = msgspec.field(default_factory=LiteLLMSettings)
+    router_settings: RouterSettings = msgspec.field(default_factory=RouterSettings)
     sluicegate_settings: SluicegateSettings = msgspec.field(default_factory=SluicegateSettings)
     source: str | None = None
     warnings: list[str] = msgspec.field(default_factory=list)
@@ -220,6 +321,7 @@ _SECTIONS: dict[str, type[msgspec.Struct]] = {
     "model_list": ModelEntry,
     "general_settings": GeneralSettings,
     "litellm_settings": LiteLLMSettings,
+    "router_settings": RouterSettings,
     "sluicegate_settings": SluicegateSettings,
 }
 _TEAM_KEYS = frozenset(f for f in TeamSettings.__struct_fields__ if f != "flat")
@@ -265,6 +367,38 @@ def _check_keys(data: Any, struct: type[msgspec.Struct], path: str, unknown: lis
                  "delivery": DeliverySettings, "sink_destinations": SinkDestinations}.get(key)
         if child is not None:
             _check_keys(value, child, here, unknown, typos)
+
+
+_ROUTER_NESTED: dict[str, type[msgspec.Struct]] = {
+    "routing_strategy_args": RoutingStrategyArgs, "retry_policy": RetryPolicy,
+    "allowed_fails_policy": AllowedFailsPolicy}
+
+
+def _router_keys(router: Mapping[str, Any], problems: list[str], unknown: list[str]) -> dict[str, Any]:
+    """``router_settings`` without the LiteLLM keys we ignore; any other unknown key (here or in its nested
+    policies) is a start-up error naming the likely intended key: a typo there silently changes failover."""
+    known = _fields(RouterSettings)
+    kept: dict[str, Any] = {}
+    for key, value in router.items():
+        here = f"router_settings.{key}"
+        if key in ROUTER_IGNORED_SETTINGS:
+            unknown.append(here)
+            continue
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
+            problems.append(f"{here}: not a router setting" + (f"; did you mean {hint[0]!r}?" if hint else
+                                                                  f"; known: {', '.join(known)}"))
+            continue
+        nested = _ROUTER_NESTED.get(str(key))
+        if nested is not None and isinstance(value, Mapping):
+            for inner in value:
+                if inner not in nested.__struct_fields__:
+                    hint = difflib.get_close_matches(str(inner), list(nested.__struct_fields__), n=1, cutoff=0.6)
+                    problems.append(f"{here}.{inner}: unknown key" + (f"; did you mean {hint[0]!r}?" if hint else
+                                    f"; known: {', '.join(nested.__struct_fields__)}"))
+            value = {k: v for k, v in value.items() if k in nested.__struct_fields__}
+        kept[str(key)] = value
+    return kept
 
 
 def _split_team_entry(entry: Any, path: str, problems: list[str]) -> Any:
@@ -314,6 +448,9 @@ def parse_settings(raw: Any, *, source: str | None = None) -> Settings:
             _check_keys(entry, ModelEntry, f"model_list[{index}]", unknown, typos)
     for section in ("general_settings", "sluicegate_settings"):
         _check_keys(data.get(section), _SECTIONS[section], section, unknown, typos)
+    router = data.get("router_settings")
+    if isinstance(router, Mapping):
+        data["router_settings"] = _router_keys(router, problems, unknown)
     litellm = data.get("litellm_settings")
     if isinstance(litellm, Mapping):
         litellm = dict(litellm)
@@ -368,13 +505,7 @@ def _check_semantics(settings: Settings, problems: list[str]) -> None:
         if team.team_id in seen:
             problems.append(f"{path}.team_id: {team.team_id!r} already configured at index {seen[team.team_id]}")
         seen[team.team_id] = index
-    names: set[str] = set()
-    for index, model in enumerate(settings.model_list):
-        if model.model_name in names:
-            problems.append(f"model_list[{index}].model_name: {model.model_name!r} is listed twice")
-        names.add(model.model_name)
-        if model.litellm_params.timeout <= 0:
-            problems.append(f"model_list[{index}].litellm_params.timeout: must be positive")
+    _check_models_and_router(settings, problems)
     delivery = settings.sluicegate_settings.delivery
     if not 0 <= delivery.spool_flush_interval <= 60:
         problems.append("sluicegate_settings.delivery.spool_flush_interval: must be between 0 and 60 seconds")
@@ -401,6 +532,118 @@ def _check_semantics(settings: Settings, problems: list[str]) -> None:
     cache_problems, cache_warnings = cache_params_problems(settings)
     problems += cache_problems
     settings.warnings += cache_warnings
+
+
+def model_name_matches(pattern: str, name: str) -> str | None:
+    """What ``*`` stands for when ``name`` matches the wildcard ``pattern`` (``openai/*``, ``*``), else None."""
+    prefix, star, suffix = pattern.partition("*")
+    if not star or len(name) < len(prefix) + len(suffix) or not name.startswith(prefix) or not name.endswith(suffix):
+        return None
+    matched = name[len(prefix):len(name) - len(suffix) if suffix else None]
+    return matched or None
+
+
+def _check_models_and_router(settings: Settings, problems: list[str]) -> None:
+    names: set[str] = set()
+    ids: dict[str, int] = {}
+    for index, model in enumerate(settings.model_list):
+        names.add(model.model_name)
+        params = model.litellm_params
+        here = f"model_list[{index}].litellm_params"
+        for field in ("timeout", "stream_timeout"):
+            value = getattr(params, field)
+            if value is not None and value <= 0:
+                problems.append(f"{here}.{field}: must be positive")
+        for field in ("rpm", "tpm", "weight"):
+            value = getattr(params, field)
+            if value is not None and value < 0:
+                problems.append(f"{here}.{field}: must be 0 or more")
+        model_id = (model.model_info or {}).get("id")
+        if model_id is not None:
+            if not isinstance(model_id, str | int) or not str(model_id):
+                problems.append(f"model_list[{index}].model_info.id: must be a non-empty string")
+            elif str(model_id) in ids:
+                problems.append(f"model_list[{index}].model_info.id: {model_id!r} already used by "
+                                f"model_list[{ids[str(model_id)]}]")
+            else:
+                ids[str(model_id)] = index
+    router = settings.router_settings
+    litellm = settings.litellm_settings
+    if router.routing_strategy not in ROUTING_STRATEGIES:
+        instead = _LITELLM_ONLY_STRATEGIES.get(router.routing_strategy)
+        hint = difflib.get_close_matches(router.routing_strategy, ROUTING_STRATEGIES, n=1, cutoff=0.6)
+        problems.append(f"router_settings.routing_strategy: {router.routing_strategy!r} is not supported"
+                        + (f" (use {instead!r})" if instead else f" (did you mean {hint[0]!r}?)" if hint else "")
+                        + f"; choose one of {', '.join(ROUTING_STRATEGIES)}")
+    args = router.routing_strategy_args
+    if args.ttl <= 0:
+        problems.append("router_settings.routing_strategy_args.ttl: must be positive")
+    if args.lowest_latency_buffer < 0:
+        problems.append("router_settings.routing_strategy_args.lowest_latency_buffer: must be 0 or more")
+    if args.max_latency_list_size < 1:
+        problems.append("router_settings.routing_strategy_args.max_latency_list_size: must be at least 1")
+    for field in ("num_retries", "allowed_fails", "max_fallbacks"):
+        value = getattr(router, field)
+        if value is not None and value < 0:
+            problems.append(f"router_settings.{field}: must be 0 or more")
+    if litellm.num_retries is not None and litellm.num_retries < 0:
+        problems.append("litellm_settings.num_retries: must be 0 or more")
+    for field in ("retry_after", "cooldown_time"):
+        if getattr(router, field) < 0:
+            problems.append(f"router_settings.{field}: must be 0 or more")
+    for where, value in (("router_settings.timeout", router.timeout),
+                         ("router_settings.stream_timeout", router.stream_timeout),
+                         ("litellm_settings.request_timeout", litellm.request_timeout)):
+        if value is not None and value <= 0:
+            problems.append(f"{where}: must be positive")
+    for policy_name in ("retry_policy", "allowed_fails_policy"):
+        policy = getattr(router, policy_name)
+        for field in policy.__struct_fields__:
+            value = getattr(policy, field)
+            if value is not None and value < 0:
+                problems.append(f"router_settings.{policy_name}.{field}: must be 0 or more")
+    patterns = [n for n in names if "*" in n]
+
+    def exists(name: str) -> bool:
+        return name in names or name in aliases or any(model_name_matches(p, name) for p in patterns)
+
+    aliases: dict[str, str] = {}
+    for alias, target in router.model_group_alias.items():
+        group = target.get("model") if isinstance(target, Mapping) else target
+        if not isinstance(group, str) or not group:
+            problems.append(f"router_settings.model_group_alias.{alias}: expected a model group name or "
+                            "{model: <group>, hidden: true}")
+            continue
+        if isinstance(target, Mapping) and set(target) - {"model", "hidden"}:
+            extra = ", ".join(sorted(set(target) - {"model", "hidden"}))
+            problems.append(f"router_settings.model_group_alias.{alias}: unknown key(s) {extra}; known: model, hidden")
+        aliases[alias] = group
+    for alias, group in aliases.items():
+        if group not in names and not any(model_name_matches(p, group) for p in patterns):
+            problems.append(f"router_settings.model_group_alias.{alias}: model group {group!r} is not in "
+                            f"model_list{_closest(group, names)}")
+    for section_name, section in (("router_settings", router), ("litellm_settings", litellm)):
+        for kind in ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks"):
+            for index, entry in enumerate(getattr(section, kind) or ()):
+                for group, targets in entry.items():
+                    here = f"{section_name}.{kind}[{index}].{group}"
+                    if group != "*" and not exists(group):
+                        problems.append(f"{here}: model group {group!r} is not in model_list{_closest(group, names)}")
+                    for target in targets:
+                        if not exists(target):
+                            problems.append(f"{here}: fallback model {target!r} is not in "
+                                            f"model_list{_closest(target, names)}")
+        for target in section.default_fallbacks or ():
+            if not exists(target):
+                problems.append(f"{section_name}.default_fallbacks: fallback model {target!r} is not in "
+                                f"model_list{_closest(target, names)}")
+    if router.redis_port is not None and not router.redis_host:
+        problems.append("router_settings.redis_port: set redis_host too")
+
+
+def _closest(name: str, names: set[str]) -> str:
+    hint = difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.6)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
 
 
 def per_worker(settings: Settings, workers: int) -> Settings:

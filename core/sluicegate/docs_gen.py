@@ -40,10 +40,16 @@ DESCRIPTIONS: dict[str, str] = {
     "Settings.general_settings": "Gateway-wide settings.",
     "Settings.litellm_settings": "Logging: global sinks, per-team sinks, redaction (LiteLLM's names).",
     "Settings.sluicegate_settings": "Sluicegate's own tuning.",
-    "ModelEntry.model_name": "What clients send as `model`. Several entries with one name are not allowed.",
+    "Settings.router_settings": "Load balancing, retries, fallbacks and cooldowns over a model group's "
+                                "deployments (LiteLLM's names; an unknown key stops start-up).",
+    "ModelEntry.model_name": "What clients send as `model` (the model group). Several entries with one name are "
+                             "deployments of one group, load-balanced by `router_settings.routing_strategy`; "
+                             "`openai/*` or `*` is a wildcard group.",
     "ModelEntry.litellm_params": "How to reach the upstream model.",
-    "ModelEntry.model_info": "Free-form information about the model (LiteLLM's key); its `base_model` and prices "
-                             "(`input_cost_per_token`, ...) count when `litellm_params` does not set them.",
+    "ModelEntry.model_info": "Information about the deployment (LiteLLM's key): `id` names it in log events "
+                             "(`model_id`) and `/model/info` (default: a hash of its name and params); its "
+                             "`base_model` and prices (`input_cost_per_token`, ...) count when `litellm_params` "
+                             "does not set them.",
     "LiteLLMParams.model": "`provider/model` upstream, e.g. `openai/gpt-4o`, `anthropic/claude-sonnet-4-5`, "
                            "`azure/<deployment>` (docs/providers.md).",
     "LiteLLMParams.api_base": "Upstream base URL, e.g. `https://api.openai.com/v1`.",
@@ -65,6 +71,39 @@ DESCRIPTIONS: dict[str, str] = {
     "LiteLLMSettings.turn_off_message_logging": "Redact prompts and completions in every event (a team or key "
                                                 "entry may override it).",
     "LiteLLMSettings.cache": "Response caching switch (LiteLLM's key).",
+    "LiteLLMSettings.fallbacks": "`[{group: [fallback groups]}]` (`router_settings.fallbacks` wins).",
+    "LiteLLMSettings.context_window_fallbacks": "Fallbacks after a context-window error "
+                                                "(`router_settings` wins).",
+    "LiteLLMSettings.content_policy_fallbacks": "Fallbacks after a content-policy refusal (`router_settings` wins).",
+    "LiteLLMSettings.default_fallbacks": "Fallback groups for every group without its own (`router_settings` wins).",
+    "RouterSettings.routing_strategy": "`simple-shuffle` (weighted random), `least-busy`, `latency-based-routing` "
+                                       "or `usage-based-routing-v2`; anything else stops start-up.",
+    "RouterSettings.routing_strategy_args": "Arguments of latency-based-routing (`ttl`, `lowest_latency_buffer`).",
+    "RouterSettings.timeout": "Seconds per upstream attempt for deployments without their own `timeout` "
+                              "(default: `litellm_settings.request_timeout`, else 600).",
+    "RouterSettings.stream_timeout": "Seconds a streamed attempt may take to start answering, for deployments "
+                                     "without their own `stream_timeout` (then it is retried like a timeout).",
+    "RouterSettings.fallbacks": "`[{group: [fallback groups]}]`, tried in order once a group's retries are spent "
+                                "(`*` as the group: every group).",
+    "RouterSettings.context_window_fallbacks": "Fallbacks after a context-window error (else `fallbacks`).",
+    "RouterSettings.content_policy_fallbacks": "Fallbacks after a content-policy refusal (else `fallbacks`).",
+    "RouterSettings.default_fallbacks": "Fallback groups for every group without an entry in `fallbacks`.",
+    "RouterSettings.retry_policy": "Retries per error class (`RateLimitErrorRetries`...), overriding `num_retries`.",
+    **{f"RetryPolicy.{kind}Retries": f"Retries after a {kind} (default: `num_retries` if retryable, else 0)."
+       for kind in ("BadRequestError", "AuthenticationError", "TimeoutError", "RateLimitError",
+                    "ContentPolicyViolationError", "InternalServerError")},
+    **{f"AllowedFailsPolicy.{kind}AllowedFails": f"{kind}s per minute before a cooldown (default: `allowed_fails`)."
+       for kind in ("BadRequestError", "AuthenticationError", "TimeoutError", "RateLimitError",
+                    "ContentPolicyViolationError", "InternalServerError")},
+    "RouterSettings.max_fallbacks": "Most fallback groups one request tries.",
+    "RouterSettings.allowed_fails": "Failures per minute a deployment may have before it cools down.",
+    "RouterSettings.allowed_fails_policy": "`allowed_fails` per error class (`RateLimitErrorAllowedFails`...).",
+    "RouterSettings.cooldown_time": "Seconds a failing deployment is skipped.",
+    "RouterSettings.disable_cooldowns": "Never cool deployments down.",
+    "RouterSettings.redis_host": "Redis for state shared by replicas (cooldowns, usage counters).",
+    "RouterSettings.redis_port": "Port of `redis_host` (default 6379).",
+    "RouterSettings.redis_password": "Password of `redis_host`; use `os.environ/NAME`. Never logged.",
+    "RouterSettings.redis_url": "`redis://...` instead of host, port and password.",
     "LiteLLMSettings.cache_params": "Response cache settings (LiteLLM's key).",
     "TeamSettings.team_id": "Matched exactly against a key's `team_id`.",
     "TeamSettings.team_alias": "Display name, sent in events as `user_api_key_team_alias`.",

@@ -56,3 +56,6 @@ class LogEvent(msgspec.Struct, kw_only=True):
     metadata: LogMetadata = msgspec.field(default_factory=LogMetadata)
     cache_hit: bool = False
     cache_key: str | None = None
+    attempts: list[dict[str, Any]] | None = None
+    """The router's upstream calls for this request, in order: ``model_id``, ``model_group``, ``status_code``,
+    ``error_class`` (None on success) and ``duration`` (seconds); None when no upstream was called."""

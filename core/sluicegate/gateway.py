@@ -22,6 +22,7 @@ from sluicegate.net.http import HttpClient
 from sluicegate.providers.base import ProviderClients
 from sluicegate.providers.models import ModelRouter
 from sluicegate.providers.registry import ProviderRegistry
+from sluicegate.router import Router
 from sluicegate.providers.upstream import MAX_UPSTREAM_ANSWER_BYTES, BuiltinUpstream, UpstreamClient, make_upstream
 from sluicegate.routing import LoggingResolver
 from sluicegate.sinks.dispatcher import Dispatcher, spool_dir_for
@@ -63,6 +64,7 @@ class Gateway:
         self.resolver = LoggingResolver(settings, self.registry, self.pm)
         self.providers = ProviderRegistry.from_plugin_manager(self.pm)
         self.models = ModelRouter.from_settings(settings, self.providers, environ)
+        self.router = Router(self.models, settings)
         self.store = Store.for_settings(settings, environ)  # the salt key for stored secrets comes with it
         self.keys = KeyCache()
         self.key_health_throttle = Throttle(settings.sluicegate_settings.key_health_per_minute, 60.0)
@@ -98,7 +100,9 @@ class Gateway:
             http = self._provider_http = HttpClient(user_agent=f"sluicegate/{__version__}", max_per_origin=1000,
                                                     max_connections=1000,
                                                     max_response_bytes=MAX_UPSTREAM_ANSWER_BYTES)
-        await self.models.start(ProviderClients(http=http, upstream=self.upstream))
+        clients = ProviderClients(http=http, upstream=self.upstream)
+        await self.models.start(clients)
+        await self.router.start(clients)
         await self.dispatcher.start(self.registry.get)
         self._watcher = asyncio.get_running_loop().create_task(self._watch_changes())
         if self.tune_gc:
@@ -120,6 +124,7 @@ class Gateway:
             self._watcher = None
         await self.dispatcher.aclose()
         await self.cache.aclose()
+        await self.router.aclose()
         await self.models.aclose()
         if self.upstream is not None:
             await self.upstream.aclose()

@@ -22,12 +22,14 @@ from sluicegate.cache import parse_controls, sse_chunks
 from sluicegate.errors import ApiError
 from sluicegate.events import LogEvent, LogMetadata
 from sluicegate.providers.upstream import UpstreamError, mock_completion, mock_stream
+from sluicegate.router import RequestOptions, RouterFailure
 
 if TYPE_CHECKING:
     from sluicegate.auth import AuthContext
     from sluicegate.cache import CachedAnswer, CacheLookup
     from sluicegate.gateway import Gateway
     from sluicegate.providers.models import Deployment
+    from sluicegate.router import Attempt, Group
 
 __all__ = ("chat_completions", "chat_completions_v1", "list_models", "list_models_v1")
 
@@ -43,7 +45,7 @@ class _Call:
     """Facts of one request, gathered for its log event."""
 
     __slots__ = ("ctx", "deployment", "body", "raw", "request_id", "event_id", "start", "ip", "user_agent",
-                 "traceparent")
+                 "traceparent", "attempts")
 
     def __init__(self, ctx: AuthContext, deployment: Deployment | None, body: dict[str, Any], request: Request,
                  request_id: str) -> None:
@@ -57,6 +59,7 @@ class _Call:
         self.ip = request.client.host if request.client else None
         self.user_agent = request.headers.get("user-agent")
         self.traceparent = request.headers.get("traceparent")
+        self.attempts: list[Attempt] | None = None
 
     def event(self, *, status: str, response: Any = None, usage: dict[str, Any] | None = None,
               error: ApiError | None = None, error_str: str | None = None, response_id: str | None = None,
@@ -81,7 +84,7 @@ class _Call:
             stream=stream,
             status=status,  # type: ignore[arg-type]
             model=deployment.upstream_model if deployment else str(self.body.get("model", "")),
-            model_id=deployment.model_name if deployment else None,
+            model_id=deployment.model_id if deployment else None,
             model_group=deployment.model_name if deployment else str(self.body.get("model", "")),
             api_base=deployment.api_base if deployment else None,
             custom_llm_provider=deployment.custom_llm_provider if deployment else None,
@@ -100,6 +103,7 @@ class _Call:
                 user_api_key_team_alias=team.team_alias if team else None,
                 requester_ip_address=self.ip, user_agent=self.user_agent, request_id=self.request_id,
                 traceparent=self.traceparent),
+            attempts=[a.as_dict() for a in self.attempts] if self.attempts is not None else None,
         )
 
 
@@ -140,30 +144,46 @@ async def _chat(request: Request) -> Response[Any]:
             raw = None  # the body changed: re-encode it for the upstream
     except ApiError as exc:
         return _error_response(exc, request_id)
-    deployment = gateway.models.get(model)
-    call = _Call(ctx, deployment, body, request, request_id)
+    group = gateway.router.resolve(model)
+    call = _Call(ctx, group.deployments[0] if group else None, body, request, request_id)
     call.raw = raw
     try:
-        if deployment is None:
+        if group is None:
             raise ApiError(400, f"model {model!r} is not configured; available: {', '.join(_allowed(gateway, ctx))}",
                            param="model", code="model_not_found")
-        if ctx.key is not None and ctx.key.models and model not in ctx.key.models:
+        if not _may_use(ctx, model):
             raise ApiError(403, f"this key may not use model {model!r}", type="permission_error",
                            param="model", code="403")
+        options = _request_options(gateway, ctx, body)
+        if options is not None:
+            call.raw = None  # the body changed: re-encode it for the upstream
+        await gateway.router.ready(group)
         # -- response cache (sluicegate.cache): look up before the upstream call; nothing at all when off
         lookup = None
         if gateway.cache.enabled_for(ctx):
-            lookup = gateway.cache.lookup(ctx, deployment, body, cache_controls)
+            lookup = gateway.cache.lookup(ctx, group.deployments[0], body, cache_controls)
             cached = await lookup.get()
             if cached is not None:
                 return _cache_hit(gateway, call, lookup, cached, stream)
         # -- end response cache
         if stream:
-            return await _stream(gateway, call, deployment, lookup)
-        if deployment.mock_response is not None:
-            content = mock_completion(deployment, body)
-        else:
-            content = await deployment.provider.complete_bytes(body, call.raw, request_id)
+            return await _stream(gateway, call, group, options, lookup)
+
+        async def attempt(deployment: Deployment) -> bytes:
+            if deployment.mock_response is not None:
+                return mock_completion(deployment, body)
+            return await deployment.provider.complete_bytes(body, call.raw, request_id)
+
+        try:
+            outcome = await gateway.router.call(group, attempt, options=options,
+                                                tokens=gateway.router.estimate_tokens(body.get("messages")))
+        except RouterFailure as failure:
+            call.deployment = failure.deployment or call.deployment
+            call.attempts = failure.attempts
+            raise failure.error from None
+        call.deployment = outcome.deployment
+        call.attempts = outcome.attempts
+        content = outcome.result
     except ApiError as exc:
         gateway.dispatcher.submit(call.event(status="failure", error=exc, stream=stream), ctx.callbacks)
         return _error_response(exc, request_id)
@@ -174,7 +194,9 @@ async def _chat(request: Request) -> Response[Any]:
         gateway.dispatcher.submit(call.event(status="failure", error=exc), ctx.callbacks)
         return _error_response(exc, request_id)
     usage = parsed.get("usage") if isinstance(parsed, dict) else None
-    event = call.event(status="success", response=parsed, usage=usage if isinstance(usage, dict) else None,
+    usage = usage if isinstance(usage, dict) else None
+    outcome.finish(int((usage or {}).get("total_tokens") or 0))
+    event = call.event(status="success", response=parsed, usage=usage,
                        response_id=parsed.get("id") if isinstance(parsed, dict) else None)
     headers = {"x-request-id": request_id}
     if lookup is not None:  # -- response cache: store the answer, mark the event and the response
@@ -183,6 +205,39 @@ async def _chat(request: Request) -> Response[Any]:
         await lookup.put(content, parsed)
     gateway.dispatcher.submit(event, ctx.callbacks)
     return Response(content=content, media_type="application/json", headers=headers)
+
+
+def _may_use(ctx: AuthContext, model: str) -> bool:
+    """Key and team ``models`` restrictions apply to the name the client used (an alias is its own name)."""
+    if ctx.key is not None and ctx.key.models and model not in ctx.key.models:
+        return False
+    team_models = getattr(ctx.team, "models", None) if ctx.team is not None else None
+    return not team_models or model in team_models
+
+
+_MAX_REQUEST_RETRIES = 10
+
+
+def _request_options(gateway: Gateway, ctx: AuthContext, body: dict[str, Any]) -> RequestOptions | None:
+    """LiteLLM's per-request router fields, taken out of the body (never sent upstream); None when absent."""
+    if "num_retries" not in body and "fallbacks" not in body:
+        return None
+    num_retries = body.pop("num_retries", None)
+    fallbacks = body.pop("fallbacks", None)
+    if num_retries is not None and (not isinstance(num_retries, int) or isinstance(num_retries, bool)
+                                    or not 0 <= num_retries <= _MAX_REQUEST_RETRIES):
+        raise ApiError(400, f"num_retries: expected an integer from 0 to {_MAX_REQUEST_RETRIES}", param="num_retries")
+    if fallbacks is not None:
+        if not isinstance(fallbacks, list) or not all(isinstance(f, str) and f for f in fallbacks):
+            raise ApiError(400, "fallbacks: expected an array of model names", param="fallbacks")
+        for name in fallbacks:
+            if gateway.router.resolve(name) is None:
+                raise ApiError(400, f"fallbacks: model {name!r} is not configured", param="fallbacks",
+                               code="model_not_found")
+            if not _may_use(ctx, name):
+                raise ApiError(403, f"fallbacks: this key may not use model {name!r}", type="permission_error",
+                               param="fallbacks", code="403")
+    return RequestOptions(num_retries=num_retries, fallbacks=fallbacks)
 
 
 def _cache_hit(gateway: Gateway, call: _Call, lookup: CacheLookup, cached: CachedAnswer,
@@ -204,15 +259,14 @@ def _cache_hit(gateway: Gateway, call: _Call, lookup: CacheLookup, cached: Cache
 
 
 def _allowed(gateway: Gateway, ctx: AuthContext) -> list[str]:
-    names = gateway.models.names()
-    if ctx.key is not None and ctx.key.models:
-        names = [n for n in names if n in ctx.key.models]
-    return names
+    return [n for n in gateway.router.listed() if _may_use(ctx, n)]
 
 
 def _error_response(exc: ApiError, request_id: str) -> Response[bytes]:
-    return Response(content=exc.body(), status_code=exc.status, media_type="application/json",
-                    headers={"x-request-id": request_id})
+    headers = {"x-request-id": request_id}
+    if exc.headers:
+        headers.update(exc.headers)
+    return Response(content=exc.body(), status_code=exc.status, media_type="application/json", headers=headers)
 
 
 class _StreamState:
@@ -304,15 +358,27 @@ class _StreamState:
         return result
 
 
-async def _stream(gateway: Gateway, call: _Call, deployment: Deployment,
+async def _stream(gateway: Gateway, call: _Call, group: Group, options: RequestOptions | None,
                   lookup: CacheLookup | None = None) -> Response[Any]:
     body = call.body
-    if deployment.mock_response is not None:
-        source: AsyncIterator[bytes] = mock_stream(deployment, body)
-        upstream_response = None
-    else:
-        upstream_response = await deployment.provider.open_stream(body, call.raw, call.request_id)
-        source = upstream_response.aiter_raw()
+
+    async def attempt(deployment: Deployment) -> tuple[AsyncIterator[bytes], Any]:
+        # only the opening is retried: once the upstream accepted, its bytes go to the client as they come
+        if deployment.mock_response is not None:
+            return mock_stream(deployment, body), None
+        response = await deployment.provider.open_stream(body, call.raw, call.request_id)
+        return response.aiter_raw(), response
+
+    try:
+        outcome = await gateway.router.call(group, attempt, options=options, stream=True,
+                                            tokens=gateway.router.estimate_tokens(body.get("messages")))
+    except RouterFailure as failure:
+        call.deployment = failure.deployment or call.deployment
+        call.attempts = failure.attempts
+        raise failure.error from None
+    call.deployment = outcome.deployment
+    call.attempts = outcome.attempts
+    source, upstream_response = outcome.result
 
     async def relay() -> AsyncIterator[bytes]:
         state = _StreamState()
@@ -325,15 +391,24 @@ async def _stream(gateway: Gateway, call: _Call, deployment: Deployment,
                 error = state.error
             elif not state.done:
                 error = "upstream stream ended before [DONE]"
-        except BaseException as exc:  # client gone (cancelled/closed) or upstream broke mid-stream
-            error = ("client disconnected mid-stream" if isinstance(exc, GeneratorExit | BaseExceptionGroup)
-                     or type(exc).__name__ == "CancelledError" else f"stream interrupted: {type(exc).__name__}")
+        except Exception as exc:
+            if isinstance(exc, BaseExceptionGroup):
+                error = "client disconnected mid-stream"
+                raise
+            # The upstream broke after bytes reached the client: not retried (the client would get two answers
+            # spliced); the stream ends with an OpenAI error frame, which the SDKs raise as an APIError.
+            error = f"stream interrupted: {type(exc).__name__}"
+            yield b"data: " + UpstreamError(502, f"upstream stream interrupted: {type(exc).__name__}",
+                                            type="upstream_error", code="502").body() + b"\n\n"
+        except BaseException:  # client gone (cancelled/closed)
+            error = "client disconnected mid-stream"
             raise
         finally:
             if upstream_response is not None:
                 await upstream_response.aclose()
             # a translating provider knows the usage even when the client did not ask for it
             usage = state.usage or getattr(upstream_response, "usage", None)
+            outcome.finish(int((usage or {}).get("total_tokens") or 0) if isinstance(usage, dict) else 0)
             event = call.event(status="failure" if error else "success", response=state.response(),
                                usage=usage, error_str=error, response_id=state.response_id,
                                first_token_at=state.first_token_at, stream=True)
@@ -362,10 +437,12 @@ async def chat_completions(request: Request) -> Response[Any]:
 async def _models(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
     ctx = await gateway.authenticate(request)
-    return json_response({"object": "list", "data": [
-        {"id": name, "object": "model", "created": 0,
-         "owned_by": gateway.models.get(name).custom_llm_provider}  # type: ignore[union-attr]
-        for name in _allowed(gateway, ctx)]})
+    data = []
+    for name in _allowed(gateway, ctx):
+        group = gateway.router.resolve(name)
+        owner = group.deployments[0].custom_llm_provider if group is not None else "sluicegate"
+        data.append({"id": name, "object": "model", "created": 0, "owned_by": owner})
+    return json_response({"object": "list", "data": data})
 
 
 @get("/v1/models")

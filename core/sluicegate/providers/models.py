@@ -1,4 +1,4 @@
-"""The model list: ``model_name`` → deployment (its provider, upstream model, base URL, key, costs).
+"""The model list: ``model_name`` → its deployments (each: provider, upstream model, base URL, key, costs, id).
 
 Built once at start-up from ``model_list``: each entry's provider comes from the registry (an unknown prefix
 names the known ones), its ``litellm_params`` are checked against the provider's ``Params``, and ``api_base`` /
@@ -9,6 +9,7 @@ together, with its YAML path, as a :class:`~sluicegate.config.ConfigError`: neve
 from __future__ import annotations
 
 import difflib
+import hashlib
 import logging
 import math
 import os
@@ -40,12 +41,25 @@ class Deployment(msgspec.Struct, kw_only=True):
     upstream_model: str
     api_base: str | None
     api_key: str | None = msgspec.field(default=None)
+    model_id: str = ""
+    """``model_info.id``, else a stable hash of the entry's name and params (the event's ``model_id``)."""
     timeout: float = 600.0
+    stream_timeout: float | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    weight: float | None = None
+    model_info: dict[str, Any] | None = None
+    public_params: dict[str, Any] | None = None
+    """``litellm_params`` as configured, secrets masked (what ``/model/info`` shows)."""
+    provider_class: Any = None
+    provider_params: Any = None
     mock_response: Any = None
     price_model: str = ""
     """The model looked up in the price table (``base_model`` when given, else the upstream model)."""
     price: Price | None = None
     """Resolved at start-up; None when neither the table nor the config prices the model (cost 0)."""
+    price_overrides: dict[str, float] | None = None
+    """The config's prices (LiteLLM's keys), kept to price the models a wildcard deployment serves."""
     drop_params: bool = False
     extra_headers: dict[str, str] | None = None
     provider: Any = None
@@ -88,25 +102,52 @@ def _param_problem(provider_class: type[Provider], path: str, exc: msgspec.Valid
 
 
 def build_deployments(settings: Settings, registry: ProviderRegistry,
-                      environ: Mapping[str, str] | None = None) -> dict[str, Deployment]:
-    """Every model of ``settings.model_list`` as a :class:`Deployment` with its provider; raises
-    :class:`ConfigError` listing every problem (YAML paths) at once."""
+                      environ: Mapping[str, str] | None = None) -> list[Deployment]:
+    """Every entry of ``settings.model_list`` as a :class:`Deployment` with its provider (several may share a
+    ``model_name``); raises :class:`ConfigError` listing every problem (YAML paths) at once."""
     environ = os.environ if environ is None else environ
     problems: list[str] = []
-    deployments: dict[str, Deployment] = {}
+    deployments: list[Deployment] = []
     global_drop = settings.litellm_settings.drop_params
+    timeout = settings.router_settings.timeout or settings.litellm_settings.request_timeout or 600.0
     for index, entry in enumerate(settings.model_list):
         path = f"model_list[{index}].litellm_params"
-        deployment = _deployment(entry, path, registry, environ, global_drop, problems)
+        deployment = _deployment(entry, path, registry, environ, global_drop, problems, timeout,
+                                 settings.router_settings.stream_timeout)
         if deployment is not None:
-            deployments[entry.model_name] = deployment
+            deployments.append(deployment)
     if problems:
         raise ConfigError(problems)
     return deployments
 
 
+SECRET_PARAM_WORDS = ("key", "secret", "token", "password", "credential")
+
+
+def masked_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``litellm_params`` for display: any value under a secret-looking name shown as its last 4 characters."""
+    shown: dict[str, Any] = {}
+    for name, value in params.items():
+        if value is not None and any(word in name.lower() for word in SECRET_PARAM_WORDS):
+            text = str(value)
+            shown[name] = "***" + text[-4:] if len(text) >= 12 else "***"
+        else:
+            shown[name] = value
+    return shown
+
+
+def deployment_id(entry: ModelEntry) -> str:
+    """``model_info.id``, else a hash of the entry's name and params: stable across restarts and replicas."""
+    given = (entry.model_info or {}).get("id")
+    if given is not None:
+        return str(given)
+    material = msgspec.json.encode([entry.model_name, msgspec.to_builtins(entry.litellm_params)], order="sorted")
+    return hashlib.sha256(material).hexdigest()
+
+
 def _deployment(entry: ModelEntry, path: str, registry: ProviderRegistry, environ: Mapping[str, str],
-                global_drop: bool, problems: list[str]) -> Deployment | None:
+                global_drop: bool, problems: list[str], default_timeout: float = 600.0,
+                default_stream_timeout: float | None = None) -> Deployment | None:
     params = entry.litellm_params
     name, _, upstream = params.model.partition("/")
     if not upstream:
@@ -129,8 +170,13 @@ def _deployment(entry: ModelEntry, path: str, registry: ProviderRegistry, enviro
         model_name=entry.model_name, custom_llm_provider=name, upstream_model=upstream,
         api_base=params.api_base or _first_env(provider_class.api_base_env, environ) or provider_class.default_api_base,
         api_key=params.api_key or _first_env(provider_class.api_key_env, environ),
-        timeout=params.timeout, mock_response=params.mock_response,
-        drop_params=global_drop if params.drop_params is None else params.drop_params)
+        timeout=params.timeout or default_timeout, mock_response=params.mock_response,
+        drop_params=global_drop if params.drop_params is None else params.drop_params,
+        model_id=deployment_id(entry), stream_timeout=params.stream_timeout or default_stream_timeout,
+        rpm=params.rpm, tpm=params.tpm, weight=params.weight, model_info=entry.model_info,
+        public_params=masked_params({k: v for k, v in msgspec.to_builtins(params).items()
+                                     if k != "extra" and v is not None} | params.extra),
+        provider_class=provider_class, provider_params=provider_params)
     if params.mock_response is None:  # an offline model needs no upstream
         found = provider_class.check(deployment, provider_params, environ)
         if found:
@@ -171,6 +217,7 @@ def _price(deployment: Deployment, entry: ModelEntry, provider_class: type[Provi
                 problems.append(f"{where}.{key}: expected a non-negative number (USD per token)")
                 return False
             overrides[key] = value
+    deployment.price_overrides = overrides
     base_model = params.base_model or info.get("base_model")
     deployment.price_model = str(base_model) if base_model else deployment.upstream_model
     table_provider = provider_class.price_provider or provider_class.custom_llm_provider
@@ -178,11 +225,32 @@ def _price(deployment: Deployment, entry: ModelEntry, provider_class: type[Provi
     return True
 
 
-class ModelRouter:
-    __slots__ = ("deployments",)
+def for_wildcard(deployment: Deployment, name: str, matched: str) -> Deployment:
+    """A wildcard deployment (``model: openai/*``) made concrete for the model ``name`` a client asked for,
+    ``matched`` being what its ``model_name``'s ``*`` stood for; its provider is built like any other's."""
+    upstream = deployment.upstream_model.replace("*", matched) if "*" in deployment.upstream_model \
+        else deployment.upstream_model
+    concrete = msgspec.structs.replace(deployment, model_name=name, upstream_model=upstream,
+                                       model_id=deployment.model_id, provider=None)
+    if "*" in deployment.price_model:  # no base_model: price the concrete model (the config's prices still win)
+        provider_class = deployment.provider_class
+        concrete.price_model = upstream
+        concrete.price = resolve_price(provider_class.price_provider or provider_class.custom_llm_provider,
+                                       upstream, deployment.price_overrides or {}, time.time())
+    concrete.provider = deployment.provider_class(concrete, deployment.provider_params)
+    return concrete
 
-    def __init__(self, deployments: Mapping[str, Deployment]) -> None:
-        self.deployments: dict[str, Deployment] = dict(deployments)
+
+class ModelRouter:
+    """The configured deployments grouped by ``model_name`` (the routing itself lives in :mod:`sluicegate.router`)."""
+
+    __slots__ = ("all", "groups")
+
+    def __init__(self, deployments: list[Deployment]) -> None:
+        self.all: list[Deployment] = list(deployments)
+        self.groups: dict[str, list[Deployment]] = {}
+        for deployment in self.all:
+            self.groups.setdefault(deployment.model_name, []).append(deployment)
 
     @classmethod
     def from_settings(cls, settings: Settings, registry: ProviderRegistry,
@@ -190,24 +258,26 @@ class ModelRouter:
         return cls(build_deployments(settings, registry, environ))
 
     def get(self, name: str) -> Deployment | None:
-        return self.deployments.get(name)
+        """The first deployment of the group ``name`` (the router picks among all of them per request)."""
+        group = self.groups.get(name)
+        return group[0] if group else None
 
     def names(self) -> list[str]:
-        return list(self.deployments)
+        return list(self.groups)
 
     def unpriced(self) -> list[str]:
         """``provider/model`` of every configured model that neither the price table nor the config prices."""
-        return sorted({f"{d.custom_llm_provider}/{d.price_model}" for d in self.deployments.values()
-                       if d.price is None})
+        return sorted({f"{d.custom_llm_provider}/{d.price_model}" for d in self.all
+                       if d.price is None and "*" not in d.price_model})
 
     async def start(self, clients: ProviderClients) -> None:
         for name in self.unpriced():  # one line per model and process, never per request
             log.warning("no price for %s (not in genai-prices' table): its response_cost is 0; set "
                         "input_cost_per_token / output_cost_per_token in its litellm_params or model_info, or "
                         "base_model to the model it is", name)
-        for deployment in self.deployments.values():
+        for deployment in self.all:
             await deployment.provider.start(clients)
 
     async def aclose(self) -> None:
-        for deployment in self.deployments.values():
+        for deployment in self.all:
             await deployment.provider.aclose()
