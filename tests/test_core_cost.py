@@ -43,7 +43,7 @@ def library_usage(usage: dict[str, Any]) -> Usage:
 def deployments(*models: dict[str, Any]) -> dict[str, Any]:
     settings = parse_settings({"model_list": [{"model_name": f"m{i}", **m} for i, m in enumerate(models)]})
     registry = ProviderRegistry.from_plugin_manager(get_plugin_manager({}))
-    return build_deployments(settings, registry, environ={})
+    return {d.model_name: d for d in build_deployments(settings, registry, environ={})}
 
 
 @pytest.mark.filterwarnings("ignore:Unsupported price key")  # the table's non-token units are unused here

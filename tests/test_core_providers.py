@@ -21,8 +21,8 @@ def registry() -> ProviderRegistry:
 def build(registry: ProviderRegistry, *params: dict[str, Any], environ: dict[str, str] | None = None,
           **litellm: Any) -> dict[str, Any]:
     models = [{"model_name": f"m{i}", "litellm_params": p} for i, p in enumerate(params)]
-    return build_deployments(parse_settings({"model_list": models, "litellm_settings": litellm}), registry,
-                             environ or {})
+    return {d.model_name: d for d in build_deployments(
+        parse_settings({"model_list": models, "litellm_settings": litellm}), registry, environ or {})}
 
 
 def problems(registry: ProviderRegistry, *params: dict[str, Any], environ: dict[str, str] | None = None) -> list[str]:
@@ -120,8 +120,8 @@ def test_provider_params_refuse_unknown_keys_and_wrong_types(registry: ProviderR
 def test_litellm_router_keys_are_ignored_with_a_warning_not_refused(registry: ProviderRegistry) -> None:
     settings = parse_settings({"model_list": [{"model_name": "a", "litellm_params": {
         "model": "groq/llama", "api_key": "k", "rpm": 10, "tpm": 1000, "max_retries": 2}}]})
-    assert "model_list[0].litellm_params.rpm" in settings.warnings[0]
-    assert build_deployments(settings, registry, {})["a"].custom_llm_provider == "groq"
+    assert "model_list[0].litellm_params.max_retries" in settings.warnings[0]  # rpm/tpm are the router's now
+    assert build_deployments(settings, registry, {})[0].custom_llm_provider == "groq"
 
 
 def test_os_environ_references_still_resolve_for_provider_params(registry: ProviderRegistry,

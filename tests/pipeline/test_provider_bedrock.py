@@ -352,7 +352,8 @@ def models(fake: FakeBedrock, name: str = "nova", **extra: Any) -> list[dict[str
     return [{"model_name": name, "litellm_params": {
         "model": f"bedrock/{MODEL_ID}", "aws_bedrock_runtime_endpoint": fake.url, "aws_region_name": REGION,
         "aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY, "timeout": 10,
-        "input_cost_per_token": 0.001, "output_cost_per_token": 0.002, **extra}}]
+        "input_cost_per_token": 0.001, "output_cost_per_token": 0.002, "cache_read_input_token_cost": 0.001,
+        "cache_creation_input_token_cost": 0.001, **extra}}]  # every price set: the table's cache prices stay out
 
 
 def sdk(gw: Any, key: str) -> openai.AsyncOpenAI:

@@ -747,11 +747,11 @@ def test_start_up_errors_name_the_yaml_path(tmp_path, monkeypatch, no_ambient_go
                                "mean 'vertex_project'?)")
     assert not any(secret_key[40:80] in p or '"type"' in p for p in found)  # keys are never quoted
     # negative control: the environment LiteLLM reads completes every model
-    good = build_deployments(parse_settings({"model_list": [
+    good = {d.model_name: d for d in build_deployments(parse_settings({"model_list": [
         {"model_name": "a", "litellm_params": {"model": "gemini/gemini-2.5-flash"}},
         {"model_name": "b", "litellm_params": {"model": "vertex_ai/gemini-2.5-pro",
                                                "vertex_credentials": json.dumps(no_project)}}]}),
-        registry, {"GEMINI_API_KEY": "AIza-env", "VERTEXAI_PROJECT": "p-env", "VERTEXAI_LOCATION": "global"})
+        registry, {"GEMINI_API_KEY": "AIza-env", "VERTEXAI_PROJECT": "p-env", "VERTEXAI_LOCATION": "global"})}
     assert good["a"].api_key == "AIza-env" and good["a"].api_base == "https://generativelanguage.googleapis.com"
     assert good["b"].api_base == "https://aiplatform.googleapis.com"
     assert good["b"].provider.url == ("https://aiplatform.googleapis.com/v1/projects/p-env/locations/global/"
