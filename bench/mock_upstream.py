@@ -12,12 +12,19 @@ Modes:
   - ``azure``: ``POST /openai/deployments/{deployment}/chat/completions?api-version=...`` (and the v1 API's
     ``/openai/v1/chat/completions``) answers OpenAI's completion or stream with Azure's additions
     (``prompt_filter_results``, per-choice ``content_filter_results``, the leading filter-results chunk);
+  - ``gemini``: ``POST /v1beta/models/{model}:generateContent`` answers a ``GenerateContentResponse`` (one
+    candidate, ``usageMetadata``); ``:streamGenerateContent?alt=sse`` answers its SSE events, one per word,
+    the last with ``finishReason`` and ``usageMetadata``;
+  - ``bedrock``: ``POST /model/{modelId}/converse`` answers a Converse response with usage;
+    ``.../converse-stream`` answers ``application/vnd.amazon.eventstream`` messages (``messageStart``, a
+    ``contentBlockDelta`` per word, ``contentBlockStop``, ``messageStop``, ``metadata`` with usage), framed
+    with their CRCs once at import. The SigV4 signature is not checked: the row measures the gateway signing;
   - ``openai``: ``POST /v1/chat/completions`` and ``/chat/completions`` answer a fixed completion with usage, or,
     when the body has ``"stream": true``, an SSE stream (role chunk, content chunks, a finish chunk, a usage
     chunk, ``[DONE]``).
   Every format answers the same text in the same number of chunks, so rows differ only by translation.
-  ``GET /v1/models`` lists one model; anything else is a JSON 404. Another provider's row (Gemini, Bedrock) adds
-  its answer bytes and one entry in :data:`WIRES`, and its model in ``bench/run.py``'s ``PROVIDER_MODELS``.
+  ``GET /v1/models`` lists one model; anything else is a JSON 404. Another provider's row adds its answer
+  bytes and one entry in :data:`WIRES`, and its model in ``bench/run.py``'s ``PROVIDER_MODELS``.
 - ``receiver``: every request is answered ``200`` with an empty ``application/x-protobuf`` body (an empty
   ``ExportTraceServiceResponse``), standing in for Langfuse's OTLP endpoint and an OTel collector. It counts
   requests and bytes and reports them on ``GET /stats``.
@@ -32,7 +39,9 @@ import asyncio
 import json
 import re
 import signal
+import struct
 import sys
+import zlib
 from collections.abc import Callable
 
 __all__ = ("COMPLETION", "WIRES", "main", "serve")
@@ -71,9 +80,9 @@ def _response(status: str, content_type: bytes, body: bytes, close: bool = False
     return head + b"\r\n" + body
 
 
-def _stream_response(events: list[bytes]) -> bytes:
-    """An SSE answer: one HTTP chunk per event, all written at once (the mock never waits between tokens)."""
-    return (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+def _stream_response(events: list[bytes], content_type: bytes = b"text/event-stream") -> bytes:
+    """A streamed answer: one HTTP chunk per event, all written at once (no wait between tokens)."""
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: " + content_type + b"\r\nCache-Control: no-cache\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
             + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n")
 
@@ -128,12 +137,74 @@ def _azure_events() -> list[bytes]:
     return [b"data: " + _compact(first) + b"\n\n", *_sse_events()]
 
 
+# Gemini API (generateContent / streamGenerateContent?alt=sse; shapes as google-genai types them)
+GEMINI_MODEL = "gemini-2.5-flash"
+_GEMINI_USAGE = {"promptTokenCount": 9, "candidatesTokenCount": 8, "totalTokenCount": 17,
+                 "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 9}]}
+
+
+def _gemini_event(text: str, last: bool) -> dict[str, object]:
+    candidate: dict[str, object] = {"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}
+    event: dict[str, object] = {"candidates": [candidate], "modelVersion": GEMINI_MODEL,
+                                "responseId": "bench0000000000000000000"}
+    if last:
+        candidate["finishReason"] = "STOP"
+        event["usageMetadata"] = _GEMINI_USAGE
+    return event
+
+
+GEMINI_RESPONSE = _compact(_gemini_event(CONTENT, True))
+
+
+def _gemini_events() -> list[bytes]:
+    words = CONTENT.split(" ")
+    # Google ends each event with CRLF CRLF
+    return [b"data: " + _compact(_gemini_event(word if index == 0 else " " + word, index == len(words) - 1))
+            + b"\r\n\r\n" for index, word in enumerate(words)]
+
+
+# Amazon Bedrock's Converse API and its event stream (application/vnd.amazon.eventstream)
+BEDROCK_MODEL = "anthropic.claude-3-5-sonnet-20240620-v1:0"
+_BEDROCK_USAGE = {"inputTokens": 9, "outputTokens": 8, "totalTokens": 17}
+BEDROCK_RESPONSE = _compact({
+    "output": {"message": {"role": "assistant", "content": [{"text": CONTENT}]}}, "stopReason": "end_turn",
+    "usage": _BEDROCK_USAGE, "metrics": {"latencyMs": 1}})
+
+
+def _eventstream_frame(headers: dict[str, str], payload: bytes) -> bytes:
+    """One event-stream message: prelude (lengths, CRC), string headers (type 7), payload, CRC."""
+    encoded = b"".join(struct.pack(">B", len(k)) + k.encode() + b"\x07" + struct.pack(">H", len(v.encode()))
+                       + v.encode() for k, v in headers.items())
+    prelude = struct.pack(">II", 12 + len(encoded) + len(payload) + 4, len(encoded))
+    message = prelude + struct.pack(">I", zlib.crc32(prelude)) + encoded + payload
+    return message + struct.pack(">I", zlib.crc32(message))
+
+
+def _bedrock_frames() -> list[bytes]:
+    def event(kind: str, data: object) -> bytes:
+        return _eventstream_frame({":event-type": kind, ":content-type": "application/json",
+                                   ":message-type": "event"}, _compact(data))
+
+    frames = [event("messageStart", {"role": "assistant"})]
+    for index, word in enumerate(CONTENT.split(" ")):
+        frames.append(event("contentBlockDelta", {"contentBlockIndex": 0,
+                                                  "delta": {"text": word if index == 0 else " " + word}}))
+    frames += [event("contentBlockStop", {"contentBlockIndex": 0}),
+               event("messageStop", {"stopReason": "end_turn"}),
+               event("metadata", {"usage": _BEDROCK_USAGE, "metrics": {"latencyMs": 1}})]
+    return frames
+
+
 RESP_COMPLETION = _response("200 OK", b"application/json", COMPLETION)
 RESP_STREAM = _stream_response(_sse_events())
 RESP_ANTHROPIC = _response("200 OK", b"application/json", ANTHROPIC_MESSAGE)
 RESP_ANTHROPIC_STREAM = _stream_response(_anthropic_events())
 RESP_AZURE = _response("200 OK", b"application/json", AZURE_COMPLETION)
 RESP_AZURE_STREAM = _stream_response(_azure_events())
+RESP_GEMINI = _response("200 OK", b"application/json", GEMINI_RESPONSE)
+RESP_GEMINI_STREAM = _stream_response(_gemini_events())
+RESP_BEDROCK = _response("200 OK", b"application/json", BEDROCK_RESPONSE)
+RESP_BEDROCK_STREAM = _stream_response(_bedrock_frames(), b"application/vnd.amazon.eventstream")
 RESP_MODELS = _response("200 OK", b"application/json", json.dumps(
     {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "bench"}]}).encode())
 RESP_404 = _response("404 Not Found", b"application/json",
@@ -158,6 +229,10 @@ WIRES: list[tuple[str, Callable[[bytes], bool], Callable[[bytes, bytes], bytes]]
      _by_stream_flag(RESP_ANTHROPIC, RESP_ANTHROPIC_STREAM)),
     ("azure", lambda path: path.startswith((b"/openai/deployments/", b"/openai/v1/chat/completions")),
      _by_stream_flag(RESP_AZURE, RESP_AZURE_STREAM)),
+    ("gemini", lambda path: path.startswith(b"/v1beta/models/"),
+     lambda path, body: RESP_GEMINI_STREAM if b":streamGenerateContent" in path else RESP_GEMINI),
+    ("bedrock", lambda path: path.startswith(b"/model/"),
+     lambda path, body: RESP_BEDROCK_STREAM if path.endswith(b"/converse-stream") else RESP_BEDROCK),
     ("openai", lambda path: path.endswith(b"/chat/completions"), _by_stream_flag(RESP_COMPLETION, RESP_STREAM)),
 ]
 """The wire formats the mock speaks. A new provider's row adds its precomputed answers and one entry here."""

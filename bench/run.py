@@ -78,6 +78,10 @@ ROWS = [
         stream=True, provider="anthropic"),
     Row("gw-azure", "gateway, no sinks, azure provider (deployment URL, api-key)", "gateway", "builtin",
         stream=True, provider="azure"),
+    Row("gw-gemini", "gateway, no sinks, gemini provider (generateContent, translated)", "gateway", "builtin",
+        stream=True, provider="gemini"),
+    Row("gw-bedrock", "gateway, no sinks, bedrock provider (Converse, SigV4-signed, event stream)", "gateway",
+        "builtin", stream=True, provider="bedrock"),
     Row("gw-aiohttp", "gateway, no sinks, aiohttp client", "gateway", "aiohttp"),
     Row("gw-httpx-aiohttp", "gateway, no sinks, httpx over the httpx-aiohttp transport", "gateway",
         "httpx-aiohttp"),
@@ -338,6 +342,11 @@ PROVIDER_MODELS: dict[str, list[str]] = {
     "anthropic": ["model: anthropic/claude-sonnet-4-5", "api_base: {upstream}"],
     "azure": [f"model: azure/{MODEL}", "api_base: {upstream}", "api_version: '2024-10-21'",
               "base_model: gpt-4o-mini"],
+    "gemini": ["model: gemini/gemini-2.5-flash", "api_base: {upstream}"],
+    # static keys, no api_key: every request is signed with SigV4 by botocore (the mock does not check it)
+    "bedrock": ["model: 'bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0'", "api_base: {upstream}",
+                "aws_access_key_id: AKIABENCHMOCK0000000", "aws_secret_access_key: bench-mock-secret-key",
+                "aws_region_name: us-east-1"],
 }
 """The model every gateway row serves as ``mock-gpt``, by upstream wire format (bench.mock_upstream's WIRES)."""
 
@@ -349,7 +358,8 @@ def _model_and_key(upstream: str, master_key: str, provider: str = "openai") -> 
         f"  - model_name: {MODEL}",
         "    litellm_params:",
         *(f"      {line.format(upstream=upstream)}" for line in PROVIDER_MODELS[provider]),
-        "      api_key: sk-upstream-bench",
+        # bedrock takes an api_key as a Bedrock API key (Bearer, no SigV4): its row signs with AWS keys
+        *([] if provider == "bedrock" else ["      api_key: sk-upstream-bench"]),
         "      timeout: 30",
         "general_settings:",
         f"  master_key: {master_key}",
