@@ -25,7 +25,8 @@ import msgspec
 
 from sluicegate.errors import ApiError
 from sluicegate.net.http import encode_headers
-from sluicegate.providers.base import Provider, ProviderParams, UpstreamError, request_id_header
+from sluicegate.providers.base import (Provider, ProviderParams, UpstreamError, request_id_header,
+                                      tool_call_arguments)
 
 __all__ = ("AnthropicParams", "AnthropicProvider")
 
@@ -424,18 +425,6 @@ def _user_blocks(content: Any) -> list[dict[str, Any]]:
     return blocks
 
 
-def _arguments(raw: Any) -> Any:
-    if isinstance(raw, dict):
-        return raw
-    if not raw:
-        return {}
-    try:
-        return _decoder.decode(raw)
-    except (msgspec.DecodeError, TypeError):
-        raise ApiError(400, "messages: a tool call's function.arguments is not valid JSON",
-                       param="messages") from None
-
-
 def _messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """OpenAI messages → (system blocks, Anthropic messages), consecutive same-role turns merged."""
     system: list[dict[str, Any]] = []
@@ -457,7 +446,7 @@ def _messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str,
             for call in message.get("tool_calls") or ():
                 function = call.get("function") or {}
                 blocks.append({"type": "tool_use", "id": call.get("id"), "name": function.get("name"),
-                               "input": _arguments(function.get("arguments"))})
+                               "input": tool_call_arguments(function.get("arguments"))})
         elif role in ("tool", "function"):
             result_block: dict[str, Any] = {"type": "tool_result",
                                             "tool_use_id": message.get("tool_call_id") or message.get("name")}

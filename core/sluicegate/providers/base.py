@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from sluicegate.providers.upstream import UpstreamClient
 
 __all__ = ("GATEWAY_PARAMS", "ChunkStream", "Provider", "ProviderClients", "ProviderParams", "SSEDecoder", "UpstreamError",
-           "openai_error", "request_id_header")
+           "openai_error", "request_id_header", "tool_call_arguments")
 
 _json = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -330,3 +330,22 @@ def request_id_header(request_id: str) -> bytes:
     """``x-request-id`` as a head line (request ids are printable; non-ASCII ones go percent-encoded)."""
     rid = request_id.encode() if request_id.isascii() else quote(request_id, safe="").encode()
     return b"x-request-id: " + rid + b"\r\n"
+
+
+def tool_call_arguments(raw: Any, where: str = "messages") -> dict[str, Any]:
+    """An OpenAI tool call's ``function.arguments`` (a JSON text, or already an object) as the object a native
+    API takes (Anthropic ``input``, Bedrock ``toolUse.input``, Gemini ``functionCall.args``); empty means ``{}``.
+
+    Raises a 400 naming ``where`` when the text is not JSON or not a JSON object.
+    """
+    if isinstance(raw, dict):
+        return raw
+    if not raw:
+        return {}
+    try:
+        value = _decoder.decode(raw)
+    except (msgspec.DecodeError, TypeError):
+        raise ApiError(400, f"{where}.function.arguments: not valid JSON", param="messages") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, f"{where}.function.arguments: expected a JSON object", param="messages")
+    return value

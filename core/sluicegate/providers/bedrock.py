@@ -28,7 +28,7 @@ from botocore.eventstream import EventStreamBuffer, EventStreamError
 from sluicegate.errors import ApiError
 from sluicegate.net.http import HttpClientError, HttpTimeoutError, encode_headers
 from sluicegate.providers.aws_auth import AwsCredentialSource, sign_headers
-from sluicegate.providers.base import Provider, ProviderClients, ProviderParams, UpstreamError
+from sluicegate.providers.base import Provider, ProviderClients, ProviderParams, UpstreamError, tool_call_arguments
 
 __all__ = ("BedrockParams", "BedrockProvider")
 
@@ -482,20 +482,6 @@ def _user_blocks(content: Any) -> list[dict[str, Any]]:
     return blocks
 
 
-def _arguments(raw: Any) -> Any:
-    if isinstance(raw, dict):
-        return raw
-    if not raw:
-        return {}
-    try:
-        value = _decoder.decode(raw)
-    except (msgspec.DecodeError, TypeError):
-        value = None
-    if not isinstance(value, dict):
-        raise ApiError(400, "messages: a tool call's function.arguments must be a JSON object", param="messages")
-    return value
-
-
 def _messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """OpenAI messages → (system blocks, Converse messages), consecutive same-role turns merged."""
     if not isinstance(messages, list):
@@ -519,7 +505,7 @@ def _messages(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
                 if not isinstance(function, dict) or not function.get("name") or not call.get("id"):
                     raise ApiError(400, "messages: each tool call needs an id and function.name", param="messages")
                 blocks.append({"toolUse": {"toolUseId": str(call["id"]), "name": str(function["name"]),
-                                           "input": _arguments(function.get("arguments"))}})
+                                           "input": tool_call_arguments(function.get("arguments"))}})
         elif role in ("tool", "function"):
             tool_use_id = message.get("tool_call_id") or message.get("name")
             if not tool_use_id:

@@ -32,7 +32,8 @@ import msgspec
 
 from sluicegate.errors import ApiError
 from sluicegate.net.http import encode_headers
-from sluicegate.providers.base import Provider, ProviderParams, UpstreamError, request_id_header
+from sluicegate.providers.base import (Provider, ProviderParams, UpstreamError, request_id_header,
+                                      tool_call_arguments)
 
 __all__ = ("GeminiParams", "GeminiProvider", "GeminiTranslation")
 
@@ -425,20 +426,6 @@ def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
     return parts
 
 
-def _arguments(raw: Any, where: str) -> Any:
-    if isinstance(raw, dict):
-        return raw
-    if not raw:
-        return {}
-    try:
-        value = _decoder.decode(raw)
-    except (msgspec.DecodeError, TypeError):
-        raise ApiError(400, f"{where}.function.arguments: not valid JSON", param="messages") from None
-    if not isinstance(value, dict):
-        raise ApiError(400, f"{where}.function.arguments: expected a JSON object", param="messages")
-    return value
-
-
 def _function_response(content: Any) -> dict[str, Any]:
     """A tool message's content as ``functionResponse.response`` (an object: JSON objects as they are, anything
     else under ``output``, Google's documented key)."""
@@ -482,7 +469,7 @@ def _contents(messages: Any, provider: str) -> tuple[list[dict[str, Any]], list[
                 call_id = str(call.get("id") or "")
                 names[call_id] = function["name"]
                 converted: dict[str, Any] = {"functionCall": {
-                    "name": function["name"], "args": _arguments(function.get("arguments"), call_where)}}
+                    "name": function["name"], "args": tool_call_arguments(function.get("arguments"), call_where)}}
                 _, separator, signature = call_id.partition(THOUGHT_SEPARATOR)
                 if separator and signature:
                     converted["thoughtSignature"] = signature
