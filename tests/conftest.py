@@ -297,6 +297,10 @@ class MockUpstream:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        # Azure's deployment URLs, same answers (the path is recorded for the test to check)
+        app.router.add_post("/openai/deployments/{name}/chat/completions", self._chat)
+        app.router.add_post("/openai/deployments/{name}/embeddings", self._embeddings)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -314,6 +318,42 @@ class MockUpstream:
         from aiohttp import web
 
         return web.json_response({"object": "list", "data": [{"id": "upstream-model", "object": "model"}]})
+
+    async def _embeddings(self, request: Any) -> Any:
+        """OpenAI's embeddings: one vector of ``dimensions`` (default 4) per input, as floats or base64 floats
+        (``encoding_format``); usage counts words (or tokens given as integers). Knobs: ``status``, ``usage``."""
+        import base64
+        import struct
+
+        from aiohttp import web
+
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        self.requests.append({"path": request.path, "headers": {k.lower(): v for k, v in request.headers.items()},
+                              "body": body, "raw": raw})
+        body = body if isinstance(body, dict) else {}
+        knobs = dict(self.rules.get(str(body.get("model")), {}))
+        if knobs.get("status"):
+            return web.json_response({"error": {"message": f"mock upstream error {knobs['status']}",
+                                                "type": "mock_error", "param": None, "code": "mock_code"}},
+                                     status=int(knobs["status"]))
+        value = body.get("input")
+        single = isinstance(value, str) or (isinstance(value, list) and value and isinstance(value[0], int))
+        inputs = [value] if single else list(value or [])
+        size = int(body.get("dimensions") or 4)
+        data = []
+        for i, item in enumerate(inputs):
+            vector = [round(0.25 * (i + 1) + 0.01 * j, 4) for j in range(size)]
+            encoded: Any = vector
+            if body.get("encoding_format") == "base64":
+                encoded = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": encoded})
+        tokens = sum(len(x) if isinstance(x, list) else len(str(x).split()) for x in inputs)
+        usage = knobs.get("usage") or {"prompt_tokens": tokens, "total_tokens": tokens}
+        return web.json_response({"object": "list", "data": data, "model": str(body.get("model")), "usage": usage})
 
     async def _chat(self, request: Any) -> Any:
         from aiohttp import web

@@ -25,6 +25,24 @@ class LogMetadata(msgspec.Struct, kw_only=True):
     user_agent: str | None = None
     request_id: str | None = None
     traceparent: str | None = None
+    # attribution (sluicegate.attribution): LiteLLM's names
+    user_api_key_metadata: dict[str, Any] | None = None
+    """The key's metadata without its logging configuration."""
+    user_api_key_team_metadata: dict[str, Any] | None = None
+    """The team's metadata without its logging configuration."""
+    user_api_key_end_user_id: str | None = None
+    spend_logs_metadata: dict[str, Any] | None = None
+    """The key's ``spend_logs_metadata`` updated with the request's."""
+    requester_metadata: dict[str, Any] | None = None
+    """The request's ``metadata`` keys that have no field of their own."""
+    session_id: str | None = None
+    existing_trace_id: str | None = None
+    """The caller's trace (request ``metadata.existing_trace_id`` or ``metadata.trace_id``)."""
+    trace_name: str | None = None
+    generation_name: str | None = None
+    generation_id: str | None = None
+    trace_user_id: str | None = None
+    trace_metadata: dict[str, Any] | None = None
 
 
 class LogEvent(msgspec.Struct, kw_only=True):
@@ -56,6 +74,11 @@ class LogEvent(msgspec.Struct, kw_only=True):
     metadata: LogMetadata = msgspec.field(default_factory=LogMetadata)
     cache_hit: bool = False
     cache_key: str | None = None
+    request_tags: list[str] = msgspec.field(default_factory=list)
+    """Request ``metadata.tags``, the ``x-litellm-tags`` / ``x-sluicegate-tags`` headers, the key's and the
+    team's ``tags``."""
+    end_user: str | None = None
+    """The request's ``user`` field."""
     attempts: list[dict[str, Any]] | None = None
     """The router's upstream calls for this request, in order: ``model_id``, ``model_group``, ``status_code``,
     ``error_class`` (None on success) and ``duration`` (seconds); None when no upstream was called."""

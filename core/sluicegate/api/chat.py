@@ -8,7 +8,6 @@ provider is behind a model.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -20,7 +19,13 @@ from litestar.response import Stream
 from sluicegate.api.common import decode_json, gateway_of, json_response
 from sluicegate.cache import parse_controls, sse_chunks
 from sluicegate.errors import ApiError
-from sluicegate.events import LogEvent, LogMetadata
+from sluicegate.api.pipeline import Call as _Call
+from sluicegate.api.pipeline import allowed_models as _allowed
+from sluicegate.api.pipeline import error_response as _error_response
+from sluicegate.api.pipeline import may_use as _may_use
+from sluicegate.api.pipeline import request_id_of as _request_id
+from sluicegate.api.pipeline import request_options as _request_options
+from sluicegate.api.pipeline import take_attribution
 from sluicegate.providers.upstream import UpstreamError, mock_completion, mock_stream
 from sluicegate.router import RequestOptions, RouterFailure
 
@@ -29,96 +34,12 @@ if TYPE_CHECKING:
     from sluicegate.cache import CachedAnswer, CacheLookup
     from sluicegate.gateway import Gateway
     from sluicegate.providers.models import Deployment
-    from sluicegate.router import Attempt, Group
+    from sluicegate.router import Group
 
-__all__ = ("chat_completions", "chat_completions_v1", "list_models", "list_models_v1")
+__all__ = ("chat_completions", "chat_completions_v1", "list_models", "list_models_v1", "retrieve_model",
+           "retrieve_model_v1")
 
 _decoder = msgspec.json.Decoder()
-_rng = random.Random()  # seeded from os.urandom once
-
-
-_MODEL_PARAMS_SKIP = frozenset({"model", "messages", "stream", "stream_options", "user", "metadata", "tools",
-                                "functions", "cache", "response_format"})
-
-
-class _Call:
-    """Facts of one request, gathered for its log event."""
-
-    __slots__ = ("ctx", "deployment", "body", "raw", "request_id", "event_id", "start", "ip", "user_agent",
-                 "traceparent", "attempts")
-
-    def __init__(self, ctx: AuthContext, deployment: Deployment | None, body: dict[str, Any], request: Request,
-                 request_id: str) -> None:
-        self.ctx = ctx
-        self.deployment = deployment
-        self.body = body
-        self.raw: bytes | None = None
-        self.request_id = request_id
-        self.event_id = _random_id()
-        self.start = time.time()
-        self.ip = request.client.host if request.client else None
-        self.user_agent = request.headers.get("user-agent")
-        self.traceparent = request.headers.get("traceparent")
-        self.attempts: list[Attempt] | None = None
-
-    def event(self, *, status: str, response: Any = None, usage: dict[str, Any] | None = None,
-              error: ApiError | None = None, error_str: str | None = None, response_id: str | None = None,
-              first_token_at: float | None = None, stream: bool = False) -> LogEvent:
-        end = time.time()
-        usage = usage or {}
-        prompt = int(usage.get("prompt_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or 0)
-        deployment = self.deployment
-        key = self.ctx.key
-        team = self.ctx.team
-        error_information = None
-        if error is not None:
-            error_information = {"error_class": type(error).__name__, "status_code": error.status,
-                                 "error_code": str(error.code), "error_type": error.type}
-        return LogEvent(
-            # One fresh id per request (LiteLLM's litellm_call_id), never the upstream's response id nor the
-            # client's x-request-id: sinks deduplicate on it, so it must not repeat across requests.
-            id=self.event_id,
-            trace_id=self.request_id,
-            call_type="completion" if not stream else "completion",
-            stream=stream,
-            status=status,  # type: ignore[arg-type]
-            model=deployment.upstream_model if deployment else str(self.body.get("model", "")),
-            model_id=deployment.model_id if deployment else None,
-            model_group=deployment.model_name if deployment else str(self.body.get("model", "")),
-            api_base=deployment.api_base if deployment else None,
-            custom_llm_provider=deployment.custom_llm_provider if deployment else None,
-            prompt_tokens=prompt, completion_tokens=completion,
-            total_tokens=int(usage.get("total_tokens") or prompt + completion),
-            response_cost=deployment.cost(usage, self.start) if deployment and status == "success" else 0.0,
-            startTime=self.start, endTime=end, completionStartTime=first_token_at or (end if response else None),
-            response_time=end - self.start,
-            messages=self.body.get("messages"), response=response,
-            error_str=error_str or (error.message if error else None), error_information=error_information,
-            model_parameters={k: v for k, v in self.body.items() if k not in _MODEL_PARAMS_SKIP},
-            metadata=LogMetadata(
-                user_api_key_hash=self.ctx.token_id if key else None,
-                user_api_key_alias=key.key_alias if key else None,
-                user_api_key_team_id=key.team_id if key else None,
-                user_api_key_team_alias=team.team_alias if team else None,
-                requester_ip_address=self.ip, user_agent=self.user_agent, request_id=self.request_id,
-                traceparent=self.traceparent),
-            attempts=[a.as_dict() for a in self.attempts] if self.attempts is not None else None,
-        )
-
-
-def _request_id(request: Request) -> str:
-    given = request.headers.get("x-request-id")
-    if given and len(given) <= 128 and given.isprintable():
-        return given
-    return _random_id()
-
-
-def _random_id() -> str:
-    """128 random bits as 32 hex digits. Ids, not secrets: the PRNG avoids a getrandom syscall per request
-    (os.urandom showed as 5 % of the loop in bench/)."""
-    return f"{_rng.getrandbits(128):032x}"
-
 
 async def _chat(request: Request) -> Response[Any]:
     gateway = gateway_of(request)
@@ -142,10 +63,14 @@ async def _chat(request: Request) -> Response[Any]:
         if cache_controls is not None:
             parse_controls(cache_controls)
             raw = None  # the body changed: re-encode it for the upstream
+        attribution, metadata = take_attribution(body, request)
+        if metadata is not None:
+            raw = None
     except ApiError as exc:
         return _error_response(exc, request_id)
     group = gateway.router.resolve(model)
-    call = _Call(ctx, group.deployments[0] if group else None, body, request, request_id)
+    call = _Call(ctx, group.deployments[0] if group else None, body, request, request_id,
+                 attribution=attribution, metadata=metadata)
     call.raw = raw
     try:
         if group is None:
@@ -172,7 +97,7 @@ async def _chat(request: Request) -> Response[Any]:
         async def attempt(deployment: Deployment) -> bytes:
             if deployment.mock_response is not None:
                 return mock_completion(deployment, body)
-            return await deployment.provider.complete_bytes(body, call.raw, request_id)
+            return await deployment.provider.complete_bytes(*call.upstream_body(deployment), request_id)
 
         try:
             outcome = await gateway.router.call(group, attempt, options=options,
@@ -207,39 +132,6 @@ async def _chat(request: Request) -> Response[Any]:
     return Response(content=content, media_type="application/json", headers=headers)
 
 
-def _may_use(ctx: AuthContext, model: str) -> bool:
-    """Key and team ``models`` restrictions apply to the name the client used (an alias is its own name)."""
-    if ctx.key is not None and ctx.key.models and model not in ctx.key.models:
-        return False
-    team_models = getattr(ctx.team, "models", None) if ctx.team is not None else None
-    return not team_models or model in team_models
-
-
-_MAX_REQUEST_RETRIES = 10
-
-
-def _request_options(gateway: Gateway, ctx: AuthContext, body: dict[str, Any]) -> RequestOptions | None:
-    """LiteLLM's per-request router fields, taken out of the body (never sent upstream); None when absent."""
-    if "num_retries" not in body and "fallbacks" not in body:
-        return None
-    num_retries = body.pop("num_retries", None)
-    fallbacks = body.pop("fallbacks", None)
-    if num_retries is not None and (not isinstance(num_retries, int) or isinstance(num_retries, bool)
-                                    or not 0 <= num_retries <= _MAX_REQUEST_RETRIES):
-        raise ApiError(400, f"num_retries: expected an integer from 0 to {_MAX_REQUEST_RETRIES}", param="num_retries")
-    if fallbacks is not None:
-        if not isinstance(fallbacks, list) or not all(isinstance(f, str) and f for f in fallbacks):
-            raise ApiError(400, "fallbacks: expected an array of model names", param="fallbacks")
-        for name in fallbacks:
-            if gateway.router.resolve(name) is None:
-                raise ApiError(400, f"fallbacks: model {name!r} is not configured", param="fallbacks",
-                               code="model_not_found")
-            if not _may_use(ctx, name):
-                raise ApiError(403, f"fallbacks: this key may not use model {name!r}", type="permission_error",
-                               param="fallbacks", code="403")
-    return RequestOptions(num_retries=num_retries, fallbacks=fallbacks)
-
-
 def _cache_hit(gateway: Gateway, call: _Call, lookup: CacheLookup, cached: CachedAnswer,
                stream: bool) -> Response[bytes]:
     """Answer from the response cache: logged like any request (free, ``cache_hit``), marked by a header."""
@@ -256,17 +148,6 @@ def _cache_hit(gateway: Gateway, call: _Call, lookup: CacheLookup, cached: Cache
     frames = sse_chunks(parsed, include_usage=isinstance(options, dict) and bool(options.get("include_usage")))
     return Response(content=b"".join(frames), media_type="text/event-stream",
                     headers={**headers, "cache-control": "no-cache"})
-
-
-def _allowed(gateway: Gateway, ctx: AuthContext) -> list[str]:
-    return [n for n in gateway.router.listed() if _may_use(ctx, n)]
-
-
-def _error_response(exc: ApiError, request_id: str) -> Response[bytes]:
-    headers = {"x-request-id": request_id}
-    if exc.headers:
-        headers.update(exc.headers)
-    return Response(content=exc.body(), status_code=exc.status, media_type="application/json", headers=headers)
 
 
 class _StreamState:
@@ -366,7 +247,7 @@ async def _stream(gateway: Gateway, call: _Call, group: Group, options: RequestO
         # only the opening is retried: once the upstream accepted, its bytes go to the client as they come
         if deployment.mock_response is not None:
             return mock_stream(deployment, body), None
-        response = await deployment.provider.open_stream(body, call.raw, call.request_id)
+        response = await deployment.provider.open_stream(*call.upstream_body(deployment), call.request_id)
         return response.aiter_raw(), response
 
     try:
@@ -443,6 +324,29 @@ async def _models(request: Request) -> Response[bytes]:
         owner = group.deployments[0].custom_llm_provider if group is not None else "sluicegate"
         data.append({"id": name, "object": "model", "created": 0, "owned_by": owner})
     return json_response({"object": "list", "data": data})
+
+
+async def _model(request: Request, model: str) -> Response[bytes]:
+    """One model, as OpenAI's ``models.retrieve`` answers it; a model this key may not use is not found."""
+    gateway = gateway_of(request)
+    request_id = _request_id(request)
+    ctx = await gateway.authenticate(request)
+    group = gateway.router.resolve(model)
+    if group is None or not _may_use(ctx, model):
+        return _error_response(ApiError(404, f"model {model!r} does not exist or this key may not use it",
+                                        param="model", code="model_not_found"), request_id)
+    return json_response({"id": model, "object": "model", "created": 0,
+                          "owned_by": group.deployments[0].custom_llm_provider}, headers={"x-request-id": request_id})
+
+
+@get("/v1/models/{model:path}")
+async def retrieve_model_v1(request: Request, model: str) -> Response[bytes]:
+    return await _model(request, model.lstrip("/"))
+
+
+@get("/models/{model:path}")
+async def retrieve_model(request: Request, model: str) -> Response[bytes]:
+    return await _model(request, model.lstrip("/"))
 
 
 @get("/v1/models")

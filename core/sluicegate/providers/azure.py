@@ -69,6 +69,7 @@ class AzureProvider(Provider):
                                                         "client_id": ("AZURE_CLIENT_ID",),
                                                         "client_secret": ("AZURE_CLIENT_SECRET",),
                                                         "azure_authority_host": ("AZURE_AUTHORITY_HOST",)}
+    endpoints: ClassVar[frozenset[str]] = frozenset({"chat/completions", "embeddings"})
     params: AzureParams
 
     def __init__(self, deployment: Any, params: ProviderParams) -> None:
@@ -79,10 +80,11 @@ class AzureProvider(Provider):
         if base.endswith("/openai"):
             base = base[: -len("/openai")]
         if version in V1_VERSIONS:
-            self.url = f"{base}/openai/v1/chat/completions" + ("?api-version=preview" if version == "preview" else "")
+            self._url_template = f"{base}/openai/v1/{{}}" + ("?api-version=preview" if version == "preview" else "")
         else:
             name = quote(deployment.upstream_model, safe="")
-            self.url = f"{base}/openai/deployments/{name}/chat/completions?api-version={quote(version, safe='')}"
+            self._url_template = (f"{base}/openai/deployments/{name}/{{}}?api-version={quote(version, safe='')}")
+        self.url = self._url_template.format("chat/completions")
         headers = {"content-type": "application/json"}
         self.entra: EntraTokenSource | None = None
         p = self.params
@@ -155,6 +157,13 @@ class AzureProvider(Provider):
     async def open_stream(self, body: dict[str, Any], raw: bytes | None, request_id: str) -> Any:
         return await self.post_stream(self.url, upstream_body(body, raw, self.deployment.upstream_model),
                                       self._headers(request_id))
+
+    async def endpoint_bytes(self, endpoint: str, body: dict[str, Any], raw: bytes | None,
+                             request_id: str) -> bytes:
+        if endpoint not in self.endpoints:
+            raise self.unsupported(endpoint)
+        return await self.post(self._url_template.format(endpoint),
+                               upstream_body(body, raw, self.deployment.upstream_model), self._headers(request_id))
 
     async def complete(self, body: Mapping[str, Any], *, request_id: str) -> dict[str, Any]:
         return _decoder.decode(await self.complete_bytes(dict(body), None, request_id))

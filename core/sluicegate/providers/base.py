@@ -110,6 +110,11 @@ class Provider(abc.ABC):
     params_env: ClassVar[dict[str, tuple[str, ...]]] = {}
     """``Params`` fields filled from environment variables (in order) when the config leaves them unset."""
     supported_params: ClassVar[frozenset[str] | None] = None
+    takes_metadata: ClassVar[bool] = False
+    """The upstream stores a request's ``metadata`` (OpenAI with ``store: true``): only then is it forwarded;
+    otherwise the gateway keeps it for the log event and the upstream never sees it."""
+    endpoints: ClassVar[frozenset[str]] = frozenset({"chat/completions"})
+    """The OpenAI endpoints this provider serves; others answer a 400 naming the provider and the endpoint."""
     price_provider: ClassVar[str | None] = None
     """The provider's id in the genai-prices table, where it differs from ``custom_llm_provider`` and genai-prices
     does not match that name itself (``fireworks_ai`` is ``fireworks`` there)."""
@@ -174,6 +179,17 @@ class Provider(abc.ABC):
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         return ChunkStream(chunks, first, include_usage)
+
+    async def endpoint_bytes(self, endpoint: str, body: dict[str, Any], raw: bytes | None,
+                             request_id: str) -> bytes:
+        """The answer of another OpenAI endpoint (``embeddings``, ...) as OpenAI JSON bytes. The base refuses it
+        with a 400 naming the provider and the endpoint; a provider listing ``endpoint`` in ``endpoints``
+        overrides this."""
+        raise self.unsupported(endpoint)
+
+    def unsupported(self, endpoint: str) -> ApiError:
+        return ApiError(400, f"provider {self.custom_llm_provider} (model {self.deployment.model_name!r}) does "
+                             f"not support /v1/{endpoint}", param="model", code="unsupported_endpoint")
 
     def accepted(self, body: dict[str, Any]) -> dict[str, Any]:
         """``body`` without what this provider cannot take when ``drop_params`` is on; else a 400 naming them."""

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
-from sluicegate.providers.base import Provider, ProviderClients, ProviderParams, SSEDecoder
+from sluicegate.net.http import encode_headers
+from sluicegate.providers.base import Provider, ProviderClients, ProviderParams, SSEDecoder, request_id_header
 
 if TYPE_CHECKING:
     from sluicegate.providers.upstream import UpstreamClient
@@ -49,6 +50,8 @@ class OpenAICompatibleProvider(Provider):
     default_api_base: ClassVar[str | None] = "https://api.openai.com/v1"
     api_base_env: ClassVar[tuple[str, ...]] = ("OPENAI_BASE_URL", "OPENAI_API_BASE")
     api_key_env: ClassVar[tuple[str, ...]] = ("OPENAI_API_KEY",)
+    takes_metadata: ClassVar[bool] = True
+    endpoints: ClassVar[frozenset[str]] = frozenset({"chat/completions", "embeddings"})
     params: OpenAICompatibleParams
 
     def __init__(self, deployment: Any, params: ProviderParams) -> None:
@@ -58,6 +61,11 @@ class OpenAICompatibleProvider(Provider):
         if self.params.organization:
             headers["OpenAI-Organization"] = self.params.organization
         self.deployment.extra_headers = headers or None
+        head = {"content-type": "application/json", **headers}
+        if deployment.api_key:
+            head["authorization"] = f"Bearer {deployment.api_key}"
+        self._head = encode_headers(head)
+        self._base = (deployment.api_base or "").rstrip("/")
 
     async def start(self, clients: ProviderClients) -> None:
         await super().start(clients)
@@ -72,6 +80,13 @@ class OpenAICompatibleProvider(Provider):
         assert self.upstream is not None, "provider used before the gateway started"
         return await self.upstream.open_stream(
             self.deployment, upstream_body(body, raw, self.deployment.upstream_model), request_id)
+
+    async def endpoint_bytes(self, endpoint: str, body: dict[str, Any], raw: bytes | None,
+                             request_id: str) -> bytes:
+        if endpoint not in self.endpoints:
+            raise self.unsupported(endpoint)
+        return await self.post(f"{self._base}/{endpoint}", upstream_body(body, raw, self.deployment.upstream_model),
+                               self._head + request_id_header(request_id))
 
     async def complete(self, body: Mapping[str, Any], *, request_id: str) -> dict[str, Any]:
         return _decoder.decode(await self.complete_bytes(dict(body), None, request_id))
@@ -134,5 +149,5 @@ def openai_compatible_providers() -> list[type[OpenAICompatibleProvider]]:
             "__doc__": f"``{name}/<model>``: OpenAI's wire protocol at {base or 'your api_base'}.",
             "custom_llm_provider": name, "default_api_base": base, "api_base_env": base_env,
             "api_key_env": key_env, "api_base_required": base is None,
-            "price_provider": _PRICE_PROVIDERS.get(name), "__module__": __name__}))
+            "price_provider": _PRICE_PROVIDERS.get(name), "takes_metadata": False, "__module__": __name__}))
     return classes
