@@ -25,7 +25,8 @@ from sluicegate_langfuse_sink.testing import LangfuseReceiver, ReceivedSpan
 def _sdk_send(url: str, public_key: str, secret_key: str, event: LogEvent, *, as_generation: bool = True) -> None:
     """Send ``event`` the way an application using the SDK directly would describe it."""
     client = Langfuse(public_key=public_key, secret_key=secret_key, base_url=url, tracer_provider=TracerProvider())
-    name = f"sluicegate-{event.call_type}"
+    name = event.metadata.generation_name or f"sluicegate-{event.call_type}"
+    trace_name = event.metadata.trace_name or f"sluicegate-{event.call_type}"
     failed = event.status == "failure"
     meta = event.metadata
     identity = {k: v for k, v in {
@@ -49,7 +50,9 @@ def _sdk_send(url: str, public_key: str, secret_key: str, event: LogEvent, *, as
             cost_details={"total": event.response_cost},
             completion_start_time=dt.datetime.fromtimestamp(event.completionStartTime or 0, tz=dt.timezone.utc))
     try:
-        with propagate_attributes(trace_name=name, metadata=identity):
+        with propagate_attributes(trace_name=trace_name, metadata=identity,
+                                  user_id=event.metadata.trace_user_id or event.end_user,
+                                  session_id=event.metadata.session_id):
             observation = client.start_observation(
                 trace_context=trace_context, name=name, as_type="generation" if as_generation else "span",
                 input=event.messages, output=_output(event.response) if event.response is not None else None,
@@ -70,7 +73,8 @@ def _langfuse_attributes(span: ReceivedSpan) -> dict[str, Any]:
             except ValueError:
                 return value
         return value
-    return {k: decoded(v) for k, v in span.attributes.items() if k.startswith("langfuse.")}
+    return {k: decoded(v) for k, v in span.attributes.items()
+            if k.startswith("langfuse.") or k in ("user.id", "session.id")}
 
 
 CASES = {
@@ -79,6 +83,10 @@ CASES = {
     "traceparent": lambda: make_event(metadata=LogMetadata(
         user_api_key_team_id="team-9", user_api_key_hash="f" * 64, request_id="req-9",
         traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")),
+    # the request's attribution: Langfuse's session, user, trace name and generation name
+    "attribution": lambda: make_event(end_user="end-user-1", metadata=LogMetadata(
+        user_api_key_team_id="team-9", request_id="req-10", session_id="sess-1", trace_user_id="user-7",
+        trace_name="checkout-flow", generation_name="summarise")),
 }
 
 

@@ -277,12 +277,14 @@ def _span_fields(event: LogEvent) -> tuple[bytes, bytes, bytes | None, str, bool
     generation it assumes.
     """
     trace_id, span_id, parent_span_id = _ids(event)
-    name = _span_name(event.call_type)
-    failed = event.status == "failure"
     meta = event.metadata
+    default_name = _span_name(event.call_type)
+    # the request's metadata.trace_name / generation_name, as LiteLLM's Langfuse logger uses them
+    name = meta.generation_name or default_name
+    failed = event.status == "failure"
     identity = (meta.user_api_key_team_id, meta.user_api_key_team_alias, meta.user_api_key_alias,
                 meta.user_api_key_hash)
-    stable = (name, "generation", event.model or event.model_group or "unknown",
+    stable = (meta.trace_name or default_name, "generation", event.model or event.model_group or "unknown",
               # The SDK marks the first span of an application trace; ours is the only one we send for it.
               True, *identity, *identity, event.call_type, event.status, _JSON_BOOL[event.stream], _JSON_BOOL[event.cache_hit], event.model_group or None,
               event.custom_llm_provider)
@@ -312,6 +314,11 @@ def _span_fields(event: LogEvent) -> tuple[bytes, bytes, bytes | None, str, bool
         append((Attr.OBSERVATION_LEVEL, "ERROR"))
         if event.error_str:
             append((Attr.OBSERVATION_STATUS_MESSAGE, event.error_str))
+    user_id = meta.trace_user_id or event.end_user
+    if user_id:
+        append((Attr.TRACE_USER_ID, user_id))
+    if meta.session_id:
+        append((Attr.TRACE_SESSION_ID, meta.session_id))
     if meta.request_id is not None:
         append((_TRACE_REQUEST_ID, meta.request_id))
         append((_OBSERVATION_REQUEST_ID, meta.request_id))
