@@ -6,8 +6,9 @@ from sluicegate.testing.deliver import DeliveryReport, deliver
 from sluicegate.testing.events import make_event
 from sluicegate.testing.gateway import RunningGateway, running_gateway
 from sluicegate.testing.receiver import HttpReceiver
+from sluicegate.testing.relay import TcpRelay
 from sluicegate.testing.standard import SinkStandardTests
 from sluicegate.testing.waiting import wait_until
 
-__all__ = ("DeliveryReport", "HttpReceiver", "RunningGateway", "SinkStandardTests", "deliver", "make_event",
-           "running_gateway", "wait_until")
+__all__ = ("DeliveryReport", "HttpReceiver", "RunningGateway", "SinkStandardTests", "TcpRelay", "deliver",
+           "make_event", "running_gateway", "wait_until")

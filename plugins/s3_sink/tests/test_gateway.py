@@ -7,11 +7,9 @@ distribution's plugin is loaded (``SLUICEGATE_LOAD_PLUGINS``).
 from __future__ import annotations
 
 import asyncio
-import socket
-from contextlib import suppress
 from typing import Any
 
-from sluicegate.testing import running_gateway, wait_until
+from sluicegate.testing import TcpRelay, running_gateway, wait_until
 
 MASTER = "sk-master-s3-test"
 ENVIRON = {"SLUICEGATE_LOAD_PLUGINS": "sluicegate-s3-sink"}
@@ -90,44 +88,10 @@ async def test_key_health_makes_a_real_call_and_shows_a_key_holder_only_the_kind
     assert wrong_secret not in admin_view.text
 
 
-class Forwarder:
-    """A TCP relay on a fixed loopback port to the S3 server: closed, its port refuses connections (an outage)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port, reuse_address=True)
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            with suppress(Exception):
-                self.server.close_clients()
-            await self.server.wait_closed()
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with suppress(ConnectionError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-
 async def test_an_outage_then_recovery_loses_nothing(moto_s3, new_bucket, tmp_path):
     bucket = new_bucket("gw-outage")
-    relay = Forwarder(int(moto_s3.url.rsplit(":", 1)[1]))
-    callback_vars = moto_s3.writer.vars(moto_s3, bucket, s3_endpoint_url=f"http://127.0.0.1:{relay.port}")
+    relay = TcpRelay(int(moto_s3.url.rsplit(":", 1)[1]))
+    callback_vars = moto_s3.writer.vars(moto_s3, bucket, s3_endpoint_url=relay.url)
     cfg = gateway_config(tmp_path, [team("team-o", callback_vars)], queue_size=10, max_retries=2)
     try:
         async with running_gateway(cfg, environ=ENVIRON) as gw:
@@ -139,14 +103,14 @@ async def test_an_outage_then_recovery_loses_nothing(moto_s3, new_bucket, tmp_pa
                              what="a failed send during the outage")
             assert "unreachable" in gw.gateway.dispatcher.stats()[0]["last_error"]
             assert moto_s3.keys(bucket) == []  # nothing got through while the port refused
-            await relay.start()
+            await relay.open()
             after = [f"after-{i}" for i in range(5)]
             await asyncio.gather(*(ask(gw, key, content) for content in after))
             await asyncio.to_thread(wait_until, lambda: len(moto_s3.events(bucket)) >= len(sent) + len(after), timeout=20,
                              what="every accepted event in the bucket")
             stats = gw.gateway.dispatcher.stats()[0]
     finally:
-        await relay.stop()
+        await relay.close()
     contents = [e["messages"][0]["content"] for e in moto_s3.events(bucket)]
     assert sorted(contents) == sorted(sent + after)  # none lost, none duplicated
     assert stats["dropped"] == 0 and stats["retried"] > 0, stats

@@ -64,9 +64,9 @@ class ArizeVars(CallbackVars, frozen=True):
 
     aliases = {"arize_space_id": "arize_space_key"}
     arize_space_key: SecretStr
-    """The space (``space_id`` header); LiteLLM's ``arize_space_id`` is accepted for it."""
+    """The space (``arize-space-id`` and ``space_id`` headers); LiteLLM's ``arize_space_id`` is accepted for it."""
     arize_api_key: SecretStr
-    """The API key (``api_key`` header)."""
+    """The API key (``authorization`` and ``api_key`` headers)."""
     arize_project_name: str = "default"
     """The Arize project (model id) the spans are filed under."""
     arize_endpoint: str = ARIZE_OTLP
@@ -243,15 +243,17 @@ class _OpenInferenceSink(Sink):
 
     __slots__ = ("_url", "_resource", "_headers", "_display", "_secrets")
 
-    def _setup(self, endpoint: str, headers: Mapping[str, str], resource: Mapping[str, str]) -> None:
+    def _setup(self, endpoint: str, secret_headers: Mapping[str, str], resource: Mapping[str, str],
+               plain_headers: Mapping[str, str] | None = None) -> None:
         found = problems(self.callback_name, msgspec.structs.asdict(self.callback_vars))
         if found:
             raise ValueError("; ".join(found))
         self._url = traces_url(endpoint)
         parsed = urllib.parse.urlsplit(self._url)
         self._display = f"{self.callback_name}: {parsed.scheme}://{parsed.netloc}{parsed.path}"
-        self._headers = encode_headers({**headers, "Content-Type": "application/x-protobuf"})
-        self._secrets = tuple(v for v in headers.values() if v)
+        self._headers = encode_headers({**secret_headers, **(plain_headers or {}),
+                                        "Content-Type": "application/x-protobuf"})
+        self._secrets = tuple(dict.fromkeys(v for v in secret_headers.values() if v))
         # ResourceSpans.resource: Resource.attributes (field 1), encoded once.
         self._resource = field_len(_T1, key_values(_T1, resource.items()))
 
@@ -364,11 +366,15 @@ class ArizeSink(_OpenInferenceSink):
 
     def __init__(self, callback_vars: ArizeVars) -> None:
         super().__init__(callback_vars)
+        space = callback_vars.arize_space_key.get_secret_value().strip()
+        key = callback_vars.arize_api_key.get_secret_value().strip()
+        # The headers Arize's own exporter (arize-otel) sends: the current names, and the older ones its
+        # endpoint still reads for exporters written before them.
         self._setup(callback_vars.arize_endpoint,
-                    {"space_id": callback_vars.arize_space_key.get_secret_value().strip(),
-                     "api_key": callback_vars.arize_api_key.get_secret_value().strip()},
+                    {"authorization": key, "api_key": key, "arize-space-id": space, "space_id": space},
                     {"openinference.project.name": callback_vars.arize_project_name,
-                     "model_id": callback_vars.arize_project_name, "service.name": "sluicegate"})
+                     "model_id": callback_vars.arize_project_name, "service.name": "sluicegate"},
+                    plain_headers={"arize-interface": "otel"})
 
     @classmethod
     def destinations(cls, callback_vars: CallbackVars) -> list[tuple[str, str]]:
