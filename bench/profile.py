@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"langfuse/otel not available ({why}); profiling with the file sink", flush=True)
         workdir = bench.tmp / row.id
         (workdir / "sinks").mkdir(parents=True)
-        config = gateway_config(workdir, upstream, row.sinks, bench.teams, bench.receiver_urls, bench.sink_mode)
+        config = gateway_config(workdir, upstream, row.sinks, bench.teams, bench.receiver_urls, bench.sink_mode,
+                                row.provider, row.deployments, row.routing_strategy)
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         proc = bench.procs.start(row.id, [str(VENV_BIN / "sluicegate"), "serve", "--config", str(config),

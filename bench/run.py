@@ -64,6 +64,8 @@ class Row:
     stream: bool = False
     workers: int = 1  # `sluicegate serve --workers N` / `uvicorn --workers N` (all on the server CPU)
     provider: str = "openai"  # the gateway rows' upstream wire format: a key of PROVIDER_MODELS
+    deployments: int = 1  # deployments of the model group, each its own api_base path on the mock
+    routing_strategy: str | None = None  # router_settings.routing_strategy (None: the default, simple-shuffle)
 
 
 ROWS = [
@@ -82,6 +84,11 @@ ROWS = [
         stream=True, provider="gemini"),
     Row("gw-bedrock", "gateway, no sinks, bedrock provider (Converse, SigV4-signed, event stream)", "gateway",
         "builtin", stream=True, provider="bedrock"),
+    # the router: 8 deployments of the one model group (distinct api_base paths on the mock), compared with `gw`
+    Row("gw-router8", "gateway, no sinks, 8 deployments per group (simple-shuffle)", "gateway", "builtin",
+        deployments=8),
+    Row("gw-router-latency", "gateway, no sinks, 8 deployments per group (latency-based-routing)", "gateway",
+        "builtin", deployments=8, routing_strategy="latency-based-routing"),
     Row("gw-aiohttp", "gateway, no sinks, aiohttp client", "gateway", "aiohttp"),
     Row("gw-httpx-aiohttp", "gateway, no sinks, httpx over the httpx-aiohttp transport", "gateway",
         "httpx-aiohttp"),
@@ -351,26 +358,31 @@ PROVIDER_MODELS: dict[str, list[str]] = {
 """The model every gateway row serves as ``mock-gpt``, by upstream wire format (bench.mock_upstream's WIRES)."""
 
 
-def _model_and_key(upstream: str, master_key: str, provider: str = "openai") -> list[str]:
-    """config.yaml lines every server row shares: the mock upstream as the one model, and the master key."""
-    return [
-        "model_list:",
-        f"  - model_name: {MODEL}",
-        "    litellm_params:",
-        *(f"      {line.format(upstream=upstream)}" for line in PROVIDER_MODELS[provider]),
-        # bedrock takes an api_key as a Bedrock API key (Bearer, no SigV4): its row signs with AWS keys
-        *([] if provider == "bedrock" else ["      api_key: sk-upstream-bench"]),
-        "      timeout: 30",
-        "general_settings:",
-        f"  master_key: {master_key}",
-    ]
+def _model_and_key(upstream: str, master_key: str, provider: str = "openai", deployments: int = 1) -> list[str]:
+    """config.yaml lines every server row shares: the mock upstream as the one model (with ``deployments`` > 1,
+    that many deployments of it, each at its own path on the mock: ``{upstream}/d<i>``), and the master key."""
+    lines = ["model_list:"]
+    for index in range(deployments):
+        base = upstream if deployments == 1 else f"{upstream}/d{index}"
+        lines += [
+            f"  - model_name: {MODEL}",
+            *([f"    model_info: {{id: bench-d{index}}}"] if deployments > 1 else []),
+            "    litellm_params:",
+            *(f"      {line.format(upstream=base)}" for line in PROVIDER_MODELS[provider]),
+            # bedrock takes an api_key as a Bedrock API key (Bearer, no SigV4): its row signs with AWS keys
+            *([] if provider == "bedrock" else ["      api_key: sk-upstream-bench"]),
+            "      timeout: 30",
+        ]
+    return [*lines, "general_settings:", f"  master_key: {master_key}"]
 
 
 def gateway_config(workdir: Path, upstream: str, sinks: str, teams: list[str], receivers: dict[str, str],
-                   sink_mode: str, provider: str = "openai") -> Path:
+                   sink_mode: str, provider: str = "openai", deployments: int = 1,
+                   routing_strategy: str | None = None) -> Path:
     lines = [
-        *_model_and_key(upstream, MASTER_KEY, provider),
+        *_model_and_key(upstream, MASTER_KEY, provider, deployments),
         f"  database_url: sqlite+aiosqlite:///{workdir}/gateway.db",
+        *(["router_settings:", f"  routing_strategy: {routing_strategy}"] if routing_strategy else []),
         "litellm_settings:",
         "  callbacks: []",
     ]
@@ -569,7 +581,7 @@ class Bench:
         workdir.mkdir()
         (workdir / "sinks").mkdir()
         config = gateway_config(workdir, upstream, row.sinks, self.teams, self.receiver_urls, self.sink_mode,
-                                row.provider)
+                                row.provider, row.deployments, row.routing_strategy)
         proc = self.procs.start(row.id, [str(VENV_BIN / "sluicegate"), "serve", "--config", str(config),
                                          "--port", str(port), "--log-level", "warning",
                                          "--workers", str(row.workers)],
@@ -757,6 +769,7 @@ def render(results: list[Result], args: argparse.Namespace, notes: list[str], el
             added = f"+{s.p50_ms - base.p50_ms:.2f} ms" if base and r is not direct else "—"
             out.append(f"| {r.label} | {s.rps:,.0f} | {s.p50_ms:.2f} | {s.p99_ms:.2f} | {added} |")
     out += providers_vs_passthrough(by_id, cs)
+    out += router_vs_one_deployment(by_id, cs)
     out += ["", "## Issue 8 targets (this run)", ""]
     out += targets(by_id, cs)
     extra = [f"- {r.id}: {n}" for r in results for n in r.notes]
@@ -811,6 +824,30 @@ def providers_vs_passthrough(by_id: dict[str, Result], cs: list[int]) -> list[st
                 continue
             delta = (p.cpu_ms_per_req - q.cpu_ms_per_req) * 1000
             cells += [f"{p.cpu_ms_per_req * 1000:.0f}" + ("" if r is base else f" ({delta:+.0f})"),
+                      _pct(p.rps / q.rps)]
+        out.append(f"| {r.label} | " + " | ".join(cells) + " |")
+    return out
+
+
+def router_vs_one_deployment(by_id: dict[str, Result], cs: list[int]) -> list[str]:
+    """Issue 23: routing over 8 deployments adds at most 5 µs of CPU per request over one deployment (`gw`)."""
+    base = by_id.get("gw")
+    rows = [r for r in by_id.values() if r.points and next((row.deployments for row in ROWS if row.id == r.id), 1) > 1]
+    if not (base and base.points and rows):
+        return []
+    out = ["", "## Router vs one deployment (`gw`): CPU per request, throughput (issue 23: routing adds ≤ 5 µs; "
+           "whole-process CPU, so a difference of a few µs is within the run-to-run noise)", "",
+           "| row | " + " | ".join(f"c={c} CPU µs/req (+µs vs gw) | RPS % of gw" for c in cs) + " |",
+           "|---|" + "---:|---:|" * len(cs)]
+    for r in [base, *rows]:
+        cells = []
+        for c in cs:
+            p, q = _point(r, c), _point(base, c)
+            if not (p and q and p.cpu_ms_per_req and q.cpu_ms_per_req and q.rps):
+                cells += ["—", "—"]
+                continue
+            delta = (p.cpu_ms_per_req - q.cpu_ms_per_req) * 1000
+            cells += [f"{p.cpu_ms_per_req * 1000:.1f}" + ("" if r is base else f" ({delta:+.1f})"),
                       _pct(p.rps / q.rps)]
         out.append(f"| {r.label} | " + " | ".join(cells) + " |")
     return out

@@ -184,6 +184,55 @@ def test_latency_buffer_and_ttl() -> None:
     assert set(picks(router, "g", 200)) == {"fast", "slow"}
 
 
+@pytest.mark.parametrize(("buffer", "size", "step"), [(0, 10, 0.1), (0.1, 3, 0.1), (0.5, 10, 7.0), (5, 10, 1.0)])
+def test_latency_based_picks_exactly_what_ranking_every_sample_from_scratch_picks(buffer: float, size: int,
+                                                                                  step: float) -> None:
+    """The kept ranking against the definition, recomputed from every sample at each pick, with the same random
+    choices: 4,000 steps of samples (fast, slow, equal, failed), ttl ageing, filtered lists and a clock that once
+    goes back."""
+    clock = Clock()
+    ttl = 30.0
+    router = build([mock("g", f"d{i}", timeout=9) for i in range(6)],
+                   {"routing_strategy": "latency-based-routing",
+                    "routing_strategy_args": {"lowest_latency_buffer": buffer, "ttl": ttl,
+                                              "max_latency_list_size": size}}, clock, seed=11)
+    group = router.resolve("g")
+    oracle_rng = random.Random(11)
+    seen: dict[str, list[tuple[float, float]]] = {d.model_id: [] for d in group.deployments}
+    steps = random.Random(buffer * 1000 + size)
+
+    def expected(candidates: list[Any]) -> Any:
+        means = []
+        for d in candidates:
+            fresh = [s for at, s in seen[d.model_id][-size:] if clock.now - at < ttl]
+            means.append(sum(fresh) / len(fresh) if fresh else 0.0)
+        limit = min(means) * (1 + buffer)
+        best = [d for d, m in zip(candidates, means, strict=True) if m <= limit]
+        return best[0] if len(best) == 1 else oracle_rng.choice(best)
+
+    for i in range(4000):
+        # a wall clock stepped back, by less than any sample's distance from ageing out (by more, a sample that had
+        # aged out would count again here and not in a kept mean: the definition is moot then)
+        clock.now += -0.001 if i == 2000 else steps.uniform(0, step)
+        if steps.random() < 0.1:  # a retry avoiding one deployment: a filtered list
+            avoid = steps.choice(group.deployments).model_id
+            candidates = [d for d in group.deployments if d.model_id != avoid]
+            chosen = router.pick(group, avoid=[avoid])
+        else:
+            candidates = group.deployments
+            chosen = router.pick(group)
+        assert chosen is expected(candidates), i
+        ok = steps.random() > 0.05
+        seconds = steps.choice([0.05, 0.05, steps.uniform(0.01, 0.3)])
+        seen[chosen.model_id].append((clock.now, seconds if ok else max(seconds, 9.0)))
+        router.strategy.ended(chosen, seconds, ok)
+        if steps.random() < 0.2:  # a sample for another deployment (a concurrent request ending)
+            other = steps.choice(group.deployments)
+            seconds = steps.uniform(0.01, 0.3)
+            seen[other.model_id].append((clock.now, seconds))
+            router.strategy.ended(other, seconds, True)
+
+
 def test_usage_based_v2_respects_rpm_headroom_then_429_naming_the_group() -> None:
     router = build([mock("g", "a", rpm=2), mock("g", "b", rpm=1)], {"routing_strategy": "usage-based-routing-v2"})
     counts = picks(router, "g", 3)

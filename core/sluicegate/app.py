@@ -172,7 +172,7 @@ def create_app(settings: Settings, *, environ: Mapping[str, str] | None = None, 
         keys.generate, keys.update, keys.key_info, keys.delete_keys, keys.list_keys, keys.key_health,
         teams.new_team, teams.team_info, teams.team_list, teams.update_team, teams.delete_teams, teams.add_callback,
         teams.get_callbacks, teams.delete_callback, teams.disable_logging, teams.enable_logging,
-        health.liveliness, health.readiness, introspection.plugins, introspection.sinks, metrics.metrics,
+        health.liveliness, health.readiness, health.model_health, introspection.plugins, introspection.sinks, metrics.metrics,
     ]
     return Litestar(
         route_handlers=handlers,

@@ -185,6 +185,11 @@ stops start-up."""
 class GeneralSettings(msgspec.Struct, kw_only=True):
     master_key: str | None = None
     database_url: str | None = None
+    background_health_checks: bool = False
+    """Probe every deployment every ``health_check_interval`` seconds: ``GET /health`` serves the latest round and
+    the router skips the deployments it found unhealthy (LiteLLM's name)."""
+    health_check_interval: float = 300.0
+    """Seconds between background health checks (LiteLLM's name and default)."""
 
 
 class TeamSettings(msgspec.Struct, kw_only=True):
@@ -524,6 +529,8 @@ def _check_semantics(settings: Settings, problems: list[str]) -> None:
     if gateway.file_sink_root is not None and (not gateway.file_sink_root.strip() or "\0" in gateway.file_sink_root):
         problems.append("sluicegate_settings.file_sink_root: must be a directory path (default: logs/ next to "
                         "config.yaml)")
+    if not settings.general_settings.health_check_interval > 0:
+        problems.append("general_settings.health_check_interval: must be more than 0 seconds")
     master = settings.general_settings.master_key
     if master is not None and not master.startswith("sk-"):
         problems.append("general_settings.master_key: must start with 'sk-'")

@@ -78,6 +78,25 @@ async def test_a_deployment_answering_500_is_retried_on_the_other_and_the_event_
         assert all(a["duration"] >= 0 for e in found for a in e["attempts"])
 
 
+async def test_each_deployment_of_a_group_gets_its_own_url_and_key(start, make_config, mock_upstream):
+    t = tag()
+    refused = f"http://127.0.0.1:{closed_port()}/v1"
+    models = [up("k", f"a-{t}", mock_upstream.url, f"a-{t}", api_key=f"sk-key-a-{t}"),
+              up("k", f"b-{t}", mock_upstream.url, f"b-{t}", api_key=f"sk-key-b-{t}"),
+              up("k", f"c-{t}", refused, f"c-{t}")]
+    async with start(cfg(make_config, models, {"num_retries": 0, "disable_cooldowns": True})) as gw:
+        key = await gw.new_key()
+        statuses = [(await gw.chat(key, f"q{i}", model="k")).status_code for i in range(30)]
+        for name in ("a", "b"):
+            seen = [r["headers"].get("authorization") for r in mock_upstream.requests
+                    if (r["body"] or {}).get("model") == f"{name}-{t}"]
+            assert seen and set(seen) == {f"Bearer sk-key-{name}-{t}"}, (name, set(seen))
+        # the refused deployment is never reached through another deployment's URL
+        assert upstream_calls(mock_upstream, f"c-{t}") == 0
+        assert statuses.count(502) == 30 - upstream_calls(mock_upstream, f"a-{t}") - upstream_calls(
+            mock_upstream, f"b-{t}") > 0
+
+
 async def test_retries_stop_at_num_retries_and_a_bad_request_is_never_retried(start, make_config, mock_upstream,
                                                                                events):
     t = tag()

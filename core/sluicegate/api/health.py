@@ -1,4 +1,5 @@
-"""``/health/liveliness`` (process up) and ``/health/readiness`` (database and registered checks). No auth."""
+"""``/health/liveliness`` (process up) and ``/health/readiness`` (database and registered checks), without auth;
+``/health`` (admin): every model deployment probed (:mod:`sluicegate.router.health`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from litestar import Request, Response, get
 from sluicegate.aio import bounded
 from sluicegate.api.common import gateway_of, json_response
 
-__all__ = ("liveliness", "readiness")
+__all__ = ("liveliness", "model_health", "readiness")
 
 
 @get(["/health/liveliness", "/health/liveness"])
@@ -36,3 +37,16 @@ async def readiness(request: Request) -> Response[bytes]:
     return json_response({"status": "healthy" if healthy else "unhealthy", "checks": checks,
                           "db": "connected" if checks["database"]["healthy"] else "disconnected"},
                          status=200 if healthy else 503)
+
+
+@get("/health")
+async def model_health(request: Request) -> Response[bytes]:
+    """Every deployment probed with a minimal call (admin), in LiteLLM's shape: ``healthy_endpoints``,
+    ``unhealthy_endpoints`` (each with ``error``, ``error_kind``, ``error_class``, secrets scrubbed) and their counts;
+    the background view when ``general_settings.background_health_checks`` is on."""
+    gateway = gateway_of(request)
+    await gateway.admin_only(request)
+    params = request.query_params
+    report = await gateway.router.health.report(model=params.get("model") or None,
+                                                model_id=params.get("model_id") or None)
+    return json_response(report)

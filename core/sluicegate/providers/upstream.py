@@ -97,11 +97,12 @@ class AiohttpUpstream(UpstreamClient):
         self._prepared: dict[str, tuple[yarl.URL, dict[str, str], aiohttp.ClientTimeout]] = {}
 
     def _prepare(self, deployment: Deployment) -> tuple[yarl.URL, dict[str, str], aiohttp.ClientTimeout]:
-        prepared = self._prepared.get(deployment.model_name)
+        # per deployment (its URL, key, timeout), never per model name: a group's deployments differ in all three
+        prepared = self._prepared.get(deployment.model_id)
         if prepared is None:
             prepared = (yarl.URL(deployment.completions_url), _base_headers(deployment),
                         aiohttp.ClientTimeout(total=deployment.timeout))
-            self._prepared[deployment.model_name] = prepared
+            self._prepared[deployment.model_id] = prepared
         return prepared
 
     async def complete(self, deployment: Deployment, body: bytes, request_id: str) -> bytes:
@@ -161,10 +162,11 @@ class BuiltinUpstream(UpstreamClient):
         self._heads: dict[str, tuple[str, bytes]] = {}
 
     def _headers(self, deployment: Deployment, request_id: str) -> tuple[str, bytes]:
-        head = self._heads.get(deployment.model_name)
+        # per deployment (its URL and key), never per model name: a group's deployments differ in both
+        head = self._heads.get(deployment.model_id)
         if head is None:
             head = (deployment.completions_url, encode_headers(_base_headers(deployment)))
-            self._heads[deployment.model_name] = head
+            self._heads[deployment.model_id] = head
         # request ids are printable (the chat route checks); non-ASCII ones go percent-encoded
         rid = request_id.encode() if request_id.isascii() else quote(request_id, safe="").encode()
         return head[0], head[1] + b"x-request-id: " + rid + b"\r\n"

@@ -22,6 +22,7 @@ from sluicegate.errors import ApiError
 from sluicegate.providers.base import UpstreamError
 from sluicegate.providers.models import for_wildcard
 from sluicegate.router.errors import COOLDOWN_CLASSES, RETRYABLE_CLASSES, error_class, policy_field
+from sluicegate.router.health import HealthChecker
 from sluicegate.router.state import LocalRouterState, RedisRouterState, RouterState
 from sluicegate.router.strategies import Strategy, make_strategy
 
@@ -158,6 +159,15 @@ class Router:
                                       else litellm.default_fallbacks or ())
         self._clients: ProviderClients | None = None
         self._concrete: dict[str, Group] = {}
+        self.unhealthy: frozenset[str] = frozenset()
+        """Ids of the deployments the last background health check found unhealthy (skipped unless every
+        candidate is)."""
+        self.health = HealthChecker(self, settings.general_settings)
+
+    @property
+    def clients(self) -> ProviderClients | None:
+        """What the providers were started with (None before :meth:`start`)."""
+        return self._clients
 
     @staticmethod
     def _state_for(settings: Settings, clock: Callable[[], float]) -> RouterState:
@@ -178,8 +188,10 @@ class Router:
     async def start(self, clients: ProviderClients) -> None:
         self._clients = clients
         await self.state.start(d.model_id for d in self.models.all)
+        self.health.start()
 
     async def aclose(self) -> None:
+        await self.health.aclose()
         for group in self._concrete.values():
             for deployment in group.deployments:
                 await deployment.provider.aclose()
@@ -234,9 +246,9 @@ class Router:
 
     # picking ------------------------------------------------------------------------------------------
     def pick(self, group: Group, avoid: Sequence[str] = (), tokens: int = 0) -> Deployment:
-        """A deployment of ``group`` by the strategy, skipping those cooling down and, when others remain, those in
-        ``avoid`` (already tried by this request). Every deployment cooling down: a 429 naming the group and when
-        it reopens."""
+        """A deployment of ``group`` by the strategy, skipping those cooling down and, when others remain, those the
+        background health check found unhealthy and those in ``avoid`` (already tried by this request). Every
+        deployment cooling down: a 429 naming the group and when it reopens."""
         candidates = group.deployments
         cooldowns = self.state.cooldowns
         if cooldowns:
@@ -246,6 +258,11 @@ class Router:
                 self._all_cooling(group)
             if len(usable) != len(candidates):
                 candidates = usable
+        unhealthy = self.unhealthy
+        if unhealthy:
+            healthy = [d for d in candidates if d.model_id not in unhealthy]
+            if healthy and len(healthy) != len(candidates):
+                candidates = healthy
         if avoid:
             fresh = [d for d in candidates if d.model_id not in avoid]
             if fresh:
