@@ -138,7 +138,8 @@ def port_problem(host: str, port: int) -> str | None:
                 probe.bind(address)
             except OSError as exc:
                 if exc.errno == errno.EADDRINUSE:
-                    return f"port {port} is already in use on {host} (choose another with --port, or PORT= for make run)"
+                    return (f"port {port} is already in use on {host} (choose another with --port, or PORT= for "
+                            "make run)")
                 return f"cannot bind {host}:{port}: {exc.strerror or exc}"
     return None
 

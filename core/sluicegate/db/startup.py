@@ -74,7 +74,8 @@ def explain(url: str, exc: BaseException) -> str:
         if name == "NoSuchModuleError":
             return f"{where}: unknown database scheme ({cause}); use postgresql:// or sqlite:///PATH"
         if name == "ArgumentError":
-            return f"{where}: not a database URL ({cause}); use postgresql://USER:PASSWORD@HOST:PORT/DB or sqlite:///PATH"
+            return (f"{where}: not a database URL ({cause}); use postgresql://USER:PASSWORD@HOST:PORT/DB or "
+                    "sqlite:///PATH")
         if name == "InvalidCatalogNameError":
             return f"{where}: the database does not exist ({cause}); create it (createdb) or fix the URL"
         if name in ("InvalidPasswordError", "InvalidAuthorizationSpecificationError"):
