@@ -48,11 +48,13 @@ def _serve(args: argparse.Namespace) -> int:
         settings = load_settings(args.config, allow_unknown_keys=args.allow_unknown_keys)
         gateway = Gateway(settings)  # validates plugins and every configured callback before binding
     except ConfigError as exc:
+        problems = exc.problems + (_problems_past_misspellings(args.config, exc.problems)
+                                   if not args.allow_unknown_keys else [])
         print(f"sluicegate: {args.config}: configuration error:", file=sys.stderr)
-        for problem in exc.problems:
+        for problem in problems:
             print(f"  {problem}", file=sys.stderr)
-        if any("did you mean" in problem for problem in exc.problems):
-            print("  (--allow-unknown-keys starts anyway, with these as warnings)", file=sys.stderr)
+        if any(": unknown key" in problem or "not a router setting" in problem for problem in problems):
+            print("  (--allow-unknown-keys turns the unknown keys into warnings)", file=sys.stderr)
         return 2
     except Exception as exc:  # duplicate callback_name, broken plugin used by config, unusable database URL...
         print(f"sluicegate: cannot start: {url_problem(settings.database_url, exc) or exc}", file=sys.stderr)
@@ -119,6 +121,21 @@ def _serve(args: argparse.Namespace) -> int:
     sys.stderr.flush()
     os.execv(sys.executable, argv)
     return 0  # not reached
+
+
+def _problems_past_misspellings(config: str, found: list[str]) -> list[str]:
+    """The problems the gateway's own checks (providers' parameters, callbacks) find once the misspelt keys are set
+    aside, so that one run reports everything; nothing when the config has other problems."""
+    from sluicegate.config import ConfigError, load_settings
+    from sluicegate.gateway import Gateway
+
+    try:
+        Gateway(load_settings(config, allow_unknown_keys=True))
+    except ConfigError as exc:
+        return [problem for problem in exc.problems if problem not in found]
+    except Exception:  # reported on the next run, once the configuration errors are fixed
+        return []
+    return []
 
 
 def port_problem(host: str, port: int) -> str | None:
