@@ -145,3 +145,66 @@ def test_version_and_plugin_versions() -> None:
     assert "sluicegate.default_plugins.file_sink: sluicegate " in verbose.stdout
     bare = subprocess.run([sys.executable, "-m", "sluicegate"], capture_output=True, text=True, timeout=60)
     assert bare.returncode == 2 and "a command is required" in bare.stderr  # negative control: no silent success
+
+
+def test_a_database_that_comes_up_during_the_retries_is_used(tmp_path: Path, postgres_admin: Any) -> None:
+    """Containers start out of order: the database port refuses at first, then (once the gateway has printed a
+    retry line) starts answering; the same run goes on to serve."""
+    import asyncio
+    import threading
+
+    require_postgres()
+    admin = make_url(POSTGRES_ADMIN_URL)
+    database = f"sluicegate_late_{uuid.uuid4().hex[:8]}"
+    postgres_admin(f'CREATE DATABASE "{database}"')
+    port = closed_port()
+    url = admin.set(host="127.0.0.1", port=port, database=database).render_as_string(hide_password=False)
+    config = config_with(tmp_path, "late", connect_timeout=60, database_url=url)
+    loop = asyncio.new_event_loop()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(admin.host or "127.0.0.1", admin.port or 5432)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+
+    process = serve(config, "--port", str(free_port()))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        assert process.stderr is not None and process.stdout is not None
+        for line in process.stderr:
+            if "retrying in" in line:
+                assert "connection refused" in line and f"127.0.0.1:{port}" in line
+                break
+        else:
+            pytest.fail("no retry line before the process ended")
+        # The database "comes up": a forwarder to the real server starts listening on the refused port.
+        asyncio.run_coroutine_threadsafe(asyncio.start_server(forward, "127.0.0.1", port), loop).result(10)
+        for line in process.stdout:
+            if "listening on" in line:
+                break
+        else:
+            pytest.fail(f"the gateway did not start: {process.stderr.read()}")
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        postgres_admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def test_make_run_takes_host_port_and_config() -> None:
+    root = Path(__file__).resolve().parent.parent
+    dry = subprocess.run(["make", "-n", "-C", str(root), "run", "PORT=4321", "HOST=0.0.0.0", "CONFIG=my.yaml"],
+                         capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert "sluicegate serve --config my.yaml --host 0.0.0.0 --port 4321" in dry.stdout
+    default = subprocess.run(["make", "-n", "-C", str(root), "run"], capture_output=True, text=True, timeout=60)
+    assert "sluicegate serve --config examples/config.yaml --host 127.0.0.1 --port 4000" in default.stdout
