@@ -240,7 +240,8 @@ def test_misspelt_success_callbacks_in_team_entry_is_an_error(litellm_env: None)
 
 @pytest.mark.parametrize(("raw", "expected"), [
     ({"model_lists": []}, "model_lists: unknown key; did you mean 'model_list'?"),
-    ({"general_settings": {"master_kye": "sk-1"}}, "general_settings.master_kye: unknown key; did you mean 'master_key'?"),
+    ({"general_settings": {"master_kye": "sk-1"}},
+     "general_settings.master_kye: unknown key; did you mean 'master_key'?"),
     ({"litellm_settings": {"failure_callbacks": []}},
      "litellm_settings.failure_callbacks: unknown key; did you mean 'failure_callback'?"),
 ])
