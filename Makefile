@@ -4,6 +4,8 @@ VENV := .venv
 UV := $(VENV)/bin/uv
 PY := $(VENV)/bin/python
 CONFIG ?= examples/config.yaml
+HOST ?= 127.0.0.1
+PORT ?= 4000
 PYTEST_ARGS ?=
 # Servers the sink tests start: Microsoft's storage emulator (npm) and Arize Phoenix (PyPI). Phoenix gets a venv of
 # its own: it requires anthropic<2, which the gateway's dev group (anthropic>=2.16) cannot share.
@@ -32,7 +34,7 @@ $(PHOENIX): | $(UV)
 tools: $(AZURITE) $(PHOENIX)
 
 run: install
-	$(VENV)/bin/sluicegate serve --config $(CONFIG)
+	$(VENV)/bin/sluicegate serve --config $(CONFIG) --host $(HOST) --port $(PORT)
 
 test: install tools
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -588,7 +588,7 @@ class GatewayProcess:
     """A ``python -m sluicegate serve`` subprocess. Output goes to files (``stdout``/``stderr`` properties)."""
 
     def __init__(self, config: Path, *, port: int | None = None, workers: int = 1, env: dict[str, str] | None = None,
-                 log_dir: Path) -> None:
+                 log_dir: Path, cwd: Path | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = config
@@ -602,7 +602,7 @@ class GatewayProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "sluicegate", "serve", "--config", str(config), "--host", "127.0.0.1",
                  "--port", str(self.port), "--workers", str(workers), "--log-level", "warning"],
-                stdout=out, stderr=err, env=full_env, cwd=str(log_dir))
+                stdout=out, stderr=err, env=full_env, cwd=str(cwd or log_dir))
 
     @property
     def stdout(self) -> str:

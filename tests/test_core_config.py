@@ -192,12 +192,42 @@ def test_unknown_keys_produce_one_warning_line(litellm_env: None) -> None:
     assert settings.model_list[0].litellm_params.api_key == "sk-openai-from-env"  # the rest still loads
 
 
-def test_misspelt_success_callbacks_reported_with_intended_key(litellm_env: None) -> None:
+def test_misspelt_success_callbacks_is_an_error_naming_the_intended_key(litellm_env: None) -> None:
     raw = yaml.safe_load(LITELLM_CONFIG)
     raw["litellm_settings"]["success_callbacks"] = raw["litellm_settings"].pop("success_callback")
-    settings = parse_settings(raw)
+    assert problems_of(raw) == [
+        "litellm_settings.success_callbacks: unknown key; did you mean 'success_callback'?"]
+
+
+def test_allow_unknown_keys_turns_misspellings_into_one_warning(litellm_env: None) -> None:
+    raw = yaml.safe_load(LITELLM_CONFIG)
+    raw["litellm_settings"]["success_callbacks"] = raw["litellm_settings"].pop("success_callback")
+    raw["general_settings"]["master_kye"] = "sk-1"
+    settings = parse_settings(raw, allow_unknown_keys=True)
     assert settings.warnings == [
-        "keys that look misspelt: litellm_settings.success_callbacks (did you mean 'success_callback'?)"]
+        "keys that look misspelt (ignored): general_settings.master_kye: unknown key; did you mean 'master_key'?; "
+        "litellm_settings.success_callbacks: unknown key; did you mean 'success_callback'?"]
+    assert settings.litellm_settings.success_callback is None  # ignored, as the warning says
+
+
+def test_every_misspelt_key_is_reported_in_one_pass(litellm_env: None) -> None:
+    raw = yaml.safe_load(LITELLM_CONFIG)
+    raw["general_settings"]["master_kye"] = raw["general_settings"].pop("master_key")
+    raw["litellm_settings"]["sucess_callback"] = raw["litellm_settings"].pop("success_callback")
+    raw["model_list"][0]["litellm_param"] = raw["model_list"][0].pop("litellm_params")
+    raw["router_settings"] = {"num_retrie": 1}
+    raw["sluicegate_settings"] = {"delivery": {"batch_intervals": 1}, "no_such_setting": 1}
+    raw["general_settings"]["alerting"] = ["slack"]  # a LiteLLM key we do not implement: a warning, not an error
+    problems = problems_of(raw)
+    for expected in ("general_settings.master_kye: unknown key; did you mean 'master_key'?",
+                     "litellm_settings.sucess_callback: unknown key; did you mean 'success_callback'?",
+                     "model_list[0].litellm_param: unknown key; did you mean 'litellm_params'?",
+                     "router_settings.num_retrie: not a router setting; did you mean 'num_retries'?",
+                     "sluicegate_settings.delivery.batch_intervals: unknown key; did you mean 'batch_interval'?"):
+        assert expected in problems, problems
+    assert any(p.startswith("sluicegate_settings.no_such_setting: unknown key; known: ") for p in problems), problems
+    assert not any("alerting" in p for p in problems)
+    assert len(problems) == 6, problems
 
 
 def test_misspelt_success_callbacks_in_team_entry_is_an_error(litellm_env: None) -> None:
@@ -209,14 +239,15 @@ def test_misspelt_success_callbacks_in_team_entry_is_an_error(litellm_env: None)
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
-    ({"model_lists": []}, "model_lists (did you mean 'model_list'?)"),
-    ({"general_settings": {"master_kye": "sk-1"}}, "general_settings.master_kye (did you mean 'master_key'?)"),
+    ({"model_lists": []}, "model_lists: unknown key; did you mean 'model_list'?"),
+    ({"general_settings": {"master_kye": "sk-1"}},
+     "general_settings.master_kye: unknown key; did you mean 'master_key'?"),
     ({"litellm_settings": {"failure_callbacks": []}},
-     "litellm_settings.failure_callbacks (did you mean 'failure_callback'?)"),
+     "litellm_settings.failure_callbacks: unknown key; did you mean 'failure_callback'?"),
 ])
 def test_other_misspellings_name_the_intended_key(raw: Any, expected: str) -> None:
-    settings = parse_settings(raw)
-    assert settings.warnings == [f"keys that look misspelt: {expected}"]
+    assert problems_of(raw) == [expected]
+    assert parse_settings(raw, allow_unknown_keys=True).warnings == [f"keys that look misspelt (ignored): {expected}"]
 
 
 # ----------------------------------------------------------------------------------------------- files

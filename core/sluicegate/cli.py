@@ -14,6 +14,7 @@ __all__ = ("app_factory", "main")
 
 CONFIG_ENV = "SLUICEGATE_CONFIG"
 WORKERS_ENV = "SLUICEGATE_WORKERS"
+ALLOW_UNKNOWN_KEYS_ENV = "SLUICEGATE_ALLOW_UNKNOWN_KEYS"
 log = logging.getLogger("sluicegate")
 
 
@@ -30,26 +31,37 @@ def app_factory() -> Any:
     from sluicegate.app import create_app
     from sluicegate.config import load_settings, per_worker
 
-    settings = per_worker(load_settings(os.environ[CONFIG_ENV]), int(os.environ.get(WORKERS_ENV) or 1))
+    settings = load_settings(os.environ[CONFIG_ENV], allow_unknown_keys=bool(os.environ.get(ALLOW_UNKNOWN_KEYS_ENV)))
+    settings = per_worker(settings, int(os.environ.get(WORKERS_ENV) or 1))
     return create_app(settings, http_client=os.environ.get("SLUICEGATE_HTTP_CLIENT", "builtin"), tune_gc=True)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from sluicegate.config import ConfigError, load_settings
+    from sluicegate.db.startup import DatabaseStartError, url_problem, with_retries
     from sluicegate.db.store import SaltKeyError, Store, display_url
     from sluicegate.gateway import Gateway
+    from sluicegate.serving import ANNOUNCE_ENV
     from sluicegate.serving_http import HEADER_TIMEOUT_ENV, MAX_HEADER_BYTES_ENV
 
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(args.config, allow_unknown_keys=args.allow_unknown_keys)
         gateway = Gateway(settings)  # validates plugins and every configured callback before binding
     except ConfigError as exc:
+        problems = exc.problems + (_problems_past_misspellings(args.config, exc.problems)
+                                   if not args.allow_unknown_keys else [])
         print(f"sluicegate: {args.config}: configuration error:", file=sys.stderr)
-        for problem in exc.problems:
+        for problem in problems:
             print(f"  {problem}", file=sys.stderr)
+        if any(": unknown key" in problem or "not a router setting" in problem for problem in problems):
+            print("  (--allow-unknown-keys turns the unknown keys into warnings)", file=sys.stderr)
         return 2
-    except Exception as exc:  # duplicate callback_name, broken plugin used by config...
-        print(f"sluicegate: cannot start: {exc}", file=sys.stderr)
+    except Exception as exc:  # duplicate callback_name, broken plugin used by config, unusable database URL...
+        print(f"sluicegate: cannot start: {url_problem(settings.database_url, exc) or exc}", file=sys.stderr)
+        return 2
+    problem = port_problem(args.host, args.port)
+    if problem is not None:
+        print(f"sluicegate: cannot start: {problem}", file=sys.stderr)
         return 2
     for warning in settings.warnings:
         log.warning("%s: %s", args.config, warning)
@@ -63,15 +75,19 @@ def _serve(args: argparse.Namespace) -> int:
         finally:
             await store.aclose()
 
+    def progress(line: str) -> None:
+        print(f"sluicegate: {line}", file=sys.stderr, flush=True)
+
     try:
-        asyncio.run(migrate())
-    except SaltKeyError as exc:  # stored secrets this salt key cannot open: refuse before binding
+        asyncio.run(with_retries(settings.database_url, migrate, settings.sluicegate_settings.database_connect_timeout,
+                                 progress, passthrough=(SaltKeyError,)))
+    except (SaltKeyError, DatabaseStartError) as exc:  # SaltKeyError: stored secrets this key cannot open
         print(f"sluicegate: cannot start: {exc}", file=sys.stderr)
         return 2
     described = gateway.pm.describe(gateway.registry.by_plugin(), gateway.providers.by_plugin())
     sinks = ", ".join(f"{name} ({gateway.registry.owner(name)})" for name in gateway.registry.names())
     broken = [p for p in described if p.error]
-    print(f"Sluicegate listening on http://{args.host}:{args.port} ({args.workers} worker(s))", flush=True)
+    print(f"Sluicegate starting on http://{args.host}:{args.port} ({args.workers} worker(s))", flush=True)
     print(f"  database: {display_url(settings.database_url)}", flush=True)
     print(f"  sinks:    {sinks or 'none'}", flush=True)
     for plugin in broken:
@@ -84,6 +100,10 @@ def _serve(args: argparse.Namespace) -> int:
     del gateway
 
     os.environ[CONFIG_ENV] = os.path.abspath(args.config)
+    if args.allow_unknown_keys:
+        os.environ[ALLOW_UNKNOWN_KEYS_ENV] = "1"
+    # Each worker prints this once its socket accepts connections (sluicegate.serving), not before.
+    os.environ[ANNOUNCE_ENV] = f"Sluicegate listening on http://{args.host}:{args.port}"
     os.environ[WORKERS_ENV] = str(args.workers)  # read by each worker's app_factory (spawned, not forked)
     os.environ[HEADER_TIMEOUT_ENV] = str(settings.sluicegate_settings.header_timeout)  # read by the protocol class
     os.environ[MAX_HEADER_BYTES_ENV] = str(settings.sluicegate_settings.max_header_bytes)
@@ -101,6 +121,61 @@ def _serve(args: argparse.Namespace) -> int:
     sys.stderr.flush()
     os.execv(sys.executable, argv)
     return 0  # not reached
+
+
+def _problems_past_misspellings(config: str, found: list[str]) -> list[str]:
+    """The problems the gateway's own checks (providers' parameters, callbacks) find once the misspelt keys are set
+    aside, so that one run reports everything; nothing when the config has other problems."""
+    from sluicegate.config import ConfigError, load_settings
+    from sluicegate.gateway import Gateway
+
+    try:
+        Gateway(load_settings(config, allow_unknown_keys=True))
+    except ConfigError as exc:
+        return [problem for problem in exc.problems if problem not in found]
+    except Exception:  # reported on the next run, once the configuration errors are fixed
+        return []
+    return []
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound now (taken, not an address here), or None: checked before uvicorn starts,
+    which would otherwise fail after the start-up banner with a traceback."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return f"cannot bind {host}:{port}: {exc.strerror or exc}"
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return (f"port {port} is already in use on {host} (choose another with --port, or PORT= for "
+                            "make run)")
+                return f"cannot bind {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
+def _version(verbose: bool) -> int:
+    import sluicegate
+
+    print(f"sluicegate {sluicegate.__version__}")
+    if verbose:
+        from sluicegate.plugins import get_plugin_manager
+        from sluicegate.providers.registry import ProviderRegistry
+        from sluicegate.sinks.registry import SinkRegistry
+
+        pm = get_plugin_manager()
+        registry = SinkRegistry.from_plugin_manager(pm)
+        for plugin in pm.describe(registry.by_plugin(), ProviderRegistry.from_plugin_manager(pm).by_plugin()):
+            where = f"{plugin.distribution} {plugin.version}" if plugin.distribution else "built in"
+            print(f"  {plugin.name}: {where}" + (f" (FAILED: {plugin.error})" if plugin.error else ""))
+    return 0
 
 
 def _plugins(args: argparse.Namespace) -> int:
@@ -178,13 +253,18 @@ def _new_sink(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sluicegate", description="An OpenAI-compatible LLM gateway with "
                                      "per-team and per-key logging sinks.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="store_true", help="print the version and exit (with -v: and every "
+                        "installed plugin's)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="with --version: list the plugins' versions")
+    sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="run the gateway", description="Run the gateway with a config.yaml.")
     serve.add_argument("--config", required=True, help="path to config.yaml (LiteLLM-compatible)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=4000, help="port to bind (default 4000)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes sharing the database (default 1)")
     serve.add_argument("--log-level", default="info", help="debug, info, warning or error (default info)")
+    serve.add_argument("--allow-unknown-keys", action="store_true",
+                       help="start even when config.yaml has keys that look like misspellings of ours (warn instead)")
     serve.set_defaults(func=_serve)
     plugins = sub.add_parser("plugins", help="list installed plugins, their sinks and providers",
                              description="List installed plugins: distribution, version, hooks, sinks, providers, "
@@ -204,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     new_sink.add_argument("--directory", default=".", help="where to write it (default: here)")
     new_sink.set_defaults(func=_new_sink)
     args = parser.parse_args(argv)
+    if args.version:
+        return _version(args.verbose)
+    if args.command is None:
+        parser.error("a command is required (serve, plugins, rotate-salt-key, new-sink)")
     _setup_logging(getattr(args, "log_level", "info"))
     return int(args.func(args))
 

@@ -2,8 +2,11 @@
 
 Every problem is reported with its YAML path (``litellm_settings.default_team_settings[1].team_id: required``).
 ``os.environ/NAME`` references are resolved at load; a missing variable stops start-up naming path and variable.
-Keys we do not support produce one warning line; a key close to one we support is reported with the likely
-intended key (in a team entry that is an error: a typo there silently changes where a team's logs go).
+LiteLLM keys we deliberately do not implement produce one warning line. A key close to one we support (``master_kye``,
+``sucess_callback``, ``litellm_param``, ``mock_respone``) and any unknown key in ``sluicegate_settings`` stop start-up
+naming the likely intended key, since the gateway would silently do something else; ``allow_unknown_keys`` (``sluicegate
+serve --allow-unknown-keys``) turns those into warnings, except in team entries, where a typo changes where a team's
+logs go.
 """
 
 from __future__ import annotations
@@ -288,6 +291,10 @@ class SinkDestinations(msgspec.Struct, kw_only=True):
 class SluicegateSettings(msgspec.Struct, kw_only=True):
     delivery: DeliverySettings = msgspec.field(default_factory=DeliverySettings)
     change_poll_interval: float = 0.25
+    database_connect_timeout: float = 30.0
+    """Seconds ``sluicegate serve`` keeps retrying, with backoff, a database that refuses or does not answer at
+    start-up (containers start out of order); 0: try once. A missing database, wrong password or missing driver
+    stops at once. (Sluicegate's own key: LiteLLM has none.)"""
     request_body_timeout: float = 30.0
     """Seconds a client may take to send its whole request body; slower ones get 408 and lose the connection."""
     header_timeout: float = 10.0
@@ -356,6 +363,9 @@ def _suggest(key: str, known: tuple[str, ...] | frozenset[str]) -> str | None:
     return hint[0] if hint else None
 
 
+_OURS_ONLY: tuple[type[msgspec.Struct], ...] = ()  # set below: sections with no LiteLLM keys to tolerate
+
+
 def _check_keys(data: Any, struct: type[msgspec.Struct], path: str, unknown: list[str], typos: list[str]) -> None:
     if not isinstance(data, Mapping):
         return
@@ -363,10 +373,15 @@ def _check_keys(data: Any, struct: type[msgspec.Struct], path: str, unknown: lis
     for key, value in data.items():
         here = f"{path}.{key}" if path else str(key)
         if struct is LiteLLMParams and key not in known and key not in LITELLM_IGNORED_PARAMS:
-            continue  # the provider's own key: its Params check it when the gateway starts
+            continue  # the provider's own key: its Params refuse it, with the likely intended key, at start-up
         if key not in known:
             hint = _suggest(str(key), known)
-            (typos if hint else unknown).append(f"{here} (did you mean {hint!r}?)" if hint else here)
+            if hint:
+                typos.append(f"{here}: unknown key; did you mean {hint!r}?")
+            elif struct in _OURS_ONLY:
+                typos.append(f"{here}: unknown key; known: {', '.join(known)}")
+            else:
+                unknown.append(here)
             continue
         child = {"litellm_params": LiteLLMParams, "general_settings": GeneralSettings,
                  "delivery": DeliverySettings, "sink_destinations": SinkDestinations}.get(key)
@@ -374,12 +389,15 @@ def _check_keys(data: Any, struct: type[msgspec.Struct], path: str, unknown: lis
             _check_keys(value, child, here, unknown, typos)
 
 
+_OURS_ONLY = (SluicegateSettings, DeliverySettings, SinkDestinations)
+
 _ROUTER_NESTED: dict[str, type[msgspec.Struct]] = {
     "routing_strategy_args": RoutingStrategyArgs, "retry_policy": RetryPolicy,
     "allowed_fails_policy": AllowedFailsPolicy}
 
 
 def _router_keys(router: Mapping[str, Any], problems: list[str], unknown: list[str]) -> dict[str, Any]:
+    # ``problems`` here is the caller's list of misspelt keys (errors unless ``allow_unknown_keys``)
     """``router_settings`` without the LiteLLM keys we ignore; any other unknown key (here or in its nested
     policies) is a start-up error naming the likely intended key: a typo there silently changes failover."""
     known = _fields(RouterSettings)
@@ -432,8 +450,11 @@ def _split_litellm_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
-def parse_settings(raw: Any, *, source: str | None = None) -> Settings:
-    """Validate an already-parsed YAML document. Raises :class:`ConfigError` listing every problem."""
+def parse_settings(raw: Any, *, source: str | None = None, allow_unknown_keys: bool = False) -> Settings:
+    """Validate an already-parsed YAML document. Raises :class:`ConfigError` listing every problem.
+
+    Keys that look like misspellings of ours are problems too, unless ``allow_unknown_keys``: then one warning.
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
@@ -445,7 +466,10 @@ def parse_settings(raw: Any, *, source: str | None = None) -> Settings:
     for key in list(data):
         if key not in _SECTIONS:
             hint = _suggest(str(key), tuple(_SECTIONS))
-            (typos if hint else unknown).append(f"{key} (did you mean {hint!r}?)" if hint else str(key))
+            if hint:
+                typos.append(f"{key}: unknown key; did you mean {hint!r}?")
+            else:
+                unknown.append(str(key))
             data.pop(key)
     models = data.get("model_list")
     for index, entry in enumerate(models if isinstance(models, list) else []):
@@ -455,7 +479,7 @@ def parse_settings(raw: Any, *, source: str | None = None) -> Settings:
         _check_keys(data.get(section), _SECTIONS[section], section, unknown, typos)
     router = data.get("router_settings")
     if isinstance(router, Mapping):
-        data["router_settings"] = _router_keys(router, problems, unknown)
+        data["router_settings"] = _router_keys(router, typos, unknown)
     litellm = data.get("litellm_settings")
     if isinstance(litellm, Mapping):
         litellm = dict(litellm)
@@ -472,6 +496,8 @@ def parse_settings(raw: Any, *, source: str | None = None) -> Settings:
             {**e, "litellm_params": _split_litellm_params(e["litellm_params"])}
             if isinstance(e, Mapping) and isinstance(e.get("litellm_params"), Mapping) else e
             for e in models]
+    if not allow_unknown_keys:
+        problems += typos
     if problems:
         raise ConfigError(problems)
     try:
@@ -482,8 +508,8 @@ def parse_settings(raw: Any, *, source: str | None = None) -> Settings:
     if problems:
         raise ConfigError(problems)
     settings.source = source
-    if typos:
-        settings.warnings.append("keys that look misspelt: " + ", ".join(typos))
+    if typos:  # only with allow_unknown_keys
+        settings.warnings.append("keys that look misspelt (ignored): " + "; ".join(typos))
     if unknown:
         settings.warnings.append("ignoring keys Sluicegate does not support: " + ", ".join(unknown))
     return settings
@@ -516,6 +542,8 @@ def _check_semantics(settings: Settings, problems: list[str]) -> None:
         problems.append("sluicegate_settings.delivery.spool_flush_interval: must be between 0 and 60 seconds")
     if delivery.spool_max_bytes < 1024 * 1024:
         problems.append("sluicegate_settings.delivery.spool_max_bytes: must be at least 1048576 (1 MiB)")
+    if settings.sluicegate_settings.database_connect_timeout < 0:
+        problems.append("sluicegate_settings.database_connect_timeout: must be 0 or more")
     if delivery.queue_size < 1:
         problems.append("sluicegate_settings.delivery.queue_size: must be at least 1")
     if delivery.memory_events < 0:
@@ -668,9 +696,9 @@ def per_worker(settings: Settings, workers: int) -> Settings:
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def load_settings(path: str | os.PathLike[str]) -> Settings:
-    """Read and validate ``config.yaml``."""
-    return parse_settings(_read_yaml(path), source=str(path))
+def load_settings(path: str | os.PathLike[str], *, allow_unknown_keys: bool = False) -> Settings:
+    """Read and validate ``config.yaml`` (see :func:`parse_settings`)."""
+    return parse_settings(_read_yaml(path), source=str(path), allow_unknown_keys=allow_unknown_keys)
 
 
 def _read_yaml(path: str | os.PathLike[str]) -> Any:

@@ -55,6 +55,10 @@ def _return_free_heap() -> None:
     trim(0)
 
 
+NO_MASTER_KEY = ("no master key is configured (general_settings.master_key), so admin routes are closed to "
+                 "everyone")
+
+
 class Gateway:
     def __init__(self, settings: Settings, *, environ: Mapping[str, str] | None = None,
                  http_client: str = "builtin", tune_gc: bool = False) -> None:
@@ -187,7 +191,13 @@ class Gateway:
         return ctx
 
     async def admin_only(self, request: Request) -> AuthContext:
-        ctx = await self.authenticate(request)
+        try:
+            ctx = await self.authenticate(request)
+        except ApiError as exc:
+            if self.master_key is None:
+                raise ApiError(exc.status, f"{exc.message}; {NO_MASTER_KEY}", type=exc.type, code=exc.code) from None
+            raise
         if not ctx.is_admin:
-            raise ApiError(403, "this route needs the master key", type="permission_error", code="403")
+            raise ApiError(403, "this route needs the master key" + (f"; {NO_MASTER_KEY}" if self.master_key is None
+                                                                       else ""), type="permission_error", code="403")
         return ctx

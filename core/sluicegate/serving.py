@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -187,7 +188,19 @@ class GatewayLoop(uvloop.Loop):  # type: ignore[misc]
         server = AcceptingServer(self, protocol_factory, sockets, backlog)
         if start_serving:
             server._start()
+            _announce()
         return server
+
+
+ANNOUNCE_ENV = "SLUICEGATE_ANNOUNCE"
+
+
+def _announce() -> None:
+    """Print ``sluicegate serve``'s "listening on" line, once per process, now that the socket accepts and the app
+    has started (uvicorn binds after the lifespan start-up)."""
+    line = os.environ.pop(ANNOUNCE_ENV, None)
+    if line:
+        print(line, flush=True)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -9,6 +9,7 @@ from litestar import Request, Response, get
 
 from sluicegate.aio import bounded
 from sluicegate.api.common import gateway_of, json_response
+from sluicegate.gateway import NO_MASTER_KEY
 
 __all__ = ("liveliness", "model_health", "readiness")
 
@@ -33,6 +34,8 @@ async def readiness(request: Request) -> Response[bytes]:
             checks[name] = {"healthy": result.healthy, "details": result.details}
         except Exception as exc:
             checks[name] = {"healthy": False, "details": type(exc).__name__}
+    if gateway.master_key is None:  # the gateway serves, but nobody can administer it: say so, without failing
+        checks["master_key"] = {"healthy": True, "details": NO_MASTER_KEY}
     healthy = all(c["healthy"] for c in checks.values())
     return json_response({"status": "healthy" if healthy else "unhealthy", "checks": checks,
                           "db": "connected" if checks["database"]["healthy"] else "disconnected"},
