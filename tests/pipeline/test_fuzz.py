@@ -26,7 +26,8 @@ CALLBACK_SECRET = "acme-secret-fuzz-5d1e0c3b"
 ERROR_FIELDS = {"message", "type", "param", "code"}
 MASTER = "sk-master-pipeline-test"  # tests/pipeline/conftest.py's master key (checked against the gateway below)
 
-# (method, path template) of every route in sluicegate/app.py; {team}/{name} are fuzzed path parameters
+# (method, path template) of every route in sluicegate/app.py; {team}/{name} are fuzzed path parameters ({name}
+# also stands for a model name)
 ROUTES = [
     ("POST", "/v1/chat/completions"), ("POST", "/chat/completions"), ("GET", "/v1/models"), ("GET", "/models"),
     ("POST", "/key/generate"), ("POST", "/key/update"), ("GET", "/key/info"), ("POST", "/key/delete"),
@@ -37,6 +38,8 @@ ROUTES = [
     ("POST", "/team/{team}/disable_logging"), ("POST", "/team/{team}/enable_logging"),
     ("GET", "/health/liveliness"), ("GET", "/health/liveness"), ("GET", "/health/readiness"),
     ("GET", "/-/plugins"), ("GET", "/-/sinks"), ("GET", "/metrics"),
+    ("POST", "/v1/embeddings"), ("POST", "/embeddings"), ("GET", "/v1/models/{name}"), ("GET", "/models/{name}"),
+    ("GET", "/model/info"), ("GET", "/v1/model/info"), ("GET", "/health"),
 ]
 FIELDS = ["model", "messages", "stream", "cache", "key", "keys", "key_aliases", "team_id", "team_ids", "team_alias",
           "key_alias", "models", "metadata", "duration", "blocked", "callback_name", "callback_type",
@@ -196,7 +199,8 @@ def test_the_fuzzer_covers_every_route_of_the_app(tmp_path):
         "database_url": f"sqlite+aiosqlite:///{tmp_path}/x.db"}}))
     served = set()
     for route in app.routes:
-        path = route.path.replace("{team_id:str}", "{team}").replace("{callback_name:str}", "{name}")
+        path = (route.path.replace("{team_id:str}", "{team}").replace("{callback_name:str}", "{name}")
+                .replace("{model:path}", "{name}"))
         for method in getattr(route, "methods", ()):
             if method not in ("HEAD", "OPTIONS"):
                 served.add((method, path))

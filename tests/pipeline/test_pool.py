@@ -350,8 +350,8 @@ class _CollectedInOne(_Collected):
 
 
 async def test_lingering_events_wait_encoded_not_as_object_trees():
-    """2,000 events lingering for two destinations each hold about half what the events themselves would (their
-    JSON, shared by both queues) and nothing the garbage collector walks; each destination still gets every event,
+    """2,000 events lingering for two destinations each hold about what the events themselves would (their JSON,
+    shared by both queues) and nothing the garbage collector walks; each destination still gets every event,
     decoded, when its batch goes out."""
     _Collected.batches = {}
     routes = tuple(Route(callback_name="collected", instance_id=f"d{i}", sink_class=_CollectedInOne,
@@ -377,8 +377,10 @@ async def test_lingering_events_wait_encoded_not_as_object_trees():
         assert len(gc.get_objects()) - tracked < 100  # not one tracked object per event
     finally:
         tracemalloc.stop()
-    # the JSON of this event is ~60 % of its objects; the queue entries add the rest
-    assert waiting_bytes < 0.85 * objects_bytes, (waiting_bytes, objects_bytes)
+    # One JSON copy shared by both queues, not one object tree per queue. Since the attribution fields (13 metadata
+    # keys, null when unused, written as nulls like LiteLLM's payload) the JSON of this event is about the size of
+    # its object tree (it was ~60 %); holding the events twice as objects would be ~2x.
+    assert waiting_bytes < 1.1 * objects_bytes, (waiting_bytes, objects_bytes)
     assert all(len(slot.queue) == 2001 for slot in dispatcher.pool.slots.values())
     assert await dispatcher.drain(10)
     assert _Collected.batches == {"all": [["all/warm", *(f"all/{n}" for n in range(2000))]] * 2}
