@@ -11,15 +11,15 @@ Entra's ``invalid_client`` error (AADSTS7000215) for a wrong secret; the Azure f
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
 import pytest
 from aiohttp import web
+
+from sluicegate.testing.waiting import wait_until_async
 
 pytestmark = pytest.mark.usefixtures("acme", "clean_env")
 
@@ -226,10 +226,8 @@ async def test_entra_id_client_credentials_token_is_fetched_cached_and_refreshed
             assert answer.choices[0].message.content == "gpt4o-prod heard: hi"
         assert len(fake.token_requests) == 1
         assert fake.requests[-1]["bearer"] == f"Bearer {fake.issued[0]}" and "api-key" not in fake.requests[-1]["headers"]
-        deadline = time.monotonic() + 10
-        while len(fake.issued) < 2:  # the background refresh, before the first token expires
-            assert time.monotonic() < deadline, "the token was not refreshed"
-            await asyncio.sleep(0.05)
+        # the background refresh, before the first token expires
+        await wait_until_async(lambda: len(fake.issued) >= 2, timeout=10, what="the token refreshed")
         stream = await client.chat.completions.create(model="az-entra", stream=True,
                                                       messages=[{"role": "user", "content": "one two"}])
         assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]).endswith("one two")

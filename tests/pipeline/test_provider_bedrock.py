@@ -42,6 +42,8 @@ from botocore.eventstream import EventStreamBuffer
 from botocore.session import get_session
 from botocore.validate import ParamValidator
 
+from sluicegate.testing.waiting import wait_until_async
+
 pytestmark = pytest.mark.usefixtures("acme", "clean_env")
 
 REGION = "us-west-2"
@@ -558,10 +560,9 @@ async def test_assume_role_credentials_are_fetched_and_refreshed_off_the_request
         first = fake.requests[-1]
         assert first["key_id"] == "ASIATEMP00000001"
         assert first["headers"]["X-Amz-Security-Token"].startswith("temp-token-1-")
-        deadline = time.monotonic() + 15
-        while len(fake.sts_calls) < 2:  # the background refresh, not a request, calls STS again
-            assert time.monotonic() < deadline, "the credentials were not refreshed before expiry"
-            await asyncio.sleep(0.05)
+        # the background refresh, not a request, calls STS again
+        await wait_until_async(lambda: len(fake.sts_calls) >= 2, timeout=15,
+                               what="the credentials refreshed before expiry")
         calls_before = len(fake.sts_calls)
         await client.chat.completions.create(model="role", messages=[{"role": "user", "content": "hi"}])
         assert fake.requests[-1]["key_id"] == "ASIATEMP00000002"

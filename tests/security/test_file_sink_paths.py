@@ -8,11 +8,9 @@ written (the config author is trusted).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import stat
-import time
 from pathlib import Path
 
 import pytest
@@ -20,18 +18,14 @@ import pytest
 from sluicegate.default_plugins.file_sink import FileSink, FileVars, decode_team_id, encode_team_id
 from sluicegate.sinks.destinations import DestinationPolicy
 from sluicegate.testing.events import make_event
+from sluicegate.testing.waiting import wait_until_async
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 async def eventually(condition, *, timeout: float = 10.0, what: str = "condition"):
     """Poll ``condition`` on the loop until it is truthy, with a deadline (the gateway shares this loop)."""
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-    return result
+    return await wait_until_async(condition, timeout=timeout, what=what)
 
 
 @pytest.fixture

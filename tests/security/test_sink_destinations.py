@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 
 import pytest
 
 from sluicegate.config import ConfigError, parse_settings
-from sluicegate.sinks.destinations import DestinationPolicy
 from sluicegate.net.http import HttpClient, HttpClientError
+from sluicegate.sinks.destinations import DestinationPolicy
+from sluicegate.testing.waiting import wait_until_async
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -26,12 +26,7 @@ REBIND = "rebind.test"
 
 async def eventually(condition, *, timeout: float = 10.0, what: str = "condition"):
     """Poll ``condition`` on the loop until it is truthy, with a deadline (the gateway shares this loop)."""
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-    return result
+    return await wait_until_async(condition, timeout=timeout, what=what)
 
 
 class Listener:

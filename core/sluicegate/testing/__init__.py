@@ -8,7 +8,7 @@ from sluicegate.testing.gateway import RunningGateway, running_gateway
 from sluicegate.testing.receiver import HttpReceiver
 from sluicegate.testing.relay import TcpRelay
 from sluicegate.testing.standard import SinkStandardTests
-from sluicegate.testing.waiting import wait_until
+from sluicegate.testing.waiting import wait_until, wait_until_async
 
 __all__ = ("DeliveryReport", "HttpReceiver", "RunningGateway", "SinkStandardTests", "TcpRelay", "deliver",
-           "make_event", "running_gateway", "wait_until")
+           "make_event", "running_gateway", "wait_until", "wait_until_async")
