@@ -19,19 +19,15 @@ import logging
 import time
 from collections.abc import Mapping
 from functools import partial
-from typing import Any
-
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import (
-    AssumeRoleCredentialFetcher,
-    Credentials,
-    DeferredRefreshableCredentials,
-    ReadOnlyCredentials,
-)
-from botocore.session import Session
+from typing import TYPE_CHECKING, Any
 
 from sluicegate.net.http import encode_headers
+
+if TYPE_CHECKING:
+    from botocore.credentials import ReadOnlyCredentials
+
+# botocore (~0.3 s to import) is imported where it is first used, so a gateway without Bedrock models does not pay
+# for it at start-up.
 
 __all__ = ("AwsCredentialSource", "sign_headers")
 
@@ -70,6 +66,9 @@ class AwsCredentialSource:
 
     # resolution (worker thread) -----------------------------------------------------------------------
     def _build(self) -> Any:
+        from botocore.credentials import AssumeRoleCredentialFetcher, Credentials, DeferredRefreshableCredentials
+        from botocore.session import Session
+
         key, secret, token = self._static
         session = Session(profile=self._profile) if self._profile else Session()
         if key and secret:
@@ -166,6 +165,9 @@ def sign_headers(credentials: ReadOnlyCredentials, service: str, region: str, ur
                  headers: Mapping[str, str]) -> bytes:
     """``headers`` plus SigV4's (``Authorization``, ``X-Amz-Date``, ``X-Amz-Security-Token``) for a POST of
     ``payload`` to ``url``, signed by botocore's ``SigV4Auth``; encoded as request-head lines."""
+    from botocore.auth import SigV4Auth  # imported once, then a sys.modules lookup
+    from botocore.awsrequest import AWSRequest
+
     request = AWSRequest(method="POST", url=url, data=payload, headers=dict(headers))
     SigV4Auth(credentials, service, region).add_auth(request)
     return encode_headers(dict(request.headers.items()))
