@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 import yaml
 
+from sluicegate.metrics import ALL_LABELS as METRIC_LABELS
 from sluicegate.sinks.destinations import entry_problem as destination_entry_problem
 
 __all__ = (
@@ -29,6 +30,7 @@ __all__ = (
     "LITELLM_IGNORED_PARAMS",
     "LiteLLMParams",
     "LiteLLMSettings",
+    "MetricsSettings",
     "ModelEntry",
     "ROUTING_STRATEGIES",
     "RouterSettings",
@@ -228,6 +230,9 @@ class LiteLLMSettings(msgspec.Struct, kw_only=True):
     context_window_fallbacks: list[dict[str, list[str]]] | None = None
     content_policy_fallbacks: list[dict[str, list[str]]] | None = None
     default_fallbacks: list[str] | None = None
+    require_auth_for_metrics_endpoint: bool = True
+    """``/metrics`` needs the master key. LiteLLM's default is ``false`` (open); ours is ``true`` because the labels
+    name teams, keys and models: set ``false`` to let Prometheus scrape without a key."""
 
 
 class DeliverySettings(msgspec.Struct, kw_only=True):
@@ -288,8 +293,26 @@ class SinkDestinations(msgspec.Struct, kw_only=True):
     ``fe80::/10``, ``fd00:ec2::254``, ``100.100.100.200``, ``192.0.0.192``, ``metadata.google.internal``...)."""
 
 
+class MetricsSettings(msgspec.Struct, kw_only=True):
+    """``sluicegate_settings.metrics``: the request metrics on ``/metrics`` (LiteLLM's names and labels)."""
+
+    labels: list[str] = msgspec.field(default_factory=lambda: [
+        "hashed_api_key", "api_key_alias", "requested_model", "team", "team_alias", "user", "model", "api_provider",
+        "api_base", "model_id", "status_code", "exception_status", "exception_class"])
+    """Labels that carry values; the others are emitted empty. ``end_user`` (the request's ``user`` field, chosen by
+    clients, so unbounded) is left out by default."""
+    histogram_labels: list[str] = msgspec.field(default_factory=lambda: ["requested_model", "model", "api_provider"])
+    """Labels the four latency histograms carry values for (36 buckets each, so a team label there multiplies the
+    scrape: 79 MB at 2,000 teams); others are emitted empty. Counters follow ``labels``."""
+    max_series: int = 2000
+    """Distinct label combinations kept; past it, new ones are counted under ``__other__`` (totals stay exact).
+    Bounds the scrape: see docs/operations.md for its cost at 10,000 teams."""
+
+
 class SluicegateSettings(msgspec.Struct, kw_only=True):
     delivery: DeliverySettings = msgspec.field(default_factory=DeliverySettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
+    """Request metrics: which labels carry values and how many label combinations are kept."""
     change_poll_interval: float = 0.25
     database_connect_timeout: float = 30.0
     """Seconds ``sluicegate serve`` keeps retrying, with backoff, a database that refuses or does not answer at
@@ -384,12 +407,13 @@ def _check_keys(data: Any, struct: type[msgspec.Struct], path: str, unknown: lis
                 unknown.append(here)
             continue
         child = {"litellm_params": LiteLLMParams, "general_settings": GeneralSettings,
-                 "delivery": DeliverySettings, "sink_destinations": SinkDestinations}.get(key)
+                 "delivery": DeliverySettings, "sink_destinations": SinkDestinations,
+                 "metrics": MetricsSettings}.get(key)
         if child is not None:
             _check_keys(value, child, here, unknown, typos)
 
 
-_OURS_ONLY = (SluicegateSettings, DeliverySettings, SinkDestinations)
+_OURS_ONLY = (SluicegateSettings, DeliverySettings, SinkDestinations, MetricsSettings)
 
 _ROUTER_NESTED: dict[str, type[msgspec.Struct]] = {
     "routing_strategy_args": RoutingStrategyArgs, "retry_policy": RetryPolicy,
@@ -557,6 +581,15 @@ def _check_semantics(settings: Settings, problems: list[str]) -> None:
     if gateway.file_sink_root is not None and (not gateway.file_sink_root.strip() or "\0" in gateway.file_sink_root):
         problems.append("sluicegate_settings.file_sink_root: must be a directory path (default: logs/ next to "
                         "config.yaml)")
+    metrics = settings.sluicegate_settings.metrics
+    for field in ("labels", "histogram_labels"):
+        for index, label in enumerate(getattr(metrics, field)):
+            if label not in METRIC_LABELS:
+                hint = difflib.get_close_matches(label, METRIC_LABELS, n=1)
+                problems.append(f"sluicegate_settings.metrics.{field}[{index}]: unknown label {label!r}" + (
+                    f"; did you mean {hint[0]!r}?" if hint else f"; known: {', '.join(METRIC_LABELS)}"))
+    if metrics.max_series < 1:
+        problems.append("sluicegate_settings.metrics.max_series: must be at least 1")
     if not settings.general_settings.health_check_interval > 0:
         problems.append("general_settings.health_check_interval: must be more than 0 seconds")
     master = settings.general_settings.master_key

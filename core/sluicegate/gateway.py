@@ -22,6 +22,7 @@ from sluicegate.net.http import HttpClient
 from sluicegate.providers.base import ProviderClients
 from sluicegate.providers.models import ModelRouter
 from sluicegate.providers.registry import ProviderRegistry
+from sluicegate.metrics import RequestMetrics
 from sluicegate.router import Router
 from sluicegate.providers.upstream import MAX_UPSTREAM_ANSWER_BYTES, BuiltinUpstream, UpstreamClient, make_upstream
 from sluicegate.routing import LoggingResolver
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from litestar import Request
 
     from sluicegate.config import Settings
+    from sluicegate.events import LogEvent
+    from sluicegate.routing import CallbackSet
     from sluicegate.sinks.base import HealthCheck
 
 __all__ = ("Gateway",)
@@ -73,6 +76,8 @@ class Gateway:
         self.keys = KeyCache()
         self.key_health_throttle = Throttle(settings.sluicegate_settings.key_health_per_minute, 60.0)
         self.dispatcher = Dispatcher(settings.sluicegate_settings.delivery, spool_dir=spool_dir_for(settings))
+        metrics = settings.sluicegate_settings.metrics
+        self.metrics = RequestMetrics(metrics.labels, metrics.max_series, metrics.histogram_labels)
         self.dispatcher.pool.api_policy = self.resolver.api_policy  # API-written callbacks' destinations
         self.cache = ResponseCache(settings, environ)  # no connection until a request uses it
         self.master_key = settings.general_settings.master_key
@@ -189,6 +194,12 @@ class Gateway:
         if generation == self._generation:  # a change landed meanwhile: do not cache what may be stale
             self.keys.put(ctx)
         return ctx
+
+    def record(self, event: LogEvent, callbacks: CallbackSet | None) -> int:
+        """The end of every call: count ``event`` in the request metrics, then hand it to delivery (never awaits).
+        Returns the number of routes it was queued for."""
+        self.metrics.observe(event)
+        return self.dispatcher.submit(event, callbacks)
 
     async def admin_only(self, request: Request) -> AuthContext:
         try:

@@ -110,13 +110,13 @@ async def _chat(request: Request) -> Response[Any]:
         call.attempts = outcome.attempts
         content = outcome.result
     except ApiError as exc:
-        gateway.dispatcher.submit(call.event(status="failure", error=exc, stream=stream), ctx.callbacks)
+        gateway.record(call.event(status="failure", error=exc, stream=stream), ctx.callbacks)
         return _error_response(exc, request_id)
     try:
         parsed = _decoder.decode(content)
     except msgspec.DecodeError:
         exc = UpstreamError(502, "upstream returned a body that is not JSON", type="upstream_error", code="502")
-        gateway.dispatcher.submit(call.event(status="failure", error=exc), ctx.callbacks)
+        gateway.record(call.event(status="failure", error=exc), ctx.callbacks)
         return _error_response(exc, request_id)
     usage = parsed.get("usage") if isinstance(parsed, dict) else None
     usage = usage if isinstance(usage, dict) else None
@@ -128,7 +128,7 @@ async def _chat(request: Request) -> Response[Any]:
         lookup.mark(event, hit=False)
         headers.update(lookup.headers(hit=False))
         await lookup.put(content, parsed)
-    gateway.dispatcher.submit(event, ctx.callbacks)
+    gateway.record(event, ctx.callbacks)
     return Response(content=content, media_type="application/json", headers=headers)
 
 
@@ -140,7 +140,7 @@ def _cache_hit(gateway: Gateway, call: _Call, lookup: CacheLookup, cached: Cache
     event = call.event(status="success", response=parsed, usage=usage if isinstance(usage, dict) else None,
                        response_id=parsed.get("id"), stream=stream)
     lookup.mark(event, hit=True)
-    gateway.dispatcher.submit(event, call.ctx.callbacks)
+    gateway.record(event, call.ctx.callbacks)
     headers = {"x-request-id": call.request_id, **lookup.headers(hit=True)}
     if not stream:
         return Response(content=cached.content, media_type="application/json", headers=headers)
@@ -297,7 +297,7 @@ async def _stream(gateway: Gateway, call: _Call, group: Group, options: RequestO
                 lookup.mark(event, hit=False)
                 if body.get("n") in (None, 1):  # the assembler keeps one choice
                     await lookup.put_completion(state.response())
-            gateway.dispatcher.submit(event, call.ctx.callbacks)
+            gateway.record(event, call.ctx.callbacks)
 
     headers = {"x-request-id": call.request_id, "cache-control": "no-cache"}
     if lookup is not None:

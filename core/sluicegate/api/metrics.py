@@ -1,9 +1,11 @@
-"""``GET /metrics``: the delivery counters of ``/-/sinks`` and the response cache's counters, in the Prometheus
-text format (admin only).
+"""``GET /metrics``: the request metrics under LiteLLM's names (``sluicegate.metrics``), the delivery counters of
+``/-/sinks`` and the response cache's counters, in the Prometheus text format.
 
-Hand-written exposition (format 0.0.4): a handful of counters and gauges per sink instance do not need a client
-library. Labels are ``callback_name`` and ``instance_id`` (a digest of the sink's variables, never a secret).
-The route takes the master key like every other admin route: scrape it with ``authorization: {credentials: ...}``.
+Hand-written exposition (format 0.0.4): counters and histograms kept as plain numbers do not need a client
+library, and the test suite parses the output with ``prometheus_client``'s parser. Sink labels are
+``callback_name`` and ``instance_id`` (a digest of the sink's variables, never a secret).
+The route takes the master key unless ``litellm_settings.require_auth_for_metrics_endpoint`` is ``false``: scrape
+it with ``authorization: {credentials: ...}``.
 """
 
 from __future__ import annotations
@@ -70,7 +72,9 @@ def render(stats: list[dict], submitted: int, pending: int, cache: dict | None =
 @get("/metrics")
 async def metrics(request: Request) -> Response[str]:
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
+    if gateway.settings.litellm_settings.require_auth_for_metrics_endpoint:
+        await gateway.admin_only(request)
     dispatcher = gateway.dispatcher
-    body = render(dispatcher.stats(), dispatcher.submitted, dispatcher.pending(), gateway.cache.stats())
+    body = "\n".join(gateway.metrics.render()) + "\n" + render(dispatcher.stats(), dispatcher.submitted,
+                                                               dispatcher.pending(), gateway.cache.stats())
     return Response(content=body, media_type="text/plain; version=0.0.4; charset=utf-8")

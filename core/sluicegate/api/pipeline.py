@@ -258,10 +258,10 @@ async def run_call(request: Request, *, call_type: str, input_field: str,
             raise UpstreamError(502, "upstream returned a body that is not JSON", type="upstream_error",
                                 code="502") from None
     except ApiError as exc:
-        gateway.dispatcher.submit(call.event(status="failure", error=exc), ctx.callbacks)
+        gateway.record(call.event(status="failure", error=exc), ctx.callbacks)
         return error_response(exc, rid)
     usage = parsed.get("usage") if isinstance(parsed, dict) else None
     usage = usage if isinstance(usage, dict) else None
     outcome.finish(int((usage or {}).get("total_tokens") or 0))
-    gateway.dispatcher.submit(call.event(status="success", response=parsed, usage=usage), ctx.callbacks)
+    gateway.record(call.event(status="success", response=parsed, usage=usage), ctx.callbacks)
     return Response(content=content, media_type="application/json", headers={"x-request-id": rid})

@@ -1,0 +1,148 @@
+"""``/metrics``: LiteLLM's request metrics (names, labels, values) from a real gateway, parsed with
+``prometheus_client``'s own parser; the label allow-list and the series cap; ``require_auth_for_metrics_endpoint``;
+and the Grafana dashboard in docs/ querying only metrics a scrape has."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sluicegate.config import ConfigError, parse_settings
+from sluicegate.metrics import RequestMetrics
+
+pytestmark = pytest.mark.usefixtures("acme", "clean_env")
+ROOT = Path(__file__).resolve().parents[2]
+PRICED = [
+    {"model_name": "mock", "litellm_params": {"model": "openai/mock-1", "mock_response": "The answer is 42.",
+                                              "input_cost_per_token": 0.001, "output_cost_per_token": 0.002}},
+    {"model_name": "down", "litellm_params": {"model": "openai/down", "api_base": "http://127.0.0.1:9/v1",
+                                              "timeout": 5}},
+]
+
+
+def samples(text: str) -> list[Any]:
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    found = [s.value for s in samples(text) if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+    return sum(found)
+
+
+async def team_key(gw: Any, team_id: str, alias: str) -> str:
+    assert (await gw.admin("POST", "/team/new", json={"team_id": team_id, "team_alias": alias})).status_code == 200
+    return await gw.new_key(team_id=team_id, key_alias=f"{alias}-key")
+
+
+async def test_request_metrics_carry_litellms_names_labels_and_values(receiver, make_config, start, vars_for):
+    async with start(make_config(models=PRICED)) as gw:
+        red = await team_key(gw, "t-red", "red")
+        blue = await team_key(gw, "t-blue", "blue")
+        assert (await gw.admin("POST", "/team/t-red/callback", json={
+            "callback_name": "acme", "callback_vars": vars_for("red")})).status_code == 200
+        for _ in range(3):
+            assert (await gw.chat(red, "hello there", user="alice")).status_code == 200
+        assert (await gw.chat(red, "streamed", stream=True)).status_code == 200
+        assert (await gw.chat(blue, "to a dead upstream", model="down")).status_code >= 500
+        assert await receiver.wait_for_async(lambda: len(receiver.events_at("/dest/red")) == 4)
+        text = (await gw.admin("GET", "/metrics")).text
+
+    sent_cost = sum(e["response_cost"] for e in receiver.events_at("/dest/red"))
+    assert sent_cost > 0
+    total = "litellm_proxy_total_requests_metric_total"
+    assert value(text, total, team="t-red", team_alias="red", api_key_alias="red-key", requested_model="mock",
+                 status_code="200") == 4
+    assert value(text, total, team="t-blue", status_code="200") == 0
+    blue_failures = value(text, "litellm_proxy_failed_requests_metric_total", team="t-blue", requested_model="down")
+    assert blue_failures == 1
+    failed = [s for s in samples(text) if s.name == "litellm_proxy_failed_requests_metric_total"][0]
+    assert failed.labels["exception_status"].startswith("5") and failed.labels["exception_class"]
+    assert value(text, "litellm_spend_metric_total", team="t-red") == pytest.approx(sent_cost)
+    assert value(text, "litellm_input_tokens_metric_total", team="t-red") == sum(
+        e["prompt_tokens"] for e in receiver.events_at("/dest/red"))
+    # histograms carry the model labels only by default (their size follows the model list, not the teams)
+    assert value(text, "litellm_request_total_latency_metric_count", requested_model="mock", team="") == 4
+    assert value(text, "litellm_llm_api_latency_metric_count", model="mock-1") == 4
+    assert value(text, "litellm_llm_api_time_to_first_token_metric_count", model="mock-1") == 1  # the streamed one
+    assert value(text, "litellm_request_total_latency_metric_count", team="t-red") == 0
+    # end_user (chosen by clients) carries no value unless the allow-list names it
+    assert {s.labels["end_user"] for s in samples(text) if s.name == total} == {""}
+    # the key itself never appears, only its hash
+    assert red not in text and blue not in text
+
+
+async def test_end_user_label_when_allowed_and_the_series_cap(make_config, start):
+    cfg = make_config()
+    cfg["sluicegate_settings"]["metrics"] = {"labels": ["end_user", "team"], "max_series": 2,
+                                             "histogram_labels": ["team"]}
+    async with start(cfg) as gw:
+        keys = [await team_key(gw, f"t{i}", f"a{i}") for i in range(3)]
+        for i, key in enumerate(keys):
+            assert (await gw.chat(key, "hi", user=f"user-{i}")).status_code == 200
+        text = (await gw.admin("GET", "/metrics")).text
+    total = [s for s in samples(text) if s.name == "litellm_proxy_total_requests_metric_total"]
+    assert sum(s.value for s in total) == 3  # totals stay exact past the cap
+    assert {s.labels["end_user"] for s in total} == {"user-0", "user-1", "__other__"}
+    assert {s.labels["team_alias"] for s in total} == {""}  # not in the allow-list
+    assert value(text, "sluicegate_metrics_series_overflow_total") == 1
+    latency = [s for s in samples(text) if s.name == "litellm_request_total_latency_metric_count"]
+    assert {s.labels["team"]: s.value for s in latency} == {"t0": 1, "t1": 1, "__other__": 1}
+
+
+async def test_metrics_need_the_master_key_unless_the_setting_opens_them(make_config, start):
+    async with start(make_config()) as gw:
+        assert (await gw.client.get("/metrics")).status_code == 401
+    async with start(make_config(litellm={"require_auth_for_metrics_endpoint": False})) as gw:
+        response = await gw.client.get("/metrics")
+        assert response.status_code == 200
+        assert "litellm_proxy_total_requests_metric_total" in response.text
+
+
+def test_an_unknown_metric_label_is_a_start_up_error_with_a_suggestion(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"sluicegate_settings": {"metrics": {"labels": ["team_alais"], "max_series": 0}}},
+                                source=str(tmp_path / "config.yaml"))
+    text = "\n".join(caught.value.problems)
+    assert "metrics.labels[0]: unknown label 'team_alais'; did you mean 'team_alias'?" in text
+    assert "metrics.max_series: must be at least 1" in text
+
+
+def test_scrape_cost_is_bounded_by_the_series_cap():
+    """10,000 teams against the default cap: the scrape renders at most max_series combinations (plus
+    ``__other__``), whatever the number of teams."""
+    from sluicegate.events import LogEvent, LogMetadata
+
+    metrics = RequestMetrics(max_series=2000)
+    for i in range(10_000):
+        metrics.observe(LogEvent(id=str(i), trace_id=str(i), model="m", model_group="g", response_time=0.2,
+                                 metadata=LogMetadata(user_api_key_team_id=f"team-{i}", user_api_key_hash=f"h{i}"),
+                                 attempts=[{"duration": 0.1}]))
+    assert len(metrics.series) == 2001
+    lines = metrics.render()
+    assert sum(1 for line in lines if line.startswith("litellm_proxy_total_requests_metric_total{")) == 2001
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in lines
+               if line.startswith("litellm_proxy_total_requests_metric_total{")) == 10_000
+
+
+async def test_the_grafana_dashboard_queries_only_metrics_a_scrape_has(receiver, make_config, start, vars_for):
+    dashboard = json.loads((ROOT / "docs" / "grafana" / "sluicegate-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    exprs.append(dashboard["templating"]["list"][1]["query"])
+    wanted = {m for e in exprs for m in re.findall(r"\b((?:litellm|sluicegate)_[a-z_]+)", e)}
+    assert len(wanted) >= 10
+    async with start(make_config(models=PRICED)) as gw:
+        key = await team_key(gw, "t-g", "g")
+        assert (await gw.admin("POST", "/team/t-g/callback", json={
+            "callback_name": "acme", "callback_vars": vars_for("g")})).status_code == 200
+        assert (await gw.chat(key, "hi", stream=True)).status_code == 200
+        assert (await gw.chat(key, "hi", model="down")).status_code >= 500
+        assert await receiver.wait_for_async(lambda: len(receiver.events_at("/dest/g")) >= 1)
+        text = (await gw.admin("GET", "/metrics")).text
+    names = {s.name for s in samples(text)}
+    missing = sorted(m for m in wanted if m not in names)
+    assert not missing, f"dashboard queries metrics no scrape has: {missing}"
