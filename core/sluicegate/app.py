@@ -11,7 +11,7 @@ from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
-from sluicegate.api import chat, embeddings, health, introspection, keys, metrics, model_info, teams
+from sluicegate.api import chat, config_reload, embeddings, health, introspection, keys, metrics, model_info, teams
 from sluicegate.errors import ApiError, error_body
 from sluicegate.gateway import Gateway
 from sluicegate.litestar_plugin import SluicegatePlugin
@@ -163,8 +163,10 @@ def body_deadline(seconds: float) -> Callable[[ASGIApp], ASGIApp]:
 
 
 def create_app(settings: Settings, *, environ: Mapping[str, str] | None = None, http_client: str = "builtin",
-               debug: bool = False, tune_gc: bool = False) -> Litestar:
-    gateway = Gateway(settings, environ=environ, http_client=http_client, tune_gc=tune_gc)
+               debug: bool = False, tune_gc: bool = False, workers: int = 1, allow_unknown_keys: bool = False,
+               reload_on_sighup: bool = False) -> Litestar:
+    gateway = Gateway(settings, environ=environ, http_client=http_client, tune_gc=tune_gc, workers=workers,
+                      allow_unknown_keys=allow_unknown_keys)
     handlers: list[Any] = [
         chat.chat_completions_v1, chat.chat_completions, chat.list_models_v1, chat.list_models,
         chat.retrieve_model_v1, chat.retrieve_model, embeddings.embeddings_v1, embeddings.embeddings,
@@ -172,11 +174,11 @@ def create_app(settings: Settings, *, environ: Mapping[str, str] | None = None, 
         keys.generate, keys.update, keys.key_info, keys.delete_keys, keys.list_keys, keys.key_health,
         teams.new_team, teams.team_info, teams.team_list, teams.update_team, teams.delete_teams, teams.add_callback,
         teams.get_callbacks, teams.delete_callback, teams.disable_logging, teams.enable_logging,
-        health.liveliness, health.readiness, health.model_health, introspection.plugins, introspection.sinks, metrics.metrics,
+        health.liveliness, health.readiness, health.model_health, config_reload.reload_config, introspection.plugins, introspection.sinks, metrics.metrics,
     ]
     return Litestar(
         route_handlers=handlers,
-        plugins=[SluicegatePlugin(gateway)],
+        plugins=[SluicegatePlugin(gateway, reload_on_sighup=reload_on_sighup)],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, DBAPIError: _database_error,
                             Exception: _unexpected},
         request_max_body_size=MAX_BODY,

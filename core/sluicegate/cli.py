@@ -31,9 +31,13 @@ def app_factory() -> Any:
     from sluicegate.app import create_app
     from sluicegate.config import load_settings, per_worker
 
-    settings = load_settings(os.environ[CONFIG_ENV], allow_unknown_keys=bool(os.environ.get(ALLOW_UNKNOWN_KEYS_ENV)))
-    settings = per_worker(settings, int(os.environ.get(WORKERS_ENV) or 1))
-    return create_app(settings, http_client=os.environ.get("SLUICEGATE_HTTP_CLIENT", "builtin"), tune_gc=True)
+    allow_unknown_keys = bool(os.environ.get(ALLOW_UNKNOWN_KEYS_ENV))
+    workers = int(os.environ.get(WORKERS_ENV) or 1)
+    settings = per_worker(load_settings(os.environ[CONFIG_ENV], allow_unknown_keys=allow_unknown_keys), workers)
+    # With one worker, SIGHUP reaches this process and reloads it in place; with several it reaches uvicorn's
+    # supervisor, which replaces the workers one at a time (each loading the file anew).
+    return create_app(settings, http_client=os.environ.get("SLUICEGATE_HTTP_CLIENT", "builtin"), tune_gc=True,
+                      workers=workers, allow_unknown_keys=allow_unknown_keys, reload_on_sighup=workers <= 1)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ __all__ = (
     "load_settings",
     "parse_settings",
     "per_worker",
+    "restart_needed",
 )
 
 ENV_PREFIX = "os.environ/"
@@ -724,6 +725,23 @@ def per_worker(settings: Settings, workers: int) -> Settings:
                                        memory_events=-(-gateway.delivery.memory_events // workers))
     return msgspec.structs.replace(settings,
                                    sluicegate_settings=msgspec.structs.replace(gateway, delivery=delivery))
+
+
+def restart_needed(old: Settings, new: Settings) -> list[str]:
+    """The settings that differ between ``old`` and ``new`` but that a live reload does not apply: they shape the
+    server, the database, the cache connection or delivery, which are built once per process."""
+    changed = []
+    if old.database_url != new.database_url:
+        changed.append("general_settings.database_url")
+    if (old.litellm_settings.cache, old.litellm_settings.cache_params) != (new.litellm_settings.cache,
+                                                                           new.litellm_settings.cache_params):
+        changed.append("litellm_settings.cache / cache_params")
+    for field in msgspec.structs.fields(SluicegateSettings):
+        if field.name in ("allowed_env_refs", "file_sink_root", "sink_destinations"):
+            continue  # read through the routing resolver, which a reload replaces
+        if getattr(old.sluicegate_settings, field.name) != getattr(new.sluicegate_settings, field.name):
+            changed.append(f"sluicegate_settings.{field.name}")
+    return changed
 
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -9,12 +9,15 @@ import asyncio
 import ctypes
 import gc
 import logging
+
+import msgspec
 from typing import TYPE_CHECKING
 
 from sluicegate import __version__
 from sluicegate.aio import cancel_and_wait
 from sluicegate.auth import AuthContext, KeyCache, bearer_token, check_usable, hash_key, is_master
 from sluicegate.cache import ResponseCache
+from sluicegate.config import ConfigError, load_settings, per_worker, restart_needed
 from sluicegate.db.store import Store
 from sluicegate.errors import ApiError
 from sluicegate.plugins import get_plugin_manager
@@ -58,14 +61,27 @@ def _return_free_heap() -> None:
     trim(0)
 
 
+class ReloadResult(msgspec.Struct, kw_only=True):
+    """What a reload swapped in: counts, and the changed settings that only a restart applies."""
+
+    models: int
+    teams: int
+    restart_needed: list[str]
+
+
 NO_MASTER_KEY = ("no master key is configured (general_settings.master_key), so admin routes are closed to "
                  "everyone")
 
 
 class Gateway:
     def __init__(self, settings: Settings, *, environ: Mapping[str, str] | None = None,
-                 http_client: str = "builtin", tune_gc: bool = False) -> None:
+                 http_client: str = "builtin", tune_gc: bool = False, workers: int = 1,
+                 allow_unknown_keys: bool = False) -> None:
         self.settings = settings
+        self.workers = workers  # reloads divide the gateway-wide budgets as start-up did (config.per_worker)
+        self.allow_unknown_keys = allow_unknown_keys
+        self.reloads = 0
+        self.environ = environ
         self.pm = get_plugin_manager(environ)
         self.registry = SinkRegistry.from_plugin_manager(self.pm)
         self.resolver = LoggingResolver(settings, self.registry, self.pm)
@@ -87,6 +103,9 @@ class Gateway:
         self._provider_http: HttpClient | None = None
         self.health_checks: dict[str, HealthCheck] = {}
         self._watcher: asyncio.Task[None] | None = None
+        self._clients: ProviderClients | None = None
+        self._reload_lock = asyncio.Lock()
+        self._retired: set[asyncio.Task[None]] = set()  # old models and routers closing once their requests end
         self._version = -1
         self._generation = 0
         self.admin = AuthContext(token_id="master", is_admin=True, callbacks=self.resolver.global_set)
@@ -109,7 +128,7 @@ class Gateway:
             http = self._provider_http = HttpClient(user_agent=f"sluicegate/{__version__}", max_per_origin=1000,
                                                     max_connections=1000,
                                                     max_response_bytes=MAX_UPSTREAM_ANSWER_BYTES)
-        clients = ProviderClients(http=http, upstream=self.upstream)
+        clients = self._clients = ProviderClients(http=http, upstream=self.upstream)
         await self.models.start(clients)
         await self.router.start(clients)
         await self.dispatcher.start(self.registry.get)
@@ -131,6 +150,8 @@ class Gateway:
             # driver's thread and hung the event loop's own shutdown).
             await cancel_and_wait(self._watcher, "change watcher", grace=5.0)
             self._watcher = None
+        for task in list(self._retired):  # shutting down: close what a reload retired now, not after its grace
+            await cancel_and_wait(task, "retired configuration", grace=5.0)
         await self.dispatcher.aclose()
         await self.cache.aclose()
         await self.router.aclose()
@@ -154,6 +175,60 @@ class Gateway:
             if version != self._version:
                 self._version = version
                 self.invalidate()
+
+    # live reload --------------------------------------------------------------------------------------
+    async def reload(self, settings: Settings | None = None) -> ReloadResult:
+        """Re-read config.yaml (or take ``settings``), validate it fully, then swap models, router, routes, team
+        settings and the master key in one step. Requests already past authentication finish on the objects they
+        hold (the old deployments and routes); the next ones resolve against the new configuration. A bad file
+        raises :class:`~sluicegate.config.ConfigError` and changes nothing."""
+        async with self._reload_lock:
+            if settings is None:
+                source = self.settings.source
+                if not source:
+                    raise ConfigError(["this gateway was not started from a config file: nothing to reload"])
+                loaded = await asyncio.to_thread(load_settings, source, allow_unknown_keys=self.allow_unknown_keys)
+                settings = per_worker(loaded, self.workers)
+            resolver = LoggingResolver(settings, self.registry, self.pm)  # every check of the startup path
+            models = ModelRouter.from_settings(settings, self.providers, self.environ)
+            router = Router(models, settings)
+            restart = restart_needed(self.settings, settings)
+            clients = self._clients
+            if clients is not None:
+                try:
+                    await models.start(clients)
+                    await router.start(clients)
+                except BaseException:
+                    await router.aclose()
+                    await models.aclose()
+                    raise
+            old_models, old_router = self.models, self.router
+            # the swap: no await between these lines, so no request sees half of it
+            self.settings = settings
+            self.resolver = resolver
+            self.models = models
+            self.router = router
+            self.master_key = settings.general_settings.master_key
+            self.admin = AuthContext(token_id="master", is_admin=True, callbacks=resolver.global_set)
+            self.dispatcher.pool.api_policy = resolver.api_policy
+            self.invalidate()
+            self.reloads += 1
+            if clients is not None:
+                grace = max((d.timeout for d in old_models.all), default=0.0) + 5.0
+                task = asyncio.get_running_loop().create_task(self._retire(old_models, old_router, min(grace, 900)))
+                self._retired.add(task)
+                task.add_done_callback(self._retired.discard)
+            return ReloadResult(models=len(models.all), teams=len(settings.litellm_settings.default_team_settings),
+                                restart_needed=restart)
+
+    async def _retire(self, models: ModelRouter, router: Router, grace: float) -> None:
+        """Close a replaced configuration's providers once no request can still be using them (the longest
+        upstream timeout it had), or at shutdown."""
+        try:
+            await asyncio.sleep(grace)
+        finally:
+            await router.aclose()
+            await models.aclose()
 
     def invalidate(self) -> None:
         """Drop every cached key context (and with it every resolved route set)."""

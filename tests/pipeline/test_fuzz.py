@@ -39,7 +39,7 @@ ROUTES = [
     ("GET", "/health/liveliness"), ("GET", "/health/liveness"), ("GET", "/health/readiness"),
     ("GET", "/-/plugins"), ("GET", "/-/sinks"), ("GET", "/metrics"),
     ("POST", "/v1/embeddings"), ("POST", "/embeddings"), ("GET", "/v1/models/{name}"), ("GET", "/models/{name}"),
-    ("GET", "/model/info"), ("GET", "/v1/model/info"), ("GET", "/health"),
+    ("GET", "/model/info"), ("GET", "/v1/model/info"), ("GET", "/health"), ("POST", "/config/reload"),
 ]
 FIELDS = ["model", "messages", "stream", "cache", "key", "keys", "key_aliases", "team_id", "team_ids", "team_alias",
           "key_alias", "models", "metadata", "duration", "blocked", "callback_name", "callback_type",

@@ -53,9 +53,10 @@ class RunningGateway:
 
 @asynccontextmanager
 async def running_gateway(config: Mapping[str, Any], environ: Mapping[str, str] | None = None,
-                          start_timeout: float = 20.0) -> AsyncIterator[RunningGateway]:
-    """Serve ``config`` (a parsed config.yaml as a dict) until the block ends, then shut down cleanly."""
-    settings = parse_settings(dict(config))
+                          start_timeout: float = 20.0, source: str | None = None) -> AsyncIterator[RunningGateway]:
+    """Serve ``config`` (a parsed config.yaml as a dict) until the block ends, then shut down cleanly.
+    ``source``: the file ``config`` was read from (what ``POST /config/reload`` reads again)."""
+    settings = parse_settings(dict(config), source=source)
     app = create_app(settings, environ=environ)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
