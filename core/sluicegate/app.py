@@ -12,6 +12,7 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from sluicegate.api import chat, embeddings, health, introspection, keys, metrics, model_info, teams
+from sluicegate.console import console_router
 from sluicegate.errors import ApiError, error_body
 from sluicegate.gateway import Gateway
 from sluicegate.litestar_plugin import SluicegatePlugin
@@ -173,6 +174,7 @@ def create_app(settings: Settings, *, environ: Mapping[str, str] | None = None, 
         teams.new_team, teams.team_info, teams.team_list, teams.update_team, teams.delete_teams, teams.add_callback,
         teams.get_callbacks, teams.delete_callback, teams.disable_logging, teams.enable_logging,
         health.liveliness, health.readiness, health.model_health, introspection.plugins, introspection.sinks, metrics.metrics,
+        console_router(),
     ]
     return Litestar(
         route_handlers=handlers,
