@@ -30,11 +30,10 @@ from sluicegate.api.common import decode_json, gateway_of
 from sluicegate.auth import AuthContext, check_usable, hash_key, is_master
 from sluicegate.cache import _flag
 from sluicegate.console.forms import read_vars_form, vars_form
-from sluicegate.console.sessions import Session, SessionStore
+from sluicegate.console.sessions import LoginFailures, Session, SessionStore
 from sluicegate.errors import ApiError
 from sluicegate.sinks.base import MASK
 from sluicegate.sinks.registry import UnknownCallbackName
-from sluicegate.throttle import Throttle
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -102,8 +101,8 @@ def _sessions(request: Request) -> SessionStore:
     return _state(request, "console_sessions", SessionStore)
 
 
-def _login_throttle(request: Request) -> Throttle:
-    return _state(request, "console_login_throttle", lambda: Throttle(LOGIN_FAILURES_PER_MINUTE, 60.0))
+def _login_failures(request: Request) -> LoginFailures:
+    return _state(request, "console_login_failures", lambda: LoginFailures(LOGIN_FAILURES_PER_MINUTE, 60.0))
 
 
 def _over_tls(request: Request) -> bool:
@@ -251,15 +250,17 @@ async def login(request: Request) -> Response[Any]:
     client = request.client.host if request.client else "?"
 
     def refuse(status: int, message: str) -> Response[bytes]:
+        if status in (401, 403):
+            failures.failed(client)
         token = secrets.token_urlsafe(32)
         response = render(request, "login.html", status=status, login_token=token, error=message)
         _set_cookie(response, request, LOGIN_COOKIE, token, path="/ui/login", max_age=3600)
         return response
 
-    try:
-        _login_throttle(request).check(client, "login")
-    except ApiError as exc:
-        return refuse(429, exc.message.replace(" per key", " from this address"))
+    failures = _login_failures(request)
+    wait = failures.retry_after(client)
+    if wait:
+        return refuse(429, f"too many failed logins from this address; retry in {wait} s")
     if not key:
         return refuse(422, "key: enter the master key or a virtual key")
     if is_master(key, gateway.master_key):

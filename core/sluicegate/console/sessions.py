@@ -17,12 +17,12 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 import msgspec
 
-__all__ = ("IDLE_TIMEOUT", "LIFETIME", "Session", "SessionStore")
+__all__ = ("IDLE_TIMEOUT", "LIFETIME", "LoginFailures", "Session", "SessionStore")
 
 LIFETIME = 8 * 3600.0
 """Seconds a session lasts from login, however busy."""
@@ -91,3 +91,35 @@ class SessionStore:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+
+class LoginFailures:
+    """Failed logins per client address in a sliding window: past ``limit``, the address is refused (429) before its
+    key is even looked at, so the login form cannot be used to guess keys quickly. Successful logins do not count."""
+
+    __slots__ = ("_clock", "_failures", "limit", "window")
+
+    def __init__(self, limit: int = 10, window: float = 60.0, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+
+    def retry_after(self, client: str) -> int:
+        """Seconds until ``client`` may try again; 0 when it may now."""
+        failures = self._failures.get(client)
+        if not failures:
+            return 0
+        now = self._clock()
+        while failures and now - failures[0] >= self.window:
+            failures.popleft()
+        if len(failures) < self.limit:
+            return 0
+        return max(1, int(self.window - (now - failures[0])) + 1)
+
+    def failed(self, client: str) -> None:
+        failures = self._failures.setdefault(client, deque(maxlen=self.limit))
+        self._failures.move_to_end(client)
+        failures.append(self._clock())
+        while len(self._failures) > MAX_SESSIONS:
+            self._failures.popitem(last=False)
