@@ -47,7 +47,7 @@ class FormField(msgspec.Struct, frozen=True, kw_only=True):
 
 def _type_name(tp: Any) -> str:
     if tp is SecretStr:
-        return "secret string"
+        return "string"
     from sluicegate.docs_gen import _type_name as describe  # the reference pages' words for the same types
 
     origin = typing.get_origin(tp)

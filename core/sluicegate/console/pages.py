@@ -13,13 +13,16 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import re
 import secrets
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup, escape
 from litestar import Request, Response, Router, get, post
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
@@ -227,6 +230,15 @@ def _when(value: Any) -> str:
 
 
 _templates.filters["when"] = _when
+_CODE_SPAN = re.compile(r"`([^`]+)`")
+
+
+def _prose(text: str) -> Markup:
+    """A docstring as HTML: escaped, then its `code spans` (Markdown's, as docs_gen writes them) set as code."""
+    return Markup(_CODE_SPAN.sub(r"<code>\1</code>", str(escape(text))))
+
+
+_templates.filters["prose"] = _prose
 
 
 # -- login ----------------------------------------------------------------------------------------------------
@@ -406,7 +418,9 @@ def _sink_form_page(request: Request, page: _Page, team_id: str, callback_name: 
                     errors: Mapping[str, str] | None = None, values: Mapping[str, str] | None = None
                     ) -> Response[bytes]:
     sink_class = page.gateway.registry.get(callback_name)
-    doc = (sink_class.__doc__ or "").strip().split("\n\n")[0]
+    module = sys.modules.get(sink_class.__module__)
+    doc = (sink_class.__doc__ or (module.__doc__ if module else "") or "").strip().split("\n\n")[0]
+    doc = doc.replace("``", "`")
     return render(request, "sink_form.html", page=page, status=status, team_id=team_id,
                   callback_name=callback_name, fields=vars_form(sink_class.Vars),
                   owner=page.gateway.registry.owner(callback_name), doc=" ".join(doc.split()),
