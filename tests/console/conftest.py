@@ -1,12 +1,14 @@
-"""Fixtures for the console's browser tests: Debian's chromium driven by Playwright, one browser per session.
+"""Fixtures for the console's browser tests: Debian's chromium driven by Playwright, one browser for all.
 
-Browsers cannot be downloaded here, so Playwright launches ``/usr/bin/chromium`` (``apt-get install chromium``;
-``.ci/run`` installs it). Without it the browser tests skip locally and fail under ``CI=true``. A failing browser
-test leaves a screenshot of its page in ``test-artifacts/console/`` (or ``$SLUICEGATE_SCREENSHOT_DIR``).
+Browsers cannot be downloaded here, so Playwright launches ``/usr/bin/chromium`` (``apt-get install
+chromium``; ``.ci/run`` installs it). Without it the browser tests skip locally and fail under ``CI=true``. A
+failing browser test leaves a screenshot of its page in ``test-artifacts/console/`` (or
+``$SLUICEGATE_SCREENSHOT_DIR``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import Iterator
@@ -31,8 +33,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One chromium for the module (the browser tests are one module).
+
+    Not for the session: Playwright's sync API leaves its event loop marked as running in this thread while it
+    is open, and every later test that starts an event loop (pytest-asyncio, ``asyncio.run``) would fail.
+    """
     if not CHROMIUM.exists():
         message = f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)"
         if IN_CI:
@@ -46,11 +53,13 @@ def browser() -> Iterator[Any]:
             yield launched
         finally:
             launched.close()
+    assert asyncio.events._get_running_loop() is None, "Playwright's loop is still marked running"
 
 
 @pytest.fixture
 def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A fresh browser context (no cookies) and page per test, laptop-sized; a screenshot is saved on failure."""
+    """A fresh browser context (no cookies) and page per test, laptop-sized; a screenshot is saved on
+    failure."""
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     context.set_default_timeout(10_000)
     opened = context.new_page()

@@ -2,9 +2,9 @@
 loopback with a real SQLite database, the bundled sinks and the third-party-shaped acme sink really installed
 (pip-installed into a temporary folder, found through its entry point as any plugin is).
 
-Every flow checks its outcome through the admin API as well as on the page. Screenshots for docs/console.md are
-taken here: ``SLUICEGATE_WRITE_SCREENSHOTS=1`` writes them to docs/images/ (commit them); otherwise they are
-taken to a temporary folder and the committed ones are checked to exist.
+Every flow checks its outcome through the admin API as well as on the page. Screenshots for docs/console.md
+are taken here: ``SLUICEGATE_WRITE_SCREENSHOTS=1`` writes them to docs/images/ (commit them); otherwise they
+are taken to a temporary folder and the committed ones are checked to exist.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def gateway(acme_installed: Path, make_settings: Any, mock_upstream: Any, module
 
 @pytest.fixture(scope="module")
 def api(gateway: Any, master_key: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.url, headers={"authorization": f"Bearer {master_key}"}, timeout=30) as client:
+    headers = {"authorization": f"Bearer {master_key}"}
+    with httpx.Client(base_url=gateway.url, headers=headers, timeout=30) as client:
         yield client
 
 
@@ -84,12 +85,13 @@ def test_admin_creates_a_team_adds_langfuse_sees_the_secret_masked_and_disables_
     page.get_by_label("Alias").fill("Browser team")
     page.get_by_role("button", name="Create team").click()
     page.wait_for_url(f"**/ui/teams/{team_id}")
-    assert api.get("/team/info", params={"team_id": team_id}).json()["team_info"]["team_alias"] == "Browser team"
+    info = api.get("/team/info", params={"team_id": team_id}).json()
+    assert info["team_info"]["team_alias"] == "Browser team"
 
     page.get_by_label("Add a sink").select_option("langfuse")
     page.get_by_role("button", name="Configure…").click()
     page.wait_for_url("**/sinks/new?callback_name=langfuse")
-    # The form is the Vars struct: its three fields, typed, the secret as a password input, the docstring shown.
+    # The form is the Vars struct: its fields, typed, the secret a password input, the docstring shown.
     assert page.get_by_label("langfuse_secret_key").get_attribute("type") == "password"
     assert "Base URL of the Langfuse deployment" in page.locator("#var-langfuse_host-help").inner_text()
     assert "also accepted as langfuse_secret" in page.locator("#var-langfuse_secret_key-help").inner_text()
@@ -219,7 +221,8 @@ def test_delivery_health_per_instance_with_the_last_error_scrubbed(page: Any, ga
             assert api.post(f"/team/{team_id}/callback", json={"callback_name": "acme", "callback_vars": {
                 "url": url, "api_token": token}}).status_code == 200
             key = api.post("/key/generate", json={"team_id": team_id}).json()["key"]
-            answer = httpx.post(f"{gateway.url}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+            answer = httpx.post(f"{gateway.url}/v1/chat/completions",
+                                headers={"authorization": f"Bearer {key}"},
                                 json={"model": "gpt-mock", "messages": [{"role": "user", "content": "hi"}]})
             assert answer.status_code == 200
         wait_until(lambda: receiver.events_at("/ok"), timeout=10, what="the good team's event")

@@ -20,9 +20,9 @@ from sluicegate.sinks.scrub import error_kind_of, public_error_kind
 if TYPE_CHECKING:
     from sluicegate.gateway import Gateway
 
-__all__ = ("KeyDeleteRequest", "KeyGenerateRequest", "KeyUpdateRequest", "create_key", "delete_keys", "generate",
-           "key_health", "key_info", "key_view", "list_keys", "regenerate_key", "remove_keys", "update",
-           "update_key_values")
+__all__ = ("KeyDeleteRequest", "KeyGenerateRequest", "KeyUpdateRequest", "create_key", "delete_keys",
+           "generate", "key_health", "key_info", "key_view", "list_keys", "regenerate_key", "remove_keys",
+           "update", "update_key_values")
 
 _UNSET: Any = msgspec.UNSET
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]|mo)\s*$")
@@ -125,14 +125,15 @@ async def create_key(gateway: Gateway, data: KeyGenerateRequest) -> tuple[str, K
 
 
 async def regenerate_key(gateway: Gateway, token_id: str) -> tuple[str, KeyRecord]:
-    """Rotate a key: a new plaintext with the old key's team, alias, models, metadata, expiry and block, and the old
-    key deleted, so a leaked key stops working while its settings carry over."""
+    """Rotate a key: a new plaintext with the old key's team, alias, models, metadata, expiry and block, and
+    the old key deleted, so a leaked key stops working while its settings carry over."""
     old = await gateway.store.get_key(token_id)
     if old is None:
         raise ApiError(404, "key: no such key", type="not_found_error", param="key")
     key = generate_key()
-    record = KeyRecord(token_id=hash_key(key), key_name=key_name(key), key_alias=old.key_alias, team_id=old.team_id,
-                       models=old.models, metadata=old.metadata, expires=old.expires, blocked=old.blocked)
+    record = KeyRecord(token_id=hash_key(key), key_name=key_name(key), key_alias=old.key_alias,
+                       team_id=old.team_id, models=old.models, metadata=old.metadata, expires=old.expires,
+                       blocked=old.blocked)
     created = await gateway.store.create_key(record)
     await gateway.store.delete_keys([token_id])
     gateway.invalidate()

@@ -18,10 +18,11 @@ if TYPE_CHECKING:
     from sluicegate.db.store import TeamRecord
     from sluicegate.gateway import Gateway
 
-__all__ = ("AddCallbackRequest", "TeamDeleteRequest", "TeamNewRequest", "TeamUpdateRequest", "add_callback", "add_team_callback",
-           "create_team", "delete_callback", "delete_teams", "disable_logging", "enable_logging", "find_team",
-           "get_callbacks", "new_team", "remove_team_callback", "remove_teams", "set_team_logging", "team_callbacks", "team_info",
-           "team_list", "team_view", "update_team", "update_team_values")
+__all__ = ("AddCallbackRequest", "TeamDeleteRequest", "TeamNewRequest", "TeamUpdateRequest", "add_callback",
+           "add_team_callback", "create_team", "delete_callback", "delete_teams", "disable_logging",
+           "enable_logging", "find_team", "get_callbacks", "new_team", "remove_team_callback", "remove_teams",
+           "set_team_logging", "team_callbacks", "team_info", "team_list", "team_view", "update_team",
+           "update_team_values")
 
 _TEAM_ID = re.compile(TEAM_ID_PATTERN)
 
@@ -272,8 +273,8 @@ async def enable_logging(request: Request, team_id: str) -> Response[bytes]:
 
 
 async def set_team_logging(gateway: Gateway, team_id: str, *, enabled: bool) -> None:
-    """The GDPR switch: ``enabled=False`` sends nothing for the team (``logging = []``); ``True`` returns it to its
-    config/global callbacks (the API callbacks set before the switch are dropped, as LiteLLM does)."""
+    """The GDPR switch: ``enabled=False`` sends nothing for the team (``logging = []``); ``True`` returns it to
+    its config/global callbacks (the API callbacks set before the switch are dropped, as LiteLLM does)."""
     await find_team(gateway, team_id)
     await gateway.store.update_team(team_id, logging=None if enabled else [])
     gateway.invalidate()

@@ -1,9 +1,11 @@
-"""A sink's form, generated from its ``Vars`` struct: one input per field, typed, with its default and docstring.
+"""A sink's form, generated from its ``Vars`` struct: one input per field, typed, with its default and
+docstring.
 
-Nothing here knows a sink by name, so a sink installed from a third-party package gets its form with no console
-code. Values go back to the admin API's own functions as text (the API accepts ``"10"`` and ``"false"`` for
-numbers and switches, as LiteLLM's configs write them), so the API's validation, and its error texts, apply.
-Only fields that take a list or a mapping are read here first, as JSON, since a text box holds no structure.
+Nothing here knows a sink by name, so a sink installed from a third-party package gets its form with no
+console code. Values go back to the admin API's own functions as text (the API accepts ``"10"`` and
+``"false"`` for numbers and switches, as LiteLLM's configs write them), so the API's validation, and its error
+texts, apply. Only fields that take a list or a mapping are read here first, as JSON, since a text box holds
+no structure.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ __all__ = ("FormField", "read_vars_form", "vars_form")
 
 
 class FormField(msgspec.Struct, frozen=True, kw_only=True):
-    """One input of a sink form. ``kind``: text, password (secrets: write-only), number, switch, choice, json."""
+    """One input of a sink form. ``kind``: text, password (secrets: write-only), number, switch, choice or
+    json."""
 
     name: str
     kind: str
@@ -37,8 +40,8 @@ class FormField(msgspec.Struct, frozen=True, kw_only=True):
     choices: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     accepts_text: bool = True
-    """A ``json`` field that also takes a plain string (``"env:prod,team:a"``): text not shaped as JSON is sent as
-    written."""
+    """A ``json`` field that also takes a plain string (``"env:prod,team:a"``): text not shaped as JSON is
+    sent as written."""
 
     @property
     def input_name(self) -> str:
@@ -94,7 +97,8 @@ def _default(info: msgspec.structs.FieldInfo) -> str | None:
 
 
 def _descriptions(vars_type: type[CallbackVars]) -> dict[str, str]:
-    """Each field's docstring (written under it, as docs_gen reads it), else its ``msgspec.Meta`` description."""
+    """Each field's docstring (written under it, as docs_gen reads it), else its ``msgspec.Meta``
+    description."""
     from sluicegate.docs_gen import _docstrings
 
     found: dict[str, str] = {}
@@ -138,9 +142,10 @@ def vars_form(vars_type: type[CallbackVars]) -> tuple[FormField, ...]:
     return tuple(fields)
 
 
-def read_vars_form(fields: tuple[FormField, ...], form: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """``callback_vars`` from a submitted form (blank inputs left out, so defaults apply) and the fields whose JSON
-    could not be read, with the reason."""
+def read_vars_form(fields: tuple[FormField, ...],
+                   form: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``callback_vars`` from a submitted form (blank inputs left out, so defaults apply) and the fields whose
+    JSON could not be read, with the reason."""
     values: dict[str, Any] = {}
     errors: dict[str, str] = {}
     for field in fields:

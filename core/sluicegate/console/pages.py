@@ -1,11 +1,11 @@
 """The console's pages under ``/ui``: server-rendered HTML over the admin API's own functions.
 
-Every change goes through the function the matching admin route calls (``api/teams.py``, ``api/keys.py``), with a
-body decoded by the same code, so a form meets the same validation and shows the API's own error text next to
-its field. Who may see and change what is decided in one place, :func:`allowed`.
+Every change goes through the function the matching admin route calls (``api/teams.py``, ``api/keys.py``),
+with a body decoded by the same code, so a form meets the same validation and shows the API's own error text
+next to its field. Who may see and change what is decided in one place, :func:`allowed`.
 
-Forms are protected three ways: the session cookie is ``SameSite=Strict``, every form carries the session's CSRF
-token (the login form a token paired with a short-lived cookie), and pages forbid framing.
+Forms are protected three ways: the session cookie is ``SameSite=Strict``, every form carries the session's
+CSRF token (the login form a token paired with a short-lived cookie), and pages forbid framing.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from markupsafe import Markup, escape
 from litestar import Request, Response, Router, get, post
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
+from markupsafe import Markup, escape
 
 from sluicegate.api import keys as key_api
 from sluicegate.api import teams as team_api
@@ -51,8 +51,8 @@ LOGIN_COOKIE = "sg_console_login"
 LOGIN_FAILURES_PER_MINUTE = 10
 KEYS_PER_PAGE = 100
 
-_templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True),
-                         trim_blocks=True, lstrip_blocks=True)
+_templates = Environment(loader=FileSystemLoader(HERE / "templates"), trim_blocks=True, lstrip_blocks=True,
+                         autoescape=select_autoescape(default=True))
 _SECURITY_HEADERS = {
     "content-security-policy": ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
                                 "frame-ancestors 'none'; base-uri 'none'"),
@@ -61,14 +61,14 @@ _SECURITY_HEADERS = {
 }
 
 
-# -- authorisation: the one place that decides ----------------------------------------------------------------
+# -- authorisation: the one place that decides ---------------------------------------------------------------
 Action = Literal["enter", "read", "write"]
 
 
 def allowed(ctx: AuthContext, action: Action, team_id: str | None = None) -> bool:
     """May ``ctx`` do ``action`` (``enter`` the console, ``read`` or ``write``) on ``team_id`` (``None``: the
-    gateway as a whole: creating teams, plugins, delivery)? Today the master key may do everything and any other key
-    nothing; users, roles and team admins plug in here."""
+    gateway as a whole: creating teams, plugins, delivery)? Today the master key may do everything and any
+    other key nothing; users, roles and team admins plug in here."""
     return ctx.is_admin
 
 
@@ -77,7 +77,7 @@ def visible_teams(ctx: AuthContext) -> frozenset[str] | None:
     return None if ctx.is_admin else frozenset()
 
 
-# -- sessions and rendering -----------------------------------------------------------------------------------
+# -- sessions and rendering ----------------------------------------------------------------------------------
 class _Redirect(Exception):
     def __init__(self, path: str) -> None:
         self.path = path
@@ -109,8 +109,8 @@ def _login_failures(request: Request) -> LoginFailures:
 
 
 def _over_tls(request: Request) -> bool:
-    """Served over TLS, directly or (``x-forwarded-proto``) behind a terminating proxy. Trusting the header only
-    adds the ``Secure`` flag, which a client cannot turn against anyone but itself."""
+    """Served over TLS, directly or (``x-forwarded-proto``) behind a terminating proxy. Trusting the header
+    only adds the ``Secure`` flag, which a client cannot turn against anyone but itself."""
     forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
     return request.url.scheme == "https" or forwarded == "https"
 
@@ -127,8 +127,8 @@ def _clear_cookie(response: Response[Any], request: Request, name: str, *, path:
 
 
 async def _context_of(gateway: Gateway, token_id: str) -> AuthContext | None:
-    """Who a session's key is now: a key blocked, expired or deleted since login ends the session's powers, and a
-    master session ends when the master key changes."""
+    """Who a session's key is now: a key blocked, expired or deleted since login ends the session's powers,
+    and a master session ends when the master key changes."""
     if gateway.master_key and hmac.compare_digest(token_id, hash_key(gateway.master_key)):
         return gateway.admin
     ctx = gateway.keys.get(token_id)
@@ -234,14 +234,14 @@ _CODE_SPAN = re.compile(r"`([^`]+)`")
 
 
 def _prose(text: str) -> Markup:
-    """A docstring as HTML: escaped, then its `code spans` (Markdown's, as docs_gen writes them) set as code."""
+    """A docstring as HTML: escaped, then its `code spans` (Markdown's, as docs_gen writes them) as code."""
     return Markup(_CODE_SPAN.sub(r"<code>\1</code>", str(escape(text))))
 
 
 _templates.filters["prose"] = _prose
 
 
-# -- login ----------------------------------------------------------------------------------------------------
+# -- login ---------------------------------------------------------------------------------------------------
 @get("/login")
 async def login_form(request: Request) -> Response[bytes]:
     token = secrets.token_urlsafe(32)
@@ -310,7 +310,7 @@ async def home(request: Request) -> Response[Any]:
     return Redirect("/ui/teams", status_code=303)
 
 
-# -- teams ----------------------------------------------------------------------------------------------------
+# -- teams ---------------------------------------------------------------------------------------------------
 async def _teams_listing(page: _Page) -> list[Any]:
     store = page.gateway.store
     teams = await store.list_teams()
@@ -409,11 +409,12 @@ async def team_delete(request: Request, team_id: str) -> Response[Any]:
     page = await _page(request)
     _require(page, "write", team_id)
     await _form(request, page)
-    deleted, deleted_keys = await team_api.remove_teams(page.gateway, team_api.TeamDeleteRequest(team_ids=[team_id]))
+    deleted, deleted_keys = await team_api.remove_teams(page.gateway,
+                                                        team_api.TeamDeleteRequest(team_ids=[team_id]))
     return _done(page, "/ui/teams", f"Team {deleted[0]} deleted with its {deleted_keys} key(s).")
 
 
-# -- a team's sinks: the form generated from the sink's Vars ---------------------------------------------------
+# -- a team's sinks: the form generated from the sink's Vars -------------------------------------------------
 def _sink_form_page(request: Request, page: _Page, team_id: str, callback_name: str, *, status: int = 200,
                     errors: Mapping[str, str] | None = None, values: Mapping[str, str] | None = None
                     ) -> Response[bytes]:
@@ -428,12 +429,12 @@ def _sink_form_page(request: Request, page: _Page, team_id: str, callback_name: 
 
 
 @get("/teams/{team_id:str}/sinks/new")
-async def sink_form(request: Request, team_id: str, callback_name: str | None = None) -> Response[bytes]:
+async def sink_form(request: Request, team_id: str, callback_name: str | None = None) -> Response[Any]:
     page = await _page(request)
     _require(page, "write", team_id)
     await team_api.find_team(page.gateway, team_id)
     if not callback_name:
-        return _done(page, f"/ui/teams/{_quote(team_id)}", "Choose a sink to add.")  # type: ignore[return-value]
+        return _done(page, f"/ui/teams/{_quote(team_id)}", "Choose a sink to add.")
     return _sink_form_page(request, page, team_id, callback_name)
 
 
@@ -449,7 +450,8 @@ async def sink_add(request: Request, team_id: str) -> Response[Any]:
     callback_vars, errors = read_vars_form(fields, form)
     if errors:
         return _sink_form_page(request, page, team_id, callback_name, status=422, errors=errors, values=shown)
-    body = {"callback_name": callback_name, "callback_type": form.get("callback_type") or "success_and_failure",
+    body = {"callback_name": callback_name,
+            "callback_type": form.get("callback_type") or "success_and_failure",
             "callback_vars": callback_vars}
     try:
         await team_api.add_team_callback(page.gateway, team_id, _decode(body, team_api.AddCallbackRequest))
@@ -474,10 +476,10 @@ async def sink_delete(request: Request, team_id: str, callback_name: str) -> Res
     return _done(page, f"/ui/teams/{_quote(team_id)}", f"{callback_name} removed from team {team_id}.")
 
 
-# -- keys -----------------------------------------------------------------------------------------------------
-async def _keys_page(request: Request, page: _Page, *, status: int = 200, errors: Mapping[str, str] | None = None,
-                     values: Mapping[str, str] | None = None, new_key: str | None = None,
-                     new_record: Any = None) -> Response[bytes]:
+# -- keys ----------------------------------------------------------------------------------------------------
+async def _keys_page(request: Request, page: _Page, *, status: int = 200,
+                     errors: Mapping[str, str] | None = None, values: Mapping[str, str] | None = None,
+                     new_key: str | None = None, new_record: Any = None) -> Response[bytes]:
     store = page.gateway.store
     team_id = request.query_params.get("team_id") or None
     number = request.query_params.get("page") or "1"
@@ -548,7 +550,8 @@ async def key_block(request: Request, token_id: str) -> Response[Any]:
     form = await _form(request, page)
     await _key_record(page, token_id, "write")
     blocked = form.get("blocked") == "true"
-    record = await key_api.update_key_values(page.gateway, key_api.KeyUpdateRequest(key=token_id, blocked=blocked))
+    data = key_api.KeyUpdateRequest(key=token_id, blocked=blocked)
+    record = await key_api.update_key_values(page.gateway, data)
     return _done(page, "/ui/keys", f"Key {record.key_name} {'blocked' if blocked else 'unblocked'}.")
 
 
@@ -561,7 +564,7 @@ async def key_delete(request: Request, token_id: str) -> Response[Any]:
     return _done(page, "/ui/keys", f"Key {record.key_name} revoked (deleted).")
 
 
-# -- delivery, plugins, and what is not built yet ---------------------------------------------------------------
+# -- delivery, plugins, and what is not built yet ------------------------------------------------------------
 @get("/delivery")
 async def delivery_page(request: Request) -> Response[bytes]:
     page = await _page(request)
@@ -581,9 +584,10 @@ async def plugins_page(request: Request) -> Response[bytes]:
 
 
 _NOT_YET = {
-    "spend": ("Spend", "Spend per team, key and model over time appears here once the gateway records spend."),
-    "audit": ("Audit trail", "Who changed which team, key, user or logging destination, and when, appears here once "
-              "the gateway records an audit trail."),
+    "spend": ("Spend", "Spend per team, key and model over time appears here once the gateway records "
+              "spend."),
+    "audit": ("Audit trail", "Who changed which team, key, user or logging destination, and when, appears "
+              "here once the gateway records an audit trail."),
     "users": ("Users", "Users, their roles and team membership appear here once the gateway has users."),
 }
 
@@ -598,11 +602,11 @@ async def not_yet(request: Request, section: str) -> Response[bytes]:
     return render(request, "not_yet.html", page=page, title=title, message=message)
 
 
-# -- errors as pages --------------------------------------------------------------------------------------------
+# -- errors as pages -----------------------------------------------------------------------------------------
 def _csrf_page(request: Request) -> Response[bytes]:
     return render(request, "error.html", status=403, title="Form refused",
-                  message="This form's security token is missing or out of date (it may have come from another "
-                          "site). Go back, reload the page and submit it again.")
+                  message="This form's security token is missing or out of date (it may have come from "
+                          "another site). Go back, reload the page and submit it again.")
 
 
 def _on_redirect(_: Request, exc: _Redirect) -> Response[Any]:
@@ -634,7 +638,7 @@ def console_router() -> Router:
                                         include_in_schema=False)
     return Router(path="/ui", route_handlers=[
         login_form, login, logout, home, teams_page, create_team, team_page, team_settings, team_logging,
-        team_delete, sink_form, sink_add, sink_delete, keys_page, key_create, key_rotate, key_block, key_delete,
-        delivery_page, plugins_page, not_yet, static,
+        team_delete, sink_form, sink_add, sink_delete, keys_page, key_create, key_rotate, key_block,
+        key_delete, delivery_page, plugins_page, not_yet, static,
     ], exception_handlers={_Redirect: _on_redirect, _Forbidden: _on_forbidden, _CsrfRefused: _on_csrf,
                            ApiError: _on_api_error, UnknownCallbackName: _on_unknown_sink})

@@ -1,14 +1,15 @@
-"""The console's sessions: held server-side, in the serving process's memory, found by a random id in a cookie.
+"""The console's sessions: held server-side, in the serving process's memory, found by a random id in a
+cookie.
 
 Why memory and not the database: a session is a short-lived grant made by typing a key into this process, and
-the store of the whole gateway stays free of a table written on every login and logout. The cost: a restart ends
-every session (people log in again), and with ``--workers N`` > 1 a session lives in the worker that made it (the
-kernel spreads connections over the workers, so a second worker answers with the login page). The class below is
-the one place to change for a database-backed store.
+the store of the whole gateway stays free of a table written on every login and logout. The cost: a restart
+ends every session (people log in again), and with ``--workers N`` > 1 a session lives in the worker that made
+it (the kernel spreads connections over the workers, so a second worker answers with the login page). The
+class below is the one place to change for a database-backed store.
 
-The cookie carries the id; the store keys sessions by the id's sha256, so a dump of this memory lists no usable
-cookie. Every session has an absolute lifetime and an idle timeout; expired sessions are dropped when met and
-the store is bounded (the oldest go first).
+The cookie carries the id; the store keys sessions by the id's sha256, so a dump of this memory lists no
+usable cookie. Every session has an absolute lifetime and an idle timeout; expired sessions are dropped when
+met and the store is bounded (the oldest go first).
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ class Session(msgspec.Struct, kw_only=True):
     flash: str | None = None
 
     def csrf_matches(self, sent: str | None) -> bool:
-        return bool(sent) and hmac.compare_digest(sent.encode(), self.csrf_token.encode())  # type: ignore[union-attr]
+        if not sent:
+            return False
+        return hmac.compare_digest(sent.encode(), self.csrf_token.encode())
 
 
 class SessionStore:
@@ -94,12 +97,14 @@ class SessionStore:
 
 
 class LoginFailures:
-    """Failed logins per client address in a sliding window: past ``limit``, the address is refused (429) before its
-    key is even looked at, so the login form cannot be used to guess keys quickly. Successful logins do not count."""
+    """Failed logins per client address in a sliding window: past ``limit``, the address is refused (429)
+    before its key is even looked at, so the login form cannot be used to guess keys quickly. Successful
+    logins do not count."""
 
     __slots__ = ("_clock", "_failures", "limit", "window")
 
-    def __init__(self, limit: int = 10, window: float = 60.0, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, limit: int = 10, window: float = 60.0, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
         self.limit = limit
         self.window = window

@@ -1,9 +1,9 @@
-"""The console's defences over plain HTTP (Litestar's test client on a real app and SQLite database): CSRF tokens,
-session fixation, cookie flags, session expiry and logout, escaping of every user-written value, and that a
-form's refusal is the admin API's own refusal, word for word.
+"""The console over plain HTTP: its defences (Litestar's test client on a real app and SQLite database): CSRF
+tokens, session fixation, cookie flags, session expiry and logout, escaping of every user-written value, and
+that a form's refusal is the admin API's own refusal, word for word.
 
-No browser here: these are properties of the HTTP answers. tests/console/test_console_browser.py drives the
-pages in chromium.
+No browser here: these are properties of the HTTP answers. tests/console/test_console_browser.py drives
+the pages in chromium.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def log_in(client: Any, key: str, **headers: str) -> Any:
     """Log in through the form (login token and its cookie first); the answer to the POST."""
     form = client.get("/ui/login", headers=headers)
     assert form.status_code == 200
-    if headers:  # a Secure cookie (TLS announced by a proxy) is not sent back over the test's plain HTTP by httpx
+    if headers:  # httpx sends no Secure cookie (TLS announced by a proxy) back over the test's plain HTTP
         paired = form.headers["set-cookie"].split(";")[0]
         headers = {**headers, "cookie": paired}
     return client.post("/ui/login", data={"csrf_token": csrf_of(form.text), "key": key}, headers=headers,
@@ -80,7 +80,8 @@ def set_cookies(response: Any) -> dict[str, str]:
 def test_session_cookie_is_httponly_strict_and_secure_only_over_tls(client: Any, master_key: str) -> None:
     client.cookies.clear()
     plain = set_cookies(log_in(client, master_key))["sg_console"]
-    assert "HttpOnly" in plain and "SameSite=strict" in plain.replace("Strict", "strict") and "Path=/ui" in plain
+    assert "HttpOnly" in plain and "Path=/ui" in plain
+    assert "SameSite=strict" in plain.replace("Strict", "strict")
     assert "Secure" not in plain  # served over plain HTTP: a Secure cookie would never come back
     client.cookies.clear()
     tls = set_cookies(log_in(client, master_key, **{"x-forwarded-proto": "https"}))["sg_console"]
@@ -91,9 +92,10 @@ def test_session_cookie_is_httponly_strict_and_secure_only_over_tls(client: Any,
 def test_pages_forbid_framing_and_outside_sources(client: Any, session: str) -> None:
     response = client.get("/ui/teams")
     policy = response.headers["content-security-policy"]
-    assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy and "form-action 'self'" in policy
+    assert "frame-ancestors 'none'" in policy and "default-src 'none'" in policy
+    assert "form-action 'self'" in policy
     assert response.headers["cache-control"] == "no-store"
-    assert "http://" not in response.text and "https://" not in response.text  # nothing fetched from elsewhere
+    assert "http://" not in response.text and "https://" not in response.text  # nothing from elsewhere
     assert client.get("/ui/static/console.css").status_code == 200
 
 
@@ -108,12 +110,14 @@ def test_a_form_without_its_token_is_refused_and_changes_nothing(client: Any, se
         assert "security token" in refused.text
     assert client.get("/team/info", params={"team_id": team_id}, headers=admin).status_code == 404
     # Positive control: the same form with the session's token is accepted.
-    accepted = client.post("/ui/teams", data={"team_id": team_id, "csrf_token": session}, follow_redirects=False)
+    accepted = client.post("/ui/teams", data={"team_id": team_id, "csrf_token": session},
+                           follow_redirects=False)
     assert accepted.status_code == 303
     assert client.get("/team/info", params={"team_id": team_id}, headers=admin).status_code == 200
 
 
-def test_logging_switch_and_logout_need_the_token_too(client: Any, session: str, admin: dict[str, str]) -> None:
+def test_logging_switch_and_logout_need_the_token_too(client: Any, session: str,
+                                                      admin: dict[str, str]) -> None:
     team_id = uid("gdpr")
     assert client.post("/team/new", json={"team_id": team_id}, headers=admin).status_code == 200
     assert client.post(f"/ui/teams/{team_id}/logging", data={"logging": "disable"}).status_code == 403
@@ -238,10 +242,12 @@ XSS = ['<script>alert("x")</script>', '"><img src=x onerror=alert(1)>', "' onmou
 def test_user_written_values_are_rendered_escaped(client: Any, session: str, admin: dict[str, str],
                                                   payload: str) -> None:
     team_id = uid("xss")
-    assert client.post("/team/new", json={"team_id": team_id, "team_alias": payload}, headers=admin).status_code == 200
+    created = client.post("/team/new", json={"team_id": team_id, "team_alias": payload}, headers=admin)
+    assert created.status_code == 200
+    callback_vars = {"langfuse_public_key": payload, "langfuse_secret_key": "sk-x",
+                     "langfuse_host": "https://lf.example.com"}
     assert client.post(f"/team/{team_id}/callback", headers=admin, json={
-        "callback_name": "langfuse", "callback_vars": {"langfuse_public_key": payload, "langfuse_secret_key": "sk-x",
-                                                       "langfuse_host": "https://lf.example.com"}}).status_code == 200
+        "callback_name": "langfuse", "callback_vars": callback_vars}).status_code == 200
     assert client.post("/key/generate", json={"team_id": team_id, "key_alias": payload},
                        headers=admin).status_code == 200
     for path in ("/ui/teams", f"/ui/teams/{team_id}", f"/ui/keys?team_id={team_id}"):
@@ -249,7 +255,8 @@ def test_user_written_values_are_rendered_escaped(client: Any, session: str, adm
         assert payload not in text, path
         assert str(markupsafe.escape(payload)) in text, path  # shown, as text
     # A refused form echoes what was typed: escaped as well, in the field and in the error.
-    refused = client.post("/ui/teams", data={"csrf_token": session, "team_id": payload, "team_alias": payload})
+    refused = client.post("/ui/teams", data={"csrf_token": session, "team_id": payload,
+                                             "team_alias": payload})
     assert refused.status_code == 422
     assert payload not in refused.text and "<script>alert" not in refused.text
 
@@ -288,7 +295,8 @@ def test_a_sink_form_refusal_is_the_callback_routes_refusal(client: Any, session
                                                             admin: dict[str, str]) -> None:
     team_id = uid("sinkerr")
     assert client.post("/team/new", json={"team_id": team_id}, headers=admin).status_code == 200
-    bad = {"langfuse_public_key": "pk", "langfuse_secret_key": "sk-lf-typed-secret", "langfuse_host": "ftp://x"}
+    bad = {"langfuse_public_key": "pk", "langfuse_secret_key": "sk-lf-typed-secret",
+           "langfuse_host": "ftp://x"}
     expected = api_message(client, admin, "POST", f"/team/{team_id}/callback",
                            {"callback_name": "langfuse", "callback_vars": bad})
     response = client.post(f"/ui/teams/{team_id}/sinks", data={
@@ -298,13 +306,15 @@ def test_a_sink_form_refusal_is_the_callback_routes_refusal(client: Any, session
     assert 'id="var-langfuse_host-error"' in response.text  # next to its field
     assert "sk-lf-typed-secret" not in response.text  # a secret is never sent back, even to its author
     assert 'value="pk"' in response.text  # the other fields are kept
-    missing = client.post(f"/ui/teams/{team_id}/sinks", data={"csrf_token": session, "callback_name": "langfuse"})
+    missing = client.post(f"/ui/teams/{team_id}/sinks",
+                          data={"csrf_token": session, "callback_name": "langfuse"})
     expected = api_message(client, admin, "POST", f"/team/{team_id}/callback",
                            {"callback_name": "langfuse", "callback_vars": {}})
     assert missing.status_code == 422 and expected in errors_in(missing.text)
 
 
-def test_without_the_acme_plugin_its_sink_is_not_offered(client: Any, session: str, admin: dict[str, str]) -> None:
+def test_without_the_acme_plugin_its_sink_is_not_offered(client: Any, session: str,
+                                                         admin: dict[str, str]) -> None:
     """The negative control of the browser test where the installed acme sink gets its form."""
     team_id = uid("noacme")
     assert client.post("/team/new", json={"team_id": team_id}, headers=admin).status_code == 200
@@ -312,3 +322,52 @@ def test_without_the_acme_plugin_its_sink_is_not_offered(client: Any, session: s
     assert '<option value="langfuse">' in text and '<option value="acme">' not in text
     unknown = client.get(f"/ui/teams/{team_id}/sinks/new", params={"callback_name": "acme"})
     assert unknown.status_code == 400 and "unknown callback_name 'acme'" in html.unescape(unknown.text)
+
+
+# ------------------------------------------------------------------------------------------------ pages
+def test_team_settings_set_the_alias_and_the_cache_switch(client: Any, session: str,
+                                                          admin: dict[str, str]) -> None:
+    team_id = uid("settings")
+    assert client.post("/team/new", json={"team_id": team_id, "metadata": {"owner": "research"}},
+                       headers=admin).status_code == 200
+
+    def info() -> dict[str, Any]:
+        return client.get("/team/info", params={"team_id": team_id}, headers=admin).json()["team_info"]
+
+    for choice, expected in (("true", True), ("false", False)):
+        saved = client.post(f"/ui/teams/{team_id}/settings", follow_redirects=False, data={
+            "csrf_token": session, "team_alias": "Research", "cache": choice})
+        assert saved.status_code == 303
+        assert info()["metadata"] == {"owner": "research", "cache": expected}  # other metadata kept
+        assert info()["team_alias"] == "Research"
+        page = client.get(f"/ui/teams/{team_id}").text
+        assert f'<option value="{choice}" selected>' in page
+    client.post(f"/ui/teams/{team_id}/settings", data={"csrf_token": session, "team_alias": "", "cache": ""})
+    assert info()["metadata"] == {"owner": "research"} and info()["team_alias"] is None  # as configured
+    refused = client.post(f"/ui/teams/{team_id}/settings", data={"csrf_token": session, "team_alias": "x" * 256})
+    expected = api_message(client, admin, "POST", "/team/update", {"team_id": team_id, "team_alias": "x" * 256})
+    assert refused.status_code == 422 and expected in errors_in(refused.text)
+    assert 'id="team_alias-error"' in refused.text
+
+
+def test_errors_are_pages_not_json(client: Any, session: str) -> None:
+    missing = client.get("/ui/teams/no-such-team-here")
+    assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
+    assert "team &#39;no-such-team-here&#39; does not exist" in missing.text
+    assert client.get("/ui/no-such-page").status_code == 404
+    gone = client.post("/ui/keys/" + "0" * 64 + "/delete", data={"csrf_token": session})
+    assert gone.status_code == 404 and "key: no such key" in gone.text
+    choose = client.get("/ui/teams/no-such-team-here/sinks/new", follow_redirects=False)
+    assert choose.status_code == 404
+
+
+def test_deleting_a_team_through_the_console_deletes_its_keys(client: Any, session: str,
+                                                               admin: dict[str, str]) -> None:
+    team_id = uid("gone")
+    assert client.post("/team/new", json={"team_id": team_id}, headers=admin).status_code == 200
+    key = client.post("/key/generate", json={"team_id": team_id}, headers=admin).json()["key"]
+    assert client.get("/v1/models", headers={"authorization": f"Bearer {key}"}).status_code == 200
+    done = client.post(f"/ui/teams/{team_id}/delete", data={"csrf_token": session}, follow_redirects=False)
+    assert done.status_code == 303 and done.headers["location"] == "/ui/teams"
+    assert client.get("/team/info", params={"team_id": team_id}, headers=admin).status_code == 404
+    assert client.get("/v1/models", headers={"authorization": f"Bearer {key}"}).status_code == 401
