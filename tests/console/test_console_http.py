@@ -344,8 +344,9 @@ def test_team_settings_set_the_alias_and_the_cache_switch(client: Any, session: 
         assert f'<option value="{choice}" selected>' in page
     client.post(f"/ui/teams/{team_id}/settings", data={"csrf_token": session, "team_alias": "", "cache": ""})
     assert info()["metadata"] == {"owner": "research"} and info()["team_alias"] is None  # as configured
-    refused = client.post(f"/ui/teams/{team_id}/settings", data={"csrf_token": session, "team_alias": "x" * 256})
-    expected = api_message(client, admin, "POST", "/team/update", {"team_id": team_id, "team_alias": "x" * 256})
+    long_alias = "x" * 256
+    refused = client.post(f"/ui/teams/{team_id}/settings", data={"csrf_token": session, "team_alias": long_alias})
+    expected = api_message(client, admin, "POST", "/team/update", {"team_id": team_id, "team_alias": long_alias})
     assert refused.status_code == 422 and expected in errors_in(refused.text)
     assert 'id="team_alias-error"' in refused.text
 
