@@ -372,3 +372,15 @@ def test_deleting_a_team_through_the_console_deletes_its_keys(client: Any, sessi
     assert done.status_code == 303 and done.headers["location"] == "/ui/teams"
     assert client.get("/team/info", params={"team_id": team_id}, headers=admin).status_code == 404
     assert client.get("/v1/models", headers={"authorization": f"Bearer {key}"}).status_code == 401
+
+
+def test_without_a_master_key_the_login_says_why(make_settings: Any, mock_upstream: Any) -> None:
+    from litestar.testing import TestClient
+
+    from sluicegate.app import create_app
+
+    settings = make_settings(upstream=mock_upstream.url, master_key=None)
+    with TestClient(create_app(settings), timeout=30) as bare:
+        refused = log_in(bare, "sk-anything-at-all")
+        assert refused.status_code == 401
+        assert "no master key is configured (general_settings.master_key)" in html.unescape(refused.text)

@@ -35,6 +35,7 @@ from sluicegate.cache import _flag
 from sluicegate.console.forms import read_vars_form, vars_form
 from sluicegate.console.sessions import LoginFailures, Session, SessionStore
 from sluicegate.errors import ApiError
+from sluicegate.gateway import NO_MASTER_KEY
 from sluicegate.sinks.base import MASK
 from sluicegate.sinks.registry import UnknownCallbackName
 
@@ -280,10 +281,11 @@ async def login(request: Request) -> Response[Any]:
     else:
         ctx = await _context_of(gateway, hash_key(key)) if key.startswith("sk-") else None
         if ctx is None:
-            return refuse(401, "invalid API key")
+            return refuse(401, "invalid API key" + ("" if gateway.master_key else f"; {NO_MASTER_KEY}"))
         token_id = ctx.token_id
     if not allowed(ctx, "enter"):
-        return refuse(403, "this key may not use the console: today only the master key may")
+        hint = "" if gateway.master_key else f" ({NO_MASTER_KEY})"
+        return refuse(403, "this key may not use the console: today only the master key may" + hint)
     sessions = _sessions(request)
     sessions.delete(request.cookies.get(SESSION_COOKIE))  # rotated at login: a planted or old id dies here
     session_id, session = sessions.create(token_id)
