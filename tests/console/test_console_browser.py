@@ -103,6 +103,7 @@ def test_admin_creates_a_team_adds_langfuse_sees_the_secret_masked_and_disables_
     error = page.locator("#var-langfuse_host-error")
     assert "callback_vars.langfuse_host: must be an http(s) URL" in error.inner_text()
     assert page.get_by_label("langfuse_host").get_attribute("aria-invalid") == "true"
+    assert page.evaluate("() => document.activeElement.id") == "var-langfuse_host"  # focus on the error
     assert page.get_by_label("langfuse_secret_key").input_value() == ""
     assert api.get(f"/team/{team_id}/callback").json()["data"]["source"] == "global"  # nothing written
 
