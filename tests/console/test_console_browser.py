@@ -159,10 +159,9 @@ def test_a_third_party_sink_appears_with_its_own_fields(page: Any, gateway: Any,
     page.get_by_role("button", name="Add acme").click()
     page.wait_for_url(f"**/ui/teams/{team_id}")
     entry = api.get(f"/team/{team_id}/callback").json()["data"]["callbacks"][0]
-    assert entry["callback_name"] == "acme" and entry["callback_vars"] == {
-        "url": "http://127.0.0.1:9/acme", "api_token": MASK, "batch_size": "7"} | {"batch_size": entry[
-            "callback_vars"]["batch_size"]}
-    assert str(entry["callback_vars"]["batch_size"]) == "7"
+    stored = dict(entry["callback_vars"])
+    assert str(stored.pop("batch_size")) == "7"  # stored as the form sent it; the Vars decode takes "7" as 7
+    assert entry["callback_name"] == "acme" and stored == {"url": "http://127.0.0.1:9/acme", "api_token": MASK}
     page.get_by_role("button", name="Remove acme").click()
     page.wait_for_url(f"**/ui/teams/{team_id}")
     assert api.get(f"/team/{team_id}/callback").json()["data"]["source"] == "global"
