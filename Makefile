@@ -15,7 +15,7 @@ PHOENIX_VERSION := 20.26.1
 AZURITE := $(TOOLS)/azurite/node_modules/.bin/azurite-blob
 PHOENIX := $(TOOLS)/phoenix/bin/phoenix
 
-.PHONY: install tools run test bench clean
+.PHONY: install tools chromium run test bench clean
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,12 @@ $(PHOENIX): | $(UV)
 	$(UV) venv --quiet --allow-existing --python $(PY) $(TOOLS)/phoenix
 	$(UV) pip install --quiet --compile-bytecode --python $(TOOLS)/phoenix/bin/python arize-phoenix==$(PHOENIX_VERSION)
 
-tools: $(AZURITE) $(PHOENIX)
+# The console's browser tests drive Debian's chromium (installing it needs root: .ci/run does, as CI runs as root).
+chromium:
+	@test -x /usr/bin/chromium || echo "note: /usr/bin/chromium is missing, so the console's browser tests skip" \
+		"(apt-get install chromium)"
+
+tools: $(AZURITE) $(PHOENIX) chromium
 
 run: install
 	$(VENV)/bin/sluicegate serve --config $(CONFIG) --host $(HOST) --port $(PORT)

@@ -12,6 +12,7 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from sluicegate.api import chat, config_reload, embeddings, health, introspection, keys, metrics, model_info, teams
+from sluicegate.console import console_router
 from sluicegate.errors import ApiError, error_body
 from sluicegate.gateway import Gateway
 from sluicegate.litestar_plugin import SluicegatePlugin
@@ -174,7 +175,9 @@ def create_app(settings: Settings, *, environ: Mapping[str, str] | None = None, 
         keys.generate, keys.update, keys.key_info, keys.delete_keys, keys.list_keys, keys.key_health,
         teams.new_team, teams.team_info, teams.team_list, teams.update_team, teams.delete_teams, teams.add_callback,
         teams.get_callbacks, teams.delete_callback, teams.disable_logging, teams.enable_logging,
-        health.liveliness, health.readiness, health.model_health, config_reload.reload_config, introspection.plugins, introspection.sinks, metrics.metrics,
+        health.liveliness, health.readiness, health.model_health, config_reload.reload_config,
+        introspection.plugins, introspection.sinks, metrics.metrics,
+        console_router(),
     ]
     return Litestar(
         route_handlers=handlers,

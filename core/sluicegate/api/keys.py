@@ -20,7 +20,9 @@ from sluicegate.sinks.scrub import error_kind_of, public_error_kind
 if TYPE_CHECKING:
     from sluicegate.gateway import Gateway
 
-__all__ = ("delete_keys", "generate", "key_health", "key_info", "list_keys", "update")
+__all__ = ("KeyDeleteRequest", "KeyGenerateRequest", "KeyUpdateRequest", "create_key", "delete_keys",
+           "generate", "key_health", "key_info", "key_view", "list_keys", "regenerate_key", "remove_keys",
+           "update", "update_key_values")
 
 _UNSET: Any = msgspec.UNSET
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]|mo)\s*$")
@@ -97,7 +99,13 @@ def key_view(gateway: Gateway, record: KeyRecord) -> dict[str, Any]:
 async def generate(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
     await gateway.admin_only(request)
-    data = await decode_body(request, KeyGenerateRequest)
+    key, created = await create_key(gateway, await decode_body(request, KeyGenerateRequest))
+    return json_response({"key": key, **key_view(gateway, created)})
+
+
+# The routes' logic, callable without a request (the console calls these too, so both answer the same errors).
+async def create_key(gateway: Gateway, data: KeyGenerateRequest) -> tuple[str, KeyRecord]:
+    """A new key: its plaintext (shown once, never stored) and its record."""
     key = data.key or generate_key()
     if not key.startswith("sk-") or len(key) < 8:
         raise ApiError(422, "key: a virtual key must start with 'sk-' and be at least 8 characters", param="key")
@@ -113,14 +121,34 @@ async def generate(request: Request) -> Response[bytes]:
         raise ApiError(400, "key: this key already exists", param="key")
     created = await gateway.store.create_key(record)
     gateway.invalidate()
-    return json_response({"key": key, **key_view(gateway, created)})
+    return key, created
+
+
+async def regenerate_key(gateway: Gateway, token_id: str) -> tuple[str, KeyRecord]:
+    """Rotate a key: a new plaintext with the old key's team, alias, models, metadata, expiry and block, and
+    the old key deleted, so a leaked key stops working while its settings carry over."""
+    old = await gateway.store.get_key(token_id)
+    if old is None:
+        raise ApiError(404, "key: no such key", type="not_found_error", param="key")
+    key = generate_key()
+    record = KeyRecord(token_id=hash_key(key), key_name=key_name(key), key_alias=old.key_alias,
+                       team_id=old.team_id, models=old.models, metadata=old.metadata, expires=old.expires,
+                       blocked=old.blocked)
+    created = await gateway.store.create_key(record)
+    await gateway.store.delete_keys([token_id])
+    gateway.invalidate()
+    return key, created
 
 
 @post("/key/update", status_code=200)
 async def update(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
     await gateway.admin_only(request)
-    data = await decode_body(request, KeyUpdateRequest)
+    record = await update_key_values(gateway, await decode_body(request, KeyUpdateRequest))
+    return json_response(key_view(gateway, record))
+
+
+async def update_key_values(gateway: Gateway, data: KeyUpdateRequest) -> KeyRecord:
     token_id = token_id_of(data.key)
     if await gateway.store.get_key(token_id) is None:
         raise ApiError(404, "key: no such key", type="not_found_error", param="key")
@@ -138,7 +166,7 @@ async def update(request: Request) -> Response[bytes]:
     record = await gateway.store.update_key(token_id, **values)
     gateway.invalidate()
     assert record is not None
-    return json_response(key_view(gateway, record))
+    return record
 
 
 @get("/key/info")
@@ -162,7 +190,11 @@ async def key_info(request: Request, key: str | None = None) -> Response[bytes]:
 async def delete_keys(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
     await gateway.admin_only(request)
-    data = await decode_body(request, KeyDeleteRequest)
+    deleted = await remove_keys(gateway, await decode_body(request, KeyDeleteRequest))
+    return json_response({"deleted_keys": deleted})
+
+
+async def remove_keys(gateway: Gateway, data: KeyDeleteRequest) -> list[str]:
     token_ids = [token_id_of(k) for k in data.keys or ()]
     if data.key_aliases:
         token_ids += [r.token_id for r in await gateway.store.list_keys(key_aliases=data.key_aliases)]
@@ -172,7 +204,7 @@ async def delete_keys(request: Request) -> Response[bytes]:
     gateway.invalidate()
     if not deleted:
         raise ApiError(404, "keys: none of these keys exist", type="not_found_error", param="keys")
-    return json_response({"deleted_keys": deleted})
+    return deleted
 
 
 @get("/key/list")

@@ -18,8 +18,11 @@ if TYPE_CHECKING:
     from sluicegate.db.store import TeamRecord
     from sluicegate.gateway import Gateway
 
-__all__ = ("add_callback", "delete_callback", "delete_teams", "disable_logging", "enable_logging", "get_callbacks",
-           "new_team", "team_info", "team_list", "update_team")
+__all__ = ("AddCallbackRequest", "TeamDeleteRequest", "TeamNewRequest", "TeamUpdateRequest", "add_callback",
+           "add_team_callback", "create_team", "delete_callback", "delete_teams", "disable_logging",
+           "enable_logging", "find_team", "get_callbacks", "new_team", "remove_team_callback", "remove_teams",
+           "set_team_logging", "team_callbacks", "team_info", "team_list", "team_view", "update_team",
+           "update_team_values")
 
 _TEAM_ID = re.compile(TEAM_ID_PATTERN)
 
@@ -60,7 +63,7 @@ def _check_team_id(team_id: str) -> None:
                        "digit)", param="team_id")
 
 
-async def _team(gateway: Gateway, team_id: str) -> TeamRecord:
+async def find_team(gateway: Gateway, team_id: str) -> TeamRecord:
     """The team's row; a team known only from ``default_team_settings`` gets one on first use."""
     _check_team_id(team_id)
     team = await gateway.store.get_team(team_id)
@@ -76,21 +79,26 @@ async def _team(gateway: Gateway, team_id: str) -> TeamRecord:
 async def new_team(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
     await gateway.admin_only(request)
-    data = await decode_body(request, TeamNewRequest)
+    team = await create_team(gateway, await decode_body(request, TeamNewRequest))
+    return json_response(team_view(gateway, team))
+
+
+# The routes' logic, callable without a request (the console calls these too, so both answer the same errors).
+async def create_team(gateway: Gateway, data: TeamNewRequest) -> TeamRecord:
     team_id = data.team_id or uuid.uuid4().hex
     _check_team_id(team_id)
     if await gateway.store.get_team(team_id) is not None:
         raise ApiError(400, f"team_id: team {team_id!r} already exists", param="team_id")
     team = await gateway.store.create_team(team_id, team_alias=data.team_alias, metadata=data.metadata)
     gateway.invalidate()
-    return json_response(team_view(gateway, team))
+    return team
 
 
 @get("/team/info")
 async def team_info(request: Request, team_id: str) -> Response[bytes]:
     gateway = gateway_of(request)
     await gateway.admin_only(request)
-    team = await _team(gateway, team_id)
+    team = await find_team(gateway, team_id)
     keys = await gateway.store.list_keys(team_id=team_id)
     return json_response({"team_id": team_id, "team_info": team_view(gateway, team),
                           "keys": [{"token_id": k.token_id, "key_name": k.key_name, "key_alias": k.key_alias}
@@ -115,8 +123,12 @@ async def update_team(request: Request) -> Response[bytes]:
     """Change a team's alias or metadata (e.g. ``metadata.cache``); logging goes through /team/{id}/callback."""
     gateway = gateway_of(request)
     await gateway.admin_only(request)
-    data = await decode_body(request, TeamUpdateRequest)
-    await _team(gateway, data.team_id)
+    team = await update_team_values(gateway, await decode_body(request, TeamUpdateRequest))
+    return json_response(team_view(gateway, team))
+
+
+async def update_team_values(gateway: Gateway, data: TeamUpdateRequest) -> TeamRecord:
+    await find_team(gateway, data.team_id)
     values = {name: getattr(data, name) for name in ("team_alias", "metadata")
               if getattr(data, name) is not msgspec.UNSET}
     if "metadata" in values and "logging" in values["metadata"]:
@@ -125,21 +137,26 @@ async def update_team(request: Request) -> Response[bytes]:
     team = await gateway.store.update_team(data.team_id, **values)
     gateway.invalidate()
     assert team is not None
-    return json_response(team_view(gateway, team))
+    return team
 
 
 @post("/team/delete", status_code=200)
 async def delete_teams(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
     await gateway.admin_only(request)
-    data = await decode_body(request, TeamDeleteRequest)
+    deleted, deleted_keys = await remove_teams(gateway, await decode_body(request, TeamDeleteRequest))
+    return json_response({"deleted_teams": deleted, "deleted_keys": deleted_keys})
+
+
+async def remove_teams(gateway: Gateway, data: TeamDeleteRequest) -> tuple[list[str], int]:
+    """Delete the teams (and their keys): the ids deleted and the number of keys."""
     if not data.team_ids:
         raise ApiError(422, "team_ids: give at least one team id", param="team_ids")
     deleted, deleted_keys = await gateway.store.delete_teams(data.team_ids)
     gateway.invalidate()
     if not deleted:
         raise ApiError(404, "team_ids: none of these teams exist", type="not_found_error", param="team_ids")
-    return json_response({"deleted_teams": deleted, "deleted_keys": deleted_keys})
+    return deleted, deleted_keys
 
 
 # callbacks ---------------------------------------------------------------------------------------------------
@@ -147,8 +164,12 @@ async def delete_teams(request: Request) -> Response[bytes]:
 async def add_callback(request: Request, team_id: str) -> Response[bytes]:
     gateway = gateway_of(request)
     await gateway.admin_only(request)
-    data = await decode_body(request, AddCallbackRequest)
-    team = await _team(gateway, team_id)
+    updated = await add_team_callback(gateway, team_id, await decode_body(request, AddCallbackRequest))
+    return json_response({"status": "success", "data": team_view(gateway, updated)})
+
+
+async def add_team_callback(gateway: Gateway, team_id: str, data: AddCallbackRequest) -> TeamRecord:
+    team = await find_team(gateway, team_id)
     entry = gateway.resolver.validate_entries(msgspec.to_builtins(data), param="callback_vars")[0]
     current = parse_entries(team.logging or [])
     for existing in current:
@@ -160,7 +181,7 @@ async def add_callback(request: Request, team_id: str) -> Response[bytes]:
                                                                 msgspec.to_builtins(entry)])
     gateway.invalidate()
     assert updated is not None
-    return json_response({"status": "success", "data": team_view(gateway, updated)})
+    return updated
 
 
 @get("/team/{team_id:str}/callback")
@@ -168,7 +189,11 @@ async def get_callbacks(request: Request, team_id: str) -> Response[bytes]:
     """The team's effective callbacks, from whichever layer applies (API, config, global), secrets masked."""
     gateway = gateway_of(request)
     await gateway.admin_only(request)
-    team = await _team(gateway, team_id)
+    return json_response({"status": "success", "data": await team_callbacks(gateway, team_id)})
+
+
+async def team_callbacks(gateway: Gateway, team_id: str) -> dict[str, Any]:
+    team = await find_team(gateway, team_id)
     resolver = gateway.resolver
     if team.logging is not None:
         entries, source = parse_entries(team.logging), "team"
@@ -185,14 +210,13 @@ async def get_callbacks(request: Request, team_id: str) -> Response[bytes]:
     merged: dict[str, Any] = {}
     for entry in shown:
         merged.update(entry["callback_vars"])
-    return json_response({"status": "success", "data": {
-        "team_id": team_id,
-        "success_callbacks": [e.callback_name for e in entries if e.callback_type != "failure"],
-        "failure_callbacks": [e.callback_name for e in entries if e.callback_type != "success"],
-        "callback_vars": merged,
-        "callbacks": shown,
-        "source": source,
-        "logging_disabled": team.logging == []}})
+    return {"team_id": team_id,
+            "success_callbacks": [e.callback_name for e in entries if e.callback_type != "failure"],
+            "failure_callbacks": [e.callback_name for e in entries if e.callback_type != "success"],
+            "callback_vars": merged,
+            "callbacks": shown,
+            "source": source,
+            "logging_disabled": team.logging == []}
 
 
 def _mask_secret(obj: Any) -> Any:
@@ -207,7 +231,12 @@ def _mask_secret(obj: Any) -> Any:
 async def delete_callback(request: Request, team_id: str, callback_name: str) -> Response[bytes]:
     gateway = gateway_of(request)
     await gateway.admin_only(request)
-    team = await _team(gateway, team_id)
+    updated = await remove_team_callback(gateway, team_id, callback_name)
+    return json_response({"status": "success", "data": team_view(gateway, updated)})
+
+
+async def remove_team_callback(gateway: Gateway, team_id: str, callback_name: str) -> TeamRecord:
+    team = await find_team(gateway, team_id)
     current = parse_entries(team.logging or [])
     kept = [e for e in current if e.callback_name != callback_name]
     if len(kept) == len(current):
@@ -218,16 +247,14 @@ async def delete_callback(request: Request, team_id: str, callback_name: str) ->
     updated = await gateway.store.update_team(team_id, logging=[msgspec.to_builtins(e) for e in kept] or None)
     gateway.invalidate()
     assert updated is not None
-    return json_response({"status": "success", "data": team_view(gateway, updated)})
+    return updated
 
 
 @post("/team/{team_id:str}/disable_logging", status_code=200)
 async def disable_logging(request: Request, team_id: str) -> Response[bytes]:
     gateway = gateway_of(request)
     await gateway.admin_only(request)
-    await _team(gateway, team_id)
-    await gateway.store.update_team(team_id, logging=[])
-    gateway.invalidate()
+    await set_team_logging(gateway, team_id, enabled=False)
     return json_response({"status": "success", "message": f"Logging disabled for team {team_id}",
                           "data": {"team_id": team_id, "success_callbacks": [], "failure_callbacks": []}})
 
@@ -236,9 +263,7 @@ async def disable_logging(request: Request, team_id: str) -> Response[bytes]:
 async def enable_logging(request: Request, team_id: str) -> Response[bytes]:
     gateway = gateway_of(request)
     await gateway.admin_only(request)
-    await _team(gateway, team_id)
-    await gateway.store.update_team(team_id, logging=None)
-    gateway.invalidate()
+    await set_team_logging(gateway, team_id, enabled=True)
     callbacks = gateway.resolver.team_config.get(team_id) or gateway.resolver.global_set
     return json_response({"status": "success", "message": f"Logging enabled for team {team_id}",
                           "data": {"team_id": team_id,
@@ -247,3 +272,9 @@ async def enable_logging(request: Request, team_id: str) -> Response[bytes]:
                                                          if r.on_failure]}})
 
 
+async def set_team_logging(gateway: Gateway, team_id: str, *, enabled: bool) -> None:
+    """The GDPR switch: ``enabled=False`` sends nothing for the team (``logging = []``); ``True`` returns it to
+    its config/global callbacks (the API callbacks set before the switch are dropped, as LiteLLM does)."""
+    await find_team(gateway, team_id)
+    await gateway.store.update_team(team_id, logging=None if enabled else [])
+    gateway.invalidate()

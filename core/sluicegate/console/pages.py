@@ -1,0 +1,646 @@
+"""The console's pages under ``/ui``: server-rendered HTML over the admin API's own functions.
+
+Every change goes through the function the matching admin route calls (``api/teams.py``, ``api/keys.py``),
+with a body decoded by the same code, so a form meets the same validation and shows the API's own error text
+next to its field. Who may see and change what is decided in one place, :func:`allowed`.
+
+Forms are protected three ways: the session cookie is ``SameSite=Strict``, every form carries the session's
+CSRF token (the login form a token paired with a short-lived cookie), and pages forbid framing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+import re
+import secrets
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from litestar import Request, Response, Router, get, post
+from litestar.response import Redirect
+from litestar.static_files import create_static_files_router
+from markupsafe import Markup, escape
+
+from sluicegate.api import keys as key_api
+from sluicegate.api import teams as team_api
+from sluicegate.api.common import decode_json, gateway_of
+from sluicegate.auth import AuthContext, check_usable, hash_key, is_master
+from sluicegate.cache import _flag
+from sluicegate.console.forms import read_vars_form, vars_form
+from sluicegate.console.sessions import LoginFailures, Session, SessionStore
+from sluicegate.errors import ApiError
+from sluicegate.gateway import NO_MASTER_KEY
+from sluicegate.sinks.base import MASK
+from sluicegate.sinks.registry import UnknownCallbackName
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from sluicegate.gateway import Gateway
+
+__all__ = ("allowed", "console_router", "visible_teams")
+
+HERE = Path(__file__).parent
+SESSION_COOKIE = "sg_console"
+LOGIN_COOKIE = "sg_console_login"
+LOGIN_FAILURES_PER_MINUTE = 10
+KEYS_PER_PAGE = 100
+
+_templates = Environment(loader=FileSystemLoader(HERE / "templates"), trim_blocks=True, lstrip_blocks=True,
+                         autoescape=select_autoescape(default=True))
+_SECURITY_HEADERS = {
+    "content-security-policy": ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+                                "frame-ancestors 'none'; base-uri 'none'"),
+    "x-content-type-options": "nosniff", "referrer-policy": "no-referrer", "x-frame-options": "DENY",
+    "cache-control": "no-store",
+}
+
+
+# -- authorisation: the one place that decides ---------------------------------------------------------------
+Action = Literal["enter", "read", "write"]
+
+
+def allowed(ctx: AuthContext, action: Action, team_id: str | None = None) -> bool:
+    """May ``ctx`` do ``action`` (``enter`` the console, ``read`` or ``write``) on ``team_id`` (``None``: the
+    gateway as a whole: creating teams, plugins, delivery)? Today the master key may do everything and any
+    other key nothing; users, roles and team admins plug in here."""
+    return ctx.is_admin
+
+
+def visible_teams(ctx: AuthContext) -> frozenset[str] | None:
+    """The teams ``ctx`` may list: ``None`` for all of them."""
+    return None if ctx.is_admin else frozenset()
+
+
+# -- sessions and rendering ----------------------------------------------------------------------------------
+class _Redirect(Exception):
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+class _Page(msgspec.Struct, kw_only=True):
+    """The logged-in request: the gateway, the session and who it is."""
+
+    gateway: Any
+    session_id: str
+    session: Session
+    ctx: AuthContext
+
+
+def _state(request: Request, name: str, make: Any) -> Any:
+    state = request.app.state
+    value = state.get(name)
+    if value is None:
+        value = state[name] = make()
+    return value
+
+
+def _sessions(request: Request) -> SessionStore:
+    return _state(request, "console_sessions", SessionStore)
+
+
+def _login_failures(request: Request) -> LoginFailures:
+    return _state(request, "console_login_failures", lambda: LoginFailures(LOGIN_FAILURES_PER_MINUTE, 60.0))
+
+
+def _over_tls(request: Request) -> bool:
+    """Served over TLS, directly or (``x-forwarded-proto``) behind a terminating proxy. Trusting the header
+    only adds the ``Secure`` flag, which a client cannot turn against anyone but itself."""
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return request.url.scheme == "https" or forwarded == "https"
+
+
+def _set_cookie(response: Response[Any], request: Request, name: str, value: str, *, path: str = "/ui",
+                max_age: int | None = None) -> None:
+    response.set_cookie(name, value, path=path, httponly=True, secure=_over_tls(request), samesite="strict",
+                        max_age=max_age)
+
+
+def _clear_cookie(response: Response[Any], request: Request, name: str, *, path: str = "/ui") -> None:
+    response.set_cookie(name, "", path=path, httponly=True, secure=_over_tls(request), samesite="strict",
+                        max_age=0, expires=0)
+
+
+async def _context_of(gateway: Gateway, token_id: str) -> AuthContext | None:
+    """Who a session's key is now: a key blocked, expired or deleted since login ends the session's powers,
+    and a master session ends when the master key changes."""
+    if gateway.master_key and hmac.compare_digest(token_id, hash_key(gateway.master_key)):
+        return gateway.admin
+    ctx = gateway.keys.get(token_id)
+    try:
+        if ctx is None:
+            ctx = await gateway._load(token_id)
+        assert ctx.key is not None
+        check_usable(ctx.key)
+    except ApiError:
+        return None
+    return ctx
+
+
+async def _page(request: Request) -> _Page:
+    gateway = gateway_of(request)
+    session_id = request.cookies.get(SESSION_COOKIE)
+    session = _sessions(request).get(session_id)
+    if session is None or session_id is None:
+        raise _Redirect("/ui/login")
+    ctx = await _context_of(gateway, session.token_id)
+    if ctx is None or not allowed(ctx, "enter"):
+        _sessions(request).delete(session_id)
+        raise _Redirect("/ui/login")
+    return _Page(gateway=gateway, session_id=session_id, session=session, ctx=ctx)
+
+
+class _Forbidden(Exception):
+    pass
+
+
+def _require(page: _Page, action: Action, team_id: str | None = None) -> None:
+    if not allowed(page.ctx, action, team_id):
+        raise _Forbidden
+
+
+async def _form(request: Request, page: _Page) -> dict[str, str]:
+    """The submitted form, after its CSRF token is checked against the session's."""
+    form = await request.form()
+    values = {k: v for k, v in form.items() if isinstance(v, str)}
+    if not page.session.csrf_matches(values.get("csrf_token")):
+        raise _CsrfRefused
+    return values
+
+
+class _CsrfRefused(Exception):
+    pass
+
+
+def _who(ctx: AuthContext) -> str:
+    if ctx.is_admin:
+        return "master key"
+    return ctx.key.key_alias or ctx.key.key_name if ctx.key else "key"
+
+
+def render(request: Request, template: str, *, page: _Page | None = None, status: int = 200,
+           **values: Any) -> Response[bytes]:
+    flash = None
+    if page is not None and page.session.flash:
+        flash, page.session.flash = page.session.flash, None
+    html = _templates.get_template(template).render(
+        page=page, who=_who(page.ctx) if page else None, csrf_token=page.session.csrf_token if page else None,
+        flash=flash, path=request.url.path, mask=MASK, **values)
+    return Response(content=html.encode(), status_code=status, media_type="text/html; charset=utf-8",
+                    headers=dict(_SECURITY_HEADERS))
+
+
+def _done(page: _Page, path: str, message: str) -> Response[Any]:
+    """Post/redirect/get: the message is shown once on the page redirected to."""
+    page.session.flash = message
+    return Redirect(path, status_code=303, headers=dict(_SECURITY_HEADERS))
+
+
+def _field_errors(exc: ApiError, fields: tuple[str, ...] = ()) -> dict[str, str]:
+    """The API's error, placed next to the field it names (``""``: the form as a whole)."""
+    found: dict[str, str] = {}
+    for item in (exc.extra or {}).get("errors", ()):
+        name = item.get("field", "")
+        if name in fields:
+            found[name] = f"callback_vars.{name}: {item.get('reason')}"
+    if found:
+        return found
+    param = (exc.param or "").rsplit(".", 1)[-1]
+    return {param if param in fields else "": exc.message}
+
+
+def _decode(data: Mapping[str, Any], type_: Any) -> Any:
+    """A form's values decoded exactly as the API decodes a JSON body (same errors, same texts)."""
+    return decode_json(msgspec.json.encode(data), type_)
+
+
+def _when(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, int | float):
+        value = datetime.fromtimestamp(value, UTC)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return str(value)
+
+
+_templates.filters["when"] = _when
+_CODE_SPAN = re.compile(r"`([^`]+)`")
+
+
+def _prose(text: str) -> Markup:
+    """A docstring as HTML: escaped, then its `code spans` (Markdown's, as docs_gen writes them) as code."""
+    return Markup(_CODE_SPAN.sub(r"<code>\1</code>", str(escape(text))))
+
+
+_templates.filters["prose"] = _prose
+
+
+# -- login ---------------------------------------------------------------------------------------------------
+@get("/login")
+async def login_form(request: Request) -> Response[bytes]:
+    token = secrets.token_urlsafe(32)
+    response = render(request, "login.html", login_token=token)
+    _set_cookie(response, request, LOGIN_COOKIE, token, path="/ui/login", max_age=3600)
+    return response
+
+
+@post("/login")
+async def login(request: Request) -> Response[Any]:
+    gateway = gateway_of(request)
+    form = await request.form()
+    sent = form.get("csrf_token") or ""
+    paired = request.cookies.get(LOGIN_COOKIE) or ""
+    if not (sent and paired and hmac.compare_digest(str(sent).encode(), paired.encode())):
+        return _csrf_page(request)
+    key = str(form.get("key") or "").strip()
+    client = request.client.host if request.client else "?"
+
+    def refuse(status: int, message: str) -> Response[bytes]:
+        if status in (401, 403):
+            failures.failed(client)
+        token = secrets.token_urlsafe(32)
+        response = render(request, "login.html", status=status, login_token=token, error=message)
+        _set_cookie(response, request, LOGIN_COOKIE, token, path="/ui/login", max_age=3600)
+        return response
+
+    failures = _login_failures(request)
+    wait = failures.retry_after(client)
+    if wait:
+        return refuse(429, f"too many failed logins from this address; retry in {wait} s")
+    if not key:
+        return refuse(422, "key: enter the master key or a virtual key")
+    if is_master(key, gateway.master_key):
+        token_id, ctx = hash_key(key), gateway.admin
+    else:
+        ctx = await _context_of(gateway, hash_key(key)) if key.startswith("sk-") else None
+        if ctx is None:
+            return refuse(401, "invalid API key" + ("" if gateway.master_key else f"; {NO_MASTER_KEY}"))
+        token_id = ctx.token_id
+    if not allowed(ctx, "enter"):
+        hint = "" if gateway.master_key else f" ({NO_MASTER_KEY})"
+        return refuse(403, "this key may not use the console: today only the master key may" + hint)
+    sessions = _sessions(request)
+    sessions.delete(request.cookies.get(SESSION_COOKIE))  # rotated at login: a planted or old id dies here
+    session_id, session = sessions.create(token_id)
+    session.flash = "Logged in."
+    response = Redirect("/ui/teams", status_code=303, headers=dict(_SECURITY_HEADERS))
+    _set_cookie(response, request, SESSION_COOKIE, session_id)
+    _clear_cookie(response, request, LOGIN_COOKIE, path="/ui/login")
+    return response
+
+
+@post("/logout")
+async def logout(request: Request) -> Response[Any]:
+    page = await _page(request)
+    await _form(request, page)
+    _sessions(request).delete(page.session_id)
+    response = Redirect("/ui/login", status_code=303, headers=dict(_SECURITY_HEADERS))
+    _clear_cookie(response, request, SESSION_COOKIE)
+    return response
+
+
+@get("/")
+async def home(request: Request) -> Response[Any]:
+    await _page(request)
+    return Redirect("/ui/teams", status_code=303)
+
+
+# -- teams ---------------------------------------------------------------------------------------------------
+async def _teams_listing(page: _Page) -> list[Any]:
+    store = page.gateway.store
+    teams = await store.list_teams()
+    visible = visible_teams(page.ctx)
+    return [t for t in teams if visible is None or t.team_id in visible]
+
+
+@get("/teams")
+async def teams_page(request: Request) -> Response[bytes]:
+    page = await _page(request)
+    return render(request, "teams.html", page=page, teams=await _teams_listing(page),
+                  may_create=allowed(page.ctx, "write"), errors={}, values={})
+
+
+@post("/teams")
+async def create_team(request: Request) -> Response[Any]:
+    page = await _page(request)
+    _require(page, "write")
+    form = await _form(request, page)
+    values = {name: form.get(name, "").strip() for name in ("team_id", "team_alias")}
+    try:
+        data = _decode({k: v for k, v in values.items() if v}, team_api.TeamNewRequest)
+        team = await team_api.create_team(page.gateway, data)
+    except ApiError as exc:
+        return render(request, "teams.html", page=page, status=exc.status, teams=await _teams_listing(page),
+                      may_create=True, errors=_field_errors(exc, ("team_id", "team_alias")), values=values)
+    return _done(page, f"/ui/teams/{_quote(team.team_id)}", f"Team {team.team_id} created.")
+
+
+def _quote(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+_templates.filters["seg"] = _quote
+
+
+async def _team_page(request: Request, page: _Page, team_id: str, *, status: int = 200,
+                     errors: Mapping[str, str] | None = None, values: Mapping[str, str] | None = None
+                     ) -> Response[bytes]:
+    gateway = page.gateway
+    team = await team_api.find_team(gateway, team_id)
+    callbacks = await team_api.team_callbacks(gateway, team_id)
+    keys = await gateway.store.list_keys(team_id=team_id, limit=KEYS_PER_PAGE)
+    cache = _flag(team.metadata.get("cache")) if "cache" in team.metadata else None
+    return render(request, "team.html", page=page, status=status, team=team, callbacks=callbacks,
+                  sinks=gateway.registry.names(), keys=keys, cache=cache,
+                  may_write=allowed(page.ctx, "write", team_id), errors=errors or {}, values=values or {})
+
+
+@get("/teams/{team_id:str}")
+async def team_page(request: Request, team_id: str) -> Response[bytes]:
+    page = await _page(request)
+    _require(page, "read", team_id)
+    return await _team_page(request, page, team_id)
+
+
+@post("/teams/{team_id:str}/settings")
+async def team_settings(request: Request, team_id: str) -> Response[Any]:
+    """The alias and the cache switch (``metadata.cache``: on, off, or unset to follow the configuration)."""
+    page = await _page(request)
+    _require(page, "write", team_id)
+    form = await _form(request, page)
+    team = await team_api.find_team(page.gateway, team_id)
+    metadata = {k: v for k, v in team.metadata.items() if k != "cache"}
+    choice = form.get("cache", "")
+    if choice in ("true", "false"):
+        metadata["cache"] = choice == "true"
+    alias = form.get("team_alias", "").strip()
+    try:
+        data = _decode({"team_id": team_id, "team_alias": alias or None, "metadata": metadata},
+                       team_api.TeamUpdateRequest)
+        await team_api.update_team_values(page.gateway, data)
+    except ApiError as exc:
+        return await _team_page(request, page, team_id, status=exc.status,
+                                errors=_field_errors(exc, ("team_alias", "cache")), values=form)
+    return _done(page, f"/ui/teams/{_quote(team_id)}", "Team settings saved.")
+
+
+@post("/teams/{team_id:str}/logging")
+async def team_logging(request: Request, team_id: str) -> Response[Any]:
+    """The GDPR switch: send nothing for this team, or return it to its configured callbacks."""
+    page = await _page(request)
+    _require(page, "write", team_id)
+    form = await _form(request, page)
+    enabled = form.get("logging") == "enable"
+    await team_api.set_team_logging(page.gateway, team_id, enabled=enabled)
+    return _done(page, f"/ui/teams/{_quote(team_id)}",
+                 "Logging enabled: the team's configured callbacks apply." if enabled else
+                 "Logging disabled: nothing about this team's calls is sent to any sink.")
+
+
+@post("/teams/{team_id:str}/delete")
+async def team_delete(request: Request, team_id: str) -> Response[Any]:
+    page = await _page(request)
+    _require(page, "write", team_id)
+    await _form(request, page)
+    deleted, deleted_keys = await team_api.remove_teams(page.gateway,
+                                                        team_api.TeamDeleteRequest(team_ids=[team_id]))
+    return _done(page, "/ui/teams", f"Team {deleted[0]} deleted with its {deleted_keys} key(s).")
+
+
+# -- a team's sinks: the form generated from the sink's Vars -------------------------------------------------
+def _sink_form_page(request: Request, page: _Page, team_id: str, callback_name: str, *, status: int = 200,
+                    errors: Mapping[str, str] | None = None, values: Mapping[str, str] | None = None
+                    ) -> Response[bytes]:
+    sink_class = page.gateway.registry.get(callback_name)
+    module = sys.modules.get(sink_class.__module__)
+    doc = (sink_class.__doc__ or (module.__doc__ if module else "") or "").strip().split("\n\n")[0]
+    doc = doc.replace("``", "`")
+    return render(request, "sink_form.html", page=page, status=status, team_id=team_id,
+                  callback_name=callback_name, fields=vars_form(sink_class.Vars),
+                  owner=page.gateway.registry.owner(callback_name), doc=" ".join(doc.split()),
+                  errors=errors or {}, values=values or {})
+
+
+@get("/teams/{team_id:str}/sinks/new")
+async def sink_form(request: Request, team_id: str, callback_name: str | None = None) -> Response[Any]:
+    page = await _page(request)
+    _require(page, "write", team_id)
+    await team_api.find_team(page.gateway, team_id)
+    if not callback_name:
+        return _done(page, f"/ui/teams/{_quote(team_id)}", "Choose a sink to add.")
+    return _sink_form_page(request, page, team_id, callback_name)
+
+
+@post("/teams/{team_id:str}/sinks")
+async def sink_add(request: Request, team_id: str) -> Response[Any]:
+    page = await _page(request)
+    _require(page, "write", team_id)
+    form = await _form(request, page)
+    callback_name = form.get("callback_name", "")
+    sink_class = page.gateway.registry.get(callback_name)
+    fields = vars_form(sink_class.Vars)
+    shown = {k: v for k, v in form.items() if k != "csrf_token" and not _is_secret_input(fields, k)}
+    callback_vars, errors = read_vars_form(fields, form)
+    if errors:
+        return _sink_form_page(request, page, team_id, callback_name, status=422, errors=errors, values=shown)
+    body = {"callback_name": callback_name,
+            "callback_type": form.get("callback_type") or "success_and_failure",
+            "callback_vars": callback_vars}
+    try:
+        await team_api.add_team_callback(page.gateway, team_id, _decode(body, team_api.AddCallbackRequest))
+    except ApiError as exc:
+        names = tuple(f.name for f in fields) + ("callback_type",)
+        return _sink_form_page(request, page, team_id, callback_name, status=exc.status,
+                               errors=_field_errors(exc, names), values=shown)
+    return _done(page, f"/ui/teams/{_quote(team_id)}", f"{callback_name} added to team {team_id}.")
+
+
+def _is_secret_input(fields: tuple[Any, ...], input_name: str) -> bool:
+    """Secrets are write-only: a refused form comes back without them."""
+    return any(f.secret and f.input_name == input_name for f in fields)
+
+
+@post("/teams/{team_id:str}/sinks/{callback_name:str}/delete")
+async def sink_delete(request: Request, team_id: str, callback_name: str) -> Response[Any]:
+    page = await _page(request)
+    _require(page, "write", team_id)
+    await _form(request, page)
+    await team_api.remove_team_callback(page.gateway, team_id, callback_name)
+    return _done(page, f"/ui/teams/{_quote(team_id)}", f"{callback_name} removed from team {team_id}.")
+
+
+# -- keys ----------------------------------------------------------------------------------------------------
+async def _keys_page(request: Request, page: _Page, *, status: int = 200,
+                     errors: Mapping[str, str] | None = None, values: Mapping[str, str] | None = None,
+                     new_key: str | None = None, new_record: Any = None) -> Response[bytes]:
+    store = page.gateway.store
+    team_id = request.query_params.get("team_id") or None
+    number = request.query_params.get("page") or "1"
+    chosen = max(1, int(number)) if number.isdigit() else 1
+    records = await store.list_keys(team_id=team_id, offset=(chosen - 1) * KEYS_PER_PAGE, limit=KEYS_PER_PAGE)
+    total = await store.count_keys(team_id=team_id)
+    visible = visible_teams(page.ctx)
+    records = [r for r in records if visible is None or r.team_id in visible]
+    return render(request, "keys.html", page=page, status=status, keys=records, team_filter=team_id,
+                  current_page=chosen, total_pages=max(1, math.ceil(total / KEYS_PER_PAGE)), total=total,
+                  teams=await _teams_listing(page), may_write=allowed(page.ctx, "write"), errors=errors or {},
+                  values=values or {}, new_key=new_key, new_record=new_record)
+
+
+@get("/keys")
+async def keys_page(request: Request) -> Response[bytes]:
+    page = await _page(request)
+    return await _keys_page(request, page)
+
+
+_KEY_FIELDS = ("team_id", "key_alias", "models", "duration", "metadata")
+
+
+@post("/keys")
+async def key_create(request: Request) -> Response[bytes]:
+    page = await _page(request)
+    form = await _form(request, page)
+    team_id = form.get("team_id", "").strip() or None
+    _require(page, "write", team_id)
+    values = {name: form.get(name, "").strip() for name in _KEY_FIELDS}
+    body: dict[str, Any] = {k: values[k] for k in ("team_id", "key_alias", "duration") if values[k]}
+    if values["models"]:
+        body["models"] = [m.strip() for m in values["models"].split(",") if m.strip()]
+    if values["metadata"]:
+        try:
+            body["metadata"] = json.loads(values["metadata"])
+        except ValueError as exc:
+            return await _keys_page(request, page, status=422, values=values,
+                                    errors={"metadata": f"metadata: not valid JSON ({exc})"})
+    try:
+        key, record = await key_api.create_key(page.gateway, _decode(body, key_api.KeyGenerateRequest))
+    except ApiError as exc:
+        return await _keys_page(request, page, status=exc.status, values=values,
+                                errors=_field_errors(exc, _KEY_FIELDS))
+    return await _keys_page(request, page, new_key=key, new_record=record)
+
+
+async def _key_record(page: _Page, token_id: str, action: Action) -> Any:
+    record = await page.gateway.store.get_key(token_id)
+    if record is None:
+        raise ApiError(404, "key: no such key", type="not_found_error", param="key")
+    _require(page, action, record.team_id)
+    return record
+
+
+@post("/keys/{token_id:str}/rotate")
+async def key_rotate(request: Request, token_id: str) -> Response[bytes]:
+    page = await _page(request)
+    await _form(request, page)
+    await _key_record(page, token_id, "write")
+    key, record = await key_api.regenerate_key(page.gateway, token_id)
+    return await _keys_page(request, page, new_key=key, new_record=record)
+
+
+@post("/keys/{token_id:str}/block")
+async def key_block(request: Request, token_id: str) -> Response[Any]:
+    page = await _page(request)
+    form = await _form(request, page)
+    await _key_record(page, token_id, "write")
+    blocked = form.get("blocked") == "true"
+    data = key_api.KeyUpdateRequest(key=token_id, blocked=blocked)
+    record = await key_api.update_key_values(page.gateway, data)
+    return _done(page, "/ui/keys", f"Key {record.key_name} {'blocked' if blocked else 'unblocked'}.")
+
+
+@post("/keys/{token_id:str}/delete")
+async def key_delete(request: Request, token_id: str) -> Response[Any]:
+    page = await _page(request)
+    await _form(request, page)
+    record = await _key_record(page, token_id, "write")
+    await key_api.remove_keys(page.gateway, key_api.KeyDeleteRequest(keys=[token_id]))
+    return _done(page, "/ui/keys", f"Key {record.key_name} revoked (deleted).")
+
+
+# -- delivery, plugins, and what is not built yet ------------------------------------------------------------
+@get("/delivery")
+async def delivery_page(request: Request) -> Response[bytes]:
+    page = await _page(request)
+    _require(page, "read")
+    dispatcher = page.gateway.dispatcher
+    return render(request, "delivery.html", page=page, stats=dispatcher.stats(), pending=dispatcher.pending(),
+                  submitted=dispatcher.submitted)
+
+
+@get("/plugins")
+async def plugins_page(request: Request) -> Response[bytes]:
+    page = await _page(request)
+    _require(page, "read")
+    gateway = page.gateway
+    described = gateway.pm.describe(gateway.registry.by_plugin(), gateway.providers.by_plugin())
+    return render(request, "plugins.html", page=page, plugins=described)
+
+
+_NOT_YET = {
+    "spend": ("Spend", "Spend per team, key and model over time appears here once the gateway records "
+              "spend."),
+    "audit": ("Audit trail", "Who changed which team, key, user or logging destination, and when, appears "
+              "here once the gateway records an audit trail."),
+    "users": ("Users", "Users, their roles and team membership appear here once the gateway has users."),
+}
+
+
+@get("/{section:str}")
+async def not_yet(request: Request, section: str) -> Response[bytes]:
+    page = await _page(request)
+    if section not in _NOT_YET:
+        return render(request, "error.html", page=page, status=404, title="Not found",
+                      message=f"There is no console page {section!r}.")
+    title, message = _NOT_YET[section]
+    return render(request, "not_yet.html", page=page, title=title, message=message)
+
+
+# -- errors as pages -----------------------------------------------------------------------------------------
+def _csrf_page(request: Request) -> Response[bytes]:
+    return render(request, "error.html", status=403, title="Form refused",
+                  message="This form's security token is missing or out of date (it may have come from "
+                          "another site). Go back, reload the page and submit it again.")
+
+
+def _on_redirect(_: Request, exc: _Redirect) -> Response[Any]:
+    return Redirect(exc.path, status_code=303, headers=dict(_SECURITY_HEADERS))
+
+
+def _on_forbidden(request: Request, _: _Forbidden) -> Response[bytes]:
+    return render(request, "error.html", status=403, title="Not allowed",
+                  message="Your key may not see or change this.")
+
+
+def _on_csrf(request: Request, _: _CsrfRefused) -> Response[bytes]:
+    return _csrf_page(request)
+
+
+def _on_api_error(request: Request, exc: ApiError) -> Response[bytes]:
+    titles = {404: "Not found", 403: "Not allowed", 429: "Too many requests"}
+    return render(request, "error.html", status=exc.status, title=titles.get(exc.status, "Refused"),
+                  message=exc.message)
+
+
+def _on_unknown_sink(request: Request, exc: UnknownCallbackName) -> Response[bytes]:
+    return render(request, "error.html", status=400, title="Unknown sink", message=str(exc))
+
+
+def console_router() -> Router:
+    """``/ui``: the pages, and ``/ui/static`` for the stylesheet shipped in this package."""
+    static = create_static_files_router(path="/static", directories=[HERE / "static"], name="console_static",
+                                        include_in_schema=False)
+    return Router(path="/ui", route_handlers=[
+        login_form, login, logout, home, teams_page, create_team, team_page, team_settings, team_logging,
+        team_delete, sink_form, sink_add, sink_delete, keys_page, key_create, key_rotate, key_block,
+        key_delete, delivery_page, plugins_page, not_yet, static,
+    ], exception_handlers={_Redirect: _on_redirect, _Forbidden: _on_forbidden, _CsrfRefused: _on_csrf,
+                           ApiError: _on_api_error, UnknownCallbackName: _on_unknown_sink})
