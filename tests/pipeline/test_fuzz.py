@@ -40,6 +40,14 @@ ROUTES = [
     ("GET", "/-/plugins"), ("GET", "/-/sinks"), ("GET", "/metrics"),
     ("POST", "/v1/embeddings"), ("POST", "/embeddings"), ("GET", "/v1/models/{name}"), ("GET", "/models/{name}"),
     ("GET", "/model/info"), ("GET", "/v1/model/info"), ("GET", "/health"), ("POST", "/config/reload"),
+    # the console: HTML forms behind a session cookie and a CSRF token; fuzzed for the same never-500 rule
+    ("GET", "/ui/login"), ("POST", "/ui/login"), ("POST", "/ui/logout"), ("GET", "/ui"), ("GET", "/ui/teams"),
+    ("POST", "/ui/teams"), ("GET", "/ui/teams/{team}"), ("POST", "/ui/teams/{team}/settings"),
+    ("POST", "/ui/teams/{team}/logging"), ("POST", "/ui/teams/{team}/delete"), ("GET", "/ui/teams/{team}/sinks/new"),
+    ("POST", "/ui/teams/{team}/sinks"), ("POST", "/ui/teams/{team}/sinks/{name}/delete"), ("GET", "/ui/keys"),
+    ("POST", "/ui/keys"), ("POST", "/ui/keys/{name}/rotate"), ("POST", "/ui/keys/{name}/block"),
+    ("POST", "/ui/keys/{name}/delete"), ("GET", "/ui/delivery"), ("GET", "/ui/plugins"), ("GET", "/ui/{name}"),
+    ("GET", "/ui/static/{name}"),
 ]
 FIELDS = ["model", "messages", "stream", "cache", "key", "keys", "key_aliases", "team_id", "team_ids", "team_alias",
           "key_alias", "models", "metadata", "duration", "blocked", "callback_name", "callback_type",
@@ -200,7 +208,8 @@ def test_the_fuzzer_covers_every_route_of_the_app(tmp_path):
     served = set()
     for route in app.routes:
         path = (route.path.replace("{team_id:str}", "{team}").replace("{callback_name:str}", "{name}")
-                .replace("{model:path}", "{name}"))
+                .replace("{model:path}", "{name}").replace("{token_id:str}", "{name}")
+                .replace("{section:str}", "{name}").replace("{file_path:path}", "{name}"))
         for method in getattr(route, "methods", ()):
             if method not in ("HEAD", "OPTIONS"):
                 served.add((method, path))
