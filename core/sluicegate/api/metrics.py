@@ -70,7 +70,7 @@ def render(stats: list[dict], submitted: int, pending: int, cache: dict | None =
 @get("/metrics")
 async def metrics(request: Request) -> Response[str]:
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
+    await gateway.authorize(request, "proxy_admin_viewer")
     dispatcher = gateway.dispatcher
     body = render(dispatcher.stats(), dispatcher.submitted, dispatcher.pending(), gateway.cache.stats())
     return Response(content=body, media_type="text/plain; version=0.0.4; charset=utf-8")

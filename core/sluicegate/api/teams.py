@@ -1,4 +1,8 @@
-"""``/team/*``: teams, and their logging callbacks set at run time (LiteLLM's shapes). Admin only."""
+"""``/team/*``: teams, and their logging callbacks set at run time (LiteLLM's shapes).
+
+A team's admins manage it (callbacks, logging switch, cache switch in ``metadata``); its members read it; creating
+and deleting teams is the proxy admin's (see :mod:`sluicegate.permissions`).
+"""
 
 from __future__ import annotations
 
@@ -12,14 +16,16 @@ from litestar import Request, Response, delete, get, post
 from sluicegate.api.common import (TEAM_ID_PATTERN, Alias, TeamId, decode_body, gateway_of, json_response,
                                    page_of)
 from sluicegate.errors import ApiError
+from sluicegate.permissions import actor_of, readable_teams, require
 from sluicegate.routing import LoggingEntry, parse_entries
 
 if TYPE_CHECKING:
     from sluicegate.db.store import TeamRecord
     from sluicegate.gateway import Gateway
 
-__all__ = ("add_callback", "delete_callback", "delete_teams", "disable_logging", "enable_logging", "get_callbacks",
-           "new_team", "team_info", "team_list", "update_team")
+__all__ = ("TEAM_ADMIN_FIELDS", "add_callback", "delete_callback", "delete_teams", "disable_logging",
+           "enable_logging", "get_callbacks", "members_view", "new_team", "team_info", "team_list", "team_view",
+           "update_team")
 
 _TEAM_ID = re.compile(TEAM_ID_PATTERN)
 
@@ -28,6 +34,7 @@ class TeamNewRequest(msgspec.Struct, kw_only=True):
     team_id: TeamId | None = None
     team_alias: Alias | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    members_with_roles: list[Any] | None = None  # refused by name: members are added with /team/member_add
 
 
 class TeamDeleteRequest(msgspec.Struct, kw_only=True):
@@ -38,6 +45,10 @@ class TeamUpdateRequest(msgspec.Struct, kw_only=True):
     team_id: TeamId
     team_alias: Alias | None | msgspec.UnsetType = msgspec.UNSET
     metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+
+
+# What a team's own admin may change with /team/update; any other field (budgets, limits) is the proxy admin's.
+TEAM_ADMIN_FIELDS = frozenset({"team_alias", "metadata"})
 
 
 class AddCallbackRequest(msgspec.Struct, kw_only=True):
@@ -75,13 +86,17 @@ async def _team(gateway: Gateway, team_id: str) -> TeamRecord:
 @post("/team/new", status_code=200)
 async def new_team(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
+    ctx = await gateway.authorize(request, "proxy_admin")
     data = await decode_body(request, TeamNewRequest)
+    if data.members_with_roles:
+        raise ApiError(400, "members_with_roles: not supported on /team/new; add members with /team/member_add",
+                       param="members_with_roles")
     team_id = data.team_id or uuid.uuid4().hex
     _check_team_id(team_id)
     if await gateway.store.get_team(team_id) is not None:
         raise ApiError(400, f"team_id: team {team_id!r} already exists", param="team_id")
-    team = await gateway.store.create_team(team_id, team_alias=data.team_alias, metadata=data.metadata)
+    team = await gateway.store.create_team(team_id, team_alias=data.team_alias, metadata=data.metadata,
+                                           actor=actor_of(ctx))
     gateway.invalidate()
     return json_response(team_view(gateway, team))
 
@@ -89,23 +104,32 @@ async def new_team(request: Request) -> Response[bytes]:
 @get("/team/info")
 async def team_info(request: Request, team_id: str) -> Response[bytes]:
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
+    await gateway.authorize(request, "team_member", team_id)
     team = await _team(gateway, team_id)
     keys = await gateway.store.list_keys(team_id=team_id)
-    return json_response({"team_id": team_id, "team_info": team_view(gateway, team),
-                          "keys": [{"token_id": k.token_id, "key_name": k.key_name, "key_alias": k.key_alias}
-                                   for k in keys]})
+    members = await gateway.store.memberships(team_id=team_id)
+    return json_response({"team_id": team_id,
+                          "team_info": {**team_view(gateway, team), "members_with_roles": members_view(members)},
+                          "keys": [{"token_id": k.token_id, "key_name": k.key_name, "key_alias": k.key_alias,
+                                    "user_id": k.user_id} for k in keys]})
+
+
+def members_view(members: list[Any]) -> list[dict[str, Any]]:
+    """LiteLLM's ``members_with_roles``: ``[{"user_id", "role"}]``."""
+    return [{"user_id": m.user_id, "role": m.role} for m in members]
 
 
 @get("/team/list")
 async def team_list(request: Request, page: str | None = None, page_size: str | None = None) -> Response[bytes]:
     """Teams in creation order, as LiteLLM's list; ``page``/``page_size`` (default 1 and 1,000, at most 1,000) page
-    through more, with the total in the ``x-total-count`` header."""
+    through more, with the total in the ``x-total-count`` header. Proxy viewers see every team, anyone else the teams
+    they are a member of."""
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
+    ctx = await gateway.authorize(request, "any_user")
     chosen = page_of(page, page_size, default_size=1000)
-    teams = await gateway.store.list_teams(offset=chosen.offset, limit=chosen.size)
-    total = await gateway.store.count_teams()
+    visible = readable_teams(ctx)
+    teams = await gateway.store.list_teams(offset=chosen.offset, limit=chosen.size, team_ids=visible)
+    total = await gateway.store.count_teams(team_ids=visible)
     return json_response([team_view(gateway, t) for t in teams], headers={
         "x-total-count": str(total), "x-page": str(chosen.page), "x-total-pages": str(chosen.total_pages(total))})
 
@@ -114,15 +138,21 @@ async def team_list(request: Request, page: str | None = None, page_size: str | 
 async def update_team(request: Request) -> Response[bytes]:
     """Change a team's alias or metadata (e.g. ``metadata.cache``); logging goes through /team/{id}/callback."""
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
+    ctx = await gateway.authorize(request)  # the team is in the body: checked below
     data = await decode_body(request, TeamUpdateRequest)
+    require(ctx, "team_admin", data.team_id)
     await _team(gateway, data.team_id)
-    values = {name: getattr(data, name) for name in ("team_alias", "metadata")
-              if getattr(data, name) is not msgspec.UNSET}
+    values = {name: getattr(data, name) for name in data.__struct_fields__
+              if name != "team_id" and getattr(data, name) is not msgspec.UNSET}
+    refused = [] if ctx.is_admin else sorted(set(values) - TEAM_ADMIN_FIELDS)
+    if refused:
+        raise ApiError(403, f"{refused[0]}: only proxy_admin may change a team's {refused[0]}; a team admin may "
+                       f"change {', '.join(sorted(TEAM_ADMIN_FIELDS))}", type="permission_error", param=refused[0],
+                       code="403")
     if "metadata" in values and "logging" in values["metadata"]:
         raise ApiError(422, "metadata.logging: a team's logging is set with POST /team/{team_id}/callback",
                        param="metadata.logging")
-    team = await gateway.store.update_team(data.team_id, **values)
+    team = await gateway.store.update_team(data.team_id, actor=actor_of(ctx), **values)
     gateway.invalidate()
     assert team is not None
     return json_response(team_view(gateway, team))
@@ -131,11 +161,11 @@ async def update_team(request: Request) -> Response[bytes]:
 @post("/team/delete", status_code=200)
 async def delete_teams(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
+    ctx = await gateway.authorize(request, "proxy_admin")
     data = await decode_body(request, TeamDeleteRequest)
     if not data.team_ids:
         raise ApiError(422, "team_ids: give at least one team id", param="team_ids")
-    deleted, deleted_keys = await gateway.store.delete_teams(data.team_ids)
+    deleted, deleted_keys = await gateway.store.delete_teams(data.team_ids, actor=actor_of(ctx))
     gateway.invalidate()
     if not deleted:
         raise ApiError(404, "team_ids: none of these teams exist", type="not_found_error", param="team_ids")
@@ -146,7 +176,7 @@ async def delete_teams(request: Request) -> Response[bytes]:
 @post("/team/{team_id:str}/callback", status_code=200)
 async def add_callback(request: Request, team_id: str) -> Response[bytes]:
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
+    ctx = await gateway.authorize(request, "team_admin", team_id)
     data = await decode_body(request, AddCallbackRequest)
     team = await _team(gateway, team_id)
     entry = gateway.resolver.validate_entries(msgspec.to_builtins(data), param="callback_vars")[0]
@@ -156,8 +186,9 @@ async def add_callback(request: Request, team_id: str) -> Response[bytes]:
             raise ApiError(400, f"callback_name: team {team_id!r} already has a {entry.callback_name!r} callback of "
                            f"type {entry.callback_type!r}; DELETE /team/{team_id}/callback/{entry.callback_name} "
                            "first to replace it", param="callback_name")
-    updated = await gateway.store.update_team(team_id, logging=[*(msgspec.to_builtins(e) for e in current),
-                                                                msgspec.to_builtins(entry)])
+    updated = await gateway.store.update_team(team_id, actor=actor_of(ctx), action="callback_added",
+                                              logging=[*(msgspec.to_builtins(e) for e in current),
+                                                       msgspec.to_builtins(entry)])
     gateway.invalidate()
     assert updated is not None
     return json_response({"status": "success", "data": team_view(gateway, updated)})
@@ -167,7 +198,7 @@ async def add_callback(request: Request, team_id: str) -> Response[bytes]:
 async def get_callbacks(request: Request, team_id: str) -> Response[bytes]:
     """The team's effective callbacks, from whichever layer applies (API, config, global), secrets masked."""
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
+    await gateway.authorize(request, "team_member", team_id)
     team = await _team(gateway, team_id)
     resolver = gateway.resolver
     if team.logging is not None:
@@ -206,7 +237,7 @@ def _mask_secret(obj: Any) -> Any:
 @delete("/team/{team_id:str}/callback/{callback_name:str}", status_code=200)
 async def delete_callback(request: Request, team_id: str, callback_name: str) -> Response[bytes]:
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
+    ctx = await gateway.authorize(request, "team_admin", team_id)
     team = await _team(gateway, team_id)
     current = parse_entries(team.logging or [])
     kept = [e for e in current if e.callback_name != callback_name]
@@ -215,7 +246,8 @@ async def delete_callback(request: Request, team_id: str, callback_name: str) ->
                        type="not_found_error", param="callback_name")
     # Removing the last API callback returns the team to its config/global callbacks; use disable_logging to
     # send nothing.
-    updated = await gateway.store.update_team(team_id, logging=[msgspec.to_builtins(e) for e in kept] or None)
+    updated = await gateway.store.update_team(team_id, actor=actor_of(ctx), action="callback_deleted",
+                                              logging=[msgspec.to_builtins(e) for e in kept] or None)
     gateway.invalidate()
     assert updated is not None
     return json_response({"status": "success", "data": team_view(gateway, updated)})
@@ -223,10 +255,12 @@ async def delete_callback(request: Request, team_id: str, callback_name: str) ->
 
 @post("/team/{team_id:str}/disable_logging", status_code=200)
 async def disable_logging(request: Request, team_id: str) -> Response[bytes]:
+    """Send nothing anywhere for the team. The audit trail's ``logging_disabled`` row is the record (GDPR) that it
+    was switched off, when and by whom."""
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
+    ctx = await gateway.authorize(request, "team_admin", team_id)
     await _team(gateway, team_id)
-    await gateway.store.update_team(team_id, logging=[])
+    await gateway.store.update_team(team_id, actor=actor_of(ctx), action="logging_disabled", logging=[])
     gateway.invalidate()
     return json_response({"status": "success", "message": f"Logging disabled for team {team_id}",
                           "data": {"team_id": team_id, "success_callbacks": [], "failure_callbacks": []}})
@@ -235,9 +269,9 @@ async def disable_logging(request: Request, team_id: str) -> Response[bytes]:
 @post("/team/{team_id:str}/enable_logging", status_code=200)
 async def enable_logging(request: Request, team_id: str) -> Response[bytes]:
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
+    ctx = await gateway.authorize(request, "team_admin", team_id)
     await _team(gateway, team_id)
-    await gateway.store.update_team(team_id, logging=None)
+    await gateway.store.update_team(team_id, actor=actor_of(ctx), action="logging_enabled", logging=None)
     gateway.invalidate()
     callbacks = gateway.resolver.team_config.get(team_id) or gateway.resolver.global_set
     return json_response({"status": "success", "message": f"Logging enabled for team {team_id}",
