@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from sluicegate.auth import AuthContext
     from sluicegate.db.store import KeyRecord
 
-__all__ = ("LEVELS", "MEMBER_ROLES", "ROLES", "ROUTES", "Level", "Route", "actor_of", "can_admin_read_team",
+__all__ = ("LEVELS", "MEMBER_ROLES", "PUBLIC_ROUTES", "ROLES", "ROUTES", "Level", "Route", "actor_of", "can_admin_read_team",
            "can_read_all", "can_read_key", "can_read_team", "can_write_key", "can_write_some_key", "can_write_team", "describe",
            "readable_teams", "require", "require_key_read", "require_key_write", "require_some_key_write", "route_table_markdown")
 
@@ -108,6 +108,15 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/model/info", "proxy_admin_viewer"),
     Route("GET", "/v1/model/info", "proxy_admin_viewer"),
 )
+
+
+# Not admin routes: model calls with any valid key (the key's own models), and the probes that take no key.
+# (The console's pages under /ui are checked by the console, through these same functions.)
+PUBLIC_ROUTES = frozenset({
+    ("POST", "/v1/chat/completions"), ("POST", "/chat/completions"), ("GET", "/v1/models"), ("GET", "/models"),
+    ("GET", "/v1/models/{model}"), ("GET", "/models/{model}"), ("POST", "/v1/embeddings"), ("POST", "/embeddings"),
+    ("GET", "/health/liveliness"), ("GET", "/health/liveness"), ("GET", "/health/readiness"),
+})
 
 
 def route_table_markdown() -> str:

@@ -191,7 +191,7 @@ async def key_info(request: Request, key: str | None = None) -> Response[bytes]:
     else:
         token_id = token_id_of(key)
         if token_id != ctx.token_id and not can_read_all(ctx) and ctx.user is None:
-            raise ApiError(403, "a key without a user may only read its own info", type="permission_error",
+            raise ApiError(403, "a key with no user may only read its own info", type="permission_error",
                            param="key", code="403")
         record = await gateway.store.get_key(token_id)  # type: ignore[assignment]
         if record is None:
