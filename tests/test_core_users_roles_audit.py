@@ -406,3 +406,59 @@ def test_a_change_and_its_audit_row_are_one_transaction(db_url: str, query_db: A
     run_async(go)
     rows = query_db(db_url, "SELECT action, changed_by FROM sg_audit WHERE object_id = 't-atomic' ORDER BY id")
     assert [(r["action"], r["changed_by"]) for r in rows] == [("created", "system"), ("updated", "ops")]
+
+
+def test_key_generate_for_an_unknown_user_creates_them_for_the_proxy_admin_only(client: Any, admin: dict) -> None:
+    fresh = uid("app")
+    key = ok(client.post("/key/generate", headers=admin, json={"user_id": fresh}))
+    assert key["user_id"] == fresh and chat(client, key["key"]).status_code == 200
+    info = ok(client.get(f"/user/info?user_id={fresh}", headers=admin))
+    assert info["user_info"]["user_role"] == "internal_user" and [k["token_id"] for k in info["keys"]] == [
+        key["token_id"]]
+    # Negative control: a team admin naming an unknown user gets a 404, and nothing is created.
+    team = new_team(client, admin)
+    boss = team_admin(client, admin, team)
+    ghost = uid("ghost")
+    error_of(client.post("/key/generate", headers=bearer(boss["key"]), json={"team_id": team, "user_id": ghost}),
+             404, "user_id")
+    error_of(client.get(f"/user/info?user_id={ghost}", headers=admin), 404, "user_id")
+
+
+def test_revision_0005_downgrades_and_upgrades_again(db_url: str, query_db: Any) -> None:
+    from importlib.resources import files
+
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    from sluicegate.db.store import Store
+
+    from tests.conftest import run_async
+
+    def run(target: str, down: bool = False, then: str | None = None) -> None:
+        async def go() -> None:
+            cfg = Config()
+            cfg.set_main_option("script_location", str(files("sluicegate.db") / "migrations"))
+            store = Store(db_url)
+
+            def migrate(connection: sa.Connection) -> None:
+                cfg.attributes["connection"] = connection
+                (command.downgrade if down else command.upgrade)(cfg, target)
+
+            try:
+                async with store.engine.begin() as conn:
+                    await conn.run_sync(migrate)
+                    if then is not None:
+                        await conn.execute(sa.text(then))
+            finally:
+                await store.aclose()
+
+        run_async(go)
+
+    run("head", then="INSERT INTO sg_keys (token_id, key_name, blocked, user_id) VALUES ('k1', 'sk-...k1', false, 'u1')")
+    run("0002", down=True)
+    assert "user_id" not in query_db(db_url, "SELECT * FROM sg_keys")[0]  # the key is kept, its owner column gone
+    run("head")
+    rows = query_db(db_url, "SELECT token_id, user_id FROM sg_keys")
+    assert rows == [{"token_id": "k1", "user_id": None}]
+    assert query_db(db_url, "SELECT count(*) AS n FROM sg_audit") == [{"n": 0}]

@@ -17,7 +17,7 @@ from litestar import Request, Response, get, post
 from sluicegate.aio import bounded
 from sluicegate.api.common import Alias, TeamId, decode_body, gateway_of, json_response, page_of
 from sluicegate.auth import generate_key, hash_key, key_name
-from sluicegate.db.store import KeyRecord
+from sluicegate.db.store import KeyRecord, UserRecord
 from sluicegate.errors import ApiError
 from sluicegate.permissions import (actor_of, can_read_all, can_write_key, readable_teams, require, require_key_read,
                                     require_key_write, require_some_key_write)
@@ -76,11 +76,17 @@ def parse_duration(value: str | None) -> datetime | None:
     return datetime.now(UTC) + timedelta(seconds=seconds)
 
 
-async def _check_owner(gateway: Gateway, ctx: AuthContext, user_id: str | None, team_id: str | None) -> None:
-    """A key's owner must exist, and a team key given to someone by a team admin must go to one of its members."""
+async def _check_owner(gateway: Gateway, ctx: AuthContext, user_id: str | None, team_id: str | None) -> bool:
+    """A key's owner must exist, and a team key given to someone by a team admin must go to one of its members.
+
+    True when the owner is new: the proxy admin naming a user that does not exist creates it with the key (role
+    ``internal_user``), as LiteLLM does; anyone else gets a 404.
+    """
     if user_id is None:
-        return
+        return False
     if await gateway.store.get_user(user_id) is None:
+        if ctx.is_admin:
+            return True
         raise ApiError(404, f"user_id: no user {user_id!r}; create it with /user/new", type="not_found_error",
                        param="user_id")
     if team_id is not None and not ctx.is_admin:
@@ -88,6 +94,7 @@ async def _check_owner(gateway: Gateway, ctx: AuthContext, user_id: str | None, 
         if all(m.user_id != user_id for m in members):
             raise ApiError(422, f"user_id: user {user_id!r} is not a member of team {team_id!r}; add them with "
                            "/team/member_add first", param="user_id")
+    return False
 
 
 def token_id_of(value: str) -> str:
@@ -128,7 +135,7 @@ async def generate(request: Request) -> Response[bytes]:
         user_id = ctx.user.user_id  # an internal user's key of their own
     require_key_write(ctx, data.team_id, user_id, what="a new key",
                       param="team_id" if data.team_id is not None else "user_id")
-    await _check_owner(gateway, ctx, user_id, data.team_id)
+    new_owner = await _check_owner(gateway, ctx, user_id, data.team_id)
     key = data.key or generate_key()
     if not key.startswith("sk-") or len(key) < 8:
         raise ApiError(422, "key: a virtual key must start with 'sk-' and be at least 8 characters", param="key")
@@ -142,7 +149,12 @@ async def generate(request: Request) -> Response[bytes]:
                        expires=parse_duration(data.duration), blocked=data.blocked)
     if await gateway.store.get_key(record.token_id) is not None:
         raise ApiError(400, "key: this key already exists", param="key")
-    created = await gateway.store.create_key(record, actor=actor_of(ctx))
+    if new_owner and user_id is not None:  # the user and the key, in one transaction
+        await gateway.store.create_user(UserRecord(user_id=user_id), key=record, actor=actor_of(ctx))
+        created = await gateway.store.get_key(record.token_id)
+        assert created is not None
+    else:
+        created = await gateway.store.create_key(record, actor=actor_of(ctx))
     gateway.invalidate()
     return json_response({"key": key, **key_view(gateway, created)})
 
@@ -171,7 +183,9 @@ async def update(request: Request) -> Response[bytes]:
     if "team_id" in values or "user_id" in values:  # the key as it would be must be the caller's to write, too
         team_id, user_id = values.get("team_id", current.team_id), values.get("user_id", current.user_id)
         require_key_write(ctx, team_id, user_id, what=what, param="team_id" if "team_id" in values else "user_id")
-        await _check_owner(gateway, ctx, user_id, team_id)
+        if await _check_owner(gateway, ctx, user_id, team_id):
+            raise ApiError(404, f"user_id: no user {user_id!r}; create it with /user/new", type="not_found_error",
+                           param="user_id")
     if values.get("team_id"):
         await gateway.store.ensure_team(values["team_id"], actor=actor_of(ctx))
     record = await gateway.store.update_key(token_id, actor=actor_of(ctx), **values)
