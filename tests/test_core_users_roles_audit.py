@@ -462,3 +462,14 @@ def test_revision_0005_downgrades_and_upgrades_again(db_url: str, query_db: Any)
     rows = query_db(db_url, "SELECT token_id, user_id FROM sg_keys")
     assert rows == [{"token_id": "k1", "user_id": None}]
     assert query_db(db_url, "SELECT count(*) AS n FROM sg_audit") == [{"n": 0}]
+
+
+def test_key_list_without_a_team_shows_a_team_admin_their_own_and_their_teams_keys(client: Any, admin: dict) -> None:
+    own, other = new_team(client, admin), new_team(client, admin)
+    boss = team_admin(client, admin, own)
+    own_key = ok(client.post("/key/generate", headers=admin, json={"team_id": own}))
+    other_key = ok(client.post("/key/generate", headers=admin, json={"team_id": other}))
+    listed = set(ok(client.get("/key/list?page_size=1000", headers=bearer(boss["key"])))["keys"])
+    assert {boss["token_id"], own_key["token_id"]} <= listed
+    assert other_key["token_id"] not in listed
+    assert other_key["token_id"] in ok(client.get(f"/key/list?team_id={other}", headers=admin))["keys"]

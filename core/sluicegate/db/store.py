@@ -176,8 +176,12 @@ def mask_all_vars(entry: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+def _fields(record: msgspec.Struct) -> dict[str, Any]:
+    """A record as JSON-ready builtins, without its timestamps (the audit row has its own)."""
+    data = msgspec.to_builtins(record)
+    data.pop("created_at", None)
+    data.pop("updated_at", None)
+    return data
 
 
 def _seal_team_values(secrets: SecretBox | None, team_id: str, values: dict[str, Any]) -> int:
@@ -331,26 +335,23 @@ class Store:
         return shown
 
     def team_snapshot(self, team: TeamRecord, members: list[MemberRecord] | None = None) -> dict[str, Any]:
-        data: dict[str, Any] = {"team_id": team.team_id, "team_alias": team.team_alias, "metadata": team.metadata,
-                                "logging": self._masked(team.logging), "logging_disabled": team.logging == []}
+        """Every field of the record (so columns added later are audited without changes here), logging masked."""
+        data = _fields(team)
+        data["logging"] = self._masked(team.logging)
+        data["logging_disabled"] = team.logging == []
         if members is not None:
             data["members"] = [{"user_id": m.user_id, "role": m.role} for m in members]
         return data
 
     def key_snapshot(self, key: KeyRecord) -> dict[str, Any]:
-        metadata = dict(key.metadata)
-        if "logging" in metadata:
-            metadata["logging"] = self._masked(metadata["logging"])
-        return {"token_id": key.token_id, "key_name": key.key_name, "key_alias": key.key_alias,
-                "team_id": key.team_id, "user_id": key.user_id, "models": key.models, "metadata": metadata,
-                "expires": _iso(key.expires), "blocked": key.blocked}
+        data = _fields(key)
+        if "logging" in data["metadata"]:
+            data["metadata"] = {**data["metadata"], "logging": self._masked(key.metadata["logging"])}
+        return data
 
     @staticmethod
     def user_snapshot(user: UserRecord) -> dict[str, Any]:
-        data = msgspec.to_builtins(user)
-        data.pop("created_at", None)
-        data.pop("updated_at", None)
-        return data
+        return _fields(user)
 
     @staticmethod
     def member_snapshot(member: MemberRecord) -> dict[str, Any]:
