@@ -396,7 +396,8 @@ def test_a_change_and_its_audit_row_are_one_transaction(db_url: str, query_db: A
             with pytest.raises(Exception):  # noqa: B017 - IntegrityError, wrapped differently per driver
                 await store.create_team("t-atomic")
             with pytest.raises(Exception):  # noqa: B017 - the audit row's NOT NULL changed_by
-                await store.update_team("t-atomic", actor=Actor(changed_by=None), team_alias="never")  # type: ignore[arg-type]
+                no_one = Actor(changed_by=None)  # type: ignore[arg-type]
+                await store.update_team("t-atomic", actor=no_one, team_alias="never")
             assert (await store.get_team("t-atomic")).team_alias is None  # type: ignore[union-attr]
             await store.update_team("t-atomic", actor=Actor(changed_by="ops"), team_alias="kept")
             assert (await store.get_team("t-atomic")).team_alias == "kept"  # type: ignore[union-attr]
@@ -455,7 +456,8 @@ def test_revision_0005_downgrades_and_upgrades_again(db_url: str, query_db: Any)
 
         run_async(go)
 
-    run("head", then="INSERT INTO sg_keys (token_id, key_name, blocked, user_id) VALUES ('k1', 'sk-...k1', false, 'u1')")
+    run("head", then="INSERT INTO sg_keys (token_id, key_name, blocked, user_id) "
+                     "VALUES ('k1', 'sk-...k1', false, 'u1')")
     run("0002", down=True)
     assert "user_id" not in query_db(db_url, "SELECT * FROM sg_keys")[0]  # the key is kept, its owner column gone
     run("head")
@@ -473,3 +475,18 @@ def test_key_list_without_a_team_shows_a_team_admin_their_own_and_their_teams_ke
     assert {boss["token_id"], own_key["token_id"]} <= listed
     assert other_key["token_id"] not in listed
     assert other_key["token_id"] in ok(client.get(f"/key/list?team_id={other}", headers=admin))["keys"]
+
+
+def test_team_new_takes_members_with_roles_in_one_transaction(client: Any, admin: dict) -> None:
+    boss = new_user(client, admin)
+    team = uid("team")
+    made = ok(client.post("/team/new", headers=admin, json={"team_id": team, "members_with_roles": [
+        {"role": "admin", "user_id": boss["user_id"]}, {"role": "user", "user_email": f"{uid('m')}@example.com"}]}))
+    assert [m["role"] for m in made["members_with_roles"]] == ["admin", "user"]
+    ok(client.post(f"/team/{team}/disable_logging", headers=bearer(boss["key"])))  # the admin's powers are live
+    # A repeated member refuses the whole team: nothing is created.
+    again = uid("team")
+    error_of(client.post("/team/new", headers=admin, json={"team_id": again, "members_with_roles": [
+        {"role": "admin", "user_id": boss["user_id"]}, {"role": "user", "user_id": boss["user_id"]}]}), 400,
+        "members_with_roles[1]")
+    error_of(client.get(f"/team/info?team_id={again}", headers=admin), 404, "team_id")

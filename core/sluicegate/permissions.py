@@ -27,9 +27,10 @@ if TYPE_CHECKING:
     from sluicegate.auth import AuthContext
     from sluicegate.db.store import KeyRecord
 
-__all__ = ("LEVELS", "MEMBER_ROLES", "PUBLIC_ROUTES", "ROLES", "ROUTES", "Level", "Route", "actor_of", "can_admin_read_team",
-           "can_read_all", "can_read_key", "can_read_team", "can_write_key", "can_write_some_key", "can_write_team", "describe",
-           "readable_teams", "require", "require_key_read", "require_key_write", "require_some_key_write", "route_table_markdown")
+__all__ = ("LEVELS", "MEMBER_ROLES", "PUBLIC_ROUTES", "ROLES", "ROUTES", "Level", "Route", "actor_of",
+           "can_admin_read_team", "can_read_all", "can_read_key", "can_read_team", "can_write_key", "can_write_some_key",
+           "can_write_team", "describe", "readable_teams", "require", "require_key_read", "require_key_write",
+           "require_some_key_write", "route_table_markdown")
 
 ROLES = ("proxy_admin", "proxy_admin_viewer", "internal_user", "internal_user_viewer")
 VIEWER_ROLES = frozenset({"proxy_admin_viewer", "internal_user_viewer"})

@@ -7,15 +7,14 @@ A member is named by ``user_id`` or ``user_email``. Adding a user who does not e
 
 from __future__ import annotations
 
-import uuid
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import Request, Response, post
 
 from sluicegate.api.common import Alias, TeamId, decode_body, gateway_of, json_response
-from sluicegate.api.teams import _team, members_view
-from sluicegate.db.store import MemberRecord, UserRecord
+from sluicegate.api.teams import Member, MemberRole, _team, existing_user, members_view, resolve_members
+from sluicegate.db.store import UserRecord
 from sluicegate.errors import ApiError
 from sluicegate.permissions import actor_of, require
 
@@ -24,14 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ("member_add", "member_delete", "member_update")
 
-MemberRole = Literal["admin", "user"]
 _PER_MEMBER_LIMITS = ("max_budget_in_team", "rpm_limit", "tpm_limit")
-
-
-class Member(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    role: MemberRole
-    user_id: Alias | None = None
-    user_email: Alias | None = None
 
 
 class MemberAddRequest(msgspec.Struct, kw_only=True):
@@ -63,18 +55,9 @@ def _refuse_limits(data: Any) -> None:
                            "or the key", param=name)
 
 
-async def _existing_user(gateway: Gateway, user_id: str | None, user_email: str | None,
-                         param: str) -> UserRecord | None:
-    if user_id is None and user_email is None:
-        raise ApiError(422, f"{param}: give user_id or user_email", param=param)
-    if user_id is not None:
-        return await gateway.store.get_user(user_id)
-    return await gateway.store.get_user_by_email(user_email)  # type: ignore[arg-type]
-
-
 async def _member_of(gateway: Gateway, team_id: str, user_id: str | None, user_email: str | None) -> UserRecord:
     """The user named, who must be a member of ``team_id`` (404 otherwise, naming the field)."""
-    user = await _existing_user(gateway, user_id, user_email, "user_id")
+    user = await existing_user(gateway, user_id, user_email, "user_id")
     param = "user_id" if user_id is not None else "user_email"
     if user is not None:
         members = await gateway.store.memberships(team_id=team_id, user_id=user.user_id)
@@ -96,20 +79,8 @@ async def member_add(request: Request) -> Response[bytes]:
     if not wanted:
         raise ApiError(422, "member: give at least one member", param="member")
     current = {m.user_id for m in await gateway.store.memberships(team_id=data.team_id)}
-    members: list[MemberRecord] = []
-    new_users: list[UserRecord] = []
-    users: list[UserRecord] = []
-    for index, member in enumerate(wanted):
-        param = "member" if not isinstance(data.member, list) else f"member[{index}]"
-        user = await _existing_user(gateway, member.user_id, member.user_email, f"{param}.user_id")
-        if user is None:
-            user = UserRecord(user_id=member.user_id or uuid.uuid4().hex, user_email=member.user_email)
-            new_users.append(user)
-        if user.user_id in current or any(m.user_id == user.user_id for m in members):
-            raise ApiError(400, f"{param}: user {user.user_id!r} is already a member of team {data.team_id!r}; "
-                           "change their role with /team/member_update", param=param)
-        members.append(MemberRecord(team_id=data.team_id, user_id=user.user_id, role=member.role))
-        users.append(user)
+    members, new_users, users = await resolve_members(gateway, data.team_id, wanted, current,
+                                                      listed=isinstance(data.member, list), name="member")
     await gateway.store.add_members(members, new_users=new_users, actor=actor_of(ctx))
     gateway.invalidate()
     everyone = await gateway.store.memberships(team_id=data.team_id)

@@ -15,6 +15,7 @@ from litestar import Request, Response, delete, get, post
 
 from sluicegate.api.common import (TEAM_ID_PATTERN, Alias, TeamId, decode_body, gateway_of, json_response,
                                    page_of)
+from sluicegate.db.store import MemberRecord, UserRecord
 from sluicegate.errors import ApiError
 from sluicegate.permissions import actor_of, readable_teams, require
 from sluicegate.routing import LoggingEntry, parse_entries
@@ -23,18 +24,29 @@ if TYPE_CHECKING:
     from sluicegate.db.store import TeamRecord
     from sluicegate.gateway import Gateway
 
-__all__ = ("TEAM_ADMIN_FIELDS", "add_callback", "delete_callback", "delete_teams", "disable_logging",
-           "enable_logging", "get_callbacks", "members_view", "new_team", "team_info", "team_list", "team_view",
+__all__ = ("TEAM_ADMIN_FIELDS", "Member", "MemberRole", "add_callback", "delete_callback", "delete_teams", "disable_logging",
+           "enable_logging", "existing_user", "get_callbacks", "members_view", "resolve_members", "new_team", "team_info", "team_list", "team_view",
            "update_team")
 
 _TEAM_ID = re.compile(TEAM_ID_PATTERN)
+
+
+MemberRole = Literal["admin", "user"]
+
+
+class Member(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A team member in LiteLLM's shape: a role and the user, by ``user_id`` or ``user_email``."""
+
+    role: MemberRole
+    user_id: Alias | None = None
+    user_email: Alias | None = None
 
 
 class TeamNewRequest(msgspec.Struct, kw_only=True):
     team_id: TeamId | None = None
     team_alias: Alias | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
-    members_with_roles: list[Any] | None = None  # refused by name: members are added with /team/member_add
+    members_with_roles: list[Member] = msgspec.field(default_factory=list)
 
 
 class TeamDeleteRequest(msgspec.Struct, kw_only=True):
@@ -88,17 +100,47 @@ async def new_team(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
     ctx = await gateway.authorize(request, "proxy_admin")
     data = await decode_body(request, TeamNewRequest)
-    if data.members_with_roles:
-        raise ApiError(400, "members_with_roles: not supported on /team/new; add members with /team/member_add",
-                       param="members_with_roles")
     team_id = data.team_id or uuid.uuid4().hex
     _check_team_id(team_id)
     if await gateway.store.get_team(team_id) is not None:
         raise ApiError(400, f"team_id: team {team_id!r} already exists", param="team_id")
+    members, new_users, _ = await resolve_members(gateway, team_id, data.members_with_roles, set(), listed=True,
+                                                  name="members_with_roles")
     team = await gateway.store.create_team(team_id, team_alias=data.team_alias, metadata=data.metadata,
-                                           actor=actor_of(ctx))
+                                           members=members, new_users=new_users, actor=actor_of(ctx))
     gateway.invalidate()
-    return json_response(team_view(gateway, team))
+    return json_response({**team_view(gateway, team), "members_with_roles": members_view(members)})
+
+
+async def existing_user(gateway: Gateway, user_id: str | None, user_email: str | None,
+                        param: str) -> UserRecord | None:
+    """The user named by id (else by email), or None; a 422 naming ``param`` when neither is given."""
+    if user_id is None and user_email is None:
+        raise ApiError(422, f"{param}: give user_id or user_email", param=param)
+    if user_id is not None:
+        return await gateway.store.get_user(user_id)
+    return await gateway.store.get_user_by_email(user_email)  # type: ignore[arg-type]
+
+
+async def resolve_members(gateway: Gateway, team_id: str, wanted: list[Member], current: set[str], *, listed: bool,
+                          name: str) -> tuple[list[MemberRecord], list[UserRecord], list[UserRecord]]:
+    """(memberships to add, users to create first, every user named) for ``wanted``; a user not known yet is made
+    (role ``internal_user``, no key), as LiteLLM does. A 400 naming the entry for someone already a member."""
+    members: list[MemberRecord] = []
+    new_users: list[UserRecord] = []
+    users: list[UserRecord] = []
+    for index, member in enumerate(wanted):
+        param = f"{name}[{index}]" if listed else name
+        user = await existing_user(gateway, member.user_id, member.user_email, f"{param}.user_id")
+        if user is None:
+            user = UserRecord(user_id=member.user_id or uuid.uuid4().hex, user_email=member.user_email)
+            new_users.append(user)
+        if user.user_id in current or any(m.user_id == user.user_id for m in members):
+            raise ApiError(400, f"{param}: user {user.user_id!r} is already a member of team {team_id!r}; "
+                           "change their role with /team/member_update", param=param)
+        members.append(MemberRecord(team_id=team_id, user_id=user.user_id, role=member.role))
+        users.append(user)
+    return members, new_users, users
 
 
 @get("/team/info")

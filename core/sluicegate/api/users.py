@@ -19,7 +19,7 @@ from sluicegate.api.keys import key_view, parse_duration
 from sluicegate.auth import generate_key, hash_key, key_name
 from sluicegate.db.store import USER_LIMIT_FIELDS, KeyRecord, MemberRecord, UserRecord
 from sluicegate.errors import ApiError
-from sluicegate.permissions import actor_of, can_admin_read_team, can_read_all, can_read_key
+from sluicegate.permissions import ROLES, actor_of, can_admin_read_team, can_read_all, can_read_key
 
 if TYPE_CHECKING:
     from sluicegate.gateway import Gateway
@@ -219,9 +219,8 @@ async def list_users(request: Request, role: str | None = None, user_ids: str | 
     gateway = gateway_of(request)
     await gateway.authorize(request, "proxy_admin_viewer")
     chosen = page_of(page, page_size, default_size=25)
-    if role is not None and role not in UserRole.__args__:  # type: ignore[attr-defined]
-        raise ApiError(422, f"role: expected one of {', '.join(UserRole.__args__)}, got {role[:40]!r}",  # type: ignore[attr-defined]
-                       param="role")
+    if role is not None and role not in ROLES:
+        raise ApiError(422, f"role: expected one of {', '.join(ROLES)}, got {role[:40]!r}", param="role")
     filters: dict[str, Any] = {"role": role, "team_id": team, "user_email": user_email,
                                "user_ids": [u for u in user_ids.split(",") if u] if user_ids else None}
     users = await gateway.store.list_users(offset=chosen.offset, limit=chosen.size, **filters)

@@ -27,7 +27,7 @@ from sluicegate.db.models import AuditRow, KeyRow, MemberRow, StateRow, TeamRow,
 from sluicegate.sinks.base import MASK
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     from sluicegate.config import Settings
 
@@ -393,13 +393,18 @@ class Store:
             return int((await session.execute(query)).scalar_one())
 
     async def create_team(self, team_id: str, *, team_alias: str | None = None,
-                          metadata: dict[str, Any] | None = None, actor: Actor | None = None) -> TeamRecord:
+                          metadata: dict[str, Any] | None = None, members: Sequence[MemberRecord] = (),
+                          new_users: Sequence[UserRecord] = (), actor: Actor | None = None) -> TeamRecord:
+        """Create a team with its first members (creating ``new_users`` first), in one transaction."""
         async with self._sessions.begin() as session:
             row = TeamRow(team_id=team_id, team_alias=team_alias, metadata_=metadata or {}, logging=None)
             session.add(row)
             await session.flush()  # a duplicate id fails here, before its audit row is added
             self._record(session, actor, "created", "sg_teams", team_id, team_id, None, self.team_snapshot(
                 TeamRecord(team_id=team_id, team_alias=team_alias, metadata=metadata or {})))
+            if members:
+                self._add_members(session, members, new_users, actor)
+                await session.flush()
             await self._bump(session)
         return await self.get_team(team_id)  # type: ignore[return-value]
 
@@ -582,7 +587,7 @@ class Store:
                             **{name: getattr(user, name) for name in USER_LIMIT_FIELDS}))
         self._record(session, actor, "created", "sg_users", user.user_id, None, None, self.user_snapshot(user))
 
-    async def create_user(self, user: UserRecord, *, memberships: list[MemberRecord] = (),  # type: ignore[assignment]
+    async def create_user(self, user: UserRecord, *, memberships: Sequence[MemberRecord] = (),
                           key: KeyRecord | None = None, actor: Actor | None = None) -> UserRecord:
         """Create a user with its team memberships and, optionally, its first key: all or nothing."""
         async with self._sessions.begin() as session:
@@ -657,7 +662,7 @@ class Store:
             return [MemberRecord(team_id=r.team_id, user_id=r.user_id, role=r.role)
                     for r in (await session.execute(query)).scalars()]
 
-    async def add_members(self, members: list[MemberRecord], *, new_users: list[UserRecord] = (),  # type: ignore[assignment]
+    async def add_members(self, members: list[MemberRecord], *, new_users: Sequence[UserRecord] = (),
                           actor: Actor | None = None) -> None:
         """Add memberships (creating ``new_users`` first), all in one transaction.
 
@@ -665,14 +670,18 @@ class Store:
             sqlalchemy.exc.IntegrityError: one of them is a member already (nothing is stored).
         """
         async with self._sessions.begin() as session:
-            for user in new_users:
-                self._add_user(session, user, actor)
-            for member in members:
-                session.add(MemberRow(team_id=member.team_id, user_id=member.user_id, role=member.role))
-                self._record(session, actor, "member_added", "sg_team_members", f"{member.team_id}/{member.user_id}",
-                             member.team_id, None, self.member_snapshot(member))
+            self._add_members(session, members, new_users, actor)
             await session.flush()
             await self._bump(session)
+
+    def _add_members(self, session: Any, members: Sequence[MemberRecord], new_users: Sequence[UserRecord],
+                     actor: Actor | None) -> None:
+        for user in new_users:
+            self._add_user(session, user, actor)
+        for member in members:
+            session.add(MemberRow(team_id=member.team_id, user_id=member.user_id, role=member.role))
+            self._record(session, actor, "member_added", "sg_team_members", f"{member.team_id}/{member.user_id}",
+                         member.team_id, None, self.member_snapshot(member))
 
     async def update_member(self, team_id: str, user_id: str, role: str, *,
                             actor: Actor | None = None) -> MemberRecord | None:
