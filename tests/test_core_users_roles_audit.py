@@ -316,7 +316,7 @@ def test_audit_records_who_when_and_before_after_with_secrets_masked(client: Any
     boss = team_admin(client, admin, team)
     before = datetime.now(UTC) - timedelta(seconds=5)
     ok(client.post(f"/team/{team}/callback", headers=bearer(boss["key"]), json=langfuse()))
-    ok(client.post(f"/team/{team}/disable_logging", headers=bearer(boss["key"])))
+    ok(client.post(f"/team/{team}/disable_logging", headers={**bearer(boss["key"]), "litellm-changed-by": "dpo@acme"}))
     key = ok(client.post("/key/generate", headers=bearer(boss["key"]), json={"team_id": team, "key_alias": "ci"}))
     rows = ok(client.get(f"/audit?team_id={team}", headers=bearer(boss["key"])))["audit_logs"]
     by_action = {r["action"]: r for r in rows}
@@ -332,6 +332,9 @@ def test_audit_records_who_when_and_before_after_with_secrets_masked(client: Any
     off = by_action["logging_disabled"]
     assert off["object_id"] == team and off["updated_values"]["logging_disabled"] is True
     assert off["before_value"]["logging_disabled"] is False
+    # LiteLLM's litellm-changed-by is kept beside who authenticated, never instead of them.
+    assert (off["changed_by"], off["on_behalf_of"]) == (boss["user_id"], "dpo@acme")
+    assert added["on_behalf_of"] is None
     assert before <= datetime.fromisoformat(off["updated_at"]) <= datetime.now(UTC) + timedelta(seconds=5)
     created_key = next(r for r in rows if r["table_name"] == "sg_keys" and r["object_id"] == key["token_id"])
     assert created_key["updated_values"]["key_alias"] == "ci" and created_key["before_value"] is None

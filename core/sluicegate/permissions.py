@@ -24,6 +24,8 @@ from sluicegate.db.store import Actor
 from sluicegate.errors import ApiError
 
 if TYPE_CHECKING:
+    from litestar import Request
+
     from sluicegate.auth import AuthContext
     from sluicegate.db.store import KeyRecord
 
@@ -205,13 +207,21 @@ def describe(ctx: AuthContext) -> str:
     return f"key {ctx.key.key_alias or ctx.key.key_name!r} (no user)"
 
 
-def actor_of(ctx: AuthContext) -> Actor:
-    """The audit trail's "who": the user, else the key's alias or display name; the key's hash alongside."""
+def actor_of(ctx: AuthContext, request: Request | None = None) -> Actor:
+    """The audit trail's "who": the user, else the key's alias or display name; the key's hash alongside.
+
+    LiteLLM's ``litellm-changed-by`` header (a tool acting for a person) is kept beside it as ``on_behalf_of``; it
+    never replaces who authenticated, since any caller can write it.
+    """
+    on_behalf_of = None
+    if request is not None and (header := request.headers.get("litellm-changed-by")):
+        on_behalf_of = "".join(c for c in header if c.isprintable())[:255] or None
     if ctx.key is None:
-        return Actor(changed_by="master_key" if ctx.is_admin else "system")
+        return Actor(changed_by="master_key" if ctx.is_admin else "system", on_behalf_of=on_behalf_of)
     if ctx.user is not None:
-        return Actor(changed_by=ctx.user.user_id, changed_by_api_key=ctx.token_id)
-    return Actor(changed_by=ctx.key.key_alias or ctx.key.key_name, changed_by_api_key=ctx.token_id)
+        return Actor(changed_by=ctx.user.user_id, changed_by_api_key=ctx.token_id, on_behalf_of=on_behalf_of)
+    return Actor(changed_by=ctx.key.key_alias or ctx.key.key_name, changed_by_api_key=ctx.token_id,
+                 on_behalf_of=on_behalf_of)
 
 
 def _denied(message: str, param: str | None = None) -> ApiError:

@@ -25,7 +25,8 @@ __all__ = ("audit_entry", "audit_list", "audit_view")
 
 def audit_view(record: AuditRecord) -> dict[str, Any]:
     return {"id": str(record.id), "updated_at": record.updated_at.isoformat(), "changed_by": record.changed_by,
-            "changed_by_api_key": record.changed_by_api_key, "action": record.action,
+            "changed_by_api_key": record.changed_by_api_key, "on_behalf_of": record.on_behalf_of,
+            "action": record.action,
             "table_name": record.table_name, "object_id": record.object_id, "team_id": record.team_id,
             "before_value": record.before_value, "updated_values": record.updated_values}
 

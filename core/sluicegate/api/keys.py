@@ -143,18 +143,18 @@ async def generate(request: Request) -> Response[bytes]:
         raise ApiError(422, "key: must differ from the master key", param="key")
     metadata = _check_metadata(gateway, data.metadata)
     if data.team_id is not None:
-        await gateway.store.ensure_team(data.team_id, actor=actor_of(ctx))
+        await gateway.store.ensure_team(data.team_id, actor=actor_of(ctx, request))
     record = KeyRecord(token_id=hash_key(key), key_name=key_name(key), key_alias=data.key_alias,
                        team_id=data.team_id, user_id=user_id, models=data.models, metadata=metadata,
                        expires=parse_duration(data.duration), blocked=data.blocked)
     if await gateway.store.get_key(record.token_id) is not None:
         raise ApiError(400, "key: this key already exists", param="key")
     if new_owner and user_id is not None:  # the user and the key, in one transaction
-        await gateway.store.create_user(UserRecord(user_id=user_id), key=record, actor=actor_of(ctx))
+        await gateway.store.create_user(UserRecord(user_id=user_id), key=record, actor=actor_of(ctx, request))
         created = await gateway.store.get_key(record.token_id)
         assert created is not None
     else:
-        created = await gateway.store.create_key(record, actor=actor_of(ctx))
+        created = await gateway.store.create_key(record, actor=actor_of(ctx, request))
     gateway.invalidate()
     return json_response({"key": key, **key_view(gateway, created)})
 
@@ -187,8 +187,8 @@ async def update(request: Request) -> Response[bytes]:
             raise ApiError(404, f"user_id: no user {user_id!r}; create it with /user/new", type="not_found_error",
                            param="user_id")
     if values.get("team_id"):
-        await gateway.store.ensure_team(values["team_id"], actor=actor_of(ctx))
-    record = await gateway.store.update_key(token_id, actor=actor_of(ctx), **values)
+        await gateway.store.ensure_team(values["team_id"], actor=actor_of(ctx, request))
+    record = await gateway.store.update_key(token_id, actor=actor_of(ctx, request), **values)
     gateway.invalidate()
     assert record is not None
     return json_response(key_view(gateway, record))
@@ -231,7 +231,7 @@ async def delete_keys(request: Request) -> Response[bytes]:
     if data.key_aliases:  # an alias names the caller's keys of that alias (aliases repeat across teams)
         token_ids += [r.token_id for r in await gateway.store.list_keys(key_aliases=data.key_aliases)
                       if can_write_key(ctx, r.team_id, r.user_id)]
-    deleted = await gateway.store.delete_keys(token_ids, actor=actor_of(ctx)) if token_ids else []
+    deleted = await gateway.store.delete_keys(token_ids, actor=actor_of(ctx, request)) if token_ids else []
     gateway.invalidate()
     if not deleted:
         raise ApiError(404, "keys: none of these keys exist", type="not_found_error", param="keys")

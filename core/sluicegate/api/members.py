@@ -81,7 +81,7 @@ async def member_add(request: Request) -> Response[bytes]:
     current = {m.user_id for m in await gateway.store.memberships(team_id=data.team_id)}
     members, new_users, users = await resolve_members(gateway, data.team_id, wanted, current,
                                                       listed=isinstance(data.member, list), name="member")
-    await gateway.store.add_members(members, new_users=new_users, actor=actor_of(ctx))
+    await gateway.store.add_members(members, new_users=new_users, actor=actor_of(ctx, request))
     gateway.invalidate()
     everyone = await gateway.store.memberships(team_id=data.team_id)
     return json_response({
@@ -104,7 +104,7 @@ async def member_update(request: Request) -> Response[bytes]:
                        param="role")
     await _team(gateway, data.team_id)
     user = await _member_of(gateway, data.team_id, data.user_id, data.user_email)
-    updated = await gateway.store.update_member(data.team_id, user.user_id, data.role, actor=actor_of(ctx))
+    updated = await gateway.store.update_member(data.team_id, user.user_id, data.role, actor=actor_of(ctx, request))
     gateway.invalidate()
     if updated is None:  # removed meanwhile
         raise ApiError(404, f"user_id: {user.user_id!r} is not a member of team {data.team_id!r}",
@@ -122,7 +122,7 @@ async def member_delete(request: Request) -> Response[bytes]:
     require(ctx, "team_admin", data.team_id)
     await _team(gateway, data.team_id)
     user = await _member_of(gateway, data.team_id, data.user_id, data.user_email)
-    removed, deleted_keys = await gateway.store.delete_member(data.team_id, user.user_id, actor=actor_of(ctx))
+    removed, deleted_keys = await gateway.store.delete_member(data.team_id, user.user_id, actor=actor_of(ctx, request))
     gateway.invalidate()
     if not removed:
         raise ApiError(404, f"user_id: {user.user_id!r} is not a member of team {data.team_id!r}",

@@ -107,7 +107,7 @@ async def new_team(request: Request) -> Response[bytes]:
     members, new_users, _ = await resolve_members(gateway, team_id, data.members_with_roles, set(), listed=True,
                                                   name="members_with_roles")
     team = await gateway.store.create_team(team_id, team_alias=data.team_alias, metadata=data.metadata,
-                                           members=members, new_users=new_users, actor=actor_of(ctx))
+                                           members=members, new_users=new_users, actor=actor_of(ctx, request))
     gateway.invalidate()
     return json_response({**team_view(gateway, team), "members_with_roles": members_view(members)})
 
@@ -194,7 +194,7 @@ async def update_team(request: Request) -> Response[bytes]:
     if "metadata" in values and "logging" in values["metadata"]:
         raise ApiError(422, "metadata.logging: a team's logging is set with POST /team/{team_id}/callback",
                        param="metadata.logging")
-    team = await gateway.store.update_team(data.team_id, actor=actor_of(ctx), **values)
+    team = await gateway.store.update_team(data.team_id, actor=actor_of(ctx, request), **values)
     gateway.invalidate()
     assert team is not None
     return json_response(team_view(gateway, team))
@@ -207,7 +207,7 @@ async def delete_teams(request: Request) -> Response[bytes]:
     data = await decode_body(request, TeamDeleteRequest)
     if not data.team_ids:
         raise ApiError(422, "team_ids: give at least one team id", param="team_ids")
-    deleted, deleted_keys = await gateway.store.delete_teams(data.team_ids, actor=actor_of(ctx))
+    deleted, deleted_keys = await gateway.store.delete_teams(data.team_ids, actor=actor_of(ctx, request))
     gateway.invalidate()
     if not deleted:
         raise ApiError(404, "team_ids: none of these teams exist", type="not_found_error", param="team_ids")
@@ -228,7 +228,7 @@ async def add_callback(request: Request, team_id: str) -> Response[bytes]:
             raise ApiError(400, f"callback_name: team {team_id!r} already has a {entry.callback_name!r} callback of "
                            f"type {entry.callback_type!r}; DELETE /team/{team_id}/callback/{entry.callback_name} "
                            "first to replace it", param="callback_name")
-    updated = await gateway.store.update_team(team_id, actor=actor_of(ctx), action="callback_added",
+    updated = await gateway.store.update_team(team_id, actor=actor_of(ctx, request), action="callback_added",
                                               logging=[*(msgspec.to_builtins(e) for e in current),
                                                        msgspec.to_builtins(entry)])
     gateway.invalidate()
@@ -288,7 +288,7 @@ async def delete_callback(request: Request, team_id: str, callback_name: str) ->
                        type="not_found_error", param="callback_name")
     # Removing the last API callback returns the team to its config/global callbacks; use disable_logging to
     # send nothing.
-    updated = await gateway.store.update_team(team_id, actor=actor_of(ctx), action="callback_deleted",
+    updated = await gateway.store.update_team(team_id, actor=actor_of(ctx, request), action="callback_deleted",
                                               logging=[msgspec.to_builtins(e) for e in kept] or None)
     gateway.invalidate()
     assert updated is not None
@@ -302,7 +302,7 @@ async def disable_logging(request: Request, team_id: str) -> Response[bytes]:
     gateway = gateway_of(request)
     ctx = await gateway.authorize(request, "team_admin", team_id)
     await _team(gateway, team_id)
-    await gateway.store.update_team(team_id, actor=actor_of(ctx), action="logging_disabled", logging=[])
+    await gateway.store.update_team(team_id, actor=actor_of(ctx, request), action="logging_disabled", logging=[])
     gateway.invalidate()
     return json_response({"status": "success", "message": f"Logging disabled for team {team_id}",
                           "data": {"team_id": team_id, "success_callbacks": [], "failure_callbacks": []}})
@@ -313,7 +313,7 @@ async def enable_logging(request: Request, team_id: str) -> Response[bytes]:
     gateway = gateway_of(request)
     ctx = await gateway.authorize(request, "team_admin", team_id)
     await _team(gateway, team_id)
-    await gateway.store.update_team(team_id, actor=actor_of(ctx), action="logging_enabled", logging=None)
+    await gateway.store.update_team(team_id, actor=actor_of(ctx, request), action="logging_enabled", logging=None)
     gateway.invalidate()
     callbacks = gateway.resolver.team_config.get(team_id) or gateway.resolver.global_set
     return json_response({"status": "success", "message": f"Logging enabled for team {team_id}",

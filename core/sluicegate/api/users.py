@@ -137,7 +137,7 @@ async def new_user(request: Request) -> Response[bytes]:
         key = generate_key()
         key_record = KeyRecord(token_id=hash_key(key), key_name=key_name(key), key_alias=data.key_alias,
                                user_id=user_id, models=data.models, expires=parse_duration(data.duration))
-    created = await gateway.store.create_user(user, memberships=memberships, key=key_record, actor=actor_of(ctx))
+    created = await gateway.store.create_user(user, memberships=memberships, key=key_record, actor=actor_of(ctx, request))
     gateway.invalidate()
     answer = {**user_view(created), "teams": [m.team_id for m in memberships]}
     if key is not None and key_record is not None:
@@ -188,7 +188,7 @@ async def update_user(request: Request) -> Response[bytes]:
         if other is not None and other.user_id != user.user_id:
             raise ApiError(400, f"user_email: a user with email {values['user_email']!r} already exists",
                            param="user_email")
-    updated = await gateway.store.update_user(user.user_id, actor=actor_of(ctx), **values)
+    updated = await gateway.store.update_user(user.user_id, actor=actor_of(ctx, request), **values)
     gateway.invalidate()
     if updated is None:
         raise ApiError(404, f"user_id: no user {user.user_id!r}", type="not_found_error", param="user_id")
@@ -203,7 +203,7 @@ async def delete_users(request: Request) -> Response[bytes]:
     data = await decode_body(request, UserDeleteRequest)
     if not data.user_ids:
         raise ApiError(422, "user_ids: give at least one user id", param="user_ids")
-    deleted, deleted_keys = await gateway.store.delete_users(data.user_ids, actor=actor_of(ctx))
+    deleted, deleted_keys = await gateway.store.delete_users(data.user_ids, actor=actor_of(ctx, request))
     gateway.invalidate()
     if not deleted:
         raise ApiError(404, "user_ids: none of these users exist", type="not_found_error", param="user_ids")

@@ -90,6 +90,7 @@ class AuditRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     changed_by: Mapped[str] = mapped_column(String(255))
     changed_by_api_key: Mapped[str | None] = mapped_column(String(64))
+    on_behalf_of: Mapped[str | None] = mapped_column(String(255))  # litellm-changed-by, as the caller wrote it
     action: Mapped[str] = mapped_column(String(32))
     table_name: Mapped[str] = mapped_column(String(32))
     object_id: Mapped[str] = mapped_column(String(512), index=True)

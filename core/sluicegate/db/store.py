@@ -94,6 +94,7 @@ class Actor(msgspec.Struct, frozen=True, kw_only=True):
 
     changed_by: str
     changed_by_api_key: str | None = None  # the sha256 of the key, as keys are stored
+    on_behalf_of: str | None = None  # LiteLLM's litellm-changed-by header: what the caller says, unverified
 
 
 SYSTEM = Actor(changed_by="system")
@@ -106,6 +107,7 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime
     changed_by: str
     changed_by_api_key: str | None
+    on_behalf_of: str | None
     action: str
     table_name: str
     object_id: str
@@ -160,8 +162,8 @@ def _user(row: UserRow) -> UserRecord:
 
 def _audit(row: AuditRow) -> AuditRecord:
     return AuditRecord(id=row.id, updated_at=_utc(row.updated_at), changed_by=row.changed_by,  # type: ignore[arg-type]
-                       changed_by_api_key=row.changed_by_api_key, action=row.action, table_name=row.table_name,
-                       object_id=row.object_id, team_id=row.team_id, before_value=row.before_value,
+                       changed_by_api_key=row.changed_by_api_key, on_behalf_of=row.on_behalf_of,
+                       action=row.action, table_name=row.table_name, object_id=row.object_id, team_id=row.team_id, before_value=row.before_value,
                        updated_values=row.updated_values)
 
 
@@ -362,7 +364,8 @@ class Store:
                 before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
         actor = actor or SYSTEM
         session.add(AuditRow(updated_at=datetime.now(UTC), changed_by=actor.changed_by,
-                             changed_by_api_key=actor.changed_by_api_key, action=action, table_name=table,
+                             changed_by_api_key=actor.changed_by_api_key, on_behalf_of=actor.on_behalf_of,
+                             action=action, table_name=table,
                              object_id=object_id, team_id=team_id, before_value=before, updated_values=after))
 
     async def _members_in(self, session: Any, team_id: str) -> list[MemberRecord]:

@@ -53,6 +53,7 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, index=True),
         sa.Column("changed_by", sa.String(255), nullable=False),
         sa.Column("changed_by_api_key", sa.String(64)),
+        sa.Column("on_behalf_of", sa.String(255)),
         sa.Column("action", sa.String(32), nullable=False),
         sa.Column("table_name", sa.String(32), nullable=False),
         sa.Column("object_id", sa.String(512), nullable=False, index=True),
