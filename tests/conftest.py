@@ -485,7 +485,8 @@ def make_config() -> Callable[..., dict[str, Any]]:
 def make_settings(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
     """``make_settings(**overrides)`` → ``Settings``, through ``parse_settings`` exactly like a config.yaml.
 
-    Takes the keywords of ``make_config``. Without ``database_url`` a fresh SQLite file is used.
+    Takes the keywords of ``make_config``. Without ``database_url`` a fresh SQLite file is used. The config is also
+    written to a file, its ``source``.
     """
     from sluicegate.config import parse_settings
 
@@ -493,7 +494,10 @@ def make_settings(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any
 
     def build(**overrides: Any) -> Any:
         overrides.setdefault("database_url", f"sqlite+aiosqlite:///{directory / f'db-{uuid.uuid4().hex[:8]}.db'}")
-        return parse_settings(_make_config(**overrides), source="<tests>")
+        config = _make_config(**overrides)
+        source = directory / f"config-{uuid.uuid4().hex[:8]}.yaml"  # what POST /config/reload reads again
+        source.write_text(yaml.safe_dump(config))
+        return parse_settings(config, source=str(source))
 
     return build
 

@@ -11,7 +11,8 @@ from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
-from sluicegate.api import chat, config_reload, embeddings, health, introspection, keys, metrics, model_info, teams
+from sluicegate.api import (audit, chat, config_reload, embeddings, health, introspection, keys, members, metrics,
+                            model_info, teams, users)
 from sluicegate.console import console_router
 from sluicegate.errors import ApiError, error_body
 from sluicegate.gateway import Gateway
@@ -175,6 +176,9 @@ def create_app(settings: Settings, *, environ: Mapping[str, str] | None = None, 
         keys.generate, keys.update, keys.key_info, keys.delete_keys, keys.list_keys, keys.key_health,
         teams.new_team, teams.team_info, teams.team_list, teams.update_team, teams.delete_teams, teams.add_callback,
         teams.get_callbacks, teams.delete_callback, teams.disable_logging, teams.enable_logging,
+        members.member_add, members.member_update, members.member_delete,
+        users.new_user, users.user_info, users.update_user, users.delete_users, users.list_users,
+        audit.audit_list, audit.audit_entry,
         health.liveliness, health.readiness, health.model_health, config_reload.reload_config,
         introspection.plugins, introspection.sinks, metrics.metrics,
         console_router(),

@@ -20,7 +20,7 @@ import msgspec
 from sluicegate.errors import ApiError
 
 if TYPE_CHECKING:
-    from sluicegate.db.store import KeyRecord, TeamRecord
+    from sluicegate.db.store import KeyRecord, TeamRecord, UserRecord
     from sluicegate.routing import CallbackSet
 
 __all__ = ("AuthContext", "KeyCache", "generate_key", "hash_key", "key_name")
@@ -40,17 +40,36 @@ def key_name(key: str) -> str:
 
 
 class AuthContext(msgspec.Struct, frozen=True, kw_only=True):
-    """Who is calling: built once per key and cached until something changes."""
+    """Who is calling: built once per key and cached until something changes.
+
+    ``is_admin`` is the proxy admin's full power: the master key, or a key of a user whose role is
+    ``proxy_admin``. ``user`` is the key's owner and ``team_roles`` that user's role in each of their teams
+    (``admin`` or ``user``); what they allow is decided in :mod:`sluicegate.permissions`.
+    """
 
     token_id: str
     is_admin: bool
     key: KeyRecord | None = None
     team: TeamRecord | None = None
     callbacks: CallbackSet | None = None
+    user: UserRecord | None = None
+    team_roles: dict[str, str] = msgspec.field(default_factory=dict)
 
     @property
     def team_id(self) -> str | None:
         return self.key.team_id if self.key else None
+
+    @property
+    def user_id(self) -> str | None:
+        return self.user.user_id if self.user else None
+
+    @property
+    def role(self) -> str | None:
+        """The caller's proxy-wide role: ``proxy_admin`` for the master key, the owner's ``user_role`` for a
+        user's key, None for a key without a user (it calls models and reads itself, nothing more)."""
+        if self.key is None:
+            return "proxy_admin" if self.is_admin else None
+        return self.user.user_role if self.user else None
 
 
 def bearer_token(authorization: str | None, api_key_header: str | None = None) -> str:

@@ -9,17 +9,18 @@ import asyncio
 import ctypes
 import gc
 import logging
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-from typing import TYPE_CHECKING
 
 from sluicegate import __version__
 from sluicegate.aio import cancel_and_wait
 from sluicegate.auth import AuthContext, KeyCache, bearer_token, check_usable, hash_key, is_master
 from sluicegate.cache import ResponseCache
 from sluicegate.config import ConfigError, load_settings, per_worker, restart_needed
-from sluicegate.db.store import Store
+from sluicegate.db.store import Store, mask_all_vars
 from sluicegate.errors import ApiError
+from sluicegate.permissions import require
 from sluicegate.plugins import get_plugin_manager
 from sluicegate.net.http import HttpClient
 from sluicegate.providers.base import ProviderClients
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
     from sluicegate.config import Settings
     from sluicegate.events import LogEvent
+    from sluicegate.permissions import Level
     from sluicegate.routing import CallbackSet
     from sluicegate.sinks.base import HealthCheck
 
@@ -89,6 +91,7 @@ class Gateway:
         self.models = ModelRouter.from_settings(settings, self.providers, environ)
         self.router = Router(self.models, settings)
         self.store = Store.for_settings(settings, environ)  # the salt key for stored secrets comes with it
+        self.store.mask_entry = self._audit_mask  # the audit trail masks secrets as the API shows them
         self.keys = KeyCache()
         self.key_health_throttle = Throttle(settings.sluicegate_settings.key_health_per_minute, 60.0)
         self.dispatcher = Dispatcher(settings.sluicegate_settings.delivery, spool_dir=spool_dir_for(settings))
@@ -111,6 +114,13 @@ class Gateway:
         self.admin = AuthContext(token_id="master", is_admin=True, callbacks=self.resolver.global_set)
         for impl in self.pm.hook.register_health_checks.get_hookimpls():
             impl.function(register=self._register_health_check)
+
+    def _audit_mask(self, entry: Mapping[str, Any]) -> dict[str, Any]:
+        """A logging entry as the audit trail keeps it: the API's masking (each sink's secret fields), and every
+        value masked for a sink that is not installed (nothing says which of its variables are secret)."""
+        if entry.get("callback_name") not in self.registry:
+            return mask_all_vars(entry)
+        return self.resolver.mask(entry)
 
     def _register_health_check(self, name: str, check: HealthCheck) -> None:
         if name in self.health_checks:
@@ -264,8 +274,16 @@ class Gateway:
             # by hand): never resolve such a key to the global layer, where a team's opt-out would be lost.
             raise ApiError(401, f"this key's team {record.team_id!r} no longer exists", type="authentication_error",
                            code="401")
-        ctx = AuthContext(token_id=token_id, is_admin=False, key=record, team=team,
-                          callbacks=self.resolver.for_key(record, team))
+        user, team_roles = None, {}
+        if record.user_id:
+            user = await self.store.get_user(record.user_id)
+            if user is None:  # deleted with its keys; this covers a key written meanwhile, or by hand
+                raise ApiError(401, f"this key's user {record.user_id!r} no longer exists",
+                               type="authentication_error", code="401")
+            team_roles = {m.team_id: m.role for m in await self.store.memberships(user_id=user.user_id)}
+        ctx = AuthContext(token_id=token_id, is_admin=user is not None and user.user_role == "proxy_admin",
+                          key=record, team=team, callbacks=self.resolver.for_key(record, team), user=user,
+                          team_roles=team_roles)
         if generation == self._generation:  # a change landed meanwhile: do not cache what may be stale
             self.keys.put(ctx)
         return ctx
@@ -277,13 +295,24 @@ class Gateway:
         return self.dispatcher.submit(event, callbacks)
 
     async def admin_only(self, request: Request) -> AuthContext:
+        """Authenticate and require ``proxy_admin``."""
+        return await self.authorize(request, "proxy_admin")
+
+    async def authorize(self, request: Request, level: Level = "any_key", team_id: str | None = None) -> AuthContext:
+        """Authenticate the request and require ``level`` (for ``team_id`` where the level is a team's): see
+        :mod:`sluicegate.permissions`. Routes whose team is known only after reading a body or a key authorize
+        with ``any_key`` here and call :func:`sluicegate.permissions.require` once they know it."""
         try:
             ctx = await self.authenticate(request)
         except ApiError as exc:
             if self.master_key is None:
                 raise ApiError(exc.status, f"{exc.message}; {NO_MASTER_KEY}", type=exc.type, code=exc.code) from None
             raise
-        if not ctx.is_admin:
-            raise ApiError(403, "this route needs the master key" + (f"; {NO_MASTER_KEY}" if self.master_key is None
-                                                                       else ""), type="permission_error", code="403")
+        try:
+            require(ctx, level, team_id)
+        except ApiError as exc:
+            if self.master_key is None and not ctx.is_admin:
+                raise ApiError(exc.status, f"{exc.message}; {NO_MASTER_KEY}", type=exc.type, param=exc.param,
+                               code=exc.code) from None
+            raise
         return ctx

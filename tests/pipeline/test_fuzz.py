@@ -40,6 +40,9 @@ ROUTES = [
     ("GET", "/-/plugins"), ("GET", "/-/sinks"), ("GET", "/metrics"),
     ("POST", "/v1/embeddings"), ("POST", "/embeddings"), ("GET", "/v1/models/{name}"), ("GET", "/models/{name}"),
     ("GET", "/model/info"), ("GET", "/v1/model/info"), ("GET", "/health"), ("POST", "/config/reload"),
+    ("POST", "/team/member_add"), ("POST", "/team/member_update"), ("POST", "/team/member_delete"),
+    ("POST", "/user/new"), ("GET", "/user/info"), ("POST", "/user/update"), ("POST", "/user/delete"),
+    ("GET", "/user/list"), ("GET", "/audit"), ("GET", "/audit/{name}"),
     # the console: HTML forms behind a session cookie and a CSRF token; fuzzed for the same never-500 rule
     ("GET", "/ui/login"), ("POST", "/ui/login"), ("POST", "/ui/logout"), ("GET", "/ui"), ("GET", "/ui/teams"),
     ("POST", "/ui/teams"), ("GET", "/ui/teams/{team}"), ("POST", "/ui/teams/{team}/settings"),
@@ -51,7 +54,8 @@ ROUTES = [
 ]
 FIELDS = ["model", "messages", "stream", "cache", "key", "keys", "key_aliases", "team_id", "team_ids", "team_alias",
           "key_alias", "models", "metadata", "duration", "blocked", "callback_name", "callback_type",
-          "callback_vars", "logging", "url", "api_token", "role", "content", "max_tokens", "temperature"]
+          "callback_vars", "logging", "url", "api_token", "role", "content", "max_tokens", "temperature",
+          "user_id", "user_ids", "user_email", "user_role", "member", "teams", "rpm_limit", "max_budget"]
 
 text = st.text(max_size=40)
 scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False)
@@ -62,7 +66,8 @@ bodies = (st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6).map(
           | json_values.map(lambda v: json.dumps(v).encode())
           | st.binary(max_size=64)
           | st.just(b"[" * 5000))
-queries = st.dictionaries(st.sampled_from(["key", "team_id", "page", "size", "x"]) | text, text, max_size=3)
+queries = st.dictionaries(st.sampled_from(["key", "team_id", "page", "size", "x", "user_id", "page_size", "role"])
+                          | text, text, max_size=3)
 path_params = st.sampled_from(["t-fuzz", "cfg-team", "nope"]) | st.text(min_size=1, max_size=30)
 
 
@@ -209,7 +214,8 @@ def test_the_fuzzer_covers_every_route_of_the_app(tmp_path):
     for route in app.routes:
         path = (route.path.replace("{team_id:str}", "{team}").replace("{callback_name:str}", "{name}")
                 .replace("{model:path}", "{name}").replace("{token_id:str}", "{name}")
-                .replace("{section:str}", "{name}").replace("{file_path:path}", "{name}"))
+                .replace("{section:str}", "{name}").replace("{file_path:path}", "{name}")
+                .replace("{audit_id:str}", "{name}"))
         for method in getattr(route, "methods", ()):
             if method not in ("HEAD", "OPTIONS"):
                 served.add((method, path))

@@ -13,7 +13,7 @@ __all__ = ("plugins", "sinks")
 @get("/-/plugins")
 async def plugins(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
+    await gateway.authorize(request, "proxy_admin_viewer")
     described = gateway.pm.describe(gateway.registry.by_plugin(), gateway.providers.by_plugin())
     return json_response([msgspec.to_builtins(p) for p in described])
 
@@ -21,7 +21,7 @@ async def plugins(request: Request) -> Response[bytes]:
 @get("/-/sinks")
 async def sinks(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
+    await gateway.authorize(request, "proxy_admin_viewer")
     stats = gateway.dispatcher.stats()
     return json_response({"sinks": stats, "submitted": gateway.dispatcher.submitted,
                           "pending": gateway.dispatcher.pending(), "instances": len(stats),

@@ -1,4 +1,8 @@
-"""``/key/*``: virtual keys (LiteLLM's shapes). Admin only, except ``/key/health`` for the key itself."""
+"""``/key/*``: virtual keys (LiteLLM's shapes).
+
+Who may do what is :mod:`sluicegate.permissions`': a team's keys are its admins', a key without a team is its
+owner's, the proxy admin's are all; ``/key/health`` and ``/key/info`` (without ``key``) are the calling key's own.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +17,14 @@ from litestar import Request, Response, get, post
 from sluicegate.aio import bounded
 from sluicegate.api.common import Alias, TeamId, decode_body, gateway_of, json_response, page_of
 from sluicegate.auth import generate_key, hash_key, key_name
-from sluicegate.db.store import KeyRecord
+from sluicegate.db.store import KeyRecord, UserRecord
 from sluicegate.errors import ApiError
+from sluicegate.permissions import (actor_of, can_read_all, can_write_key, readable_teams, require, require_key_read,
+                                    require_key_write, require_some_key_write)
 from sluicegate.sinks.scrub import error_kind_of, public_error_kind
 
 if TYPE_CHECKING:
+    from sluicegate.auth import AuthContext
     from sluicegate.gateway import Gateway
 
 __all__ = ("KeyDeleteRequest", "KeyGenerateRequest", "KeyUpdateRequest", "create_key", "delete_keys",
@@ -32,6 +39,7 @@ _MAX_DURATION = 100 * 365 * 86400
 
 class KeyGenerateRequest(msgspec.Struct, kw_only=True):
     team_id: TeamId | None = None
+    user_id: Alias | None = None
     key_alias: Alias | None = None
     models: list[Alias] = msgspec.field(default_factory=list)
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -43,6 +51,7 @@ class KeyGenerateRequest(msgspec.Struct, kw_only=True):
 class KeyUpdateRequest(msgspec.Struct, kw_only=True):
     key: str
     team_id: TeamId | None | msgspec.UnsetType = _UNSET
+    user_id: Alias | None | msgspec.UnsetType = _UNSET
     key_alias: Alias | None | msgspec.UnsetType = _UNSET
     models: list[str] | msgspec.UnsetType = _UNSET
     metadata: dict[str, Any] | msgspec.UnsetType = _UNSET
@@ -69,6 +78,27 @@ def parse_duration(value: str | None) -> datetime | None:
     return datetime.now(UTC) + timedelta(seconds=seconds)
 
 
+async def _check_owner(gateway: Gateway, ctx: AuthContext, user_id: str | None, team_id: str | None) -> bool:
+    """A key's owner must exist, and a team key given to someone by a team admin must go to one of its members.
+
+    True when the owner is new: the proxy admin naming a user that does not exist creates it with the key (role
+    ``internal_user``), as LiteLLM does; anyone else gets a 404.
+    """
+    if user_id is None:
+        return False
+    if await gateway.store.get_user(user_id) is None:
+        if ctx.is_admin:
+            return True
+        raise ApiError(404, f"user_id: no user {user_id!r}; create it with /user/new", type="not_found_error",
+                       param="user_id")
+    if team_id is not None and not ctx.is_admin:
+        members = await gateway.store.memberships(team_id=team_id)
+        if all(m.user_id != user_id for m in members):
+            raise ApiError(422, f"user_id: user {user_id!r} is not a member of team {team_id!r}; add them with "
+                           "/team/member_add first", param="user_id")
+    return False
+
+
 def token_id_of(value: str) -> str:
     """Accept the plaintext key or its sha256 hex (LiteLLM accepts both in ``key`` fields)."""
     if re.fullmatch(r"[0-9a-f]{64}", value):
@@ -89,7 +119,8 @@ def key_view(gateway: Gateway, record: KeyRecord) -> dict[str, Any]:
     if isinstance(metadata.get("logging"), list):
         metadata["logging"] = [gateway.resolver.mask(e) for e in metadata["logging"]]
     return {"token_id": record.token_id, "token": record.token_id, "key_name": record.key_name,
-            "key_alias": record.key_alias, "team_id": record.team_id, "models": record.models,
+            "key_alias": record.key_alias, "team_id": record.team_id, "user_id": record.user_id,
+            "models": record.models,
             "metadata": metadata, "expires": record.expires.isoformat() if record.expires else None,
             "blocked": record.blocked, "created_at": record.created_at.isoformat() if record.created_at else None,
             "updated_at": record.updated_at.isoformat() if record.updated_at else None}
@@ -98,14 +129,23 @@ def key_view(gateway: Gateway, record: KeyRecord) -> dict[str, Any]:
 @post("/key/generate", status_code=200)
 async def generate(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
-    key, created = await create_key(gateway, await decode_body(request, KeyGenerateRequest))
+    ctx = await gateway.authorize(request)  # the team is in the body: checked in create_key
+    key, created = await create_key(gateway, ctx, await decode_body(request, KeyGenerateRequest), request)
     return json_response({"key": key, **key_view(gateway, created)})
 
 
-# The routes' logic, callable without a request (the console calls these too, so both answer the same errors).
-async def create_key(gateway: Gateway, data: KeyGenerateRequest) -> tuple[str, KeyRecord]:
+# The routes' logic, callable without a request (the console calls these too, so both answer the same errors and
+# make the same permission checks).
+async def create_key(gateway: Gateway, ctx: AuthContext, data: KeyGenerateRequest,
+                     request: Request | None = None) -> tuple[str, KeyRecord]:
     """A new key: its plaintext (shown once, never stored) and its record."""
+    require_some_key_write(ctx, "team_id")
+    user_id = data.user_id
+    if user_id is None and data.team_id is None and not ctx.is_admin and ctx.user is not None:
+        user_id = ctx.user.user_id  # an internal user's key of their own
+    require_key_write(ctx, data.team_id, user_id, what="a new key",
+                      param="team_id" if data.team_id is not None else "user_id")
+    new_owner = await _check_owner(gateway, ctx, user_id, data.team_id)
     key = data.key or generate_key()
     if not key.startswith("sk-") or len(key) < 8:
         raise ApiError(422, "key: a virtual key must start with 'sk-' and be at least 8 characters", param="key")
@@ -113,29 +153,38 @@ async def create_key(gateway: Gateway, data: KeyGenerateRequest) -> tuple[str, K
         raise ApiError(422, "key: must differ from the master key", param="key")
     metadata = _check_metadata(gateway, data.metadata)
     if data.team_id is not None:
-        await gateway.store.ensure_team(data.team_id)
+        await gateway.store.ensure_team(data.team_id, actor=actor_of(ctx, request))
     record = KeyRecord(token_id=hash_key(key), key_name=key_name(key), key_alias=data.key_alias,
-                       team_id=data.team_id, models=data.models, metadata=metadata,
+                       team_id=data.team_id, user_id=user_id, models=data.models, metadata=metadata,
                        expires=parse_duration(data.duration), blocked=data.blocked)
     if await gateway.store.get_key(record.token_id) is not None:
         raise ApiError(400, "key: this key already exists", param="key")
-    created = await gateway.store.create_key(record)
+    if new_owner and user_id is not None:  # the user and the key, in one transaction
+        await gateway.store.create_user(UserRecord(user_id=user_id), key=record, actor=actor_of(ctx, request))
+        created = await gateway.store.get_key(record.token_id)
+        assert created is not None
+    else:
+        created = await gateway.store.create_key(record, actor=actor_of(ctx, request))
     gateway.invalidate()
     return key, created
 
 
-async def regenerate_key(gateway: Gateway, token_id: str) -> tuple[str, KeyRecord]:
-    """Rotate a key: a new plaintext with the old key's team, alias, models, metadata, expiry and block, and
+async def regenerate_key(gateway: Gateway, ctx: AuthContext, token_id: str,
+                         request: Request | None = None) -> tuple[str, KeyRecord]:
+    """Rotate a key: a new plaintext with the old key's team, owner, alias, models, metadata, expiry and block, and
     the old key deleted, so a leaked key stops working while its settings carry over."""
+    require_some_key_write(ctx)
     old = await gateway.store.get_key(token_id)
     if old is None:
         raise ApiError(404, "key: no such key", type="not_found_error", param="key")
+    require_key_write(ctx, old.team_id, old.user_id, what=f"key {old.key_alias or old.key_name!r}")
     key = generate_key()
     record = KeyRecord(token_id=hash_key(key), key_name=key_name(key), key_alias=old.key_alias,
-                       team_id=old.team_id, models=old.models, metadata=old.metadata, expires=old.expires,
-                       blocked=old.blocked)
-    created = await gateway.store.create_key(record)
-    await gateway.store.delete_keys([token_id])
+                       team_id=old.team_id, user_id=old.user_id, models=old.models, metadata=old.metadata,
+                       expires=old.expires, blocked=old.blocked)
+    actor = actor_of(ctx, request)
+    created = await gateway.store.create_key(record, actor=actor)
+    await gateway.store.delete_keys([token_id], actor=actor)
     gateway.invalidate()
     return key, created
 
@@ -143,17 +192,22 @@ async def regenerate_key(gateway: Gateway, token_id: str) -> tuple[str, KeyRecor
 @post("/key/update", status_code=200)
 async def update(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
-    record = await update_key_values(gateway, await decode_body(request, KeyUpdateRequest))
+    ctx = await gateway.authorize(request)  # the team is the key's: checked in update_key_values
+    record = await update_key_values(gateway, ctx, await decode_body(request, KeyUpdateRequest), request)
     return json_response(key_view(gateway, record))
 
 
-async def update_key_values(gateway: Gateway, data: KeyUpdateRequest) -> KeyRecord:
+async def update_key_values(gateway: Gateway, ctx: AuthContext, data: KeyUpdateRequest,
+                            request: Request | None = None) -> KeyRecord:
+    require_some_key_write(ctx)
     token_id = token_id_of(data.key)
-    if await gateway.store.get_key(token_id) is None:
+    current = await gateway.store.get_key(token_id)
+    if current is None:
         raise ApiError(404, "key: no such key", type="not_found_error", param="key")
+    what = f"key {current.key_alias or current.key_name!r}"
+    require_key_write(ctx, current.team_id, current.user_id, what=what)
     values: dict[str, Any] = {}
-    for name in ("team_id", "key_alias", "models", "blocked"):
+    for name in ("team_id", "user_id", "key_alias", "models", "blocked"):
         value = getattr(data, name)
         if value is not _UNSET:
             values[name] = value
@@ -161,9 +215,15 @@ async def update_key_values(gateway: Gateway, data: KeyUpdateRequest) -> KeyReco
         values["metadata"] = _check_metadata(gateway, data.metadata)
     if data.duration is not _UNSET:
         values["expires"] = parse_duration(data.duration)
+    if "team_id" in values or "user_id" in values:  # the key as it would be must be the caller's to write, too
+        team_id, user_id = values.get("team_id", current.team_id), values.get("user_id", current.user_id)
+        require_key_write(ctx, team_id, user_id, what=what, param="team_id" if "team_id" in values else "user_id")
+        if await _check_owner(gateway, ctx, user_id, team_id):
+            raise ApiError(404, f"user_id: no user {user_id!r}; create it with /user/new", type="not_found_error",
+                           param="user_id")
     if values.get("team_id"):
-        await gateway.store.ensure_team(values["team_id"])
-    record = await gateway.store.update_key(token_id, **values)
+        await gateway.store.ensure_team(values["team_id"], actor=actor_of(ctx, request))
+    record = await gateway.store.update_key(token_id, actor=actor_of(ctx, request), **values)
     gateway.invalidate()
     assert record is not None
     return record
@@ -172,35 +232,46 @@ async def update_key_values(gateway: Gateway, data: KeyUpdateRequest) -> KeyReco
 @get("/key/info")
 async def key_info(request: Request, key: str | None = None) -> Response[bytes]:
     gateway = gateway_of(request)
-    ctx = await gateway.authenticate(request)
+    ctx = await gateway.authorize(request)
     if key is None:
         if ctx.key is None:
             raise ApiError(400, "key: required query parameter", param="key")
         record = ctx.key
     else:
-        if not ctx.is_admin and token_id_of(key) != ctx.token_id:
-            raise ApiError(403, "a key may only read its own info", type="permission_error", code="403")
-        record = await gateway.store.get_key(token_id_of(key))  # type: ignore[assignment]
+        token_id = token_id_of(key)
+        if token_id != ctx.token_id and not can_read_all(ctx) and ctx.user is None:
+            raise ApiError(403, "a key with no user may only read its own info", type="permission_error",
+                           param="key", code="403")
+        record = await gateway.store.get_key(token_id)  # type: ignore[assignment]
         if record is None:
             raise ApiError(404, "key: no such key", type="not_found_error", param="key")
+        require_key_read(ctx, record)
     return json_response({"key": record.token_id, "info": key_view(gateway, record)})
 
 
 @post("/key/delete", status_code=200)
 async def delete_keys(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
-    deleted = await remove_keys(gateway, await decode_body(request, KeyDeleteRequest))
+    ctx = await gateway.authorize(request)  # the teams are the keys': checked in remove_keys
+    deleted = await remove_keys(gateway, ctx, await decode_body(request, KeyDeleteRequest), request)
     return json_response({"deleted_keys": deleted})
 
 
-async def remove_keys(gateway: Gateway, data: KeyDeleteRequest) -> list[str]:
+async def remove_keys(gateway: Gateway, ctx: AuthContext, data: KeyDeleteRequest,
+                      request: Request | None = None) -> list[str]:
+    require_some_key_write(ctx, "keys")
     token_ids = [token_id_of(k) for k in data.keys or ()]
-    if data.key_aliases:
-        token_ids += [r.token_id for r in await gateway.store.list_keys(key_aliases=data.key_aliases)]
-    if not token_ids:
+    if not token_ids and not data.key_aliases:
         raise ApiError(422, "keys: give at least one key (or key_aliases)", param="keys")
-    deleted = await gateway.store.delete_keys(token_ids)
+    for token_id in token_ids:  # every key named must be the caller's to delete
+        record = await gateway.store.get_key(token_id)
+        if record is not None:
+            require_key_write(ctx, record.team_id, record.user_id,
+                              what=f"key {record.key_alias or record.key_name!r}", param="keys")
+    if data.key_aliases:  # an alias names the caller's keys of that alias (aliases repeat across teams)
+        token_ids += [r.token_id for r in await gateway.store.list_keys(key_aliases=data.key_aliases)
+                      if can_write_key(ctx, r.team_id, r.user_id)]
+    deleted = await gateway.store.delete_keys(token_ids, actor=actor_of(ctx, request)) if token_ids else []
     gateway.invalidate()
     if not deleted:
         raise ApiError(404, "keys: none of these keys exist", type="not_found_error", param="keys")
@@ -208,16 +279,32 @@ async def remove_keys(gateway: Gateway, data: KeyDeleteRequest) -> list[str]:
 
 
 @get("/key/list")
-async def list_keys(request: Request, team_id: str | None = None, return_full_object: bool = False,
-                    page: str | None = None, page_size: str | None = None, size: str | None = None
-                    ) -> Response[bytes]:
-    """A page of keys (``page`` from 1; ``page_size``, or LiteLLM's ``size``: default 100, at most 1,000)."""
+async def list_keys(request: Request, team_id: str | None = None, user_id: str | None = None,
+                    return_full_object: bool = False, page: str | None = None, page_size: str | None = None,
+                    size: str | None = None) -> Response[bytes]:
+    """A page of keys (``page`` from 1; ``page_size``, or LiteLLM's ``size``: default 100, at most 1,000).
+
+    With ``team_id``: that team's keys (its admins, proxy viewers). Without: every key for proxy viewers; a
+    user's own keys and the keys of the teams they are admin of for anyone else."""
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
+    ctx = await gateway.authorize(request)
     chosen = page_of(page, page_size if page_size is not None else size, default_size=100,
                      size_name="page_size" if page_size is not None or size is None else "size")
-    records = await gateway.store.list_keys(team_id=team_id, offset=chosen.offset, limit=chosen.size)
-    total = await gateway.store.count_keys(team_id=team_id)
+    scope: dict[str, Any] = {"team_id": team_id}
+    if team_id is not None:
+        require(ctx, "team_admin_viewer", team_id)
+    if user_id is not None and not can_read_all(ctx) and user_id != ctx.user_id:
+        raise ApiError(403, f"user_id: listing another user's keys needs role proxy_admin or proxy_admin_viewer",
+                       type="permission_error", param="user_id", code="403")
+    if user_id is not None:
+        scope["user_id"] = user_id
+    elif team_id is None and not can_read_all(ctx):
+        if ctx.user is None:
+            raise ApiError(403, "a key without a user lists no keys; read this key with /key/info",
+                           type="permission_error", code="403")
+        scope.update(user_id=ctx.user.user_id, team_ids=readable_teams(ctx, "team_admin_viewer"))
+    records = await gateway.store.list_keys(**scope, offset=chosen.offset, limit=chosen.size)
+    total = await gateway.store.count_keys(**scope)
     keys: list[Any] = [key_view(gateway, r) for r in records] if return_full_object else [r.token_id for r in records]
     return json_response({"keys": keys, "total_count": total, "current_page": chosen.page,
                           "total_pages": chosen.total_pages(total)})

@@ -73,7 +73,7 @@ def render(stats: list[dict], submitted: int, pending: int, cache: dict | None =
 async def metrics(request: Request) -> Response[str]:
     gateway = gateway_of(request)
     if gateway.settings.litellm_settings.require_auth_for_metrics_endpoint:
-        await gateway.admin_only(request)
+        await gateway.authorize(request, "proxy_admin_viewer")
     dispatcher = gateway.dispatcher
     body = "\n".join(gateway.metrics.render()) + "\n" + render(dispatcher.stats(), dispatcher.submitted,
                                                                dispatcher.pending(), gateway.cache.stats())

@@ -13,7 +13,7 @@ __all__ = ("model_info", "model_info_v1")
 
 async def _info(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
+    await gateway.authorize(request, "proxy_admin_viewer")
     wanted = request.query_params.get("litellm_model_id")
     data: list[dict[str, Any]] = []
     for deployment in gateway.models.all:

@@ -1,4 +1,8 @@
-"""``/team/*``: teams, and their logging callbacks set at run time (LiteLLM's shapes). Admin only."""
+"""``/team/*``: teams, and their logging callbacks set at run time (LiteLLM's shapes).
+
+A team's admins manage it (callbacks, logging switch, cache switch in ``metadata``); its members read it; creating
+and deleting teams is the proxy admin's (see :mod:`sluicegate.permissions`).
+"""
 
 from __future__ import annotations
 
@@ -11,26 +15,41 @@ from litestar import Request, Response, delete, get, post
 
 from sluicegate.api.common import (TEAM_ID_PATTERN, Alias, TeamId, decode_body, gateway_of, json_response,
                                    page_of)
+from sluicegate.db.store import MemberRecord, UserRecord
 from sluicegate.errors import ApiError
+from sluicegate.permissions import actor_of, readable_teams, require
 from sluicegate.routing import LoggingEntry, parse_entries
 
 if TYPE_CHECKING:
+    from sluicegate.auth import AuthContext
     from sluicegate.db.store import TeamRecord
     from sluicegate.gateway import Gateway
 
-__all__ = ("AddCallbackRequest", "TeamDeleteRequest", "TeamNewRequest", "TeamUpdateRequest", "add_callback",
-           "add_team_callback", "create_team", "delete_callback", "delete_teams", "disable_logging",
-           "enable_logging", "find_team", "get_callbacks", "new_team", "remove_team_callback", "remove_teams",
-           "set_team_logging", "team_callbacks", "team_info", "team_list", "team_view", "update_team",
-           "update_team_values")
+__all__ = ("TEAM_ADMIN_FIELDS", "AddCallbackRequest", "Member", "MemberRole", "TeamDeleteRequest", "TeamNewRequest",
+           "TeamUpdateRequest", "add_callback", "add_team_callback", "create_team", "delete_callback", "delete_teams",
+           "disable_logging", "enable_logging", "existing_user", "find_team", "get_callbacks", "members_view",
+           "new_team", "remove_team_callback", "remove_teams", "resolve_members", "set_team_logging",
+           "team_callbacks", "team_info", "team_list", "team_view", "update_team", "update_team_values")
 
 _TEAM_ID = re.compile(TEAM_ID_PATTERN)
+
+
+MemberRole = Literal["admin", "user"]
+
+
+class Member(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A team member in LiteLLM's shape: a role and the user, by ``user_id`` or ``user_email``."""
+
+    role: MemberRole
+    user_id: Alias | None = None
+    user_email: Alias | None = None
 
 
 class TeamNewRequest(msgspec.Struct, kw_only=True):
     team_id: TeamId | None = None
     team_alias: Alias | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    members_with_roles: list[Member] = msgspec.field(default_factory=list)
 
 
 class TeamDeleteRequest(msgspec.Struct, kw_only=True):
@@ -41,6 +60,10 @@ class TeamUpdateRequest(msgspec.Struct, kw_only=True):
     team_id: TeamId
     team_alias: Alias | None | msgspec.UnsetType = msgspec.UNSET
     metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+
+
+# What a team's own admin may change with /team/update; any other field (budgets, limits) is the proxy admin's.
+TEAM_ADMIN_FIELDS = frozenset({"team_alias", "metadata"})
 
 
 class AddCallbackRequest(msgspec.Struct, kw_only=True):
@@ -78,42 +101,88 @@ async def find_team(gateway: Gateway, team_id: str) -> TeamRecord:
 @post("/team/new", status_code=200)
 async def new_team(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
-    team = await create_team(gateway, await decode_body(request, TeamNewRequest))
-    return json_response(team_view(gateway, team))
+    ctx = await gateway.authorize(request, "proxy_admin")
+    team, members = await create_team(gateway, ctx, await decode_body(request, TeamNewRequest), request)
+    return json_response({**team_view(gateway, team), "members_with_roles": members_view(members)})
 
 
-# The routes' logic, callable without a request (the console calls these too, so both answer the same errors).
-async def create_team(gateway: Gateway, data: TeamNewRequest) -> TeamRecord:
+# The routes' logic, callable without a request (the console calls these too, so both answer the same errors and
+# make the same permission checks; ``request`` only adds LiteLLM's litellm-changed-by header to the audit row).
+async def create_team(gateway: Gateway, ctx: AuthContext, data: TeamNewRequest,
+                      request: Request | None = None) -> tuple[TeamRecord, list[MemberRecord]]:
+    require(ctx, "proxy_admin")
     team_id = data.team_id or uuid.uuid4().hex
     _check_team_id(team_id)
     if await gateway.store.get_team(team_id) is not None:
         raise ApiError(400, f"team_id: team {team_id!r} already exists", param="team_id")
-    team = await gateway.store.create_team(team_id, team_alias=data.team_alias, metadata=data.metadata)
+    members, new_users, _ = await resolve_members(gateway, team_id, data.members_with_roles, set(), listed=True,
+                                                  name="members_with_roles")
+    team = await gateway.store.create_team(team_id, team_alias=data.team_alias, metadata=data.metadata,
+                                           members=members, new_users=new_users, actor=actor_of(ctx, request))
     gateway.invalidate()
-    return team
+    return team, members
+
+
+async def existing_user(gateway: Gateway, user_id: str | None, user_email: str | None,
+                        param: str) -> UserRecord | None:
+    """The user named by id (else by email), or None; a 422 naming ``param`` when neither is given."""
+    if user_id is None and user_email is None:
+        raise ApiError(422, f"{param}: give user_id or user_email", param=param)
+    if user_id is not None:
+        return await gateway.store.get_user(user_id)
+    return await gateway.store.get_user_by_email(user_email)  # type: ignore[arg-type]
+
+
+async def resolve_members(gateway: Gateway, team_id: str, wanted: list[Member], current: set[str], *, listed: bool,
+                          name: str) -> tuple[list[MemberRecord], list[UserRecord], list[UserRecord]]:
+    """(memberships to add, users to create first, every user named) for ``wanted``; a user not known yet is made
+    (role ``internal_user``, no key), as LiteLLM does. A 400 naming the entry for someone already a member."""
+    members: list[MemberRecord] = []
+    new_users: list[UserRecord] = []
+    users: list[UserRecord] = []
+    for index, member in enumerate(wanted):
+        param = f"{name}[{index}]" if listed else name
+        user = await existing_user(gateway, member.user_id, member.user_email, f"{param}.user_id")
+        if user is None:
+            user = UserRecord(user_id=member.user_id or uuid.uuid4().hex, user_email=member.user_email)
+            new_users.append(user)
+        if user.user_id in current or any(m.user_id == user.user_id for m in members):
+            raise ApiError(400, f"{param}: user {user.user_id!r} is already a member of team {team_id!r}; "
+                           "change their role with /team/member_update", param=param)
+        members.append(MemberRecord(team_id=team_id, user_id=user.user_id, role=member.role))
+        users.append(user)
+    return members, new_users, users
 
 
 @get("/team/info")
 async def team_info(request: Request, team_id: str) -> Response[bytes]:
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
+    await gateway.authorize(request, "team_member", team_id)
     team = await find_team(gateway, team_id)
     keys = await gateway.store.list_keys(team_id=team_id)
-    return json_response({"team_id": team_id, "team_info": team_view(gateway, team),
-                          "keys": [{"token_id": k.token_id, "key_name": k.key_name, "key_alias": k.key_alias}
-                                   for k in keys]})
+    members = await gateway.store.memberships(team_id=team_id)
+    return json_response({"team_id": team_id,
+                          "team_info": {**team_view(gateway, team), "members_with_roles": members_view(members)},
+                          "keys": [{"token_id": k.token_id, "key_name": k.key_name, "key_alias": k.key_alias,
+                                    "user_id": k.user_id} for k in keys]})
+
+
+def members_view(members: list[Any]) -> list[dict[str, Any]]:
+    """LiteLLM's ``members_with_roles``: ``[{"user_id", "role"}]``."""
+    return [{"user_id": m.user_id, "role": m.role} for m in members]
 
 
 @get("/team/list")
 async def team_list(request: Request, page: str | None = None, page_size: str | None = None) -> Response[bytes]:
     """Teams in creation order, as LiteLLM's list; ``page``/``page_size`` (default 1 and 1,000, at most 1,000) page
-    through more, with the total in the ``x-total-count`` header."""
+    through more, with the total in the ``x-total-count`` header. Proxy viewers see every team, anyone else the teams
+    they are a member of."""
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
+    ctx = await gateway.authorize(request, "any_user")
     chosen = page_of(page, page_size, default_size=1000)
-    teams = await gateway.store.list_teams(offset=chosen.offset, limit=chosen.size)
-    total = await gateway.store.count_teams()
+    visible = readable_teams(ctx)
+    teams = await gateway.store.list_teams(offset=chosen.offset, limit=chosen.size, team_ids=visible)
+    total = await gateway.store.count_teams(team_ids=visible)
     return json_response([team_view(gateway, t) for t in teams], headers={
         "x-total-count": str(total), "x-page": str(chosen.page), "x-total-pages": str(chosen.total_pages(total))})
 
@@ -122,19 +191,26 @@ async def team_list(request: Request, page: str | None = None, page_size: str | 
 async def update_team(request: Request) -> Response[bytes]:
     """Change a team's alias or metadata (e.g. ``metadata.cache``); logging goes through /team/{id}/callback."""
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
-    team = await update_team_values(gateway, await decode_body(request, TeamUpdateRequest))
+    ctx = await gateway.authorize(request)  # the team is in the body: checked in update_team_values
+    team = await update_team_values(gateway, ctx, await decode_body(request, TeamUpdateRequest), request)
     return json_response(team_view(gateway, team))
 
 
-async def update_team_values(gateway: Gateway, data: TeamUpdateRequest) -> TeamRecord:
+async def update_team_values(gateway: Gateway, ctx: AuthContext, data: TeamUpdateRequest,
+                             request: Request | None = None) -> TeamRecord:
+    require(ctx, "team_admin", data.team_id)
     await find_team(gateway, data.team_id)
-    values = {name: getattr(data, name) for name in ("team_alias", "metadata")
-              if getattr(data, name) is not msgspec.UNSET}
+    values = {name: getattr(data, name) for name in data.__struct_fields__
+              if name != "team_id" and getattr(data, name) is not msgspec.UNSET}
+    refused = [] if ctx.is_admin else sorted(set(values) - TEAM_ADMIN_FIELDS)
+    if refused:
+        raise ApiError(403, f"{refused[0]}: only proxy_admin may change a team's {refused[0]}; a team admin may "
+                       f"change {', '.join(sorted(TEAM_ADMIN_FIELDS))}", type="permission_error", param=refused[0],
+                       code="403")
     if "metadata" in values and "logging" in values["metadata"]:
         raise ApiError(422, "metadata.logging: a team's logging is set with POST /team/{team_id}/callback",
                        param="metadata.logging")
-    team = await gateway.store.update_team(data.team_id, **values)
+    team = await gateway.store.update_team(data.team_id, actor=actor_of(ctx, request), **values)
     gateway.invalidate()
     assert team is not None
     return team
@@ -143,16 +219,18 @@ async def update_team_values(gateway: Gateway, data: TeamUpdateRequest) -> TeamR
 @post("/team/delete", status_code=200)
 async def delete_teams(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
-    deleted, deleted_keys = await remove_teams(gateway, await decode_body(request, TeamDeleteRequest))
+    ctx = await gateway.authorize(request, "proxy_admin")
+    deleted, deleted_keys = await remove_teams(gateway, ctx, await decode_body(request, TeamDeleteRequest), request)
     return json_response({"deleted_teams": deleted, "deleted_keys": deleted_keys})
 
 
-async def remove_teams(gateway: Gateway, data: TeamDeleteRequest) -> tuple[list[str], int]:
+async def remove_teams(gateway: Gateway, ctx: AuthContext, data: TeamDeleteRequest,
+                       request: Request | None = None) -> tuple[list[str], int]:
     """Delete the teams (and their keys): the ids deleted and the number of keys."""
+    require(ctx, "proxy_admin")
     if not data.team_ids:
         raise ApiError(422, "team_ids: give at least one team id", param="team_ids")
-    deleted, deleted_keys = await gateway.store.delete_teams(data.team_ids)
+    deleted, deleted_keys = await gateway.store.delete_teams(data.team_ids, actor=actor_of(ctx, request))
     gateway.invalidate()
     if not deleted:
         raise ApiError(404, "team_ids: none of these teams exist", type="not_found_error", param="team_ids")
@@ -163,12 +241,14 @@ async def remove_teams(gateway: Gateway, data: TeamDeleteRequest) -> tuple[list[
 @post("/team/{team_id:str}/callback", status_code=200)
 async def add_callback(request: Request, team_id: str) -> Response[bytes]:
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
-    updated = await add_team_callback(gateway, team_id, await decode_body(request, AddCallbackRequest))
+    ctx = await gateway.authorize(request, "team_admin", team_id)
+    updated = await add_team_callback(gateway, ctx, team_id, await decode_body(request, AddCallbackRequest), request)
     return json_response({"status": "success", "data": team_view(gateway, updated)})
 
 
-async def add_team_callback(gateway: Gateway, team_id: str, data: AddCallbackRequest) -> TeamRecord:
+async def add_team_callback(gateway: Gateway, ctx: AuthContext, team_id: str, data: AddCallbackRequest,
+                            request: Request | None = None) -> TeamRecord:
+    require(ctx, "team_admin", team_id)
     team = await find_team(gateway, team_id)
     entry = gateway.resolver.validate_entries(msgspec.to_builtins(data), param="callback_vars")[0]
     current = parse_entries(team.logging or [])
@@ -177,8 +257,9 @@ async def add_team_callback(gateway: Gateway, team_id: str, data: AddCallbackReq
             raise ApiError(400, f"callback_name: team {team_id!r} already has a {entry.callback_name!r} callback of "
                            f"type {entry.callback_type!r}; DELETE /team/{team_id}/callback/{entry.callback_name} "
                            "first to replace it", param="callback_name")
-    updated = await gateway.store.update_team(team_id, logging=[*(msgspec.to_builtins(e) for e in current),
-                                                                msgspec.to_builtins(entry)])
+    updated = await gateway.store.update_team(team_id, actor=actor_of(ctx, request), action="callback_added",
+                                              logging=[*(msgspec.to_builtins(e) for e in current),
+                                                       msgspec.to_builtins(entry)])
     gateway.invalidate()
     assert updated is not None
     return updated
@@ -188,11 +269,12 @@ async def add_team_callback(gateway: Gateway, team_id: str, data: AddCallbackReq
 async def get_callbacks(request: Request, team_id: str) -> Response[bytes]:
     """The team's effective callbacks, from whichever layer applies (API, config, global), secrets masked."""
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
-    return json_response({"status": "success", "data": await team_callbacks(gateway, team_id)})
+    ctx = await gateway.authorize(request, "team_member", team_id)
+    return json_response({"status": "success", "data": await team_callbacks(gateway, ctx, team_id)})
 
 
-async def team_callbacks(gateway: Gateway, team_id: str) -> dict[str, Any]:
+async def team_callbacks(gateway: Gateway, ctx: AuthContext, team_id: str) -> dict[str, Any]:
+    require(ctx, "team_member", team_id)
     team = await find_team(gateway, team_id)
     resolver = gateway.resolver
     if team.logging is not None:
@@ -230,12 +312,14 @@ def _mask_secret(obj: Any) -> Any:
 @delete("/team/{team_id:str}/callback/{callback_name:str}", status_code=200)
 async def delete_callback(request: Request, team_id: str, callback_name: str) -> Response[bytes]:
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
-    updated = await remove_team_callback(gateway, team_id, callback_name)
+    ctx = await gateway.authorize(request, "team_admin", team_id)
+    updated = await remove_team_callback(gateway, ctx, team_id, callback_name, request)
     return json_response({"status": "success", "data": team_view(gateway, updated)})
 
 
-async def remove_team_callback(gateway: Gateway, team_id: str, callback_name: str) -> TeamRecord:
+async def remove_team_callback(gateway: Gateway, ctx: AuthContext, team_id: str, callback_name: str,
+                               request: Request | None = None) -> TeamRecord:
+    require(ctx, "team_admin", team_id)
     team = await find_team(gateway, team_id)
     current = parse_entries(team.logging or [])
     kept = [e for e in current if e.callback_name != callback_name]
@@ -244,7 +328,8 @@ async def remove_team_callback(gateway: Gateway, team_id: str, callback_name: st
                        type="not_found_error", param="callback_name")
     # Removing the last API callback returns the team to its config/global callbacks; use disable_logging to
     # send nothing.
-    updated = await gateway.store.update_team(team_id, logging=[msgspec.to_builtins(e) for e in kept] or None)
+    updated = await gateway.store.update_team(team_id, actor=actor_of(ctx, request), action="callback_deleted",
+                                              logging=[msgspec.to_builtins(e) for e in kept] or None)
     gateway.invalidate()
     assert updated is not None
     return updated
@@ -252,9 +337,11 @@ async def remove_team_callback(gateway: Gateway, team_id: str, callback_name: st
 
 @post("/team/{team_id:str}/disable_logging", status_code=200)
 async def disable_logging(request: Request, team_id: str) -> Response[bytes]:
+    """Send nothing anywhere for the team. The audit trail's ``logging_disabled`` row is the record (GDPR) that it
+    was switched off, when and by whom."""
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
-    await set_team_logging(gateway, team_id, enabled=False)
+    ctx = await gateway.authorize(request, "team_admin", team_id)
+    await set_team_logging(gateway, ctx, team_id, enabled=False, request=request)
     return json_response({"status": "success", "message": f"Logging disabled for team {team_id}",
                           "data": {"team_id": team_id, "success_callbacks": [], "failure_callbacks": []}})
 
@@ -262,8 +349,8 @@ async def disable_logging(request: Request, team_id: str) -> Response[bytes]:
 @post("/team/{team_id:str}/enable_logging", status_code=200)
 async def enable_logging(request: Request, team_id: str) -> Response[bytes]:
     gateway = gateway_of(request)
-    await gateway.admin_only(request)
-    await set_team_logging(gateway, team_id, enabled=True)
+    ctx = await gateway.authorize(request, "team_admin", team_id)
+    await set_team_logging(gateway, ctx, team_id, enabled=True, request=request)
     callbacks = gateway.resolver.team_config.get(team_id) or gateway.resolver.global_set
     return json_response({"status": "success", "message": f"Logging enabled for team {team_id}",
                           "data": {"team_id": team_id,
@@ -272,9 +359,14 @@ async def enable_logging(request: Request, team_id: str) -> Response[bytes]:
                                                          if r.on_failure]}})
 
 
-async def set_team_logging(gateway: Gateway, team_id: str, *, enabled: bool) -> None:
+async def set_team_logging(gateway: Gateway, ctx: AuthContext, team_id: str, *, enabled: bool,
+                           request: Request | None = None) -> None:
     """The GDPR switch: ``enabled=False`` sends nothing for the team (``logging = []``); ``True`` returns it to
-    its config/global callbacks (the API callbacks set before the switch are dropped, as LiteLLM does)."""
+    its config/global callbacks (the API callbacks set before the switch are dropped, as LiteLLM does). The audit
+    trail's ``logging_disabled`` row is the record that it was switched off, when and by whom."""
+    require(ctx, "team_admin", team_id)
     await find_team(gateway, team_id)
-    await gateway.store.update_team(team_id, logging=None if enabled else [])
+    await gateway.store.update_team(team_id, actor=actor_of(ctx, request),
+                                    action="logging_enabled" if enabled else "logging_disabled",
+                                    logging=None if enabled else [])
     gateway.invalidate()

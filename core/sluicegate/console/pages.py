@@ -36,6 +36,7 @@ from sluicegate.console.forms import read_vars_form, vars_form
 from sluicegate.console.sessions import LoginFailures, Session, SessionStore
 from sluicegate.errors import ApiError
 from sluicegate.gateway import NO_MASTER_KEY
+from sluicegate.permissions import can_read_all, can_read_team, can_write_team, readable_teams
 from sluicegate.sinks.base import MASK
 from sluicegate.sinks.registry import UnknownCallbackName
 
@@ -68,14 +69,20 @@ Action = Literal["enter", "read", "write"]
 
 def allowed(ctx: AuthContext, action: Action, team_id: str | None = None) -> bool:
     """May ``ctx`` do ``action`` (``enter`` the console, ``read`` or ``write``) on ``team_id`` (``None``: the
-    gateway as a whole: creating teams, plugins, delivery)? Today the master key may do everything and any
-    other key nothing; users, roles and team admins plug in here."""
-    return ctx.is_admin
+    gateway as a whole: creating teams, plugins, delivery)? The same rules as the admin API
+    (:mod:`sluicegate.permissions`): any user's key may enter; proxy viewers read everything; a team's members read
+    it and its admins write it; only proxy admins write gateway-wide."""
+    if action == "enter":
+        return ctx.is_admin or ctx.user is not None
+    if team_id is None:
+        return ctx.is_admin if action == "write" else can_read_all(ctx)
+    return can_write_team(ctx, team_id) if action == "write" else can_read_team(ctx, team_id)
 
 
 def visible_teams(ctx: AuthContext) -> frozenset[str] | None:
     """The teams ``ctx`` may list: ``None`` for all of them."""
-    return None if ctx.is_admin else frozenset()
+    teams = readable_teams(ctx)
+    return None if teams is None else frozenset(teams)
 
 
 # -- sessions and rendering ----------------------------------------------------------------------------------
@@ -335,7 +342,7 @@ async def create_team(request: Request) -> Response[Any]:
     values = {name: form.get(name, "").strip() for name in ("team_id", "team_alias")}
     try:
         data = _decode({k: v for k, v in values.items() if v}, team_api.TeamNewRequest)
-        team = await team_api.create_team(page.gateway, data)
+        team, _ = await team_api.create_team(page.gateway, page.ctx, data)
     except ApiError as exc:
         return render(request, "teams.html", page=page, status=exc.status, teams=await _teams_listing(page),
                       may_create=True, errors=_field_errors(exc, ("team_id", "team_alias")), values=values)
@@ -356,7 +363,7 @@ async def _team_page(request: Request, page: _Page, team_id: str, *, status: int
                      ) -> Response[bytes]:
     gateway = page.gateway
     team = await team_api.find_team(gateway, team_id)
-    callbacks = await team_api.team_callbacks(gateway, team_id)
+    callbacks = await team_api.team_callbacks(gateway, page.ctx, team_id)
     keys = await gateway.store.list_keys(team_id=team_id, limit=KEYS_PER_PAGE)
     cache = _flag(team.metadata.get("cache")) if "cache" in team.metadata else None
     return render(request, "team.html", page=page, status=status, team=team, callbacks=callbacks,
@@ -386,7 +393,7 @@ async def team_settings(request: Request, team_id: str) -> Response[Any]:
     try:
         data = _decode({"team_id": team_id, "team_alias": alias or None, "metadata": metadata},
                        team_api.TeamUpdateRequest)
-        await team_api.update_team_values(page.gateway, data)
+        await team_api.update_team_values(page.gateway, page.ctx, data)
     except ApiError as exc:
         return await _team_page(request, page, team_id, status=exc.status,
                                 errors=_field_errors(exc, ("team_alias", "cache")), values=form)
@@ -400,7 +407,7 @@ async def team_logging(request: Request, team_id: str) -> Response[Any]:
     _require(page, "write", team_id)
     form = await _form(request, page)
     enabled = form.get("logging") == "enable"
-    await team_api.set_team_logging(page.gateway, team_id, enabled=enabled)
+    await team_api.set_team_logging(page.gateway, page.ctx, team_id, enabled=enabled)
     return _done(page, f"/ui/teams/{_quote(team_id)}",
                  "Logging enabled: the team's configured callbacks apply." if enabled else
                  "Logging disabled: nothing about this team's calls is sent to any sink.")
@@ -411,7 +418,7 @@ async def team_delete(request: Request, team_id: str) -> Response[Any]:
     page = await _page(request)
     _require(page, "write", team_id)
     await _form(request, page)
-    deleted, deleted_keys = await team_api.remove_teams(page.gateway,
+    deleted, deleted_keys = await team_api.remove_teams(page.gateway, page.ctx,
                                                         team_api.TeamDeleteRequest(team_ids=[team_id]))
     return _done(page, "/ui/teams", f"Team {deleted[0]} deleted with its {deleted_keys} key(s).")
 
@@ -456,7 +463,7 @@ async def sink_add(request: Request, team_id: str) -> Response[Any]:
             "callback_type": form.get("callback_type") or "success_and_failure",
             "callback_vars": callback_vars}
     try:
-        await team_api.add_team_callback(page.gateway, team_id, _decode(body, team_api.AddCallbackRequest))
+        await team_api.add_team_callback(page.gateway, page.ctx, team_id, _decode(body, team_api.AddCallbackRequest))
     except ApiError as exc:
         names = tuple(f.name for f in fields) + ("callback_type",)
         return _sink_form_page(request, page, team_id, callback_name, status=exc.status,
@@ -474,7 +481,7 @@ async def sink_delete(request: Request, team_id: str, callback_name: str) -> Res
     page = await _page(request)
     _require(page, "write", team_id)
     await _form(request, page)
-    await team_api.remove_team_callback(page.gateway, team_id, callback_name)
+    await team_api.remove_team_callback(page.gateway, page.ctx, team_id, callback_name)
     return _done(page, f"/ui/teams/{_quote(team_id)}", f"{callback_name} removed from team {team_id}.")
 
 
@@ -522,7 +529,7 @@ async def key_create(request: Request) -> Response[bytes]:
             return await _keys_page(request, page, status=422, values=values,
                                     errors={"metadata": f"metadata: not valid JSON ({exc})"})
     try:
-        key, record = await key_api.create_key(page.gateway, _decode(body, key_api.KeyGenerateRequest))
+        key, record = await key_api.create_key(page.gateway, page.ctx, _decode(body, key_api.KeyGenerateRequest))
     except ApiError as exc:
         return await _keys_page(request, page, status=exc.status, values=values,
                                 errors=_field_errors(exc, _KEY_FIELDS))
@@ -542,7 +549,7 @@ async def key_rotate(request: Request, token_id: str) -> Response[bytes]:
     page = await _page(request)
     await _form(request, page)
     await _key_record(page, token_id, "write")
-    key, record = await key_api.regenerate_key(page.gateway, token_id)
+    key, record = await key_api.regenerate_key(page.gateway, page.ctx, token_id)
     return await _keys_page(request, page, new_key=key, new_record=record)
 
 
@@ -553,7 +560,7 @@ async def key_block(request: Request, token_id: str) -> Response[Any]:
     await _key_record(page, token_id, "write")
     blocked = form.get("blocked") == "true"
     data = key_api.KeyUpdateRequest(key=token_id, blocked=blocked)
-    record = await key_api.update_key_values(page.gateway, data)
+    record = await key_api.update_key_values(page.gateway, page.ctx, data)
     return _done(page, "/ui/keys", f"Key {record.key_name} {'blocked' if blocked else 'unblocked'}.")
 
 
@@ -562,7 +569,7 @@ async def key_delete(request: Request, token_id: str) -> Response[Any]:
     page = await _page(request)
     await _form(request, page)
     record = await _key_record(page, token_id, "write")
-    await key_api.remove_keys(page.gateway, key_api.KeyDeleteRequest(keys=[token_id]))
+    await key_api.remove_keys(page.gateway, page.ctx, key_api.KeyDeleteRequest(keys=[token_id]))
     return _done(page, "/ui/keys", f"Key {record.key_name} revoked (deleted).")
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, String, Text, func
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Integer, String, Text, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ("Base", "KeyRow", "StateRow", "TeamRow")
+__all__ = ("AuditRow", "Base", "KeyRow", "MemberRow", "StateRow", "TeamRow", "UserRow")
 
 
 class Base(DeclarativeBase):
@@ -35,12 +35,68 @@ class KeyRow(Base):
     key_name: Mapped[str] = mapped_column(String(32))
     key_alias: Mapped[str | None] = mapped_column(String(255), index=True)
     team_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    user_id: Mapped[str | None] = mapped_column(String(255), index=True)  # the owning user (sg_users), if any
     models: Mapped[list[str]] = mapped_column(JSON, default=list)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     blocked: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class UserRow(Base):
+    """A person (or service) that owns keys and belongs to teams. The limit columns are stored for the limits
+    module, which enforces them; this table only keeps what ``/user/new`` and ``/user/update`` were given."""
+
+    __tablename__ = "sg_users"
+
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    user_email: Mapped[str | None] = mapped_column(String(255), index=True)
+    user_alias: Mapped[str | None] = mapped_column(String(255))
+    user_role: Mapped[str] = mapped_column(String(32), default="internal_user")
+    models: Mapped[list[str]] = mapped_column(JSON, default=list)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    max_budget: Mapped[float | None] = mapped_column(Float, nullable=True)
+    soft_budget: Mapped[float | None] = mapped_column(Float, nullable=True)
+    budget_duration: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    spend: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rpm_limit: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    tpm_limit: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    max_parallel_requests: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class MemberRow(Base):
+    """A user's membership of a team, with its role there (``admin`` or ``user``)."""
+
+    __tablename__ = "sg_team_members"
+
+    team_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True, index=True)
+    role: Mapped[str] = mapped_column(String(16), default="user")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class AuditRow(Base):
+    """One change to a team, key, user, membership or logging destination, written in the transaction of the
+    change. Values are the API's views of the object (secrets masked); the key that made the change appears by its
+    alias, name (``sk-...abcd``) and hash, never in full."""
+
+    __tablename__ = "sg_audit"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    changed_by: Mapped[str] = mapped_column(String(255))
+    changed_by_api_key: Mapped[str | None] = mapped_column(String(64))
+    on_behalf_of: Mapped[str | None] = mapped_column(String(255))  # litellm-changed-by, as the caller wrote it
+    action: Mapped[str] = mapped_column(String(32))
+    table_name: Mapped[str] = mapped_column(String(32))
+    object_id: Mapped[str] = mapped_column(String(512), index=True)
+    team_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    before_value: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    updated_values: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class StateRow(Base):

@@ -1,7 +1,9 @@
-"""The store: every read and write of teams and keys, on SQLite (default) or PostgreSQL.
+"""The store: every read and write of teams, keys, users and memberships, on SQLite (default) or PostgreSQL.
 
 Each write that caches depend on bumps ``sg_state.version`` in the same transaction, so every process sharing
-the database sees that something changed by polling one integer (see ``sluicegate.changes``).
+the database sees that something changed by polling one integer (see ``sluicegate.changes``). Each write also
+appends its audit row (``sg_audit``: who, when, what, before -> after with secrets masked) in that transaction, so
+a change is never stored without its record, nor recorded without having happened.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 
 from sluicegate.db.crypto import (SaltKeyError, SecretBox, box_from_environ, open_entries, seal_entries,
                                   wrong_key_message)
-from sluicegate.db.models import KeyRow, StateRow, TeamRow
+from sluicegate.db.models import AuditRow, KeyRow, MemberRow, StateRow, TeamRow, UserRow
+from sluicegate.sinks.base import MASK
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     from sluicegate.config import Settings
 
-__all__ = ("KeyRecord", "SaltKeyError", "Store", "TeamRecord", "display_url", "normalise_url")
+__all__ = ("SYSTEM", "Actor", "AuditRecord", "KeyRecord", "MemberRecord", "SaltKeyError", "Store", "TeamRecord",
+           "UserRecord", "display_url", "normalise_url")
 
 log = logging.getLogger("sluicegate")
 
@@ -47,12 +51,69 @@ class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
     key_name: str
     key_alias: str | None = None
     team_id: str | None = None
+    user_id: str | None = None
     models: list[str] = msgspec.field(default_factory=list)
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     expires: datetime | None = None
     blocked: bool = False
     created_at: datetime | None = None
     updated_at: datetime | None = None
+
+
+# The limit columns of a user: stored here, enforced by the limits module.
+USER_LIMIT_FIELDS = ("max_budget", "soft_budget", "budget_duration", "spend", "rpm_limit", "tpm_limit",
+                     "max_parallel_requests")
+
+
+class UserRecord(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: str
+    user_email: str | None = None
+    user_alias: str | None = None
+    user_role: str = "internal_user"
+    models: list[str] = msgspec.field(default_factory=list)
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    max_budget: float | None = None
+    soft_budget: float | None = None
+    budget_duration: str | None = None
+    spend: float | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    max_parallel_requests: int | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class MemberRecord(msgspec.Struct, frozen=True, kw_only=True):
+    team_id: str
+    user_id: str
+    role: str = "user"
+
+
+class Actor(msgspec.Struct, frozen=True, kw_only=True):
+    """Who made a change, as the audit trail names them: a user id, a key alias or name, never a key."""
+
+    changed_by: str
+    changed_by_api_key: str | None = None  # the sha256 of the key, as keys are stored
+    on_behalf_of: str | None = None  # LiteLLM's litellm-changed-by header: what the caller says, unverified
+
+
+SYSTEM = Actor(changed_by="system")
+
+
+class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One audit row, in LiteLLM's ``AuditLogResponse`` names plus the ``team_id`` it concerns."""
+
+    id: int
+    updated_at: datetime
+    changed_by: str
+    changed_by_api_key: str | None
+    on_behalf_of: str | None
+    action: str
+    table_name: str
+    object_id: str
+    team_id: str | None
+    before_value: dict[str, Any] | None
+    updated_values: dict[str, Any] | None
 
 
 def normalise_url(url: str) -> str:
@@ -88,8 +149,41 @@ def _key(row: KeyRow, secrets: SecretBox | None) -> KeyRecord:
         metadata = {**metadata, "logging": open_entries(secrets, metadata["logging"], table="sg_keys",
                                                         row_id=row.token_id)}
     return KeyRecord(token_id=row.token_id, key_name=row.key_name, key_alias=row.key_alias, team_id=row.team_id,
-                     models=row.models or [], metadata=metadata, expires=_utc(row.expires),
+                     user_id=row.user_id, models=row.models or [], metadata=metadata, expires=_utc(row.expires),
                      blocked=bool(row.blocked), created_at=_utc(row.created_at), updated_at=_utc(row.updated_at))
+
+
+def _user(row: UserRow) -> UserRecord:
+    return UserRecord(user_id=row.user_id, user_email=row.user_email, user_alias=row.user_alias,
+                      user_role=row.user_role, models=row.models or [], metadata=row.metadata_ or {},
+                      **{name: getattr(row, name) for name in USER_LIMIT_FIELDS},
+                      created_at=_utc(row.created_at), updated_at=_utc(row.updated_at))
+
+
+def _audit(row: AuditRow) -> AuditRecord:
+    return AuditRecord(id=row.id, updated_at=_utc(row.updated_at), changed_by=row.changed_by,  # type: ignore[arg-type]
+                       changed_by_api_key=row.changed_by_api_key, on_behalf_of=row.on_behalf_of,
+                       action=row.action, table_name=row.table_name, object_id=row.object_id, team_id=row.team_id, before_value=row.before_value,
+                       updated_values=row.updated_values)
+
+
+def mask_all_vars(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The audit trail's masking when no sink registry is at hand: every variable value masked except
+    ``os.environ/`` references (which name a variable, not its value)."""
+    data = dict(entry)
+    variables = data.get("callback_vars")
+    if isinstance(variables, dict):
+        data["callback_vars"] = {k: v if isinstance(v, str) and v.startswith("os.environ/") else MASK
+                                 for k, v in variables.items()}
+    return data
+
+
+def _fields(record: msgspec.Struct) -> dict[str, Any]:
+    """A record as JSON-ready builtins, without its timestamps (the audit row has its own)."""
+    data = msgspec.to_builtins(record)
+    data.pop("created_at", None)
+    data.pop("updated_at", None)
+    return data
 
 
 def _seal_team_values(secrets: SecretBox | None, team_id: str, values: dict[str, Any]) -> int:
@@ -114,12 +208,15 @@ class Store:
     """Teams and keys in one database. ``secrets`` encrypts the stored ``callback_vars`` (None: no salt key is set,
     and storing any is refused); records going in and out hold them in plaintext."""
 
-    __slots__ = ("engine", "url", "_sessions", "is_sqlite", "secrets")
+    __slots__ = ("engine", "url", "_sessions", "is_sqlite", "secrets", "mask_entry")
 
     def __init__(self, url: str, *, secrets: SecretBox | None = None) -> None:
         self.url = normalise_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         self.secrets = secrets
+        # How a logging entry appears in the audit trail; the gateway sets the sinks' own masking (secret fields
+        # of each sink's Vars, as the API shows them). The default masks every value.
+        self.mask_entry: Callable[[Mapping[str, Any]], dict[str, Any]] = mask_all_vars
         if self.is_sqlite:
             self.engine: AsyncEngine = create_async_engine(self.url, connect_args={"timeout": 30})
             path = _sqlite_path(self.url)
@@ -227,58 +324,134 @@ class Store:
     async def _bump(session: Any) -> None:
         await session.execute(sa.update(StateRow).where(StateRow.id == 1).values(version=StateRow.version + 1))
 
+    # audit snapshots: the objects as the API shows them, secrets masked, timestamps left to the audit row --------
+    def _masked(self, entries: Any) -> Any:
+        if not isinstance(entries, list):
+            return entries
+        shown = []
+        for entry in entries:
+            try:
+                shown.append(self.mask_entry(entry))
+            except Exception:  # an entry the sink cannot describe: mask every value rather than fail the change
+                shown.append(mask_all_vars(entry) if isinstance(entry, dict) else MASK)
+        return shown
+
+    def team_snapshot(self, team: TeamRecord, members: list[MemberRecord] | None = None) -> dict[str, Any]:
+        """Every field of the record (so columns added later are audited without changes here), logging masked."""
+        data = _fields(team)
+        data["logging"] = self._masked(team.logging)
+        data["logging_disabled"] = team.logging == []
+        if members is not None:
+            data["members"] = [{"user_id": m.user_id, "role": m.role} for m in members]
+        return data
+
+    def key_snapshot(self, key: KeyRecord) -> dict[str, Any]:
+        data = _fields(key)
+        if "logging" in data["metadata"]:
+            data["metadata"] = {**data["metadata"], "logging": self._masked(key.metadata["logging"])}
+        return data
+
+    @staticmethod
+    def user_snapshot(user: UserRecord) -> dict[str, Any]:
+        return _fields(user)
+
+    @staticmethod
+    def member_snapshot(member: MemberRecord) -> dict[str, Any]:
+        return {"team_id": member.team_id, "user_id": member.user_id, "role": member.role}
+
+    @staticmethod
+    def _record(session: Any, actor: Actor | None, action: str, table: str, object_id: str, team_id: str | None,
+                before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+        actor = actor or SYSTEM
+        session.add(AuditRow(updated_at=datetime.now(UTC), changed_by=actor.changed_by,
+                             changed_by_api_key=actor.changed_by_api_key, on_behalf_of=actor.on_behalf_of,
+                             action=action, table_name=table,
+                             object_id=object_id, team_id=team_id, before_value=before, updated_values=after))
+
+    async def _members_in(self, session: Any, team_id: str) -> list[MemberRecord]:
+        query = sa.select(MemberRow).where(MemberRow.team_id == team_id).order_by(MemberRow.user_id)
+        return [MemberRecord(team_id=r.team_id, user_id=r.user_id, role=r.role)
+                for r in (await session.execute(query)).scalars()]
+
     # teams -------------------------------------------------------------------------------------------------
     async def get_team(self, team_id: str) -> TeamRecord | None:
         async with self._sessions() as session:
             row = await session.get(TeamRow, team_id)
             return _team(row, self.secrets) if row else None
 
-    async def list_teams(self, *, offset: int = 0, limit: int | None = None) -> list[TeamRecord]:
+    async def list_teams(self, *, offset: int = 0, limit: int | None = None,
+                         team_ids: list[str] | None = None) -> list[TeamRecord]:
+        """Teams in creation order; ``team_ids`` narrows the listing to those teams (a non-admin's own)."""
         query = sa.select(TeamRow).order_by(TeamRow.created_at, TeamRow.team_id).offset(offset).limit(limit)
+        if team_ids is not None:
+            query = query.where(TeamRow.team_id.in_(team_ids))
         async with self._sessions() as session:
             return [_team(r, self.secrets) for r in (await session.execute(query)).scalars()]
 
-    async def count_teams(self) -> int:
+    async def count_teams(self, *, team_ids: list[str] | None = None) -> int:
+        query = sa.select(sa.func.count()).select_from(TeamRow)
+        if team_ids is not None:
+            query = query.where(TeamRow.team_id.in_(team_ids))
         async with self._sessions() as session:
-            return int((await session.execute(sa.select(sa.func.count()).select_from(TeamRow))).scalar_one())
+            return int((await session.execute(query)).scalar_one())
 
     async def create_team(self, team_id: str, *, team_alias: str | None = None,
-                          metadata: dict[str, Any] | None = None) -> TeamRecord:
+                          metadata: dict[str, Any] | None = None, members: Sequence[MemberRecord] = (),
+                          new_users: Sequence[UserRecord] = (), actor: Actor | None = None) -> TeamRecord:
+        """Create a team with its first members (creating ``new_users`` first), in one transaction."""
         async with self._sessions.begin() as session:
             row = TeamRow(team_id=team_id, team_alias=team_alias, metadata_=metadata or {}, logging=None)
             session.add(row)
+            await session.flush()  # a duplicate id fails here, before its audit row is added
+            self._record(session, actor, "created", "sg_teams", team_id, team_id, None, self.team_snapshot(
+                TeamRecord(team_id=team_id, team_alias=team_alias, metadata=metadata or {})))
+            if members:
+                self._add_members(session, members, new_users, actor)
+                await session.flush()
             await self._bump(session)
         return await self.get_team(team_id)  # type: ignore[return-value]
 
-    async def ensure_team(self, team_id: str) -> None:
+    async def ensure_team(self, team_id: str, *, actor: Actor | None = None) -> None:
         if await self.get_team(team_id) is None:
             try:
-                await self.create_team(team_id)
+                await self.create_team(team_id, actor=actor)
             except sa.exc.IntegrityError:
                 pass  # created concurrently: fine
 
-    async def update_team(self, team_id: str, **values: Any) -> TeamRecord | None:
-        return await self.get_team(team_id) if await self._update(TeamRow, team_id, values) else None
+    async def update_team(self, team_id: str, *, actor: Actor | None = None, action: str = "updated",
+                          **values: Any) -> TeamRecord | None:
+        """Set ``values`` on the team; ``action`` names the change in the audit trail (``logging_disabled`` ...)."""
+        return await self.get_team(team_id) if await self._update(TeamRow, team_id, values, actor, action) else None
 
-    async def delete_teams(self, team_ids: list[str]) -> tuple[list[str], int]:
-        """Delete teams and every key of theirs in one transaction; returns (deleted team ids, keys deleted).
+    async def delete_teams(self, team_ids: list[str], *, actor: Actor | None = None) -> tuple[list[str], int]:
+        """Delete teams, their memberships and every key of theirs in one transaction; returns (deleted team ids,
+        keys deleted).
 
         The keys go with the team: a key left behind would have no team settings to resolve, and a team created
         later under the same id must not inherit keys someone else was given.
         """
         async with self._sessions.begin() as session:
-            result = await session.execute(sa.delete(TeamRow).where(TeamRow.team_id.in_(team_ids))
-                                           .returning(TeamRow.team_id))
-            deleted = [r[0] for r in result]
-            keys = await session.execute(sa.delete(KeyRow).where(KeyRow.team_id.in_(team_ids))
-                                         .returning(KeyRow.token_id))
-            key_count = len(keys.all())
+            teams = (await session.execute(sa.select(TeamRow).where(TeamRow.team_id.in_(team_ids))
+                                           .with_for_update())).scalars().all()
+            for team in teams:
+                before = self.team_snapshot(_team(team, self.secrets), await self._members_in(session, team.team_id))
+                self._record(session, actor, "deleted", "sg_teams", team.team_id, team.team_id, before, None)
+            keys = (await session.execute(sa.select(KeyRow).where(KeyRow.team_id.in_(team_ids))
+                                          .with_for_update())).scalars().all()
+            for key in keys:
+                self._record(session, actor, "deleted", "sg_keys", key.token_id, key.team_id,
+                             self.key_snapshot(_key(key, self.secrets)), None)
+            await session.execute(sa.delete(MemberRow).where(MemberRow.team_id.in_(team_ids)))
+            await session.execute(sa.delete(KeyRow).where(KeyRow.team_id.in_(team_ids)))
+            await session.execute(sa.delete(TeamRow).where(TeamRow.team_id.in_(team_ids)))
             await self._bump(session)
-        return deleted, key_count
+        return [t.team_id for t in teams], len(keys)
 
     # shared by teams and keys ------------------------------------------------------------------------------
-    async def _update(self, table: type[TeamRow] | type[KeyRow], ident: str, values: dict[str, Any]) -> bool:
-        """Set ``values`` on one row and bump the change counter, in one transaction; False if no such row."""
+    async def _update(self, table: type[TeamRow] | type[KeyRow], ident: str, values: dict[str, Any],
+                      actor: Actor | None = None, action: str = "updated") -> bool:
+        """Set ``values`` on one row, record the change and bump the change counter, in one transaction; False if
+        no such row."""
         if "metadata" in values:
             values["metadata_"] = values.pop("metadata")
         seal = _seal_team_values if table is TeamRow else _seal_key_values
@@ -289,18 +462,23 @@ class Store:
                 return False
             if sealed:
                 await self._check_secrets_key(session)
+            before = self._snapshot_row(row)
             for name, value in values.items():
                 setattr(row, name, value)
             row.updated_at = datetime.now(UTC)
+            after = self._snapshot_row(row)
+            if table is TeamRow:
+                self._record(session, actor, action, "sg_teams", ident, ident, before, after)
+            else:  # a key moved between teams is recorded for each, so both teams' admins see it
+                for team_id in dict.fromkeys((before["team_id"], after["team_id"])):
+                    self._record(session, actor, action, "sg_keys", ident, team_id, before, after)
             await self._bump(session)
         return True
 
-    async def _delete(self, column: Any, idents: list[str]) -> list[str]:
-        async with self._sessions.begin() as session:
-            result = await session.execute(sa.delete(column.class_).where(column.in_(idents)).returning(column))
-            deleted = [r[0] for r in result]
-            await self._bump(session)
-        return deleted
+    def _snapshot_row(self, row: TeamRow | KeyRow) -> dict[str, Any]:
+        if isinstance(row, TeamRow):
+            return self.team_snapshot(_team(row, self.secrets))
+        return self.key_snapshot(_key(row, self.secrets))
 
     # keys --------------------------------------------------------------------------------------------------
     async def get_key(self, token_id: str) -> KeyRecord | None:
@@ -308,40 +486,269 @@ class Store:
             row = await session.get(KeyRow, token_id)
             return _key(row, self.secrets) if row else None
 
-    async def list_keys(self, *, team_id: str | None = None, key_aliases: list[str] | None = None, offset: int = 0,
-                        limit: int | None = None) -> list[KeyRecord]:
-        query = sa.select(KeyRow).order_by(KeyRow.created_at, KeyRow.token_id).offset(offset).limit(limit)
+    @staticmethod
+    def _key_filter(query: Any, team_id: str | None, key_aliases: list[str] | None, user_id: str | None,
+                    team_ids: list[str] | None) -> Any:
         if team_id is not None:
             query = query.where(KeyRow.team_id == team_id)
         if key_aliases is not None:
             query = query.where(KeyRow.key_alias.in_(key_aliases))
+        if user_id is not None and team_ids is not None:  # a user's keys, and the keys of the teams they run
+            query = query.where(sa.or_(KeyRow.user_id == user_id, KeyRow.team_id.in_(team_ids)))
+        elif user_id is not None:
+            query = query.where(KeyRow.user_id == user_id)
+        elif team_ids is not None:
+            query = query.where(KeyRow.team_id.in_(team_ids))
+        return query
+
+    async def list_keys(self, *, team_id: str | None = None, key_aliases: list[str] | None = None, offset: int = 0,
+                        limit: int | None = None, user_id: str | None = None,
+                        team_ids: list[str] | None = None) -> list[KeyRecord]:
+        query = sa.select(KeyRow).order_by(KeyRow.created_at, KeyRow.token_id).offset(offset).limit(limit)
+        query = self._key_filter(query, team_id, key_aliases, user_id, team_ids)
         async with self._sessions() as session:
             return [_key(r, self.secrets) for r in (await session.execute(query)).scalars()]
 
-    async def count_keys(self, *, team_id: str | None = None) -> int:
-        query = sa.select(sa.func.count()).select_from(KeyRow)
-        if team_id is not None:
-            query = query.where(KeyRow.team_id == team_id)
+    async def count_keys(self, *, team_id: str | None = None, user_id: str | None = None,
+                         team_ids: list[str] | None = None) -> int:
+        query = self._key_filter(sa.select(sa.func.count()).select_from(KeyRow), team_id, None, user_id, team_ids)
         async with self._sessions() as session:
             return int((await session.execute(query)).scalar_one())
 
-    async def create_key(self, record: KeyRecord) -> KeyRecord:
+    async def create_key(self, record: KeyRecord, *, actor: Actor | None = None) -> KeyRecord:
         values: dict[str, Any] = {"metadata_": record.metadata}
         sealed = _seal_key_values(self.secrets, record.token_id, values)
         async with self._sessions.begin() as session:
             if sealed:
                 await self._check_secrets_key(session)
             session.add(KeyRow(token_id=record.token_id, key_name=record.key_name, key_alias=record.key_alias,
-                               team_id=record.team_id, models=record.models, metadata_=values["metadata_"],
-                               expires=record.expires, blocked=record.blocked))
+                               team_id=record.team_id, user_id=record.user_id, models=record.models,
+                               metadata_=values["metadata_"], expires=record.expires, blocked=record.blocked))
+            await session.flush()
+            self._record(session, actor, "created", "sg_keys", record.token_id, record.team_id, None,
+                         self.key_snapshot(record))
             await self._bump(session)
         return await self.get_key(record.token_id)  # type: ignore[return-value]
 
-    async def update_key(self, token_id: str, **values: Any) -> KeyRecord | None:
-        return await self.get_key(token_id) if await self._update(KeyRow, token_id, values) else None
+    async def update_key(self, token_id: str, *, actor: Actor | None = None, **values: Any) -> KeyRecord | None:
+        return await self.get_key(token_id) if await self._update(KeyRow, token_id, values, actor) else None
 
-    async def delete_keys(self, token_ids: list[str]) -> list[str]:
-        return await self._delete(KeyRow.token_id, token_ids)
+    async def delete_keys(self, token_ids: list[str], *, actor: Actor | None = None) -> list[str]:
+        async with self._sessions.begin() as session:
+            rows = (await session.execute(sa.select(KeyRow).where(KeyRow.token_id.in_(token_ids))
+                                          .with_for_update())).scalars().all()
+            for row in rows:
+                self._record(session, actor, "deleted", "sg_keys", row.token_id, row.team_id,
+                             self.key_snapshot(_key(row, self.secrets)), None)
+            await session.execute(sa.delete(KeyRow).where(KeyRow.token_id.in_([r.token_id for r in rows])))
+            await self._bump(session)
+        return [r.token_id for r in rows]
+
+    # users -------------------------------------------------------------------------------------------------
+    async def get_user(self, user_id: str) -> UserRecord | None:
+        async with self._sessions() as session:
+            row = await session.get(UserRow, user_id)
+            return _user(row) if row else None
+
+    async def get_user_by_email(self, email: str) -> UserRecord | None:
+        query = sa.select(UserRow).where(UserRow.user_email == email).order_by(UserRow.created_at).limit(1)
+        async with self._sessions() as session:
+            row = (await session.execute(query)).scalars().first()
+            return _user(row) if row else None
+
+    @staticmethod
+    def _user_filter(query: Any, role: str | None, user_ids: list[str] | None, team_id: str | None,
+                     user_email: str | None) -> Any:
+        if role is not None:
+            query = query.where(UserRow.user_role == role)
+        if user_ids is not None:
+            query = query.where(UserRow.user_id.in_(user_ids))
+        if user_email is not None:
+            query = query.where(UserRow.user_email.contains(user_email, autoescape=True))
+        if team_id is not None:
+            query = query.where(UserRow.user_id.in_(sa.select(MemberRow.user_id).where(MemberRow.team_id == team_id)))
+        return query
+
+    async def list_users(self, *, offset: int = 0, limit: int | None = None, role: str | None = None,
+                         user_ids: list[str] | None = None, team_id: str | None = None,
+                         user_email: str | None = None) -> list[UserRecord]:
+        query = sa.select(UserRow).order_by(UserRow.created_at, UserRow.user_id).offset(offset).limit(limit)
+        query = self._user_filter(query, role, user_ids, team_id, user_email)
+        async with self._sessions() as session:
+            return [_user(r) for r in (await session.execute(query)).scalars()]
+
+    async def count_users(self, *, role: str | None = None, user_ids: list[str] | None = None,
+                          team_id: str | None = None, user_email: str | None = None) -> int:
+        query = self._user_filter(sa.select(sa.func.count()).select_from(UserRow), role, user_ids, team_id,
+                                  user_email)
+        async with self._sessions() as session:
+            return int((await session.execute(query)).scalar_one())
+
+    def _add_user(self, session: Any, user: UserRecord, actor: Actor | None) -> None:
+        session.add(UserRow(user_id=user.user_id, user_email=user.user_email, user_alias=user.user_alias,
+                            user_role=user.user_role, models=user.models, metadata_=user.metadata,
+                            **{name: getattr(user, name) for name in USER_LIMIT_FIELDS}))
+        self._record(session, actor, "created", "sg_users", user.user_id, None, None, self.user_snapshot(user))
+
+    async def create_user(self, user: UserRecord, *, memberships: Sequence[MemberRecord] = (),
+                          key: KeyRecord | None = None, actor: Actor | None = None) -> UserRecord:
+        """Create a user with its team memberships and, optionally, its first key: all or nothing."""
+        async with self._sessions.begin() as session:
+            self._add_user(session, user, actor)
+            await session.flush()
+            for member in memberships:
+                session.add(MemberRow(team_id=member.team_id, user_id=member.user_id, role=member.role))
+                self._record(session, actor, "member_added", "sg_team_members", f"{member.team_id}/{member.user_id}",
+                             member.team_id, None, self.member_snapshot(member))
+            if key is not None:
+                values: dict[str, Any] = {"metadata_": key.metadata}
+                if _seal_key_values(self.secrets, key.token_id, values):
+                    await self._check_secrets_key(session)
+                session.add(KeyRow(token_id=key.token_id, key_name=key.key_name, key_alias=key.key_alias,
+                                   team_id=key.team_id, user_id=key.user_id, models=key.models,
+                                   metadata_=values["metadata_"], expires=key.expires, blocked=key.blocked))
+                self._record(session, actor, "created", "sg_keys", key.token_id, key.team_id, None,
+                             self.key_snapshot(key))
+            await self._bump(session)
+        return await self.get_user(user.user_id)  # type: ignore[return-value]
+
+    async def update_user(self, user_id: str, *, actor: Actor | None = None, **values: Any) -> UserRecord | None:
+        if "metadata" in values:
+            values["metadata_"] = values.pop("metadata")
+        async with self._sessions.begin() as session:
+            row = await session.get(UserRow, user_id, with_for_update=not self.is_sqlite)
+            if row is None:
+                return None
+            before = self.user_snapshot(_user(row))
+            for name, value in values.items():
+                setattr(row, name, value)
+            row.updated_at = datetime.now(UTC)
+            self._record(session, actor, "updated", "sg_users", user_id, None, before, self.user_snapshot(_user(row)))
+            await self._bump(session)
+        return await self.get_user(user_id)
+
+    async def delete_users(self, user_ids: list[str], *, actor: Actor | None = None) -> tuple[list[str], int]:
+        """Delete users, their memberships and every key they own, in one transaction; (deleted ids, keys deleted).
+
+        A key outliving its owner would keep spending on their behalf with nobody answerable for it.
+        """
+        async with self._sessions.begin() as session:
+            users = (await session.execute(sa.select(UserRow).where(UserRow.user_id.in_(user_ids))
+                                           .with_for_update())).scalars().all()
+            for user in users:
+                self._record(session, actor, "deleted", "sg_users", user.user_id, None,
+                             self.user_snapshot(_user(user)), None)
+            members = (await session.execute(sa.select(MemberRow).where(MemberRow.user_id.in_(user_ids)))).scalars()
+            for m in members.all():
+                member = MemberRecord(team_id=m.team_id, user_id=m.user_id, role=m.role)
+                self._record(session, actor, "member_removed", "sg_team_members", f"{m.team_id}/{m.user_id}",
+                             m.team_id, self.member_snapshot(member), None)
+            keys = (await session.execute(sa.select(KeyRow).where(KeyRow.user_id.in_(user_ids))
+                                          .with_for_update())).scalars().all()
+            for key in keys:
+                self._record(session, actor, "deleted", "sg_keys", key.token_id, key.team_id,
+                             self.key_snapshot(_key(key, self.secrets)), None)
+            await session.execute(sa.delete(MemberRow).where(MemberRow.user_id.in_(user_ids)))
+            await session.execute(sa.delete(KeyRow).where(KeyRow.user_id.in_(user_ids)))
+            await session.execute(sa.delete(UserRow).where(UserRow.user_id.in_(user_ids)))
+            await self._bump(session)
+        return [u.user_id for u in users], len(keys)
+
+    # team membership ---------------------------------------------------------------------------------------
+    async def memberships(self, *, user_id: str | None = None, team_id: str | None = None) -> list[MemberRecord]:
+        query = sa.select(MemberRow).order_by(MemberRow.team_id, MemberRow.user_id)
+        if user_id is not None:
+            query = query.where(MemberRow.user_id == user_id)
+        if team_id is not None:
+            query = query.where(MemberRow.team_id == team_id)
+        async with self._sessions() as session:
+            return [MemberRecord(team_id=r.team_id, user_id=r.user_id, role=r.role)
+                    for r in (await session.execute(query)).scalars()]
+
+    async def add_members(self, members: list[MemberRecord], *, new_users: Sequence[UserRecord] = (),
+                          actor: Actor | None = None) -> None:
+        """Add memberships (creating ``new_users`` first), all in one transaction.
+
+        Raises:
+            sqlalchemy.exc.IntegrityError: one of them is a member already (nothing is stored).
+        """
+        async with self._sessions.begin() as session:
+            self._add_members(session, members, new_users, actor)
+            await session.flush()
+            await self._bump(session)
+
+    def _add_members(self, session: Any, members: Sequence[MemberRecord], new_users: Sequence[UserRecord],
+                     actor: Actor | None) -> None:
+        for user in new_users:
+            self._add_user(session, user, actor)
+        for member in members:
+            session.add(MemberRow(team_id=member.team_id, user_id=member.user_id, role=member.role))
+            self._record(session, actor, "member_added", "sg_team_members", f"{member.team_id}/{member.user_id}",
+                         member.team_id, None, self.member_snapshot(member))
+
+    async def update_member(self, team_id: str, user_id: str, role: str, *,
+                            actor: Actor | None = None) -> MemberRecord | None:
+        async with self._sessions.begin() as session:
+            row = await session.get(MemberRow, (team_id, user_id), with_for_update=not self.is_sqlite)
+            if row is None:
+                return None
+            before = MemberRecord(team_id=team_id, user_id=user_id, role=row.role)
+            row.role = role
+            after = MemberRecord(team_id=team_id, user_id=user_id, role=role)
+            self._record(session, actor, "member_updated", "sg_team_members", f"{team_id}/{user_id}", team_id,
+                         self.member_snapshot(before), self.member_snapshot(after))
+            await self._bump(session)
+        return after
+
+    async def delete_member(self, team_id: str, user_id: str, *, actor: Actor | None = None) -> tuple[bool, int]:
+        """Remove a user from a team and delete their keys of that team; (was a member, keys deleted).
+
+        The keys go too: someone removed from a team must not keep calling models on the team's account.
+        """
+        async with self._sessions.begin() as session:
+            row = await session.get(MemberRow, (team_id, user_id), with_for_update=not self.is_sqlite)
+            if row is None:
+                return False, 0
+            member = MemberRecord(team_id=team_id, user_id=user_id, role=row.role)
+            self._record(session, actor, "member_removed", "sg_team_members", f"{team_id}/{user_id}", team_id,
+                         self.member_snapshot(member), None)
+            keys = (await session.execute(sa.select(KeyRow).where(KeyRow.team_id == team_id, KeyRow.user_id == user_id)
+                                          .with_for_update())).scalars().all()
+            for key in keys:
+                self._record(session, actor, "deleted", "sg_keys", key.token_id, team_id,
+                             self.key_snapshot(_key(key, self.secrets)), None)
+            await session.delete(row)
+            await session.execute(sa.delete(KeyRow).where(KeyRow.token_id.in_([k.token_id for k in keys])))
+            await self._bump(session)
+        return True, len(keys)
+
+    # audit -------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _audit_filter(query: Any, team_ids: list[str] | None, filters: Mapping[str, str | None]) -> Any:
+        if team_ids is not None:
+            query = query.where(AuditRow.team_id.in_(team_ids))
+        for name, value in filters.items():
+            if value is not None:
+                query = query.where(getattr(AuditRow, name) == value)
+        return query
+
+    async def list_audit(self, *, team_ids: list[str] | None = None, offset: int = 0, limit: int | None = None,
+                         **filters: str | None) -> list[AuditRecord]:
+        """Audit rows, newest first; ``team_ids`` narrows them to those teams' (a team admin's view)."""
+        query = sa.select(AuditRow).order_by(AuditRow.id.desc()).offset(offset).limit(limit)
+        async with self._sessions() as session:
+            rows = (await session.execute(self._audit_filter(query, team_ids, filters))).scalars()
+            return [_audit(r) for r in rows]
+
+    async def count_audit(self, *, team_ids: list[str] | None = None, **filters: str | None) -> int:
+        query = self._audit_filter(sa.select(sa.func.count()).select_from(AuditRow), team_ids, filters)
+        async with self._sessions() as session:
+            return int((await session.execute(query)).scalar_one())
+
+    async def get_audit(self, audit_id: int) -> AuditRecord | None:
+        async with self._sessions() as session:
+            row = await session.get(AuditRow, audit_id)
+            return _audit(row) if row else None
 
 
 def _sqlite_path(url: str) -> str | None:
