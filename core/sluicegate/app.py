@@ -11,7 +11,7 @@ from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
-from sluicegate.api import chat, embeddings, health, introspection, keys, metrics, model_info, teams
+from sluicegate.api import chat, embeddings, health, introspection, keys, messages, metrics, model_info, teams
 from sluicegate.errors import ApiError, error_body
 from sluicegate.gateway import Gateway
 from sluicegate.litestar_plugin import SluicegatePlugin
@@ -168,6 +168,7 @@ def create_app(settings: Settings, *, environ: Mapping[str, str] | None = None, 
     handlers: list[Any] = [
         chat.chat_completions_v1, chat.chat_completions, chat.list_models_v1, chat.list_models,
         chat.retrieve_model_v1, chat.retrieve_model, embeddings.embeddings_v1, embeddings.embeddings,
+        messages.messages_v1, messages.messages,
         model_info.model_info_v1, model_info.model_info,
         keys.generate, keys.update, keys.key_info, keys.delete_keys, keys.list_keys, keys.key_health,
         teams.new_team, teams.team_info, teams.team_list, teams.update_team, teams.delete_teams, teams.add_callback,
