@@ -411,3 +411,28 @@ async def test_mock_response_models_answer_messages_too(make_config, start) -> N
         assert answer.content[0].text == "hi you"
         async with sdk.messages.stream(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}]) as s:
             assert "".join([t async for t in s.text_stream]) == "hi you"
+
+
+async def test_redaction_covers_system_prompt_answer_blocks_and_streams(fake, fake_openai, receiver, vars_for,
+                                                                       make_config, start) -> None:
+    weather = {"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+    cfg = make_config(models=models(fake, fake_openai), litellm={"turn_off_message_logging": True})
+    async with start(cfg) as gw:
+        key = await gw.new_key(metadata={"logging": [{"callback_name": "acme", "callback_vars": vars_for("red")}]})
+        sdk = client(gw, key)
+        answer = await sdk.messages.create(model="claude", max_tokens=50, system="secret system prompt",
+                                           tools=[weather], messages=[{"role": "user", "content": "secret question"}])
+        assert answer.content[1].input == {"city": "Paris"}  # the client gets everything
+        async with sdk.messages.stream(model="claude", max_tokens=50, thinking={"type": "enabled",
+                                                                                "budget_tokens": 20},
+                                       messages=[{"role": "user", "content": "secret stream"}]) as stream:
+            await stream.get_final_message()
+        events = await events_for(receiver, "red", 2)
+    text = json.dumps(events)
+    for secret in ("secret system prompt", "secret question", "secret stream", "You said", "Paris", "First, the"):
+        assert secret not in text, secret
+    plain, streamed = events
+    assert [b["type"] for b in plain["response"]["content"]] == ["text", "tool_use", "tool_use"]
+    assert plain["response"]["content"][1]["input"] == "redacted-by-sluicegate"
+    assert [b["type"] for b in streamed["response"]["content"]] == ["thinking", "text"]
+    assert plain["prompt_tokens"] == 19 and streamed["completion_tokens"] == 7  # usage is kept
