@@ -76,6 +76,16 @@ async def test_failure_events_are_error_status(intake: Any, route_sites: Any) ->
     assert (success["status"], "status:success" in success["ddtags"]) == ("info", True)
 
 
+async def test_request_tags_become_request_tag_ddtags(intake: Any, route_sites: Any) -> None:
+    route_sites(intake)
+    sink = sink_for(dd_api_key=GLOBAL_KEY)
+    await sink.send([make_event(request_tags=["prod", "a,b", "checkout flow"]), make_event()])
+    tagged, plain = (entry["ddtags"].split(",") for entry in intake.received[0].entries)
+    assert [t for t in tagged if t.startswith("request_tag:")] == [
+        "request_tag:prod", "request_tag:a_b", "request_tag:checkout flow"]  # a comma would split the tag
+    assert not [t for t in plain if t.startswith("request_tag:")]  # negative control: no tags, none added
+
+
 async def test_default_site_and_app_prefix(intake: Any, route_sites: Any) -> None:
     route_sites(intake)
     await sink_for(dd_api_key=GLOBAL_KEY).send(events(1))
