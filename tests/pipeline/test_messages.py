@@ -10,6 +10,7 @@ What the gateway sends back on the translated path is checked against the anthro
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import time
@@ -436,3 +437,109 @@ async def test_redaction_covers_system_prompt_answer_blocks_and_streams(fake, fa
     assert plain["response"]["content"][1]["input"] == "redacted-by-sluicegate"
     assert [b["type"] for b in streamed["response"]["content"]] == ["thinking", "text"]
     assert plain["prompt_tokens"] == 19 and streamed["completion_tokens"] == 7  # usage is kept
+
+
+class FakeBedrockInvoke:
+    """Bedrock Runtime's InvokeModel routes for Claude on loopback: the SigV4 signature is recomputed with botocore
+    (the bedrock provider tests' ``verify_sigv4``); the body must be Anthropic's Messages body as Bedrock takes it
+    (``anthropic_version: bedrock-2023-05-31``, no ``model`` or ``stream``), checked with the anthropic SDK's
+    request types; streams are event-stream ``chunk`` messages framed and checked by botocore's decoder."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.invalid: list[str] = []
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def invoke(self, request: web.Request) -> web.StreamResponse:
+        from tests.pipeline.test_provider_anthropic import validate_request
+        from tests.pipeline.test_provider_bedrock import ACCESS_KEY, SECRET_KEY, verify_sigv4
+
+        raw = await request.read()
+        body = json.loads(raw)
+        self.requests.append({"path": request.path, "body": body})
+        try:
+            verify_sigv4(request, raw, "bedrock", {ACCESS_KEY: (SECRET_KEY, None)})
+        except PermissionError as exc:
+            return web.json_response({"message": str(exc)}, status=403, headers={"x-amzn-errortype": str(exc)})
+        try:
+            if body.pop("anthropic_version", None) != "bedrock-2023-05-31" or "model" in body or "stream" in body:
+                raise ValueError("InvokeModel wants anthropic_version bedrock-2023-05-31, no model, no stream")
+            body.pop("anthropic_beta", None)
+            validate_request({**body, "model": "claude-on-bedrock"})
+        except Exception as exc:  # pydantic's ValidationError or ours
+            self.invalid.append(str(exc))
+            return web.json_response({"message": str(exc)[:300]}, status=400,
+                                     headers={"x-amzn-errortype": "ValidationException"})
+        message = FakeAnthropic()._message(body)
+        if request.path.endswith("/invoke"):
+            return web.Response(body=message.model_dump_json(exclude_none=True), content_type="application/json")
+        from tests.pipeline.test_provider_bedrock import frame
+
+        response = web.StreamResponse(headers={"content-type": "application/vnd.amazon.eventstream"})
+        await response.prepare(request)
+        start = message.model_copy(update={"content": [], "stop_reason": None})
+        events: list[Any] = [at.RawMessageStartEvent(type="message_start", message=start)]
+        for index, block in enumerate(message.content):
+            events.append(at.RawContentBlockStartEvent(type="content_block_start", index=index, content_block=
+                                                       at.TextBlock(type="text", text="")))
+            events.append(at.RawContentBlockDeltaEvent(type="content_block_delta", index=index,
+                                                       delta=at.TextDelta(type="text_delta", text=block.text)))
+            events.append(at.RawContentBlockStopEvent(type="content_block_stop", index=index))
+        events.append(at.RawMessageDeltaEvent(type="message_delta", delta={"stop_reason": "end_turn"},
+                                              usage=at.MessageDeltaUsage(output_tokens=7)))
+        events.append(at.RawMessageStopEvent(type="message_stop"))
+        for event in events:
+            chunk = base64.b64encode(event.model_dump_json(exclude_none=True).encode()).decode()
+            await response.write(frame({":event-type": "chunk", ":content-type": "application/json",
+                                        ":message-type": "event"}, json.dumps({"bytes": chunk}).encode()))
+        return response
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/model/{model_id}/invoke", self.invoke)
+        app.router.add_post("/model/{model_id}/invoke-with-response-stream", self.invoke)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def test_bedrock_claude_through_invoke_model_plain_and_streamed(receiver, vars_for, make_config,
+                                                                     start) -> None:
+    from tests.pipeline.test_provider_bedrock import ACCESS_KEY, MODEL_ID, REGION, SECRET_KEY
+
+    fake_bedrock = FakeBedrockInvoke()
+    await fake_bedrock.start()
+    try:
+        cfg = make_config(models=[{"model_name": "bedrock-claude", "litellm_params": {
+            "model": f"bedrock/{MODEL_ID}", "aws_bedrock_runtime_endpoint": fake_bedrock.url,
+            "aws_region_name": REGION, "aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY,
+            "timeout": 10, "input_cost_per_token": 0.001, "output_cost_per_token": 0.002}}])
+        async with start(cfg) as gw:
+            key = await team_key(gw, vars_for, "bedrock-team")
+            sdk = client(gw, key, default_headers={"anthropic-beta": "interleaved-thinking-2025-05-14"})
+            request = {k: v for k, v in CLAUDE_CODE.items() if k not in ("model", "stream")}
+            answer = await sdk.messages.create(model="bedrock-claude", **request)
+            assert [b.type for b in answer.content] == ["thinking", "text"] and answer.content[1].text == "You said: go on"
+            sent = fake_bedrock.requests[-1]
+            assert sent["path"].endswith("/invoke")
+            assert sent["body"]["system"] == CLAUDE_CODE["system"]  # cache_control marks kept: native, not Converse
+            async with sdk.messages.stream(model="bedrock-claude", max_tokens=20,
+                                           messages=[{"role": "user", "content": "hi there"}]) as stream:
+                pieces = [t async for t in stream.text_stream]
+            assert "".join(pieces) == "You said: hi there"
+            assert fake_bedrock.requests[-1]["path"].endswith("/invoke-with-response-stream")
+            assert fake_bedrock.invalid == []
+            plain, streamed = await events_for(receiver, "bedrock-team", 2)
+    finally:
+        await fake_bedrock.stop()
+    for event in (plain, streamed):
+        assert event["call_type"] == "anthropic_messages" and event["custom_llm_provider"] == "bedrock"
+        assert event["status"] == "success" and event["prompt_tokens"] == 19
+    assert streamed["response"]["content"] == [{"type": "text", "text": "You said: hi there"}]
