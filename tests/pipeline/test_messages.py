@@ -543,3 +543,41 @@ async def test_bedrock_claude_through_invoke_model_plain_and_streamed(receiver, 
         assert event["call_type"] == "anthropic_messages" and event["custom_llm_provider"] == "bedrock"
         assert event["status"] == "success" and event["prompt_tokens"] == 19
     assert streamed["response"]["content"] == [{"type": "text", "text": "You said: hi there"}]
+
+
+async def test_vertex_claude_native_plain_and_streamed(receiver, vars_for, make_config, start, tmp_path,
+                                                       monkeypatch) -> None:
+    """Claude on Vertex AI (the gemini provider tests' fake Google, which checks the bearer token, the rawPredict
+    paths and the body against the anthropic SDK's request types): the client's request natively."""
+    from tests.pipeline.test_provider_gemini import CLAUDE, LOCATION, PROJECT, FakeGoogle, vertex_model
+
+    for name in ("GOOGLE_APPLICATION_CREDENTIALS", "VERTEXAI_CREDENTIALS", "VERTEXAI_PROJECT", "VERTEXAI_LOCATION",
+                 "GOOGLE_CLOUD_PROJECT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    google = FakeGoogle()
+    await google.start()
+    try:
+        key_file = tmp_path / "adc.json"
+        key_file.write_text(json.dumps(google.service_account(project=None)))
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+        monkeypatch.setenv("VERTEXAI_PROJECT", PROJECT)
+        async with start(make_config(models=[vertex_model(google, None, "vertex-claude", CLAUDE)])) as gw:
+            key = await team_key(gw, vars_for, "vertex-team")
+            sdk = client(gw, key)
+            answer = await sdk.messages.create(model="vertex-claude", max_tokens=50, system=[
+                {"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+                messages=[{"role": "user", "content": "hello"}])
+            assert answer.content[0].text == "Claude says: hello" and answer.id == "msg_vertex_1"
+            async with sdk.messages.stream(model="vertex-claude", max_tokens=50,
+                                           messages=[{"role": "user", "content": "again"}]) as stream:
+                assert "".join([t async for t in stream.text_stream]) == "Claude says: again"
+            assert google.invalid == []
+            base = f"/v1/projects/{PROJECT}/locations/{LOCATION}/publishers/anthropic/models/{CLAUDE}"
+            assert [r["path"] for r in google.requests] == [f"{base}:rawPredict", f"{base}:streamRawPredict"]
+            assert google.requests[0]["body"]["system"][0]["cache_control"] == {"type": "ephemeral"}
+            plain, streamed = await events_for(receiver, "vertex-team", 2)
+    finally:
+        await google.stop()
+    assert [(e["call_type"], e["custom_llm_provider"], e["prompt_tokens"], e["completion_tokens"])
+            for e in (plain, streamed)] == [("anthropic_messages", "vertex_ai", 9, 4)] * 2
