@@ -333,6 +333,9 @@ async def test_errors_are_anthropic_shaped_and_refused_before_the_upstream(fake,
             await client(gw, "sk-wrong").messages.create(model="claude", max_tokens=5,
                                                          messages=[{"role": "user", "content": "hi"}])
         assert denied.value.body["type"] == "error" and denied.value.body["error"]["type"] == "authentication_error"
+        anonymous = await gw.client.post("/v1/messages", json={"model": "claude", "max_tokens": 5,
+                                                               "messages": [{"role": "user", "content": "hi"}]})
+        assert anonymous.status_code == 401 and "x-api-key" in anonymous.json()["error"]["message"]
         with pytest.raises(anthropic.PermissionDeniedError) as forbidden:
             await sdk.messages.create(model="gpt", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
         assert "gpt" in forbidden.value.body["error"]["message"]
