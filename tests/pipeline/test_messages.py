@@ -121,9 +121,12 @@ class FakeOpenAI:
         chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         if (body.get("stream_options") or {}).get("include_usage"):
             chunks.append({**base, "choices": [], "usage": usage})
-        for chunk in chunks:
+        for n, chunk in enumerate(chunks):
             ChatCompletionChunk.model_validate(chunk)
             await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            if text == "echo: break" and n == 1:  # an error frame mid-stream, as OpenAI sends one
+                await response.write(b'data: {"error": {"message": "upstream fell over", "type": "server_error"}}\n\n')
+                return response
         await response.write(b"data: [DONE]\n\n")
         return response
 
@@ -373,6 +376,25 @@ async def test_errors_are_anthropic_shaped_and_refused_before_the_upstream(fake,
         assert plain.status_code == 200 and plain.json()["content"][0]["text"] == "You said: hi"
 
 
+async def test_translated_answers_are_anthropic_types_and_a_broken_stream_ends_with_an_error_event(
+        fake, fake_openai, receiver, vars_for, make_config, start) -> None:
+    async with start(make_config(models=models(fake, fake_openai))) as gw:
+        key = await team_key(gw, vars_for, "broken-team")
+        raw = await gw.client.post("/v1/messages", headers={"x-api-key": key}, json={
+            "model": "gpt", "max_tokens": 9, "messages": [{"role": "user", "content": "hi"}]})
+        message = at.Message.model_validate(raw.json(), strict=True)  # the gateway's own JSON, by the SDK's types
+        assert (message.content[0].text, message.stop_reason, message.usage.output_tokens) == ("echo: hi", "end_turn", 6)
+        with pytest.raises(anthropic.APIError) as broken:
+            async with client(gw, key).messages.stream(model="gpt", max_tokens=9,
+                                                       messages=[{"role": "user", "content": "break"}]) as stream:
+                async for _ in stream:
+                    pass
+        assert "upstream fell over" in str(broken.value)
+        ok, failed = await events_for(receiver, "broken-team", 2)
+    assert ok["status"] == "success" and failed["status"] == "failure"
+    assert failed["error_str"] == "upstream fell over" and failed["call_type"] == "anthropic_messages"
+
+
 async def test_translation_refuses_what_a_chat_model_cannot_take(fake, fake_openai, make_config, start) -> None:
     async with start(make_config(models=models(fake, fake_openai))) as gw:
         key = await gw.new_key()
@@ -584,3 +606,38 @@ async def test_vertex_claude_native_plain_and_streamed(receiver, vars_for, make_
         await google.stop()
     assert [(e["call_type"], e["custom_llm_provider"], e["prompt_tokens"], e["completion_tokens"])
             for e in (plain, streamed)] == [("anthropic_messages", "vertex_ai", 9, 4)] * 2
+
+
+def test_stream_translation_of_reasoning_text_and_parallel_tool_calls_is_valid_anthropic() -> None:
+    """OpenAI chunks with reasoning, text and two tool calls → events the anthropic SDK's types accept, blocks
+    opened and closed in order; the assembler rebuilds the message the SDK would."""
+    from sluicegate.providers.messages_adapter import MessageAssembler, StreamTranslator
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"id": "c1", "model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    translator, assembler = StreamTranslator("m"), MessageAssembler()
+    chunks = [chunk({"role": "assistant", "content": ""}), chunk({"reasoning_content": "think"}),
+              chunk({"content": "Hi"}),
+              chunk({"tool_calls": [{"index": 0, "id": "a", "type": "function", "function": {"name": "f", "arguments": ""}}]}),
+              chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"x":1}'}}]}),
+              chunk({"tool_calls": [{"index": 1, "id": "b", "type": "function", "function": {"name": "g", "arguments": "{}"}}]}),
+              chunk({}, "tool_calls"),
+              {"id": "c1", "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 3,
+                                                    "prompt_tokens_details": {"cached_tokens": 2}}}]
+    events = [e for c in chunks for e in translator.feed(c)] + translator.end()
+    for event in events:
+        if event["type"] != "ping":
+            _STREAM_EVENT.validate_python(event)
+        assembler.feed_event(event)
+    assert [e["type"] for e in events if e["type"].startswith("content_block_st")] == [
+        "content_block_start", "content_block_stop"] * 4
+    message = at.Message.model_validate(assembler.result())
+    assert [b.type for b in message.content] == ["thinking", "text", "tool_use", "tool_use"]
+    assert message.content[2].input == {"x": 1} and message.content[3].name == "g"
+    assert message.stop_reason == "tool_use"
+    assert (message.usage.input_tokens, message.usage.cache_read_input_tokens, message.usage.output_tokens) == (8, 2, 3)
+    # negative control: a stream without tool calls ends its turn instead
+    plain = StreamTranslator("m")
+    plain.feed(chunk({"content": "x"}, "tool_calls"))
+    assert plain.end()[-2]["delta"]["stop_reason"] == "end_turn"

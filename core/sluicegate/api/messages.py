@@ -216,17 +216,15 @@ async def _messages(request: Request) -> Response[Any]:
         await gateway.router.ready(group)
         if stream:
             return await _stream(gateway, call, group, body, beta, options)
-        translated: list[dict[str, Any]] = []  # the chat request, built once for every translated attempt
 
         async def attempt(deployment: Deployment) -> tuple[bytes, bool]:
             provider = deployment.provider
             if deployment.mock_response is None and provider.speaks_messages():
                 return await provider.messages_bytes(body, rid, beta), True
-            if not translated:
-                translated.append(chat_request(body))
+            chat = chat_request(body, provider.supported_params)
             if deployment.mock_response is not None:
-                return mock_completion(deployment, translated[0]), False
-            return await provider.complete_bytes(translated[0], None, rid), False
+                return mock_completion(deployment, chat), False
+            return await provider.complete_bytes(chat, None, rid), False
 
         try:
             outcome = await gateway.router.call(group, attempt, options=options)
@@ -263,18 +261,16 @@ async def _messages(request: Request) -> Response[Any]:
 async def _stream(gateway: Gateway, call: Call, group: Group, body: dict[str, Any], beta: str | None,
                   options: RequestOptions | None) -> Response[Any]:
     rid = call.request_id
-    translated: list[dict[str, Any]] = []
 
     async def attempt(deployment: Deployment) -> tuple[Any, bool]:
         # only the opening is retried: once the upstream accepted, its events go to the client as they come
         provider = deployment.provider
         if deployment.mock_response is None and provider.speaks_messages():
             return await provider.open_messages_stream(body, rid, beta), True
-        if not translated:
-            translated.append(chat_request(body))
+        chat = chat_request(body, provider.supported_params)
         if deployment.mock_response is not None:
-            return _MockStream(mock_stream(deployment, translated[0])), False
-        return await provider.open_stream(translated[0], None, rid), False
+            return _MockStream(mock_stream(deployment, chat)), False
+        return await provider.open_stream(chat, None, rid), False
 
     try:
         outcome = await gateway.router.call(group, attempt, options=options, stream=True)

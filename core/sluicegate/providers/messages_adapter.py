@@ -163,8 +163,11 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
     return converted
 
 
-def chat_request(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A checked Messages request (:func:`sluicegate.api.messages.check_body`) as an OpenAI chat request."""
+def chat_request(body: Mapping[str, Any], supported: frozenset[str] | None = None) -> dict[str, Any]:
+    """A checked Messages request (:func:`sluicegate.api.messages.check_body`) as an OpenAI chat request.
+
+    ``supported`` is the provider's ``supported_params``: ``metadata.user_id`` becomes ``user`` only for a provider
+    that takes it (it is Anthropic's abuse-tracking id; the log event has it as ``end_user`` either way)."""
     unknown = sorted(k for k in body if k not in TRANSLATED_KEYS)
     if unknown:
         raise ApiError(400, f"{', '.join(unknown)}: not supported for this model (its provider is reached through "
@@ -196,7 +199,7 @@ def chat_request(body: Mapping[str, Any]) -> dict[str, Any]:
         if choice.get("disable_parallel_tool_use") and tools:
             request["parallel_tool_calls"] = False
     metadata = body.get("metadata")
-    if isinstance(metadata, dict) and metadata.get("user_id"):
+    if isinstance(metadata, dict) and metadata.get("user_id") and (supported is None or "user" in supported):
         request["user"] = str(metadata["user_id"])
     if body.get("stream"):
         request["stream"] = True
