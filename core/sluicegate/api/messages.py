@@ -227,7 +227,8 @@ async def _messages(request: Request) -> Response[Any]:
             return await provider.complete_bytes(chat, None, rid), False
 
         try:
-            outcome = await gateway.router.call(group, attempt, options=options)
+            outcome = await gateway.router.call(group, attempt, options=options,
+                                                tokens=gateway.router.estimate_tokens(body["messages"]))
         except RouterFailure as failure:
             call.deployment = failure.deployment or call.deployment
             call.attempts = failure.attempts
@@ -273,7 +274,8 @@ async def _stream(gateway: Gateway, call: Call, group: Group, body: dict[str, An
         return await provider.open_stream(chat, None, rid), False
 
     try:
-        outcome = await gateway.router.call(group, attempt, options=options, stream=True)
+        outcome = await gateway.router.call(group, attempt, options=options, stream=True,
+                                            tokens=gateway.router.estimate_tokens(body["messages"]))
     except RouterFailure as failure:
         call.deployment = failure.deployment or call.deployment
         call.attempts = failure.attempts

@@ -97,6 +97,10 @@ CASES = {
         metadata=LogMetadata(user_api_key_team_id="team-9", request_id="req-11", session_id="sess-2",
                              trace_metadata={"env": "prod", "attempt": 3, "flags": {"beta": True}, "none": None,
                                              "request_id": "spoofed", "big": "x" * 300})),
+    # an Anthropic message (/v1/messages): its content blocks as the output
+    "anthropic_messages": lambda: make_event(call_type="anthropic_messages", response={
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude", "stop_reason": "end_turn",
+        "content": [{"type": "text", "text": "Paris."}], "usage": {"input_tokens": 3, "output_tokens": 2}}),
     # the SDK drops a session id, user id or trace name over 200 characters: so does the sink
     "over_long_attribution": lambda: make_event(end_user="u" * 201, metadata=LogMetadata(
         request_id="req-12", session_id="s" * 201, trace_name="n" * 201, trace_user_id=None)),
@@ -130,6 +134,8 @@ EXPECTED: dict[str, dict[str, Any]] = {
                                 "langfuse.trace.metadata.request_id": "req-11", "langfuse.trace.metadata.big": None,
                                 "langfuse.trace.metadata.none": None, "user.id": "end-user-2",
                                 "session.id": "sess-2"},
+    "anthropic_messages": {"langfuse.observation.output": {"role": "assistant",
+                                                           "content": [{"type": "text", "text": "Paris."}]}},
     "over_long_attribution": {"session.id": None, "user.id": None, "langfuse.trace.name": "sluicegate-completion"},
 }
 

@@ -257,8 +257,11 @@ def _ids(event: LogEvent) -> tuple[bytes, bytes, bytes | None]:
 
 
 def _output(response: Any) -> Any:
-    """The assistant message for a one-choice chat completion (what Langfuse shows best), else all of it."""
+    """The assistant message for a one-choice chat completion or an Anthropic message (what Langfuse shows best),
+    else all of it."""
     if isinstance(response, dict):
+        if response.get("type") == "message" and isinstance(response.get("content"), list):
+            return {"role": response.get("role") or "assistant", "content": response["content"]}
         choices = response.get("choices")
         if isinstance(choices, list) and len(choices) == 1 and isinstance(choices[0], dict):
             choice = choices[0]
