@@ -168,7 +168,7 @@ def create_app(settings: Settings, *, environ: Mapping[str, str] | None = None, 
     handlers: list[Any] = [
         chat.chat_completions_v1, chat.chat_completions, chat.list_models_v1, chat.list_models,
         chat.retrieve_model_v1, chat.retrieve_model, embeddings.embeddings_v1, embeddings.embeddings,
-        messages.messages_v1, messages.messages,
+        messages.messages_v1, messages.messages, messages.count_tokens_v1, messages.count_tokens,
         model_info.model_info_v1, model_info.model_info,
         keys.generate, keys.update, keys.key_info, keys.delete_keys, keys.list_keys, keys.key_health,
         teams.new_team, teams.team_info, teams.team_list, teams.update_team, teams.delete_teams, teams.add_callback,

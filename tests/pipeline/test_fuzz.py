@@ -40,9 +40,10 @@ ROUTES = [
     ("GET", "/-/plugins"), ("GET", "/-/sinks"), ("GET", "/metrics"),
     ("POST", "/v1/embeddings"), ("POST", "/embeddings"), ("GET", "/v1/models/{name}"), ("GET", "/models/{name}"),
     ("GET", "/model/info"), ("GET", "/v1/model/info"), ("GET", "/health"),
-    ("POST", "/v1/messages"), ("POST", "/messages"),
+    ("POST", "/v1/messages"), ("POST", "/messages"), ("POST", "/v1/messages/count_tokens"),
+    ("POST", "/messages/count_tokens"),
 ]
-ANTHROPIC_ROUTES = ("/v1/messages", "/messages")
+ANTHROPIC_ROUTES = ("/v1/messages", "/messages", "/v1/messages/count_tokens", "/messages/count_tokens")
 """Routes that answer errors in Anthropic's shape: ``{"type": "error", "error": {"type", "message"}}``."""
 FIELDS = ["model", "messages", "stream", "cache", "key", "keys", "key_aliases", "team_id", "team_ids", "team_alias",
           "key_alias", "models", "metadata", "duration", "blocked", "callback_name", "callback_type",

@@ -22,6 +22,7 @@ import anthropic
 import anthropic.types as at
 import pytest
 from aiohttp import web
+from anthropic.types.message_count_tokens_params import MessageCountTokensParams
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.chat.completion_create_params import (CompletionCreateParamsNonStreaming,
                                                         CompletionCreateParamsStreaming)
@@ -144,9 +145,36 @@ class FakeOpenAI:
             await self._runner.cleanup()
 
 
+class FakeAnthropicWithCounting(FakeAnthropic):
+    """The provider tests' fake Anthropic plus ``POST /v1/messages/count_tokens`` (the request checked against the
+    SDK's ``MessageCountTokensParams``; one token per word of text)."""
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        body = json.loads(await request.read())
+        self.requests.append({"headers": dict(request.headers), "body": body, "path": request.path})
+        if request.headers.get("x-api-key") != API_KEY:
+            return self._error(401, "authentication_error", "invalid x-api-key")
+        unknown = set(body) - _keys(MessageCountTokensParams)
+        if unknown:
+            self.invalid.append(f"unknown count_tokens keys {sorted(unknown)}")
+            return self._error(400, "invalid_request_error", f"unknown keys {sorted(unknown)}")
+        words = sum(len(str(m["content"]).split()) for m in body["messages"])
+        return web.json_response(at.MessageTokensCount(input_tokens=words).model_dump())
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/messages", self.messages)
+        app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeAnthropic]:
-    server = FakeAnthropic()
+    server = FakeAnthropicWithCounting()
     await server.start()
     yield server
     await server.stop()
@@ -641,3 +669,20 @@ def test_stream_translation_of_reasoning_text_and_parallel_tool_calls_is_valid_a
     plain = StreamTranslator("m")
     plain.feed(chunk({"content": "x"}, "tool_calls"))
     assert plain.end()[-2]["delta"]["stop_reason"] == "end_turn"
+
+
+async def test_count_tokens_asks_anthropic_and_names_the_provider_elsewhere(fake, fake_openai, make_config,
+                                                                           start) -> None:
+    async with start(make_config(models=models(fake, fake_openai))) as gw:
+        sdk = client(gw, await gw.new_key())
+        counted = await sdk.messages.count_tokens(model="claude", messages=[{"role": "user", "content": "one two three"}],
+                                                  extra_body={"litellm_metadata": {"tags": ["x"]}})
+        assert counted.input_tokens == 3 and fake.invalid == []
+        sent = fake.requests[-1]
+        assert sent["path"] == "/v1/messages/count_tokens" and sent["body"]["model"] == MODEL
+        assert "litellm_metadata" not in sent["body"] and sent["headers"]["x-api-key"] == API_KEY
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            await sdk.messages.count_tokens(model="gpt", messages=[{"role": "user", "content": "hi"}])
+        message = refused.value.body["error"]["message"]
+        assert "openai" in message and "/v1/messages/count_tokens" in message
+        assert fake_openai.requests == []

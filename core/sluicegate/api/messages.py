@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from sluicegate.providers.models import Deployment
     from sluicegate.router import Group, RequestOptions
 
-__all__ = ("check_body", "error_body", "messages", "messages_v1")
+__all__ = ("check_body", "count_tokens", "count_tokens_v1", "error_body", "messages", "messages_v1")
 
 _json = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -367,6 +367,34 @@ async def _stream(gateway: Gateway, call: Call, group: Group, body: dict[str, An
                   headers={"x-request-id": rid, "request-id": rid, "cache-control": "no-cache"})
 
 
+async def _count_tokens(request: Request) -> Response[Any]:
+    """``/v1/messages/count_tokens``: asked of the model's upstream where it has the endpoint (Anthropic), a 400
+    naming the provider elsewhere. Counting is free: no router retries, no log event."""
+    gateway = gateway_of(request)
+    rid = request_id_of(request)
+    try:
+        ctx = await gateway.authenticate(request)
+        beta = _beta(request)
+        body, model = parse_model_body(await request.body() or b"")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ApiError(400, "messages: required (a non-empty array of messages)", param="messages")
+        body.pop("litellm_metadata", None)
+        group = gateway.router.resolve(model)
+        if group is None:
+            raise ApiError(400, f"model {model!r} is not configured; available: "
+                                f"{', '.join(allowed_models(gateway, ctx))}", param="model", code="model_not_found")
+        if not may_use(ctx, model):
+            raise ApiError(403, f"this key may not use model {model!r}", type="permission_error", param="model",
+                           code="403")
+        await gateway.router.ready(group)
+        deployment = group.deployments[0]
+        content = await deployment.provider.count_tokens_bytes(body, rid, beta)
+    except ApiError as exc:
+        return _error_response(exc, rid)
+    return Response(content=content, media_type="application/json", headers={"x-request-id": rid, "request-id": rid})
+
+
 class _MockStream:
     """A ``mock_response`` model's chat stream with the ``aiter_raw``/``aclose`` of an upstream answer."""
 
@@ -390,3 +418,13 @@ async def messages_v1(request: Request) -> Response[Any]:
 @post("/messages", status_code=200)
 async def messages(request: Request) -> Response[Any]:
     return await _messages(request)
+
+
+@post("/v1/messages/count_tokens", status_code=200)
+async def count_tokens_v1(request: Request) -> Response[Any]:
+    return await _count_tokens(request)
+
+
+@post("/messages/count_tokens", status_code=200)
+async def count_tokens(request: Request) -> Response[Any]:
+    return await _count_tokens(request)

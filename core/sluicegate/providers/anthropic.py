@@ -226,6 +226,10 @@ class AnthropicProvider(Provider):
         return await self.post_stream(self.stream_url, _json.encode(self.messages_payload(body)),
                                       await self.messages_headers(request_id, beta))
 
+    async def count_tokens_bytes(self, body: dict[str, Any], request_id: str, beta: str | None) -> bytes:
+        return await self.post(self.url + "/count_tokens", _json.encode(self.messages_payload(body)),
+                               await self.messages_headers(request_id, beta))
+
     # answers ------------------------------------------------------------------------------------------
     async def complete(self, body: Mapping[str, Any], *, request_id: str) -> dict[str, Any]:
         request = self.translate_request(body, stream=False)

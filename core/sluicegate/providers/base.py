@@ -204,6 +204,11 @@ class Provider(abc.ABC):
         returned once the upstream accepted the request (its errors are raised here)."""
         raise self.unsupported("messages")
 
+    async def count_tokens_bytes(self, body: dict[str, Any], request_id: str, beta: str | None) -> bytes:
+        """``/v1/messages/count_tokens`` answered by the upstream (``{"input_tokens": n}``); the base refuses it
+        with a 400 naming the provider."""
+        raise self.unsupported("messages/count_tokens")
+
     def unsupported(self, endpoint: str) -> ApiError:
         return ApiError(400, f"provider {self.custom_llm_provider} (model {self.deployment.model_name!r}) does "
                              f"not support /v1/{endpoint}", param="model", code="unsupported_endpoint")
