@@ -686,3 +686,18 @@ async def test_count_tokens_asks_anthropic_and_names_the_provider_elsewhere(fake
         message = refused.value.body["error"]["message"]
         assert "openai" in message and "/v1/messages/count_tokens" in message
         assert fake_openai.requests == []
+
+
+async def test_litellm_keys_in_anthropic_metadata_are_attribution_and_only_user_id_goes_upstream(
+        fake, fake_openai, receiver, vars_for, make_config, start) -> None:
+    async with start(make_config(models=models(fake, fake_openai))) as gw:
+        sdk = client(gw, await team_key(gw, vars_for, "meta-team"))
+        await sdk.messages.create(model="claude", max_tokens=5, messages=[{"role": "user", "content": "hi"}],
+                                  metadata={"user_id": "u-1", "session_id": "s-1", "tags": ["t"]})  # type: ignore
+        assert fake.requests[-1]["body"]["metadata"] == {"user_id": "u-1"} and fake.invalid == []
+        await sdk.messages.create(model="claude", max_tokens=5, messages=[{"role": "user", "content": "hi"}],
+                                  metadata={"session_id": "s-2"})  # type: ignore
+        assert "metadata" not in fake.requests[-1]["body"]
+        first, second = await events_for(receiver, "meta-team", 2)
+    assert (first["end_user"], first["metadata"]["session_id"], first["request_tags"]) == ("u-1", "s-1", ["t"])
+    assert (second["end_user"], second["metadata"]["session_id"]) == (None, "s-2")
