@@ -30,7 +30,10 @@ def reference(value: object) -> AnyValue:
 STRING_SIZES = [0, 1, 60, 61, 62, 63, 100, 122, 123, 124, 125, 126, 127, 128, 129, 300, 16_383, 16_384, 70_000]
 VALUES = ([("x" * n) for n in STRING_SIZES] + ["héllo ✓" * 20, "\x00nul"]
           + [0, 1, 127, 128, 300, -1, -(2**63), 2**63 - 1, True, False, 0.0, -2.5, 1e300]
-          + [["a", "b"], [1, "two", 3.0, True], []])
+          + [["a", "b"], [1, "two", 3.0, True], []]
+          # request tags as the langfuse sink sends them (langfuse.trace.tags): unicode, up to 200 characters each,
+          # an array whose length needs a two-byte varint
+          + [["prod", "ключ", "t" * 200], ["tag-%d" % n for n in range(64)]])
 KEYS = ["k", "gen_ai.usage.input_tokens", "x" * 100, "y" * 130, "ключ"]
 
 
@@ -40,6 +43,7 @@ def test_key_values_match_the_generated_classes(key: str) -> None:
     ours = Span.FromString(key_values(SPAN_ATTRIBUTES, items))
     expected = Span(attributes=[KeyValue(key=key, value=reference(v)) for v in VALUES])
     assert ours == expected
+    assert key_values(SPAN_ATTRIBUTES, items) == expected.SerializeToString()  # byte for byte, arrays included
     # the slow single-attribute writer agrees byte for byte
     assert key_values(SPAN_ATTRIBUTES, items) == b"".join(
         SPAN_ATTRIBUTES + varint(len(key_value(k, v))) + key_value(k, v) for k, v in items)

@@ -11,8 +11,8 @@ from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
-from sluicegate.api import (audit, chat, config_reload, embeddings, health, introspection, keys, members, metrics,
-                            model_info, teams, users)
+from sluicegate.api import (audit, chat, config_reload, embeddings, health, introspection, keys, members, messages,
+                            metrics, model_info, teams, users)
 from sluicegate.console import console_router
 from sluicegate.errors import ApiError, error_body
 from sluicegate.gateway import Gateway
@@ -172,6 +172,7 @@ def create_app(settings: Settings, *, environ: Mapping[str, str] | None = None, 
     handlers: list[Any] = [
         chat.chat_completions_v1, chat.chat_completions, chat.list_models_v1, chat.list_models,
         chat.retrieve_model_v1, chat.retrieve_model, embeddings.embeddings_v1, embeddings.embeddings,
+        messages.messages_v1, messages.messages, messages.count_tokens_v1, messages.count_tokens,
         model_info.model_info_v1, model_info.model_info,
         keys.generate, keys.update, keys.key_info, keys.delete_keys, keys.list_keys, keys.key_health,
         teams.new_team, teams.team_info, teams.team_list, teams.update_team, teams.delete_teams, teams.add_callback,

@@ -81,8 +81,8 @@ def bearer_token(authorization: str | None, api_key_header: str | None = None) -
             return authorization.strip()
     if api_key_header:
         return api_key_header.strip()
-    raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", type="authentication_error",
-                   code="401")
+    raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>')",
+                   type="authentication_error", code="401")
 
 
 def is_master(token: str, master_key: str | None) -> bool:

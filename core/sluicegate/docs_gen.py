@@ -306,7 +306,8 @@ def _bundled_sinks(root: Path) -> list[tuple[str, type[Any], str, str | None]]:
     return found
 
 
-def _render_sink_page(name: str, sink_class: type[Any], distribution: str, readme: str | None) -> str:
+def _render_sink_page(name: str, sink_class: type[Any], distribution: str, readme: str | None,
+                      root: Path = Path(".")) -> str:
     vars_type = sink_class.Vars
     docs = _docstrings(sys.modules[vars_type.__module__]).get
     hints = typing.get_type_hints(vars_type)
@@ -338,10 +339,27 @@ def _render_sink_page(name: str, sink_class: type[Any], distribution: str, readm
               "or per key (`metadata.logging`); see [Configuration](../configuration.md). Secret variables are "
               "shown as `***REDACTED***` in every answer. `os.environ/NAME` references are resolved when an admin "
               "writes them.", ""]
+    attribution = _attribution_section(sink_class, readme, root)
+    if attribution:
+        lines += ["## Request attribution", "", attribution, ""]
     if readme:
         lines += [f"Wire format, environment variables for a global entry, delivery and limits: "
                   f"[{readme}](../../{readme}).", ""]
     return "\n".join(lines)
+
+
+def _attribution_section(sink_class: type[Any], readme: str | None, root: Path) -> str:
+    """Where the sink puts a request's attribution: its README's ``## Request attribution`` section, or for a
+    built-in sink the paragraph of its module docstring that starts with ``Request attribution:``."""
+    if readme is not None:
+        text = (root / readme).read_text() if (root / readme).is_file() else ""
+        _, found, rest = text.partition("\n## Request attribution\n")
+        return rest.split("\n## ", 1)[0].strip() if found else ""
+    for paragraph in (inspect.getdoc(sys.modules[sink_class.__module__]) or "").split("\n\n"):
+        if paragraph.startswith("Request attribution:"):
+            text = " ".join(paragraph.removeprefix("Request attribution:").replace("``", "`").split())
+            return text[:1].upper() + text[1:]
+    return ""
 
 
 def render_sink_pages(root: Path = Path(".")) -> dict[str, str]:
@@ -353,7 +371,7 @@ def render_sink_pages(root: Path = Path(".")) -> dict[str, str]:
              "own: [Writing a sink](../plugins.md) (`sluicegate new-sink NAME`).", "",
              "| callback_name | where | page |", "|---|---|---|"]
     for name, sink_class, distribution, readme in _bundled_sinks(root):
-        pages[f"{name}.md"] = _render_sink_page(name, sink_class, distribution, readme)
+        pages[f"{name}.md"] = _render_sink_page(name, sink_class, distribution, readme, root)
         where = "built in" if readme is None else f"[{readme.split('/')[1]}](../../{readme})"
         index.append(f"| `{name}` | {where} | [{name}.md]({name}.md) |")
     pages["README.md"] = "\n".join([*index, ""])

@@ -120,6 +120,8 @@ ROUTES: tuple[Route, ...] = (
 PUBLIC_ROUTES = frozenset({
     ("POST", "/v1/chat/completions"), ("POST", "/chat/completions"), ("GET", "/v1/models"), ("GET", "/models"),
     ("GET", "/v1/models/{model}"), ("GET", "/models/{model}"), ("POST", "/v1/embeddings"), ("POST", "/embeddings"),
+    ("POST", "/v1/messages"), ("POST", "/messages"), ("POST", "/v1/messages/count_tokens"),
+    ("POST", "/messages/count_tokens"),
     ("GET", "/health/liveliness"), ("GET", "/health/liveness"), ("GET", "/health/readiness"),
 })
 

@@ -40,6 +40,8 @@ ROUTES = [
     ("GET", "/-/plugins"), ("GET", "/-/sinks"), ("GET", "/metrics"),
     ("POST", "/v1/embeddings"), ("POST", "/embeddings"), ("GET", "/v1/models/{name}"), ("GET", "/models/{name}"),
     ("GET", "/model/info"), ("GET", "/v1/model/info"), ("GET", "/health"), ("POST", "/config/reload"),
+    ("POST", "/v1/messages"), ("POST", "/messages"), ("POST", "/v1/messages/count_tokens"),
+    ("POST", "/messages/count_tokens"),
     ("POST", "/team/member_add"), ("POST", "/team/member_update"), ("POST", "/team/member_delete"),
     ("POST", "/user/new"), ("GET", "/user/info"), ("POST", "/user/update"), ("POST", "/user/delete"),
     ("GET", "/user/list"), ("GET", "/audit"), ("GET", "/audit/{name}"),
@@ -52,10 +54,13 @@ ROUTES = [
     ("POST", "/ui/keys/{name}/delete"), ("GET", "/ui/delivery"), ("GET", "/ui/plugins"), ("GET", "/ui/{name}"),
     ("GET", "/ui/static/{name}"),
 ]
+ANTHROPIC_ROUTES = ("/v1/messages", "/messages", "/v1/messages/count_tokens", "/messages/count_tokens")
+"""Routes that answer errors in Anthropic's shape: ``{"type": "error", "error": {"type", "message"}}``."""
 FIELDS = ["model", "messages", "stream", "cache", "key", "keys", "key_aliases", "team_id", "team_ids", "team_alias",
           "key_alias", "models", "metadata", "duration", "blocked", "callback_name", "callback_type",
           "callback_vars", "logging", "url", "api_token", "role", "content", "max_tokens", "temperature",
-          "user_id", "user_ids", "user_email", "user_role", "member", "teams", "rpm_limit", "max_budget"]
+          "user_id", "user_ids", "user_email", "user_role", "member", "teams", "rpm_limit", "max_budget", "system",
+          "tools", "tool_choice", "litellm_metadata", "type", "text"]
 
 text = st.text(max_size=40)
 scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False)
@@ -78,7 +83,11 @@ def check_response(response: httpx.Response, secrets: list[str]) -> None:
     assert "Traceback" not in raw and 'File "' not in raw, where
     for secret in secrets:
         assert secret not in raw, f"{where} carries a secret"
-    if response.status_code >= 400:
+    if response.status_code >= 400 and response.request.url.path in ANTHROPIC_ROUTES:
+        body = response.json()
+        assert body["type"] == "error" and {"type", "message"} <= set(body["error"]), f"{where}: {response.text[:300]}"
+        assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    elif response.status_code >= 400:
         body = response.json()
         assert set(body) == {"error"} and ERROR_FIELDS <= set(body["error"]), f"{where}: {response.text[:300]}"
         assert isinstance(body["error"]["message"], str) and body["error"]["message"]

@@ -1,5 +1,9 @@
 """The built-in ``file`` sink: JSON lines on local disk, one file per team when ``path`` has ``{team_id}``.
 
+Request attribution: each line is one whole event as JSON, the request's attribution included (``request_tags``, ``end_user``, and
+under ``metadata`` ``session_id``, ``trace_name``, ``generation_name``, ``trace_metadata``, ``requester_metadata``
+and the key's and team's metadata).
+
 Files are created 0600 and directories 0700. A path written through the admin API resolves under
 ``sluicegate_settings.file_sink_root`` and never through a symlink below it; a path from config.yaml is used as
 written (relative to the working directory).

@@ -74,11 +74,18 @@ class AnthropicProvider(Provider):
     def __init__(self, deployment: Any, params: ProviderParams) -> None:
         super().__init__(deployment, params)
         base = (deployment.api_base or "").rstrip("/")
-        self.url = base if base.endswith("/v1/messages") else f"{base}/v1/messages"
+        self.url = self.stream_url = base if base.endswith("/v1/messages") else f"{base}/v1/messages"
         headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION,
                    "x-api-key": deployment.api_key or ""}
         headers.update(self.params.extra_headers or {})
+        # the configured anthropic-beta is merged with a /v1/messages client's own (one header line)
+        self.beta = next((headers.pop(k) for k in list(headers) if k.lower() == "anthropic-beta"), None)
+        if self.beta:
+            self._head_beta = encode_headers(headers)
+            headers["anthropic-beta"] = self.beta
         self._head = encode_headers(headers)
+        if not self.beta:
+            self._head_beta = self._head
         self.default_max_tokens = int(os.environ.get("DEFAULT_ANTHROPIC_CHAT_MAX_TOKENS") or DEFAULT_MAX_TOKENS)
         self.thinking_budgets = {effort: int(os.environ.get(f"DEFAULT_REASONING_EFFORT_{effort.upper()}_THINKING_BUDGET")
                                              or budget) for effort, budget in THINKING_BUDGETS.items()}
@@ -192,6 +199,36 @@ class AnthropicProvider(Provider):
 
     def _headers(self, request_id: str) -> bytes:
         return self._head + request_id_header(request_id)
+
+    # Anthropic's Messages API, natively (/v1/messages) ---------------------------------------------------
+    def speaks_messages(self) -> bool:
+        return True
+
+    def messages_payload(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The client's Messages request for this upstream: only the model name changes."""
+        return {**body, "model": self.deployment.upstream_model}
+
+    def beta_header(self, beta: str | None) -> bytes:
+        """``anthropic-beta``: the configured features and the client's, in one header line."""
+        features = [f.strip() for value in (self.beta, beta) if value for f in value.split(",") if f.strip()]
+        if not features:
+            return b""
+        return encode_headers({"anthropic-beta": ",".join(dict.fromkeys(features))})
+
+    async def messages_headers(self, request_id: str, beta: str | None) -> bytes:
+        return self._head_beta + self.beta_header(beta) + request_id_header(request_id)
+
+    async def messages_bytes(self, body: dict[str, Any], request_id: str, beta: str | None) -> bytes:
+        return await self.post(self.url, _json.encode(self.messages_payload(body)),
+                               await self.messages_headers(request_id, beta))
+
+    async def open_messages_stream(self, body: dict[str, Any], request_id: str, beta: str | None) -> Any:
+        return await self.post_stream(self.stream_url, _json.encode(self.messages_payload(body)),
+                                      await self.messages_headers(request_id, beta))
+
+    async def count_tokens_bytes(self, body: dict[str, Any], request_id: str, beta: str | None) -> bytes:
+        return await self.post(self.url + "/count_tokens", _json.encode(self.messages_payload(body)),
+                               await self.messages_headers(request_id, beta))
 
     # answers ------------------------------------------------------------------------------------------
     async def complete(self, body: Mapping[str, Any], *, request_id: str) -> dict[str, Any]:

@@ -187,6 +187,28 @@ class Provider(abc.ABC):
         overrides this."""
         raise self.unsupported(endpoint)
 
+    # Anthropic's Messages API (/v1/messages) -------------------------------------------------------------
+    def speaks_messages(self) -> bool:
+        """Whether this deployment's upstream takes Anthropic Messages requests itself (Claude on Anthropic,
+        Vertex AI, Bedrock). Others are served through their chat contract, translated by
+        :mod:`sluicegate.providers.messages_adapter`."""
+        return False
+
+    async def messages_bytes(self, body: dict[str, Any], request_id: str, beta: str | None) -> bytes:
+        """A Messages request (``body`` as the client sent it, without the gateway's keys) answered as the
+        upstream's Anthropic ``message`` JSON bytes. ``beta`` is the client's ``anthropic-beta`` header."""
+        raise self.unsupported("messages")
+
+    async def open_messages_stream(self, body: dict[str, Any], request_id: str, beta: str | None) -> Any:
+        """Start a streamed Messages answer: an object with ``aiter_raw()`` (Anthropic SSE bytes) and ``aclose()``,
+        returned once the upstream accepted the request (its errors are raised here)."""
+        raise self.unsupported("messages")
+
+    async def count_tokens_bytes(self, body: dict[str, Any], request_id: str, beta: str | None) -> bytes:
+        """``/v1/messages/count_tokens`` answered by the upstream (``{"input_tokens": n}``); the base refuses it
+        with a 400 naming the provider."""
+        raise self.unsupported("messages/count_tokens")
+
     def unsupported(self, endpoint: str) -> ApiError:
         return ApiError(400, f"provider {self.custom_llm_provider} (model {self.deployment.model_name!r}) does "
                              f"not support /v1/{endpoint}", param="model", code="unsupported_endpoint")

@@ -10,6 +10,10 @@ Translation, as LiteLLM's Converse route does it: system messages → ``system``
 URLs, or ``s3://`` locations) → ``image`` blocks; tools → ``toolConfig`` (``toolSpec`` / ``toolUse`` /
 ``toolResult``); ``max_tokens``, ``temperature``, ``top_p`` and ``stop`` → ``inferenceConfig``; ``stopReason``
 and ``usage`` (cache read and write tokens counted as prompt tokens) mapped back.
+
+``/v1/messages`` on a Claude model goes through ``InvokeModel`` / ``InvokeModelWithResponseStream`` instead: the
+client's Messages body with ``anthropic_version: bedrock-2023-05-31`` (``anthropic-beta`` as ``anthropic_beta``),
+its ``chunk`` events relayed as Anthropic's server-sent events.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ __all__ = ("BedrockParams", "BedrockProvider")
 _json = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
 
+BEDROCK_ANTHROPIC_VERSION = "bedrock-2023-05-31"
+"""The ``anthropic_version`` InvokeModel takes for Claude's Messages body."""
 SIGNING_NAME = "bedrock"  # the service model's signingName (its endpoint prefix is bedrock-runtime)
 REGION_ENV = ("AWS_REGION_NAME", "AWS_REGION", "AWS_DEFAULT_REGION")
 
@@ -116,6 +122,7 @@ class BedrockProvider(Provider):
                 or f"https://bedrock-runtime.{region}.amazonaws.com").rstrip("/")
         path = f"{base}/model/{quote(model, safe='')}"
         self.url, self.stream_url = f"{path}/converse", f"{path}/converse-stream"
+        self.invoke_url, self.invoke_stream_url = f"{path}/invoke", f"{path}/invoke-with-response-stream"
         self._extra = dict(self.params.extra_headers or {})
         self.credentials: AwsCredentialSource | None = None
         self._bearer: bytes | None = None
@@ -204,6 +211,45 @@ class BedrockProvider(Provider):
         if response.status >= 400:
             raise self._error(response.status, response.headers, response.body)
         return response.body
+
+    # Anthropic's Messages API on Claude models: InvokeModel (/v1/messages) ----------------------------------
+    def speaks_messages(self) -> bool:
+        """Claude models take the Messages body through InvokeModel, as Claude Code on Bedrock sends it: prompt
+        caching, thinking signatures and beta features survive, which a Converse round trip would lose."""
+        model = self.model_id.lower()
+        return "anthropic." in model or "claude" in model
+
+    def messages_payload(self, body: dict[str, Any], beta: str | None) -> bytes:
+        payload = {k: v for k, v in body.items() if k not in ("model", "stream")}
+        payload["anthropic_version"] = BEDROCK_ANTHROPIC_VERSION
+        features = [f.strip() for f in (beta or "").split(",") if f.strip()]
+        if features:
+            payload["anthropic_beta"] = features
+        return _json.encode(payload)
+
+    async def messages_bytes(self, body: dict[str, Any], request_id: str, beta: str | None) -> bytes:
+        return await self._post(self.invoke_url, self.messages_payload(body, beta))
+
+    async def open_messages_stream(self, body: dict[str, Any], request_id: str, beta: str | None) -> Any:
+        assert self.http is not None, "provider used before the gateway started"
+        payload = self.messages_payload(body, beta)
+        headers = self._headers(self.invoke_stream_url, payload, stream=True)
+        try:
+            response = await self.http.stream("POST", self.invoke_stream_url, body=payload, headers=headers,
+                                              timeout=self.deployment.timeout)
+        except HttpTimeoutError:
+            raise self._timed_out() from None
+        except HttpClientError as exc:
+            raise self._unreachable(exc) from None
+        if response.status >= 400:
+            try:
+                content = await response.read()
+            except HttpClientError:
+                content = b""
+            finally:
+                await response.aclose()
+            raise self._error(response.status, response.headers, content)
+        return _InvokeStream(self, response)
 
     # request ------------------------------------------------------------------------------------------
     def translate_request(self, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -324,6 +370,55 @@ class BedrockProvider(Provider):
                                     type="upstream_error", code="502")
         finally:
             await response.aclose()
+
+
+class _InvokeStream:
+    """InvokeModelWithResponseStream's event-stream ``chunk`` messages (each an Anthropic stream event, base64 in
+    JSON) as Anthropic server-sent events, each relayed as soon as its message is complete."""
+
+    __slots__ = ("_provider", "_response")
+
+    def __init__(self, provider: BedrockProvider, response: Any) -> None:
+        self._provider = provider
+        self._response = response
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        from botocore.eventstream import EventStreamBuffer, EventStreamError  # imported where Bedrock is first used
+
+        buffer = EventStreamBuffer()
+        try:
+            async for data in self._response.aiter_raw():
+                buffer.add_data(data)
+                frames = []
+                for message in buffer:
+                    headers = message.headers
+                    if headers.get(":message-type") == "exception":
+                        kind = str(headers.get(":exception-type") or "")
+                        raise _aws_error(kind[:1].upper() + kind[1:], _message_of(message.payload), 500)
+                    if headers.get(":message-type") == "error":
+                        raise _aws_error(str(headers.get(":error-code") or ""),
+                                         str(headers.get(":error-message") or ""), 500)
+                    if headers.get(":event-type") != "chunk":
+                        continue
+                    try:
+                        event = base64.b64decode(_decoder.decode(message.payload)["bytes"])
+                        kind = _decoder.decode(event)["type"]
+                    except (msgspec.DecodeError, KeyError, TypeError, binascii.Error):
+                        raise UpstreamError(502, "upstream bedrock sent a chunk that is not an Anthropic event",
+                                            type="upstream_error", code="502") from None
+                    frames.append(b"event: " + str(kind).encode() + b"\ndata: " + event + b"\n\n")
+                if frames:
+                    yield b"".join(frames)
+        except HttpTimeoutError:
+            raise self._provider._timed_out() from None
+        except HttpClientError as exc:
+            raise self._provider._unreachable(exc) from None
+        except EventStreamError as exc:
+            raise UpstreamError(502, f"upstream bedrock sent a broken event stream: {type(exc).__name__}",
+                                type="upstream_error", code="502") from None
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
 
 
 class _StreamTranslator:

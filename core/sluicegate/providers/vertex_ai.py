@@ -147,6 +147,19 @@ class VertexAIProvider(GeminiProvider):
             return self.claude.accepted(body)
         return super().accepted(body)
 
+    def speaks_messages(self) -> bool:
+        return self.claude is not None
+
+    async def messages_bytes(self, body: dict[str, Any], request_id: str, beta: str | None) -> bytes:
+        if self.claude is None:
+            raise self.unsupported("messages")
+        return await self.claude.messages_bytes(body, request_id, beta)
+
+    async def open_messages_stream(self, body: dict[str, Any], request_id: str, beta: str | None) -> Any:
+        if self.claude is None:
+            raise self.unsupported("messages")
+        return await self.claude.open_messages_stream(body, request_id, beta)
+
     async def complete(self, body: Mapping[str, Any], *, request_id: str) -> dict[str, Any]:
         if self.claude is not None:
             return await self.claude.complete(body, request_id=request_id)
@@ -186,6 +199,15 @@ class VertexClaude(AnthropicProvider):
         request.pop("model", None)
         request["anthropic_version"] = VERTEX_ANTHROPIC_VERSION
         return request
+
+    def messages_payload(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The client's Messages request as Vertex AI takes it: the model is in the URL, the version in the body."""
+        payload = {k: v for k, v in body.items() if k != "model"}
+        payload["anthropic_version"] = VERTEX_ANTHROPIC_VERSION
+        return payload
+
+    async def messages_headers(self, request_id: str, beta: str | None) -> bytes:
+        return await self.owner.request_headers(request_id) + self.beta_header(beta)
 
     def error_from(self, status: int, content: bytes) -> UpstreamError:
         try:

@@ -1,7 +1,8 @@
 """Message redaction: done once per event, before any sink sees it.
 
 Replaced: request messages (content and tool/function-call arguments), response content, reasoning, tool-call
-and function-call arguments, for plain and streamed responses alike. Kept: metadata, usage, error strings.
+and function-call arguments (Anthropic messages' text, thinking and tool input blocks too), for plain and streamed
+responses alike. Kept: metadata, usage, error strings.
 """
 
 from __future__ import annotations
@@ -45,10 +46,31 @@ def _redact_message(message: Any) -> Any:
     return message
 
 
+_BLOCK_TEXT = ("text", "thinking", "data")
+"""Anthropic content blocks' text: ``text``, ``thinking``, ``redacted_thinking``'s ``data``."""
+
+
+def _redact_block(block: Any) -> Any:
+    """An Anthropic content block (``/v1/messages`` answers): its text, reasoning and tool input replaced."""
+    if not isinstance(block, dict):
+        return REDACTED
+    block = dict(block)
+    for key in _BLOCK_TEXT:
+        if block.get(key) is not None:
+            block[key] = REDACTED
+    if "input" in block:
+        block["input"] = REDACTED
+    if block.get("content") is not None:
+        block["content"] = REDACTED
+    return block
+
+
 def _redact_response(response: Any) -> Any:
     if not isinstance(response, dict):
         return REDACTED if response is not None else None
     response = dict(response)
+    if isinstance(response.get("content"), list):  # an Anthropic message
+        response["content"] = [_redact_block(b) for b in response["content"]]
     choices = response.get("choices")
     if isinstance(choices, list):
         redacted = []

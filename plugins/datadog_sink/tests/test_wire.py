@@ -76,6 +76,16 @@ async def test_failure_events_are_error_status(intake: Any, route_sites: Any) ->
     assert (success["status"], "status:success" in success["ddtags"]) == ("info", True)
 
 
+async def test_request_tags_become_request_tag_ddtags(intake: Any, route_sites: Any) -> None:
+    route_sites(intake)
+    sink = sink_for(dd_api_key=GLOBAL_KEY)
+    await sink.send([make_event(request_tags=["prod", "a,b", "checkout flow"]), make_event()])
+    tagged, plain = (entry["ddtags"].split(",") for entry in intake.received[0].entries)
+    assert [t for t in tagged if t.startswith("request_tag:")] == [
+        "request_tag:prod", "request_tag:a_b", "request_tag:checkout flow"]  # a comma would split the tag
+    assert not [t for t in plain if t.startswith("request_tag:")]  # negative control: no tags, none added
+
+
 async def test_default_site_and_app_prefix(intake: Any, route_sites: Any) -> None:
     route_sites(intake)
     await sink_for(dd_api_key=GLOBAL_KEY).send(events(1))
@@ -337,12 +347,12 @@ async def test_health_check_agent(make_intake: Any) -> None:
 
 async def test_instances_share_one_bounded_client(intake: Any, route_sites: Any) -> None:
     route_sites(intake)
-    threads_before = threading.active_count()
+    threads_before = set(threading.enumerate())  # threads an earlier test left may end meanwhile: count new ones
     keys = list(ACCOUNTS.items())
     sinks = [sink_for(dd_api_key=keys[i % 3][0], dd_site=keys[i % 3][1], dd_tags=f"tenant:{i}") for i in range(300)]
     await asyncio.gather(*(s.send(events(2)) for s in sinks))
     assert len(DatadogSink._clients) == 1
-    assert threading.active_count() == threads_before
+    assert set(threading.enumerate()) - threads_before == set()
     assert 1 < intake.max_open_connections <= 64  # concurrent, within the shared pool's limit
     assert intake.connections_seen <= 64  # and reused, not one connection per request
     assert sum(intake.accepted_event_ids().values()) == 600

@@ -23,7 +23,10 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     [make_event(metadata=LogMetadata(traceparent=TRACEPARENT, request_id="r", user_api_key_team_id="t"))],
     [redact(make_event(messages=[{"role": "user", "content": "héllo ✓ " * 50}]))],
     [make_event(response_cost=0.0, cache_hit=True, model_parameters={}), make_event(team_id=None)],
-], ids=["success", "failure", "failure-no-message", "traceparent", "redacted-unicode", "two-spans"])
+    [make_event(request_tags=["a", "ключ", "t" * 150], end_user="u", metadata=LogMetadata(
+        session_id="s", trace_metadata={"k": "v", "n": 3, "nested": {"x": [1, 2]}}))],
+], ids=["success", "failure", "failure-no-message", "traceparent", "redacted-unicode", "two-spans",
+                "tags-and-trace-metadata"])
 def test_wire_bytes_parse_equal_to_the_message_classes(events) -> None:
     ours = ExportTraceServiceRequest.FromString(wire_request([wire_span(e) for e in events]))
     reference = ExportTraceServiceRequest.FromString(encode_request([event_to_span(e) for e in events]))

@@ -27,6 +27,8 @@ def _sdk_send(url: str, public_key: str, secret_key: str, event: LogEvent, *, as
     client = Langfuse(public_key=public_key, secret_key=secret_key, base_url=url, tracer_provider=TracerProvider())
     name = event.metadata.generation_name or f"sluicegate-{event.call_type}"
     trace_name = event.metadata.trace_name or f"sluicegate-{event.call_type}"
+    if len(trace_name) > 200:  # the SDK would drop it and leave the trace unnamed; the sink names it as by default
+        trace_name = f"sluicegate-{event.call_type}"
     failed = event.status == "failure"
     meta = event.metadata
     identity = {k: v for k, v in {
@@ -49,10 +51,12 @@ def _sdk_send(url: str, public_key: str, secret_key: str, event: LogEvent, *, as
                            "total": event.total_tokens},
             cost_details={"total": event.response_cost},
             completion_start_time=dt.datetime.fromtimestamp(event.completionStartTime or 0, tz=dt.timezone.utc))
+    own = {"request_id", "user_api_key_team_id", "user_api_key_team_alias", "user_api_key_alias", "user_api_key_hash"}
+    trace_metadata = {k: v for k, v in (meta.trace_metadata or {}).items() if k not in own}
     try:
-        with propagate_attributes(trace_name=trace_name, metadata=identity,
+        with propagate_attributes(trace_name=trace_name, metadata={**trace_metadata, **identity},
                                   user_id=event.metadata.trace_user_id or event.end_user,
-                                  session_id=event.metadata.session_id):
+                                  session_id=event.metadata.session_id, tags=event.request_tags or None):
             observation = client.start_observation(
                 trace_context=trace_context, name=name, as_type="generation" if as_generation else "span",
                 input=event.messages, output=_output(event.response) if event.response is not None else None,
@@ -87,6 +91,19 @@ CASES = {
     "attribution": lambda: make_event(end_user="end-user-1", metadata=LogMetadata(
         user_api_key_team_id="team-9", request_id="req-10", session_id="sess-1", trace_user_id="user-7",
         trace_name="checkout-flow", generation_name="summarise")),
+    # tags and trace metadata (nested values as JSON; the gateway's own keys not overridable), as the SDK sets them
+    "tags_and_trace_metadata": lambda: make_event(
+        end_user="end-user-2", request_tags=["prod", "checkout", "t" * 201, "ключ"],
+        metadata=LogMetadata(user_api_key_team_id="team-9", request_id="req-11", session_id="sess-2",
+                             trace_metadata={"env": "prod", "attempt": 3, "flags": {"beta": True}, "none": None,
+                                             "request_id": "spoofed", "big": "x" * 300})),
+    # an Anthropic message (/v1/messages): its content blocks as the output
+    "anthropic_messages": lambda: make_event(call_type="anthropic_messages", response={
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude", "stop_reason": "end_turn",
+        "content": [{"type": "text", "text": "Paris."}], "usage": {"input_tokens": 3, "output_tokens": 2}}),
+    # the SDK drops a session id, user id or trace name over 200 characters: so does the sink
+    "over_long_attribution": lambda: make_event(end_user="u" * 201, metadata=LogMetadata(
+        request_id="req-12", session_id="s" * 201, trace_name="n" * 201, trace_user_id=None)),
 }
 
 
@@ -106,6 +123,21 @@ async def test_sdk_and_sink_write_the_same_langfuse_attributes(langfuse_receiver
     assert (from_sink.status_code, from_sink.status_message) == (from_sdk.status_code, from_sdk.status_message)
     assert (from_sink.trace_id == from_sdk.trace_id) is (case == "traceparent")  # ids are ours otherwise
     assert from_sdk.scope_name == "langfuse-sdk" and from_sink.scope_name == "sluicegate"
+    for key, value in EXPECTED.get(case, {}).items():  # the parity is not vacuous: these did arrive (or not)
+        assert sink_attributes.get(key) == value, key
+
+
+EXPECTED: dict[str, dict[str, Any]] = {
+    "tags_and_trace_metadata": {"langfuse.trace.tags": ("prod", "checkout", "ключ"),
+                                "langfuse.trace.metadata.env": "prod", "langfuse.trace.metadata.attempt": 3,
+                                "langfuse.trace.metadata.flags": {"beta": True},
+                                "langfuse.trace.metadata.request_id": "req-11", "langfuse.trace.metadata.big": None,
+                                "langfuse.trace.metadata.none": None, "user.id": "end-user-2",
+                                "session.id": "sess-2"},
+    "anthropic_messages": {"langfuse.observation.output": {"role": "assistant",
+                                                           "content": [{"type": "text", "text": "Paris."}]}},
+    "over_long_attribution": {"session.id": None, "user.id": None, "langfuse.trace.name": "sluicegate-completion"},
+}
 
 
 async def test_parity_check_notices_a_difference(langfuse_receiver: LangfuseReceiver, make_sink: Any) -> None:

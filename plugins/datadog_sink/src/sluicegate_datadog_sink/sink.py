@@ -337,6 +337,8 @@ class DatadogSink(Sink):
             f"status:{event.status}",
             self._base_tags,
         ]
+        # the request's tags (metadata.tags, x-litellm-tags, the key's and team's), as LiteLLM's request_tag:<tag>
+        tags += [f"request_tag:{_tag_value(tag)}" for tag in event.request_tags]
         trace_id, span_id = _trace_ids(meta.traceparent)
         entry = _Entry(
             ddsource=self.callback_vars.dd_source,

@@ -35,7 +35,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 from sluicegate.sinks.base import CallbackVars, HealthResult, SecretStr, Sink
@@ -162,10 +162,35 @@ def key_problems(public_key: str, secret_key: str) -> list[str]:
 # --- event → OTLP span -------------------------------------------------------------------------------
 
 
-def _kv(key: str, value: str | bool) -> KeyValue:
+def _kv(key: str, value: str | bool | list[str]) -> KeyValue:
     if isinstance(value, bool):
         return KeyValue(key=key, value=AnyValue(bool_value=value))
+    if isinstance(value, list):
+        return KeyValue(key=key, value=AnyValue(array_value=ArrayValue(
+            values=[AnyValue(string_value=v) for v in value])))
     return KeyValue(key=key, value=AnyValue(string_value=value))
+
+
+MAX_PROPAGATED_CHARS = 200
+"""The SDK's ``propagate_attributes`` drops a user id, session id, trace name, tag or (JSON-encoded) trace metadata
+value longer than this; so does the sink, so a trace looks the same whichever wrote it."""
+
+
+def _propagated(value: str | None) -> str | None:
+    return value if value is not None and len(value) <= MAX_PROPAGATED_CHARS else None
+
+
+def _trace_metadata(metadata: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The request's ``metadata.trace_metadata`` as ``langfuse.trace.metadata.<key>`` attributes, with the SDK's
+    bound on each JSON-encoded value (``None`` values dropped, as the SDK drops them)."""
+    pairs = []
+    for key, value in metadata.items():
+        if value is None or key in _OWN_TRACE_METADATA:  # the gateway's own keys are not the requester's to set
+            continue
+        encoded = _json.encode(value).decode()
+        if len(encoded) <= MAX_PROPAGATED_CHARS:
+            pairs.append((f"{Attr.TRACE_METADATA}.{key}", _metadata_value(value)))
+    return pairs
 
 
 def _as_attribute(value: Any) -> str:
@@ -232,8 +257,11 @@ def _ids(event: LogEvent) -> tuple[bytes, bytes, bytes | None]:
 
 
 def _output(response: Any) -> Any:
-    """The assistant message for a one-choice chat completion (what Langfuse shows best), else all of it."""
+    """The assistant message for a one-choice chat completion or an Anthropic message (what Langfuse shows best),
+    else all of it."""
     if isinstance(response, dict):
+        if response.get("type") == "message" and isinstance(response.get("content"), list):
+            return {"role": response.get("role") or "assistant", "content": response["content"]}
         choices = response.get("choices")
         if isinstance(choices, list) and len(choices) == 1 and isinstance(choices[0], dict):
             choice = choices[0]
@@ -252,6 +280,7 @@ _STABLE_KEYS = (
         *_IDENTITY, "call_type", "status", "stream", "cache_hit", "model_group", "custom_llm_provider")),
 )
 """Attributes that repeat from event to event of one key (names, model, team, key, status): encoded once each."""
+_OWN_TRACE_METADATA = frozenset({*_IDENTITY, "request_id"})
 _TRACE_REQUEST_ID = f"{Attr.TRACE_METADATA}.request_id"
 _OBSERVATION_REQUEST_ID = f"{Attr.OBSERVATION_METADATA}.request_id"
 _OBSERVATION_ERROR = f"{Attr.OBSERVATION_METADATA}.error_information"
@@ -284,7 +313,7 @@ def _span_fields(event: LogEvent) -> tuple[bytes, bytes, bytes | None, str, bool
     failed = event.status == "failure"
     identity = (meta.user_api_key_team_id, meta.user_api_key_team_alias, meta.user_api_key_alias,
                 meta.user_api_key_hash)
-    stable = (meta.trace_name or default_name, "generation", event.model or event.model_group or "unknown",
+    stable = (_propagated(meta.trace_name) or default_name, "generation", event.model or event.model_group or "unknown",
               # The SDK marks the first span of an application trace; ours is the only one we send for it.
               True, *identity, *identity, event.call_type, event.status, _JSON_BOOL[event.stream], _JSON_BOOL[event.cache_hit], event.model_group or None,
               event.custom_llm_provider)
@@ -314,11 +343,19 @@ def _span_fields(event: LogEvent) -> tuple[bytes, bytes, bytes | None, str, bool
         append((Attr.OBSERVATION_LEVEL, "ERROR"))
         if event.error_str:
             append((Attr.OBSERVATION_STATUS_MESSAGE, event.error_str))
-    user_id = meta.trace_user_id or event.end_user
+    # the request's attribution where Langfuse has a place for it, as propagate_attributes() sets it
+    user_id = _propagated(meta.trace_user_id or event.end_user)
     if user_id:
         append((Attr.TRACE_USER_ID, user_id))
-    if meta.session_id:
-        append((Attr.TRACE_SESSION_ID, meta.session_id))
+    session_id = _propagated(meta.session_id)
+    if session_id:
+        append((Attr.TRACE_SESSION_ID, session_id))
+    if event.request_tags:
+        tags = [t for t in event.request_tags if len(t) <= MAX_PROPAGATED_CHARS]
+        if tags:
+            append((Attr.TRACE_TAGS, tags))
+    if meta.trace_metadata:
+        varying.extend(_trace_metadata(meta.trace_metadata))
     if meta.request_id is not None:
         append((_TRACE_REQUEST_ID, meta.request_id))
         append((_OBSERVATION_REQUEST_ID, meta.request_id))

@@ -83,7 +83,11 @@ _OPERATIONS = {
     "completion": "chat", "acompletion": "chat", "chat": "chat", "chat_completion": "chat",
     "text_completion": "text_completion", "atext_completion": "text_completion",
     "embedding": "embeddings", "aembedding": "embeddings", "embeddings": "embeddings",
+    "anthropic_messages": "chat",
 }
+_FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_call",
+                   "refusal": "content_filter", "pause_turn": "stop"}
+"""Anthropic ``stop_reason`` → the GenAI output message ``finish_reason``."""
 _PARAMETERS = {
     "temperature": "gen_ai.request.temperature", "top_p": "gen_ai.request.top_p",
     "top_k": "gen_ai.request.top_k", "max_tokens": "gen_ai.request.max_tokens",
@@ -333,8 +337,17 @@ def _parts(content: Any) -> list[dict[str, Any]]:
     if isinstance(content, list):
         parts = []
         for item in content:
-            if _is_mapping(item) and item.get("type") == "text":
+            kind = item.get("type") if _is_mapping(item) else None
+            if kind == "text":
                 parts.append({"type": "text", "content": item.get("text", "")})
+            elif kind == "tool_use":  # Anthropic's blocks (/v1/messages) in the GenAI part types
+                parts.append({"type": "tool_call", "id": item.get("id"), "name": item.get("name"),
+                              "arguments": item.get("input")})
+            elif kind == "tool_result":
+                parts.append({"type": "tool_call_response", "id": item.get("tool_use_id"),
+                              "response": item.get("content")})
+            elif kind == "thinking":
+                parts.append({"type": "reasoning", "content": item.get("thinking", "")})
             elif _is_mapping(item):
                 parts.append(dict(item))
             else:
@@ -373,6 +386,10 @@ def _input_messages(messages: Any) -> list[dict[str, Any]]:
 
 
 def _output_messages(response: Mapping[str, Any]) -> list[dict[str, Any]]:
+    if response.get("type") == "message":  # an Anthropic message (/v1/messages)
+        reason = response.get("stop_reason") or ""
+        return [{"role": "assistant", "parts": _parts(response.get("content")),
+                 "finish_reason": _FINISH_REASONS.get(reason, reason)}]
     converted = []
     for choice in response.get("choices") or ():
         if not _is_mapping(choice):
@@ -489,8 +506,18 @@ def _varying(event: LogEvent, response: Mapping[str, Any] | None) -> dict[str, A
         if isinstance(response.get("id"), str):
             attributes["gen_ai.response.id"] = response["id"]
         reasons = [c.get("finish_reason") for c in response.get("choices") or () if _is_mapping(c)]
+        if not reasons and isinstance(response.get("stop_reason"), str):
+            reasons = [response["stop_reason"]]
         if any(reasons):
             attributes["gen_ai.response.finish_reasons"] = [r or "" for r in reasons]
+    # the request's attribution (sluicegate.attribution): session, end user, tags
+    if metadata.session_id:
+        attributes["gen_ai.conversation.id"] = metadata.session_id
+        attributes["sluicegate.session_id"] = metadata.session_id
+    if event.end_user:
+        attributes["sluicegate.end_user"] = event.end_user
+    if event.request_tags:
+        attributes["sluicegate.request_tags"] = list(event.request_tags)
     if event.completionStartTime and event.startTime:
         first_token = event.completionStartTime - event.startTime
         attributes["gen_ai.server.time_to_first_token"] = max(first_token, 0.0)
@@ -514,6 +541,8 @@ def _varying(event: LogEvent, response: Mapping[str, Any] | None) -> dict[str, A
         attributes["gen_ai.input.messages"] = _json_attribute(_input_messages(event.messages))
     # Redaction only ever touches the choices of a response (sluicegate.sinks.redaction).
     if response is not None and response.get("choices") and not _is_redacted(response["choices"]):
+        attributes["gen_ai.output.messages"] = _json_attribute(_output_messages(response))
+    elif response is not None and response.get("type") == "message" and not _is_redacted(response.get("content")):
         attributes["gen_ai.output.messages"] = _json_attribute(_output_messages(response))
     return attributes
 
