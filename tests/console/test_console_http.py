@@ -384,3 +384,36 @@ def test_without_a_master_key_the_login_says_why(make_settings: Any, mock_upstre
         refused = log_in(bare, "sk-anything-at-all")
         assert refused.status_code == 401
         assert "no master key is configured (general_settings.master_key)" in html.unescape(refused.text)
+
+
+# ------------------------------------------------------------------------------------------- team admins
+def test_a_team_admin_sees_and_manages_only_their_own_team(client: Any, admin: dict[str, str]) -> None:
+    """A user who is ``admin`` of one team logs in with their own key: the teams list shows that team only, its page
+    offers the write forms and its GDPR switch works, and another team's page is a 403 page that changes nothing.
+    Negative control: a key without a user cannot enter the console at all."""
+    own, other = uid("own"), uid("other")
+    for team in (own, other):
+        assert client.post("/team/new", json={"team_id": team}, headers=admin).status_code == 200
+    made = client.post("/user/new", json={"user_id": uid("alice"), "user_role": "internal_user",
+                                          "teams": [{"team_id": own, "user_role": "admin"}]}, headers=admin)
+    assert made.status_code == 200, made.text
+    client.cookies.clear()
+    assert log_in(client, made.json()["key"]).status_code == 303
+    listing = client.get("/ui/teams")
+    assert listing.status_code == 200 and own in listing.text and other not in listing.text
+    page = client.get(f"/ui/teams/{own}")
+    assert page.status_code == 200 and f"/ui/teams/{own}/logging" in page.text
+    switched = client.post(f"/ui/teams/{own}/logging", data={"csrf_token": csrf_of(page.text), "enabled": "false"},
+                           follow_redirects=False)
+    assert switched.status_code in (200, 303)
+    assert client.get(f"/team/{own}/callback", headers=admin).json()["data"]["logging_disabled"] is True
+    refused = client.get(f"/ui/teams/{other}")
+    assert refused.status_code == 403 and "text/html" in refused.headers["content-type"]
+    attempt = client.post(f"/ui/teams/{other}/logging", data={"csrf_token": csrf_of(page.text), "enabled": "false"},
+                          follow_redirects=False)
+    assert attempt.status_code == 403
+    assert client.get(f"/team/{other}/callback", headers=admin).json()["data"]["logging_disabled"] is False
+    client.cookies.clear()
+    plain = client.post("/key/generate", json={"team_id": own}, headers=admin).json()["key"]
+    assert log_in(client, plain).status_code != 303
+    client.cookies.clear()
