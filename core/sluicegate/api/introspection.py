@@ -14,7 +14,8 @@ __all__ = ("plugins", "sinks")
 async def plugins(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
     await gateway.admin_only(request)
-    described = gateway.pm.describe(gateway.registry.by_plugin(), gateway.providers.by_plugin())
+    described = gateway.pm.describe(gateway.registry.by_plugin(), gateway.providers.by_plugin(),
+                                    gateway.resolver.redaction.registry.by_plugin())
     return json_response([msgspec.to_builtins(p) for p in described])
 
 

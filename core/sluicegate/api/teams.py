@@ -79,6 +79,7 @@ async def new_team(request: Request) -> Response[bytes]:
     data = await decode_body(request, TeamNewRequest)
     team_id = data.team_id or uuid.uuid4().hex
     _check_team_id(team_id)
+    gateway.resolver.validate_redaction(data.metadata.get("redaction"), param="metadata.redaction")
     if await gateway.store.get_team(team_id) is not None:
         raise ApiError(400, f"team_id: team {team_id!r} already exists", param="team_id")
     team = await gateway.store.create_team(team_id, team_alias=data.team_alias, metadata=data.metadata)
@@ -122,6 +123,8 @@ async def update_team(request: Request) -> Response[bytes]:
     if "metadata" in values and "logging" in values["metadata"]:
         raise ApiError(422, "metadata.logging: a team's logging is set with POST /team/{team_id}/callback",
                        param="metadata.logging")
+    if "metadata" in values:
+        gateway.resolver.validate_redaction(values["metadata"].get("redaction"), param="metadata.redaction")
     team = await gateway.store.update_team(data.team_id, **values)
     gateway.invalidate()
     assert team is not None
