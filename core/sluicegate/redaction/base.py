@@ -8,6 +8,7 @@ policy scans. It must be pure (no I/O, no shared mutable state): one instance se
 from __future__ import annotations
 
 import abc
+import difflib
 import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -120,8 +121,6 @@ class RedactorRegistry:
         try:
             return self._classes[name]
         except KeyError:
-            import difflib
-
             hint = difflib.get_close_matches(name, self.names(), n=1, cutoff=0.6)
             raise UnknownRedactorName(name, f"unknown redactor {name!r}" + (
                 f"; did you mean {hint[0]!r}?" if hint else "") + f" (installed: {', '.join(self.names()) or 'none'})"

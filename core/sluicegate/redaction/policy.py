@@ -9,8 +9,10 @@ event, whatever the number of destinations sharing it) and the event records the
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -278,8 +280,11 @@ class PolicyCompiler:
             message = str(exc)
             path = message.rsplit("at `$", 1)[-1].rstrip("`").lstrip(".") if "at `$" in message else ""
             reason = message.split(" - at ")[0]
-            if reason.startswith("Object contains unknown field"):
-                reason += "; known: redactors, fields"
+            unknown = re.match(r"Object contains unknown field `([^`]*)`", reason)
+            if unknown and not path:
+                path = unknown.group(1)
+                hint = difflib.get_close_matches(path, ("redactors", "fields"), n=1, cutoff=0.6)
+                reason = "unknown key" + (f"; did you mean {hint[0]!r}?" if hint else "") + " (known: redactors, fields)"
             raise PolicyError([f"{path or '(policy)'}: {reason}"]) from None
         problems: list[str] = []
         built: list[tuple[int, int, Redactor]] = []
@@ -337,8 +342,6 @@ class PolicyCompiler:
             fields = dict(spec.fields)
         for field in fields:
             if field not in FIELDS:
-                import difflib
-
                 hint = difflib.get_close_matches(field, FIELDS, n=1, cutoff=0.6)
                 problems.append(f"fields.{field}: not a field" + (f"; did you mean {hint[0]!r}?" if hint else "")
                                 + f" (known: {', '.join(FIELDS)})")
