@@ -267,3 +267,21 @@ def test_a_redactor_name_registered_twice_stops_start_up_naming_both(tmp_path, m
                                                     r"\(sluicegate.default_plugins.redactors\) and by "
                                                     r"sluicegate-fake-email \(fake_email\)"):
         RedactorRegistry.from_plugin_manager(get_plugin_manager({}))
+
+
+async def test_the_acme_fixture_redactor_is_installed_and_used(receiver, make_config, start, vars_for):
+    """The acme fixture distribution (really installed) registers ``acme_ticket`` through its entry point; a
+    team's policy names it with options, and the sink receives the placeholder."""
+    cfg = make_config(litellm={"default_team_settings": [
+        {"team_id": "t", "callbacks": ["acme"], **vars_for("t"),
+         "redaction": {"redactors": [{"acme_ticket": {"prefix": "TCK"}}, "email"]}}]})
+    async with start(cfg) as gw:
+        assert gw.gateway.resolver.redaction.registry.owner("acme_ticket") == "sluicegate-acme-sink (acme_sink)"
+        key = await gw.new_key(team_id="t")
+        assert (await gw.chat(key, "TCK-991 from a@example.com, not ACME-5")).status_code == 200
+        assert await receiver.wait_for_async(lambda: len(receiver.events_at("/dest/t")) == 1)
+        plugins = (await gw.admin("GET", "/-/plugins")).json()
+    event = receiver.events_at("/dest/t")[0]
+    assert event["messages"][0]["content"] == "<ACME_TICKET> from <EMAIL>, not ACME-5"
+    assert event["metadata"]["redaction"]["redactors"] == {"acme_ticket": 1, "email": 1}
+    assert next(p for p in plugins if p["name"] == "acme_sink")["redactors"] == ["acme_ticket"]
