@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import string
 from collections import Counter
 from typing import Any
 
@@ -41,6 +42,37 @@ def digit_count(text: str) -> int:
     return count
 
 
+_RUN = re.compile(r"[0-9][0-9 ()./+-]*")
+_last_runs: tuple[str, list[tuple[int, int]]] = ("", [])
+
+
+def numeric_runs(text: str) -> list[tuple[int, int]]:
+    """Where ``text`` has runs of digits and the separators numbers are written with (``start``, ``end``).
+
+    The digit-led detectors try their patterns only at these runs (a pattern of its own over the whole text would
+    be tried at every digit); like :func:`digit_count`, the last answer is kept for the next detector."""
+    global _last_runs
+    last = _last_runs
+    if last[0] is text:
+        return last[1]
+    runs = [m.span() for m in _RUN.finditer(text)]
+    _last_runs = (text, runs)
+    return runs
+
+
+def _spans_replaced(text: str, spans: list[tuple[int, int]], placeholder: str) -> tuple[str, int]:
+    """``text`` with each of the ordered, non-overlapping ``spans`` replaced by ``placeholder``."""
+    if not spans:
+        return text, 0
+    pieces: list[str] = []
+    last = 0
+    for start, end in spans:
+        pieces += (text[last:start], placeholder)
+        last = end
+    pieces.append(text[last:])
+    return "".join(pieces), len(spans)
+
+
 # -- e-mail ------------------------------------------------------------------------------------------------
 class EmailRedactor(Redactor):
     """Addresses ``local@domain.tld`` (dot-atom local part, internationalised letters included)."""
@@ -49,15 +81,36 @@ class EmailRedactor(Redactor):
     placeholder = "<EMAIL>"
     order = 10
 
-    _pattern = re.compile(
-        r"(?<![\w.%+'-])[\w%+'-]+(?:\.[\w%+'-]+)*"
-        r"@(?:[A-Za-z0-9\u00a1-\uffff](?:[A-Za-z0-9\u00a1-\uffff-]{0,61}[A-Za-z0-9\u00a1-\uffff])?\.)+"
-        r"[A-Za-z\u00a1-\uffff]{2,63}(?![\w-])")
+    _domain = re.compile(r"(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_]{2,63}(?![\w-])")
+    _local_chars = frozenset(string.ascii_letters + string.digits + "._%+'-")
 
     def redact(self, text: str) -> tuple[str, int]:
-        if "@" not in text:
+        # Found from each '@' (a pattern starting at the local part would be tried at every word of the text):
+        # the domain is matched forwards, the local part walked backwards.
+        at = text.find("@")
+        if at < 0:
             return text, 0
-        return self._pattern.subn(self.placeholder, text)
+        pieces: list[str] = []
+        last = count = 0
+        local_chars = self._local_chars
+        while at >= 0:
+            domain = self._domain.match(text, at + 1)
+            start = at
+            floor = max(last, at - 64)
+            while start > floor and (text[start - 1] in local_chars or text[start - 1].isalnum()):
+                start -= 1
+            while start < at and text[start] == ".":
+                start += 1
+            if domain is not None and start < at and text[at - 1] != "." and (
+                    start == 0 or text[start - 1] != "@"):
+                pieces += (text[last:start], self.placeholder)
+                last = domain.end()
+                count += 1
+            at = text.find("@", max(at + 1, last))
+        if not count:
+            return text, 0
+        pieces.append(text[last:])
+        return "".join(pieces), count
 
 
 # -- payment cards -----------------------------------------------------------------------------------------
@@ -106,22 +159,18 @@ class CardRedactor(Redactor):
     def redact(self, text: str) -> tuple[str, int]:
         if digit_count(text) < 13:
             return text, 0
-        count = 0
         check_issuer = self.options.check_issuer
-
-        def replace(match: re.Match[str]) -> str:
-            nonlocal count
-            found = match.group(0)
-            digits = found.replace(" ", "").replace("-", "")
-            if not 13 <= len(digits) <= 19 or not luhn_valid(digits):
-                return found
-            if check_issuer and not _CARD_PREFIX.match(digits):
-                return found
-            count += 1
-            return self.placeholder
-
-        result = self._pattern.sub(replace, text)
-        return result, count
+        spans = []
+        size = len(text)
+        for start, end in numeric_runs(text):
+            if end - start < 13:
+                continue
+            for match in self._pattern.finditer(text, start, min(size, end + 2)):
+                digits = match.group(0).replace(" ", "").replace("-", "")
+                if 13 <= len(digits) <= 19 and luhn_valid(digits) and (
+                        not check_issuer or _CARD_PREFIX.match(digits)):
+                    spans.append(match.span())
+        return _spans_replaced(text, spans, self.placeholder)
 
 
 # -- IBAN --------------------------------------------------------------------------------------------------
@@ -166,21 +215,14 @@ class IbanRedactor(Redactor):
     def redact(self, text: str) -> tuple[str, int]:
         if digit_count(text) < 10:
             return text, 0
-        count = 0
-        pieces: list[str] = []
-        last = 0
-        for match in self._pattern.finditer(text):
-            start = match.start() - 2
-            if not iban_valid((text[start:match.start()] + match.group(0).replace(" ", "")).upper()):
+        spans: list[tuple[int, int]] = []
+        for start, _ in numeric_runs(text):  # the check digits begin a run, two letters before them
+            if start < 2 or not text[start - 2:start].isalpha() or (spans and start < spans[-1][1]):
                 continue
-            pieces.append(text[last:start])
-            pieces.append(self.placeholder)
-            last = match.end()
-            count += 1
-        if not count:
-            return text, 0
-        pieces.append(text[last:])
-        return "".join(pieces), count
+            match = self._pattern.match(text, start)
+            if match is not None and iban_valid((text[start - 2:start] + match.group(0).replace(" ", "")).upper()):
+                spans.append((start - 2, match.end()))
+        return _spans_replaced(text, spans, self.placeholder)
 
 
 # -- secrets -----------------------------------------------------------------------------------------------
@@ -202,17 +244,33 @@ _VENDOR = (
     r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",  # JWT: header and payload both JSON objects
 )
 _VENDOR_PATTERN = re.compile(r"(?<![\w-])(?:" + "|".join(_VENDOR) + r")(?![\w-])")
-_BEARER = re.compile(r"(?i:\b(?:bearer|basic|token)\s+)([A-Za-z0-9._~+/-]{16,}=*)(?![\w~+/=-])")
-_ASSIGN = re.compile(
-    r"(?i:\b(?:api[_-]?key|secret(?:[_-]?key)?|password|passwd|pwd|access[_-]?token|auth[_-]?token|client[_-]?secret)"
-    r"[\"']?\s*[:=]\s*[\"']?)([^\s\x00\"',;<>]{8,})")
+_BEARER = re.compile(r"(?:bearer|basic|token)\s+([A-Za-z0-9._~+/-]{16,}=*)(?![\w~+/=-])", re.IGNORECASE)
 _BEARER_WORDS = ("bearer", "basic", "token")
-_ASSIGN_WORDS = ("key", "secret", "passw", "pwd", "token")
+_ASSIGN = re.compile(r"[:=][ \t]*[\"']?([^\s\x00\"',;<>]{8,})")
+_ASSIGN_LABELS = ("api_key", "api-key", "apikey", "secret", "secret_key", "secret-key", "secretkey", "password",
+                  "passwd", "pwd", "access_token", "access-token", "auth_token", "auth-token", "client_secret",
+                  "client-secret")
+_ASSIGN_WORDS = ("key", "secret", "pass", "pwd", "token")
 _PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[^\x00]*?-----END [A-Z ]*PRIVATE KEY-----")
-_LONG_TOKEN = re.compile(r"[A-Za-z0-9+_=.-]{16,}")
+_LONG_TOKEN = re.compile(r"[A-Za-z0-9+_=.-](?<![A-Za-z0-9+_=.-].)[A-Za-z0-9+_=.-]{15,}")
 """Every run of token characters long enough to be a key: the one pass that finds candidates for both the vendor
 patterns and the entropy test (each a regular expression of its own would scan the whole text)."""
 _HEX = frozenset("0123456789abcdefABCDEF-")
+_TOKEN_BYTES = bytes(ord("a") if chr(b) in string.ascii_letters + string.digits + "+_=.-" else ord(" ")
+                     for b in range(256))
+_LONG_RUN = re.compile(rb"a{16}a*".replace(rb"a{16}", b"a" * 16))
+"""On the text mapped to ``a`` (token characters) and space (the rest): a literal prefix, which the regular
+expression engine finds with a fast substring search instead of trying every position."""
+
+
+def long_tokens(text: str) -> list[tuple[int, int]]:
+    """Where ``text`` has runs of at least 16 token characters (letters, digits, ``+_=.-``)."""
+    if text.isascii():
+        mapped = text.encode("ascii").translate(_TOKEN_BYTES)
+        if b"a" * 16 not in mapped:
+            return []
+        return [m.span() for m in _LONG_RUN.finditer(mapped)]
+    return [m.span() for m in _LONG_TOKEN.finditer(text)]
 
 
 def entropy(token: str) -> float:
@@ -261,27 +319,30 @@ class SecretRedactor(Redactor):
             total += found
         if options.labelled:
             lower = text.lower()
-            for pattern, words in ((_BEARER, _BEARER_WORDS), (_ASSIGN, _ASSIGN_WORDS)):
-                if any(word in lower for word in words):
-                    text, found = _label_kept(pattern, text, placeholder)
-                    total += found
+            if any(word in lower for word in _BEARER_WORDS):
+                text, found = _bearer(text, lower, placeholder)
+                total += found
+                lower = text.lower() if found else lower
+            if any(word in lower for word in _ASSIGN_WORDS):
+                text, found = _assigned(text, lower, placeholder)
+                total += found
         if options.vendor_prefixes or options.high_entropy:
             pieces: list[str] = []
             last = 0
-            for match in _LONG_TOKEN.finditer(text):
-                token = match.group(0)
+            for start, end in long_tokens(text):
+                token = text[start:end]
                 if options.vendor_prefixes:
                     replaced, found = _VENDOR_PATTERN.subn(placeholder, token)
                     if found:
-                        pieces += (text[last:match.start()], replaced)
-                        last = match.end()
+                        pieces += (text[last:start], replaced)
+                        last = end
                         total += found
                         continue
                 if options.high_entropy:
                     found = self._random(token.strip(".="))
                     if found:
-                        pieces += (text[last:match.start()], placeholder)
-                        last = match.end()
+                        pieces += (text[last:start], placeholder)
+                        last = end
                         total += 1
             if pieces:
                 pieces.append(text[last:])
@@ -297,16 +358,50 @@ class SecretRedactor(Redactor):
         return entropy(token) >= self.options.min_entropy
 
 
-def _label_kept(pattern: re.Pattern[str], text: str, placeholder: str) -> tuple[str, int]:
-    """Replace the value (group 1) of every ``pattern`` match, keeping its label."""
-    count = 0
+def _bearer(text: str, lower: str, placeholder: str) -> tuple[str, int]:
+    """``Bearer <token>``, ``Basic <credentials>``, ``token <token>``: the value goes, the word stays. Tried only
+    where one of the words is (found with ``str.find``, not a case-insensitive scan of the whole text)."""
+    pieces: list[str] = []
+    last = count = 0
+    starts = sorted(i for word in _BEARER_WORDS for i in _occurrences(lower, word))
+    for start in starts:
+        if start < last or (start and lower[start - 1].isalnum()):
+            continue
+        match = _BEARER.match(text, start)
+        if match is not None:
+            pieces += (text[last:match.start(1)], placeholder)
+            last = match.end(1)
+            count += 1
+    if not count:
+        return text, 0
+    pieces.append(text[last:])
+    return "".join(pieces), count
 
-    def replace(match: re.Match[str]) -> str:
-        nonlocal count
+
+def _assigned(text: str, lower: str, placeholder: str) -> tuple[str, int]:
+    """``api_key=...``, ``"password": "..."``, ``client_secret: ...``: the value after a known label goes."""
+    pieces: list[str] = []
+    last = count = 0
+    for match in _ASSIGN.finditer(text):
+        before = lower[max(0, match.start() - 24):match.start()].rstrip("\"' \t")
+        if not before.endswith(_ASSIGN_LABELS) or match.start() < last:
+            continue
+        pieces += (text[last:match.start(1)], placeholder)
+        last = match.end(1)
         count += 1
-        return match.group(0)[:match.start(1) - match.start(0)] + placeholder
+    if not count:
+        return text, 0
+    pieces.append(text[last:])
+    return "".join(pieces), count
 
-    return pattern.sub(replace, text), count
+
+def _occurrences(text: str, word: str) -> list[int]:
+    found = []
+    index = text.find(word)
+    while index >= 0:
+        found.append(index)
+        index = text.find(word, index + 1)
+    return found
 
 
 # -- IP addresses ------------------------------------------------------------------------------------------
@@ -367,7 +462,14 @@ class IpRedactor(Redactor):
         if options.ipv6 and ("::" in text or text.count(":") >= 7):
             text = self._v6.sub(replace, text)
         if options.ipv4 and "." in text and digit_count(text) >= 4:
-            text = self._v4.sub(replace, text)
+            spans = []
+            size = len(text)
+            for start, end in numeric_runs(text):
+                if end - start >= 7:
+                    for match in self._v4.finditer(text, start, min(size, end + 2)):
+                        if replace(match) == self.placeholder:
+                            spans.append(match.span())
+            text = _spans_replaced(text, spans, self.placeholder)[0]
         return text, count
 
 
@@ -390,27 +492,19 @@ class PhoneRedactor(Redactor):
         r")(?![\w-]|[.,]\d)")
     _date = re.compile(r"\d{1,4}([./-])\d{1,2}\1\d{1,4}\Z")
 
-    _candidate = re.compile(r"[0-9+(][0-9 ()./+-]{6,}[0-9]")
-    """Runs of digits and separators long enough for a phone number: the only places the full pattern is tried."""
-
     def redact(self, text: str) -> tuple[str, int]:
         if digit_count(text) < 8:
             return text, 0
-        count = 0
-        pieces: list[str] = []
-        last = 0
-        for candidate in self._candidate.finditer(text):
-            start, end = candidate.span()
-            for match in self._pattern.finditer(text, start, min(len(text), end + 2)):
-                if self._confirmed(match):
-                    pieces.append(text[last:match.start()])
-                    pieces.append(self.placeholder)
-                    last = match.end()
-                    count += 1
-        if not count:
-            return text, 0
-        pieces.append(text[last:])
-        return "".join(pieces), count
+        spans: list[tuple[int, int]] = []
+        size = len(text)
+        for start, end in numeric_runs(text):
+            if end - start < 7:
+                continue
+            # a leading '+' or '(' sits just before the run; the window ends where its digits do
+            for match in self._pattern.finditer(text, max(0, start - 2), min(size, end + 2)):
+                if self._confirmed(match) and (not spans or match.start() >= spans[-1][1]):
+                    spans.append(match.span())
+        return _spans_replaced(text, spans, self.placeholder)
 
     def _confirmed(self, match: re.Match[str]) -> bool:
         found = match.group(0)

@@ -13,7 +13,7 @@ import difflib
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import msgspec
@@ -34,9 +34,6 @@ and ``end_user`` (the request's ``user``, ``trace_user_id``)."""
 DEFAULT_FIELDS: dict[str, str] = {"messages": "scan", "response": "scan", "tool_arguments": "scan"}
 FAILED = "<REDACTION_FAILED>"
 """What a string becomes when a redactor raised on it: never logged unscanned."""
-
-_TEXT_KEYS = ("content", "reasoning_content", "reasoning", "refusal", "text")
-
 
 class PolicyError(ValueError):
     """A policy that cannot be used; ``problems`` are ``"path: reason"`` (``redactors[1].regex.patterns: ...``)."""
@@ -80,21 +77,49 @@ class CompiledPolicy:
         """A copy of ``event`` with the policy's fields scanned or dropped and ``metadata.redaction`` recording
         which redactors ran and how many replacements each made. ``event`` itself is not changed.
 
-        Two passes: the first collects every string to scan (in order), the redactors then run once over all of
-        them joined by a separator no detector crosses (one call per redactor per event, not per string), and
-        the second pass puts the results back in the same order.
+        One walk copies the containers that hold a string to scan and remembers where each string goes; the
+        redactors then run once each over all the strings joined by a separator no detector crosses (one call per
+        redactor per event, not per string), and the results are put in their places.
         """
-        strings: list[str] = []
-        self._rebuild(event, strings.append)
-        counts, errors, results = self._scan_all(strings)
-        replaced = iter(results)
-        changes = self._rebuild(event, lambda _value: next(replaced))
+        walk = _Walk()
+        changes: dict[str, Any] = {}
+        scan, drop = self.scan, self.drop
+        messages_mode = "drop" if "messages" in drop else "scan" if "messages" in scan else None
+        arguments_mode = "drop" if "tool_arguments" in drop else "scan" if "tool_arguments" in scan else None
+        if messages_mode or arguments_mode:
+            changes["messages"] = walk.messages(event.messages, messages_mode, arguments_mode)
+        response_mode = "drop" if "response" in drop else "scan" if "response" in scan else None
+        if response_mode or arguments_mode:
+            changes["response"] = walk.response(event.response, response_mode, arguments_mode)
+        metadata = event.metadata
+        meta_changes: dict[str, Any] = {}
+        for field, names in (("metadata", _METADATA_FIELDS), ("end_user", _END_USER_FIELDS)):
+            if field in drop:
+                meta_changes.update(dict.fromkeys(names))
+            elif field in scan:
+                for name in names:
+                    value = getattr(metadata, name)
+                    if isinstance(value, str):
+                        walk.take(meta_changes, name, value)
+                    elif value is not None:
+                        meta_changes[name] = walk.any(value)
+        if "end_user" in drop:
+            changes["end_user"] = None
+        elif "end_user" in scan and event.end_user is not None:
+            walk.take(changes, "end_user", event.end_user)
+        counts, errors, results = self._scan_all(walk.strings)
+        for (container, key), value in zip(walk.slots, results):
+            container[key] = value
+        for name in ("messages", "response"):
+            if isinstance(changes.get(name), _Scanned):
+                changes[name] = changes[name].box[0]
         record: dict[str, Any] = {"policy": self.key,
                                   "redactors": {r.name: counts[i] for i, r in enumerate(self.redactors)},
-                                  "scanned": sorted(self.scan), "dropped": sorted(self.drop)}
+                                  "scanned": sorted(scan), "dropped": sorted(drop)}
         if errors:
             record["errors"] = errors
-        changes["metadata"] = msgspec.structs.replace(changes.get("metadata", event.metadata), redaction=record)
+        meta_changes["redaction"] = record
+        changes["metadata"] = msgspec.structs.replace(metadata, **meta_changes)
         return msgspec.structs.replace(event, **changes)
 
     def _scan_all(self, strings: list[str]) -> tuple[list[int], int, list[str]]:
@@ -113,7 +138,7 @@ class CompiledPolicy:
                     log.error("redactor %s failed (%s): the scanned fields are replaced by %s", redactor.name,
                               type(exc).__name__, FAILED)
                     return counts, errors, [FAILED] * len(strings)
-                if result.count(_SEPARATOR) == len(strings) - 1:
+                if not found or result.count(_SEPARATOR) == len(strings) - 1:
                     joined = result
                     counts[index] += found
                     continue
@@ -131,119 +156,136 @@ class CompiledPolicy:
                 counts[index] += found
         return counts, errors, joined.split(_SEPARATOR) if together else strings
 
-    def _rebuild(self, event: LogEvent, text: Callable[[str], Any]) -> dict[str, Any]:
-        """The changed fields of ``event``: every scanned string passed through ``text`` (in a fixed order),
-        dropped ones replaced."""
-        scan, drop = self.scan, self.drop
-        changes: dict[str, Any] = {}
-        messages_mode = "drop" if "messages" in drop else "scan" if "messages" in scan else None
-        arguments_mode = "drop" if "tool_arguments" in drop else "scan" if "tool_arguments" in scan else None
-        if messages_mode or arguments_mode:
-            changes["messages"] = _messages(event.messages, text, messages_mode, arguments_mode)
-        response_mode = "drop" if "response" in drop else "scan" if "response" in scan else None
-        if response_mode or arguments_mode:
-            changes["response"] = _response(event.response, text, response_mode, arguments_mode)
-        metadata = event.metadata
-        meta_changes: dict[str, Any] = {}
-        for field, names in (("metadata", _METADATA_FIELDS), ("end_user", _END_USER_FIELDS)):
-            if field in drop:
-                meta_changes.update(dict.fromkeys(names))
-            elif field in scan:
-                for name in names:
-                    value = getattr(metadata, name)
-                    if value is not None:
-                        meta_changes[name] = _walk(value, text)
-        if "end_user" in drop:
-            changes["end_user"] = None
-        elif "end_user" in scan and event.end_user is not None:
-            changes["end_user"] = text(event.end_user)
-        if meta_changes:
-            changes["metadata"] = msgspec.structs.replace(metadata, **meta_changes)
-        return changes
-
 
 _SEPARATOR = "\x00\n\x00"
 """Joins the strings of one event for one pass per redactor: a NUL on each side of a newline, which none of the
 built-in patterns crosses (a string that itself holds it is scanned alone)."""
-_END_USER_FIELDS = ("trace_user_id", "user_api_key_end_user_id")
 _METADATA_FIELDS = ("requester_metadata", "spend_logs_metadata", "trace_metadata", "trace_name", "generation_name",
                     "requester_ip_address", "user_agent")
+_END_USER_FIELDS = ("trace_user_id", "user_api_key_end_user_id")
+_TEXT_KEYS = frozenset(("content", "reasoning_content", "reasoning", "refusal", "text"))
 
 
-def _walk(value: Any, text: Callable[[str], str]) -> Any:
-    """Every string in a JSON-like value scanned (keys kept)."""
-    if isinstance(value, str):
-        return text(value)
-    if isinstance(value, dict):
-        return {k: _walk(v, text) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_walk(v, text) for v in value]
-    return value
+class _Walk:
+    """Copies the parts of an event that hold strings to scan; ``slots`` and ``strings`` say where each goes.
+    A top-level string (a completion's ``prompt``) is held in a one-item list: the caller unwraps it."""
 
+    __slots__ = ("slots", "strings")
 
-def _call(call: Any, text: Callable[[str], str], mode: str | None) -> Any:
-    if mode is None or not isinstance(call, dict):
+    def __init__(self) -> None:
+        self.slots: list[tuple[Any, Any]] = []
+        self.strings: list[str] = []
+
+    def take(self, container: Any, key: Any, value: str) -> None:
+        container[key] = value
+        self.slots.append((container, key))
+        self.strings.append(value)
+
+    def any(self, value: Any) -> Any:
+        """A copy of a JSON-like value with every string in it taken (keys kept)."""
+        if isinstance(value, dict):
+            copy: Any = dict(value)
+            items: Any = value.items()
+        elif isinstance(value, list):
+            copy = list(value)
+            items = enumerate(value)
+        else:
+            return value
+        for key, item in items:
+            if isinstance(item, str):
+                self.take(copy, key, item)
+            elif isinstance(item, dict | list):
+                copy[key] = self.any(item)
+        return copy
+
+    def _text(self, container: Any, key: Any, value: str, mode: str) -> None:
+        if mode == "drop":
+            container[key] = REDACTED
+        else:
+            self.take(container, key, value)
+
+    def call(self, call: Any, mode: str | None) -> Any:
+        if mode is None or not isinstance(call, dict):
+            return call
+        call = dict(call)
+        function = call.get("function")
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            function = call["function"] = dict(function)
+            self._text(function, "arguments", function["arguments"], mode)
+        if isinstance(call.get("arguments"), str):
+            self._text(call, "arguments", call["arguments"], mode)
         return call
-    call = dict(call)
-    function = call.get("function")
-    if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-        call["function"] = {**function, "arguments": REDACTED if mode == "drop" else text(function["arguments"])}
-    if isinstance(call.get("arguments"), str):
-        call["arguments"] = REDACTED if mode == "drop" else text(call["arguments"])
-    return call
+
+    def message(self, message: Any, mode: str | None, arguments: str | None) -> Any:
+        if not isinstance(message, dict):
+            return message
+        copy = dict(message)
+        for key, value in message.items():
+            if key in _TEXT_KEYS:
+                if mode is None or value is None:
+                    continue
+                if isinstance(value, str):
+                    self._text(copy, key, value, mode)
+                elif isinstance(value, list):  # content parts: text parts scanned, images and audio kept
+                    parts = copy[key] = list(value)
+                    for index, part in enumerate(value):
+                        if isinstance(part, dict) and isinstance(part.get("text"), str):
+                            part = parts[index] = dict(part)
+                            self._text(part, "text", part["text"], mode)
+                        elif isinstance(part, str):
+                            self._text(parts, index, part, mode)
+            elif key == "tool_calls" and isinstance(value, list):
+                copy[key] = [self.call(c, arguments) for c in value]
+            elif key == "function_call" and value is not None:
+                copy[key] = self.call(value, arguments)
+        return copy
+
+    def messages(self, messages: Any, mode: str | None, arguments: str | None) -> Any:
+        if isinstance(messages, list):  # chat messages, or an embeddings/completions input list
+            copy = list(messages)
+            for index, message in enumerate(messages):
+                if isinstance(message, str):
+                    if mode is not None:
+                        self._text(copy, index, message, mode)
+                else:
+                    copy[index] = self.message(message, mode, arguments)
+            return copy
+        if isinstance(messages, str) and mode is not None:
+            return self._top(messages, mode)
+        return messages
+
+    def response(self, response: Any, mode: str | None, arguments: str | None) -> Any:
+        if not isinstance(response, dict):
+            return self._top(response, mode) if isinstance(response, str) and mode is not None else response
+        choices = response.get("choices")
+        if not isinstance(choices, list):
+            return response
+        copied = []
+        for choice in choices:
+            if isinstance(choice, dict):
+                choice = dict(choice)
+                for part in ("message", "delta"):
+                    if isinstance(choice.get(part), dict):
+                        choice[part] = self.message(choice[part], mode, arguments)
+                if isinstance(choice.get("text"), str) and mode is not None:
+                    self._text(choice, "text", choice["text"], mode)
+            copied.append(choice)
+        return {**response, "choices": copied}
+
+    def _top(self, value: str, mode: str) -> Any:
+        if mode == "drop":
+            return REDACTED
+        return _Scanned(self, value)
 
 
-def _message(message: Any, text: Callable[[str], str], mode: str | None, arguments: str | None) -> Any:
-    if isinstance(message, str):
-        return message if mode is None else REDACTED if mode == "drop" else text(message)
-    if not isinstance(message, dict):
-        return message
-    message = dict(message)
-    if mode is not None:
-        for key in _TEXT_KEYS:
-            value = message.get(key)
-            if isinstance(value, str):
-                message[key] = REDACTED if mode == "drop" else text(value)
-            elif isinstance(value, list):  # content parts: text parts scanned, images and audio kept
-                message[key] = [
-                    {**part, "text": REDACTED if mode == "drop" else text(part["text"])}
-                    if isinstance(part, dict) and isinstance(part.get("text"), str) else
-                    (REDACTED if mode == "drop" else text(part)) if isinstance(part, str) else part
-                    for part in value]
-    if isinstance(message.get("tool_calls"), list):
-        message["tool_calls"] = [_call(c, text, arguments) for c in message["tool_calls"]]
-    if message.get("function_call") is not None:
-        message["function_call"] = _call(message["function_call"], text, arguments)
-    return message
+class _Scanned:
+    """A top-level string being scanned: resolved to its result by :meth:`CompiledPolicy.apply`."""
 
+    __slots__ = ("box",)
 
-def _messages(messages: Any, text: Callable[[str], str], mode: str | None, arguments: str | None) -> Any:
-    if isinstance(messages, list):  # chat messages, or an embeddings/completions input list
-        return [_message(m, text, mode, arguments) for m in messages]
-    if isinstance(messages, str) and mode is not None:
-        return REDACTED if mode == "drop" else text(messages)
-    return messages
-
-
-def _response(response: Any, text: Callable[[str], str], mode: str | None, arguments: str | None) -> Any:
-    if not isinstance(response, dict):
-        if isinstance(response, str) and mode is not None:
-            return REDACTED if mode == "drop" else text(response)
-        return response
-    choices = response.get("choices")
-    if not isinstance(choices, list):
-        return response
-    redacted = []
-    for choice in choices:
-        if isinstance(choice, dict):
-            choice = dict(choice)
-            for part in ("message", "delta"):
-                if isinstance(choice.get(part), dict):
-                    choice[part] = _message(choice[part], text, mode, arguments)
-            if isinstance(choice.get("text"), str) and mode is not None:
-                choice["text"] = REDACTED if mode == "drop" else text(choice["text"])
-        redacted.append(choice)
-    return {**response, "choices": redacted}
+    def __init__(self, walk: _Walk, value: str) -> None:
+        self.box = [value]
+        walk.take(self.box, 0, value)
 
 
 class PolicyCompiler:
