@@ -177,8 +177,8 @@ async def test_a_policy_runs_once_per_event_whatever_the_destinations_sharing_it
         for n in range(5):
             assert (await gw.chat(key, f"mail {n}@example.com")).status_code == 200
         assert await receiver.wait_for_async(lambda: len(receiver.events("/dest/")) == 20)
-        memo = gw.gateway.dispatcher.redaction_memo
-        assert memo.applied == 10
+        assert gw.gateway.dispatcher.redaction_memo.applied == 10
+        assert (await gw.admin("GET", "/-/sinks")).json()["redaction_runs"] == 10
     for dest in ("d1", "d2", "d3"):
         assert [e["messages"][0]["content"] for e in receiver.events_at(f"/dest/{dest}")] == ["mail <EMAIL>"] * 5
     assert sorted(e["messages"][0]["content"] for e in receiver.events_at("/dest/d4")) == [

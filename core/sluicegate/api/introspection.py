@@ -26,4 +26,5 @@ async def sinks(request: Request) -> Response[bytes]:
     stats = gateway.dispatcher.stats()
     return json_response({"sinks": stats, "submitted": gateway.dispatcher.submitted,
                           "pending": gateway.dispatcher.pending(), "instances": len(stats),
+                          "redaction_runs": gateway.dispatcher.redaction_memo.applied,
                           "cache": gateway.cache.stats()})
