@@ -20,8 +20,9 @@ import msgspec
 from sluicegate.hookspecs import hookimpl
 from sluicegate.redaction.base import Redactor, RedactorOptions
 
-__all__ = ("CardRedactor", "EmailRedactor", "IbanRedactor", "IpRedactor", "PhoneRedactor", "RegexRedactor",
-           "SecretRedactor", "luhn_valid", "iban_valid")
+__all__ = ("BUILTIN_REDACTORS", "IBAN_LENGTHS", "CardRedactor", "EmailRedactor", "IbanRedactor", "IpRedactor",
+           "PhoneRedactor", "RegexRedactor", "SecretRedactor", "digit_count", "entropy", "iban_valid", "long_tokens",
+           "luhn_valid", "numeric_runs")
 
 
 _NOT_DIGITS = bytes(b for b in range(256) if not 48 <= b <= 57)
