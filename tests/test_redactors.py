@@ -447,3 +447,29 @@ def test_every_builtin_registers_through_the_hook() -> None:
     assert all(registry.owner(n).endswith("(sluicegate.default_plugins.redactors)") for n in registry.names())
     assert {CardRedactor, IbanRedactor, IpRedactor, PhoneRedactor, RegexRedactor, SecretRedactor} <= set(
         registry.get(n) for n in registry.names())
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=string.digits * 3 + " ()./+-abXY@", min_size=1, max_size=120),
+       cuts=st.lists(st.tuples(st.integers(0, 9), st.integers(1, 7)), max_size=12),
+       placeholder=st.sampled_from(["<X>", "<CARD>", "<PHONE>"]))
+def test_carried_over_digit_counts_and_runs_equal_a_fresh_count(text: str, cuts: list[tuple[int, int]],
+                                                                 placeholder: str) -> None:
+    """The digit-led detectors pass their digit count and numeric runs on to the text they return; what they pass
+    on is what counting the result from scratch gives."""
+    from sluicegate.default_plugins import redactors as module
+
+    spans, position = [], 0
+    for gap, width in cuts:
+        start = position + gap
+        if start + width > len(text):
+            break
+        spans.append((start, start + width))
+        position = start + width
+    module.numeric_runs(text), module.digit_count(text)
+    result, _ = module._spans_replaced(text, spans, placeholder)
+    if not spans:
+        return
+    carried = (module.numeric_runs(result), module.digit_count(result))
+    module._last_runs, module._last_digits = ("", []), ("", 0)
+    assert carried == (module.numeric_runs(result), module.digit_count(result))

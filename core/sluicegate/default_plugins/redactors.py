@@ -62,7 +62,9 @@ def numeric_runs(text: str) -> list[tuple[int, int]]:
 
 
 def _spans_replaced(text: str, spans: list[tuple[int, int]], placeholder: str) -> tuple[str, int]:
-    """``text`` with each of the ordered, non-overlapping ``spans`` replaced by ``placeholder``."""
+    """``text`` with each of the ordered, non-overlapping ``spans`` replaced by ``placeholder``; the digit count
+    and numeric runs kept for ``text`` are carried over to the result (the next detector needs them, and a
+    placeholder holds no digit), so they are not computed again from scratch."""
     if not spans:
         return text, 0
     pieces: list[str] = []
@@ -71,7 +73,36 @@ def _spans_replaced(text: str, spans: list[tuple[int, int]], placeholder: str) -
         pieces += (text[last:start], placeholder)
         last = end
     pieces.append(text[last:])
-    return "".join(pieces), len(spans)
+    result = "".join(pieces)
+    _carry_over(text, result, spans, len(placeholder))
+    return result, len(spans)
+
+
+def _carry_over(text: str, result: str, spans: list[tuple[int, int]], width: int) -> None:
+    global _last_digits, _last_runs
+
+    def moved(position: int, *, is_end: bool = False) -> int:
+        shift = 0
+        for start, end in spans:
+            if end <= position:
+                shift += width - (end - start)
+            elif start < position or (start == position and not is_end):
+                return start + shift + width  # inside a replaced span: just after its placeholder
+            else:
+                break
+        return position + shift
+
+    if _last_digits[0] is text:
+        removed = sum(1 for start, end in spans for char in text[start:end] if "0" <= char <= "9")
+        _last_digits = (result, _last_digits[1] - removed)
+    if _last_runs[0] is text:
+        runs: list[tuple[int, int]] = []
+        for start, end in _last_runs[1]:
+            if any(a < end and start < b for a, b in spans):  # touched: find what is left of it again
+                runs += [m.span() for m in _RUN.finditer(result, moved(start), moved(end, is_end=True))]
+            else:
+                runs.append((moved(start), moved(end, is_end=True)))
+        _last_runs = (result, runs)
 
 
 # -- e-mail ------------------------------------------------------------------------------------------------
