@@ -154,6 +154,7 @@ async def test_layers_entry_beats_key_beats_team_beats_global_and_streams_are_re
     assert content[hash_key(plain)] == ["<EMAIL> +44 20 7946 0958 10.1.2.3"]
     assert sorted(content[hash_key(team_key)]) == ["ann@example.com <PHONE> 10.1.2.3", "stream"]
     assert content[hash_key(key_policy)] == ["ann@example.com +44 20 7946 0958 <IP>"]
+    assert by_key[hash_key(key_policy)][0]["metadata"]["user_api_key_metadata"] is None  # the policy stays private
     assert content[hash_key(entry_off)] == [text]  # the entry's empty policy beats the key's
     streamed = next(e for e in by_key[hash_key(team_key)] if e["stream"])
     assert streamed["response"]["choices"][0]["message"]["content"] == "Call <PHONE> or ann@example.com"
