@@ -79,30 +79,37 @@ def _spans_replaced(text: str, spans: list[tuple[int, int]], placeholder: str) -
 
 
 def _carry_over(text: str, result: str, spans: list[tuple[int, int]], width: int) -> None:
+    """Carry the cached digit count and numeric runs of ``text`` over to ``result`` (``spans`` of ``text``, each
+    replaced by ``width`` characters without a digit): runs untouched by a span move by the replacements before
+    them; a touched run is found again in ``result`` over the stretch it covered."""
     global _last_digits, _last_runs
-
-    def moved(position: int, *, is_end: bool = False) -> int:
-        shift = 0
-        for start, end in spans:
-            if end <= position:
-                shift += width - (end - start)
-            elif start < position or (start == position and not is_end):
-                return start + shift + width  # inside a replaced span: just after its placeholder
-            else:
-                break
-        return position + shift
-
     if _last_digits[0] is text:
-        removed = sum(1 for start, end in spans for char in text[start:end] if "0" <= char <= "9")
+        removed = sum(len(text[a:b].encode("utf-8", "surrogatepass").translate(None, _NOT_DIGITS)) for a, b in spans)
         _last_digits = (result, _last_digits[1] - removed)
-    if _last_runs[0] is text:
-        runs: list[tuple[int, int]] = []
-        for start, end in _last_runs[1]:
-            if any(a < end and start < b for a, b in spans):  # touched: find what is left of it again
-                runs += [m.span() for m in _RUN.finditer(result, moved(start), moved(end, is_end=True))]
-            else:
-                runs.append((moved(start), moved(end, is_end=True)))
-        _last_runs = (result, runs)
+    if _last_runs[0] is not text:
+        return
+    runs: list[tuple[int, int]] = []
+    count = len(spans)
+    index = shift = 0
+    for start, end in _last_runs[1]:
+        while index < count and spans[index][1] <= start:  # spans wholly before this run
+            shift += width - (spans[index][1] - spans[index][0])
+            index += 1
+        if index == count or spans[index][0] >= end:  # untouched
+            runs.append((start + shift, end + shift))
+            continue
+        first = spans[index]
+        new_start = start + shift if start < first[0] else first[0] + shift + width
+        later, end_shift = index, shift
+        while later < count and spans[later][1] <= end:
+            end_shift += width - (spans[later][1] - spans[later][0])
+            later += 1
+        if later < count and spans[later][0] < end:  # the run ends inside a span: just after its placeholder
+            new_end = spans[later][0] + end_shift + width
+        else:
+            new_end = end + end_shift
+        runs += [m.span() for m in _RUN.finditer(result, new_start, new_end)]
+    _last_runs = (result, runs)
 
 
 # -- e-mail ------------------------------------------------------------------------------------------------
@@ -122,8 +129,8 @@ class EmailRedactor(Redactor):
         at = text.find("@")
         if at < 0:
             return text, 0
-        pieces: list[str] = []
-        last = count = 0
+        spans: list[tuple[int, int]] = []
+        last = 0
         local_chars = self._local_chars
         while at >= 0:
             domain = self._domain.match(text, at + 1)
@@ -135,14 +142,10 @@ class EmailRedactor(Redactor):
                 start += 1
             if domain is not None and start < at and text[at - 1] != "." and (
                     start == 0 or text[start - 1] != "@"):
-                pieces += (text[last:start], self.placeholder)
+                spans.append((start, domain.end()))
                 last = domain.end()
-                count += 1
             at = text.find("@", max(at + 1, last))
-        if not count:
-            return text, 0
-        pieces.append(text[last:])
-        return "".join(pieces), count
+        return _spans_replaced(text, spans, self.placeholder)
 
 
 # -- payment cards -----------------------------------------------------------------------------------------
@@ -359,26 +362,19 @@ class SecretRedactor(Redactor):
                 text, found = _assigned(text, lower, placeholder)
                 total += found
         if options.vendor_prefixes or options.high_entropy:
-            pieces: list[str] = []
-            last = 0
+            spans: list[tuple[int, int]] = []
             for start, end in long_tokens(text):
                 token = text[start:end]
                 if options.vendor_prefixes:
-                    replaced, found = _VENDOR_PATTERN.subn(placeholder, token)
-                    if found:
-                        pieces += (text[last:start], replaced)
-                        last = end
-                        total += found
+                    found_spans = [(start + a, start + b) for a, b in
+                                   (m.span() for m in _VENDOR_PATTERN.finditer(token))]
+                    if found_spans:
+                        spans += found_spans
                         continue
-                if options.high_entropy:
-                    found = self._random(token.strip(".="))
-                    if found:
-                        pieces += (text[last:start], placeholder)
-                        last = end
-                        total += 1
-            if pieces:
-                pieces.append(text[last:])
-                text = "".join(pieces)
+                if options.high_entropy and self._random(token.strip(".=")):
+                    spans.append((start, end))
+            text, found = _spans_replaced(text, spans, placeholder)
+            total += found
         return text, total
 
     def _random(self, token: str) -> bool:
@@ -393,38 +389,24 @@ class SecretRedactor(Redactor):
 def _bearer(text: str, lower: str, placeholder: str) -> tuple[str, int]:
     """``Bearer <token>``, ``Basic <credentials>``, ``token <token>``: the value goes, the word stays. Tried only
     where one of the words is (found with ``str.find``, not a case-insensitive scan of the whole text)."""
-    pieces: list[str] = []
-    last = count = 0
-    starts = sorted(i for word in _BEARER_WORDS for i in _occurrences(lower, word))
-    for start in starts:
-        if start < last or (start and lower[start - 1].isalnum()):
+    spans: list[tuple[int, int]] = []
+    for start in sorted(i for word in _BEARER_WORDS for i in _occurrences(lower, word)):
+        if (spans and start < spans[-1][1]) or (start and lower[start - 1].isalnum()):
             continue
         match = _BEARER.match(text, start)
         if match is not None:
-            pieces += (text[last:match.start(1)], placeholder)
-            last = match.end(1)
-            count += 1
-    if not count:
-        return text, 0
-    pieces.append(text[last:])
-    return "".join(pieces), count
+            spans.append(match.span(1))
+    return _spans_replaced(text, spans, placeholder)
 
 
 def _assigned(text: str, lower: str, placeholder: str) -> tuple[str, int]:
     """``api_key=...``, ``"password": "..."``, ``client_secret: ...``: the value after a known label goes."""
-    pieces: list[str] = []
-    last = count = 0
+    spans: list[tuple[int, int]] = []
     for match in _ASSIGN.finditer(text):
         before = lower[max(0, match.start() - 24):match.start()].rstrip("\"' \t")
-        if not before.endswith(_ASSIGN_LABELS) or match.start() < last:
-            continue
-        pieces += (text[last:match.start(1)], placeholder)
-        last = match.end(1)
-        count += 1
-    if not count:
-        return text, 0
-    pieces.append(text[last:])
-    return "".join(pieces), count
+        if before.endswith(_ASSIGN_LABELS) and not (spans and match.start() < spans[-1][1]):
+            spans.append(match.span(1))
+    return _spans_replaced(text, spans, placeholder)
 
 
 def _occurrences(text: str, word: str) -> list[int]:
