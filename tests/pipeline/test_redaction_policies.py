@@ -286,3 +286,25 @@ async def test_the_acme_fixture_redactor_is_installed_and_used(receiver, make_co
     assert event["messages"][0]["content"] == "<ACME_TICKET> from <EMAIL>, not ACME-5"
     assert event["metadata"]["redaction"]["redactors"] == {"acme_ticket": 1, "email": 1}
     assert next(p for p in plugins if p["name"] == "acme_sink")["redactors"] == ["acme_ticket"]
+
+
+async def test_a_replay_after_shutdown_redacts_as_the_first_process_would_have(receiver, make_config, start,
+                                                                               vars_for):
+    """Events queued under a policy and left in the spool by a shutdown are replayed redacted: the spool keeps the
+    policy with the sink instance."""
+    receiver.behave("/dest/later", status=503)
+    cfg = make_config(delivery={"shutdown_grace": 0.3})
+    async with start(cfg) as gw:
+        key = await gw.new_key(metadata={"redaction": {"redactors": ["email"]},
+                                         "logging": [{"callback_name": "acme", "callback_vars": vars_for("later")}]})
+        for i in range(5):
+            assert (await gw.chat(key, f"k{i} from ann{i}@example.com")).status_code == 200
+    assert receiver.events_at("/dest/later") == []
+    receiver.behave("/dest/later", status=200)
+    async with start(cfg):  # no request: the spool is replayed at start
+        assert await receiver.wait_for_async(lambda: len(receiver.events_at("/dest/later")) >= 5)
+    contents = [e["messages"][0]["content"] for e in receiver.events_at("/dest/later")]
+    assert contents == [f"k{i} from <EMAIL>" for i in range(5)]
+    assert all(e["metadata"]["redaction"]["redactors"] == {"email": 1} for e in receiver.events_at("/dest/later"))
+    sent = receiver.received("/dest/later", ok_only=False)  # the refused attempts of the first process included
+    assert len(sent) > 1 and "@example.com" not in b"".join(r.body for r in sent).decode()
