@@ -12,8 +12,8 @@ HOOKS = sorted(name for name in dir(hookspecs) if hasattr(getattr(hookspecs, nam
 
 
 def test_hookspecs_are_found():
-    assert HOOKS == ["register_health_checks", "register_providers", "register_sinks", "resolve_callback_var",
-                     "validate_callback_vars"]
+    assert HOOKS == ["register_health_checks", "register_providers", "register_redactors", "register_sinks",
+                     "resolve_callback_var", "validate_callback_vars"]
 
 
 def test_every_hook_has_a_docs_section():
@@ -30,6 +30,7 @@ def test_every_hook_is_exercised_by_a_test():
     for hook, evidence in {"register_sinks": "test_pip_installed_third_party_sink_is_discovered",
                            "register_health_checks": "test_register_health_checks_feeds_readiness",
                            "register_providers": "test_pip_installed_third_party_provider_answers_chat",
+                           "register_redactors": "test_the_acme_fixture_redactor_is_installed_and_used",
                            "resolve_callback_var": "test_plugin_resolver_hook_runs_before_env",
                            "validate_callback_vars": "http(s) URL"}.items():
         assert evidence in sources, f"no test exercises {hook}"

@@ -34,8 +34,10 @@ MAX_ID_CHARS = 512
 _encoder = msgspec.json.Encoder()
 _ID_FIELDS = ("session_id", "trace_name", "generation_name", "trace_user_id", "generation_id")
 _KNOWN = frozenset({*_ID_FIELDS, "tags", "trace_id", "existing_trace_id", "trace_metadata", "spend_logs_metadata"})
-_OWNER_PRIVATE = frozenset({"logging", "callbacks", "callback_vars", "success_callback", "failure_callback"})
-"""Key and team metadata keys that never enter an event: they configure sinks and hold their credentials."""
+_OWNER_PRIVATE = frozenset({"logging", "callbacks", "callback_vars", "success_callback", "failure_callback",
+                            "redaction"})
+"""Key and team metadata keys that never enter an event: they configure sinks and hold their credentials, or say
+what the redaction policy looks for."""
 _TAG_HEADERS = ("x-litellm-tags", "x-sluicegate-tags")
 
 

@@ -189,9 +189,12 @@ def _plugins(args: argparse.Namespace) -> int:
     from sluicegate.providers.registry import ProviderRegistry
     from sluicegate.sinks.registry import SinkRegistry
 
+    from sluicegate.redaction.base import RedactorRegistry
+
     pm = get_plugin_manager()
     registry = SinkRegistry.from_plugin_manager(pm)
-    described = pm.describe(registry.by_plugin(), ProviderRegistry.from_plugin_manager(pm).by_plugin())
+    described = pm.describe(registry.by_plugin(), ProviderRegistry.from_plugin_manager(pm).by_plugin(),
+                            RedactorRegistry.from_plugin_manager(pm).by_plugin())
     if args.json:
         print(json.dumps([msgspec.to_builtins(p) for p in described], indent=2))
         return 0
@@ -200,6 +203,8 @@ def _plugins(args: argparse.Namespace) -> int:
         line = f"{plugin.name:40} {where:40} sinks: {', '.join(plugin.callback_names) or '-'}"
         if plugin.providers:
             line += f"  providers: {', '.join(plugin.providers)}"
+        if plugin.redactors:
+            line += f"  redactors: {', '.join(plugin.redactors)}"
         if plugin.error:
             line += f"  FAILED: {plugin.error}"
         print(line)

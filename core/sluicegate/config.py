@@ -208,6 +208,9 @@ class TeamSettings(msgspec.Struct, kw_only=True):
     failure_callback: list[str] | None = None
     callback_vars: dict[str, Any] | None = None
     turn_off_message_logging: bool | None = None
+    redaction: dict[str, Any] | None = None
+    """The team's redaction policy, ``{redactors: [...], fields: [...]}`` (docs/redaction.md); ``{}`` switches off
+    the global one for this team. A key's or an entry's own policy wins."""
     cache: bool | None = None
     flat: dict[str, Any] = msgspec.field(default_factory=dict)
 
@@ -218,6 +221,10 @@ class LiteLLMSettings(msgspec.Struct, kw_only=True):
     failure_callback: list[str] | None = None
     default_team_settings: list[TeamSettings] = msgspec.field(default_factory=list)
     turn_off_message_logging: bool = False
+    redaction: dict[str, Any] | None = None
+    """Redaction policy for every destination that sets none on a narrower layer: ``{redactors: [email, phone,
+    card, iban, ip, secret, {regex: {patterns: {...}}}], fields: [messages, response, tool_arguments, metadata,
+    end_user]}`` (docs/redaction.md). ``turn_off_message_logging`` wins over it. (Sluicegate's own key.)"""
     cache: bool = False
     cache_params: dict[str, Any] | None = None
     drop_params: bool = False

@@ -43,6 +43,9 @@ class LogMetadata(msgspec.Struct, kw_only=True):
     generation_id: str | None = None
     trace_user_id: str | None = None
     trace_metadata: dict[str, Any] | None = None
+    redaction: dict[str, Any] | None = None
+    """Set when a redaction policy ran on this copy of the event: ``policy`` (its id), ``redactors`` (name →
+    replacements made), ``scanned`` and ``dropped`` fields. Counts only, never what was found."""
 
 
 class LogEvent(msgspec.Struct, kw_only=True):

@@ -141,7 +141,7 @@ class Gateway:
         clients = self._clients = ProviderClients(http=http, upstream=self.upstream)
         await self.models.start(clients)
         await self.router.start(clients)
-        await self.dispatcher.start(self.registry.get)
+        await self.dispatcher.start(self.registry.get, self.resolver.redaction.compile)
         self._watcher = asyncio.get_running_loop().create_task(self._watch_changes())
         if self.tune_gc:
             # Everything built so far (plugins, config, caches' scaffolding) lives as long as the process: keep

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from sluicegate.providers.base import Provider
+    from sluicegate.redaction.base import Redactor
     from sluicegate.sinks.base import HealthCheck, Sink
 
 __all__ = ("PROJECT_NAME", "hookimpl", "hookspec")
@@ -44,6 +45,19 @@ def register_providers(register: Callable[[type[Provider]], None]) -> None:
     start-up with an error naming both distributions. The built-in providers register through this hook too.
 
     :param register: Takes a :class:`sluicegate.Provider` subclass.
+    """
+
+
+@hookspec
+def register_redactors(register: Callable[[type[Redactor]], None]) -> None:
+    """Register redactor classes by calling ``register(RedactorClass)`` once per class.
+
+    Called once when the gateway starts (and by ``sluicegate plugins``). Each class names its ``name``, the word
+    a ``redaction: {redactors: [...]}`` policy uses; two classes with one name stop start-up with an error naming
+    both distributions. The built-in detectors (email, phone, card, iban, ip, secret, regex) register through
+    this hook too. Instances are built when a policy is resolved and run on the delivery side, never per request.
+
+    :param register: Takes a :class:`sluicegate.Redactor` subclass.
     """
 
 

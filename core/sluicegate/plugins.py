@@ -24,6 +24,7 @@ DEFAULT_PLUGINS = (
     "sluicegate.default_plugins.env_refs",
     "sluicegate.default_plugins.file_sink",
     "sluicegate.default_plugins.providers",
+    "sluicegate.default_plugins.redactors",
 )
 
 
@@ -35,6 +36,7 @@ class PluginInfo(msgspec.Struct, kw_only=True):
     hooks: list[str] = msgspec.field(default_factory=list)
     callback_names: list[str] = msgspec.field(default_factory=list)
     providers: list[str] = msgspec.field(default_factory=list)
+    redactors: list[str] = msgspec.field(default_factory=list)
     error: str | None = None
 
 
@@ -52,9 +54,10 @@ class SluicegatePluginManager(pluggy.PluginManager):
                                                            entry_point=None)
 
     def describe(self, callback_names: Mapping[str, list[str]] | None = None,
-                 providers: Mapping[str, list[str]] | None = None) -> list[PluginInfo]:
-        """Every plugin (loaded or failed) with its hooks, sinks and providers, for ``sluicegate plugins`` and
-        ``/-/plugins``."""
+                 providers: Mapping[str, list[str]] | None = None,
+                 redactors: Mapping[str, list[str]] | None = None) -> list[PluginInfo]:
+        """Every plugin (loaded or failed) with its hooks, sinks, providers and redactors, for ``sluicegate
+        plugins`` and ``/-/plugins``."""
         described = []
         for name, plugin in self.list_name_plugin():
             if plugin is None:
@@ -63,7 +66,8 @@ class SluicegatePluginManager(pluggy.PluginManager):
             hooks = sorted(h.name for h in self.get_hookcallers(plugin) or ())
             described.append(msgspec.structs.replace(
                 info, hooks=hooks, callback_names=sorted((callback_names or {}).get(name, [])),
-                providers=sorted((providers or {}).get(name, []))))
+                providers=sorted((providers or {}).get(name, [])),
+                redactors=sorted((redactors or {}).get(name, []))))
         described.extend(self.load_errors.values())
         return sorted(described, key=lambda p: (p.distribution or "", p.name))
 

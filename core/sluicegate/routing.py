@@ -4,10 +4,17 @@ First source that exists wins, and a present-but-empty list counts (that is how 
 1. the key's ``metadata.logging``; 2. the team's callbacks set through the API; 3. the team's
 ``default_team_settings`` entry; 4. the global ``callbacks`` / ``success_callback`` / ``failure_callback``.
 Every entry keeps its own variables. Resolution runs when a key is first seen after a change, never per request.
+
+Redaction policies (``redaction: {redactors, fields}``) resolve on the same layers, each on its own: an entry's
+``callback_vars.redaction``, else the key's ``metadata.redaction``, else the team's (``metadata.redaction`` through
+the API, else its ``default_team_settings`` entry), else ``litellm_settings.redaction``. A present-but-empty policy
+(``redaction: {}``) switches off the one it would inherit. ``turn_off_message_logging`` wins over any policy.
+A route's policy is part of its sink instance's identity, so the dispatcher can apply it when the batch goes out.
 """
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import hashlib
 import logging
@@ -19,6 +26,8 @@ import msgspec
 
 from sluicegate.config import ConfigError, TeamSettings
 from sluicegate.errors import ApiError
+from sluicegate.redaction.base import RedactorRegistry
+from sluicegate.redaction.policy import CompiledPolicy, PolicyCompiler, PolicyError
 from sluicegate.sinks.base import MASK, CallbackVars, Sink
 from sluicegate.sinks.destinations import DestinationPolicy
 from sluicegate.sinks.registry import UnknownCallbackName
@@ -35,7 +44,7 @@ __all__ = ("CallbackSet", "LoggingEntry", "LoggingResolver", "Route")
 log = logging.getLogger("sluicegate.routing")
 
 CallbackType = Literal["success", "failure", "success_and_failure"]
-RESERVED_VARS = ("turn_off_message_logging",)
+RESERVED_VARS = ("turn_off_message_logging", "redaction")
 ENV_REFERENCE = "os.environ/"
 
 
@@ -58,6 +67,12 @@ class Route(msgspec.Struct, frozen=True, kw_only=True):
     trusted: bool = True
     """Written in config.yaml (trusted) rather than through the admin API: API-written routes are held to
     ``sluicegate_settings`` (``allowed_env_refs``, ``sink_destinations``, ``file_sink_root``)."""
+    redaction: CompiledPolicy | None = None
+    """The redaction policy the dispatcher applies to this route's events (never with ``redact``: that wins)."""
+    redaction_source: str | None = None
+    """Where the policy came from: ``entry``, ``key``, ``team``, ``team_config`` or ``global``."""
+    plain_instance_id: str = ""
+    """The instance id without the policy (the policy's key is folded into ``instance_id``)."""
 
 
 class CallbackSet(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,6 +92,16 @@ def _as_bool(value: Any, field: str) -> bool:
     raise VarsError([FieldError(field, f"expected a boolean, got {value!r}")])
 
 
+def _policy_instance_id(instance_id: str, policy: CompiledPolicy | None) -> str:
+    """``instance_id`` for events redacted by ``policy``: one sink instance per (destination, policy), so every
+    event queued for an instance is redacted the same way (and the spool knows how)."""
+    if policy is None:
+        return instance_id
+    prefix = "api-" if instance_id.startswith("api-") else ""
+    digest = hashlib.sha256(f"{instance_id}/{policy.key}".encode()).hexdigest()[:16]
+    return prefix + digest[len(prefix):]
+
+
 def instance_id_for(callback_name: str, callback_vars: CallbackVars) -> str:
     """A stable id for (sink, resolved vars); a digest, so the secret is not readable from it."""
     payload = msgspec.json.encode([callback_name, encode_vars(callback_vars, reveal=True)])
@@ -91,6 +116,10 @@ class LoggingResolver:
         self.registry = registry
         self.pm = pm
         self.global_redact = settings.litellm_settings.turn_off_message_logging
+        self.redaction = PolicyCompiler(RedactorRegistry.from_plugin_manager(pm))
+        self.global_policy = self._config_policy(settings.litellm_settings.redaction, "litellm_settings.redaction")
+        self.team_policies: dict[str, CompiledPolicy | None] = {}
+        """Teams whose ``default_team_settings`` entry sets ``redaction`` (``None``: set to nothing)."""
         self.allowed_env_refs = tuple(settings.sluicegate_settings.allowed_env_refs)
         self.api_policy = DestinationPolicy.from_settings(settings)  # sink_destinations, file_sink_root
         self.global_set = self._global_set()
@@ -98,10 +127,16 @@ class LoggingResolver:
         self._team_settings = {t.team_id: t for t in settings.litellm_settings.default_team_settings}
         problems: list[str] = []
         for index, team in enumerate(settings.litellm_settings.default_team_settings):
+            path = f"litellm_settings.default_team_settings[{index}]"
+            problems += self._unknown_team_keys(team, path)
             try:
+                if team.redaction is not None:
+                    self.team_policies[team.team_id] = self._config_policy(team.redaction, f"{path}.redaction")
                 self.team_config[team.team_id] = self._team_config_set(team)
+            except ConfigError as exc:
+                problems += exc.problems
             except (VarsError, UnknownCallbackName, LookupError) as exc:
-                problems.append(f"litellm_settings.default_team_settings[{index}]: {exc}")
+                problems.append(f"{path}: {exc}")
         if problems:
             raise ConfigError(problems)
 
@@ -148,12 +183,94 @@ class LoggingResolver:
                                              "the proxy admin lists the names teams may reference in "
                                              "sluicegate_settings.allowed_env_refs")])
 
+    # redaction policies ----------------------------------------------------------------------------------
+    def _config_policy(self, raw: Any, path: str) -> CompiledPolicy | None:
+        if raw is None:
+            return None
+        try:
+            return self.redaction.compile(raw)
+        except PolicyError as exc:
+            raise ConfigError([f"{path}.{p}" if not p.startswith("(") else f"{path}: {p.split(': ', 1)[-1]}"
+                               for p in exc.problems]) from None
+
+    def validate_redaction(self, raw: Any, *, param: str) -> None:
+        """Check an admin-written policy (``metadata.redaction``); :class:`ApiError` 422 naming the field."""
+        if raw is None:
+            return
+        try:
+            self.redaction.compile(raw)
+        except PolicyError as exc:
+            first = exc.problems[0]
+            field, _, reason = first.partition(": ")
+            where = param if field.startswith("(") else f"{param}.{field}"
+            raise ApiError(422, "; ".join(f"{param}.{p}" if not p.startswith("(") else f"{param}: "
+                                          f"{p.split(': ', 1)[-1]}" for p in exc.problems), param=where) from None
+
+    def policy_for(self, key: KeyRecord | None, team: TeamRecord | None,
+                   team_id: str | None) -> tuple[CompiledPolicy | None, str | None]:
+        """The policy of a key's routes that set none of their own, and the layer it came from.
+        Raises :class:`PolicyError` when a stored policy no longer compiles (a redactor plugin gone)."""
+        for source, record in (("key", key), ("team", team)):
+            metadata = getattr(record, "metadata", None)
+            if isinstance(metadata, Mapping) and metadata.get("redaction") is not None:
+                return self.redaction.compile(metadata["redaction"]), source
+        if team_id is not None and team_id in self.team_policies:
+            return self.team_policies[team_id], "team_config"
+        return self.global_policy, "global"
+
+    def _with_policy(self, callbacks: CallbackSet, policy: CompiledPolicy | None, source: str | None) -> CallbackSet:
+        """``callbacks`` with ``policy`` on every route that has none of its own (and is not fully redacted)."""
+        routes = []
+        changed = False
+        for route in callbacks.routes:
+            if route.redact or route.redaction_source == "entry" or route.redaction is policy:
+                routes.append(route)
+                continue
+            changed = True
+            routes.append(msgspec.structs.replace(
+                route, redaction=policy, redaction_source=source if policy is not None else None,
+                instance_id=_policy_instance_id(route.plain_instance_id, policy)))
+        return msgspec.structs.replace(callbacks, routes=tuple(routes)) if changed else callbacks
+
+    def _unknown_team_keys(self, team: TeamSettings, path: str) -> list[str]:
+        """A team entry's flat keys (and ``callback_vars`` keys) that no sink of the entry takes: a typo there
+        would silently change where (or whether) the team's logs go, so each is a start-up error."""
+        names = {*(team.callbacks or ()), *(team.success_callback or ()), *(team.failure_callback or ())}
+        accepted: set[str] = set(RESERVED_VARS)
+        for name in names:
+            if name not in self.registry:
+                return []  # reported as an unknown callback_name
+            vars_type = self.registry.get(name).Vars
+            accepted.update(vars_type.__struct_fields__, vars_type.aliases)
+        problems = []
+        team_keys = [f for f in TeamSettings.__struct_fields__ if f != "flat"]
+        for where, keys in (("", team.flat), ("callback_vars.", team.callback_vars or {})):
+            for key in keys:
+                if key in accepted:
+                    continue
+                hint = difflib.get_close_matches(key, sorted(accepted | set(team_keys)), n=1, cutoff=0.6)
+                sinks = ", ".join(sorted(names)) or "none"
+                problems.append(f"{path}.{where}{key}: neither a team setting nor a variable of the entry's sinks "
+                                f"({sinks})" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+        return problems
+
     def route(self, entry: LoggingEntry, *, default_redact: bool, trusted: bool = True) -> Route:
         sink_class = self.registry.get(entry.callback_name)
         raw = dict(entry.callback_vars)
         redact = default_redact
         if "turn_off_message_logging" in raw:
             redact = _as_bool(raw.pop("turn_off_message_logging"), "turn_off_message_logging")
+        own_policy: CompiledPolicy | None = None
+        has_policy = False
+        if "redaction" in raw:
+            written = raw.pop("redaction")
+            if written is not None:
+                has_policy = True
+                try:
+                    own_policy = self.redaction.compile(written)
+                except PolicyError as exc:
+                    raise VarsError([FieldError("redaction" + ("" if p.startswith("(") else "." + p.split(": ")[0]),
+                                                p.split(": ", 1)[-1]) for p in exc.problems]) from None
         if not raw:
             # No variables of its own (at most the redaction switch, as in the seed's datadog key): the entry
             # means "this sink as configured for the gateway", i.e. from the process environment. An entry
@@ -167,9 +284,12 @@ class LoggingResolver:
         instance_id = instance_id_for(entry.callback_name, callback_vars)
         if not trusted:  # never one instance with a trusted twin: their destination checks differ
             instance_id = "api-" + instance_id[4:]
-        return Route(callback_name=entry.callback_name, instance_id=instance_id, sink_class=sink_class,
-                     callback_vars=callback_vars, on_success=entry.callback_type != "failure",
-                     on_failure=entry.callback_type != "success", redact=redact, trusted=trusted)
+        policy = None if redact else own_policy
+        return Route(callback_name=entry.callback_name, instance_id=_policy_instance_id(instance_id, policy),
+                     sink_class=sink_class, callback_vars=callback_vars, on_success=entry.callback_type != "failure",
+                     on_failure=entry.callback_type != "success", redact=redact, trusted=trusted,
+                     redaction=policy, redaction_source="entry" if has_policy else None,
+                     plain_instance_id=instance_id)
 
     def _set(self, entries: Sequence[LoggingEntry], source: Any, *, default_redact: bool) -> CallbackSet:
         trusted = source in ("team_config", "global")  # config.yaml; "key" and "team" were written through the API
@@ -180,9 +300,10 @@ class LoggingResolver:
         ls = self.settings.litellm_settings
         entries = _named_entries(ls.callbacks, ls.success_callback, ls.failure_callback, {})
         try:
-            return self._set(entries, "global", default_redact=self.global_redact)
+            callbacks = self._set(entries, "global", default_redact=self.global_redact)
         except (VarsError, UnknownCallbackName, LookupError) as exc:
             raise ConfigError([f"litellm_settings callbacks: {exc}"]) from None
+        return self._with_policy(callbacks, self.global_policy, "global")
 
     def _team_config_set(self, team: TeamSettings) -> CallbackSet | None:
         if team.callbacks is None and team.success_callback is None and team.failure_callback is None:
@@ -195,10 +316,27 @@ class LoggingResolver:
             own = {k: v for k, v in shared.items() if k in accepted}
             entries.append(msgspec.structs.replace(entry, callback_vars=own))
         redact = self.global_redact if team.turn_off_message_logging is None else team.turn_off_message_logging
-        return self._set(entries, "team_config", default_redact=redact)
+        callbacks = self._set(entries, "team_config", default_redact=redact)
+        if team.team_id in self.team_policies:
+            return self._with_policy(callbacks, self.team_policies[team.team_id], "team_config")
+        return self._with_policy(callbacks, self.global_policy, "global")
 
     # per key -------------------------------------------------------------------------------------------
     def for_key(self, key: KeyRecord | None, team: TeamRecord | None) -> CallbackSet:
+        callbacks = self._for_key(key, team)
+        if not callbacks.routes:
+            return callbacks
+        try:
+            policy, source = self.policy_for(key, team, key.team_id if key else None)
+        except PolicyError as exc:
+            # Stored policies were valid when written; a redactor plugin may have gone since. Log nothing rather
+            # than log what the policy was meant to keep out.
+            log.error("the redaction policy for key %s is unusable and its logging was switched off: %s",
+                      key.key_name if key else "?", exc)
+            return CallbackSet(routes=(), source="none")
+        return self._with_policy(callbacks, policy, source)
+
+    def _for_key(self, key: KeyRecord | None, team: TeamRecord | None) -> CallbackSet:
         team_id = key.team_id if key else None
         team_config = self.settings_for_team(team_id)
         default_redact = self.global_redact

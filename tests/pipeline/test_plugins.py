@@ -91,7 +91,8 @@ def test_cli_plugins_json_describes_the_installed_plugin(acme_path: Path) -> Non
     assert acme["callback_names"] == ["acme"]
     assert acme["entry_point"] == "acme_sink = sluicegate_acme_sink.plugin"
     assert set(acme["hooks"]) == {"register_sinks", "validate_callback_vars", "resolve_callback_var",
-                                  "register_health_checks", "register_providers"}
+                                  "register_health_checks", "register_providers", "register_redactors"}
+    assert acme["redactors"] == ["acme_ticket"]
     assert acme["providers"] == ["acme"]
     assert plugins["sluicegate.default_plugins.file_sink"]["callback_names"] == ["file"]
 

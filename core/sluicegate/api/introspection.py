@@ -14,7 +14,8 @@ __all__ = ("plugins", "sinks")
 async def plugins(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
     await gateway.authorize(request, "proxy_admin_viewer")
-    described = gateway.pm.describe(gateway.registry.by_plugin(), gateway.providers.by_plugin())
+    described = gateway.pm.describe(gateway.registry.by_plugin(), gateway.providers.by_plugin(),
+                                    gateway.resolver.redaction.registry.by_plugin())
     return json_response([msgspec.to_builtins(p) for p in described])
 
 
@@ -25,4 +26,5 @@ async def sinks(request: Request) -> Response[bytes]:
     stats = gateway.dispatcher.stats()
     return json_response({"sinks": stats, "submitted": gateway.dispatcher.submitted,
                           "pending": gateway.dispatcher.pending(), "instances": len(stats),
+                          "redaction_runs": gateway.dispatcher.redaction_memo.applied,
                           "cache": gateway.cache.stats()})

@@ -107,6 +107,7 @@ def token_id_of(value: str) -> str:
 
 
 def _check_metadata(gateway: Gateway, metadata: dict[str, Any]) -> dict[str, Any]:
+    gateway.resolver.validate_redaction(metadata.get("redaction"), param="metadata.redaction")
     if "logging" in metadata:
         entries = gateway.resolver.validate_entries(metadata["logging"], param="metadata.logging")
         metadata = {**metadata, "logging": [msgspec.to_builtins(e) for e in entries]}
@@ -351,4 +352,16 @@ async def key_health(request: Request) -> Response[bytes]:
         details = "; ".join(message for ok, message in results if not ok)
     status = "healthy" if healthy else "unhealthy"
     return json_response({"key": status, "logging_callbacks": {
-        "callbacks": names, "status": status, "details": details, "source": callbacks.source}})
+        "callbacks": names, "status": status, "details": details, "source": callbacks.source,
+        "redaction": [redaction_view(r) for r in routes]}})
+
+
+def redaction_view(route: Any) -> dict[str, Any]:
+    """How one route's events are redacted: everything (``turn_off_message_logging``), by a policy (its redactors
+    and fields, and the layer it came from), or not at all."""
+    if route.redact:
+        return {"callback_name": route.callback_name, "mode": "turn_off_message_logging"}
+    if route.redaction is None:
+        return {"callback_name": route.callback_name, "mode": "none"}
+    return {"callback_name": route.callback_name, "mode": "policy", "source": route.redaction_source,
+            **route.redaction.describe()}

@@ -113,6 +113,7 @@ async def create_team(gateway: Gateway, ctx: AuthContext, data: TeamNewRequest,
     require(ctx, "proxy_admin")
     team_id = data.team_id or uuid.uuid4().hex
     _check_team_id(team_id)
+    gateway.resolver.validate_redaction(data.metadata.get("redaction"), param="metadata.redaction")
     if await gateway.store.get_team(team_id) is not None:
         raise ApiError(400, f"team_id: team {team_id!r} already exists", param="team_id")
     members, new_users, _ = await resolve_members(gateway, team_id, data.members_with_roles, set(), listed=True,
@@ -210,6 +211,8 @@ async def update_team_values(gateway: Gateway, ctx: AuthContext, data: TeamUpdat
     if "metadata" in values and "logging" in values["metadata"]:
         raise ApiError(422, "metadata.logging: a team's logging is set with POST /team/{team_id}/callback",
                        param="metadata.logging")
+    if "metadata" in values:
+        gateway.resolver.validate_redaction(values["metadata"].get("redaction"), param="metadata.redaction")
     team = await gateway.store.update_team(data.team_id, actor=actor_of(ctx, request), **values)
     gateway.invalidate()
     assert team is not None

@@ -36,6 +36,7 @@ import msgspec
 
 from sluicegate.aio import bounded, cancel_and_wait
 from sluicegate.events import LogEvent
+from sluicegate.redaction.policy import RedactionMemo
 from sluicegate.sinks.pool import SinkPool, SinkSlot
 from sluicegate.sinks.redaction import redact
 from sluicegate.sinks.spool import Spool
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from sluicegate.config import DeliverySettings, Settings
+    from sluicegate.redaction.policy import CompiledPolicy
     from sluicegate.routing import CallbackSet, Route
     from sluicegate.sinks.base import Sink
 
@@ -124,6 +126,7 @@ class Dispatcher:
         self.submitted = 0
         self._recent: dict[int, tuple[bytes, LogEvent]] = {}  # id(JSON) -> (JSON, decoded), see _decode
         self._recent_older: dict[int, tuple[bytes, LogEvent]] = {}
+        self.redaction_memo = RedactionMemo()  # a policy runs once per event, whatever the routes sharing it
         self._in_memory = 0  # events in the slots' queues (delivery.memory_events bounds it, with a spool)
         self._working = 0  # slots lingering or sending: drives the adaptive linger
         # lingering slots by deadline: (due, tie-breaker, slot); an entry whose due is no longer the slot's is stale
@@ -159,7 +162,9 @@ class Dispatcher:
         return count
 
     def slot_for(self, route: Route) -> SinkSlot:
-        return self.pool.get(route.instance_id, route.sink_class, route.callback_vars, trusted=route.trusted)
+        slot = self.pool.get(route.instance_id, route.sink_class, route.callback_vars, trusted=route.trusted)
+        slot.redaction = route.redaction  # the policy's key is part of the instance id: always the same policy
+        return slot
 
     def _enqueue(self, route: Route, event: bytes) -> None:
         slot = self.slot_for(route)
@@ -168,8 +173,11 @@ class Dispatcher:
         queue = slot.queue
         if self.spool is not None:
             if slot.log is None:
-                header = msgspec.json.encode({"callback_name": route.callback_name,
-                                              "callback_vars": encode_vars(route.callback_vars, reveal=True)})
+                info: dict[str, Any] = {"callback_name": route.callback_name,
+                                        "callback_vars": encode_vars(route.callback_vars, reveal=True)}
+                if route.redaction is not None:  # a replay must redact as this process would have
+                    info["redaction"] = route.redaction.spec
+                header = msgspec.json.encode(info)
                 slot.log = self.spool.log_for(slot.instance_id, header)
             seq = slot.log.add(event)
             if (slot.log.spilled == 1 and len(queue) < self.settings.queue_size
@@ -200,10 +208,12 @@ class Dispatcher:
                 self._start_send(slot)  # a full batch does not wait for the deadline
 
     # background ----------------------------------------------------------------------------------------
-    async def start(self, resolve_sink: Callable[[str], type[Sink]] | None = None) -> None:
+    async def start(self, resolve_sink: Callable[[str], type[Sink]] | None = None,
+                    compile_policy: Callable[[Any], CompiledPolicy | None] | None = None) -> None:
         """Start background work; with a spool, claim a slot and replay what an earlier process left in it.
 
-        ``resolve_sink`` maps a ``callback_name`` to its Sink class (the registry's ``get``) for the replay.
+        ``resolve_sink`` maps a ``callback_name`` to its Sink class (the registry's ``get``) for the replay;
+        ``compile_policy`` rebuilds the redaction policy an instance's events were queued under.
         """
         loop = asyncio.get_running_loop()
         self._sweeper = loop.create_task(self._sweep())
@@ -217,6 +227,11 @@ class Dispatcher:
                     raise LookupError("no sink registry to rebuild it with")
                 sink_class = resolve_sink(str(info.get("callback_name")))
                 callback_vars = decode_vars(sink_class.Vars, info.get("callback_vars") or {})
+                policy = None
+                if info.get("redaction") is not None:  # never replayed unredacted
+                    if compile_policy is None:
+                        raise LookupError("no redactor registry to rebuild its redaction policy with")
+                    policy = compile_policy(info["redaction"])
             except Exception as exc:  # plugin gone, vars no longer valid: keep the files, say so
                 log.error("spool: cannot replay %d event(s) for sink %s/%s: %s; left in %s", instance_log.spilled,
                           info.get("callback_name"), instance_log.instance_id, type(exc).__name__,
@@ -226,6 +241,7 @@ class Dispatcher:
             slot = self.pool.get(instance_log.instance_id, sink_class, callback_vars,
                                  trusted=not instance_log.instance_id.startswith("api-"))
             slot.log = instance_log
+            slot.redaction = policy
             log.warning("spool: replaying %d event(s) for sink %s/%s", instance_log.spilled, slot.callback_name,
                         slot.instance_id)
             if slot.task is None and not slot.due:
@@ -379,10 +395,12 @@ class Dispatcher:
         """
         recent, older = self._recent, self._recent_older
         events: list[LogEvent] = []
+        policy = slot.redaction  # delivery side: the request never waited for it
+        memo = self.redaction_memo
         for seq, payload in batch:
             hit = recent.get(id(payload)) or older.get(id(payload))
             if hit is not None and hit[0] is payload:  # the same bytes, alive in the cache: its id is its own
-                events.append(hit[1])
+                events.append(hit[1] if policy is None else memo.redacted(payload, hit[1], policy))
                 continue
             try:
                 event = _decoder.decode(payload)
@@ -391,7 +409,7 @@ class Dispatcher:
                 log.error("sink %s/%s: dropped event %d: it does not decode (%s)", slot.callback_name,
                           slot.instance_id, seq, exc)
                 continue
-            events.append(event)
+            events.append(event if policy is None else memo.redacted(payload, event, policy))
             recent[id(payload)] = (payload, event)
         if len(recent) >= _RECENT_DECODED:
             self._recent_older, self._recent = recent, {}

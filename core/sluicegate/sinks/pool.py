@@ -12,6 +12,8 @@ from sluicegate.sinks.scrub import Scrubber
 if TYPE_CHECKING:
     import asyncio
 
+    from sluicegate.redaction.policy import CompiledPolicy
+
     from sluicegate.sinks.spool import InstanceLog
 
 __all__ = ("SinkPool", "SinkSlot")
@@ -21,7 +23,7 @@ class SinkSlot:
 
     __slots__ = ("instance_id", "callback_name", "sink", "queue", "task", "last_used", "queued", "sent", "retried",
                  "dropped", "failed_sends", "last_error", "last_error_at", "closed", "due", "inflight",
-                 "log", "spool_dropped")
+                 "log", "spool_dropped", "redaction")
 
     def __init__(self, instance_id: str, sink: Sink) -> None:
         self.instance_id = instance_id
@@ -45,6 +47,8 @@ class SinkSlot:
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.closed = False
+        self.redaction: CompiledPolicy | None = None
+        """The redaction policy applied to this instance's events when their batch goes out (part of its id)."""
 
     def scrubber(self) -> Scrubber:
         """A :class:`Scrubber` for this instance's secrets, as the sink sends them now (built here, not kept: errors

@@ -284,6 +284,8 @@ _OWN_TRACE_METADATA = frozenset({*_IDENTITY, "request_id"})
 _TRACE_REQUEST_ID = f"{Attr.TRACE_METADATA}.request_id"
 _OBSERVATION_REQUEST_ID = f"{Attr.OBSERVATION_METADATA}.request_id"
 _OBSERVATION_ERROR = f"{Attr.OBSERVATION_METADATA}.error_information"
+_OBSERVATION_REDACTION = f"{Attr.OBSERVATION_METADATA}.redaction"
+"""Which redactors ran on the event and how many replacements each made (a redaction policy's record)."""
 _JSON_BOOL = ("false", "true")
 _NAMES: dict[str, str] = {}
 
@@ -361,6 +363,8 @@ def _span_fields(event: LogEvent) -> tuple[bytes, bytes, bytes | None, str, bool
         append((_OBSERVATION_REQUEST_ID, meta.request_id))
     if event.error_information is not None:
         append((_OBSERVATION_ERROR, _metadata_value(event.error_information)))
+    if meta.redaction is not None:
+        append((_OBSERVATION_REDACTION, _metadata_value(meta.redaction)))
     return trace_id, span_id, parent_span_id, name, failed, stable, varying
 
 
