@@ -7,6 +7,9 @@ CONFIG ?= examples/config.yaml
 HOST ?= 127.0.0.1
 PORT ?= 4000
 PYTEST_ARGS ?=
+# Two test processes (one per core here): much of the suite waits on servers and subprocesses. A test file stays
+# in one process (--dist loadfile), so its module fixtures (Phoenix, Azurite, browsers) start once.
+PYTEST_WORKERS ?= 2
 # Servers the sink tests start: Microsoft's storage emulator (npm) and Arize Phoenix (PyPI). Phoenix gets a venv of
 # its own: it requires anthropic<2, which the gateway's dev group (anthropic>=2.16) cannot share.
 TOOLS := .tools
@@ -45,7 +48,7 @@ run: install
 	$(VENV)/bin/sluicegate serve --config $(CONFIG) --host $(HOST) --port $(PORT)
 
 test: install tools
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m bench.run
