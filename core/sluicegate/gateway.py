@@ -25,12 +25,15 @@ from sluicegate.providers.registry import ProviderRegistry
 from sluicegate.router import Router
 from sluicegate.providers.upstream import MAX_UPSTREAM_ANSWER_BYTES, BuiltinUpstream, UpstreamClient, make_upstream
 from sluicegate.routing import LoggingResolver
-from sluicegate.sinks.dispatcher import Dispatcher, spool_dir_for
+from sluicegate.delivery.status import query, status_address
+from sluicegate.delivery.worker_log import WorkerLog
+from sluicegate.sinks.dispatcher import Dispatcher, spool_base_for, spool_dir_for
 from sluicegate.sinks.registry import SinkRegistry
 from sluicegate.throttle import Throttle
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from typing import Any
 
     from litestar import Request
 
@@ -61,8 +64,11 @@ NO_MASTER_KEY = ("no master key is configured (general_settings.master_key), so 
 
 class Gateway:
     def __init__(self, settings: Settings, *, environ: Mapping[str, str] | None = None,
-                 http_client: str = "builtin", tune_gc: bool = False) -> None:
+                 http_client: str = "builtin", tune_gc: bool = False, delivery: str = "inline") -> None:
+        if delivery not in ("inline", "process"):
+            raise ValueError(f"delivery must be 'inline' or 'process', not {delivery!r}")
         self.settings = settings
+        self.delivery_mode = delivery
         self.pm = get_plugin_manager(environ)
         self.registry = SinkRegistry.from_plugin_manager(self.pm)
         self.resolver = LoggingResolver(settings, self.registry, self.pm)
@@ -72,8 +78,17 @@ class Gateway:
         self.store = Store.for_settings(settings, environ)  # the salt key for stored secrets comes with it
         self.keys = KeyCache()
         self.key_health_throttle = Throttle(settings.sluicegate_settings.key_health_per_minute, 60.0)
-        self.dispatcher = Dispatcher(settings.sluicegate_settings.delivery, spool_dir=spool_dir_for(settings))
-        self.dispatcher.pool.api_policy = self.resolver.api_policy  # API-written callbacks' destinations
+        self.delivery_address: str | None = None
+        self.dispatcher: Dispatcher | WorkerLog
+        if delivery == "process":
+            # A serving worker of `sluicegate serve`: events go to its log, the delivery process delivers them.
+            base = spool_base_for(settings)
+            self.dispatcher = WorkerLog(settings.sluicegate_settings.delivery, base)
+            self.dispatcher.probes.api_policy = self.resolver.api_policy
+            self.delivery_address = status_address(base)
+        else:
+            self.dispatcher = Dispatcher(settings.sluicegate_settings.delivery, spool_dir=spool_dir_for(settings))
+            self.dispatcher.pool.api_policy = self.resolver.api_policy  # API-written callbacks' destinations
         self.cache = ResponseCache(settings, environ)  # no connection until a request uses it
         self.master_key = settings.general_settings.master_key
         self.http_client_kind = http_client
@@ -154,6 +169,35 @@ class Gateway:
         """Drop every cached key context (and with it every resolved route set)."""
         self._generation += 1
         self.keys.clear()
+
+    # delivery -----------------------------------------------------------------------------------------
+    async def delivery_stats(self) -> dict[str, Any]:
+        """``/-/sinks``: every sink instance's counters, from this process (inline) or the delivery process."""
+        dispatcher = self.dispatcher
+        if self.delivery_address is None:
+            stats = dispatcher.stats()
+            return {"sinks": stats, "submitted": dispatcher.submitted, "pending": dispatcher.pending(),
+                    "instances": len(stats)}
+        answer = await query(self.delivery_address, "stats")
+        worker = {"submitted": dispatcher.submitted, "unwritten": dispatcher.pending()}
+        if answer is None:
+            return {"sinks": [], "submitted": 0, "pending": dispatcher.pending(), "instances": 0,
+                    "delivery": {"healthy": False, "details": "the delivery process does not answer"},
+                    "worker": worker}
+        answer["pending"] = int(answer.get("pending") or 0) + dispatcher.pending()
+        answer["worker"] = worker
+        return answer
+
+    async def delivery_health(self) -> dict[str, Any] | None:
+        """The delivery process's health for ``/health/readiness`` (None inline: delivery is this process's)."""
+        if self.delivery_address is None:
+            return None
+        answer = await query(self.delivery_address, "ping", timeout=1.0)
+        if answer is None:
+            return {"healthy": False, "details": "the delivery process does not answer (restarting?); events wait "
+                                                 "in the workers' logs"}
+        return {"healthy": True, "details": {k: answer.get(k) for k in ("pid", "uptime", "restarts", "instances",
+                                                                        "workers")}}
 
     # auth ---------------------------------------------------------------------------------------------
     async def authenticate(self, request: Request) -> AuthContext:

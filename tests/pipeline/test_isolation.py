@@ -193,19 +193,22 @@ async def test_200_teams_under_load_no_request_after_a_change_reaches_a_supersed
     assert len(sent) >= len(keys) + ROUND * len(changes)
 
 
+@pytest.mark.parametrize("delivery", ["inline", "process"])
 async def test_gdpr_no_event_of_a_request_started_after_disable_logging_leaves_the_process(
-        receiver, make_config, start, vars_for, monkeypatch):
+        receiver, make_config, start, vars_for, monkeypatch, delivery):
     """Requests in flight while ``disable_logging`` runs may still log; none started after it returned does.
 
     The team logs through every layer at once (a key with its own logging, a team callback, a config entry
     and the globals) so no layer can escape the opt-out. A second team is the control: it keeps logging.
+    ``process``: the gateway is a serving worker writing its log and the delivery process's work (its own
+    dispatcher and sink instances, following the change counter) delivers from that log.
     """
     monkeypatch.setenv("ACME_URL", f"{receiver.url}/dest/global")
     monkeypatch.setenv("ACME_TOKEN", "global-token")
     cfg = make_config(litellm={"callbacks": ["acme"], "default_team_settings": [
         {"team_id": "gdpr", "callbacks": ["acme"], **vars_for("cfg-gdpr")},
         {"team_id": "other", "callbacks": ["acme"], **vars_for("cfg-other")}]})
-    async with start(cfg) as gw:
+    async with start(cfg, delivery=delivery) as gw:
         await gw.new_key(team_id="gdpr")  # creates the team row
         assert (await gw.admin("POST", "/team/gdpr/callback", json={
             "callback_name": "acme", "callback_vars": vars_for("api-gdpr")})).status_code == 200
@@ -240,7 +243,11 @@ async def test_gdpr_no_event_of_a_request_started_after_disable_logging_leaves_t
         finally:
             stop.set()
             await asyncio.gather(*tasks)
-        assert await gw.gateway.dispatcher.drain(10)
+        assert await gw.drain(10)
+        if delivery == "process":  # delivered by the delivery service's own instances; the worker holds none
+            assert gw.gateway.dispatcher.stats() == [] and not gw.gateway.dispatcher.probes.slots
+            assert {s["instance_id"] for s in gw.delivery.dispatcher.stats() if s["sent"]} >= {
+                r.instance_id for r in gw.gateway.resolver.team_config["other"].routes}
 
     delivered = delivered_by_request(receiver)
     after = [r for r, t, team in sent if t > returned and team == "gdpr"]

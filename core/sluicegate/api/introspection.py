@@ -22,7 +22,4 @@ async def plugins(request: Request) -> Response[bytes]:
 async def sinks(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
     await gateway.admin_only(request)
-    stats = gateway.dispatcher.stats()
-    return json_response({"sinks": stats, "submitted": gateway.dispatcher.submitted,
-                          "pending": gateway.dispatcher.pending(), "instances": len(stats),
-                          "cache": gateway.cache.stats()})
+    return json_response({**await gateway.delivery_stats(), "cache": gateway.cache.stats()})

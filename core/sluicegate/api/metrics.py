@@ -71,6 +71,6 @@ def render(stats: list[dict], submitted: int, pending: int, cache: dict | None =
 async def metrics(request: Request) -> Response[str]:
     gateway = gateway_of(request)
     await gateway.admin_only(request)
-    dispatcher = gateway.dispatcher
-    body = render(dispatcher.stats(), dispatcher.submitted, dispatcher.pending(), gateway.cache.stats())
+    delivery = await gateway.delivery_stats()
+    body = render(delivery["sinks"], delivery["submitted"], delivery["pending"], gateway.cache.stats())
     return Response(content=body, media_type="text/plain; version=0.0.4; charset=utf-8")
