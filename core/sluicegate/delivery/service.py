@@ -60,7 +60,7 @@ class DeliveryService:
     """One per host (per spool directory): holds ``delivery.lock`` while it runs."""
 
     def __init__(self, settings: Settings, *, environ: Mapping[str, str] | None = None,
-                 poll_interval: float = 0.02) -> None:
+                 poll_interval: float = 0.05) -> None:
         self.settings = settings
         self.pm = get_plugin_manager(environ)
         self.registry = SinkRegistry.from_plugin_manager(self.pm)

@@ -370,17 +370,37 @@ class LogTail:
             # nothing complete past the offset: the end of this segment, for now or for good
             later = [n for n in segment_numbers(self.directory) if n > self.segment]
             if not later:
+                if os.fstat(self._fd).st_size > self.offset and not self._writer_alive():
+                    self._cut_torn()  # its writer was killed mid-write and nobody took the slot since
                 break
             if self._parse(found, limit=limit):  # the writer moved on: what it wrote here before that is complete
                 continue
-            size = os.fstat(self._fd).st_size
-            if size > self.offset:
-                self.torn_bytes += size - self.offset
-                log.warning("worker log %s: cut a torn record at the end of segment %d (%d byte(s))",
-                            self.directory, self.segment, size - self.offset)
+            self._cut_torn()
             self.close()
             self.segment, self.offset = later[0], 0
         return found
+
+    def _cut_torn(self) -> None:
+        size = os.fstat(self._fd).st_size
+        if size > self.offset:
+            self.torn_bytes += size - self.offset
+            log.warning("worker log %s: skipped a torn record at the end of segment %d (%d byte(s))",
+                        self.directory, self.segment, size - self.offset)
+            self.offset = size
+
+    def _writer_alive(self) -> bool:
+        """Whether a worker holds this log's slot (a part record at the end is then still being written)."""
+        try:
+            fd = os.open(self.directory / ".lock", os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # closing releases the lock at once: a worker starting now claims the slot as usual
+        return False
 
     def _parse(self, found: list[tuple[list[Route], bytes]] | None, *, limit: int = 0, stop: int = 0) -> bool:
         """Parse complete records from the offset on (up to ``stop`` when resuming, routes only); True when the

@@ -45,6 +45,8 @@ class RunningGateway:
         Inline: the gateway's dispatcher drains. With a delivery service: the worker writes its log, the service
         reads all of it, and its dispatcher drains."""
         if self.delivery is None:
+            if self.gateway.delivery_mode == "process":
+                raise RuntimeError("a worker alone does not deliver: drain the gateway running the delivery service")
             return await self.gateway.dispatcher.drain(timeout)
         self.gateway.dispatcher.flush_spool()
         while self.delivery.pump():
@@ -74,7 +76,10 @@ async def running_gateway(config: Mapping[str, Any], environ: Mapping[str, str] 
 
     ``delivery="process"``: the app is a serving worker (events go to its log) and the delivery process's work
     (:class:`~sluicegate.delivery.service.DeliveryService`) runs beside it in this loop, started first and stopped
-    last, as ``sluicegate serve`` orders the processes."""
+    last, as ``sluicegate serve`` orders the processes. ``delivery="worker"``: a serving worker alone, for a
+    second worker beside a ``"process"`` one on the same spool directory (its log is read by that one's service)."""
+    if delivery not in ("inline", "process", "worker"):
+        raise ValueError(f"delivery must be 'inline', 'process' or 'worker', not {delivery!r}")
     settings = parse_settings(dict(config))
     service = DeliveryService(settings, environ=environ) if delivery == "process" else None
     if service is not None:
@@ -90,7 +95,7 @@ async def running_gateway(config: Mapping[str, Any], environ: Mapping[str, str] 
 @asynccontextmanager
 async def _serving(settings: Any, environ: Mapping[str, str] | None, start_timeout: float, delivery: str,
                    service: DeliveryService | None) -> AsyncIterator[RunningGateway]:
-    app = create_app(settings, environ=environ, delivery=delivery)
+    app = create_app(settings, environ=environ, delivery="inline" if delivery == "inline" else "process")
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False))
