@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,15 @@ async def query(address: str, command: str, timeout: float = 2.0) -> dict[str, A
     writer = None
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_unix_connection(address)
+            # Connected here, then handed over: uvloop's open_unix_connection refuses abstract addresses.
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                await asyncio.get_running_loop().sock_connect(sock, address)
+            except BaseException:
+                sock.close()
+                raise
+            reader, writer = await asyncio.open_unix_connection(sock=sock)
             writer.write(command.encode() + b"\n")
             await writer.drain()
             data = await reader.read()
