@@ -50,6 +50,14 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _holds(pid: int, fragment: str) -> bool:
+    """Whether process ``pid`` has a file open whose path contains ``fragment``."""
+    try:
+        return any(fragment in os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+
+
 def _delivery_pids(root: int) -> list[int]:
     return [p for p in _descendants(root) if _cmdline(p).rstrip().endswith("-m sluicegate.delivery")]
 
@@ -260,7 +268,6 @@ def test_sigkill_of_a_worker_loses_at_most_one_flush_interval(tmp_path, acme_pat
     gateway = gateway_process(_config(tmp_path, spool_flush_interval=flush), workers=2,
                               env=_env(acme_path, receiver, "worker"), wait=False).wait_ready(START)
     root = gateway.proc.pid
-    victim = _worker_pids(root)[0]
     finished: list[tuple[str, float]] = []
     stop = threading.Event()
 
@@ -280,6 +287,10 @@ def test_sigkill_of_a_worker_loses_at_most_one_flush_interval(tmp_path, acme_pat
         thread.start()
     try:
         wait_until(lambda: len(finished) >= 100, timeout=20, what="load")
+        # the worker that is serving (the kernel may hand every connection to one): the one writing the busiest log
+        logs = _sinks(gateway.url)["delivery"]["logs"]
+        busiest = max(logs, key=lambda name: logs[name]["events_read"])
+        (victim,) = [p for p in _worker_pids(root) if _holds(p, f"/{busiest}/")]
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
         count = len(finished)
@@ -296,6 +307,5 @@ def test_sigkill_of_a_worker_loses_at_most_one_flush_interval(tmp_path, acme_pat
     lost = [(c, t) for c, t in finished if c not in received]
     assert all(killed_at - t <= flush + 0.1 for _, t in lost), (len(lost), len(finished))
     assert received <= set(delivered_all)
-    logs = _sinks(gateway.url)["delivery"]["logs"]
-    assert len(logs) >= 2 and all(entry["events_read"] > 0 for entry in logs.values())
+    assert logs[busiest]["events_read"] > 0  # the killed worker had logged events before the kill
     print(f"worker SIGKILL: accepted {len(finished)}, lost {len(lost)} (flush interval {flush}s)")
