@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from sluicegate.testing.waiting import wait_until
+from sluicegate.testing.waiting import wait_until, wait_until_async
 
 pytestmark = [pytest.mark.usefixtures("acme", "clean_env"),
               pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads processes from /proc")]
@@ -309,3 +309,32 @@ def test_sigkill_of_a_worker_loses_at_most_one_flush_interval(tmp_path, acme_pat
     assert received <= set(delivered_all)
     assert logs[busiest]["events_read"] > 0  # the killed worker had logged events before the kill
     print(f"worker SIGKILL: accepted {len(finished)}, lost {len(lost)} (flush interval {flush}s)")
+
+
+async def test_a_destination_whose_last_route_is_gone_is_flushed_and_closed(make_config, start, vars_for, receiver):
+    """In process: after ``disable_logging`` the delivery service learns of the change through the change counter,
+    delivers what the team's destination still holds (a long linger: nothing would go for 30 s) and closes its
+    sink instance; the other team's destination, still routed, keeps its instance (the control)."""
+    cfg = make_config(delivery={"batch_interval": 30})
+    async with start(cfg, delivery="process") as gw:
+        for team in ("leaving", "staying"):
+            assert (await gw.admin("POST", "/team/new", json={"team_id": team})).status_code == 200
+            assert (await gw.admin("POST", f"/team/{team}/callback", json={
+                "callback_name": "acme", "callback_vars": vars_for(team)})).status_code == 200
+        keys = {team: await gw.new_key(team_id=team) for team in ("leaving", "staying")}
+        for i in range(3):
+            for team, key in keys.items():
+                assert (await gw.chat(key, f"{team}-{i}")).status_code == 200
+        service = gw.delivery
+        gw.gateway.dispatcher.flush_spool()
+        await wait_until_async(lambda: service.pump() or len(service.dispatcher.pool.slots) == 2, timeout=10,
+                               what="both destinations built in the delivery service")
+        assert receiver.events("/dest/") == []  # lingering
+        assert (await gw.admin("POST", "/team/leaving/disable_logging")).status_code == 200
+        await wait_until_async(lambda: len(service.dispatcher.pool.slots) == 1, timeout=10,
+                               what="the unrouted destination closed")
+        assert [e["messages"][0]["content"] for e in receiver.events("/dest/leaving")] == [f"leaving-{i}"
+                                                                                          for i in range(3)]
+        assert receiver.events("/dest/staying") == [] and service.retired == 1  # still lingering, still open
+        (left,) = service.dispatcher.pool.slots.values()
+        assert left.queue and not left.closed

@@ -52,6 +52,8 @@ log = logging.getLogger("sluicegate.delivery")
 _READ_BATCH = 2000
 """Events read from one worker's log per turn: a turn then takes a few ms, and the loop answers status and sends
 in between."""
+_RETIRE_INTERVAL = 2.0
+"""Seconds between two looks for sink instances no route leads to any more (each resolves every key)."""
 _SCAN_INTERVAL = 0.5
 """Seconds between looks for new worker log directories."""
 
@@ -250,6 +252,9 @@ class DeliveryService:
     # configuration changes -------------------------------------------------------------------------------
     async def _watch_changes(self) -> None:
         gateway = self.settings.sluicegate_settings
+        loop = asyncio.get_running_loop()
+        changed = False
+        checked_at = -_RETIRE_INTERVAL
         while True:
             await asyncio.sleep(gateway.change_poll_interval)
             try:
@@ -257,9 +262,15 @@ class DeliveryService:
             except Exception as exc:
                 log.warning("delivery: change poll failed: %s", type(exc).__name__)
                 continue
-            if version == self._version:
+            if version != self._version:
+                self._version = version
+                changed = True
+            # A scan resolves every key: at most one per _RETIRE_INTERVAL however many changes come (10,000 keys
+            # made one by one are 10,000 changes)
+            if not changed or loop.time() - checked_at < _RETIRE_INTERVAL or not self.dispatcher.pool.slots:
                 continue
-            self._version = version
+            changed = False
+            checked_at = loop.time()
             try:
                 await self.retire_unrouted()
             except Exception as exc:  # the database blipped mid-scan: the next change tries again
