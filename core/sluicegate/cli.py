@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=4000, help="port to bind (default 4000)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes sharing the database (default 1)")
-    serve.add_argument("--delivery", choices=("process", "inline"), default=None,
+    serve.add_argument("--delivery", choices=("process", "inline"), default=None,  # sluicegate.delivery.MODES
                        help="process (default): the workers append events to their logs and one delivery process "
                             "per host delivers them; inline: each worker delivers its own events (tests, the "
                             "smallest deployments)")

@@ -133,6 +133,13 @@ async def test_two_workers_one_delivery_service_one_sink_instance_and_the_posts_
         assert len(service.dispatcher.pool.slots) == 1  # one instance for both workers
         assert not first.gateway.dispatcher.probes.slots and not second.gateway.dispatcher.probes.slots
         assert [len(r.json()) for r in receiver.received("/dest/shared")] == [50, 50]
+        for worker in (first, second):  # either worker shows the host's one instance, asked of the delivery service
+            shown = (await worker.admin("GET", "/-/sinks")).json()
+            assert shown["instances"] == 1 and shown["sinks"][0]["accepted"] == 130
+            assert shown["delivery"]["healthy"] is True and shown["worker"]["submitted"] == 65
+            assert "sluicegate_sink_instances 1\n" in (await worker.admin("GET", "/metrics")).text
+            ready = (await worker.client.get("/health/readiness")).json()
+            assert ready["checks"]["delivery"]["healthy"] is True
         assert await first.drain(5)
     two_workers = [len(r.json()) for r in receiver.received("/dest/shared")]
     assert two_workers == [50, 50, 30]
