@@ -63,8 +63,9 @@ def team_kind(index: int) -> str:
     return ("key", "api", "cfg")[index % 3]
 
 
+@pytest.mark.parametrize("delivery", ["inline", "process"])
 async def test_200_teams_under_load_no_request_after_a_change_reaches_a_superseded_destination(
-        receiver, make_config, start, vars_for, monkeypatch, register_secret):
+        receiver, make_config, start, vars_for, monkeypatch, register_secret, delivery):
     monkeypatch.setenv("ACME_URL", f"{receiver.url}/dest/global")  # a wrong fallback to globals shows up here
     monkeypatch.setenv("ACME_TOKEN", register_secret("global-token-" + "g" * 12))
     teams = [f"team-{i}" for i in range(TEAMS)]
@@ -72,7 +73,7 @@ async def test_200_teams_under_load_no_request_after_a_change_reaches_a_supersed
         {"team_id": t, "callbacks": ["acme"], **vars_for(f"cfg-{t}", token=register_secret(f"tok-cfg-{t}-secret"))}
         for i, t in enumerate(teams) if team_kind(i) == "cfg"]})
     rng = random.Random(9)
-    async with start(cfg) as gw:
+    async with start(cfg, delivery=delivery) as gw:
         keys: list[str] = []
         timelines: list[Timeline] = []
         slots = asyncio.Semaphore(16)
@@ -167,7 +168,7 @@ async def test_200_teams_under_load_no_request_after_a_change_reaches_a_supersed
         # every key once more, all started after the last change: each must log exactly to its final state
         final = await asyncio.gather(*(one(n) for n in range(len(keys))))
         assert all(item.status == 200 for item in sent), {item.status for item in sent}
-        assert await gw.gateway.dispatcher.drain(10)
+        assert await gw.drain(10)
 
     delivered = delivered_by_request(receiver)
     assert set(delivered) <= {item.request_id for item in sent}

@@ -63,6 +63,10 @@ _EARLY_FLUSH_EVENTS = 256
 _READ_CHUNK = 1024 * 1024
 _SUFFIX = ".log"
 _encoder = msgspec.json.Encoder()
+_PREPARED_MAX = 50_000
+"""Route sets whose record parts a worker keeps (one per key in use; a changed key's old set is dropped with the
+lot when this fills)."""
+_Prepared = tuple[int, bool, bytes]  # routes, whether all of them redact, <u16 count><u32 ref> * count
 
 
 def segment_name(number: int) -> str:
@@ -108,6 +112,8 @@ class WorkerLog:
         self._segment = 0
         self._size = 0
         self._refs: dict[tuple[str, bool], int] = {}
+        # id(CallbackSet) -> (the set, its success part, its failure part): see _prepare; cleared with the refs
+        self._prepared: dict[int, tuple[CallbackSet, _Prepared | None, _Prepared | None]] = {}
         self._buffer: list[bytes] = []
         self._unwritten = 0  # events in the buffer
         self._early_flush = False
@@ -120,15 +126,42 @@ class WorkerLog:
         """Append ``event`` with the routes of ``callbacks`` matching its status. Never awaits; returns the count."""
         if callbacks is None or not callbacks.routes:
             return 0
-        success = event.status == "success"
-        routes = [r for r in callbacks.routes if (r.on_success if success else r.on_failure)]
-        if not routes:
+        prepared = self._prepared.get(id(callbacks))
+        if prepared is None or prepared[0] is not callbacks:
+            prepared = self._prepare(callbacks)
+        chosen = prepared[1] if event.status == "success" else prepared[2]
+        if chosen is None:
             return 0
+        count, all_redact, refs = chosen
         # Every route redacts: only the redacted event is written (what no sink may see never reaches the disk).
         # Otherwise the event as it is, and the delivery process redacts for the routes that do.
-        payload = _encoder.encode(redact(event) if all(r.redact for r in routes) else event)
-        refs = self._refs
+        payload = _encoder.encode(redact(event) if all_redact else event)
         buffer = self._buffer
+        buffer.append(_FRAME.pack(len(refs) + len(payload), _EVENT) + refs)
+        buffer.append(payload)
+        self._unwritten += 1
+        self.submitted += count
+        if self.settings.spool_flush_interval <= 0:
+            self._flush_or_log()  # a write to the page cache, not awaited: survives SIGKILL
+        elif self._unwritten >= _EARLY_FLUSH_EVENTS and not self._early_flush:
+            self._early_flush = True
+            asyncio.get_running_loop().call_soon(self._flush_early)
+        return count
+
+    def _prepare(self, callbacks: CallbackSet) -> tuple[CallbackSet, _Prepared | None, _Prepared | None]:
+        """The event record's route part for a success and for a failure of ``callbacks`` (routes named in this
+        segment first), kept while the set is in use: a key's set is built once and serves every request."""
+        if len(self._prepared) >= _PREPARED_MAX:
+            self._prepared.clear()
+        prepared = (callbacks, self._refs_for([r for r in callbacks.routes if r.on_success]),
+                    self._refs_for([r for r in callbacks.routes if r.on_failure]))
+        self._prepared[id(callbacks)] = prepared
+        return prepared
+
+    def _refs_for(self, routes: list[Route]) -> _Prepared | None:
+        if not routes:
+            return None
+        refs = self._refs
         ids: list[int] = []
         for route in routes:
             key = (route.instance_id, route.redact)
@@ -139,19 +172,9 @@ class WorkerLog:
                     {"callback_name": route.callback_name, "instance_id": route.instance_id,
                      "callback_vars": encode_vars(route.callback_vars, reveal=True), "trusted": route.trusted,
                      "redact": route.redact})
-                buffer.append(_FRAME.pack(len(header), _ROUTE) + header)
+                self._buffer.append(_FRAME.pack(len(header), _ROUTE) + header)
             ids.append(ref)
-        count = len(ids)
-        buffer.append(struct.pack(f"<IBH{count}I", 2 + 4 * count + len(payload), _EVENT, count, *ids))
-        buffer.append(payload)
-        self._unwritten += 1
-        self.submitted += count
-        if self.settings.spool_flush_interval <= 0:
-            self._flush_or_log()  # a write to the page cache, not awaited: survives SIGKILL
-        elif self._unwritten >= _EARLY_FLUSH_EVENTS and not self._early_flush:
-            self._early_flush = True
-            asyncio.get_running_loop().call_soon(self._flush_early)
-        return count
+        return len(ids), all(r.redact for r in routes), struct.pack(f"<H{len(ids)}I", len(ids), *ids)
 
     def slot_for(self, route: Route) -> SinkSlot:
         """A sink instance for a health probe (``/key/health``); nothing is delivered through it."""
@@ -215,6 +238,7 @@ class WorkerLog:
         self._segment = number
         self._size = 0
         self._refs = {}
+        self._prepared = {}  # their refs named routes of the previous segment
         self._enforce_limit(numbers)
 
     def _enforce_limit(self, numbers: list[int]) -> None:
@@ -302,7 +326,8 @@ class LogTail:
     in that segment, resolved once each by ``resolve`` (a route header's JSON -> a Route, or None when it cannot be
     built: the event still goes to its other routes)."""
 
-    __slots__ = ("directory", "segment", "offset", "resolve", "_fd", "_routes", "torn_bytes", "events_read")
+    __slots__ = ("directory", "segment", "offset", "resolve", "_fd", "_routes", "_sets", "torn_bytes",
+                 "events_read")
 
     def __init__(self, directory: Path, resolve: Callable[[dict[str, Any]], Route | None], *, segment: int = 0,
                  offset: int = 0) -> None:
@@ -312,6 +337,7 @@ class LogTail:
         self.resolve = resolve
         self._fd = -1
         self._routes: dict[int, Route | None] = {}
+        self._sets: dict[bytes, list[Route]] = {}  # an event's route part -> its routes, in this segment
         self.torn_bytes = 0
         self.events_read = 0
 
@@ -345,6 +371,7 @@ class LogTail:
         self.segment = number
         self.offset = 0
         self._routes = {}
+        self._sets = {}
         if offset:  # resuming mid-segment: the routes named before the offset, not the events
             self._parse(None, stop=offset)
         return True
@@ -436,13 +463,18 @@ class LogTail:
                         self._routes[ref] = self.resolve(info)
                     except msgspec.DecodeError:
                         self._routes[ref] = None
+                    self._sets.clear()
                 elif found is not None:
                     (count,) = _COUNT.unpack_from(data, body)
-                    refs = struct.unpack_from(f"<{count}I", data, body + _COUNT.size)
-                    routes = [route for route in map(self._routes.get, refs) if route is not None]
+                    start_payload = body + _COUNT.size + 4 * count
+                    key = data[body:start_payload]
+                    routes = self._sets.get(key)
+                    if routes is None:
+                        refs = struct.unpack_from(f"<{count}I", data, body + _COUNT.size)
+                        routes = self._sets[key] = [r for r in map(self._routes.get, refs) if r is not None]
                     self.events_read += 1
                     if routes:
-                        found.append((routes, data[body + _COUNT.size + 4 * count:end]))
+                        found.append((routes, data[start_payload:end]))
                 self.offset += end - at
                 at = end
                 if found is not None and len(found) >= limit:
