@@ -345,3 +345,19 @@ async def test_a_destination_whose_last_route_is_gone_is_flushed_and_closed(make
         assert receiver.events("/dest/staying") == [] and service.retired == 1  # still lingering, still open
         (left,) = service.dispatcher.pool.slots.values()
         assert left.queue and not left.closed
+
+
+async def test_key_health_probes_from_the_worker_without_a_delivery_instance(make_config, start, vars_for, receiver):
+    """``/key/health`` in a serving worker builds the key's sink for the probe only: the probe reaches the
+    destination, and no event goes anywhere (the delivery service builds nothing for it). Control: a wrong
+    token is reported unhealthy."""
+    receiver.behave("/dest/bad", status=401)
+    async with start(make_config(), delivery="process") as gw:
+        good = await gw.new_key(metadata={"logging": [{"callback_name": "acme", "callback_vars": vars_for("good")}]})
+        bad = await gw.new_key(metadata={"logging": [{"callback_name": "acme", "callback_vars": vars_for("bad")}]})
+        answer = (await gw.client.post("/key/health", headers={"Authorization": f"Bearer {good}"})).json()
+        assert answer["key"] == "healthy"
+        answer = (await gw.client.post("/key/health", headers={"Authorization": f"Bearer {bad}"})).json()
+        assert answer["key"] == "unhealthy"
+        assert len(gw.gateway.dispatcher.probes.slots) == 2
+        assert gw.delivery.dispatcher.pool.slots == {} and receiver.events("/dest/") == []

@@ -120,6 +120,7 @@ class WorkerLog:
         self._flusher: asyncio.Task[None] | None = None
         self._drop_logged_at = 0.0
         self.probes = SinkPool(max_instances=settings.max_instances, idle_seconds=settings.idle_seconds)
+        self._closing: set[asyncio.Task[None]] = set()
 
     # request path --------------------------------------------------------------------------------------
     def submit(self, event: LogEvent, callbacks: CallbackSet | None) -> int:
@@ -177,9 +178,16 @@ class WorkerLog:
         return len(ids), all(r.redact for r in routes), struct.pack(f"<H{len(ids)}I", len(ids), *ids)
 
     def slot_for(self, route: Route) -> SinkSlot:
-        """A sink instance for a health probe (``/key/health``); nothing is delivered through it."""
+        """A sink instance for a health probe (``/key/health``); nothing is delivered through it. Probes unused for
+        ``idle_seconds`` (or past ``max_instances``) are closed as new ones are made."""
+        now = time.monotonic()
+        for idle in self.probes.evictable(now, force=self.probes.over_capacity()):
+            self.probes.remove(idle)
+            task = asyncio.get_running_loop().create_task(_close_probe(idle))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         slot = self.probes.get(route.instance_id, route.sink_class, route.callback_vars, trusted=route.trusted)
-        slot.last_used = time.monotonic()
+        slot.last_used = now
         return slot
 
     # writing ---------------------------------------------------------------------------------------------
@@ -317,8 +325,14 @@ class WorkerLog:
             self._lock_fd = None
         for slot in list(self.probes.slots.values()):
             self.probes.remove(slot)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(slot.sink.aclose(), 5)
+            await _close_probe(slot)
+        if self._closing:
+            await asyncio.wait(list(self._closing), timeout=5)
+
+
+async def _close_probe(slot: SinkSlot) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(slot.sink.aclose(), 5)
 
 
 class LogTail:
