@@ -62,7 +62,9 @@ class Supervisor:
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stopping = True
         if self.serving is not None and self.serving.poll() is None:
-            self.serving.send_signal(signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
+            # SIGTERM either way: after a Ctrl-C (the whole group got SIGINT already) a second SIGINT would make
+            # uvicorn skip its graceful shutdown
+            self.serving.send_signal(signal.SIGTERM)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
