@@ -70,8 +70,9 @@ def test_workers_serve_one_port_see_each_others_changes_and_stop_together(tmp_pa
     assert len(delivering) == (1 if delivery == "process" else 0)
     # inline, each worker delivers through its own spool (and sink instances); else one delivery process's spool
     # and a log per worker
-    spool = {p.name for p in (tmp_path / "sluicegate-spool").iterdir() if p.is_dir()}
-    assert spool == ({"p0", "w0", "w1"} if delivery == "process" else {"p0", "p1"})
+    expected = {"p0", "w0", "w1"} if delivery == "process" else {"p0", "p1"}
+    wait_until(lambda: {p.name for p in (tmp_path / "sluicegate-spool").iterdir() if p.is_dir()} == expected,
+               timeout=60, what=f"the spool directories {sorted(expected)} (every worker started)")
 
     with httpx.Client(timeout=10) as admin:
         created = admin.post(f"{gateway.url}/key/generate", headers={"Authorization": f"Bearer {MASTER_KEY}"},
