@@ -22,6 +22,7 @@ from bench.run import (
     VENV_BIN,
     Bench,
     add_cpu_options,
+    delivery_pids,
     free_port,
     gateway_config,
     make_keys,
@@ -36,13 +37,17 @@ __all__ = ("main",)
 PHASES = ("started", "keys made", "keys warmed", "under load", "after load")
 
 
-def measure(teams: int, concurrency: int, seconds: float, cpu_args: list[str]) -> dict[str, float]:
+def measure(teams: int, concurrency: int, seconds: float, cpu_args: list[str], delivery: str = "process",
+            ) -> dict[str, float]:
     bench = Bench(parse_args(["--rows", "gw-sinks", "--teams", str(teams), *cpu_args]))
     rss: dict[str, float] = {}
 
     def read(phase: str, pid: int) -> None:
-        rss[phase] = threads_and_rss(pid)[1]
-        print(f"  {teams} teams, {phase}: {rss[phase]:.0f} MB", flush=True)
+        delivery = tuple(delivery_pids(pid))
+        rss[phase] = threads_and_rss(pid, skip=delivery)[1]
+        rss[f"delivery {phase}"] = threads_and_rss(pid, only=delivery)[1] if delivery else 0.0
+        print(f"  {teams} teams, {phase}: serving processes {rss[phase]:.0f} MB"
+              + (f", delivery process {rss[f'delivery {phase}']:.0f} MB" if delivery else ""), flush=True)
 
     try:
         upstream, _ = bench.start_mock("mock-upstream", "upstream")
@@ -54,8 +59,10 @@ def measure(teams: int, concurrency: int, seconds: float, cpu_args: list[str]) -
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         proc = bench.procs.start("gw", [str(VENV_BIN / "sluicegate"), "serve", "--config", str(config),
-                                        "--port", str(port), "--log-level", "warning"], cpu=bench.server_cpu)
+                                        "--port", str(port), "--log-level", "warning", "--delivery", delivery],
+                                 cpu=bench.server_cpu)
         wait_http(base + "/health/liveliness", proc, timeout=300)
+        bench.pin_delivery(proc.pid)
         read("started", proc.pid)
         keys = bench.tmp / "keys.txt"
         asyncio.run(make_keys(base, bench.teams, keys))
@@ -83,18 +90,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teams", default="10,10000", help="team counts, comma-separated (default 10,10000)")
     parser.add_argument("--concurrency", type=int, default=16, help="wrk connections during the load (16)")
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds of load (8)")
+    parser.add_argument("--delivery", default="process", choices=("process", "inline"),
+                        help="sluicegate serve --delivery (default process: the serving workers' RSS and the "
+                             "delivery process's are shown apart)")
     add_cpu_options(parser)
     args = parser.parse_args(argv)
     cpu_args = ["--load-cpu", str(args.load_cpu), "--server-cpu", str(args.server_cpu)]
     counts = [int(t) for t in args.teams.split(",") if t.strip()]
-    found = {count: measure(count, args.concurrency, args.seconds, cpu_args) for count in counts}
-    print("\n| teams | " + " | ".join(PHASES) + " |")
-    print("|---:|" + "---:|" * len(PHASES))
+    found = {count: measure(count, args.concurrency, args.seconds, cpu_args, args.delivery) for count in counts}
     first = found[counts[0]]
-    for count in counts:
-        cells = [f"{found[count][p]:.0f}" + (f" (+{found[count][p] - first[p]:.0f})" if count != counts[0] else "")
-                 for p in PHASES]
-        print(f"| {count:,} | " + " | ".join(cells) + " |")
+    tables = [("serving processes", "")] + ([("delivery process", "delivery ")] if args.delivery == "process" else [])
+    for title, prefix in tables:
+        print(f"\n{title}:\n| teams | " + " | ".join(PHASES) + " |")
+        print("|---:|" + "---:|" * len(PHASES))
+        for count in counts:
+            cells = [f"{found[count][prefix + p]:.0f}" + (f" (+{found[count][prefix + p] - first[prefix + p]:.0f})"
+                                                           if count != counts[0] else "") for p in PHASES]
+            print(f"| {count:,} | " + " | ".join(cells) + " |")
     print("\nRSS in MB; in brackets, the growth from the first team count.")
     return 0
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import logging
 import os
 import tempfile
 import time
@@ -131,8 +132,13 @@ async def _run(args: argparse.Namespace, receivers: dict[str, str],
     if args.delivery:  # what-if: key=value,... as in bench.run's BENCH_DELIVERY
         changes = dict(item.split("=", 1) for item in args.delivery.split(",") if item)
         settings = msgspec.convert({**msgspec.structs.asdict(settings), **changes}, DeliverySettings, strict=False)
-    dispatcher = Dispatcher(settings, spool_dir=spool_dir)
-    await dispatcher.start()
+    if args.mode == "process":
+        # The serving worker's side (its log) and the delivery process's side (tail -> dispatcher -> spool ->
+        # progress) in this one process: their CPU together is the total per event of `--delivery process`.
+        dispatcher = await _ProcessPipeline.start(settings, spool_dir or str(Path(tempfile.mkdtemp())))
+    else:
+        dispatcher = Dispatcher(settings, spool_dir=spool_dir)
+        await dispatcher.start()
     if args.gc == "gateway":  # what a served gateway does once started (Gateway.tune_gc), before any traffic
         gc.collect()
         gc.freeze()
@@ -162,6 +168,39 @@ async def _run(args: argparse.Namespace, receivers: dict[str, str],
     return cpu, sent, {name: posts_after[name] - posts_before[name] for name in posts_after}
 
 
+class _ProcessPipeline:
+    """``submit`` appends to a serving worker's log (:class:`~sluicegate.delivery.worker_log.WorkerLog`); a
+    :class:`~sluicegate.delivery.service.DeliveryService` on the same loop reads it into its dispatcher."""
+
+    def __init__(self, worker: Any, service: Any) -> None:
+        self.worker = worker
+        self.service = service
+        self.submit = worker.submit
+
+    @classmethod
+    async def start(cls, settings: DeliverySettings, base: str) -> _ProcessPipeline:
+        from sluicegate.config import parse_settings
+        from sluicegate.delivery.service import DeliveryService
+        from sluicegate.delivery.worker_log import WorkerLog
+
+        delivery = {**msgspec.to_builtins(settings), "spool_dir": base}
+        full = parse_settings({"general_settings": {"database_url": f"sqlite+aiosqlite:///{base}/bench.db"},
+                               "sluicegate_settings": {"delivery": delivery}})
+        logging.getLogger("sluicegate.delivery").setLevel(logging.ERROR)  # no database here: the change poll
+        service = DeliveryService(full)
+        await service.start()
+        worker = WorkerLog(full.sluicegate_settings.delivery, base)
+        await worker.start()
+        return cls(worker, service)
+
+    def pending(self) -> int:
+        return self.worker.pending() + self.service.dispatcher.pending() + (1 if self.service.unread_bytes() else 0)
+
+    async def aclose(self, grace: float) -> None:
+        await self.worker.aclose()
+        await self.service.aclose()
+
+
 async def _baseline(args: argparse.Namespace) -> tuple[float, int]:
     teams = team_ids(args.teams)
     cpu = time.process_time()
@@ -185,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--segment-mb", type=int, default=0,
                         help="spool_segment_bytes in MiB (default: the setting's default)")
     parser.add_argument("--spool", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--mode", choices=("inline", "process"), default="inline",
+                        help="inline: the dispatcher alone; process: a serving worker's log read by the delivery "
+                             "process's work, both in this process (their total CPU per event)")
     parser.add_argument("--gc", choices=("gateway", "default", "off"), default="gateway",
                         help="collector settings: as a served gateway tunes them (default), Python's, or off")
     add_cpu_options(parser)
@@ -211,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             if best is None or per_event < best:
                 best = per_event
         print(f"best: {best * 1e6:.1f} µs CPU per event ({args.teams} teams x ({' + '.join(args.sinks.split(','))}), "
-              f"{args.rate:.0f} events/s, spool {'on' if args.spool else 'off'})")
+              f"{args.rate:.0f} events/s, spool {'on' if args.spool else 'off'}, delivery {args.mode})")
     finally:
         procs.stop_all()
     return 0

@@ -66,6 +66,7 @@ class Row:
     provider: str = "openai"  # the gateway rows' upstream wire format: a key of PROVIDER_MODELS
     deployments: int = 1  # deployments of the model group, each its own api_base path on the mock
     routing_strategy: str | None = None  # router_settings.routing_strategy (None: the default, simple-shuffle)
+    delivery: str = "process"  # `sluicegate serve --delivery`: the delivery process (default) or inline
 
 
 ROWS = [
@@ -95,6 +96,9 @@ ROWS = [
     Row("gw-httpx", "gateway, no sinks, plain httpx", "gateway", "httpx"),
     Row("gw-sinks", "gateway, {teams} teams x (langfuse + otel), builtin client", "gateway", "builtin",
         "telemetry", stream=True),
+    # today's single-process path (`--delivery inline`): every sink instance, batch and POST on the serving core
+    Row("gw-sinks-inline", "gateway, {teams} teams x (langfuse + otel), --delivery inline", "gateway", "builtin",
+        "telemetry", delivery="inline"),
     # `--workers 2` on the same one core: the CPU per request must not grow with the number of workers
     Row("gw-sinks-w2", "gateway, 2 workers on one core, {teams} teams x (langfuse + otel)", "gateway", "builtin",
         "telemetry", workers=2),
@@ -118,6 +122,9 @@ class Point:
     requests: int
     errors: int
     cpu_ms_per_req: float | None = None
+    """The serving processes' CPU (the delivery process's is apart, below)."""
+    delivery_cpu_ms_per_req: float | None = None
+    """The delivery process's CPU per request (``--delivery process``; it runs on the load core)."""
 
 
 @dataclass
@@ -130,6 +137,9 @@ class Result:
     rss_mb: float | None = None
     notes: list[str] = field(default_factory=list)
     skipped: bool = False  # not run on purpose (LiteLLM not installed): not a failure
+    delivery_rss_mb: float | None = None  # the delivery process's, apart from the serving processes' rss_mb
+    posts: int | None = None  # receiver POSTs during the measured runs (sink rows)
+    requests: int = 0  # requests during the measured runs
 
 
 # --- processes -------------------------------------------------------------------------------------------
@@ -246,10 +256,25 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of ``pid`` and of its descendants."""
-    total = 0.0
+def delivery_pids(pid: int) -> list[int]:
+    """The delivery process(es) under ``pid`` (``python -m sluicegate.delivery``)."""
+    found = []
     for member in _tree(pid):
+        try:
+            argv = Path(f"/proc/{member}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"sluicegate.delivery" in argv and b"-m" in argv and argv[argv.index(b"-m") + 1] == b"sluicegate.delivery":
+            found.append(member)
+    return found
+
+
+def cpu_seconds(pid: int, *, skip: tuple[int, ...] = (), only: tuple[int, ...] = ()) -> float:
+    """utime + stime of every thread of ``pid`` and of its descendants (but ``skip``; or of ``only``)."""
+    total = 0.0
+    for member in only or _tree(pid):
+        if member in skip:
+            continue
         try:
             fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -258,10 +283,12 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def threads_and_rss(pid: int) -> tuple[int, float]:
-    """Threads and resident MB of ``pid`` and its descendants, summed."""
+def threads_and_rss(pid: int, *, skip: tuple[int, ...] = (), only: tuple[int, ...] = ()) -> tuple[int, float]:
+    """Threads and resident MB of ``pid`` and its descendants, summed (but ``skip``; or of ``only``)."""
     threads, rss = 0, 0.0
-    for member in _tree(pid):
+    for member in only or _tree(pid):
+        if member in skip:
+            continue
         try:
             lines = Path(f"/proc/{member}/status").read_text().splitlines()
         except OSError:
@@ -525,11 +552,16 @@ class Bench:
                 stream: bool = False) -> Point:
         """The best of ``--repeat`` runs: on a shared machine noise only ever subtracts throughput."""
         best: Point | None = None
+        delivery = tuple(delivery_pids(pid)) if pid else ()
         for _ in range(self.args.repeat):
-            before = cpu_seconds(pid) if pid else None
+            before = cpu_seconds(pid, skip=delivery) if pid else None
+            before_delivery = cpu_seconds(pid, only=delivery) if delivery else 0.0
             raw = self.wrk.run(url, keys, concurrency, duration, stream=stream)
-            cpu = cpu_seconds(pid) - before if pid and before is not None else None
+            cpu = cpu_seconds(pid, skip=delivery) - before if pid and before is not None else None
             point = to_point(concurrency, raw, cpu)
+            if delivery and point.requests:
+                point.delivery_cpu_ms_per_req = ((cpu_seconds(pid, only=delivery) - before_delivery) * 1000
+                                                 / point.requests)
             if best is None or point.rps > best.rps:
                 best = point
         assert best is not None
@@ -544,14 +576,18 @@ class Bench:
             result.points.append(point)
             print(f"  {row.id:12} c={concurrency:<3} {point.rps:9,.0f} req/s  p50 {point.p50_ms:7.2f} ms  "
                   f"p99 {point.p99_ms:7.2f} ms  errors {point.errors}"
-                  + (f"  cpu {point.cpu_ms_per_req:.3f} ms/req" if point.cpu_ms_per_req is not None else ""),
-                  flush=True)
+                  + (f"  cpu {point.cpu_ms_per_req:.3f} ms/req" if point.cpu_ms_per_req is not None else "")
+                  + (f" (+ delivery process {point.delivery_cpu_ms_per_req:.3f})"
+                     if point.delivery_cpu_ms_per_req is not None else ""), flush=True)
         if row.stream and self.args.stream:
             result.stream = self.best_of(url, keys, 1, max(2.0, duration / 2), pid, stream=True)
             print(f"  {row.id:12} stream c=1 {result.stream.rps:9,.0f} req/s  p50 {result.stream.p50_ms:7.2f} ms  "
                   f"p99 {result.stream.p99_ms:7.2f} ms  errors {result.stream.errors}", flush=True)
         if pid:
-            result.threads, result.rss_mb = threads_and_rss(pid)
+            delivery = tuple(delivery_pids(pid))
+            result.threads, result.rss_mb = threads_and_rss(pid, skip=delivery)
+            if delivery:
+                result.delivery_rss_mb = threads_and_rss(pid, only=delivery)[1]
         return result
 
     def run_row(self, row: Row, upstream: str) -> Result:
@@ -584,10 +620,11 @@ class Bench:
                                 row.provider, row.deployments, row.routing_strategy)
         proc = self.procs.start(row.id, [str(VENV_BIN / "sluicegate"), "serve", "--config", str(config),
                                          "--port", str(port), "--log-level", "warning",
-                                         "--workers", str(row.workers)],
+                                         "--workers", str(row.workers), "--delivery", row.delivery],
                                 cpu=self.server_cpu, env={"SLUICEGATE_HTTP_CLIENT": row.client})
         try:
             wait_http(base + "/health/liveliness", proc, timeout=120)
+            self.pin_delivery(proc.pid)
             started = time.monotonic()
             asyncio.run(make_keys(base, self.teams, keys))
             # Each worker fills its own key cache and sink instances: with N workers sharing the port, send every
@@ -605,6 +642,8 @@ class Bench:
                 time.sleep(1.5)  # one batch interval, so the last events reach the receivers
                 after = self.receiver_counts()
                 posts = {k: after[k] - before[k] for k in after}
+                result.posts = sum(posts.values())
+                result.requests = sum(p.requests for p in result.points)
                 result.notes.append("receiver POSTs during the row: " + ", ".join(f"{k} {v:,}" for k, v in
                                                                                    posts.items()))
             if row.sinks == "telemetry" and self.sink_mode == "file":
@@ -615,6 +654,14 @@ class Bench:
             return result
         finally:
             self.procs.stop(proc, timeout=30)
+
+    def pin_delivery(self, pid: int) -> None:
+        """The delivery process on the load core (the issue's set-up: serving workers alone on the server core)."""
+        if self.server_cpu is None or self.load_cpu is None:
+            return
+        for member in delivery_pids(pid):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(member, {self.load_cpu})
 
     def run_litellm(self, row: Row, upstream: str, port: int, base: str, keys: Path) -> Result:
         """One LiteLLM proxy worker on the server core, its global langfuse callback on the loopback receiver.
@@ -885,7 +932,30 @@ def targets(by_id: dict[str, Result], cs: list[int]) -> list[str]:
             if p and q and q.rps:
                 lines.append(f"- logging on vs off at c={c}: {_pct(p.rps / q.rps)} (target ≥ 90 %): "
                              f"{check(p.rps / q.rps >= 0.9)}")
+    # issue 28: delivery off the serving core (`gw-sinks` runs the delivery process; `gw-sinks-inline` today's path)
+    inline = by_id.get("gw-sinks-inline")
+    if on and off:
+        for c in cs:
+            p, q = _point(on, c), _point(off, c)
+            if p and q and p.cpu_ms_per_req and q.cpu_ms_per_req:
+                ratio = p.cpu_ms_per_req / q.cpu_ms_per_req
+                lines.append(f"- serving worker CPU per request, logging on vs off at c={c}: {ratio:.2f}× "
+                             f"(target ≤ 1.10×): {check(ratio <= 1.10)}")
+    if on and inline:
+        for c in cs:
+            p, q = _point(on, c), _point(inline, c)
+            if p and q and p.cpu_ms_per_req and q.cpu_ms_per_req and p.delivery_cpu_ms_per_req is not None:
+                total = p.cpu_ms_per_req + p.delivery_cpu_ms_per_req
+                lines.append(f"- total CPU per event (workers + delivery process) vs inline at c={c}: "
+                             f"{total / q.cpu_ms_per_req:.2f}× (target ≤ 1.00×): "
+                             f"{check(total <= q.cpu_ms_per_req)}; throughput {_pct(p.rps / q.rps)} of inline")
     two = by_id.get("gw-sinks-w2")
+    if on and two and on.posts and two.posts and on.requests and two.requests:
+        one_rate, two_rate = on.posts * 1000 / on.requests, two.posts * 1000 / two.requests
+        lines.append(f"- receiver POSTs per 1,000 requests, 2 workers vs 1: {two_rate:.1f} vs {one_rate:.1f} "
+                     f"({two_rate / one_rate:.2f}×; target within 10 %): {check(abs(two_rate / one_rate - 1) <= 0.10)}")
+    if on and on.rss_mb and on.delivery_rss_mb:
+        lines.append(f"- RSS: serving processes {on.rss_mb:.0f} MB, delivery process {on.delivery_rss_mb:.0f} MB")
     if on and two:
         for c in cs:
             p, q = _point(on, c), _point(two, c)

@@ -592,7 +592,7 @@ class GatewayProcess:
     """A ``python -m sluicegate serve`` subprocess. Output goes to files (``stdout``/``stderr`` properties)."""
 
     def __init__(self, config: Path, *, port: int | None = None, workers: int = 1, env: dict[str, str] | None = None,
-                 log_dir: Path, cwd: Path | None = None) -> None:
+                 log_dir: Path, cwd: Path | None = None, delivery: str | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = config
@@ -605,7 +605,8 @@ class GatewayProcess:
         with open(self._out, "wb") as out, open(self._err, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "sluicegate", "serve", "--config", str(config), "--host", "127.0.0.1",
-                 "--port", str(self.port), "--workers", str(workers), "--log-level", "warning"],
+                 "--port", str(self.port), "--workers", str(workers), "--log-level", "warning",
+                 *(["--delivery", delivery] if delivery else [])],
                 stdout=out, stderr=err, env=full_env, cwd=str(cwd or log_dir))
 
     @property
@@ -656,7 +657,8 @@ def _gateway_processes(log_dir: Path) -> Iterator[Callable[..., GatewayProcess]]
 
 @pytest.fixture
 def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
-    """``gateway_process(config_path, wait=True, workers=1, env=None)`` → a running :class:`GatewayProcess`.
+    """``gateway_process(config_path, wait=True, workers=1, env=None, delivery=None)`` → a running
+    :class:`GatewayProcess` (``delivery``: ``--delivery process|inline``; the CLI's default when None).
 
     With ``wait=False`` the process is started but not awaited: call ``.wait_ready()`` later (lets start-up
     overlap with other work). Every process is terminated after the test.

@@ -27,6 +27,13 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for child in _children(pid):
+        found += [child, *_descendants(child)]
+    return found
+
+
 def _cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
@@ -39,22 +46,33 @@ def _chat(url: str, key: str) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads worker processes from /proc")
-def test_workers_serve_one_port_see_each_others_changes_and_stop_together(tmp_path: Path,
-                                                                         gateway_process) -> None:
+@pytest.mark.parametrize("delivery", ["process", "inline"])
+def test_workers_serve_one_port_see_each_others_changes_and_stop_together(tmp_path: Path, gateway_process,
+                                                                         delivery: str) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({
         "model_list": [{"model_name": "gpt-mock", "litellm_params": {"model": "openai/mock-model",
                                                                      "mock_response": "hello from a worker"}}],
         "general_settings": {"master_key": MASTER_KEY,
                              "database_url": f"sqlite+aiosqlite:///{tmp_path / 'workers.db'}"}}))
-    gateway = gateway_process(config, workers=WORKERS)
+    gateway = gateway_process(config, workers=WORKERS, delivery=delivery, wait=False).wait_ready(120)
     supervisor = gateway.proc.pid
 
-    # the supervisor is a bare uvicorn supervisor (the validating CLI process replaced itself), with N workers
+    # the validating CLI process replaced itself: inline, with a bare uvicorn supervisor; with the delivery process,
+    # with the small parent of uvicorn (whose command line it carries) and of the one delivery process
     assert "-m uvicorn sluicegate.cli:app_factory" in _cmdline(supervisor)
     assert f"--workers {WORKERS}" in _cmdline(supervisor)
-    workers = [p for p in _children(supervisor) if "spawn_main" in _cmdline(p)]
+    assert ("sluicegate.delivery.supervisor" in _cmdline(supervisor)) == (delivery == "process")
+    family = _descendants(supervisor)
+    workers = [p for p in family if "spawn_main" in _cmdline(p)]
     assert len(workers) == WORKERS
+    delivering = [p for p in family if _cmdline(p).rstrip().endswith("-m sluicegate.delivery")]
+    assert len(delivering) == (1 if delivery == "process" else 0)
+    # inline, each worker delivers through its own spool (and sink instances); else one delivery process's spool
+    # and a log per worker
+    expected = {"p0", "w0", "w1"} if delivery == "process" else {"p0", "p1"}
+    wait_until(lambda: {p.name for p in (tmp_path / "sluicegate-spool").iterdir() if p.is_dir()} == expected,
+               timeout=60, what=f"the spool directories {sorted(expected)} (every worker started)")
 
     with httpx.Client(timeout=10) as admin:
         created = admin.post(f"{gateway.url}/key/generate", headers={"Authorization": f"Bearer {MASTER_KEY}"},
@@ -73,5 +91,5 @@ def test_workers_serve_one_port_see_each_others_changes_and_stop_together(tmp_pa
 
     os.kill(supervisor, signal.SIGTERM)
     gateway.proc.wait(30)
-    wait_until(lambda: not any(Path(f"/proc/{p}").exists() and "spawn_main" in _cmdline(p) for p in workers),
-             timeout=15, what="the workers to exit with the supervisor")
+    wait_until(lambda: not any(Path(f"/proc/{p}").exists() and _cmdline(p) for p in workers + delivering),
+             timeout=15, what="the workers (and the delivery process) to exit with the supervisor")

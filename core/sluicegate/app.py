@@ -166,9 +166,11 @@ def body_deadline(seconds: float) -> Callable[[ASGIApp], ASGIApp]:
 
 def create_app(settings: Settings, *, environ: Mapping[str, str] | None = None, http_client: str = "builtin",
                debug: bool = False, tune_gc: bool = False, workers: int = 1, allow_unknown_keys: bool = False,
-               reload_on_sighup: bool = False) -> Litestar:
+               reload_on_sighup: bool = False, delivery: str = "inline") -> Litestar:
+    """The app; ``delivery="process"`` makes it a serving worker that appends events to its log for the delivery
+    process (``sluicegate serve``'s default) instead of delivering them itself."""
     gateway = Gateway(settings, environ=environ, http_client=http_client, tune_gc=tune_gc, workers=workers,
-                      allow_unknown_keys=allow_unknown_keys)
+                      allow_unknown_keys=allow_unknown_keys, delivery=delivery)
     handlers: list[Any] = [
         chat.chat_completions_v1, chat.chat_completions, chat.list_models_v1, chat.list_models,
         chat.retrieve_model_v1, chat.retrieve_model, embeddings.embeddings_v1, embeddings.embeddings,

@@ -31,19 +31,26 @@ def app_factory() -> Any:
     from sluicegate.app import create_app
     from sluicegate.config import load_settings, per_worker
 
+    from sluicegate.delivery import DELIVERY_ENV
+
     allow_unknown_keys = bool(os.environ.get(ALLOW_UNKNOWN_KEYS_ENV))
     workers = int(os.environ.get(WORKERS_ENV) or 1)
-    settings = per_worker(load_settings(os.environ[CONFIG_ENV], allow_unknown_keys=allow_unknown_keys), workers)
-    # With one worker, SIGHUP reaches this process and reloads it in place; with several it reaches uvicorn's
-    # supervisor, which replaces the workers one at a time (each loading the file anew).
+    delivery = os.environ.get(DELIVERY_ENV) or "inline"
+    settings = load_settings(os.environ[CONFIG_ENV], allow_unknown_keys=allow_unknown_keys)
+    if delivery == "inline":  # each worker delivers: the gateway-wide budgets are shared among them
+        settings = per_worker(settings, workers)
+    # With one worker, SIGHUP reaches this process (forwarded by the delivery supervisor) and reloads it in place;
+    # with several it reaches uvicorn's supervisor, which replaces the workers one at a time.
     return create_app(settings, http_client=os.environ.get("SLUICEGATE_HTTP_CLIENT", "builtin"), tune_gc=True,
-                      workers=workers, allow_unknown_keys=allow_unknown_keys, reload_on_sighup=workers <= 1)
+                      workers=workers, allow_unknown_keys=allow_unknown_keys, reload_on_sighup=workers <= 1,
+                      delivery=delivery)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from sluicegate.config import ConfigError, load_settings
     from sluicegate.db.startup import DatabaseStartError, url_problem, with_retries
     from sluicegate.db.store import SaltKeyError, Store, display_url
+    from sluicegate.delivery import DELIVERY_ENV
     from sluicegate.gateway import Gateway
     from sluicegate.serving import ANNOUNCE_ENV
     from sluicegate.serving_http import HEADER_TIMEOUT_ENV, MAX_HEADER_BYTES_ENV
@@ -91,7 +98,9 @@ def _serve(args: argparse.Namespace) -> int:
     described = gateway.pm.describe(gateway.registry.by_plugin(), gateway.providers.by_plugin())
     sinks = ", ".join(f"{name} ({gateway.registry.owner(name)})" for name in gateway.registry.names())
     broken = [p for p in described if p.error]
-    print(f"Sluicegate starting on http://{args.host}:{args.port} ({args.workers} worker(s))", flush=True)
+    delivery = args.delivery or "process"
+    print(f"Sluicegate starting on http://{args.host}:{args.port} ({args.workers} worker(s), delivery: "
+          f"{'one delivery process' if delivery == 'process' else 'inline, in each worker'})", flush=True)
     print(f"  database: {display_url(settings.database_url)}", flush=True)
     print(f"  sinks:    {sinks or 'none'}", flush=True)
     for plugin in broken:
@@ -111,6 +120,8 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ[WORKERS_ENV] = str(args.workers)  # read by each worker's app_factory (spawned, not forked)
     os.environ[HEADER_TIMEOUT_ENV] = str(settings.sluicegate_settings.header_timeout)  # read by the protocol class
     os.environ[MAX_HEADER_BYTES_ENV] = str(settings.sluicegate_settings.max_header_bytes)
+    os.environ[DELIVERY_ENV] = delivery  # read by each worker's app_factory
+    os.environ["SLUICEGATE_LOG_LEVEL"] = args.log_level
     grace = int(settings.sluicegate_settings.delivery.shutdown_grace)
     # Replace this process (it loaded the config, the plugins and a validating gateway: ~100 MB at 10,000 teams
     # that would stay resident) with uvicorn: same pid, same signals. Each worker builds its app from the config
@@ -121,6 +132,10 @@ def _serve(args: argparse.Namespace) -> int:
             "--loop", "sluicegate.serving:new_event_loop",  # uvloop, accepting every waiting connection at once
             "--http", "sluicegate.serving_http:GatewayHttpProtocol",  # httptools with a head deadline and size cap
             "--lifespan", "on", "--timeout-graceful-shutdown", str(grace)]
+    if delivery == "process":
+        # A small parent over the workers and the delivery process (sluicegate.delivery.supervisor); uvicorn's
+        # command line follows its own after "--".
+        argv = [sys.executable, "-P", "-m", "sluicegate.delivery.supervisor", "--grace", str(grace), "--", *argv]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)
@@ -271,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=4000, help="port to bind (default 4000)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes sharing the database (default 1)")
+    serve.add_argument("--delivery", choices=("process", "inline"), default=None,  # sluicegate.delivery.MODES
+                       help="process (default): the workers append events to their logs and one delivery process "
+                            "per host delivers them; inline: each worker delivers its own events (tests, the "
+                            "smallest deployments)")
     serve.add_argument("--log-level", default="info", help="debug, info, warning or error (default info)")
     serve.add_argument("--allow-unknown-keys", action="store_true",
                        help="start even when config.yaml has keys that look like misspellings of ours (warn instead)")

@@ -253,13 +253,15 @@ class DeliverySettings(msgspec.Struct, kw_only=True):
     spool on disk only and are read back when their batch goes out, so memory stays bounded however many teams log
     or however far delivery falls behind. Reading back costs CPU (the event is read from disk again; one
     bench.pipeline run went from 57 to 68 us per event with half of them spilled), so this is a bound for backlogs,
-    not a working size. 0: no limit. For the whole gateway: each of ``--workers N`` processes takes a 1/N share."""
+    not a working size. 0: no limit. For the whole gateway: the delivery process has it all; with ``--delivery
+    inline`` each of ``--workers N`` processes takes a 1/N share."""
     batch_interval: float = 1.0
     max_sends_per_second: float = 400.0
     """Delivery budget: with many busy destinations, each lingers up to ``busy destinations / this`` seconds
     (at most ``max_batch_interval``) so the gateway makes about this many sends a second, in fuller batches;
     lingering batches that come due together start at this pace (or faster, when ``max_batch_interval`` needs it),
-    not all at once. For the whole gateway: each of ``--workers N`` processes takes a 1/N share."""
+    not all at once. For the whole gateway: the delivery process has it all; with ``--delivery inline`` each of
+    ``--workers N`` processes takes a 1/N share."""
     max_batch_interval: float = 5.0
     """Upper bound of the linger that ``max_sends_per_second`` may add (0 or less: no adaptive linger)."""
     max_retries: int = 8
@@ -275,7 +277,9 @@ class DeliverySettings(msgspec.Struct, kw_only=True):
     spool_dir: str | None = None
     """Default: ``sluicegate-spool`` next to a SQLite database file, else in the working directory."""
     spool_flush_interval: float = 0.2
-    """Seconds between spool writes (the most a SIGKILL can lose); 0 writes every event as it is accepted."""
+    """Seconds between spool writes (the most a SIGKILL can lose); 0 writes every event as it is accepted. With the
+    delivery process, also how often each serving worker writes its log and how often the delivery process
+    records how far it has read."""
     spool_max_bytes: int = 1024 * 1024 * 1024
     # Each segment repeats the header of every instance with events in it: with 2,000 instances, 4 MiB segments
     # spent ~4 us of CPU per event on headers and segment changes (bench.pipeline); 32 MiB, an eighth of that.

@@ -30,12 +30,15 @@ from sluicegate.metrics import RequestMetrics
 from sluicegate.router import Router
 from sluicegate.providers.upstream import MAX_UPSTREAM_ANSWER_BYTES, BuiltinUpstream, UpstreamClient, make_upstream
 from sluicegate.routing import LoggingResolver
-from sluicegate.sinks.dispatcher import Dispatcher, spool_dir_for
+from sluicegate.delivery.status import query, status_address
+from sluicegate.delivery.worker_log import WorkerLog
+from sluicegate.sinks.dispatcher import Dispatcher, spool_base_for, spool_dir_for
 from sluicegate.sinks.registry import SinkRegistry
 from sluicegate.throttle import Throttle
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from typing import Any
 
     from litestar import Request
 
@@ -78,8 +81,11 @@ NO_MASTER_KEY = ("no master key is configured (general_settings.master_key), so 
 class Gateway:
     def __init__(self, settings: Settings, *, environ: Mapping[str, str] | None = None,
                  http_client: str = "builtin", tune_gc: bool = False, workers: int = 1,
-                 allow_unknown_keys: bool = False) -> None:
+                 allow_unknown_keys: bool = False, delivery: str = "inline") -> None:
+        if delivery not in ("inline", "process"):
+            raise ValueError(f"delivery must be 'inline' or 'process', not {delivery!r}")
         self.settings = settings
+        self.delivery_mode = delivery
         self.workers = workers  # reloads divide the gateway-wide budgets as start-up did (config.per_worker)
         self.allow_unknown_keys = allow_unknown_keys
         self.reloads = 0
@@ -94,10 +100,19 @@ class Gateway:
         self.store.mask_entry = self._audit_mask  # the audit trail masks secrets as the API shows them
         self.keys = KeyCache()
         self.key_health_throttle = Throttle(settings.sluicegate_settings.key_health_per_minute, 60.0)
-        self.dispatcher = Dispatcher(settings.sluicegate_settings.delivery, spool_dir=spool_dir_for(settings))
+        self.delivery_address: str | None = None
+        self.dispatcher: Dispatcher | WorkerLog
+        if delivery == "process":
+            # A serving worker of `sluicegate serve`: events go to its log, the delivery process delivers them.
+            base = spool_base_for(settings)
+            self.dispatcher = WorkerLog(settings.sluicegate_settings.delivery, base)
+            self.dispatcher.probes.api_policy = self.resolver.api_policy
+            self.delivery_address = status_address(base)
+        else:
+            self.dispatcher = Dispatcher(settings.sluicegate_settings.delivery, spool_dir=spool_dir_for(settings))
+            self.dispatcher.pool.api_policy = self.resolver.api_policy  # API-written callbacks' destinations
         metrics = settings.sluicegate_settings.metrics
         self.metrics = RequestMetrics(metrics.labels, metrics.max_series, metrics.histogram_labels)
-        self.dispatcher.pool.api_policy = self.resolver.api_policy  # API-written callbacks' destinations
         self.cache = ResponseCache(settings, environ)  # no connection until a request uses it
         self.master_key = settings.general_settings.master_key
         self.http_client_kind = http_client
@@ -198,7 +213,7 @@ class Gateway:
                 if not source:
                     raise ConfigError(["this gateway was not started from a config file: nothing to reload"])
                 loaded = await asyncio.to_thread(load_settings, source, allow_unknown_keys=self.allow_unknown_keys)
-                settings = per_worker(loaded, self.workers)
+                settings = per_worker(loaded, self.workers) if self.delivery_mode == "inline" else loaded
             resolver = LoggingResolver(settings, self.registry, self.pm)  # every check of the startup path
             models = ModelRouter.from_settings(settings, self.providers, self.environ)
             router = Router(models, settings)
@@ -220,7 +235,10 @@ class Gateway:
             self.router = router
             self.master_key = settings.general_settings.master_key
             self.admin = AuthContext(token_id="master", is_admin=True, callbacks=resolver.global_set)
-            self.dispatcher.pool.api_policy = resolver.api_policy
+            if isinstance(self.dispatcher, WorkerLog):
+                self.dispatcher.probes.api_policy = resolver.api_policy
+            else:
+                self.dispatcher.pool.api_policy = resolver.api_policy
             self.invalidate()
             self.reloads += 1
             if clients is not None:
@@ -244,6 +262,35 @@ class Gateway:
         """Drop every cached key context (and with it every resolved route set)."""
         self._generation += 1
         self.keys.clear()
+
+    # delivery -----------------------------------------------------------------------------------------
+    async def delivery_stats(self) -> dict[str, Any]:
+        """``/-/sinks``: every sink instance's counters, from this process (inline) or the delivery process."""
+        dispatcher = self.dispatcher
+        if self.delivery_address is None:
+            stats = dispatcher.stats()
+            return {"sinks": stats, "submitted": dispatcher.submitted, "pending": dispatcher.pending(),
+                    "instances": len(stats), "redaction_runs": dispatcher.redaction_memo.applied}
+        answer = await query(self.delivery_address, "stats")
+        worker = {"submitted": dispatcher.submitted, "unwritten": dispatcher.pending()}
+        if answer is None:
+            return {"sinks": [], "submitted": 0, "pending": dispatcher.pending(), "instances": 0,
+                    "delivery": {"healthy": False, "details": "the delivery process does not answer"},
+                    "worker": worker}
+        answer["pending"] = int(answer.get("pending") or 0) + dispatcher.pending()
+        answer["worker"] = worker
+        return answer
+
+    async def delivery_health(self) -> dict[str, Any] | None:
+        """The delivery process's health for ``/health/readiness`` (None inline: delivery is this process's)."""
+        if self.delivery_address is None:
+            return None
+        answer = await query(self.delivery_address, "ping", timeout=1.0)
+        if answer is None:
+            return {"healthy": False, "details": "the delivery process does not answer (restarting?); events wait "
+                                                 "in the workers' logs"}
+        return {"healthy": True, "details": {k: answer.get(k) for k in ("pid", "uptime", "restarts", "instances",
+                                                                        "workers")}}
 
     # auth ---------------------------------------------------------------------------------------------
     async def authenticate(self, request: Request) -> AuthContext:

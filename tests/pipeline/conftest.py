@@ -124,8 +124,9 @@ def config(tmp_path: Path, *, litellm: dict[str, Any] | None = None, models: lis
 
 
 @asynccontextmanager
-async def running(cfg: dict[str, Any], environ: dict[str, str] | None = None) -> AsyncIterator[RunningGateway]:
-    async with running_gateway(cfg, environ) as gw:
+async def running(cfg: dict[str, Any], environ: dict[str, str] | None = None, *,
+                  delivery: str = "inline") -> AsyncIterator[RunningGateway]:
+    async with running_gateway(cfg, environ, delivery=delivery) as gw:
         yield gw
 
 
@@ -147,7 +148,8 @@ def make_config(tmp_path: Path):
 
 @pytest.fixture
 def start():
-    """``async with start(cfg) as gw:`` → a running gateway (:class:`~sluicegate.testing.RunningGateway`)."""
+    """``async with start(cfg) as gw:`` → a running gateway (:class:`~sluicegate.testing.RunningGateway`);
+    ``start(cfg, delivery="process")``: a serving worker with the delivery process's work beside it."""
     return running
 
 

@@ -63,8 +63,9 @@ def team_kind(index: int) -> str:
     return ("key", "api", "cfg")[index % 3]
 
 
+@pytest.mark.parametrize("delivery", ["inline", "process"])
 async def test_200_teams_under_load_no_request_after_a_change_reaches_a_superseded_destination(
-        receiver, make_config, start, vars_for, monkeypatch, register_secret):
+        receiver, make_config, start, vars_for, monkeypatch, register_secret, delivery):
     monkeypatch.setenv("ACME_URL", f"{receiver.url}/dest/global")  # a wrong fallback to globals shows up here
     monkeypatch.setenv("ACME_TOKEN", register_secret("global-token-" + "g" * 12))
     teams = [f"team-{i}" for i in range(TEAMS)]
@@ -72,7 +73,7 @@ async def test_200_teams_under_load_no_request_after_a_change_reaches_a_supersed
         {"team_id": t, "callbacks": ["acme"], **vars_for(f"cfg-{t}", token=register_secret(f"tok-cfg-{t}-secret"))}
         for i, t in enumerate(teams) if team_kind(i) == "cfg"]})
     rng = random.Random(9)
-    async with start(cfg) as gw:
+    async with start(cfg, delivery=delivery) as gw:
         keys: list[str] = []
         timelines: list[Timeline] = []
         slots = asyncio.Semaphore(16)
@@ -167,7 +168,7 @@ async def test_200_teams_under_load_no_request_after_a_change_reaches_a_supersed
         # every key once more, all started after the last change: each must log exactly to its final state
         final = await asyncio.gather(*(one(n) for n in range(len(keys))))
         assert all(item.status == 200 for item in sent), {item.status for item in sent}
-        assert await gw.gateway.dispatcher.drain(10)
+        assert await gw.drain(10)
 
     delivered = delivered_by_request(receiver)
     assert set(delivered) <= {item.request_id for item in sent}
@@ -193,19 +194,22 @@ async def test_200_teams_under_load_no_request_after_a_change_reaches_a_supersed
     assert len(sent) >= len(keys) + ROUND * len(changes)
 
 
+@pytest.mark.parametrize("delivery", ["inline", "process"])
 async def test_gdpr_no_event_of_a_request_started_after_disable_logging_leaves_the_process(
-        receiver, make_config, start, vars_for, monkeypatch):
+        receiver, make_config, start, vars_for, monkeypatch, delivery):
     """Requests in flight while ``disable_logging`` runs may still log; none started after it returned does.
 
     The team logs through every layer at once (a key with its own logging, a team callback, a config entry
     and the globals) so no layer can escape the opt-out. A second team is the control: it keeps logging.
+    ``process``: the gateway is a serving worker writing its log and the delivery process's work (its own
+    dispatcher and sink instances, following the change counter) delivers from that log.
     """
     monkeypatch.setenv("ACME_URL", f"{receiver.url}/dest/global")
     monkeypatch.setenv("ACME_TOKEN", "global-token")
     cfg = make_config(litellm={"callbacks": ["acme"], "default_team_settings": [
         {"team_id": "gdpr", "callbacks": ["acme"], **vars_for("cfg-gdpr")},
         {"team_id": "other", "callbacks": ["acme"], **vars_for("cfg-other")}]})
-    async with start(cfg) as gw:
+    async with start(cfg, delivery=delivery) as gw:
         await gw.new_key(team_id="gdpr")  # creates the team row
         assert (await gw.admin("POST", "/team/gdpr/callback", json={
             "callback_name": "acme", "callback_vars": vars_for("api-gdpr")})).status_code == 200
@@ -240,7 +244,11 @@ async def test_gdpr_no_event_of_a_request_started_after_disable_logging_leaves_t
         finally:
             stop.set()
             await asyncio.gather(*tasks)
-        assert await gw.gateway.dispatcher.drain(10)
+        assert await gw.drain(10)
+        if delivery == "process":  # delivered by the delivery service's own instances; the worker holds none
+            assert gw.gateway.dispatcher.stats() == [] and not gw.gateway.dispatcher.probes.slots
+            assert {s["instance_id"] for s in gw.delivery.dispatcher.stats() if s["sent"]} >= {
+                r.instance_id for r in gw.gateway.resolver.team_config["other"].routes}
 
     delivered = delivered_by_request(receiver)
     after = [r for r, t, team in sent if t > returned and team == "gdpr"]

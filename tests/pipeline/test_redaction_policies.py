@@ -72,15 +72,17 @@ def outputs(langfuse: LangfuseReceiver, project: str) -> list[str]:
     return [s.attributes.get("langfuse.observation.output", "") for s in langfuse.spans(project)]
 
 
+@pytest.mark.parametrize("delivery", ["inline", "process"])
 async def test_per_team_policies_reach_each_langfuse_project_and_the_upstream_gets_the_original(
-        make_config, start, upstream, langfuse):
+        make_config, start, upstream, langfuse, delivery):
     """Team A (policy) gets ``<EMAIL>`` in place of the address; team B (no policy) gets it whole; team C
-    (``turn_off_message_logging``) gets nothing of the text; the upstream receives the original every time."""
+    (``turn_off_message_logging``) gets nothing of the text; the upstream receives the original every time. Both
+    delivery modes: with the delivery process the policy travels in the worker log's route header and runs there."""
     cfg = make_config(models=upstream_model(upstream), litellm={"default_team_settings": [
         team("team-a", "a", langfuse, redaction={"redactors": ["email", "phone"]}),
         team("team-b", "b", langfuse),
         team("team-c", "c", langfuse, turn_off_message_logging=True, redaction={"redactors": ["email"]})]})
-    async with start(cfg) as gw:
+    async with start(cfg, delivery=delivery) as gw:
         keys = {t: await gw.new_key(team_id=f"team-{t}") for t in "abc"}
         responses = await asyncio.gather(*(gw.chat(keys[t], PROMPT, model="up") for t in "abc"))
         assert [r.status_code for r in responses] == [200, 200, 200]
@@ -116,8 +118,9 @@ async def test_per_team_policies_reach_each_langfuse_project_and_the_upstream_ge
                                                            "mode": "turn_off_message_logging"}]
 
 
+@pytest.mark.parametrize("delivery", ["inline", "process"])
 async def test_layers_entry_beats_key_beats_team_beats_global_and_streams_are_redacted_assembled(
-        receiver, make_config, start, vars_for, upstream, monkeypatch):
+        receiver, make_config, start, vars_for, upstream, monkeypatch, delivery):
     """Global policy: email. Team ``t`` (API metadata): phone. A key of ``t`` with its own policy (ip), and a key
     whose logging entry carries ``redaction: {}`` (switches the inherited one off). Streamed: the mock answer's
     phone number arrives word by word and is still caught on the assembled text."""
@@ -125,7 +128,7 @@ async def test_layers_entry_beats_key_beats_team_beats_global_and_streams_are_re
         "callbacks": ["acme"], "redaction": {"redactors": ["email"]}})
     monkeypatch.setenv("ACME_URL", f"{receiver.url}/dest/global")  # the global acme entry reads its env defaults
     monkeypatch.setenv("ACME_TOKEN", "tok-global-12345")
-    async with start(cfg) as gw:
+    async with start(cfg, delivery=delivery) as gw:
         response = await gw.admin("POST", "/team/new", json={"team_id": "t", "metadata": {
             "redaction": {"redactors": ["phone"]}}})
         assert response.status_code == 200, response.text

@@ -34,6 +34,9 @@ async def readiness(request: Request) -> Response[bytes]:
             checks[name] = {"healthy": result.healthy, "details": result.details}
         except Exception as exc:
             checks[name] = {"healthy": False, "details": type(exc).__name__}
+    delivery = await gateway.delivery_health()
+    if delivery is not None:  # `sluicegate serve`'s delivery process (events wait in the workers' logs while down)
+        checks["delivery"] = delivery
     if gateway.master_key is None:  # the gateway serves, but nobody can administer it: say so, without failing
         checks["master_key"] = {"healthy": True, "details": NO_MASTER_KEY}
     healthy = all(c["healthy"] for c in checks.values())

@@ -23,8 +23,4 @@ async def plugins(request: Request) -> Response[bytes]:
 async def sinks(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
     await gateway.authorize(request, "proxy_admin_viewer")
-    stats = gateway.dispatcher.stats()
-    return json_response({"sinks": stats, "submitted": gateway.dispatcher.submitted,
-                          "pending": gateway.dispatcher.pending(), "instances": len(stats),
-                          "redaction_runs": gateway.dispatcher.redaction_memo.applied,
-                          "cache": gateway.cache.stats()})
+    return json_response({**await gateway.delivery_stats(), "cache": gateway.cache.stats()})

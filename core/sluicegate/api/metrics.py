@@ -74,7 +74,7 @@ async def metrics(request: Request) -> Response[str]:
     gateway = gateway_of(request)
     if gateway.settings.litellm_settings.require_auth_for_metrics_endpoint:
         await gateway.authorize(request, "proxy_admin_viewer")
-    dispatcher = gateway.dispatcher
-    body = "\n".join(gateway.metrics.render()) + "\n" + render(dispatcher.stats(), dispatcher.submitted,
-                                                               dispatcher.pending(), gateway.cache.stats())
+    delivery = await gateway.delivery_stats()
+    body = "\n".join(gateway.metrics.render()) + "\n" + render(delivery["sinks"], delivery["submitted"],
+                                                               delivery["pending"], gateway.cache.stats())
     return Response(content=body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -44,14 +44,14 @@ from sluicegate.sinks.vars import decode_vars, encode_vars
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable
+    from collections.abc import Callable, Collection, Sequence
 
     from sluicegate.config import DeliverySettings, Settings
     from sluicegate.redaction.policy import CompiledPolicy
     from sluicegate.routing import CallbackSet, Route
     from sluicegate.sinks.base import Sink
 
-__all__ = ("Dispatcher", "spool_dir_for")
+__all__ = ("Dispatcher", "spool_base_for", "spool_dir_for")
 
 log = logging.getLogger("sluicegate.delivery")
 
@@ -94,10 +94,16 @@ def _retryable(exc: BaseException | None) -> bool:
 
 
 def spool_dir_for(settings: Settings) -> str | None:
-    """Where this gateway spools: ``delivery.spool_dir``, else next to a SQLite file, else ``./sluicegate-spool``."""
-    delivery = settings.sluicegate_settings.delivery
-    if not delivery.spool:
+    """Where this gateway spools: ``delivery.spool_dir``, else next to a SQLite file, else ``./sluicegate-spool``;
+    None with the spool off."""
+    if not settings.sluicegate_settings.delivery.spool:
         return None
+    return spool_base_for(settings)
+
+
+def spool_base_for(settings: Settings) -> str:
+    """The spool directory whether or not the spool is on (the serving workers' logs live there in either case)."""
+    delivery = settings.sluicegate_settings.delivery
     if delivery.spool_dir:
         return delivery.spool_dir
     url = settings.database_url
@@ -156,6 +162,28 @@ class Dispatcher:
             else:
                 if encoded is None:
                     encoded = _encoder.encode(event)
+                self._enqueue(route, encoded)
+            count += 1
+        self.submitted += count
+        return count
+
+    def submit_encoded(self, encoded: bytes, routes: Sequence[Route]) -> int:
+        """Queue an event that arrives as its JSON (a serving worker's log, read by the delivery process) for each
+        of ``routes``, chosen by the worker when it accepted the request. A redacting route gets the redacted copy,
+        decoded and encoded once for all of them. Never awaits; returns the count."""
+        redacted: bytes | None = None
+        count = 0
+        for route in routes:
+            if route.redact:
+                if redacted is None:
+                    try:
+                        redacted = _encoder.encode(redact(_decoder.decode(encoded)))
+                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        log.error("sink %s/%s: dropped an event that does not decode (%s)", route.callback_name,
+                                  route.instance_id, exc)
+                        continue
+                self._enqueue(route, redacted)
+            else:
                 self._enqueue(route, encoded)
             count += 1
         self.submitted += count
@@ -567,6 +595,29 @@ class Dispatcher:
                 self.spool.forget(slot.instance_id)
             await self._close_sink(slot)
         return len(slots)
+
+    async def retire(self, instance_ids: Collection[str], timeout: float | None = None) -> int:
+        """Flush and close the instances of ``instance_ids`` (destinations no route leads to any more): a lingering
+        batch goes now; an instance that cannot deliver within ``timeout`` (its sink is down) keeps its backlog and
+        stays until it can. An event for it that arrives later builds it again. Returns the instances closed."""
+        timeout = self.settings.shutdown_grace if timeout is None else timeout
+        slots = [self.pool.slots[i] for i in instance_ids if i in self.pool.slots]
+        for slot in slots:
+            if slot.task is None and slot.due and not slot.closed:
+                self._start_send(slot)  # no linger for a destination that is going away
+        tasks = [s.task for s in slots if s.task is not None and not s.task.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        closed = 0
+        for slot in slots:
+            if slot.busy or self.pool.slots.get(slot.instance_id) is not slot:
+                continue
+            self.pool.remove(slot)
+            if slot.log is not None and self.spool is not None:
+                self.spool.forget(slot.instance_id)
+            await self._close_sink(slot)
+            closed += 1
+        return closed
 
     async def _close_sink(self, slot: SinkSlot) -> None:
         try:

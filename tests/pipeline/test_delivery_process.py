@@ -1,0 +1,363 @@
+"""``sluicegate serve`` with the delivery process: serving workers append to their logs, one delivery process per host
+owns the sink instances.
+
+Real processes throughout: ``python -m sluicegate serve`` (its supervisor, uvicorn, spawned workers, the delivery
+process) on loopback, the acme plugin really installed, a real HTTP receiver as the sink's destination. Processes
+are found in ``/proc`` and killed with real signals.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from sluicegate.testing.waiting import wait_until, wait_until_async
+
+pytestmark = [pytest.mark.usefixtures("acme", "clean_env"),
+              pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads processes from /proc")]
+
+MASTER = "sk-master-pipeline-test"
+ADMIN = {"Authorization": f"Bearer {MASTER}"}
+REQUESTS = 200  # four full acme batches (max_batch_size 50)
+START = 120  # seconds a start-up may take on a loaded 2-core machine (five interpreters importing at once)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for child in _children(pid):
+        found += [child, *_descendants(child)]
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _holds(pid: int, fragment: str) -> bool:
+    """Whether process ``pid`` has a file open whose path contains ``fragment``."""
+    try:
+        return any(fragment in os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+
+
+def _delivery_pids(root: int) -> list[int]:
+    return [p for p in _descendants(root) if _cmdline(p).rstrip().endswith("-m sluicegate.delivery")]
+
+
+def _worker_pids(root: int) -> list[int]:
+    return [p for p in _descendants(root) if "spawn_main" in _cmdline(p)]
+
+
+def _config(tmp_path: Path, **delivery: Any) -> Path:
+    cfg = {"model_list": [{"model_name": "mock", "litellm_params": {"model": "openai/m", "mock_response": "ok"}}],
+           "general_settings": {"master_key": MASTER, "database_url": f"sqlite+aiosqlite:///{tmp_path}/gw.db"},
+           "litellm_settings": {"callbacks": ["acme"]},
+           "sluicegate_settings": {"change_poll_interval": 0.1,
+                                   "delivery": {"spool_flush_interval": 0.1, "batch_interval": 0.01,
+                                                "retry_base_delay": 0.02, "retry_max_delay": 0.05,
+                                                "shutdown_grace": 2, **delivery}}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _env(acme_path: Path, receiver: Any, dest: str) -> dict[str, str]:
+    return {"PYTHONPATH": f"{acme_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "ACME_URL": f"{receiver.url}/dest/{dest}", "ACME_TOKEN": "tok-delivery-process"}
+
+
+_FRESH = threading.local()
+
+
+def _chat(url: str, content: str) -> int:
+    # a new connection each time (no keep-alive), so the kernel hands requests to either worker; one client per
+    # thread (building one costs ~50 ms of TLS set-up on a busy machine)
+    client = getattr(_FRESH, "client", None)
+    if client is None:
+        client = _FRESH.client = httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0))
+    return client.post(f"{url}/v1/chat/completions", headers=ADMIN, json={
+        "model": "mock", "messages": [{"role": "user", "content": content}]}).status_code
+
+
+def _sinks(url: str) -> dict[str, Any]:
+    return httpx.get(f"{url}/-/sinks", headers=ADMIN, timeout=5).json()
+
+
+def _contents(receiver: Any, dest: str) -> list[str]:
+    return [e["messages"][0]["content"] for e in receiver.events(f"/dest/{dest}")]
+
+
+async def test_two_workers_one_delivery_service_one_sink_instance_and_the_posts_of_one_worker(
+        make_config, start, vars_for, receiver):
+    """In process: two serving workers (two apps, each writing its own log) and one delivery service reading both.
+    One acme instance delivers both workers' events, in full batches filled across workers: 2 workers make the
+    POSTs 1 worker makes. The control: the same requests through two inline gateways, each with its own instance
+    and its own partial batch."""
+    cfg = make_config(litellm={"callbacks": ["acme"]}, delivery={"batch_interval": 30})
+    cfg["litellm_settings"]["callbacks"] = []
+    entry = [{"callback_name": "acme", "callback_vars": vars_for("shared")}]
+
+    async def send(gateways: list[Any], key: str, total: int) -> None:
+        for i in range(total):  # alternating: neither worker alone has a full batch's share in order
+            assert (await gateways[i % len(gateways)].chat(key, f"e{i}")).status_code == 200
+
+    # 130 events: two full batches and 30 left; alternating workers hold 65 each (one batch + 15)
+    async with start(cfg, delivery="process") as first, start(cfg, delivery="worker") as second:
+        key = await first.new_key(metadata={"logging": entry})
+        await second.gateway.store.version()  # the key is in the shared database; the second worker reads it
+        await send([first, second], key, 130)
+        first.gateway.dispatcher.flush_spool()
+        second.gateway.dispatcher.flush_spool()
+        service = first.delivery
+        service.pump()
+        assert await receiver.wait_for_async(lambda: len(receiver.events("/dest/shared")) == 100)
+        assert len(service.tails) == 2 and all(t.events_read == 65 for t in service.tails.values())
+        assert len(service.dispatcher.pool.slots) == 1  # one instance for both workers
+        assert not first.gateway.dispatcher.probes.slots and not second.gateway.dispatcher.probes.slots
+        assert [len(r.json()) for r in receiver.received("/dest/shared")] == [50, 50]
+        for worker in (first, second):  # either worker shows the host's one instance, asked of the delivery service
+            shown = (await worker.admin("GET", "/-/sinks")).json()
+            assert shown["instances"] == 1 and shown["sinks"][0]["accepted"] == 130
+            assert shown["delivery"]["healthy"] is True and shown["worker"]["submitted"] == 65
+            assert "sluicegate_sink_instances 1\n" in (await worker.admin("GET", "/metrics")).text
+            ready = (await worker.client.get("/health/readiness")).json()
+            assert ready["checks"]["delivery"]["healthy"] is True
+        assert await first.drain(5)
+    two_workers = [len(r.json()) for r in receiver.received("/dest/shared")]
+    assert two_workers == [50, 50, 30]
+
+    # one worker, the same requests: the same POSTs
+    cfg1 = make_config(litellm={"callbacks": []}, delivery={"batch_interval": 30})
+    cfg1["general_settings"]["database_url"] += "-one"
+    cfg1["sluicegate_settings"]["delivery"]["spool_dir"] = str(Path(cfg1["general_settings"]["database_url"]
+                                                                    .split("///")[1]).parent / "spool-one")
+    entry1 = [{"callback_name": "acme", "callback_vars": vars_for("one")}]
+    async with start(cfg1, delivery="process") as only:
+        key = await only.new_key(metadata={"logging": entry1})
+        await send([only], key, 130)
+        assert await only.drain(5)
+    assert [len(r.json()) for r in receiver.received("/dest/one")] == two_workers
+
+    # control: two inline gateways (what --delivery inline --workers 2 does): an instance and a partial batch each
+    cfg2 = make_config(litellm={"callbacks": []}, delivery={"batch_interval": 30})
+    cfg2["general_settings"]["database_url"] += "-inline"
+    entry2 = [{"callback_name": "acme", "callback_vars": vars_for("inline")}]
+    async with start(cfg2) as a, start(cfg2) as b:
+        key = await a.new_key(metadata={"logging": entry2})
+        await send([a, b], key, 130)
+        assert len(a.gateway.dispatcher.pool.slots) == 1 and len(b.gateway.dispatcher.pool.slots) == 1
+        assert await a.drain(5) and await b.drain(5)
+    inline = sorted(len(r.json()) for r in receiver.received("/dest/inline"))
+    assert sum(inline) == 130 and len(inline) > len(two_workers)  # [15, 15, 50, 50]: one POST more
+
+
+def test_serve_runs_one_delivery_process_for_its_workers_with_one_sink_instance(
+        tmp_path, acme_path, receiver, gateway_process):
+    """``sluicegate serve --workers 2``: the supervisor, two workers, one delivery process, its health in
+    readiness, one sink instance, full batches only (a long linger) whichever worker accepted each event."""
+    gateway = gateway_process(_config(tmp_path, batch_interval=30), workers=2,
+                              env=_env(acme_path, receiver, "shared"), wait=False).wait_ready(START)
+    root = gateway.proc.pid
+    assert "sluicegate.delivery.supervisor" in _cmdline(root)
+    (delivery,) = _delivery_pids(root)
+    assert len(_worker_pids(root)) == 2
+    ready = httpx.get(f"{gateway.url}/health/readiness", timeout=5).json()
+    assert ready["checks"]["delivery"]["healthy"] is True
+    assert ready["checks"]["delivery"]["details"]["pid"] == delivery
+    for i in range(REQUESTS):
+        assert _chat(gateway.url, f"e{i}") == 200
+    assert receiver.wait_for(lambda: len(_contents(receiver, "shared")) == REQUESTS, timeout=15)
+    sinks = _sinks(gateway.url)
+    assert sinks["instances"] == 1 and sinks["sinks"][0]["accepted"] == REQUESTS
+    logs = sinks["delivery"]["logs"]
+    assert len(logs) == 2 and sum(entry["events_read"] for entry in logs.values()) == REQUESTS
+    assert len(receiver.received("/dest/shared")) == REQUESTS // 50  # full batches only
+    assert sorted(_contents(receiver, "shared")) == sorted(f"e{i}" for i in range(REQUESTS))
+    spool = tmp_path / "sluicegate-spool"
+    assert sorted(p.name for p in spool.iterdir() if p.is_dir()) == ["p0", "w0", "w1"]  # one spool, two logs
+
+
+@pytest.mark.parametrize("spool", [True, False], ids=["spool", "no-spool-control"])
+def test_sigkill_of_the_delivery_process_under_load_loses_nothing_accepted(
+        spool, tmp_path, acme_path, receiver, gateway_process):
+    """The sink is down (503) while requests are accepted and the delivery process is killed; it is restarted
+    with backoff and, once the sink is back, everything accepted arrives. Its health shows in readiness, including
+    while it does not answer (stopped). Without the spool what it held in memory is gone (the control)."""
+    receiver.behave("/dest/kill", status=503)
+    gateway = gateway_process(_config(tmp_path, spool=spool), workers=2, env=_env(acme_path, receiver, "kill"),
+                              wait=False).wait_ready(START)
+    root = gateway.proc.pid
+    (first,) = _delivery_pids(root)
+
+    settled = [f"a-{i}" for i in range(30)]
+    for content in settled:
+        assert _chat(gateway.url, content) == 200
+    # read by the delivery process, held there (memory and its spool): the sink refuses
+    wait_until(lambda: _sinks(gateway.url)["sinks"] and _sinks(gateway.url)["sinks"][0]["accepted"] >= 30,
+               timeout=10, what="the delivery process read the settled events")
+    wait_until(lambda: _sinks(gateway.url)["sinks"][0]["spool_unwritten"] == 0, timeout=10, what="spool written")
+
+    # readiness follows the delivery process: a stopped one does not answer
+    os.kill(first, signal.SIGSTOP)
+    try:
+        stopped = httpx.get(f"{gateway.url}/health/readiness", timeout=10)
+        assert stopped.status_code == 503 and stopped.json()["checks"]["delivery"]["healthy"] is False
+    finally:
+        os.kill(first, signal.SIGCONT)
+    assert httpx.get(f"{gateway.url}/health/readiness", timeout=10).status_code == 200
+
+    finished: list[str] = []
+    stop = threading.Event()
+
+    def loader(worker: int) -> None:
+        i = 0
+        while not stop.is_set():
+            content = f"b-{worker}-{i}"
+            try:
+                if _chat(gateway.url, content) == 200:
+                    finished.append(content)
+            except httpx.HTTPError:
+                return
+            i += 1
+
+    threads = [threading.Thread(target=loader, args=(w,)) for w in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: len(finished) >= 60, timeout=20, what="load")
+        os.kill(first, signal.SIGKILL)
+        count = len(finished)
+        wait_until(lambda: len(finished) >= count + 60, timeout=20, what="requests accepted while it restarts")
+        wait_until(lambda: _delivery_pids(root) and _delivery_pids(root)[0] != first, timeout=20,
+                   what="the delivery process restarted")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(15)
+    health = httpx.get(f"{gateway.url}/health/readiness", timeout=10).json()["checks"]["delivery"]
+    wait_until(lambda: httpx.get(f"{gateway.url}/health/readiness", timeout=10).json()["checks"]["delivery"]
+               ["healthy"], timeout=20, what="the restarted delivery process answers")
+    health = httpx.get(f"{gateway.url}/health/readiness", timeout=10).json()["checks"]["delivery"]
+    assert health["details"]["restarts"] == 1 and health["details"]["pid"] != first
+
+    accepted = settled + finished
+    receiver.behave("/dest/kill", status=200)
+    if spool:
+        wait_until(lambda: set(accepted) <= set(_contents(receiver, "kill")), timeout=30,
+                   what="every accepted event delivered after the restart")
+        assert set(_contents(receiver, "kill")) <= set(accepted)
+    else:
+        wait_until(lambda: set(finished[-20:]) <= set(_contents(receiver, "kill")), timeout=30,
+                   what="events accepted after the restart delivered")
+        assert not set(settled) & set(_contents(receiver, "kill"))  # held in the killed process's memory only
+
+
+def test_sigkill_of_a_worker_loses_at_most_one_flush_interval(tmp_path, acme_path, receiver, gateway_process):
+    flush = 0.1
+    gateway = gateway_process(_config(tmp_path, spool_flush_interval=flush), workers=2,
+                              env=_env(acme_path, receiver, "worker"), wait=False).wait_ready(START)
+    root = gateway.proc.pid
+    finished: list[tuple[str, float]] = []
+    stop = threading.Event()
+
+    def loader(worker: int) -> None:
+        i = 0
+        while not stop.is_set():
+            content = f"w-{worker}-{i}"
+            try:
+                if _chat(gateway.url, content) == 200:
+                    finished.append((content, time.monotonic()))
+            except httpx.HTTPError:  # a request the killed worker was serving: not accepted
+                pass
+            i += 1
+
+    threads = [threading.Thread(target=loader, args=(w,)) for w in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: len(finished) >= 100, timeout=20, what="load")
+        # the worker that is serving (the kernel may hand every connection to one): the one writing the busiest log
+        logs = _sinks(gateway.url)["delivery"]["logs"]
+        busiest = max(logs, key=lambda name: logs[name]["events_read"])
+        (victim,) = [p for p in _worker_pids(root) if _holds(p, f"/{busiest}/")]
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        count = len(finished)
+        wait_until(lambda: len(finished) >= count + 50, timeout=20, what="load after the kill")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(15)
+    delivered_all = [c for c, _ in finished]
+    wait_until(lambda: set(c for c, t in finished if t > killed_at + 1) <= set(_contents(receiver, "worker")),
+               timeout=20, what="events accepted after the kill delivered")
+    wait_until(lambda: _sinks(gateway.url)["pending"] == 0, timeout=20, what="delivery settled")
+    received = set(_contents(receiver, "worker"))
+    lost = [(c, t) for c, t in finished if c not in received]
+    assert all(killed_at - t <= flush + 0.1 for _, t in lost), (len(lost), len(finished))
+    assert received <= set(delivered_all)
+    assert logs[busiest]["events_read"] > 0  # the killed worker had logged events before the kill
+    print(f"worker SIGKILL: accepted {len(finished)}, lost {len(lost)} (flush interval {flush}s)")
+
+
+async def test_a_destination_whose_last_route_is_gone_is_flushed_and_closed(make_config, start, vars_for, receiver):
+    """In process: after ``disable_logging`` the delivery service learns of the change through the change counter,
+    delivers what the team's destination still holds (a long linger: nothing would go for 30 s) and closes its
+    sink instance; the other team's destination, still routed, keeps its instance (the control)."""
+    cfg = make_config(delivery={"batch_interval": 30})
+    async with start(cfg, delivery="process") as gw:
+        for team in ("leaving", "staying"):
+            assert (await gw.admin("POST", "/team/new", json={"team_id": team})).status_code == 200
+            assert (await gw.admin("POST", f"/team/{team}/callback", json={
+                "callback_name": "acme", "callback_vars": vars_for(team)})).status_code == 200
+        keys = {team: await gw.new_key(team_id=team) for team in ("leaving", "staying")}
+        for i in range(3):
+            for team, key in keys.items():
+                assert (await gw.chat(key, f"{team}-{i}")).status_code == 200
+        service = gw.delivery
+        gw.gateway.dispatcher.flush_spool()
+        await wait_until_async(lambda: service.pump() or len(service.dispatcher.pool.slots) == 2, timeout=10,
+                               what="both destinations built in the delivery service")
+        assert receiver.events("/dest/") == []  # lingering
+        assert (await gw.admin("POST", "/team/leaving/disable_logging")).status_code == 200
+        await wait_until_async(lambda: len(service.dispatcher.pool.slots) == 1, timeout=10,
+                               what="the unrouted destination closed")
+        assert [e["messages"][0]["content"] for e in receiver.events("/dest/leaving")] == [f"leaving-{i}"
+                                                                                          for i in range(3)]
+        assert receiver.events("/dest/staying") == [] and service.retired == 1  # still lingering, still open
+        (left,) = service.dispatcher.pool.slots.values()
+        assert left.queue and not left.closed
+
+
+async def test_key_health_probes_from_the_worker_without_a_delivery_instance(make_config, start, vars_for, receiver):
+    """``/key/health`` in a serving worker builds the key's sink for the probe only: the probe reaches the
+    destination, and no event goes anywhere (the delivery service builds nothing for it). Control: a wrong
+    token is reported unhealthy."""
+    receiver.behave("/dest/bad", status=401)
+    async with start(make_config(), delivery="process") as gw:
+        good = await gw.new_key(metadata={"logging": [{"callback_name": "acme", "callback_vars": vars_for("good")}]})
+        bad = await gw.new_key(metadata={"logging": [{"callback_name": "acme", "callback_vars": vars_for("bad")}]})
+        answer = (await gw.client.post("/key/health", headers={"Authorization": f"Bearer {good}"})).json()
+        assert answer["key"] == "healthy"
+        answer = (await gw.client.post("/key/health", headers={"Authorization": f"Bearer {bad}"})).json()
+        assert answer["key"] == "unhealthy"
+        assert len(gw.gateway.dispatcher.probes.slots) == 2
+        assert gw.delivery.dispatcher.pool.slots == {} and receiver.events("/dest/") == []
