@@ -11,7 +11,8 @@ from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
-from sluicegate.api import chat, embeddings, health, introspection, keys, metrics, model_info, teams
+from sluicegate.api import (chat, embeddings, end_users, health, introspection, keys, metrics, model_info, spend,
+                            teams)
 from sluicegate.errors import ApiError, error_body
 from sluicegate.gateway import Gateway
 from sluicegate.litestar_plugin import SluicegatePlugin
@@ -172,6 +173,8 @@ def create_app(settings: Settings, *, environ: Mapping[str, str] | None = None, 
         keys.generate, keys.update, keys.key_info, keys.delete_keys, keys.list_keys, keys.key_health,
         teams.new_team, teams.team_info, teams.team_list, teams.update_team, teams.delete_teams, teams.add_callback,
         teams.get_callbacks, teams.delete_callback, teams.disable_logging, teams.enable_logging,
+        end_users.new_end_user, end_users.end_user_info, end_users.update_end_user, end_users.delete_end_users,
+        end_users.end_user_list, spend.spend_report,
         health.liveliness, health.readiness, health.model_health, introspection.plugins, introspection.sinks, metrics.metrics,
     ]
     return Litestar(

@@ -62,6 +62,8 @@ class LogEvent(msgspec.Struct, kw_only=True):
     completion_tokens: int = 0
     total_tokens: int = 0
     response_cost: float = 0.0
+    saved_cache_cost: float = 0.0
+    """What a response-cache hit would have cost upstream (its ``response_cost`` is 0)."""
     startTime: float = 0.0
     endTime: float = 0.0
     completionStartTime: float | None = None

@@ -17,6 +17,8 @@ from sluicegate.auth import AuthContext, KeyCache, bearer_token, check_usable, h
 from sluicegate.cache import ResponseCache
 from sluicegate.db.store import Store
 from sluicegate.errors import ApiError
+from sluicegate.limits.shared import SharedSpend, redis_settings_of
+from sluicegate.limits.spend import SpendLedger
 from sluicegate.plugins import get_plugin_manager
 from sluicegate.net.http import HttpClient
 from sluicegate.providers.base import ProviderClients
@@ -75,6 +77,8 @@ class Gateway:
         self.dispatcher = Dispatcher(settings.sluicegate_settings.delivery, spool_dir=spool_dir_for(settings))
         self.dispatcher.pool.api_policy = self.resolver.api_policy  # API-written callbacks' destinations
         self.cache = ResponseCache(settings, environ)  # no connection until a request uses it
+        redis = redis_settings_of(settings)
+        self.spend = SpendLedger(self.store, settings, shared=SharedSpend(redis) if redis is not None else None)
         self.master_key = settings.general_settings.master_key
         self.http_client_kind = http_client
         self.tune_gc = tune_gc
@@ -108,6 +112,7 @@ class Gateway:
         await self.models.start(clients)
         await self.router.start(clients)
         await self.dispatcher.start(self.registry.get)
+        await self.spend.start()
         self._watcher = asyncio.get_running_loop().create_task(self._watch_changes())
         if self.tune_gc:
             # Everything built so far (plugins, config, caches' scaffolding) lives as long as the process: keep
@@ -126,6 +131,7 @@ class Gateway:
             # driver's thread and hung the event loop's own shutdown).
             await cancel_and_wait(self._watcher, "change watcher", grace=5.0)
             self._watcher = None
+        await self.spend.aclose()  # before the store closes: the last spend is written
         await self.dispatcher.aclose()
         await self.cache.aclose()
         await self.router.aclose()
@@ -154,6 +160,7 @@ class Gateway:
         """Drop every cached key context (and with it every resolved route set)."""
         self._generation += 1
         self.keys.clear()
+        self.spend.invalidate()
 
     # auth ---------------------------------------------------------------------------------------------
     async def authenticate(self, request: Request) -> AuthContext:

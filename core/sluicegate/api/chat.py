@@ -82,6 +82,7 @@ async def _chat(request: Request) -> Response[Any]:
         options = _request_options(gateway, ctx, body)
         if options is not None:
             call.raw = None  # the body changed: re-encode it for the upstream
+        await gateway.spend.check(ctx, await gateway.spend.end_user(attribution.end_user))  # budgets
         await gateway.router.ready(group)
         # -- response cache (sluicegate.cache): look up before the upstream call; nothing at all when off
         lookup = None
@@ -128,6 +129,7 @@ async def _chat(request: Request) -> Response[Any]:
         lookup.mark(event, hit=False)
         headers.update(lookup.headers(hit=False))
         await lookup.put(content, parsed)
+    gateway.spend.record(event, ctx)
     gateway.dispatcher.submit(event, ctx.callbacks)
     return Response(content=content, media_type="application/json", headers=headers)
 
@@ -140,6 +142,7 @@ def _cache_hit(gateway: Gateway, call: _Call, lookup: CacheLookup, cached: Cache
     event = call.event(status="success", response=parsed, usage=usage if isinstance(usage, dict) else None,
                        response_id=parsed.get("id"), stream=stream)
     lookup.mark(event, hit=True)
+    gateway.spend.record(event, call.ctx)
     gateway.dispatcher.submit(event, call.ctx.callbacks)
     headers = {"x-request-id": call.request_id, **lookup.headers(hit=True)}
     if not stream:
@@ -297,6 +300,7 @@ async def _stream(gateway: Gateway, call: _Call, group: Group, options: RequestO
                 lookup.mark(event, hit=False)
                 if body.get("n") in (None, 1):  # the assembler keeps one choice
                     await lookup.put_completion(state.response())
+            gateway.spend.record(event, call.ctx)
             gateway.dispatcher.submit(event, call.ctx.callbacks)
 
     headers = {"x-request-id": call.request_id, "cache-control": "no-cache"}

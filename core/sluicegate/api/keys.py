@@ -11,7 +11,8 @@ import msgspec
 from litestar import Request, Response, get, post
 
 from sluicegate.aio import bounded
-from sluicegate.api.common import Alias, TeamId, decode_body, gateway_of, json_response, page_of
+from sluicegate.api.common import AdminRequest, Alias, TeamId, decode_body, gateway_of, json_response, page_of
+from sluicegate.limits.budgets import budget_values
 from sluicegate.auth import generate_key, hash_key, key_name
 from sluicegate.db.store import KeyRecord
 from sluicegate.errors import ApiError
@@ -20,7 +21,8 @@ from sluicegate.sinks.scrub import error_kind_of, public_error_kind
 if TYPE_CHECKING:
     from sluicegate.gateway import Gateway
 
-__all__ = ("delete_keys", "generate", "key_health", "key_info", "list_keys", "update")
+__all__ = ("KeyDeleteRequest", "KeyGenerateRequest", "KeyUpdateRequest", "delete_keys", "generate", "key_health",
+           "key_info", "list_keys", "update")
 
 _UNSET: Any = msgspec.UNSET
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]|mo)\s*$")
@@ -28,7 +30,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "mo": 2592000}
 _MAX_DURATION = 100 * 365 * 86400
 
 
-class KeyGenerateRequest(msgspec.Struct, kw_only=True):
+class KeyGenerateRequest(AdminRequest, kw_only=True):
     team_id: TeamId | None = None
     key_alias: Alias | None = None
     models: list[Alias] = msgspec.field(default_factory=list)
@@ -36,9 +38,14 @@ class KeyGenerateRequest(msgspec.Struct, kw_only=True):
     duration: str | None = None
     key: Alias | None = None
     blocked: bool = False
+    user_id: Alias | None = None
+    max_budget: float | None = None
+    soft_budget: float | None = None
+    budget_duration: str | None = None
+    spend: float = 0.0
 
 
-class KeyUpdateRequest(msgspec.Struct, kw_only=True):
+class KeyUpdateRequest(AdminRequest, kw_only=True):
     key: str
     team_id: TeamId | None | msgspec.UnsetType = _UNSET
     key_alias: Alias | None | msgspec.UnsetType = _UNSET
@@ -46,9 +53,14 @@ class KeyUpdateRequest(msgspec.Struct, kw_only=True):
     metadata: dict[str, Any] | msgspec.UnsetType = _UNSET
     duration: str | None | msgspec.UnsetType = _UNSET
     blocked: bool | msgspec.UnsetType = _UNSET
+    user_id: Alias | None | msgspec.UnsetType = _UNSET
+    max_budget: float | None | msgspec.UnsetType = _UNSET
+    soft_budget: float | None | msgspec.UnsetType = _UNSET
+    budget_duration: str | None | msgspec.UnsetType = _UNSET
+    spend: float | msgspec.UnsetType = _UNSET
 
 
-class KeyDeleteRequest(msgspec.Struct, kw_only=True):
+class KeyDeleteRequest(AdminRequest, kw_only=True):
     keys: list[Alias] | None = None
     key_aliases: list[Alias] | None = None
 
@@ -89,7 +101,11 @@ def key_view(gateway: Gateway, record: KeyRecord) -> dict[str, Any]:
     return {"token_id": record.token_id, "token": record.token_id, "key_name": record.key_name,
             "key_alias": record.key_alias, "team_id": record.team_id, "models": record.models,
             "metadata": metadata, "expires": record.expires.isoformat() if record.expires else None,
-            "blocked": record.blocked, "created_at": record.created_at.isoformat() if record.created_at else None,
+            "blocked": record.blocked, "user_id": record.user_id, "max_budget": record.max_budget,
+            "soft_budget": record.soft_budget, "budget_duration": record.budget_duration,
+            "budget_reset_at": record.budget_reset_at.isoformat() if record.budget_reset_at else None,
+            "spend": gateway.spend.spend_of("key", record.token_id, record.spend),
+            "created_at": record.created_at.isoformat() if record.created_at else None,
             "updated_at": record.updated_at.isoformat() if record.updated_at else None}
 
 
@@ -106,9 +122,10 @@ async def generate(request: Request) -> Response[bytes]:
     metadata = _check_metadata(gateway, data.metadata)
     if data.team_id is not None:
         await gateway.store.ensure_team(data.team_id)
+    budget = budget_values(data, gateway.spend.clock())
     record = KeyRecord(token_id=hash_key(key), key_name=key_name(key), key_alias=data.key_alias,
-                       team_id=data.team_id, models=data.models, metadata=metadata,
-                       expires=parse_duration(data.duration), blocked=data.blocked)
+                       team_id=data.team_id, user_id=data.user_id, models=data.models, metadata=metadata,
+                       expires=parse_duration(data.duration), blocked=data.blocked, **budget)
     if await gateway.store.get_key(record.token_id) is not None:
         raise ApiError(400, "key: this key already exists", param="key")
     created = await gateway.store.create_key(record)
@@ -125,10 +142,12 @@ async def update(request: Request) -> Response[bytes]:
     if await gateway.store.get_key(token_id) is None:
         raise ApiError(404, "key: no such key", type="not_found_error", param="key")
     values: dict[str, Any] = {}
-    for name in ("team_id", "key_alias", "models", "blocked"):
+    for name in ("team_id", "key_alias", "models", "blocked", "user_id"):
         value = getattr(data, name)
         if value is not _UNSET:
             values[name] = value
+    budget = budget_values(data, gateway.spend.clock())
+    values.update(budget)
     if data.metadata is not _UNSET:
         values["metadata"] = _check_metadata(gateway, data.metadata)
     if data.duration is not _UNSET:
@@ -136,6 +155,8 @@ async def update(request: Request) -> Response[bytes]:
     if values.get("team_id"):
         await gateway.store.ensure_team(values["team_id"])
     record = await gateway.store.update_key(token_id, **values)
+    if budget:  # the counter starts again from the row (a new limit, period or spend applies at once)
+        gateway.spend.forget("key", token_id, spend_set="spend" in budget)
     gateway.invalidate()
     assert record is not None
     return json_response(key_view(gateway, record))

@@ -241,6 +241,7 @@ async def run_call(request: Request, *, call_type: str, input_field: str,
         options = request_options(gateway, ctx, body)
         if options is not None:
             call.raw = None
+        await gateway.spend.check(ctx, await gateway.spend.end_user(attribution.end_user))  # budgets
         await gateway.router.ready(group)
         try:
             outcome = await gateway.router.call(group, lambda d: attempt(call, d), options=options,
@@ -263,5 +264,7 @@ async def run_call(request: Request, *, call_type: str, input_field: str,
     usage = parsed.get("usage") if isinstance(parsed, dict) else None
     usage = usage if isinstance(usage, dict) else None
     outcome.finish(int((usage or {}).get("total_tokens") or 0))
-    gateway.dispatcher.submit(call.event(status="success", response=parsed, usage=usage), ctx.callbacks)
+    event = call.event(status="success", response=parsed, usage=usage)
+    gateway.spend.record(event, ctx)
+    gateway.dispatcher.submit(event, ctx.callbacks)
     return Response(content=content, media_type="application/json", headers={"x-request-id": rid})

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 from litestar import Request, Response, delete, get, post
 
-from sluicegate.api.common import (TEAM_ID_PATTERN, Alias, TeamId, decode_body, gateway_of, json_response,
-                                   page_of)
+from sluicegate.api.common import (TEAM_ID_PATTERN, AdminRequest, Alias, TeamId, decode_body, gateway_of,
+                                   json_response, page_of)
+from sluicegate.limits.budgets import budget_values
 from sluicegate.errors import ApiError
 from sluicegate.routing import LoggingEntry, parse_entries
 
@@ -18,29 +19,36 @@ if TYPE_CHECKING:
     from sluicegate.db.store import TeamRecord
     from sluicegate.gateway import Gateway
 
-__all__ = ("add_callback", "delete_callback", "delete_teams", "disable_logging", "enable_logging", "get_callbacks",
-           "new_team", "team_info", "team_list", "update_team")
+__all__ = ("AddCallbackRequest", "TeamDeleteRequest", "TeamNewRequest", "TeamUpdateRequest", "add_callback",
+           "delete_callback", "delete_teams", "disable_logging", "enable_logging", "get_callbacks", "new_team",
+           "team_info", "team_list", "update_team")
 
 _TEAM_ID = re.compile(TEAM_ID_PATTERN)
 
 
-class TeamNewRequest(msgspec.Struct, kw_only=True):
+class TeamNewRequest(AdminRequest, kw_only=True):
     team_id: TeamId | None = None
     team_alias: Alias | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    max_budget: float | None = None
+    soft_budget: float | None = None
+    budget_duration: str | None = None
 
 
-class TeamDeleteRequest(msgspec.Struct, kw_only=True):
+class TeamDeleteRequest(AdminRequest, kw_only=True):
     team_ids: list[TeamId]
 
 
-class TeamUpdateRequest(msgspec.Struct, kw_only=True):
+class TeamUpdateRequest(AdminRequest, kw_only=True):
     team_id: TeamId
     team_alias: Alias | None | msgspec.UnsetType = msgspec.UNSET
     metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    max_budget: float | None | msgspec.UnsetType = msgspec.UNSET
+    soft_budget: float | None | msgspec.UnsetType = msgspec.UNSET
+    budget_duration: str | None | msgspec.UnsetType = msgspec.UNSET
 
 
-class AddCallbackRequest(msgspec.Struct, kw_only=True):
+class AddCallbackRequest(AdminRequest, kw_only=True):
     callback_name: str
     callback_type: Literal["success", "failure", "success_and_failure"] = "success_and_failure"
     callback_vars: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -49,7 +57,10 @@ class AddCallbackRequest(msgspec.Struct, kw_only=True):
 def team_view(gateway: Gateway, team: TeamRecord) -> dict[str, Any]:
     logging = None if team.logging is None else [gateway.resolver.mask(e) for e in team.logging]
     return {"team_id": team.team_id, "team_alias": team.team_alias, "metadata": team.metadata,
-            "logging": logging, "logging_disabled": team.logging == [],
+            "logging": logging, "logging_disabled": team.logging == [], "max_budget": team.max_budget,
+            "soft_budget": team.soft_budget, "budget_duration": team.budget_duration,
+            "budget_reset_at": team.budget_reset_at.isoformat() if team.budget_reset_at else None,
+            "spend": gateway.spend.spend_of("team", team.team_id, team.spend),
             "created_at": team.created_at.isoformat() if team.created_at else None,
             "updated_at": team.updated_at.isoformat() if team.updated_at else None}
 
@@ -81,7 +92,8 @@ async def new_team(request: Request) -> Response[bytes]:
     _check_team_id(team_id)
     if await gateway.store.get_team(team_id) is not None:
         raise ApiError(400, f"team_id: team {team_id!r} already exists", param="team_id")
-    team = await gateway.store.create_team(team_id, team_alias=data.team_alias, metadata=data.metadata)
+    budget = budget_values(data, gateway.spend.clock())
+    team = await gateway.store.create_team(team_id, team_alias=data.team_alias, metadata=data.metadata, **budget)
     gateway.invalidate()
     return json_response(team_view(gateway, team))
 
@@ -112,7 +124,8 @@ async def team_list(request: Request, page: str | None = None, page_size: str | 
 
 @post("/team/update", status_code=200)
 async def update_team(request: Request) -> Response[bytes]:
-    """Change a team's alias or metadata (e.g. ``metadata.cache``); logging goes through /team/{id}/callback."""
+    """Change a team's alias, metadata (e.g. ``metadata.cache``) or budget; logging goes through
+    /team/{id}/callback."""
     gateway = gateway_of(request)
     await gateway.admin_only(request)
     data = await decode_body(request, TeamUpdateRequest)
@@ -122,7 +135,11 @@ async def update_team(request: Request) -> Response[bytes]:
     if "metadata" in values and "logging" in values["metadata"]:
         raise ApiError(422, "metadata.logging: a team's logging is set with POST /team/{team_id}/callback",
                        param="metadata.logging")
+    budget = budget_values(data, gateway.spend.clock())
+    values.update(budget)
     team = await gateway.store.update_team(data.team_id, **values)
+    if budget:  # the counter starts again from the row: a new limit or period applies at once
+        gateway.spend.forget("team", data.team_id)
     gateway.invalidate()
     assert team is not None
     return json_response(team_view(gateway, team))

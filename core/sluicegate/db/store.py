@@ -9,31 +9,43 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from sluicegate.db.crypto import (SaltKeyError, SecretBox, box_from_environ, open_entries, seal_entries,
                                   wrong_key_message)
-from sluicegate.db.models import KeyRow, StateRow, TeamRow
+from sluicegate.db.models import DailySpendRow, EndUserRow, KeyRow, StateRow, TeamRow
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from sluicegate.config import Settings
 
-__all__ = ("KeyRecord", "SaltKeyError", "Store", "TeamRecord", "display_url", "normalise_url")
+__all__ = ("BUDGET_TABLES", "EndUserRecord", "KeyRecord", "SaltKeyError", "SpendRow", "Store", "TeamRecord",
+           "display_url", "normalise_url")
 
 log = logging.getLogger("sluicegate")
 
 
-class TeamRecord(msgspec.Struct, frozen=True, kw_only=True):
+class BudgetFields(msgspec.Struct, frozen=True, kw_only=True):
+    """A budget as stored (``spend``: of the current period, as last written; see ``sluicegate.limits``)."""
+
+    max_budget: float | None = None
+    soft_budget: float | None = None
+    budget_duration: str | None = None
+    budget_reset_at: datetime | None = None
+    spend: float = 0.0
+
+
+class TeamRecord(BudgetFields, frozen=True, kw_only=True):
     team_id: str
     team_alias: str | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -42,17 +54,53 @@ class TeamRecord(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime | None = None
 
 
-class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
+class KeyRecord(BudgetFields, frozen=True, kw_only=True):
     token_id: str
     key_name: str
     key_alias: str | None = None
     team_id: str | None = None
+    user_id: str | None = None
     models: list[str] = msgspec.field(default_factory=list)
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     expires: datetime | None = None
     blocked: bool = False
     created_at: datetime | None = None
     updated_at: datetime | None = None
+
+
+class EndUserRecord(BudgetFields, frozen=True, kw_only=True):
+    """An end user (LiteLLM's customer): the ``user`` a request names."""
+
+    user_id: str
+    alias: str | None = None
+    blocked: bool = False
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class SpendRow(msgspec.Struct, frozen=True):
+    """One line of ``/spend/report``: one day of one key, team, user, end user, tag or model."""
+
+    day: str
+    entity_id: str
+    spend: float
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+BUDGET_TABLES: dict[str, tuple[Any, Any]] = {"key": (KeyRow, KeyRow.token_id), "team": (TeamRow, TeamRow.team_id),
+                                             "end_user": (EndUserRow, EndUserRow.user_id)}
+"""Entity type -> (table, id column) of the rows that carry a budget's columns (``db.models.BudgetColumns``).
+Another table with those columns joins with one line, e.g. ``BUDGET_TABLES["user"] = (UserRow, UserRow.user_id)``:
+its ``spend`` is then kept and its budgets reset like the others'."""
+
+_BUDGET_NAMES = ("max_budget", "soft_budget", "budget_duration", "budget_reset_at", "spend")
+
+
+def _budget(row: Any) -> dict[str, Any]:
+    return {"max_budget": row.max_budget, "soft_budget": row.soft_budget, "budget_duration": row.budget_duration,
+            "budget_reset_at": _utc(row.budget_reset_at), "spend": float(row.spend or 0.0)}
 
 
 def normalise_url(url: str) -> str:
@@ -79,7 +127,8 @@ def _utc(value: datetime | None) -> datetime | None:
 def _team(row: TeamRow, secrets: SecretBox | None) -> TeamRecord:
     logging_ = open_entries(secrets, row.logging, table="sg_teams", row_id=row.team_id)
     return TeamRecord(team_id=row.team_id, team_alias=row.team_alias, metadata=row.metadata_ or {},
-                      logging=logging_, created_at=_utc(row.created_at), updated_at=_utc(row.updated_at))
+                      logging=logging_, created_at=_utc(row.created_at), updated_at=_utc(row.updated_at),
+                      **_budget(row))
 
 
 def _key(row: KeyRow, secrets: SecretBox | None) -> KeyRecord:
@@ -88,8 +137,14 @@ def _key(row: KeyRow, secrets: SecretBox | None) -> KeyRecord:
         metadata = {**metadata, "logging": open_entries(secrets, metadata["logging"], table="sg_keys",
                                                         row_id=row.token_id)}
     return KeyRecord(token_id=row.token_id, key_name=row.key_name, key_alias=row.key_alias, team_id=row.team_id,
-                     models=row.models or [], metadata=metadata, expires=_utc(row.expires),
-                     blocked=bool(row.blocked), created_at=_utc(row.created_at), updated_at=_utc(row.updated_at))
+                     user_id=row.user_id, models=row.models or [], metadata=metadata, expires=_utc(row.expires),
+                     blocked=bool(row.blocked), created_at=_utc(row.created_at), updated_at=_utc(row.updated_at),
+                     **_budget(row))
+
+
+def _end_user(row: EndUserRow) -> EndUserRecord:
+    return EndUserRecord(user_id=row.user_id, alias=row.alias, blocked=bool(row.blocked),
+                         created_at=_utc(row.created_at), updated_at=_utc(row.updated_at), **_budget(row))
 
 
 def _seal_team_values(secrets: SecretBox | None, team_id: str, values: dict[str, Any]) -> int:
@@ -243,9 +298,9 @@ class Store:
             return int((await session.execute(sa.select(sa.func.count()).select_from(TeamRow))).scalar_one())
 
     async def create_team(self, team_id: str, *, team_alias: str | None = None,
-                          metadata: dict[str, Any] | None = None) -> TeamRecord:
+                          metadata: dict[str, Any] | None = None, **budget: Any) -> TeamRecord:
         async with self._sessions.begin() as session:
-            row = TeamRow(team_id=team_id, team_alias=team_alias, metadata_=metadata or {}, logging=None)
+            row = TeamRow(team_id=team_id, team_alias=team_alias, metadata_=metadata or {}, logging=None, **budget)
             session.add(row)
             await self._bump(session)
         return await self.get_team(team_id)  # type: ignore[return-value]
@@ -277,12 +332,12 @@ class Store:
         return deleted, key_count
 
     # shared by teams and keys ------------------------------------------------------------------------------
-    async def _update(self, table: type[TeamRow] | type[KeyRow], ident: str, values: dict[str, Any]) -> bool:
+    async def _update(self, table: Any, ident: str, values: dict[str, Any]) -> bool:
         """Set ``values`` on one row and bump the change counter, in one transaction; False if no such row."""
         if "metadata" in values:
             values["metadata_"] = values.pop("metadata")
-        seal = _seal_team_values if table is TeamRow else _seal_key_values
-        sealed = seal(self.secrets, ident, values)
+        seal = {TeamRow: _seal_team_values, KeyRow: _seal_key_values}.get(table)
+        sealed = seal(self.secrets, ident, values) if seal is not None else 0
         async with self._sessions.begin() as session:
             row = await session.get(table, ident, with_for_update=not self.is_sqlite)
             if row is None:
@@ -332,8 +387,9 @@ class Store:
             if sealed:
                 await self._check_secrets_key(session)
             session.add(KeyRow(token_id=record.token_id, key_name=record.key_name, key_alias=record.key_alias,
-                               team_id=record.team_id, models=record.models, metadata_=values["metadata_"],
-                               expires=record.expires, blocked=record.blocked))
+                               team_id=record.team_id, user_id=record.user_id, models=record.models,
+                               metadata_=values["metadata_"], expires=record.expires, blocked=record.blocked,
+                               **{name: getattr(record, name) for name in _BUDGET_NAMES}))
             await self._bump(session)
         return await self.get_key(record.token_id)  # type: ignore[return-value]
 
@@ -342,6 +398,120 @@ class Store:
 
     async def delete_keys(self, token_ids: list[str]) -> list[str]:
         return await self._delete(KeyRow.token_id, token_ids)
+
+    # end users ---------------------------------------------------------------------------------------------
+    async def get_end_user(self, user_id: str) -> EndUserRecord | None:
+        async with self._sessions() as session:
+            row = await session.get(EndUserRow, user_id)
+            return _end_user(row) if row else None
+
+    async def list_end_users(self, *, offset: int = 0, limit: int | None = None) -> list[EndUserRecord]:
+        query = sa.select(EndUserRow).order_by(EndUserRow.created_at, EndUserRow.user_id).offset(offset).limit(limit)
+        async with self._sessions() as session:
+            return [_end_user(r) for r in (await session.execute(query)).scalars()]
+
+    async def create_end_user(self, user_id: str, **values: Any) -> EndUserRecord:
+        async with self._sessions.begin() as session:
+            session.add(EndUserRow(user_id=user_id, **values))
+            await self._bump(session)
+        return await self.get_end_user(user_id)  # type: ignore[return-value]
+
+    async def update_end_user(self, user_id: str, **values: Any) -> EndUserRecord | None:
+        return await self.get_end_user(user_id) if await self._update(EndUserRow, user_id, values) else None
+
+    async def delete_end_users(self, user_ids: list[str]) -> list[str]:
+        return await self._delete(EndUserRow.user_id, user_ids)
+
+    # spend (written in batches by sluicegate.limits, never per request) ----------------------------------------
+    async def write_spend(self, daily: Mapping[tuple[str, str, str], list[float]],
+                          period: Mapping[tuple[str, str], float], proxy: float, now: datetime,
+                          durations: Callable[[str], float | None]) -> list[tuple[str, str]]:
+        """In one transaction: end the budget periods that are over (``spend`` 0, the next ``budget_reset_at``),
+        add ``daily`` ((day, entity type, id) -> [spend, requests, prompt tokens, completion tokens]) to
+        ``sg_daily_spend``, ``period`` ((entity type, id) -> USD) to each row's ``spend`` and ``proxy`` to the
+        proxy's. Returns the (entity type, id) whose period was ended. ``durations`` turns a ``budget_duration``
+        into seconds."""
+        reset: list[tuple[str, str]] = []
+        async with self._sessions.begin() as session:
+            for entity_type, (table, column) in BUDGET_TABLES.items():
+                due = sa.select(column, table.budget_duration).where(
+                    table.budget_duration.is_not(None),
+                    sa.or_(table.budget_reset_at.is_(None), table.budget_reset_at <= now))
+                for ident, duration in (await session.execute(due)).all():
+                    seconds = durations(duration)
+                    next_at = now + timedelta(seconds=seconds) if seconds else None
+                    await session.execute(sa.update(table).where(column == ident).values(
+                        spend=0.0, budget_reset_at=next_at))
+                    reset.append((entity_type, ident))
+            if daily:
+                rows = [{"day": day, "entity_type": kind, "entity_id": ident, "spend": v[0], "requests": int(v[1]),
+                         "prompt_tokens": int(v[2]), "completion_tokens": int(v[3])}
+                        for (day, kind, ident), v in daily.items()]
+                core = DailySpendRow.__table__.c
+                insert = (sqlite_insert if self.is_sqlite else pg_insert)(DailySpendRow.__table__)
+                excluded = insert.excluded
+                await session.execute(insert.on_conflict_do_update(
+                    index_elements=["day", "entity_type", "entity_id"],
+                    set_={"spend": core.spend + excluded.spend, "requests": core.requests + excluded.requests,
+                          "prompt_tokens": core.prompt_tokens + excluded.prompt_tokens,
+                          "completion_tokens": core.completion_tokens + excluded.completion_tokens}), rows)
+            by_table: dict[str, list[dict[str, Any]]] = {}
+            for (entity_type, ident), amount in period.items():
+                by_table.setdefault(entity_type, []).append({"ident": ident, "amount": amount})
+            for entity_type, params in by_table.items():
+                known = BUDGET_TABLES.get(entity_type)
+                if known is None:
+                    continue
+                core_table = known[0].__table__
+                id_column = core_table.c[known[1].key]
+                await session.execute(sa.update(core_table).where(id_column == sa.bindparam("ident"))
+                                      .values(spend=core_table.c.spend + sa.bindparam("amount")), params)
+            if proxy:
+                await session.execute(sa.update(StateRow).where(StateRow.id == 1)
+                                      .values(spend=StateRow.spend + proxy))
+        return reset
+
+    async def read_spend(self, entity_type: str, idents: list[str]) -> dict[str, tuple[float, datetime | None]]:
+        """(period spend, budget_reset_at) of each of ``idents`` that has a row."""
+        known = BUDGET_TABLES.get(entity_type)
+        if known is None or not idents:
+            return {}
+        table, column = known
+        found: dict[str, tuple[float, datetime | None]] = {}
+        async with self._sessions() as session:
+            for start in range(0, len(idents), 500):
+                query = sa.select(column, table.spend, table.budget_reset_at).where(
+                    column.in_(idents[start:start + 500]))
+                for ident, spend, reset_at in (await session.execute(query)).all():
+                    found[ident] = (float(spend or 0.0), _utc(reset_at))
+        return found
+
+    async def proxy_spend(self) -> tuple[float, datetime | None]:
+        """The proxy's period spend (``litellm_settings.max_budget``) and when its period ends."""
+        async with self._sessions() as session:
+            spend, reset_at = (await session.execute(
+                sa.select(StateRow.spend, StateRow.budget_reset_at).where(StateRow.id == 1))).one()
+        return float(spend or 0.0), _utc(reset_at)
+
+    async def reset_proxy_spend(self, next_at: datetime | None) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(sa.update(StateRow).where(StateRow.id == 1).values(spend=0.0,
+                                                                                      budget_reset_at=next_at))
+
+    async def spend_report(self, entity_type: str, start: str, end: str,
+                           entity_ids: list[str] | None = None) -> list[SpendRow]:
+        """Daily spend of every ``entity_type`` (or of ``entity_ids``) from ``start`` to ``end`` (inclusive,
+        ``YYYY-MM-DD``), by day then id."""
+        table = DailySpendRow
+        query = (sa.select(table.day, table.entity_id, table.spend, table.requests, table.prompt_tokens,
+                           table.completion_tokens)
+                 .where(table.entity_type == entity_type, table.day >= start, table.day <= end)
+                 .order_by(table.day, table.entity_id))
+        if entity_ids is not None:
+            query = query.where(table.entity_id.in_(entity_ids))
+        async with self._sessions() as session:
+            return [SpendRow(r[0], r[1], float(r[2]), int(r[3]), int(r[4]), int(r[5]))
+                    for r in (await session.execute(query)).all()]
 
 
 def _sqlite_path(url: str) -> str | None:
