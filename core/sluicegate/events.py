@@ -21,6 +21,8 @@ class LogMetadata(msgspec.Struct, kw_only=True):
     user_api_key_alias: str | None = None
     user_api_key_team_id: str | None = None
     user_api_key_team_alias: str | None = None
+    user_api_key_user_id: str | None = None
+    """The key's ``user_id`` (whose spend the request counts to)."""
     requester_ip_address: str | None = None
     user_agent: str | None = None
     request_id: str | None = None

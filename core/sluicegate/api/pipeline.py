@@ -119,6 +119,7 @@ class Call:
                 user_api_key_alias=key.key_alias if key else None,
                 user_api_key_team_id=key.team_id if key else None,
                 user_api_key_team_alias=team.team_alias if team else None,
+                user_api_key_user_id=key.user_id if key else None,
                 requester_ip_address=self.ip, user_agent=self.user_agent, request_id=self.request_id,
                 traceparent=self.traceparent,
                 user_api_key_metadata=key_meta, user_api_key_team_metadata=team_meta,
