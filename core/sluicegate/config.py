@@ -318,10 +318,10 @@ class SluicegateSettings(msgspec.Struct, kw_only=True):
     """Where sinks written through the admin API may connect (``allow`` / ``deny``); config.yaml's are not checked.
     Default: everything but link-local addresses and the cloud metadata services."""
     key_health_per_minute: int = 10
+    """Calls of ``/key/health`` a key may make per minute (each probes every sink of the key); more get 429."""
     spend_flush_interval: float = 1.0
     """Seconds between writes of the accumulated spend to the database (one batched transaction; at most 1).
     Spend is also written at shutdown; a killed process loses at most this much."""
-    """Calls of ``/key/health`` a key may make per minute (each probes every sink of the key); more get 429."""
 
 
 class Settings(msgspec.Struct, kw_only=True):
