@@ -7,12 +7,12 @@ end user and the proxy. A background task writes what accumulated to the databas
 ``sluicegate_settings.spend_flush_interval`` seconds (1 by default), in one transaction of batched upserts, and at
 shutdown; then it reads back the period spend of every entity with a budget, so spend written by other processes
 (sharing the database) reaches this one within one interval. With Redis configured, spend not yet written is also
-shared through Redis (:mod:`sluicegate.limits.shared`), so every process sees all of it at once.
+shared through Redis (:mod:`sluicegate.limits.shared`), so every process sees the others' within 50 ms.
 
 What can be spent beyond a budget: a request is checked before it goes upstream and its cost is known only after,
 so every request already in flight when the budget is reached still completes: the overshoot is at most the cost
-of the requests in flight at that moment (across processes with Redis; across processes without Redis, plus what
-the others spent within one flush interval).
+of the requests in flight at that moment (across processes with Redis, plus what the others spent in the last
+50 ms; across processes without Redis, plus what the others spent within one flush interval).
 """
 
 from __future__ import annotations
@@ -134,10 +134,10 @@ class SpendLedger:
                 self._end_users.popitem(last=False)
         return found
 
-    async def check(self, ctx: AuthContext, end_user: EndUserRecord | None) -> None:
+    def check(self, ctx: AuthContext, end_user: EndUserRecord | None) -> None:
         """Refuse the request (LiteLLM's ``budget_exceeded``, 400) when its key, team, user, end user or the proxy
-        has spent its ``max_budget`` in the current period. Memory only, unless Redis shares the counters: then
-        one round trip for all of them."""
+        has spent its ``max_budget`` in the current period. Memory only (with Redis, the other processes' part as
+        of the last refresh, :mod:`sluicegate.limits.shared`)."""
         now = self.clock()
         due: list[BudgetCounter] = []
         key = ctx.key
@@ -161,14 +161,12 @@ class SpendLedger:
             counter = self.counters[("proxy", "")]
             self._roll(counter, now)
             due.append(counter)
-        if not due:
-            return
-        extra = await self.shared.pending(due) if self.shared is not None else None
-        for i, counter in enumerate(due):
+        shared = self.shared
+        for counter in due:
             limit = counter.max_budget
             if limit is None:
                 continue
-            spend = counter.spend + (extra[i] if extra is not None else 0.0)
+            spend = counter.spend + shared.others(counter) if shared is not None else counter.spend
             if spend >= limit:
                 self.refused[counter.entity_type] = self.refused.get(counter.entity_type, 0) + 1
                 raise budget_exceeded(counter.entity_type, counter.entity_id, round(spend, 10), limit)
