@@ -186,3 +186,31 @@ def test_sigterm_writes_every_answered_request(gateway_process: Any, write_confi
     assert rows[0]["n"] == answered
     key_rows = query_db(db_url, "SELECT spend FROM sg_keys")
     assert key_rows[0]["spend"] == pytest.approx(rows[0]["usd"]) and rows[0]["usd"] > 0
+
+
+async def test_end_users_and_tags_longer_than_the_column_are_counted_under_their_prefix(db_url: str) -> None:
+    (a, b), stores = await _ledgers(db_url, shared=False, namespace="unused")
+    try:
+        ctx = await _key(stores[0], max_budget=10.0)
+        a.record(event(0.5, status="success", end_user="u" * 300, request_tags=["t" * 400, "short"]), ctx)
+        await a.flush()  # PostgreSQL refuses a value longer than the column: the whole flush would fail
+        assert a.flushes == 1
+        tags = await stores[0].spend_report("tag", "2000-01-01", "2999-12-31")
+        assert sorted(r.entity_id for r in tags) == ["short", "t" * 255]
+        users = await stores[0].spend_report("end_user", "2000-01-01", "2999-12-31")
+        assert [(r.entity_id, r.spend) for r in users] == [("u" * 255, 0.5)]
+    finally:
+        await _close([a, b], stores)
+
+
+def test_budget_settings_are_checked_at_start_up() -> None:
+    from sluicegate.config import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        parse_settings({"litellm_settings": {"max_budget": -1, "budget_duration": "monthly"},
+                        "sluicegate_settings": {"spend_flush_interval": 5}})
+    problems = "\n".join(refused.value.problems)
+    assert "litellm_settings.max_budget" in problems and "litellm_settings.budget_duration" in problems
+    assert "sluicegate_settings.spend_flush_interval" in problems
+    settings = parse_settings({"litellm_settings": {"max_budget": 10, "budget_duration": "30d"}})  # control
+    assert settings.litellm_settings.max_budget == 10

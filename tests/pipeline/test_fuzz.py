@@ -40,8 +40,13 @@ ROUTES = [
     ("GET", "/-/plugins"), ("GET", "/-/sinks"), ("GET", "/metrics"),
     ("POST", "/v1/embeddings"), ("POST", "/embeddings"), ("GET", "/v1/models/{name}"), ("GET", "/models/{name}"),
     ("GET", "/model/info"), ("GET", "/v1/model/info"), ("GET", "/health"),
+    *((method, f"/{prefix}/{action}") for prefix in ("end_user", "customer")
+      for method, action in (("POST", "new"), ("GET", "info"), ("POST", "update"), ("POST", "delete"),
+                             ("GET", "list"))),
+    ("GET", "/spend/report"),
 ]
 FIELDS = ["model", "messages", "stream", "cache", "key", "keys", "key_aliases", "team_id", "team_ids", "team_alias",
+          "max_budget", "soft_budget", "budget_duration", "spend", "user_id", "user_ids", "alias", "user",
           "key_alias", "models", "metadata", "duration", "blocked", "callback_name", "callback_type",
           "callback_vars", "logging", "url", "api_token", "role", "content", "max_tokens", "temperature"]
 
@@ -54,7 +59,8 @@ bodies = (st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6).map(
           | json_values.map(lambda v: json.dumps(v).encode())
           | st.binary(max_size=64)
           | st.just(b"[" * 5000))
-queries = st.dictionaries(st.sampled_from(["key", "team_id", "page", "size", "x"]) | text, text, max_size=3)
+queries = st.dictionaries(st.sampled_from(["key", "team_id", "page", "size", "x", "end_user_id", "start_date", "end_date",
+                                          "group_by", "format"]) | text, text, max_size=3)
 path_params = st.sampled_from(["t-fuzz", "cfg-team", "nope"]) | st.text(min_size=1, max_size=30)
 
 

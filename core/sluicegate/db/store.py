@@ -433,20 +433,24 @@ class Store:
         into seconds."""
         reset: list[tuple[str, str]] = []
         async with self._sessions.begin() as session:
-            for entity_type, (table, column) in BUDGET_TABLES.items():
+            for entity_type, (table, column) in sorted(BUDGET_TABLES.items()):
                 due = sa.select(column, table.budget_duration).where(
                     table.budget_duration.is_not(None),
-                    sa.or_(table.budget_reset_at.is_(None), table.budget_reset_at <= now))
+                    sa.or_(table.budget_reset_at.is_(None), table.budget_reset_at <= now)).order_by(column)
                 for ident, duration in (await session.execute(due)).all():
                     seconds = durations(duration)
                     next_at = now + timedelta(seconds=seconds) if seconds else None
-                    await session.execute(sa.update(table).where(column == ident).values(
-                        spend=0.0, budget_reset_at=next_at))
-                    reset.append((entity_type, ident))
+                    # the condition again: a process that ended this period first (and maybe added to the new
+                    # one) is not undone; PostgreSQL re-checks it on the row it waited for
+                    done = await session.execute(sa.update(table).where(
+                        column == ident, sa.or_(table.budget_reset_at.is_(None), table.budget_reset_at <= now))
+                        .values(spend=0.0, budget_reset_at=next_at).execution_options(synchronize_session=False))
+                    if done.rowcount:
+                        reset.append((entity_type, ident))
             if daily:
                 rows = [{"day": day, "entity_type": kind, "entity_id": ident, "spend": v[0], "requests": int(v[1]),
                          "prompt_tokens": int(v[2]), "completion_tokens": int(v[3])}
-                        for (day, kind, ident), v in daily.items()]
+                        for (day, kind, ident), v in sorted(daily.items())]
                 core = DailySpendRow.__table__.c
                 insert = (sqlite_insert if self.is_sqlite else pg_insert)(DailySpendRow.__table__)
                 excluded = insert.excluded
@@ -456,9 +460,10 @@ class Store:
                           "prompt_tokens": core.prompt_tokens + excluded.prompt_tokens,
                           "completion_tokens": core.completion_tokens + excluded.completion_tokens}), rows)
             by_table: dict[str, list[dict[str, Any]]] = {}
-            for (entity_type, ident), amount in period.items():
+            # rows in one order in every process: two flushes updating the same rows never deadlock (PostgreSQL)
+            for (entity_type, ident), amount in sorted(period.items()):
                 by_table.setdefault(entity_type, []).append({"ident": ident, "amount": amount})
-            for entity_type, params in by_table.items():
+            for entity_type, params in sorted(by_table.items()):
                 known = BUDGET_TABLES.get(entity_type)
                 if known is None:
                     continue

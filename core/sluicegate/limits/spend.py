@@ -46,6 +46,7 @@ ENTITY_TYPES = ("key", "team", "user", "end_user", "tag", "model")
 
 _PERIOD_TYPES = frozenset({"key", "team", "user", "end_user"})  # rows with a budget's ``spend`` column
 _END_USER_CACHE = 10_000
+_MAX_ID = 255
 _MISSING: Any = object()
 
 
@@ -196,7 +197,10 @@ class SpendLedger:
         for tag in event.request_tags:
             entities.append(("tag", tag))
         entities.append(("model", event.model_group or event.model))
-        for kind, ident in entities:
+        for index, (kind, ident) in enumerate(entities):
+            if len(ident) > _MAX_ID:  # the column's size: a longer end user or tag is counted under its prefix
+                ident = ident[:_MAX_ID]
+                entities[index] = (kind, ident)
             row = daily.get((day, kind, ident))
             if row is None:
                 daily[(day, kind, ident)] = [cost, 1, usage[1], usage[2]]
