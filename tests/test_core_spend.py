@@ -214,3 +214,36 @@ def test_budget_settings_are_checked_at_start_up() -> None:
     assert "sluicegate_settings.spend_flush_interval" in problems
     settings = parse_settings({"litellm_settings": {"max_budget": 10, "budget_duration": "30d"}})  # control
     assert settings.litellm_settings.max_budget == 10
+
+
+async def test_migration_0003_goes_down_and_up_keeping_keys(db_url: str) -> None:
+    from importlib.resources import files
+
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    store = Store(db_url)
+    try:
+        await store.migrate()
+        ctx = await _key(store, max_budget=3.0)
+        cfg = Config()
+        cfg.set_main_option("script_location", str(files("sluicegate.db") / "migrations"))
+
+        def run(step: Any) -> None:
+            def go(connection: sa.Connection) -> None:
+                cfg.attributes["connection"] = connection
+                step()
+            return go
+
+        async with store.engine.begin() as conn:
+            await conn.run_sync(run(lambda: command.downgrade(cfg, "0002")))
+            columns = await conn.run_sync(lambda c: [col["name"] for col in sa.inspect(c).get_columns("sg_keys")])
+            assert "max_budget" not in columns and "spend" not in columns
+            tables = await conn.run_sync(lambda c: sa.inspect(c).get_table_names())
+            assert "sg_daily_spend" not in tables and "sg_end_users" not in tables
+        await store.migrate()  # up again: the key is still there, with no budget and no spend
+        record = await store.get_key(ctx.token_id)
+        assert record is not None and record.max_budget is None and record.spend == 0.0
+    finally:
+        await store.aclose()
