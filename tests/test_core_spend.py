@@ -74,15 +74,15 @@ async def test_two_processes_see_each_others_spend_after_their_flushes(db_url: s
     (a, b), stores = await _ledgers(db_url, shared=False, namespace="unused")
     try:
         ctx = await _key(stores[0], max_budget=1.0)
-        a.check(ctx, None)
+        await a.check(ctx, None)
         a.record(event(1.5, status="success"), ctx)
         with pytest.raises(ApiError):  # A knows at once
-            a.check(ctx, None)
-        b.check(ctx, None)  # negative control: B has not seen A's spend yet (no Redis, no flush)
+            await a.check(ctx, None)
+        await b.check(ctx, None)  # negative control: B has not seen A's spend yet (no Redis, no flush)
         await a.flush()
         await b.flush()  # B reads back the period spend of the entities it checks
         with pytest.raises(ApiError) as refused:
-            b.check(ctx, None)
+            await b.check(ctx, None)
         assert refused.value.type == "budget_exceeded" and "Current cost: 1.5" in refused.value.message
         daily = await stores[0].spend_report("key", "2000-01-01", "2999-12-31")
         assert [(r.entity_id, r.spend, r.requests, r.prompt_tokens) for r in daily] == [(ctx.token_id, 1.5, 1, 3)]
@@ -104,15 +104,15 @@ async def test_through_redis_a_process_sees_the_others_spend_before_any_flush(db
     try:
         ctx = await _key(stores[0], max_budget=1.0)
         for ledger in (a, b):  # as in the pipeline: each request is checked before its spend is recorded
-            ledger.check(ctx, None)
+            await ledger.check(ctx, None)
         a.record(event(0.6, status="success"), ctx)
-        a.check(ctx, None)  # 0.6 < 1: both still admit
-        b.check(ctx, None)
+        await a.check(ctx, None)  # 0.6 < 1: both still admit
+        await b.check(ctx, None)
         a.record(event(0.6, status="success"), ctx)
 
-        def b_refuses() -> bool:
+        async def b_refuses() -> bool:
             try:
-                b.check(ctx, None)
+                await b.check(ctx, None)
             except ApiError:
                 return True
             return False
@@ -123,15 +123,18 @@ async def test_through_redis_a_process_sees_the_others_spend_before_any_flush(db
         await a.flush()  # A's part moves from Redis to the database: B still refuses, and counts it once
         await b.flush()
 
-        def b_sees() -> str:
+        async def b_sees() -> str:
             try:
-                b.check(ctx, None)
+                await b.check(ctx, None)
             except ApiError as exc:
                 return exc.message.split("Current cost: ", 1)[1].split(",", 1)[0]
             return "admitted"
 
-        await wait_until_async(lambda: b_sees() == "1.2", timeout=5, what="B seeing 1.2 once A took its part back")
-        assert b_sees() == "1.2"  # not 2.4 (database + Redis): nothing counted twice
+        async def b_sees_once() -> bool:
+            return await b_sees() == "1.2"
+
+        await wait_until_async(b_sees_once, timeout=5, what="B seeing 1.2 once A took its part back")
+        assert await b_sees() == "1.2"  # not 2.4 (database + Redis): nothing counted twice
     finally:
         await _close([a, b], stores)
         client = redis.Redis(**REDIS)

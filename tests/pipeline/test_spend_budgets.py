@@ -7,6 +7,7 @@ in flight; a ``30s`` budget period ends on the (driven) clock; a soft budget is 
 from __future__ import annotations
 
 import asyncio
+import os
 import csv
 import io
 import logging
@@ -255,3 +256,44 @@ async def test_crossing_a_soft_budget_is_logged_once_and_shown_in_metrics(make_c
         assert 'sluicegate_soft_budget_crossed_total{entity_type="key"} 1' in metrics
         assert f'sluicegate_soft_budget_exceeded{{entity_type="key",entity_id="{token_id}"}} 1' in metrics
         assert calm_id not in metrics
+
+
+async def test_two_gateways_sharing_redis_hold_one_budget_under_concurrent_load(
+        db_url, mock_upstream, make_config, start) -> None:
+    """Two gateways (each its own ledger, as two processes) on one database and the machine's real Redis."""
+    import redis
+
+    try:
+        redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=2).ping()
+    except Exception as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"Redis unreachable under CI=true: {exc}", pytrace=False)
+        pytest.skip(f"Redis at 127.0.0.1:6379 unreachable: {type(exc).__name__}")
+    mock_upstream.on("shared-up", delay=0.15, content="ok")
+    cfg = _cfg(make_config, db_url, [upstream_model("shared", mock_upstream)])
+    cfg["router_settings"] = {"redis_host": "127.0.0.1", "redis_port": 6379}
+    cost = 7 * PRICES["input_cost_per_token"] + 1 * PRICES["output_cost_per_token"]
+    budget = 20 * cost - cost / 2
+    per_gateway, total = 3, 30
+    async with start(cfg) as one, start(cfg) as two:
+        key = await one.new_key(max_budget=budget)
+        gates = {id(one): asyncio.Semaphore(per_gateway), id(two): asyncio.Semaphore(per_gateway)}
+
+        async def call(gw: Any) -> httpx.Response:
+            async with gates[id(gw)]:
+                return await post(gw, key, chat_body("load", model="shared"))
+
+        order = [gw for _ in range(total) for gw in (one, two)]
+        answers = await asyncio.gather(*(call(gw) for gw in order))
+        refused = [a for a in answers if a.status_code != 200]
+        assert all(a.status_code == 400 and a.json()["error"]["type"] == "budget_exceeded" for a in refused)
+        passed = {id(one): 0, id(two): 0}
+        for gw, answer in zip(order, answers, strict=True):
+            passed[id(gw)] += answer.status_code == 200
+        in_flight = 2 * per_gateway
+        spent = sum(passed.values()) * cost
+        assert spent >= budget
+        # near the budget every check reads Redis: the overshoot is what was in flight in both gateways
+        assert spent - budget <= in_flight * cost + 1e-12, (passed, budget / cost)
+        # each gateway stopped before its own spend reached the budget: it counted the other's
+        assert all(count * cost < budget for count in passed.values()), (passed, budget / cost)

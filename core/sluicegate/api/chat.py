@@ -82,7 +82,7 @@ async def _chat(request: Request) -> Response[Any]:
         options = _request_options(gateway, ctx, body)
         if options is not None:
             call.raw = None  # the body changed: re-encode it for the upstream
-        gateway.spend.check(ctx, await gateway.spend.end_user(attribution.end_user))  # budgets
+        await gateway.spend.check(ctx, await gateway.spend.end_user(attribution.end_user))  # budgets
         await gateway.router.ready(group)
         # -- response cache (sluicegate.cache): look up before the upstream call; nothing at all when off
         lookup = None

@@ -242,7 +242,7 @@ async def run_call(request: Request, *, call_type: str, input_field: str,
         options = request_options(gateway, ctx, body)
         if options is not None:
             call.raw = None
-        gateway.spend.check(ctx, await gateway.spend.end_user(attribution.end_user))  # budgets
+        await gateway.spend.check(ctx, await gateway.spend.end_user(attribution.end_user))  # budgets
         await gateway.router.ready(group)
         try:
             outcome = await gateway.router.call(group, lambda d: attempt(call, d), options=options,

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
@@ -424,22 +424,27 @@ class Store:
 
     # spend (written in batches by sluicegate.limits, never per request) ----------------------------------------
     async def write_spend(self, daily: Mapping[tuple[str, str, str], list[float]],
-                          period: Mapping[tuple[str, str], float], proxy: float, now: datetime,
+                          period: Mapping[tuple[str, str], float], proxy: float, at: float,
                           durations: Callable[[str], float | None]) -> list[tuple[str, str]]:
         """In one transaction: end the budget periods that are over (``spend`` 0, the next ``budget_reset_at``),
         add ``daily`` ((day, entity type, id) -> [spend, requests, prompt tokens, completion tokens]) to
         ``sg_daily_spend``, ``period`` ((entity type, id) -> USD) to each row's ``spend`` and ``proxy`` to the
-        proxy's. Returns the (entity type, id) whose period was ended. ``durations`` turns a ``budget_duration``
-        into seconds."""
+        proxy's. Returns the (entity type, id) whose period was ended. ``at``: now (seconds since the epoch);
+        ``durations`` turns a ``budget_duration`` into seconds."""
+        from sluicegate.limits.budgets import next_reset
+
         reset: list[tuple[str, str]] = []
+        now = datetime.fromtimestamp(at, UTC)
         async with self._sessions.begin() as session:
             for entity_type, (table, column) in sorted(BUDGET_TABLES.items()):
-                due = sa.select(column, table.budget_duration).where(
+                due = sa.select(column, table.budget_duration, table.budget_reset_at).where(
                     table.budget_duration.is_not(None),
                     sa.or_(table.budget_reset_at.is_(None), table.budget_reset_at <= now)).order_by(column)
-                for ident, duration in (await session.execute(due)).all():
+                for ident, duration, previous in (await session.execute(due)).all():
                     seconds = durations(duration)
-                    next_at = now + timedelta(seconds=seconds) if seconds else None
+                    previous = _utc(previous)
+                    next_at = (datetime.fromtimestamp(next_reset(previous.timestamp() if previous else None,
+                                                                 seconds, at), UTC) if seconds else None)
                     # the condition again: a process that ended this period first (and maybe added to the new
                     # one) is not undone; PostgreSQL re-checks it on the row it waited for
                     done = await session.execute(sa.update(table).where(

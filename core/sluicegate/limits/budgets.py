@@ -11,7 +11,7 @@ from typing import Any
 from sluicegate.errors import ApiError
 
 __all__ = ("ENTITY_LABELS", "BudgetCounter", "budget_exceeded", "budget_values", "check_budget_value",
-           "duration_seconds", "parse_budget_duration")
+           "duration_seconds", "next_reset", "parse_budget_duration")
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w|mo)\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "mo": 2592000}
@@ -30,6 +30,18 @@ def duration_seconds(value: str | None) -> float | None:
     if not match or int(match.group(1)) <= 0:
         return None
     return float(int(match.group(1)) * _UNITS[match.group(2)])
+
+
+def next_reset(previous: float | None, seconds: float, now: float) -> float:
+    """The end of the budget period that contains ``now``, periods of ``seconds`` following ``previous`` (the end
+    of an earlier one); ``now + seconds`` without one. Every process computes the same boundaries."""
+    import math
+
+    if previous is None or seconds <= 0:
+        return now + seconds
+    if now < previous:
+        return previous
+    return previous + seconds * (math.floor((now - previous) / seconds) + 1)
 
 
 def parse_budget_duration(value: str | None, param: str = "budget_duration") -> str | None:
@@ -61,7 +73,7 @@ def budget_exceeded(entity_type: str, entity_id: str, spend: float, max_budget: 
 
 class BudgetCounter:
     """One entity's spend in its current budget period, as this process knows it: the database's value at the last
-    flush plus what was spent here since (and, with Redis, what other processes spent and have not written yet).
+    flush plus what was spent here since (with Redis, the check also takes Redis's count of every process's spend).
 
     ``max_budget`` / ``soft_budget`` / ``seconds`` are refreshed from the entity's record at every check, so an
     admin's change applies to the next request. ``reset_at`` is when the period ends (seconds since the epoch)."""

@@ -1,16 +1,19 @@
 """Budget counters shared by every process through Redis (the Redis of ``router_settings.redis_host`` /
 ``redis_url``, else of ``litellm_settings.cache_params`` with ``type: redis``).
 
-Each process keeps its counters in memory (:class:`~sluicegate.limits.spend.SpendLedger`) and writes spend to the
-database once per flush interval. What is spent between two flushes lives only in the process that spent it; Redis
-holds exactly that part for everyone: a process adds each cost to its entity's Redis counter and takes it back out
-once its flush has written it to the database. Every ``REFRESH`` seconds one pipelined round trip sends this
-process's increments and reads the counters of the entities it checked (``MGET``); a budget check then reads memory
-only: spend = the database's (as of this process's last flush) + what it spent since + what the others spent since
-their own last flush, as of the last refresh. No request waits on Redis.
+Redis holds each budget's spend in the current period, one counter per entity and period (the period's end is in
+the key: every process computes the same boundaries). A process starts a counter it is the first to need at its own
+view (the row's ``spend`` plus what it spent since; ``SET NX``, so a counter already there is kept) and adds every
+cost to it (one pipeline per event-loop turn, off the request path). The database stays the record: flushes write
+spend there as without Redis, and a counter Redis lost is started again from it.
 
-Redis down: the check uses this process's view alone (fail open, a warning at most once a minute); spend still
-reaches the database, so nothing is lost, only the other processes' last second is not seen.
+A check takes the larger of the process's own view and Redis's. Far from a budget (under ``NEAR`` of it) Redis's
+value as of the last refresh (every ``REFRESH`` seconds, one ``MGET`` of the counters checked since) is enough and
+the request does not wait on Redis; near it, the check reads the request's counters in one ``MGET`` round trip, so
+everything every process has sent is counted.
+
+Redis down: the check uses the process's own view (fail open, a warning at most once a minute); spend still
+reaches the database, so nothing is lost, only the other processes' spend since their last flush is not seen.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ if TYPE_CHECKING:
     from sluicegate.config import Settings
     from sluicegate.limits.budgets import BudgetCounter
 
-__all__ = ("SharedSpend", "redis_settings_of")
+__all__ = ("NEAR", "REFRESH", "SharedSpend", "redis_settings_of")
 
 log = logging.getLogger("sluicegate")
-_TTL = 3600  # a process killed before taking its part back out leaves it for at most this long
+_TTL = 7 * 86400  # refreshed by every increment; a counter idle this long is started again from the database
 REFRESH = 0.05
-"""Seconds between a process's round trips to Redis (increments out, the checked counters in)."""
+"""Seconds between the background reads of the counters checked (far from their budgets)."""
+NEAR = 0.5
+"""From this share of a budget on, a check reads the counters from Redis before admitting the request."""
 
 
 def redis_settings_of(settings: Settings) -> dict[str, Any] | None:
@@ -45,7 +50,7 @@ def redis_settings_of(settings: Settings) -> dict[str, Any] | None:
 
 
 class SharedSpend:
-    """The unwritten spend of all processes, per entity and budget period, in Redis."""
+    """Every process's spend per entity and budget period, in Redis."""
 
     def __init__(self, redis_kwargs: dict[str, Any], *, namespace: str = "sluicegate:spend",
                  refresh: float = REFRESH) -> None:
@@ -53,12 +58,13 @@ class SharedSpend:
         self.namespace = namespace
         self.refresh = refresh
         self._client: Any = None
-        self._queue: dict[str, float] = {}  # increments not yet sent (negative: taken back out)
-        self._mine: dict[str, float] = {}  # this process's spend per Redis counter, not yet written to the db
-        self._sent: dict[str, float] = {}  # this process's part in each Redis counter as Redis holds it
-        self._others: dict[str, float] = {}  # the other processes' part, as of the last refresh
+        self._starts: dict[str, tuple[float, bool]] = {}  # counters to start: key -> (value, replace)
+        self._queue: dict[str, float] = {}  # increments not yet sent
+        self._seen: dict[str, float | None] = {}  # Redis's value at the last read (None: no such counter)
         self._watched: set[str] = set()  # counters checked since the last refresh: read at the next one
         self._task: asyncio.Task[None] | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
         self._warned_at = -1e9
         self.failures = 0
         self.refreshes = 0
@@ -74,18 +80,21 @@ class SharedSpend:
         self._client = from_url(url, **common) if url else Redis(
             host=self._kwargs.get("host") or "127.0.0.1", port=int(self._kwargs.get("port") or 6379),
             password=self._kwargs.get("password"), **common)
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run())
+        self._sender = loop.create_task(self._send_loop())
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except BaseException:  # cancelled: that is how it ends
-                pass
-            self._task = None
+        for task in (self._task, self._sender):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except BaseException:  # cancelled: that is how it ends
+                    pass
+        self._task = self._sender = None
         self._watched.clear()
-        await self._exchange()  # take back out what the last flush wrote
+        await self._exchange()  # what is still queued
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -98,42 +107,72 @@ class SharedSpend:
             self._warned_at = now
 
     # called by the ledger ----------------------------------------------------------------------------------------
-    def others(self, counter: BudgetCounter) -> float:
-        """What the other processes spent on ``counter``'s entity and have not written yet (as of the last refresh);
-        the counter is read again at the next refresh."""
+    def started(self, counter: BudgetCounter, *, replace: bool = False) -> None:
+        """A counter this process now keeps: start Redis's at its value unless there is one (``replace``: an admin
+        set the spend, so Redis's is replaced)."""
+        key = self.key_of(counter)
+        self._starts[key] = (counter.spend, replace)
+        self._seen.pop(key, None)
+        self._wake.set()
+
+    def view(self, counter: BudgetCounter) -> float | None:
+        """Redis's spend for the counter as of the last read, with this process's unsent part; None when unknown.
+        The counter is read again at the next refresh."""
         key = self.key_of(counter)
         self._watched.add(key)
-        return self._others.get(key, 0.0)
+        seen = self._seen.get(key)
+        return None if seen is None else seen + self._queue.get(key, 0.0)
+
+    async def exact(self, counters: list[BudgetCounter]) -> list[float | None] | None:
+        """Redis's spend for each counter, read now (one round trip), with this process's unsent part; None when
+        Redis fails."""
+        keys = [self.key_of(c) for c in counters]
+        try:
+            values = await self._client.mget(keys)
+        except Exception as exc:
+            self._failed(exc)
+            return None
+        found: list[float | None] = []
+        for key, value in zip(keys, values, strict=True):
+            seen = float(value) if value is not None else None
+            self._seen[key] = seen
+            found.append(None if seen is None else seen + self._queue.get(key, 0.0))
+        return found
 
     def add(self, counters: list[BudgetCounter], cost: float) -> None:
         for counter in counters:
             key = self.key_of(counter)
             self._queue[key] = self._queue.get(key, 0.0) + cost
-            self._mine[key] = self._mine.get(key, 0.0) + cost
-
-    def rolled(self, counter: BudgetCounter) -> None:
-        """A new period began: the counter's key changes with it (the old period's is no longer read)."""
-
-    async def written(self, period: dict[tuple[str, str], float], proxy: float) -> None:
-        """A flush wrote this process's spend to the database: take its part back out of Redis."""
-        mine, self._mine = self._mine, {}
-        for key, amount in mine.items():
-            self._queue[key] = self._queue.get(key, 0.0) - amount
+        self._wake.set()
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.refresh)  # the refresh period, not synchronisation
             await self._exchange()
 
+    async def _send_loop(self) -> None:
+        """Increments go out as they come: one pipeline per loop turn with something to send."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            watched, self._watched = self._watched, set()
+            try:
+                await self._exchange()
+            finally:
+                self._watched |= watched  # read at the next refresh, not with every send
+
     async def _exchange(self) -> None:
-        """One round trip: send the queued increments, read the watched counters."""
-        if self._client is None or (not self._queue and not self._watched):
+        """One round trip: start counters, send the queued increments, read the watched counters."""
+        if self._client is None or (not self._queue and not self._watched and not self._starts):
             return
+        starts, self._starts = self._starts, {}
         batch, self._queue = self._queue, {}
         watched = list(self._watched)
         self._watched.clear()
         try:
             async with self._client.pipeline(transaction=False) as pipe:
+                for key, (value, replace) in starts.items():
+                    pipe.set(key, repr(value), ex=_TTL, nx=not replace)
                 for key, amount in batch.items():
                     pipe.incrbyfloat(key, amount)
                     pipe.expire(key, _TTL)
@@ -142,18 +181,15 @@ class SharedSpend:
                 results = await pipe.execute()
         except Exception as exc:
             self._failed(exc)
-            for key, amount in batch.items():  # sent with the next round trip
+            for key, start in starts.items():  # sent with the next round trip
+                self._starts.setdefault(key, start)
+            for key, amount in batch.items():
                 self._queue[key] = self._queue.get(key, 0.0) + amount
             self._watched.update(watched)
             return
         self.refreshes += 1
-        sent = self._sent
-        for key, amount in batch.items():
-            held = sent.get(key, 0.0) + amount
-            if abs(held) < 1e-12:
-                sent.pop(key, None)
-            else:
-                sent[key] = held
+        for key in batch:
+            self._seen.pop(key, None)  # Redis moved on; known again at the next read
         if watched:
             for key, value in zip(watched, results[-1], strict=True):
-                self._others[key] = max(0.0, float(value) - sent.get(key, 0.0)) if value is not None else 0.0
+                self._seen[key] = float(value) if value is not None else None

@@ -6,13 +6,13 @@ entries, :meth:`SpendLedger.check` compares in-memory counters with the budgets 
 end user and the proxy. A background task writes what accumulated to the database every
 ``sluicegate_settings.spend_flush_interval`` seconds (1 by default), in one transaction of batched upserts, and at
 shutdown; then it reads back the period spend of every entity with a budget, so spend written by other processes
-(sharing the database) reaches this one within one interval. With Redis configured, spend not yet written is also
-shared through Redis (:mod:`sluicegate.limits.shared`), so every process sees the others' within 50 ms.
+(sharing the database) reaches this one within one interval. With Redis configured, every process also counts each
+budget's spend in Redis (:mod:`sluicegate.limits.shared`), so near a budget every process sees all of it at once.
 
 What can be spent beyond a budget: a request is checked before it goes upstream and its cost is known only after,
 so every request already in flight when the budget is reached still completes: the overshoot is at most the cost
-of the requests in flight at that moment (across processes with Redis, plus what the others spent in the last
-50 ms; across processes without Redis, plus what the others spent within one flush interval).
+of the requests in flight at that moment (across processes with Redis; across processes without Redis, plus what
+the others spent within one flush interval).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from sluicegate.aio import cancel_and_wait
 from sluicegate.errors import ApiError
-from sluicegate.limits.budgets import BudgetCounter, budget_exceeded, duration_seconds
+from sluicegate.limits.budgets import BudgetCounter, budget_exceeded, duration_seconds, next_reset
+from sluicegate.limits.shared import NEAR
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -72,6 +73,7 @@ class SpendLedger:
         self._day = ""
         self._day_ends = 0.0
         self._end_users: OrderedDict[str, EndUserRecord | None] = OrderedDict()
+        self._replaced: set[tuple[str, str]] = set()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.user_budget: Callable[[str], BudgetFields | None] | None = None
@@ -135,10 +137,11 @@ class SpendLedger:
                 self._end_users.popitem(last=False)
         return found
 
-    def check(self, ctx: AuthContext, end_user: EndUserRecord | None) -> None:
+    async def check(self, ctx: AuthContext, end_user: EndUserRecord | None) -> None:
         """Refuse the request (LiteLLM's ``budget_exceeded``, 400) when its key, team, user, end user or the proxy
-        has spent its ``max_budget`` in the current period. Memory only (with Redis, the other processes' part as
-        of the last refresh, :mod:`sluicegate.limits.shared`)."""
+        has spent its ``max_budget`` in the current period. Memory only; with Redis, the other processes' part as of
+        the last refresh, read again in one round trip when the spend is past ``NEAR`` of a budget
+        (:mod:`sluicegate.limits.shared`)."""
         now = self.clock()
         due: list[BudgetCounter] = []
         key = ctx.key
@@ -163,14 +166,32 @@ class SpendLedger:
             self._roll(counter, now)
             due.append(counter)
         shared = self.shared
+        near: list[BudgetCounter] | None = None
         for counter in due:
             limit = counter.max_budget
             if limit is None:
                 continue
-            spend = counter.spend + shared.others(counter) if shared is not None else counter.spend
+            spend = counter.spend
+            if shared is not None:
+                seen = shared.view(counter)
+                if seen is not None and seen > spend:
+                    spend = seen
             if spend >= limit:
-                self.refused[counter.entity_type] = self.refused.get(counter.entity_type, 0) + 1
-                raise budget_exceeded(counter.entity_type, counter.entity_id, round(spend, 10), limit)
+                self._refuse(counter, spend)
+            if shared is not None and spend >= limit * NEAR:
+                near = [*(near or ()), counter]
+        if near:  # near a budget, Redis is read now: one round trip for all of the request's counters
+            found = await shared.exact(near)  # type: ignore[union-attr]
+            if found is not None:
+                for counter, seen in zip(near, found, strict=True):
+                    spend = max(counter.spend, seen) if seen is not None else counter.spend
+                    if spend >= counter.max_budget:  # type: ignore[operator]
+                        self._refuse(counter, spend)
+
+    def _refuse(self, counter: BudgetCounter, spend: float) -> None:
+        self.refused[counter.entity_type] = self.refused.get(counter.entity_type, 0) + 1
+        raise budget_exceeded(counter.entity_type, counter.entity_id, round(spend, 10),
+                              counter.max_budget)  # type: ignore[arg-type]
 
     def record(self, event: LogEvent, ctx: AuthContext) -> None:
         """Add one answered request to the day's spend of its key, team, user, end user, tags and model, and to the
@@ -249,12 +270,16 @@ class SpendLedger:
         self.counters.pop((entity_type, entity_id), None)
         if spend_set:
             self._period.pop((entity_type, entity_id), None)
+            self._replaced.add((entity_type, entity_id))  # Redis's counter takes the new value too
 
     # counters ------------------------------------------------------------------------------------------------
     def _counter(self, kind: str, ident: str, stored: float, reset_at: float | None) -> BudgetCounter:
         counter = BudgetCounter(kind, ident, stored + self._period.get((kind, ident), 0.0)
                                 + self._writing[1].get((kind, ident), 0.0), reset_at)
         self.counters[(kind, ident)] = counter
+        if self.shared is not None:
+            self.shared.started(counter, replace=(kind, ident) in self._replaced)
+            self._replaced.discard((kind, ident))
         return counter
 
     def _budget(self, kind: str, ident: str, record: BudgetFields, now: float) -> BudgetCounter:
@@ -274,13 +299,13 @@ class SpendLedger:
             return
         counter.spend = 0.0
         counter.soft_crossed = False
-        counter.reset_at = now + counter.seconds
+        counter.reset_at = next_reset(counter.reset_at, counter.seconds, now)
         if counter.entity_type == "proxy":
             self._proxy = 0.0
         else:
             self._period.pop((counter.entity_type, counter.entity_id), None)
-        if self.shared is not None:
-            self.shared.rolled(counter)
+        if self.shared is not None:  # the new period has its own counter in Redis
+            self.shared.started(counter)
 
     def _new_day(self, now: float) -> None:
         moment = datetime.fromtimestamp(now, UTC)
@@ -307,16 +332,16 @@ class SpendLedger:
                 if self.proxy_max_budget is not None and self.proxy_seconds:
                     _, stored_reset = await self.store.proxy_spend()
                     if stored_reset is None or stored_reset.timestamp() <= now:
-                        await self.store.reset_proxy_spend(self._when(now + self.proxy_seconds))
-                reset = await self.store.write_spend(daily, period, proxy, self._when(now), duration_seconds)
+                        previous = stored_reset.timestamp() if stored_reset is not None else None
+                        await self.store.reset_proxy_spend(self._when(next_reset(previous, self.proxy_seconds,
+                                                                                 now)))
+                reset = await self.store.write_spend(daily, period, proxy, now, duration_seconds)
             except BaseException:
                 self._merge(daily, period, proxy)
                 raise
             finally:
                 self._writing = ({}, {}, 0.0)
             self.flushes += 1
-            if self.shared is not None:
-                await self.shared.written(period, proxy)
             await self._reconcile(reset)
 
     def _merge(self, daily: dict[tuple[str, str, str], list[float]], period: dict[tuple[str, str], float],
