@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = ("NEAR", "REFRESH", "SharedSpend", "redis_settings_of")
 
 log = logging.getLogger("sluicegate")
-_TTL = 7 * 86400  # refreshed by every increment; a counter idle this long is started again from the database
+_TTL = 7 * 86400  # a counter lives this long after a process first touched it, then starts again from the database
 REFRESH = 0.05
 """Seconds between the background reads of the counters checked (far from their budgets)."""
 NEAR = 0.5
@@ -62,6 +62,7 @@ class SharedSpend:
         self._queue: dict[str, float] = {}  # increments not yet sent
         self._seen: dict[str, float | None] = {}  # Redis's value at the last read (None: no such counter)
         self._watched: set[str] = set()  # counters checked since the last refresh: read at the next one
+        self._expiring: set[str] = set()  # counters this process gave a TTL
         self._task: asyncio.Task[None] | None = None
         self._sender: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -175,7 +176,8 @@ class SharedSpend:
                     pipe.set(key, repr(value), ex=_TTL, nx=not replace)
                 for key, amount in batch.items():
                     pipe.incrbyfloat(key, amount)
-                    pipe.expire(key, _TTL)
+                    if key not in self._expiring:  # once per counter and process (a lost one is made again)
+                        pipe.expire(key, _TTL)
                 if watched:
                     pipe.mget(watched)
                 results = await pipe.execute()
@@ -188,6 +190,7 @@ class SharedSpend:
             self._watched.update(watched)
             return
         self.refreshes += 1
+        self._expiring.update(batch)
         for key in batch:
             self._seen.pop(key, None)  # Redis moved on; known again at the next read
         if watched:
