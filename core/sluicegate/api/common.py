@@ -114,12 +114,14 @@ def decode_json(raw: bytes, type_: type[T] | Any = Any) -> T:
 async def decode_body(request: Request, type_: type[T]) -> T:
     """The body as ``type_``; for an :class:`AdminRequest`, an unknown field is a 400 that names it and lists the
     fields the route accepts (LiteLLM's error shape)."""
+    raw = await request.body()
     try:
-        return decode_json(await request.body(), type_)
+        return decode_json(raw, type_)
     except ApiError as exc:
         if exc.status != 422 or not isinstance(type_, type) or not issubclass(type_, AdminRequest) \
                 or not exc.message.endswith("Object contains unknown field `" + str(exc.param) + "`"):
             raise
+        decode_json(raw)  # msgspec meets the unknown field before the end: a body that is not JSON is that error
         field = str(exc.param)
         accepted = accepted_fields(type_)
         raise ApiError(400, f"{field}: not supported by {request.method} {request.url.path}; accepted fields: "
