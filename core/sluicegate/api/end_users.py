@@ -53,7 +53,7 @@ def end_user_view(gateway: Gateway, record: EndUserRecord) -> dict[str, Any]:
               "budget_duration": record.budget_duration,
               "budget_reset_at": record.budget_reset_at.isoformat() if record.budget_reset_at else None}
     return {"user_id": record.user_id, "alias": record.alias, "blocked": record.blocked,
-            "spend": gateway.spend.spend_of("end_user", record.user_id, record.spend), **budget,
+            "spend": gateway.spend.spend_of("end_user", record.user_id, record.spend, record.budget_reset_at), **budget,
             "litellm_budget_table": budget,
             "created_at": record.created_at.isoformat() if record.created_at else None,
             "updated_at": record.updated_at.isoformat() if record.updated_at else None}

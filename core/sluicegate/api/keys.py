@@ -104,7 +104,7 @@ def key_view(gateway: Gateway, record: KeyRecord) -> dict[str, Any]:
             "blocked": record.blocked, "user_id": record.user_id, "max_budget": record.max_budget,
             "soft_budget": record.soft_budget, "budget_duration": record.budget_duration,
             "budget_reset_at": record.budget_reset_at.isoformat() if record.budget_reset_at else None,
-            "spend": gateway.spend.spend_of("key", record.token_id, record.spend),
+            "spend": gateway.spend.spend_of("key", record.token_id, record.spend, record.budget_reset_at),
             "created_at": record.created_at.isoformat() if record.created_at else None,
             "updated_at": record.updated_at.isoformat() if record.updated_at else None}
 

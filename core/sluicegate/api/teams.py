@@ -60,7 +60,7 @@ def team_view(gateway: Gateway, team: TeamRecord) -> dict[str, Any]:
             "logging": logging, "logging_disabled": team.logging == [], "max_budget": team.max_budget,
             "soft_budget": team.soft_budget, "budget_duration": team.budget_duration,
             "budget_reset_at": team.budget_reset_at.isoformat() if team.budget_reset_at else None,
-            "spend": gateway.spend.spend_of("team", team.team_id, team.spend),
+            "spend": gateway.spend.spend_of("team", team.team_id, team.spend, team.budget_reset_at),
             "created_at": team.created_at.isoformat() if team.created_at else None,
             "updated_at": team.updated_at.isoformat() if team.updated_at else None}
 

@@ -255,12 +255,14 @@ class SpendLedger:
         if self.shared is not None and touched:
             self.shared.add(touched, cost)
 
-    def spend_of(self, entity_type: str, entity_id: str, stored: float) -> float:
+    def spend_of(self, entity_type: str, entity_id: str, stored: float, reset_at: datetime | None = None) -> float:
         """An entity's period spend for ``/key/info``, ``/team/info``, ``/user/info``: ``stored`` (its row's
-        ``spend``) and what this process spent since its last flush."""
+        ``spend``; 0 when its period ended at ``reset_at``) and what this process spent since its last flush."""
         counter = self.counters.get((entity_type, entity_id))
         if counter is not None:
             return counter.spend
+        if reset_at is not None and reset_at.timestamp() <= self.clock():
+            stored = 0.0  # the period ended; the row is reset with the next write
         key = (entity_type, entity_id)
         return stored + self._period.get(key, 0.0) + self._writing[1].get(key, 0.0)
 
@@ -321,6 +323,8 @@ class SpendLedger:
     async def flush(self) -> None:
         """Write what accumulated (one transaction), end the budget periods that are over, and read back the
         period spend of every entity with a budget."""
+        if not (self._daily or self._period or self._proxy or self.counters):
+            return  # an idle gateway without budgets in use asks the database nothing (periods end with the next write)
         async with self._lock:
             now = self.clock()
             for counter in list(self.counters.values()):
