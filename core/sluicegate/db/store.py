@@ -410,6 +410,14 @@ class Store:
         async with self._sessions() as session:
             return [_end_user(r) for r in (await session.execute(query)).scalars()]
 
+    async def any_end_user_limited(self) -> bool:
+        """Whether any end user is blocked or has a budget (else requests need not look theirs up)."""
+        query = sa.select(EndUserRow.user_id).where(sa.or_(
+            EndUserRow.blocked.is_(True), EndUserRow.max_budget.is_not(None),
+            EndUserRow.soft_budget.is_not(None))).limit(1)
+        async with self._sessions() as session:
+            return (await session.execute(query)).first() is not None
+
     async def create_end_user(self, user_id: str, **values: Any) -> EndUserRecord:
         async with self._sessions.begin() as session:
             session.add(EndUserRow(user_id=user_id, **values))

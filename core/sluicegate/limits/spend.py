@@ -74,6 +74,7 @@ class SpendLedger:
         self._day_ends = 0.0
         self._end_users: OrderedDict[str, EndUserRecord | None] = OrderedDict()
         self._replaced: set[tuple[str, str]] = set()
+        self._end_users_limited: bool | None = None  # any end user blocked or with a budget (None: not known)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.user_budget: Callable[[str], BudgetFields | None] | None = None
@@ -123,11 +124,17 @@ class SpendLedger:
     def invalidate(self) -> None:
         """Forget cached end users (an admin changed something)."""
         self._end_users.clear()
+        self._end_users_limited = None
 
     # the request path ---------------------------------------------------------------------------------------
     async def end_user(self, user_id: str | None) -> EndUserRecord | None:
-        """The end user a request names (cached; None when unknown)."""
+        """The end user a request names, when any end user is blocked or has a budget (cached; None when unknown).
+        Looking one up reads the database once per end user and change of admin data, never per request."""
         if not user_id:
+            return None
+        if self._end_users_limited is None:  # once per change of any admin data, not per request
+            self._end_users_limited = await self.store.any_end_user_limited()
+        if not self._end_users_limited:
             return None
         found = self._end_users.get(user_id, _MISSING)
         if found is _MISSING:
