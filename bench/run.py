@@ -67,6 +67,8 @@ class Row:
     deployments: int = 1  # deployments of the model group, each its own api_base path on the mock
     routing_strategy: str | None = None  # router_settings.routing_strategy (None: the default, simple-shuffle)
     delivery: str = "process"  # `sluicegate serve --delivery`: the delivery process (default) or inline
+    budgets: str | None = None  # None | "local" | "redis": max_budget + soft_budget + budget_duration on every key and
+    # team, and litellm_settings.max_budget (never reached); "redis" shares the counters through 127.0.0.1:6379
 
 
 ROWS = [
@@ -108,6 +110,12 @@ ROWS = [
     Row("gw-cache", "gateway, response cache hits (local)", "gateway", "builtin", "cache-local"),
     Row("gw-cache-redis", "gateway, response cache hits (Redis 127.0.0.1:6379)", "gateway",
         "builtin", "cache-redis"),
+    # budgets on every key, team and the proxy (never reached): the check before and the record after each request,
+    # compared with `gw` (which records spend too, with no budget to check)
+    Row("gw-budgets", "gateway, no sinks, budgets on keys, teams and proxy (in process)", "gateway", "builtin",
+        budgets="local"),
+    Row("gw-budgets-redis", "gateway, no sinks, budgets on keys, teams and proxy (Redis 127.0.0.1:6379)",
+        "gateway", "builtin", budgets="redis"),
     # LiteLLM's proxy, one worker, global `langfuse` success callback on the loopback receiver; master-key auth
     Row("litellm", "LiteLLM proxy, langfuse callback (master key auth)", "litellm", "litellm", "langfuse"),
 ]
@@ -405,13 +413,17 @@ def _model_and_key(upstream: str, master_key: str, provider: str = "openai", dep
 
 def gateway_config(workdir: Path, upstream: str, sinks: str, teams: list[str], receivers: dict[str, str],
                    sink_mode: str, provider: str = "openai", deployments: int = 1,
-                   routing_strategy: str | None = None) -> Path:
+                   routing_strategy: str | None = None, budgets: str | None = None) -> Path:
+    router = [f"  routing_strategy: {routing_strategy}"] if routing_strategy else []
+    if budgets == "redis":
+        router += ["  redis_host: 127.0.0.1", "  redis_port: 6379"]
     lines = [
         *_model_and_key(upstream, MASTER_KEY, provider, deployments),
         f"  database_url: sqlite+aiosqlite:///{workdir}/gateway.db",
-        *(["router_settings:", f"  routing_strategy: {routing_strategy}"] if routing_strategy else []),
+        *(["router_settings:", *router] if router else []),
         "litellm_settings:",
         "  callbacks: []",
+        *(["  max_budget: 1000000000", "  budget_duration: 30d"] if budgets else []),
     ]
     if sinks.startswith("cache-"):  # response cache rows (sluicegate.cache)
         lines += ["  cache: true", "  cache_params:", f"    type: {sinks.removeprefix('cache-')}", "    ttl: 300",
@@ -447,15 +459,23 @@ def gateway_config(workdir: Path, upstream: str, sinks: str, teams: list[str], r
     return path
 
 
-async def make_keys(base: str, teams: list[str], keys_file: Path) -> None:
-    """One virtual key per team through ``/key/generate`` (deterministic keys, so every row uses the same)."""
+async def make_keys(base: str, teams: list[str], keys_file: Path, budgets: bool = False) -> None:
+    """One virtual key per team through ``/key/generate`` (deterministic keys, so every row uses the same); with
+    ``budgets``, every team (``/team/new``) and key gets a budget that is never reached."""
     headers = {"Authorization": f"Bearer {MASTER_KEY}"}
     limit = asyncio.Semaphore(8)
     keys = [f"sk-bench-{team}-k0" for team in teams]
+    budget = {"max_budget": 1e9, "soft_budget": 1e9, "budget_duration": "30d"} if budgets else {}
 
     async def one(session: aiohttp.ClientSession, team: str, key: str) -> None:
+        if budgets:
+            async with limit, session.post(f"{base}/team/new", headers=headers,
+                                           json={"team_id": team, **budget}) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"/team/new for {team}: HTTP {resp.status}: {(await resp.text())[:300]}")
         async with limit, session.post(f"{base}/key/generate", headers=headers,
-                                       json={"team_id": team, "key_alias": f"{team}-bench", "key": key}) as resp:
+                                       json={"team_id": team, "key_alias": f"{team}-bench", "key": key,
+                                             **budget}) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"/key/generate for {team}: HTTP {resp.status}: {(await resp.text())[:300]}")
 
@@ -617,7 +637,7 @@ class Bench:
         workdir.mkdir()
         (workdir / "sinks").mkdir()
         config = gateway_config(workdir, upstream, row.sinks, self.teams, self.receiver_urls, self.sink_mode,
-                                row.provider, row.deployments, row.routing_strategy)
+                                row.provider, row.deployments, row.routing_strategy, row.budgets)
         proc = self.procs.start(row.id, [str(VENV_BIN / "sluicegate"), "serve", "--config", str(config),
                                          "--port", str(port), "--log-level", "warning",
                                          "--workers", str(row.workers), "--delivery", row.delivery],
@@ -626,7 +646,7 @@ class Bench:
             wait_http(base + "/health/liveliness", proc, timeout=120)
             self.pin_delivery(proc.pid)
             started = time.monotonic()
-            asyncio.run(make_keys(base, self.teams, keys))
+            asyncio.run(make_keys(base, self.teams, keys, budgets=row.budgets is not None))
             # Each worker fills its own key cache and sink instances: with N workers sharing the port, send every
             # key's request 3N times so every worker has seen (nearly) every key before the measurement.
             rounds = 1 if row.workers == 1 else 3 * row.workers

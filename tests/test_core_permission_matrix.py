@@ -128,6 +128,13 @@ def _callback_absent(case: Case, which: str) -> str:
     return team
 
 
+def _end_user(case: Case) -> str:
+    """A fresh end user (made with the master key) for a route that needs one to exist."""
+    user = uid("eu")
+    case.h.ok("POST", "/end_user/new", {"user_id": user})
+    return user
+
+
 LANGFUSE = {"callback_name": "langfuse", "callback_vars": {
     "langfuse_public_key": "pk-lf-matrix", "langfuse_secret": "sk-lf-matrix-secret",
     "langfuse_host": "http://127.0.0.1:9"}}
@@ -168,6 +175,13 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("GET", "/metrics"): lambda c, w, s: ("/metrics", None),
     ("GET", "/health"): lambda c, w, s: ("/health", None),
     ("POST", "/config/reload"): lambda c, w, s: ("/config/reload", None),
+    ("GET", "/spend/report"): lambda c, w, s: ("/spend/report?start_date=2026-01-01&end_date=2026-12-31", None),
+    **{(method, f"/{prefix}/{action}"): sample for prefix in ("end_user", "customer") for method, action, sample in (
+        ("POST", "new", lambda c, w, s: (f"/{prefix}/new", {"user_id": uid("eu")})),
+        ("GET", "info", lambda c, w, s: (f"/{prefix}/info?end_user_id={_end_user(c)}", None)),
+        ("POST", "update", lambda c, w, s: (f"/{prefix}/update", {"user_id": _end_user(c), "alias": uid("a")})),
+        ("POST", "delete", lambda c, w, s: (f"/{prefix}/delete", {"user_ids": [_end_user(c)]})),
+        ("GET", "list", lambda c, w, s: (f"/{prefix}/list", None)))},
     ("GET", "/model/info"): lambda c, w, s: ("/model/info", None),
     ("GET", "/v1/model/info"): lambda c, w, s: ("/v1/model/info", None),
 }

@@ -102,7 +102,7 @@ def test_user_new_stores_limits_returns_its_key_once_and_the_key_calls_models(cl
 
 @pytest.mark.parametrize(("body", "status", "param"), [
     ({"user_role": "team"}, 422, "user_role"),                 # LiteLLM's other roles are not ours
-    ({"aliases": {"a": "b"}}, 422, "aliases"),                  # LiteLLM fields we do not implement: by name
+    ({"aliases": {"a": "b"}}, 400, "aliases"),                  # LiteLLM fields we do not implement: by name
     ({"max_budget": -1}, 422, "max_budget"),
     ({"rpm_limit": 1.5}, 422, "rpm_limit"),
     ({"budget_duration": "soon"}, 422, "budget_duration"),
@@ -428,7 +428,7 @@ def test_key_generate_for_an_unknown_user_creates_them_for_the_proxy_admin_only(
     error_of(client.get(f"/user/info?user_id={ghost}", headers=admin), 404, "user_id")
 
 
-def test_revision_0005_downgrades_and_upgrades_again(db_url: str, query_db: Any) -> None:
+def test_revision_0004_downgrades_and_upgrades_again(db_url: str, query_db: Any) -> None:
     from importlib.resources import files
 
     import sqlalchemy as sa

@@ -11,8 +11,8 @@ from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
-from sluicegate.api import (audit, chat, config_reload, embeddings, health, introspection, keys, members, messages,
-                            metrics, model_info, teams, users)
+from sluicegate.api import (audit, chat, config_reload, embeddings, end_users, health, introspection, keys, members,
+                            messages, metrics, model_info, spend, teams, users)
 from sluicegate.console import console_router
 from sluicegate.errors import ApiError, error_body
 from sluicegate.gateway import Gateway
@@ -182,6 +182,8 @@ def create_app(settings: Settings, *, environ: Mapping[str, str] | None = None, 
         members.member_add, members.member_update, members.member_delete,
         users.new_user, users.user_info, users.update_user, users.delete_users, users.list_users,
         audit.audit_list, audit.audit_entry,
+        end_users.new_end_user, end_users.end_user_info, end_users.update_end_user, end_users.delete_end_users,
+        end_users.end_user_list, spend.spend_report,
         health.liveliness, health.readiness, health.model_health, config_reload.reload_config,
         introspection.plugins, introspection.sinks, metrics.metrics,
         console_router(),

@@ -289,6 +289,7 @@ class CacheLookup:
         event.cache_key = self.digest
         event.cache_hit = hit
         if hit:
+            event.saved_cache_cost = event.response_cost
             event.response_cost = 0.0
 
     def headers(self, *, hit: bool) -> dict[str, str]:

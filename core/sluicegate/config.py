@@ -21,6 +21,7 @@ import msgspec
 import yaml
 
 from sluicegate.metrics import ALL_LABELS as METRIC_LABELS
+from sluicegate.limits.budgets import duration_seconds as _budget_seconds
 from sluicegate.sinks.destinations import entry_problem as destination_entry_problem
 
 __all__ = (
@@ -241,6 +242,11 @@ class LiteLLMSettings(msgspec.Struct, kw_only=True):
     require_auth_for_metrics_endpoint: bool = True
     """``/metrics`` needs the master key. LiteLLM's default is ``false`` (open); ours is ``true`` because the labels
     name teams, keys and models: set ``false`` to let Prometheus scrape without a key."""
+    max_budget: float | None = None
+    """USD the whole proxy may spend (per ``budget_duration`` when set); a request beyond it is refused with
+    ``budget_exceeded`` before it goes upstream."""
+    budget_duration: str | None = None
+    """The proxy budget's period (``30s``, ``1h``, ``1d``, ``7d``, ``30d``): spend starts again from 0 after it."""
 
 
 class DeliverySettings(msgspec.Struct, kw_only=True):
@@ -348,6 +354,9 @@ class SluicegateSettings(msgspec.Struct, kw_only=True):
     Default: everything but link-local addresses and the cloud metadata services."""
     key_health_per_minute: int = 10
     """Calls of ``/key/health`` a key may make per minute (each probes every sink of the key); more get 429."""
+    spend_flush_interval: float = 1.0
+    """Seconds between writes of the accumulated spend to the database (one batched transaction; at most 1).
+    Spend is also written at shutdown; a killed process loses at most this much."""
 
 
 class Settings(msgspec.Struct, kw_only=True):
@@ -719,6 +728,14 @@ def _check_models_and_router(settings: Settings, problems: list[str]) -> None:
                                 f"model_list{_closest(target, names)}")
     if router.redis_port is not None and not router.redis_host:
         problems.append("router_settings.redis_port: set redis_host too")
+    if litellm.max_budget is not None and not (0 <= litellm.max_budget < float("inf")):
+        problems.append("litellm_settings.max_budget: expected a number of USD, 0 or more")
+    if litellm.budget_duration is not None and _budget_seconds(litellm.budget_duration) is None:
+        problems.append(f"litellm_settings.budget_duration: expected a positive number with a unit s, m, h, d, w or "
+                        f"mo (e.g. '30d'), got {litellm.budget_duration!r}")
+    interval = settings.sluicegate_settings.spend_flush_interval
+    if not 0 < interval <= 1:
+        problems.append(f"sluicegate_settings.spend_flush_interval: between 0 and 1 second, got {interval!r}")
 
 
 def _closest(name: str, names: set[str]) -> str:

@@ -21,6 +21,8 @@ class LogMetadata(msgspec.Struct, kw_only=True):
     user_api_key_alias: str | None = None
     user_api_key_team_id: str | None = None
     user_api_key_team_alias: str | None = None
+    user_api_key_user_id: str | None = None
+    """The key's ``user_id`` (whose spend the request counts to)."""
     requester_ip_address: str | None = None
     user_agent: str | None = None
     request_id: str | None = None
@@ -65,6 +67,8 @@ class LogEvent(msgspec.Struct, kw_only=True):
     completion_tokens: int = 0
     total_tokens: int = 0
     response_cost: float = 0.0
+    saved_cache_cost: float = 0.0
+    """What a response-cache hit would have cost upstream (its ``response_cost`` is 0)."""
     startTime: float = 0.0
     endTime: float = 0.0
     completionStartTime: float | None = None

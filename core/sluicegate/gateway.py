@@ -21,6 +21,9 @@ from sluicegate.config import ConfigError, load_settings, per_worker, restart_ne
 from sluicegate.db.store import Store, mask_all_vars
 from sluicegate.errors import ApiError
 from sluicegate.permissions import require
+from sluicegate.limits.shared import SharedSpend, redis_settings_of
+from sluicegate.limits.budgets import duration_seconds
+from sluicegate.limits.spend import SpendLedger
 from sluicegate.plugins import get_plugin_manager
 from sluicegate.net.http import HttpClient
 from sluicegate.providers.base import ProviderClients
@@ -45,7 +48,6 @@ if TYPE_CHECKING:
     from sluicegate.config import Settings
     from sluicegate.events import LogEvent
     from sluicegate.permissions import Level
-    from sluicegate.routing import CallbackSet
     from sluicegate.sinks.base import HealthCheck
 
 __all__ = ("Gateway",)
@@ -114,6 +116,8 @@ class Gateway:
         metrics = settings.sluicegate_settings.metrics
         self.metrics = RequestMetrics(metrics.labels, metrics.max_series, metrics.histogram_labels)
         self.cache = ResponseCache(settings, environ)  # no connection until a request uses it
+        redis = redis_settings_of(settings)
+        self.spend = SpendLedger(self.store, settings, shared=SharedSpend(redis) if redis is not None else None)
         self.master_key = settings.general_settings.master_key
         self.http_client_kind = http_client
         self.tune_gc = tune_gc
@@ -157,6 +161,7 @@ class Gateway:
         await self.models.start(clients)
         await self.router.start(clients)
         await self.dispatcher.start(self.registry.get, self.resolver.redaction.compile)
+        await self.spend.start()
         self._watcher = asyncio.get_running_loop().create_task(self._watch_changes())
         if self.tune_gc:
             # Everything built so far (plugins, config, caches' scaffolding) lives as long as the process: keep
@@ -177,6 +182,7 @@ class Gateway:
             self._watcher = None
         for task in list(self._retired):  # shutting down: close what a reload retired now, not after its grace
             await cancel_and_wait(task, "retired configuration", grace=5.0)
+        await self.spend.aclose()  # before the store closes: the last spend is written
         await self.dispatcher.aclose()
         await self.cache.aclose()
         await self.router.aclose()
@@ -239,6 +245,8 @@ class Gateway:
                 self.dispatcher.probes.api_policy = resolver.api_policy
             else:
                 self.dispatcher.pool.api_policy = resolver.api_policy
+            self.spend.proxy_max_budget = settings.litellm_settings.max_budget  # the proxy-wide budget
+            self.spend.proxy_seconds = duration_seconds(settings.litellm_settings.budget_duration)
             self.invalidate()
             self.reloads += 1
             if clients is not None:
@@ -262,6 +270,7 @@ class Gateway:
         """Drop every cached key context (and with it every resolved route set)."""
         self._generation += 1
         self.keys.clear()
+        self.spend.invalidate()
 
     # delivery -----------------------------------------------------------------------------------------
     async def delivery_stats(self) -> dict[str, Any]:
@@ -335,11 +344,12 @@ class Gateway:
             self.keys.put(ctx)
         return ctx
 
-    def record(self, event: LogEvent, callbacks: CallbackSet | None) -> int:
-        """The end of every call: count ``event`` in the request metrics, then hand it to delivery (never awaits).
-        Returns the number of routes it was queued for."""
+    def record(self, event: LogEvent, ctx: AuthContext) -> int:
+        """The end of every call: count ``event`` in the request metrics and its cost in the spend ledger (memory
+        only), then hand it to delivery (never awaits). Returns the number of routes it was queued for."""
         self.metrics.observe(event)
-        return self.dispatcher.submit(event, callbacks)
+        self.spend.record(event, ctx)
+        return self.dispatcher.submit(event, ctx.callbacks)
 
     async def admin_only(self, request: Request) -> AuthContext:
         """Authenticate and require ``proxy_admin``."""

@@ -110,6 +110,12 @@ ROUTES: tuple[Route, ...] = (
           "no auth at all with litellm_settings.require_auth_for_metrics_endpoint: false"),
     Route("GET", "/health", "proxy_admin", None, "it calls every deployment"),
     Route("POST", "/config/reload", "proxy_admin", None, "re-reads config.yaml"),
+    # spend and end users (LiteLLM's customers); each end-user route also under /customer/
+    Route("GET", "/spend/report", "proxy_admin_viewer"),
+    *(Route(method, f"/{prefix}/{action}", "proxy_admin_viewer" if method == "GET" else "proxy_admin")
+      for prefix in ("end_user", "customer")
+      for method, action in (("POST", "new"), ("GET", "info"), ("POST", "update"), ("POST", "delete"),
+                             ("GET", "list"))),
     Route("GET", "/model/info", "proxy_admin_viewer"),
     Route("GET", "/v1/model/info", "proxy_admin_viewer"),
 )

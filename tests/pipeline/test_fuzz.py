@@ -40,6 +40,10 @@ ROUTES = [
     ("GET", "/-/plugins"), ("GET", "/-/sinks"), ("GET", "/metrics"),
     ("POST", "/v1/embeddings"), ("POST", "/embeddings"), ("GET", "/v1/models/{name}"), ("GET", "/models/{name}"),
     ("GET", "/model/info"), ("GET", "/v1/model/info"), ("GET", "/health"), ("POST", "/config/reload"),
+    *((method, f"/{prefix}/{action}") for prefix in ("end_user", "customer")
+      for method, action in (("POST", "new"), ("GET", "info"), ("POST", "update"), ("POST", "delete"),
+                             ("GET", "list"))),
+    ("GET", "/spend/report"),
     ("POST", "/v1/messages"), ("POST", "/messages"), ("POST", "/v1/messages/count_tokens"),
     ("POST", "/messages/count_tokens"),
     ("POST", "/team/member_add"), ("POST", "/team/member_update"), ("POST", "/team/member_delete"),
@@ -57,6 +61,7 @@ ROUTES = [
 ANTHROPIC_ROUTES = ("/v1/messages", "/messages", "/v1/messages/count_tokens", "/messages/count_tokens")
 """Routes that answer errors in Anthropic's shape: ``{"type": "error", "error": {"type", "message"}}``."""
 FIELDS = ["model", "messages", "stream", "cache", "key", "keys", "key_aliases", "team_id", "team_ids", "team_alias",
+          "max_budget", "soft_budget", "budget_duration", "spend", "user_id", "user_ids", "alias", "user",
           "key_alias", "models", "metadata", "duration", "blocked", "callback_name", "callback_type",
           "callback_vars", "logging", "url", "api_token", "role", "content", "max_tokens", "temperature",
           "user_id", "user_ids", "user_email", "user_role", "member", "teams", "rpm_limit", "max_budget", "system",
@@ -71,7 +76,8 @@ bodies = (st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6).map(
           | json_values.map(lambda v: json.dumps(v).encode())
           | st.binary(max_size=64)
           | st.just(b"[" * 5000))
-queries = st.dictionaries(st.sampled_from(["key", "team_id", "page", "size", "x", "user_id", "page_size", "role"])
+queries = st.dictionaries(st.sampled_from(["key", "team_id", "page", "size", "x", "user_id", "page_size", "role",
+                                           "end_user_id", "start_date", "end_date", "group_by", "format"])
                           | text, text, max_size=3)
 path_params = st.sampled_from(["t-fuzz", "cfg-team", "nope"]) | st.text(min_size=1, max_size=30)
 
@@ -87,6 +93,11 @@ def check_response(response: httpx.Response, secrets: list[str]) -> None:
         body = response.json()
         assert body["type"] == "error" and {"type", "message"} <= set(body["error"]), f"{where}: {response.text[:300]}"
         assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    elif (response.status_code >= 400 and response.request.url.path.startswith("/ui")
+          and not response.headers["content-type"].startswith("application/json")):
+        # the console answers people, in HTML pages (its refusals are the API's texts, escaped); a missing static
+        # file is the JSON 404 of any unknown route
+        assert response.headers["content-type"].startswith("text/html"), f"{where}: {response.text[:300]}"
     elif response.status_code >= 400:
         body = response.json()
         assert set(body) == {"error"} and ERROR_FIELDS <= set(body["error"]), f"{where}: {response.text[:300]}"

@@ -82,6 +82,7 @@ async def _chat(request: Request) -> Response[Any]:
         options = _request_options(gateway, ctx, body)
         if options is not None:
             call.raw = None  # the body changed: re-encode it for the upstream
+        await gateway.spend.check(ctx, await gateway.spend.end_user(attribution.end_user))  # budgets
         await gateway.router.ready(group)
         # -- response cache (sluicegate.cache): look up before the upstream call; nothing at all when off
         lookup = None
@@ -110,13 +111,13 @@ async def _chat(request: Request) -> Response[Any]:
         call.attempts = outcome.attempts
         content = outcome.result
     except ApiError as exc:
-        gateway.record(call.event(status="failure", error=exc, stream=stream), ctx.callbacks)
+        gateway.record(call.event(status="failure", error=exc, stream=stream), ctx)
         return _error_response(exc, request_id)
     try:
         parsed = _decoder.decode(content)
     except msgspec.DecodeError:
         exc = UpstreamError(502, "upstream returned a body that is not JSON", type="upstream_error", code="502")
-        gateway.record(call.event(status="failure", error=exc), ctx.callbacks)
+        gateway.record(call.event(status="failure", error=exc), ctx)
         return _error_response(exc, request_id)
     usage = parsed.get("usage") if isinstance(parsed, dict) else None
     usage = usage if isinstance(usage, dict) else None
@@ -128,7 +129,7 @@ async def _chat(request: Request) -> Response[Any]:
         lookup.mark(event, hit=False)
         headers.update(lookup.headers(hit=False))
         await lookup.put(content, parsed)
-    gateway.record(event, ctx.callbacks)
+    gateway.record(event, ctx)
     return Response(content=content, media_type="application/json", headers=headers)
 
 
@@ -140,7 +141,7 @@ def _cache_hit(gateway: Gateway, call: _Call, lookup: CacheLookup, cached: Cache
     event = call.event(status="success", response=parsed, usage=usage if isinstance(usage, dict) else None,
                        response_id=parsed.get("id"), stream=stream)
     lookup.mark(event, hit=True)
-    gateway.record(event, call.ctx.callbacks)
+    gateway.record(event, call.ctx)
     headers = {"x-request-id": call.request_id, **lookup.headers(hit=True)}
     if not stream:
         return Response(content=cached.content, media_type="application/json", headers=headers)
@@ -297,7 +298,7 @@ async def _stream(gateway: Gateway, call: _Call, group: Group, options: RequestO
                 lookup.mark(event, hit=False)
                 if body.get("n") in (None, 1):  # the assembler keeps one choice
                     await lookup.put_completion(state.response())
-            gateway.record(event, call.ctx.callbacks)
+            gateway.record(event, call.ctx)
 
     headers = {"x-request-id": call.request_id, "cache-control": "no-cache"}
     if lookup is not None:

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
     from sluicegate.gateway import Gateway
 
-__all__ = ("Alias", "Page", "TeamId", "decode_body", "gateway_of", "json_response", "page_of")
+__all__ = ("AdminRequest", "Alias", "Page", "TeamId", "accepted_fields", "decode_body", "gateway_of", "json_response",
+           "page_of")
 
 T = TypeVar("T")
 TEAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,254}$"
@@ -25,6 +26,17 @@ _encoder = msgspec.json.Encoder()
 
 
 MAX_PAGE_SIZE = 1000
+
+
+class AdminRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The base of every admin request body. A field the Struct does not declare is refused by
+    :func:`decode_body` with a 400 naming it and listing the accepted ones: never silently dropped. The accepted
+    list is the Struct's own fields, so supporting a new field is declaring it."""
+
+
+def accepted_fields(type_: Any) -> tuple[str, ...]:
+    """The fields a request Struct accepts, in declaration order."""
+    return tuple(getattr(type_, "__struct_fields__", ()))
 
 
 class Page(msgspec.Struct, frozen=True):
@@ -100,4 +112,17 @@ def decode_json(raw: bytes, type_: type[T] | Any = Any) -> T:
 
 
 async def decode_body(request: Request, type_: type[T]) -> T:
-    return decode_json(await request.body(), type_)
+    """The body as ``type_``; for an :class:`AdminRequest`, an unknown field is a 400 that names it and lists the
+    fields the route accepts (LiteLLM's error shape)."""
+    raw = await request.body()
+    try:
+        return decode_json(raw, type_)
+    except ApiError as exc:
+        if exc.status != 422 or not isinstance(type_, type) or not issubclass(type_, AdminRequest) \
+                or not exc.message.endswith("Object contains unknown field `" + str(exc.param) + "`"):
+            raise
+        decode_json(raw)  # msgspec meets the unknown field before the end: a body that is not JSON is that error
+        field = str(exc.param)
+        accepted = accepted_fields(type_)
+        raise ApiError(400, f"{field}: not supported by {request.method} {request.url.path}; accepted fields: "
+                       f"{', '.join(accepted)}", param=field, extra={"accepted_fields": list(accepted)}) from None

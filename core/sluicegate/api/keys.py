@@ -15,7 +15,8 @@ import msgspec
 from litestar import Request, Response, get, post
 
 from sluicegate.aio import bounded
-from sluicegate.api.common import Alias, TeamId, decode_body, gateway_of, json_response, page_of
+from sluicegate.api.common import AdminRequest, Alias, TeamId, decode_body, gateway_of, json_response, page_of
+from sluicegate.limits.budgets import budget_values
 from sluicegate.auth import generate_key, hash_key, key_name
 from sluicegate.db.store import KeyRecord, UserRecord
 from sluicegate.errors import ApiError
@@ -37,7 +38,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "mo": 2592000}
 _MAX_DURATION = 100 * 365 * 86400
 
 
-class KeyGenerateRequest(msgspec.Struct, kw_only=True):
+class KeyGenerateRequest(AdminRequest, kw_only=True):
     team_id: TeamId | None = None
     user_id: Alias | None = None
     key_alias: Alias | None = None
@@ -46,9 +47,13 @@ class KeyGenerateRequest(msgspec.Struct, kw_only=True):
     duration: str | None = None
     key: Alias | None = None
     blocked: bool = False
+    max_budget: float | None = None
+    soft_budget: float | None = None
+    budget_duration: str | None = None
+    spend: float = 0.0
 
 
-class KeyUpdateRequest(msgspec.Struct, kw_only=True):
+class KeyUpdateRequest(AdminRequest, kw_only=True):
     key: str
     team_id: TeamId | None | msgspec.UnsetType = _UNSET
     user_id: Alias | None | msgspec.UnsetType = _UNSET
@@ -57,9 +62,13 @@ class KeyUpdateRequest(msgspec.Struct, kw_only=True):
     metadata: dict[str, Any] | msgspec.UnsetType = _UNSET
     duration: str | None | msgspec.UnsetType = _UNSET
     blocked: bool | msgspec.UnsetType = _UNSET
+    max_budget: float | None | msgspec.UnsetType = _UNSET
+    soft_budget: float | None | msgspec.UnsetType = _UNSET
+    budget_duration: str | None | msgspec.UnsetType = _UNSET
+    spend: float | msgspec.UnsetType = _UNSET
 
 
-class KeyDeleteRequest(msgspec.Struct, kw_only=True):
+class KeyDeleteRequest(AdminRequest, kw_only=True):
     keys: list[Alias] | None = None
     key_aliases: list[Alias] | None = None
 
@@ -123,7 +132,11 @@ def key_view(gateway: Gateway, record: KeyRecord) -> dict[str, Any]:
             "key_alias": record.key_alias, "team_id": record.team_id, "user_id": record.user_id,
             "models": record.models,
             "metadata": metadata, "expires": record.expires.isoformat() if record.expires else None,
-            "blocked": record.blocked, "created_at": record.created_at.isoformat() if record.created_at else None,
+            "blocked": record.blocked, "user_id": record.user_id, "max_budget": record.max_budget,
+            "soft_budget": record.soft_budget, "budget_duration": record.budget_duration,
+            "budget_reset_at": record.budget_reset_at.isoformat() if record.budget_reset_at else None,
+            "spend": gateway.spend.spend_of("key", record.token_id, record.spend, record.budget_reset_at),
+            "created_at": record.created_at.isoformat() if record.created_at else None,
             "updated_at": record.updated_at.isoformat() if record.updated_at else None}
 
 
@@ -155,9 +168,10 @@ async def create_key(gateway: Gateway, ctx: AuthContext, data: KeyGenerateReques
     metadata = _check_metadata(gateway, data.metadata)
     if data.team_id is not None:
         await gateway.store.ensure_team(data.team_id, actor=actor_of(ctx, request))
+    budget = budget_values(data, gateway.spend.clock())
     record = KeyRecord(token_id=hash_key(key), key_name=key_name(key), key_alias=data.key_alias,
                        team_id=data.team_id, user_id=user_id, models=data.models, metadata=metadata,
-                       expires=parse_duration(data.duration), blocked=data.blocked)
+                       expires=parse_duration(data.duration), blocked=data.blocked, **budget)
     if await gateway.store.get_key(record.token_id) is not None:
         raise ApiError(400, "key: this key already exists", param="key")
     if new_owner and user_id is not None:  # the user and the key, in one transaction
@@ -212,6 +226,8 @@ async def update_key_values(gateway: Gateway, ctx: AuthContext, data: KeyUpdateR
         value = getattr(data, name)
         if value is not _UNSET:
             values[name] = value
+    budget = budget_values(data, gateway.spend.clock())
+    values.update(budget)
     if data.metadata is not _UNSET:
         values["metadata"] = _check_metadata(gateway, data.metadata)
     if data.duration is not _UNSET:
@@ -225,6 +241,8 @@ async def update_key_values(gateway: Gateway, ctx: AuthContext, data: KeyUpdateR
     if values.get("team_id"):
         await gateway.store.ensure_team(values["team_id"], actor=actor_of(ctx, request))
     record = await gateway.store.update_key(token_id, actor=actor_of(ctx, request), **values)
+    if budget:  # the counter starts again from the row (a new limit, period or spend applies at once)
+        gateway.spend.forget("key", token_id, spend_set="spend" in budget)
     gateway.invalidate()
     assert record is not None
     return record

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from litestar import Request, Response, post
 
-from sluicegate.api.common import Alias, TeamId, decode_body, gateway_of, json_response
+from sluicegate.api.common import AdminRequest, Alias, TeamId, decode_body, gateway_of, json_response
 from sluicegate.api.teams import Member, MemberRole, existing_user, find_team, members_view, resolve_members
 from sluicegate.db.store import UserRecord
 from sluicegate.errors import ApiError
@@ -26,13 +26,13 @@ __all__ = ("member_add", "member_delete", "member_update")
 _PER_MEMBER_LIMITS = ("max_budget_in_team", "rpm_limit", "tpm_limit")
 
 
-class MemberAddRequest(msgspec.Struct, kw_only=True):
+class MemberAddRequest(AdminRequest, kw_only=True):
     team_id: TeamId
     member: Member | list[Member]
     max_budget_in_team: float | None = None
 
 
-class MemberUpdateRequest(msgspec.Struct, kw_only=True):
+class MemberUpdateRequest(AdminRequest, kw_only=True):
     team_id: TeamId
     user_id: Alias | None = None
     user_email: Alias | None = None
@@ -42,7 +42,7 @@ class MemberUpdateRequest(msgspec.Struct, kw_only=True):
     tpm_limit: int | None = None
 
 
-class MemberDeleteRequest(msgspec.Struct, kw_only=True):
+class MemberDeleteRequest(AdminRequest, kw_only=True):
     team_id: TeamId
     user_id: Alias | None = None
     user_email: Alias | None = None

@@ -245,7 +245,7 @@ async def _messages(request: Request) -> Response[Any]:
             raise UpstreamError(502, "upstream returned JSON that is not an object", type="upstream_error",
                                 code="502")
     except ApiError as exc:
-        gateway.record(call.event(status="failure", error=exc, stream=stream), ctx.callbacks)
+        gateway.record(call.event(status="failure", error=exc, stream=stream), ctx)
         return _error_response(exc, rid)
     if native:
         message, usage = parsed, openai_usage(parsed.get("usage"))
@@ -254,7 +254,7 @@ async def _messages(request: Request) -> Response[Any]:
         message = message_from_chat(parsed, model)
         content = _json.encode(message)
     outcome.finish(int((usage or {}).get("total_tokens") or 0))
-    gateway.record(call.event(status="success", response=message, usage=usage), ctx.callbacks)
+    gateway.record(call.event(status="success", response=message, usage=usage), ctx)
     return Response(content=content, media_type="application/json",
                     headers={"x-request-id": rid, "request-id": rid})
 
@@ -361,7 +361,7 @@ async def _stream(gateway: Gateway, call: Call, group: Group, body: dict[str, An
             outcome.finish(int((usage or {}).get("total_tokens") or 0))
             event = call.event(status="failure" if error else "success", response=assembler.result(), usage=usage,
                                error_str=error, first_token_at=first_at, stream=True)
-            gateway.record(event, call.ctx.callbacks)
+            gateway.record(event, call.ctx)
 
     return Stream(relay(), media_type="text/event-stream",
                   headers={"x-request-id": rid, "request-id": rid, "cache-control": "no-cache"})

@@ -1,5 +1,5 @@
 """``GET /metrics``: the request metrics under LiteLLM's names (``sluicegate.metrics``), the delivery counters of
-``/-/sinks`` and the response cache's counters, in the Prometheus text format.
+``/-/sinks``, the response cache's and the budgets' counters, in the Prometheus text format.
 
 Hand-written exposition (format 0.0.4): counters and histograms kept as plain numbers do not need a client
 library, and the test suite parses the output with ``prometheus_client``'s parser. Sink labels are
@@ -51,7 +51,31 @@ def render_cache(stats: dict) -> list[str]:
     return lines
 
 
-def render(stats: list[dict], submitted: int, pending: int, cache: dict | None = None) -> str:
+def render_spend(stats: dict) -> list[str]:
+    """The spend ledger's series: flushes, budget refusals and soft budgets crossed by entity type, and which
+    entities are over their soft budget now (``entity_id``: a key's sha256 id, a team, user or end user id)."""
+    lines = ["# HELP sluicegate_spend_flushes_total Batched spend writes to the database.",
+             "# TYPE sluicegate_spend_flushes_total counter", f"sluicegate_spend_flushes_total {stats['flushes']}",
+             "# HELP sluicegate_spend_flush_failures_total Spend writes that failed (kept for the next one).",
+             "# TYPE sluicegate_spend_flush_failures_total counter",
+             f"sluicegate_spend_flush_failures_total {stats['flush_failures']}",
+             "# HELP sluicegate_budget_refused_total Requests refused with budget_exceeded, by entity type.",
+             "# TYPE sluicegate_budget_refused_total counter"]
+    lines += [f'sluicegate_budget_refused_total{{entity_type="{_label(k)}"}} {v}'
+              for k, v in sorted(stats["refused"].items())]
+    lines += ["# HELP sluicegate_soft_budget_crossed_total Soft budgets crossed (once per budget period), by entity "
+              "type.", "# TYPE sluicegate_soft_budget_crossed_total counter"]
+    lines += [f'sluicegate_soft_budget_crossed_total{{entity_type="{_label(k)}"}} {v}'
+              for k, v in sorted(stats["soft_crossed"].items())]
+    lines += ["# HELP sluicegate_soft_budget_exceeded Entities over their soft budget in the current period.",
+              "# TYPE sluicegate_soft_budget_exceeded gauge"]
+    lines += [f'sluicegate_soft_budget_exceeded{{entity_type="{_label(t)}",entity_id="{_label(i)}"}} 1'
+              for t, i in stats["over_soft"]]
+    return lines
+
+
+def render(stats: list[dict], submitted: int, pending: int, cache: dict | None = None,
+           spend: dict | None = None) -> str:
     lines = ["# HELP sluicegate_events_submitted_total Routed events accepted by the dispatcher.",
              "# TYPE sluicegate_events_submitted_total counter", f"sluicegate_events_submitted_total {submitted}",
              "# HELP sluicegate_events_pending Events not yet delivered (memory, in flight and spool).",
@@ -66,6 +90,8 @@ def render(stats: list[dict], submitted: int, pending: int, cache: dict | None =
             lines.append(f"{name}{{{labels}}} {row.get(field) or 0}")
     if cache is not None:
         lines += render_cache(cache)
+    if spend is not None:
+        lines += render_spend(spend)
     return "\n".join(lines) + "\n"
 
 
@@ -76,5 +102,6 @@ async def metrics(request: Request) -> Response[str]:
         await gateway.authorize(request, "proxy_admin_viewer")
     delivery = await gateway.delivery_stats()
     body = "\n".join(gateway.metrics.render()) + "\n" + render(delivery["sinks"], delivery["submitted"],
-                                                               delivery["pending"], gateway.cache.stats())
+                                                               delivery["pending"], gateway.cache.stats(),
+                                                               gateway.spend.stats())
     return Response(content=body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -119,6 +119,7 @@ class Call:
                 user_api_key_alias=key.key_alias if key else None,
                 user_api_key_team_id=key.team_id if key else None,
                 user_api_key_team_alias=team.team_alias if team else None,
+                user_api_key_user_id=key.user_id if key else None,
                 requester_ip_address=self.ip, user_agent=self.user_agent, request_id=self.request_id,
                 traceparent=self.traceparent,
                 user_api_key_metadata=key_meta, user_api_key_team_metadata=team_meta,
@@ -241,6 +242,7 @@ async def run_call(request: Request, *, call_type: str, input_field: str,
         options = request_options(gateway, ctx, body)
         if options is not None:
             call.raw = None
+        await gateway.spend.check(ctx, await gateway.spend.end_user(attribution.end_user))  # budgets
         await gateway.router.ready(group)
         try:
             outcome = await gateway.router.call(group, lambda d: attempt(call, d), options=options,
@@ -258,10 +260,10 @@ async def run_call(request: Request, *, call_type: str, input_field: str,
             raise UpstreamError(502, "upstream returned a body that is not JSON", type="upstream_error",
                                 code="502") from None
     except ApiError as exc:
-        gateway.record(call.event(status="failure", error=exc), ctx.callbacks)
+        gateway.record(call.event(status="failure", error=exc), ctx)
         return error_response(exc, rid)
     usage = parsed.get("usage") if isinstance(parsed, dict) else None
     usage = usage if isinstance(usage, dict) else None
     outcome.finish(int((usage or {}).get("total_tokens") or 0))
-    gateway.record(call.event(status="success", response=parsed, usage=usage), ctx.callbacks)
+    gateway.record(call.event(status="success", response=parsed, usage=usage), ctx)
     return Response(content=content, media_type="application/json", headers={"x-request-id": rid})

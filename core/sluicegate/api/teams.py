@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 from litestar import Request, Response, delete, get, post
 
-from sluicegate.api.common import (TEAM_ID_PATTERN, Alias, TeamId, decode_body, gateway_of, json_response,
-                                   page_of)
+from sluicegate.api.common import (TEAM_ID_PATTERN, AdminRequest, Alias, TeamId, decode_body, gateway_of,
+                                   json_response, page_of)
 from sluicegate.db.store import MemberRecord, UserRecord
+from sluicegate.limits.budgets import budget_values
 from sluicegate.errors import ApiError
 from sluicegate.permissions import actor_of, readable_teams, require
 from sluicegate.routing import LoggingEntry, parse_entries
@@ -45,28 +46,34 @@ class Member(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     user_email: Alias | None = None
 
 
-class TeamNewRequest(msgspec.Struct, kw_only=True):
+class TeamNewRequest(AdminRequest, kw_only=True):
     team_id: TeamId | None = None
     team_alias: Alias | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     members_with_roles: list[Member] = msgspec.field(default_factory=list)
+    max_budget: float | None = None
+    soft_budget: float | None = None
+    budget_duration: str | None = None
 
 
-class TeamDeleteRequest(msgspec.Struct, kw_only=True):
+class TeamDeleteRequest(AdminRequest, kw_only=True):
     team_ids: list[TeamId]
 
 
-class TeamUpdateRequest(msgspec.Struct, kw_only=True):
+class TeamUpdateRequest(AdminRequest, kw_only=True):
     team_id: TeamId
     team_alias: Alias | None | msgspec.UnsetType = msgspec.UNSET
     metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    max_budget: float | None | msgspec.UnsetType = msgspec.UNSET
+    soft_budget: float | None | msgspec.UnsetType = msgspec.UNSET
+    budget_duration: str | None | msgspec.UnsetType = msgspec.UNSET
 
 
 # What a team's own admin may change with /team/update; any other field (budgets, limits) is the proxy admin's.
 TEAM_ADMIN_FIELDS = frozenset({"team_alias", "metadata"})
 
 
-class AddCallbackRequest(msgspec.Struct, kw_only=True):
+class AddCallbackRequest(AdminRequest, kw_only=True):
     callback_name: str
     callback_type: Literal["success", "failure", "success_and_failure"] = "success_and_failure"
     callback_vars: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -75,7 +82,10 @@ class AddCallbackRequest(msgspec.Struct, kw_only=True):
 def team_view(gateway: Gateway, team: TeamRecord) -> dict[str, Any]:
     logging = None if team.logging is None else [gateway.resolver.mask(e) for e in team.logging]
     return {"team_id": team.team_id, "team_alias": team.team_alias, "metadata": team.metadata,
-            "logging": logging, "logging_disabled": team.logging == [],
+            "logging": logging, "logging_disabled": team.logging == [], "max_budget": team.max_budget,
+            "soft_budget": team.soft_budget, "budget_duration": team.budget_duration,
+            "budget_reset_at": team.budget_reset_at.isoformat() if team.budget_reset_at else None,
+            "spend": gateway.spend.spend_of("team", team.team_id, team.spend, team.budget_reset_at),
             "created_at": team.created_at.isoformat() if team.created_at else None,
             "updated_at": team.updated_at.isoformat() if team.updated_at else None}
 
@@ -118,8 +128,10 @@ async def create_team(gateway: Gateway, ctx: AuthContext, data: TeamNewRequest,
         raise ApiError(400, f"team_id: team {team_id!r} already exists", param="team_id")
     members, new_users, _ = await resolve_members(gateway, team_id, data.members_with_roles, set(), listed=True,
                                                   name="members_with_roles")
+    budget = budget_values(data, gateway.spend.clock())
     team = await gateway.store.create_team(team_id, team_alias=data.team_alias, metadata=data.metadata,
-                                           members=members, new_users=new_users, actor=actor_of(ctx, request))
+                                           members=members, new_users=new_users, actor=actor_of(ctx, request),
+                                           **budget)
     gateway.invalidate()
     return team, members
 
@@ -190,7 +202,8 @@ async def team_list(request: Request, page: str | None = None, page_size: str | 
 
 @post("/team/update", status_code=200)
 async def update_team(request: Request) -> Response[bytes]:
-    """Change a team's alias or metadata (e.g. ``metadata.cache``); logging goes through /team/{id}/callback."""
+    """Change a team's alias, metadata (e.g. ``metadata.cache``) or budget; logging goes through
+    /team/{id}/callback."""
     gateway = gateway_of(request)
     ctx = await gateway.authorize(request)  # the team is in the body: checked in update_team_values
     team = await update_team_values(gateway, ctx, await decode_body(request, TeamUpdateRequest), request)
@@ -213,7 +226,11 @@ async def update_team_values(gateway: Gateway, ctx: AuthContext, data: TeamUpdat
                        param="metadata.logging")
     if "metadata" in values:
         gateway.resolver.validate_redaction(values["metadata"].get("redaction"), param="metadata.redaction")
+    budget = budget_values(data, gateway.spend.clock())
+    values.update(budget)
     team = await gateway.store.update_team(data.team_id, actor=actor_of(ctx, request), **values)
+    if budget:  # the counter starts again from the row: a new limit or period applies at once
+        gateway.spend.forget("team", data.team_id)
     gateway.invalidate()
     assert team is not None
     return team

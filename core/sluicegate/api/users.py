@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 from litestar import Request, Response, get, post
 
-from sluicegate.api.common import Alias, TeamId, decode_body, gateway_of, json_response, page_of
+from sluicegate.api.common import AdminRequest, Alias, TeamId, decode_body, gateway_of, json_response, page_of
 from sluicegate.api.keys import key_view, parse_duration
 from sluicegate.auth import generate_key, hash_key, key_name
 from sluicegate.db.store import USER_LIMIT_FIELDS, KeyRecord, MemberRecord, UserRecord
@@ -39,7 +39,7 @@ class TeamMembership(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     user_role: Literal["admin", "user"] = "user"
 
 
-class UserNewRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class UserNewRequest(AdminRequest, kw_only=True):
     user_id: Alias | None = None
     user_email: Alias | None = None
     user_alias: Alias | None = None
@@ -60,7 +60,7 @@ class UserNewRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     send_invite_email: Literal[False] | None = None  # no mail is sent: true is refused
 
 
-class UserUpdateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class UserUpdateRequest(AdminRequest, kw_only=True):
     user_id: Alias | None = None
     user_email: Alias | None | msgspec.UnsetType = _UNSET
     user_alias: Alias | None | msgspec.UnsetType = _UNSET
@@ -76,7 +76,7 @@ class UserUpdateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     max_parallel_requests: Count | None | msgspec.UnsetType = _UNSET
 
 
-class UserDeleteRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class UserDeleteRequest(AdminRequest, kw_only=True):
     user_ids: list[Alias]
 
 

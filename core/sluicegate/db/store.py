@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
@@ -18,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from sluicegate.db.crypto import (SaltKeyError, SecretBox, box_from_environ, open_entries, seal_entries,
                                   wrong_key_message)
-from sluicegate.db.models import AuditRow, KeyRow, MemberRow, StateRow, TeamRow, UserRow
+from sluicegate.db.models import AuditRow, DailySpendRow, EndUserRow, KeyRow, MemberRow, StateRow, TeamRow, UserRow
 from sluicegate.sinks.base import MASK
 
 if TYPE_CHECKING:
@@ -31,13 +34,23 @@ if TYPE_CHECKING:
 
     from sluicegate.config import Settings
 
-__all__ = ("SYSTEM", "Actor", "AuditRecord", "KeyRecord", "MemberRecord", "SaltKeyError", "Store", "TeamRecord",
-           "UserRecord", "display_url", "normalise_url")
+__all__ = ("BUDGET_TABLES", "SYSTEM", "Actor", "AuditRecord", "EndUserRecord", "KeyRecord", "MemberRecord",
+           "SaltKeyError", "SpendRow", "Store", "TeamRecord", "UserRecord", "display_url", "normalise_url")
 
 log = logging.getLogger("sluicegate")
 
 
-class TeamRecord(msgspec.Struct, frozen=True, kw_only=True):
+class BudgetFields(msgspec.Struct, frozen=True, kw_only=True):
+    """A budget as stored (``spend``: of the current period, as last written; see ``sluicegate.limits``)."""
+
+    max_budget: float | None = None
+    soft_budget: float | None = None
+    budget_duration: str | None = None
+    budget_reset_at: datetime | None = None
+    spend: float = 0.0
+
+
+class TeamRecord(BudgetFields, frozen=True, kw_only=True):
     team_id: str
     team_alias: str | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -46,7 +59,7 @@ class TeamRecord(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime | None = None
 
 
-class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
+class KeyRecord(BudgetFields, frozen=True, kw_only=True):
     token_id: str
     key_name: str
     key_alias: str | None = None
@@ -79,6 +92,16 @@ class UserRecord(msgspec.Struct, frozen=True, kw_only=True):
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     max_parallel_requests: int | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class EndUserRecord(BudgetFields, frozen=True, kw_only=True):
+    """An end user (LiteLLM's customer): the ``user`` a request names."""
+
+    user_id: str
+    alias: str | None = None
+    blocked: bool = False
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -116,6 +139,31 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
     updated_values: dict[str, Any] | None
 
 
+class SpendRow(msgspec.Struct, frozen=True):
+    """One line of ``/spend/report``: one day of one key, team, user, end user, tag or model."""
+
+    day: str
+    entity_id: str
+    spend: float
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+BUDGET_TABLES: dict[str, tuple[Any, Any]] = {"key": (KeyRow, KeyRow.token_id), "team": (TeamRow, TeamRow.team_id),
+                                             "end_user": (EndUserRow, EndUserRow.user_id)}
+"""Entity type -> (table, id column) of the rows that carry a budget's columns (``db.models.BudgetColumns``).
+Another table with those columns joins with one line, e.g. ``BUDGET_TABLES["user"] = (UserRow, UserRow.user_id)``:
+its ``spend`` is then kept and its budgets reset like the others'."""
+
+_BUDGET_NAMES = ("max_budget", "soft_budget", "budget_duration", "budget_reset_at", "spend")
+
+
+def _budget(row: Any) -> dict[str, Any]:
+    return {"max_budget": row.max_budget, "soft_budget": row.soft_budget, "budget_duration": row.budget_duration,
+            "budget_reset_at": _utc(row.budget_reset_at), "spend": float(row.spend or 0.0)}
+
+
 def normalise_url(url: str) -> str:
     """Accept plain ``postgresql://`` and ``sqlite://`` URLs and pick the async drivers."""
     parsed = make_url(url)
@@ -140,7 +188,8 @@ def _utc(value: datetime | None) -> datetime | None:
 def _team(row: TeamRow, secrets: SecretBox | None) -> TeamRecord:
     logging_ = open_entries(secrets, row.logging, table="sg_teams", row_id=row.team_id)
     return TeamRecord(team_id=row.team_id, team_alias=row.team_alias, metadata=row.metadata_ or {},
-                      logging=logging_, created_at=_utc(row.created_at), updated_at=_utc(row.updated_at))
+                      logging=logging_, created_at=_utc(row.created_at), updated_at=_utc(row.updated_at),
+                      **_budget(row))
 
 
 def _key(row: KeyRow, secrets: SecretBox | None) -> KeyRecord:
@@ -150,7 +199,13 @@ def _key(row: KeyRow, secrets: SecretBox | None) -> KeyRecord:
                                                         row_id=row.token_id)}
     return KeyRecord(token_id=row.token_id, key_name=row.key_name, key_alias=row.key_alias, team_id=row.team_id,
                      user_id=row.user_id, models=row.models or [], metadata=metadata, expires=_utc(row.expires),
-                     blocked=bool(row.blocked), created_at=_utc(row.created_at), updated_at=_utc(row.updated_at))
+                     blocked=bool(row.blocked), created_at=_utc(row.created_at), updated_at=_utc(row.updated_at),
+                     **_budget(row))
+
+
+def _end_user(row: EndUserRow) -> EndUserRecord:
+    return EndUserRecord(user_id=row.user_id, alias=row.alias, blocked=bool(row.blocked),
+                         created_at=_utc(row.created_at), updated_at=_utc(row.updated_at), **_budget(row))
 
 
 def _user(row: UserRow) -> UserRecord:
@@ -397,10 +452,12 @@ class Store:
 
     async def create_team(self, team_id: str, *, team_alias: str | None = None,
                           metadata: dict[str, Any] | None = None, members: Sequence[MemberRecord] = (),
-                          new_users: Sequence[UserRecord] = (), actor: Actor | None = None) -> TeamRecord:
-        """Create a team with its first members (creating ``new_users`` first), in one transaction."""
+                          new_users: Sequence[UserRecord] = (), actor: Actor | None = None,
+                          **budget: Any) -> TeamRecord:
+        """Create a team with its first members (creating ``new_users`` first) and its budget, in one
+        transaction."""
         async with self._sessions.begin() as session:
-            row = TeamRow(team_id=team_id, team_alias=team_alias, metadata_=metadata or {}, logging=None)
+            row = TeamRow(team_id=team_id, team_alias=team_alias, metadata_=metadata or {}, logging=None, **budget)
             session.add(row)
             await session.flush()  # a duplicate id fails here, before its audit row is added
             self._record(session, actor, "created", "sg_teams", team_id, team_id, None, self.team_snapshot(
@@ -448,30 +505,32 @@ class Store:
         return [t.team_id for t in teams], len(keys)
 
     # shared by teams and keys ------------------------------------------------------------------------------
-    async def _update(self, table: type[TeamRow] | type[KeyRow], ident: str, values: dict[str, Any],
+    async def _update(self, table: Any, ident: str, values: dict[str, Any],
                       actor: Actor | None = None, action: str = "updated") -> bool:
         """Set ``values`` on one row, record the change and bump the change counter, in one transaction; False if
         no such row."""
         if "metadata" in values:
             values["metadata_"] = values.pop("metadata")
-        seal = _seal_team_values if table is TeamRow else _seal_key_values
-        sealed = seal(self.secrets, ident, values)
+        seal = {TeamRow: _seal_team_values, KeyRow: _seal_key_values}.get(table)
+        sealed = seal(self.secrets, ident, values) if seal is not None else 0
         async with self._sessions.begin() as session:
             row = await session.get(table, ident, with_for_update=not self.is_sqlite)
             if row is None:
                 return False
             if sealed:
                 await self._check_secrets_key(session)
-            before = self._snapshot_row(row)
+            audited = table is TeamRow or table is KeyRow  # end users' budgets are not in the audit trail
+            before = self._snapshot_row(row) if audited else None
             for name, value in values.items():
                 setattr(row, name, value)
             row.updated_at = datetime.now(UTC)
-            after = self._snapshot_row(row)
-            if table is TeamRow:
-                self._record(session, actor, action, "sg_teams", ident, ident, before, after)
-            else:  # a key moved between teams is recorded for each, so both teams' admins see it
-                for team_id in dict.fromkeys((before["team_id"], after["team_id"])):
-                    self._record(session, actor, action, "sg_keys", ident, team_id, before, after)
+            if audited:
+                after = self._snapshot_row(row)
+                if table is TeamRow:
+                    self._record(session, actor, action, "sg_teams", ident, ident, before, after)
+                else:  # a key moved between teams is recorded for each, so both teams' admins see it
+                    for team_id in dict.fromkeys((before["team_id"], after["team_id"])):  # type: ignore[index]
+                        self._record(session, actor, action, "sg_keys", ident, team_id, before, after)
             await self._bump(session)
         return True
 
@@ -523,7 +582,8 @@ class Store:
                 await self._check_secrets_key(session)
             session.add(KeyRow(token_id=record.token_id, key_name=record.key_name, key_alias=record.key_alias,
                                team_id=record.team_id, user_id=record.user_id, models=record.models,
-                               metadata_=values["metadata_"], expires=record.expires, blocked=record.blocked))
+                               metadata_=values["metadata_"], expires=record.expires, blocked=record.blocked,
+                               **{name: getattr(record, name) for name in _BUDGET_NAMES}))
             await session.flush()
             self._record(session, actor, "created", "sg_keys", record.token_id, record.team_id, None,
                          self.key_snapshot(record))
@@ -606,7 +666,8 @@ class Store:
                     await self._check_secrets_key(session)
                 session.add(KeyRow(token_id=key.token_id, key_name=key.key_name, key_alias=key.key_alias,
                                    team_id=key.team_id, user_id=key.user_id, models=key.models,
-                                   metadata_=values["metadata_"], expires=key.expires, blocked=key.blocked))
+                                   metadata_=values["metadata_"], expires=key.expires, blocked=key.blocked,
+                                   **{name: getattr(key, name) for name in _BUDGET_NAMES}))
                 self._record(session, actor, "created", "sg_keys", key.token_id, key.team_id, None,
                              self.key_snapshot(key))
             await self._bump(session)
@@ -749,6 +810,143 @@ class Store:
         async with self._sessions() as session:
             row = await session.get(AuditRow, audit_id)
             return _audit(row) if row else None
+
+    # end users ---------------------------------------------------------------------------------------------
+    async def get_end_user(self, user_id: str) -> EndUserRecord | None:
+        async with self._sessions() as session:
+            row = await session.get(EndUserRow, user_id)
+            return _end_user(row) if row else None
+
+    async def list_end_users(self, *, offset: int = 0, limit: int | None = None) -> list[EndUserRecord]:
+        query = sa.select(EndUserRow).order_by(EndUserRow.created_at, EndUserRow.user_id).offset(offset).limit(limit)
+        async with self._sessions() as session:
+            return [_end_user(r) for r in (await session.execute(query)).scalars()]
+
+    async def any_end_user_limited(self) -> bool:
+        """Whether any end user is blocked or has a budget (else requests need not look theirs up)."""
+        query = sa.select(EndUserRow.user_id).where(sa.or_(
+            EndUserRow.blocked.is_(True), EndUserRow.max_budget.is_not(None),
+            EndUserRow.soft_budget.is_not(None))).limit(1)
+        async with self._sessions() as session:
+            return (await session.execute(query)).first() is not None
+
+    async def create_end_user(self, user_id: str, **values: Any) -> EndUserRecord:
+        async with self._sessions.begin() as session:
+            session.add(EndUserRow(user_id=user_id, **values))
+            await self._bump(session)
+        return await self.get_end_user(user_id)  # type: ignore[return-value]
+
+    async def update_end_user(self, user_id: str, **values: Any) -> EndUserRecord | None:
+        return await self.get_end_user(user_id) if await self._update(EndUserRow, user_id, values) else None
+
+    async def delete_end_users(self, user_ids: list[str]) -> list[str]:
+        async with self._sessions.begin() as session:
+            result = await session.execute(sa.delete(EndUserRow).where(EndUserRow.user_id.in_(user_ids))
+                                           .returning(EndUserRow.user_id))
+            deleted = [r[0] for r in result]
+            await self._bump(session)
+        return deleted
+
+    # spend (written in batches by sluicegate.limits, never per request) ----------------------------------------
+    async def write_spend(self, daily: Mapping[tuple[str, str, str], list[float]],
+                          period: Mapping[tuple[str, str], float], proxy: float, at: float,
+                          durations: Callable[[str], float | None]) -> list[tuple[str, str]]:
+        """In one transaction: end the budget periods that are over (``spend`` 0, the next ``budget_reset_at``),
+        add ``daily`` ((day, entity type, id) -> [spend, requests, prompt tokens, completion tokens]) to
+        ``sg_daily_spend``, ``period`` ((entity type, id) -> USD) to each row's ``spend`` and ``proxy`` to the
+        proxy's. Returns the (entity type, id) whose period was ended. ``at``: now (seconds since the epoch);
+        ``durations`` turns a ``budget_duration`` into seconds."""
+        from sluicegate.limits.budgets import next_reset
+
+        reset: list[tuple[str, str]] = []
+        now = datetime.fromtimestamp(at, UTC)
+        async with self._sessions.begin() as session:
+            for entity_type, (table, column) in sorted(BUDGET_TABLES.items()):
+                due = sa.select(column, table.budget_duration, table.budget_reset_at).where(
+                    table.budget_duration.is_not(None),
+                    sa.or_(table.budget_reset_at.is_(None), table.budget_reset_at <= now)).order_by(column)
+                for ident, duration, previous in (await session.execute(due)).all():
+                    seconds = durations(duration)
+                    previous = _utc(previous)
+                    next_at = (datetime.fromtimestamp(next_reset(previous.timestamp() if previous else None,
+                                                                 seconds, at), UTC) if seconds else None)
+                    # the condition again: a process that ended this period first (and maybe added to the new
+                    # one) is not undone; PostgreSQL re-checks it on the row it waited for
+                    done = await session.execute(sa.update(table).where(
+                        column == ident, sa.or_(table.budget_reset_at.is_(None), table.budget_reset_at <= now))
+                        .values(spend=0.0, budget_reset_at=next_at).execution_options(synchronize_session=False))
+                    if done.rowcount:
+                        reset.append((entity_type, ident))
+            if daily:
+                rows = [{"day": day, "entity_type": kind, "entity_id": ident, "spend": v[0], "requests": int(v[1]),
+                         "prompt_tokens": int(v[2]), "completion_tokens": int(v[3])}
+                        for (day, kind, ident), v in sorted(daily.items())]
+                core = DailySpendRow.__table__.c
+                insert = (sqlite_insert if self.is_sqlite else pg_insert)(DailySpendRow.__table__)
+                excluded = insert.excluded
+                await session.execute(insert.on_conflict_do_update(
+                    index_elements=["day", "entity_type", "entity_id"],
+                    set_={"spend": core.spend + excluded.spend, "requests": core.requests + excluded.requests,
+                          "prompt_tokens": core.prompt_tokens + excluded.prompt_tokens,
+                          "completion_tokens": core.completion_tokens + excluded.completion_tokens}), rows)
+            by_table: dict[str, list[dict[str, Any]]] = {}
+            # rows in one order in every process: two flushes updating the same rows never deadlock (PostgreSQL)
+            for (entity_type, ident), amount in sorted(period.items()):
+                by_table.setdefault(entity_type, []).append({"ident": ident, "amount": amount})
+            for entity_type, params in sorted(by_table.items()):
+                known = BUDGET_TABLES.get(entity_type)
+                if known is None:
+                    continue
+                core_table = known[0].__table__
+                id_column = core_table.c[known[1].key]
+                await session.execute(sa.update(core_table).where(id_column == sa.bindparam("ident"))
+                                      .values(spend=core_table.c.spend + sa.bindparam("amount")), params)
+            if proxy:
+                await session.execute(sa.update(StateRow).where(StateRow.id == 1)
+                                      .values(spend=StateRow.spend + proxy))
+        return reset
+
+    async def read_spend(self, entity_type: str, idents: list[str]) -> dict[str, tuple[float, datetime | None]]:
+        """(period spend, budget_reset_at) of each of ``idents`` that has a row."""
+        known = BUDGET_TABLES.get(entity_type)
+        if known is None or not idents:
+            return {}
+        table, column = known
+        found: dict[str, tuple[float, datetime | None]] = {}
+        async with self._sessions() as session:
+            for start in range(0, len(idents), 500):
+                query = sa.select(column, table.spend, table.budget_reset_at).where(
+                    column.in_(idents[start:start + 500]))
+                for ident, spend, reset_at in (await session.execute(query)).all():
+                    found[ident] = (float(spend or 0.0), _utc(reset_at))
+        return found
+
+    async def proxy_spend(self) -> tuple[float, datetime | None]:
+        """The proxy's period spend (``litellm_settings.max_budget``) and when its period ends."""
+        async with self._sessions() as session:
+            spend, reset_at = (await session.execute(
+                sa.select(StateRow.spend, StateRow.budget_reset_at).where(StateRow.id == 1))).one()
+        return float(spend or 0.0), _utc(reset_at)
+
+    async def reset_proxy_spend(self, next_at: datetime | None) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(sa.update(StateRow).where(StateRow.id == 1).values(spend=0.0,
+                                                                                      budget_reset_at=next_at))
+
+    async def spend_report(self, entity_type: str, start: str, end: str,
+                           entity_ids: list[str] | None = None) -> list[SpendRow]:
+        """Daily spend of every ``entity_type`` (or of ``entity_ids``) from ``start`` to ``end`` (inclusive,
+        ``YYYY-MM-DD``), by day then id."""
+        table = DailySpendRow
+        query = (sa.select(table.day, table.entity_id, table.spend, table.requests, table.prompt_tokens,
+                           table.completion_tokens)
+                 .where(table.entity_type == entity_type, table.day >= start, table.day <= end)
+                 .order_by(table.day, table.entity_id))
+        if entity_ids is not None:
+            query = query.where(table.entity_id.in_(entity_ids))
+        async with self._sessions() as session:
+            return [SpendRow(r[0], r[1], float(r[2]), int(r[3]), int(r[4]), int(r[5]))
+                    for r in (await session.execute(query)).all()]
 
 
 def _sqlite_path(url: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,10 +27,13 @@ def wait_until(condition: Callable[[], Any], *, timeout: float, interval: float 
 
 async def wait_until_async(condition: Callable[[], Any], *, timeout: float, interval: float = 0.02,
                            what: str = "condition") -> Any:
-    """:func:`wait_until` for code on an event loop: the loop keeps running (the gateway under test shares it)."""
+    """:func:`wait_until` for code on an event loop: the loop keeps running (the gateway under test shares it).
+    ``condition`` may also be a coroutine function (awaited each time)."""
     deadline = time.monotonic() + timeout
     while True:
         last = condition()
+        if inspect.isawaitable(last):
+            last = await last
         if last:
             return last
         if time.monotonic() >= deadline:

@@ -1,10 +1,10 @@
 """Users, team membership, key owners and the audit trail.
 
-Adds ``sg_users`` (with nullable limit columns the limits module enforces), ``sg_team_members``, ``sg_keys.user_id``
-and ``sg_audit``. Nothing existing changes: keys without a user keep working as before.
+Adds ``sg_users`` (with nullable limit columns the limits module enforces), ``sg_team_members`` and ``sg_audit``
+(``sg_keys.user_id`` comes with 0003). Nothing existing changes: keys without a user keep working as before.
 
-Revision ID: 0005
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
@@ -44,9 +44,6 @@ def upgrade() -> None:
         sa.Column("role", sa.String(16), nullable=False, server_default="user"),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
     )
-    with op.batch_alter_table("sg_keys") as batch:
-        batch.add_column(sa.Column("user_id", sa.String(255), nullable=True))
-        batch.create_index("ix_sg_keys_user_id", ["user_id"])
     op.create_table(
         "sg_audit",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
@@ -65,8 +62,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("sg_audit")
-    with op.batch_alter_table("sg_keys") as batch:
-        batch.drop_index("ix_sg_keys_user_id")
-        batch.drop_column("user_id")
     op.drop_table("sg_team_members")
     op.drop_table("sg_users")
