@@ -193,6 +193,8 @@ class GeneralSettings(msgspec.Struct, kw_only=True):
     the router skips the deployments it found unhealthy (LiteLLM's name)."""
     health_check_interval: float = 300.0
     """Seconds between background health checks (LiteLLM's name and default)."""
+    fail_closed_rate_limit_enforcement: bool = False
+    """LiteLLM's name for ``sluicegate_settings.rate_limit_fail_closed`` (either turns it on)."""
 
 
 class TeamSettings(msgspec.Struct, kw_only=True):
@@ -228,6 +230,15 @@ class LiteLLMSettings(msgspec.Struct, kw_only=True):
     context_window_fallbacks: list[dict[str, list[str]]] | None = None
     content_policy_fallbacks: list[dict[str, list[str]]] | None = None
     default_fallbacks: list[str] | None = None
+    default_key_generate_params: dict[str, Any] | None = None
+    """Values ``/key/generate`` gives a key for the fields a request leaves out (LiteLLM's key): ``rpm_limit``,
+    ``tpm_limit``, ``max_parallel_requests``, ``duration``, ``team_id``, ``models``, ``metadata`` and, where this
+    gateway stores them, ``max_budget``, ``budget_duration`` and ``user_id``; any other key stops start-up."""
+    upperbound_key_generate_params: dict[str, Any] | None = None
+    """Ceilings for what ``/key/generate`` and ``/key/update`` may set (LiteLLM's key): ``rpm_limit``,
+    ``tpm_limit``, ``max_parallel_requests``, ``duration`` and, where stored, ``max_budget`` and
+    ``budget_duration``. A value over its ceiling is a 400 naming the field; a new key that leaves the field out
+    gets the ceiling."""
 
 
 class DeliverySettings(msgspec.Struct, kw_only=True):
@@ -313,6 +324,15 @@ class SluicegateSettings(msgspec.Struct, kw_only=True):
     Default: everything but link-local addresses and the cloud metadata services."""
     key_health_per_minute: int = 10
     """Calls of ``/key/health`` a key may make per minute (each probes every sink of the key); more get 429."""
+    rate_limit_window: float = 60.0
+    """Seconds of the window ``rpm_limit`` and ``tpm_limit`` count in (the "minute"; windows are aligned to the
+    clock: with 60, each starts on a whole minute)."""
+    rate_limit_fail_closed: bool = False
+    """With Redis configured and unreachable: refuse requests of keys that have limits (503 and ``retry-after``)
+    instead of enforcing them in each process alone (the default, with a warning at most once a minute)."""
+    rate_limit_redis_timeout: float = 0.5
+    """Seconds a rate-limit check waits for Redis before it counts as down (then Redis is left alone for a
+    second)."""
 
 
 class Settings(msgspec.Struct, kw_only=True):
@@ -557,6 +577,12 @@ def _check_semantics(settings: Settings, problems: list[str]) -> None:
     if gateway.file_sink_root is not None and (not gateway.file_sink_root.strip() or "\0" in gateway.file_sink_root):
         problems.append("sluicegate_settings.file_sink_root: must be a directory path (default: logs/ next to "
                         "config.yaml)")
+    from sluicegate.limits.key_params import key_params_problems  # the limits module owns these rules
+
+    problems += key_params_problems(settings)
+    for name in ("rate_limit_window", "rate_limit_redis_timeout"):
+        if not getattr(settings.sluicegate_settings, name) > 0:
+            problems.append(f"sluicegate_settings.{name}: must be more than 0 seconds")
     if not settings.general_settings.health_check_interval > 0:
         problems.append("general_settings.health_check_interval: must be more than 0 seconds")
     master = settings.general_settings.master_key

@@ -17,6 +17,7 @@ from sluicegate.auth import AuthContext, KeyCache, bearer_token, check_usable, h
 from sluicegate.cache import ResponseCache
 from sluicegate.db.store import Store
 from sluicegate.errors import ApiError
+from sluicegate.limits.ratelimit import RateLimiter
 from sluicegate.plugins import get_plugin_manager
 from sluicegate.net.http import HttpClient
 from sluicegate.providers.base import ProviderClients
@@ -75,6 +76,7 @@ class Gateway:
         self.dispatcher = Dispatcher(settings.sluicegate_settings.delivery, spool_dir=spool_dir_for(settings))
         self.dispatcher.pool.api_policy = self.resolver.api_policy  # API-written callbacks' destinations
         self.cache = ResponseCache(settings, environ)  # no connection until a request uses it
+        self.limits = RateLimiter(settings)  # rpm/tpm/parallel limits: in process, or in Redis when configured
         self.master_key = settings.general_settings.master_key
         self.http_client_kind = http_client
         self.tune_gc = tune_gc
@@ -108,6 +110,7 @@ class Gateway:
         await self.models.start(clients)
         await self.router.start(clients)
         await self.dispatcher.start(self.registry.get)
+        await self.limits.start()
         self._watcher = asyncio.get_running_loop().create_task(self._watch_changes())
         if self.tune_gc:
             # Everything built so far (plugins, config, caches' scaffolding) lives as long as the process: keep
@@ -128,6 +131,7 @@ class Gateway:
             self._watcher = None
         await self.dispatcher.aclose()
         await self.cache.aclose()
+        await self.limits.aclose()
         await self.router.aclose()
         await self.models.aclose()
         if self.upstream is not None:

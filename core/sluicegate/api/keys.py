@@ -15,6 +15,8 @@ from sluicegate.api.common import Alias, TeamId, decode_body, gateway_of, json_r
 from sluicegate.auth import generate_key, hash_key, key_name
 from sluicegate.db.store import KeyRecord
 from sluicegate.errors import ApiError
+from sluicegate.limits.key_params import (Limit, ModelLimits, apply_key_defaults, enforce_upperbounds,
+                                          take_model_limits)
 from sluicegate.sinks.scrub import error_kind_of, public_error_kind
 
 if TYPE_CHECKING:
@@ -36,6 +38,11 @@ class KeyGenerateRequest(msgspec.Struct, kw_only=True):
     duration: str | None = None
     key: Alias | None = None
     blocked: bool = False
+    rpm_limit: Limit | None = None
+    tpm_limit: Limit | None = None
+    max_parallel_requests: Limit | None = None
+    model_rpm_limit: ModelLimits | None = None
+    model_tpm_limit: ModelLimits | None = None
 
 
 class KeyUpdateRequest(msgspec.Struct, kw_only=True):
@@ -46,6 +53,11 @@ class KeyUpdateRequest(msgspec.Struct, kw_only=True):
     metadata: dict[str, Any] | msgspec.UnsetType = _UNSET
     duration: str | None | msgspec.UnsetType = _UNSET
     blocked: bool | msgspec.UnsetType = _UNSET
+    rpm_limit: Limit | None | msgspec.UnsetType = _UNSET
+    tpm_limit: Limit | None | msgspec.UnsetType = _UNSET
+    max_parallel_requests: Limit | None | msgspec.UnsetType = _UNSET
+    model_rpm_limit: ModelLimits | None | msgspec.UnsetType = _UNSET
+    model_tpm_limit: ModelLimits | None | msgspec.UnsetType = _UNSET
 
 
 class KeyDeleteRequest(msgspec.Struct, kw_only=True):
@@ -89,7 +101,9 @@ def key_view(gateway: Gateway, record: KeyRecord) -> dict[str, Any]:
     return {"token_id": record.token_id, "token": record.token_id, "key_name": record.key_name,
             "key_alias": record.key_alias, "team_id": record.team_id, "models": record.models,
             "metadata": metadata, "expires": record.expires.isoformat() if record.expires else None,
-            "blocked": record.blocked, "created_at": record.created_at.isoformat() if record.created_at else None,
+            "blocked": record.blocked, "rpm_limit": record.rpm_limit, "tpm_limit": record.tpm_limit,
+            "max_parallel_requests": record.max_parallel_requests, "model_rpm_limit": record.model_rpm_limit,
+            "model_tpm_limit": record.model_tpm_limit, "created_at": record.created_at.isoformat() if record.created_at else None,
             "updated_at": record.updated_at.isoformat() if record.updated_at else None}
 
 
@@ -98,6 +112,10 @@ async def generate(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
     await gateway.admin_only(request)
     data = await decode_body(request, KeyGenerateRequest)
+    litellm = gateway.settings.litellm_settings
+    apply_key_defaults(data, litellm.default_key_generate_params)
+    enforce_upperbounds(data, litellm.upperbound_key_generate_params, fill=True)
+    take_model_limits(data, lambda model: gateway.router.resolve(model) is not None)
     key = data.key or generate_key()
     if not key.startswith("sk-") or len(key) < 8:
         raise ApiError(422, "key: a virtual key must start with 'sk-' and be at least 8 characters", param="key")
@@ -108,7 +126,9 @@ async def generate(request: Request) -> Response[bytes]:
         await gateway.store.ensure_team(data.team_id)
     record = KeyRecord(token_id=hash_key(key), key_name=key_name(key), key_alias=data.key_alias,
                        team_id=data.team_id, models=data.models, metadata=metadata,
-                       expires=parse_duration(data.duration), blocked=data.blocked)
+                       expires=parse_duration(data.duration), blocked=data.blocked, rpm_limit=data.rpm_limit,
+                       tpm_limit=data.tpm_limit, max_parallel_requests=data.max_parallel_requests,
+                       model_rpm_limit=data.model_rpm_limit, model_tpm_limit=data.model_tpm_limit)
     if await gateway.store.get_key(record.token_id) is not None:
         raise ApiError(400, "key: this key already exists", param="key")
     created = await gateway.store.create_key(record)
@@ -121,11 +141,14 @@ async def update(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
     await gateway.admin_only(request)
     data = await decode_body(request, KeyUpdateRequest)
+    enforce_upperbounds(data, gateway.settings.litellm_settings.upperbound_key_generate_params, fill=False)
+    take_model_limits(data, lambda model: gateway.router.resolve(model) is not None)
     token_id = token_id_of(data.key)
     if await gateway.store.get_key(token_id) is None:
         raise ApiError(404, "key: no such key", type="not_found_error", param="key")
     values: dict[str, Any] = {}
-    for name in ("team_id", "key_alias", "models", "blocked"):
+    for name in ("team_id", "key_alias", "models", "blocked", "rpm_limit", "tpm_limit", "max_parallel_requests",
+                 "model_rpm_limit", "model_tpm_limit"):
         value = getattr(data, name)
         if value is not _UNSET:
             values[name] = value

@@ -12,6 +12,7 @@ from litestar import Request, Response, delete, get, post
 from sluicegate.api.common import (TEAM_ID_PATTERN, Alias, TeamId, decode_body, gateway_of, json_response,
                                    page_of)
 from sluicegate.errors import ApiError
+from sluicegate.limits.key_params import Limit
 from sluicegate.routing import LoggingEntry, parse_entries
 
 if TYPE_CHECKING:
@@ -28,6 +29,9 @@ class TeamNewRequest(msgspec.Struct, kw_only=True):
     team_id: TeamId | None = None
     team_alias: Alias | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    rpm_limit: Limit | None = None
+    tpm_limit: Limit | None = None
+    max_parallel_requests: Limit | None = None
 
 
 class TeamDeleteRequest(msgspec.Struct, kw_only=True):
@@ -38,6 +42,12 @@ class TeamUpdateRequest(msgspec.Struct, kw_only=True):
     team_id: TeamId
     team_alias: Alias | None | msgspec.UnsetType = msgspec.UNSET
     metadata: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    rpm_limit: Limit | None | msgspec.UnsetType = msgspec.UNSET
+    tpm_limit: Limit | None | msgspec.UnsetType = msgspec.UNSET
+    max_parallel_requests: Limit | None | msgspec.UnsetType = msgspec.UNSET
+
+
+_TEAM_LIMITS = ("rpm_limit", "tpm_limit", "max_parallel_requests")
 
 
 class AddCallbackRequest(msgspec.Struct, kw_only=True):
@@ -49,7 +59,8 @@ class AddCallbackRequest(msgspec.Struct, kw_only=True):
 def team_view(gateway: Gateway, team: TeamRecord) -> dict[str, Any]:
     logging = None if team.logging is None else [gateway.resolver.mask(e) for e in team.logging]
     return {"team_id": team.team_id, "team_alias": team.team_alias, "metadata": team.metadata,
-            "logging": logging, "logging_disabled": team.logging == [],
+            "logging": logging, "logging_disabled": team.logging == [], "rpm_limit": team.rpm_limit,
+            "tpm_limit": team.tpm_limit, "max_parallel_requests": team.max_parallel_requests,
             "created_at": team.created_at.isoformat() if team.created_at else None,
             "updated_at": team.updated_at.isoformat() if team.updated_at else None}
 
@@ -81,7 +92,8 @@ async def new_team(request: Request) -> Response[bytes]:
     _check_team_id(team_id)
     if await gateway.store.get_team(team_id) is not None:
         raise ApiError(400, f"team_id: team {team_id!r} already exists", param="team_id")
-    team = await gateway.store.create_team(team_id, team_alias=data.team_alias, metadata=data.metadata)
+    team = await gateway.store.create_team(team_id, team_alias=data.team_alias, metadata=data.metadata,
+                                           **{name: getattr(data, name) for name in _TEAM_LIMITS})
     gateway.invalidate()
     return json_response(team_view(gateway, team))
 
@@ -112,12 +124,13 @@ async def team_list(request: Request, page: str | None = None, page_size: str | 
 
 @post("/team/update", status_code=200)
 async def update_team(request: Request) -> Response[bytes]:
-    """Change a team's alias or metadata (e.g. ``metadata.cache``); logging goes through /team/{id}/callback."""
+    """Change a team's alias, metadata (e.g. ``metadata.cache``) or rate limits; logging goes through
+    /team/{id}/callback."""
     gateway = gateway_of(request)
     await gateway.admin_only(request)
     data = await decode_body(request, TeamUpdateRequest)
     await _team(gateway, data.team_id)
-    values = {name: getattr(data, name) for name in ("team_alias", "metadata")
+    values = {name: getattr(data, name) for name in ("team_alias", "metadata", *_TEAM_LIMITS)
               if getattr(data, name) is not msgspec.UNSET}
     if "metadata" in values and "logging" in values["metadata"]:
         raise ApiError(422, "metadata.logging: a team's logging is set with POST /team/{team_id}/callback",

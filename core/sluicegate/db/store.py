@@ -38,6 +38,9 @@ class TeamRecord(msgspec.Struct, frozen=True, kw_only=True):
     team_alias: str | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     logging: list[dict[str, Any]] | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    max_parallel_requests: int | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -51,8 +54,17 @@ class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     expires: datetime | None = None
     blocked: bool = False
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    max_parallel_requests: int | None = None
+    model_rpm_limit: dict[str, int] | None = None
+    model_tpm_limit: dict[str, int] | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+
+
+_KEY_LIMITS = ("rpm_limit", "tpm_limit", "max_parallel_requests", "model_rpm_limit", "model_tpm_limit")
+_TEAM_LIMITS = ("rpm_limit", "tpm_limit", "max_parallel_requests")
 
 
 def normalise_url(url: str) -> str:
@@ -79,7 +91,8 @@ def _utc(value: datetime | None) -> datetime | None:
 def _team(row: TeamRow, secrets: SecretBox | None) -> TeamRecord:
     logging_ = open_entries(secrets, row.logging, table="sg_teams", row_id=row.team_id)
     return TeamRecord(team_id=row.team_id, team_alias=row.team_alias, metadata=row.metadata_ or {},
-                      logging=logging_, created_at=_utc(row.created_at), updated_at=_utc(row.updated_at))
+                      logging=logging_, created_at=_utc(row.created_at), updated_at=_utc(row.updated_at),
+                      **{name: getattr(row, name) for name in _TEAM_LIMITS})
 
 
 def _key(row: KeyRow, secrets: SecretBox | None) -> KeyRecord:
@@ -89,7 +102,8 @@ def _key(row: KeyRow, secrets: SecretBox | None) -> KeyRecord:
                                                         row_id=row.token_id)}
     return KeyRecord(token_id=row.token_id, key_name=row.key_name, key_alias=row.key_alias, team_id=row.team_id,
                      models=row.models or [], metadata=metadata, expires=_utc(row.expires),
-                     blocked=bool(row.blocked), created_at=_utc(row.created_at), updated_at=_utc(row.updated_at))
+                     blocked=bool(row.blocked), created_at=_utc(row.created_at), updated_at=_utc(row.updated_at),
+                     **{name: getattr(row, name) for name in _KEY_LIMITS})
 
 
 def _seal_team_values(secrets: SecretBox | None, team_id: str, values: dict[str, Any]) -> int:
@@ -243,9 +257,10 @@ class Store:
             return int((await session.execute(sa.select(sa.func.count()).select_from(TeamRow))).scalar_one())
 
     async def create_team(self, team_id: str, *, team_alias: str | None = None,
-                          metadata: dict[str, Any] | None = None) -> TeamRecord:
+                          metadata: dict[str, Any] | None = None, **limits: int | None) -> TeamRecord:
+        """``limits``: the team's ``rpm_limit``, ``tpm_limit``, ``max_parallel_requests`` (None: no limit)."""
         async with self._sessions.begin() as session:
-            row = TeamRow(team_id=team_id, team_alias=team_alias, metadata_=metadata or {}, logging=None)
+            row = TeamRow(team_id=team_id, team_alias=team_alias, metadata_=metadata or {}, logging=None, **limits)
             session.add(row)
             await self._bump(session)
         return await self.get_team(team_id)  # type: ignore[return-value]
@@ -333,7 +348,8 @@ class Store:
                 await self._check_secrets_key(session)
             session.add(KeyRow(token_id=record.token_id, key_name=record.key_name, key_alias=record.key_alias,
                                team_id=record.team_id, models=record.models, metadata_=values["metadata_"],
-                               expires=record.expires, blocked=record.blocked))
+                               expires=record.expires, blocked=record.blocked,
+                               **{name: getattr(record, name) for name in _KEY_LIMITS}))
             await self._bump(session)
         return await self.get_key(record.token_id)  # type: ignore[return-value]
 
