@@ -274,9 +274,11 @@ async def test_rpm_limit_in_process_answers_litellms_429_with_headers(make_confi
         assert int(response.headers["retry-after"]) >= 1
         assert response.headers["x-ratelimit-remaining-requests"] == "0"
         assert response.headers["rate_limit_type"] == "requests"
-        # the next window admits again
+        # the next window admits again; a stream carries the headers too
         now[0] += LONG_WINDOW
-        assert (await gw.chat(limited)).status_code == 200
+        streamed = await gw.chat(limited, stream=True)
+        assert streamed.status_code == 200 and b"[DONE]" in streamed.content
+        assert streamed.headers["x-ratelimit-remaining-requests"] == "2"
         # negative control: a key without limits is never refused and carries no rate-limit headers
         for _ in range(5):
             answer = await gw.chat(free)

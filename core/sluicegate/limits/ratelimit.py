@@ -134,16 +134,18 @@ class _Plan:
         self.ctx = ctx
         base, self.per_model = limit_scopes(ctx)
         self.base = tuple(base)
-        self.by_model: dict[str, tuple[Scope, ...]] = {}
+        self.by_model: dict[str, tuple[tuple[Scope, ...], bool]] = {}
 
-    def for_model(self, model: str) -> tuple[Scope, ...]:
-        scopes = self.by_model.get(model)
-        if scopes is None:
+    def for_model(self, model: str) -> tuple[tuple[Scope, ...], bool]:
+        """The scopes a request for ``model`` counts against, and whether any limits requests in flight."""
+        found = self.by_model.get(model)
+        if found is None:
             extra = self.per_model.get(model)
             scopes = (*self.base, extra) if extra is not None else self.base
+            found = (scopes, any(s.parallel is not None for s in scopes))
             if len(self.by_model) < _MAX_MODELS_PER_PLAN:
-                self.by_model[model] = scopes
-        return scopes
+                self.by_model[model] = found
+        return found
 
 
 class Outcome:
@@ -363,12 +365,10 @@ class RateLimiter:
     async def check(self, ctx: AuthContext, model: str) -> Ticket | None:
         """Admit one request of ``ctx`` for ``model`` (the name the client sent) or raise the 429 (or, Redis down
         and failing closed, the 503). None: nothing limits this caller."""
-        scopes = self._plan(ctx).for_model(model)
+        scopes, parallel = self._plan(ctx).for_model(model)
         if not scopes:
             return None
-        lease = None
-        if any(s.parallel is not None for s in scopes):
-            lease = f"{self._lease_prefix}{next(self._leases)}"
+        lease = f"{self._lease_prefix}{next(self._leases)}" if parallel else None
         store: Any = self.local
         redis = self.redis
         if redis is not None and redis.usable():

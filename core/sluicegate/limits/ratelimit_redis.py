@@ -5,8 +5,9 @@ limits counts the request in all of them, atomically (a request refused by its t
 key's). The window is taken from Redis's clock, so replicas whose clocks differ still agree on it.
 
 What happens after the call never holds the request up: :meth:`RedisStore.finish` queues the tokens to add and the
-parallel slot to release, and they leave with the next batch of checks (or alone, at once, when no check is
-waiting): one pipeline carries everything the gateway asks Redis at one moment. Parallel slots are leases in a sorted set: a process that dies holding some loses
+parallel slot to release, and they leave with the next batch of checks, or alone after :data:`UPDATE_DELAY` (5 ms)
+when none comes: one write carries everything the gateway asks Redis at one moment, and a request that follows
+another through the same process finds its slot already given back. Parallel slots are leases in a sorted set: a process that dies holding some loses
 them within :data:`LEASE_TTL` seconds, and a live process renews its leases every third of that.
 """
 
@@ -19,6 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from sluicegate.limits.ratelimit import Outcome
+from sluicegate.limits.resp import RedisError, RespClient, ServerError, bulk, pack
 
 if TYPE_CHECKING:
     from sluicegate.config import Settings
@@ -33,10 +35,13 @@ LEASE_TTL = 60.0
 RETRY_AFTER = 1.0
 """Seconds Redis is left alone after a failure, so a dead server does not add a timeout to every request."""
 NAMESPACE = "sluicegate:rl:"
+UPDATE_DELAY = 0.005
+"""Seconds a finished request's update (tokens, a freed slot) waits for a batch of checks to ride with."""
 
 # KEYS: one per scope (its hash tag). ARGV: window ms, lease id, lease ttl ms, then rpm, tpm, parallel per scope
-# (-1: none). Returns admitted (1/0), ms to the window's end, failed scope (1-based, 0: none), failed kind (1
-# requests, 2 tokens, 3 parallel), then requests, tokens, in flight per scope as they were before this request.
+# (-1: none). Returns, as one comma-separated string (one bulk reply is the cheapest to read): admitted (1/0), ms
+# to the window's end, failed scope (1-based, 0: none), failed kind (1 requests, 2 tokens, 3 parallel), then
+# requests, tokens, in flight per scope as they were before this request.
 CHECK = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -67,7 +72,7 @@ for i = 1, #KEYS do
     elseif par >= 0 and p >= par then out[3] = i; out[4] = 3 end
   end
 end
-if out[3] ~= 0 then return out end
+if out[3] ~= 0 then return table.concat(out, ',') end
 out[1] = 1
 local ttl = tonumber(ARGV[3])
 for i = 1, #KEYS do
@@ -83,7 +88,7 @@ for i = 1, #KEYS do
     redis.call('PEXPIRE', pk, 2 * ttl)
   end
 end
-return out
+return table.concat(out, ',')
 """
 
 # KEYS: one per operation (a scope's hash tag, repeated as needed). ARGV: window ms, lease ttl ms, then per
@@ -126,8 +131,8 @@ class RedisStore:
     """Counts in Redis. Raises on any Redis failure; the limiter decides what that means (fail open or closed).
 
     Every script call goes through one sender: what the requests of one moment ask (their checks, and the updates
-    finished requests left) leaves in one pipeline on one connection, and the next batch gathers while it is out.
-    A burst of requests is then a few round trips, not a connection each.
+    finished requests left) leaves in one write on one connection (:mod:`.resp`), and the next batch gathers while
+    it is out. A burst of requests is then a few round trips, not a connection each.
     """
 
     def __init__(self, redis: dict[str, Any], *, window: float, timeout: float, namespace: str = NAMESPACE,
@@ -140,28 +145,20 @@ class RedisStore:
         self._ttl_ms = str(max(1, round(lease_ttl * 1000)))
         self._client: Any = None
         self._shas = {CHECK: hashlib.sha1(CHECK.encode()).hexdigest(), APPLY: hashlib.sha1(APPLY.encode()).hexdigest()}
-        self._checks: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
-        self._pending: list[tuple[str, int, str, str]] = []
+        self._checks: list[tuple[bytes, list[str], list[Any], asyncio.Future[Any]]] = []
+        self._pending: list[tuple[bytes, bytes]] = []  # APPLY operations, packed: (key, its three arguments)
         self._sender: asyncio.Task[None] | None = None
+        self._busy = False  # a batch is on its way (sent by a request itself, or by the sender task)
         self._renewing: asyncio.Task[None] | None = None
         self._live: dict[str, tuple[str, ...]] = {}  # lease -> the scope keys it holds a slot of
         self._down_until = 0.0
         self._keys: dict[str, str] = {}
+        self._commands: dict[tuple[Scope, ...], tuple[bytes, bytes, list[str], list[Any]]] = {}
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         """Make the client (it connects on first use: a Redis that is down does not stop start-up)."""
-        from redis.asyncio import Redis, from_url
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        kwargs = self._kwargs
-        common: dict[str, Any] = {"socket_timeout": self.timeout, "socket_connect_timeout": self.timeout,
-                                  "retry": Retry(NoBackoff(), 0), "max_connections": 16}
-        url = kwargs.get("url")
-        self._client = from_url(url, **common) if url else Redis(
-            host=kwargs.get("host") or "127.0.0.1", port=int(kwargs.get("port") or 6379),
-            password=kwargs.get("password") or None, username=kwargs.get("username") or None,
-            db=int(kwargs.get("db") or 0), **common)
+        self._client = RespClient.from_settings(self._kwargs, self.timeout)
         self._renewing = asyncio.get_running_loop().create_task(self._renew())
 
     async def aclose(self) -> None:
@@ -178,7 +175,7 @@ class RedisStore:
             except BaseException:  # noqa: S110 - Redis gone at shutdown: leases expire, counts stay low
                 pass
         if self._client is not None:
-            await self._client.aclose()
+            self._client.close()
             self._client = None
 
     def usable(self) -> bool:
@@ -186,6 +183,10 @@ class RedisStore:
 
     def failed(self, exc: BaseException) -> None:
         self._down_until = time.monotonic() + RETRY_AFTER
+
+    def _op(self, key: str, tokens: int, release: str, renew: str) -> None:
+        """Queue one APPLY operation: ``tokens`` for ``key``'s window, a lease to release, a lease to renew."""
+        self._pending.append((bulk(key), bulk(tokens) + bulk(release) + bulk(renew)))
 
     def _key(self, scope_key: str) -> str:
         key = self._keys.get(scope_key)
@@ -195,17 +196,43 @@ class RedisStore:
             key = self._keys[scope_key] = self.namespace + scope_key
         return key
 
+    def _packed(self, scopes: tuple[Scope, ...]) -> tuple[bytes, bytes, list[str], list[Any]]:
+        """A scope set's CHECK command in two parts around the lease id (packed once per set: the sets are the
+        limiter's cached tuples), with its keys and arguments (for :meth:`_orphaned` and a NOSCRIPT redo)."""
+        packed = self._commands.get(scopes)
+        if packed is None:
+            keys = [self._key(s.key) for s in scopes]
+            limits: list[Any] = []
+            for scope in scopes:
+                limits += (-1 if scope.rpm is None else scope.rpm, -1 if scope.tpm is None else scope.tpm,
+                           -1 if scope.parallel is None else scope.parallel)
+            count = 3 + len(keys) + 3 + len(limits)
+            before = pack("EVALSHA", self._shas[CHECK], len(keys), *keys, self.window_ms)
+            before = b"*%d" % count + before[before.index(b"\r\n"):]
+            after = pack(self._ttl_ms, *limits)
+            after = after[after.index(b"\r\n") + 2:]
+            packed = (before, after, keys, limits)
+            if len(self._commands) > 100_000:
+                self._commands.clear()
+            self._commands[scopes] = packed
+        return packed
+
     async def acquire(self, scopes: tuple[Scope, ...], lease: str | None) -> Outcome:
-        keys = [self._key(s.key) for s in scopes]
-        args: list[Any] = [self.window_ms, lease or "", self._ttl_ms]
-        for scope in scopes:
-            args += (-1 if scope.rpm is None else scope.rpm, -1 if scope.tpm is None else scope.tpm,
-                     -1 if scope.parallel is None else scope.parallel)
+        before, after, keys, limits = self._packed(scopes)
+        lease_id = (lease or "").encode()
+        command = b"%s$%d\r\n%s\r\n%s" % (before, len(lease_id), lease_id, after)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._checks.append((keys, args, future))
-        self._wake()
+        self._checks.append((command, keys, [self.window_ms, lease or "", self._ttl_ms, *limits], future))
+        if not self._busy:  # nothing on its way: this request sends the batch itself (no task, no extra wake-up)
+            self._busy = True
+            try:
+                await self._batch()
+            finally:
+                self._busy = False
+                if self._checks:  # asked meanwhile: the next batch leaves at once
+                    self._wake()
         reply = await future
-        outcome = Outcome([int(v) for v in reply[4:]], int(reply[1]) / 1000, int(reply[2]), int(reply[3]))
+        outcome = Outcome(reply[4:], reply[1] / 1000, reply[2], reply[3])
         if lease is not None and not outcome.failed:
             self._live[lease] = tuple(k for k, s in zip(keys, scopes, strict=True) if s.parallel is not None)
         return outcome
@@ -216,77 +243,113 @@ class RedisStore:
             release = lease if held is not None and scope.parallel is not None else ""
             add = tokens if scope.counts_tokens else 0
             if add or release:
-                self._pending.append((self._key(scope.key), add, release or "", ""))
+                self._op(self._key(scope.key), add, release or "", "")
+        if self._pending and self._flush_timer is None and not self._busy:
+            self._later()
+
+    def _later(self) -> None:
+        """Send queued updates within :data:`UPDATE_DELAY`, or earlier with the next batch of checks."""
+        try:
+            self._flush_timer = asyncio.get_running_loop().call_later(UPDATE_DELAY, self._flush_due)
+        except RuntimeError:  # no loop (a ticket freed at interpreter exit): leases expire on their own
+            pass
+
+    def _flush_due(self) -> None:
+        self._flush_timer = None
         if self._pending:
             self._wake()
 
     @property
     def idle(self) -> bool:
         """Nothing queued or on its way to Redis (for tests: the updates of finished requests have landed)."""
-        return self._sender is None and not self._pending and not self._checks
+        return not self._busy and not self._pending and not self._checks
 
     def _wake(self) -> None:
-        if self._sender is None:
+        if not self._busy:
             try:
                 self._sender = asyncio.get_running_loop().create_task(self._send())
             except RuntimeError:  # no loop (a ticket freed at interpreter exit): leases expire on their own
-                pass
+                return
+            self._busy = True
 
     async def _send(self) -> None:
         try:
             while (self._checks or self._pending) and self._client is not None:
-                checks, self._checks = self._checks, []
-                ops, self._pending = self._pending, []
-                try:
-                    replies = await self._round_trip(checks, ops)
-                except Exception as exc:  # every check of the batch fails; updates are dropped (counts stay low,
-                    self.failed(exc)      # leases expire): the fail-open direction
-                    for _, _, future in checks:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, _, future), reply in zip(checks, replies, strict=False):
-                    if future.done():
-                        continue
-                    if isinstance(reply, Exception):
-                        future.set_exception(reply)
-                    else:
-                        future.set_result(reply)
+                await self._batch()
         finally:
+            self._busy = False
             self._sender = None
-            for _, _, future in self._checks:  # cancelled at shutdown: nobody is left waiting
+            if self._client is None:  # closed: nobody is left waiting
+                for *_, future in self._checks:
+                    if not future.done():
+                        future.set_exception(RedisError("rate limits: Redis store closed"))
+                self._checks.clear()
+            elif self._pending and self._flush_timer is None:
+                self._later()
+
+    async def _batch(self) -> None:
+        """One round trip: every queued update and check. A failure fails the batch's checks and drops its updates
+        (counts stay low, leases expire: the fail-open direction)."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        checks, self._checks = self._checks, []
+        ops, self._pending = self._pending, []
+        try:
+            replies = await self._round_trip(checks, ops)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                self.failed(exc)
+            cause = exc if isinstance(exc, Exception) else RedisError("rate-limit check cancelled")
+            for *_, future in checks:
                 if not future.done():
-                    future.set_exception(ConnectionError("rate limits: Redis store closed"))
-            self._checks.clear()
+                    future.set_exception(cause)
+            if not isinstance(exc, Exception):
+                raise  # the sending request itself was cancelled
+            return
+        for (_, keys, args, future), reply in zip(checks, replies, strict=False):
+            if future.done():  # its request was cancelled while the check was out: give back its slots
+                self._orphaned(keys, args, reply)
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
 
-    async def _round_trip(self, checks: list[tuple[list[str], list[Any], asyncio.Future[Any]]],
-                          ops: list[tuple[str, int, str, str]]) -> list[Any]:
-        from redis.exceptions import NoScriptError
+    def _orphaned(self, keys: list[str], args: list[Any], reply: Any) -> None:
+        if isinstance(reply, Exception) or reply[0] != 1 or not args[1]:
+            return
+        for i, key in enumerate(keys):
+            if int(args[5 + 3 * i]) >= 0:  # the scope's parallel limit (ARGV layout of CHECK)
+                self._op(key, 0, args[1], "")
 
-        commands: list[tuple[str, list[str], list[Any]]] = [(CHECK, keys, args) for keys, args, _ in checks]
+    async def _round_trip(self, checks: list[tuple[bytes, list[str], list[Any], asyncio.Future[Any]]],
+                          ops: list[tuple[bytes, bytes]]) -> list[Any]:
+        """The checks' replies (parsed: a list of ints each, or the error). Updates go first, so a slot freed by a
+        finished request is free for the checks in the same batch."""
+        packed: list[bytes] = []
         if ops:
-            args: list[Any] = [self.window_ms, self._ttl_ms]
-            for _, tokens, release, renew in ops:
-                args += (tokens, release, renew)
-            commands.append((APPLY, [op[0] for op in ops], args))
-        replies = await self._pipeline(commands)
-        if any(isinstance(r, NoScriptError) for r in replies):  # first use, or Redis restarted: load and redo those
-            for script in (CHECK, APPLY):
-                await self._client.script_load(script)
-            again = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-            for i, reply in zip(again, await self._pipeline([commands[i] for i in again]), strict=True):
+            packed.append(b"*%d\r\n$7\r\nEVALSHA\r\n%s%s%s%s%s%s" % (
+                5 + 4 * len(ops), bulk(self._shas[APPLY]), bulk(len(ops)), b"".join(op[0] for op in ops),
+                bulk(self.window_ms), bulk(self._ttl_ms), b"".join(op[1] for op in ops)))
+        packed += [check[0] for check in checks]
+        replies = await self._client.execute(packed)
+        again = [i for i, r in enumerate(replies) if isinstance(r, ServerError) and str(r).startswith("NOSCRIPT")]
+        if again:  # first use, or Redis restarted: load the scripts and send those again
+            loaded = await self._client.execute([pack("SCRIPT", "LOAD", CHECK), pack("SCRIPT", "LOAD", APPLY)])
+            if any(isinstance(r, ServerError) for r in loaded):
+                raise RedisError(f"Redis refused the rate-limit scripts: {loaded}")
+            for i, reply in zip(again, await self._client.execute([packed[i] for i in again]), strict=True):
                 replies[i] = reply
-        return replies
-
-    async def _pipeline(self, commands: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for script, keys, args in commands:
-                pipe.evalsha(self._shas[script], len(keys), *keys, *args)
-            return await pipe.execute(raise_on_error=False)
+        if ops:
+            del replies[0]
+        return [r if isinstance(r, Exception) else [int(v) for v in r.split(b",")] for r in replies]
 
     async def _renew(self) -> None:
         while True:
             await asyncio.sleep(self.lease_ttl / 3)  # the renewal period, not synchronisation
             if self._live:
-                self._pending += [(key, 0, "", lease) for lease, keys in self._live.items() for key in keys]
+                for lease, keys in self._live.items():
+                    for key in keys:
+                        self._op(key, 0, "", lease)
                 self._wake()
