@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
+import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -26,6 +29,7 @@ import redis
 from aiohttp import web
 
 from sluicegate.config import ConfigError, parse_settings
+from sluicegate.limits.resp import RedisError, RespClient, pack
 from sluicegate.testing.waiting import wait_until_async
 
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -460,3 +464,84 @@ async def test_redis_down_fails_closed_when_configured(make_config, start):
                 client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT)
                 for name in client.scan_iter(f"sluicegate:rl:*{await token_id(gw, key)}*"):
                     client.delete(name)
+
+
+# --- a private Redis: password, flushed scripts, an outage and its end ----------------------------------------
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class PrivateRedis:
+    """Our own redis-server on ``port`` with ``requirepass`` (never the machine's shared one), stopped by its pid;
+    it can be stopped and started again on the same port."""
+
+    def __init__(self, port: int, password: str) -> None:
+        if not os.path.exists(REDIS_SERVER):
+            if IN_CI:
+                pytest.fail(f"{REDIS_SERVER} not found (CI=true: Redis tests must run)", pytrace=False)
+            pytest.skip(f"{REDIS_SERVER} not found")
+        self.port = port
+        self.password = password
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--daemonize", "no", "--requirepass", self.password],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client().ping()
+                return
+            except redis.ConnectionError:
+                assert self.proc.poll() is None, "private redis-server exited"
+                assert time.monotonic() < deadline, "private redis-server did not answer within 10 s"
+                time.sleep(0.02)  # deliberate: polls a condition under a deadline
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait(5)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
+
+
+def _requests_in_redis(client: redis.Redis, ident: str) -> int:
+    return sum(int(client.hget(name, "r") or 0) for name in client.scan_iter(f"sluicegate:rl:{{api_key:{ident}}}:*")
+               if not name.endswith(b":p"))
+
+
+async def test_private_redis_password_flushed_scripts_outage_and_return(make_config, start, register_secret):
+    server = PrivateRedis(free_port(), register_secret("redis-pw-" + uuid.uuid4().hex[:12]))
+    cfg = limits_config(make_config, redis_port=server.port)
+    cfg["router_settings"]["redis_password"] = server.password
+    server.start()
+    try:
+        async with start(cfg) as gw:
+            key = await gw.new_key(rpm_limit=3)
+            ident = await token_id(gw, key)
+            assert [(await gw.chat(key)).status_code for _ in range(2)] == [200, 200]
+            assert _requests_in_redis(server.client(), ident) == 2  # counted in Redis, through AUTH
+            server.client().script_flush()  # as after a Redis restart: the next check loads the scripts again
+            assert (await gw.chat(key)).status_code == 200
+            assert _requests_in_redis(server.client(), ident) == 3
+            assert (await gw.chat(key)).status_code == 429
+
+            # Redis gone: this process counts on its own (fail open), from zero
+            server.stop()
+            assert [(await gw.chat(key)).status_code for _ in range(4)] == [200, 200, 200, 429]
+            # Redis back (empty): after its second of rest the limiter counts there again
+            server.start()
+            limiter = gw.gateway.limits.redis
+            await wait_until_async(limiter.usable, timeout=5, what="the limiter to try Redis again")
+            assert (await gw.chat(key)).status_code == 200
+            assert _requests_in_redis(server.client(), ident) == 1
+
+        # negative control: a wrong password is refused by Redis, and said so
+        wrong = RespClient(port=server.port, password="not-" + server.password, timeout=1)
+        with pytest.raises(RedisError, match="refused"):
+            await wrong.execute([pack("PING")])
+        wrong.close()
+    finally:
+        server.stop()
