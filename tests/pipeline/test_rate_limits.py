@@ -29,6 +29,7 @@ import redis
 from aiohttp import web
 
 from sluicegate.config import ConfigError, parse_settings
+from sluicegate.limits.ratelimit import RateLimiter
 from sluicegate.limits.resp import RedisError, RespClient, pack
 from sluicegate.testing.waiting import wait_until_async
 
@@ -242,13 +243,19 @@ def test_key_generate_params_that_are_not_applied_stop_start_up():
                         "sluicegate_settings": {"rate_limit_window": 0}})
     text = str(caught.value)
     assert "litellm_settings.default_key_generate_params.allowed_routes: not applied" in text
-    assert "litellm_settings.default_key_generate_params.rpm_limit: expected a whole number" in text
+    assert "litellm_settings.default_key_generate_params.rpm_limit: expected a whole number from 0" in text
     assert "litellm_settings.upperbound_key_generate_params.models: not applied" in text
     assert "sluicegate_settings.rate_limit_window: must be more than 0" in text
     # negative control: the accepted keys load
     settings = parse_settings({"litellm_settings": {"default_key_generate_params": {"rpm_limit": 4},
                                                     "upperbound_key_generate_params": {"duration": "1mo"}}})
     assert settings.litellm_settings.default_key_generate_params == {"rpm_limit": 4}
+    # fail closed: our key or LiteLLM's turns it on; neither: open
+    assert not RateLimiter(settings).fail_closed
+    assert RateLimiter(parse_settings({"general_settings": {"fail_closed_rate_limit_enforcement": True}})).fail_closed
+    assert RateLimiter(parse_settings({"sluicegate_settings": {"rate_limit_fail_closed": True}})).fail_closed
+    with pytest.raises(ConfigError, match="rate_limit_fail_closd"):  # ours only: a misspelling stops start-up
+        parse_settings({"sluicegate_settings": {"rate_limit_fail_closd": True}})
 
 
 # --- in one process -----------------------------------------------------------------------------------------

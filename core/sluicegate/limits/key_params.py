@@ -50,8 +50,8 @@ def duration_seconds(value: Any) -> float | None:
 
 def _value_problem(field: str, value: Any) -> str | None:
     if field in LIMIT_FIELDS:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            return "expected a whole number, 0 or more"
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_LIMIT:
+            return "expected a whole number from 0 to 10**15"
     elif field == "max_budget":
         if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
             return "expected a number, 0 or more"
@@ -138,7 +138,9 @@ def enforce_upperbounds(data: msgspec.Struct, ceilings: dict[str, Any] | None, *
                            f"max_value={ceiling}", param=field)
 
 
-Limit = Annotated[int, msgspec.Meta(ge=0, description="a whole number, 0 or more (0 refuses every request)")]
+MAX_LIMIT = 10**15
+Limit = Annotated[int, msgspec.Meta(ge=0, le=MAX_LIMIT, description="a whole number from 0 (refuses every request) "
+                                                                    "to 10**15")]
 """An ``rpm_limit``, ``tpm_limit`` or ``max_parallel_requests`` as the admin API takes it (None: no limit)."""
 ModelLimits = dict[str, Limit]
 """``model_rpm_limit`` / ``model_tpm_limit``: model name (as clients send it) to its limit."""
