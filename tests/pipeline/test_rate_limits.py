@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import time
+import types
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -29,7 +30,8 @@ import redis
 from aiohttp import web
 
 from sluicegate.config import ConfigError, parse_settings
-from sluicegate.limits.ratelimit import RateLimiter
+from sluicegate.db.store import KeyRecord, TeamRecord
+from sluicegate.limits.ratelimit import RateLimiter, limit_scopes
 from sluicegate.limits.resp import RedisError, RespClient, pack
 from sluicegate.testing.waiting import wait_until_async
 
@@ -272,7 +274,7 @@ async def test_rpm_limit_in_process_answers_litellms_429_with_headers(make_confi
                 model="mock", messages=[{"role": "user", "content": "hi"}])
             remaining.append(raw.headers["x-ratelimit-remaining-requests"])
             assert raw.headers["x-ratelimit-limit-requests"] == "3"
-            assert raw.headers["x-ratelimit-api_key-remaining-requests"] == remaining[-1]
+            assert "x-ratelimit-api_key-remaining-requests" not in raw.headers  # per scope: with a 429 only
         assert remaining == ["2", "1", "0"]
         with pytest.raises(openai.RateLimitError) as caught:
             await client.chat.completions.create(model="mock", messages=[{"role": "user", "content": "hi"}])
@@ -285,6 +287,8 @@ async def test_rpm_limit_in_process_answers_litellms_429_with_headers(make_confi
         assert int(response.headers["retry-after"]) >= 1
         assert response.headers["x-ratelimit-remaining-requests"] == "0"
         assert response.headers["rate_limit_type"] == "requests"
+        assert response.headers["x-ratelimit-api_key-remaining-requests"] == "0"
+        assert response.headers["x-ratelimit-api_key-limit-requests"] == "3"
         # the next window admits again; a stream carries the headers too
         now[0] += LONG_WINDOW
         streamed = await gw.chat(limited, stream=True)
@@ -552,3 +556,20 @@ async def test_private_redis_password_flushed_scripts_outage_and_return(make_con
         wrong.close()
     finally:
         server.stop()
+
+
+def test_a_callers_user_is_counted_like_its_team():
+    """The users table feeds its limits in through ``ctx.user`` (any record with ``user_id`` and the three limit
+    fields): the scopes then include the user's, counted as LiteLLM's ``user`` descriptor."""
+    key = KeyRecord(token_id="a" * 64, key_name="sk-...aaaa", team_id="t1", rpm_limit=5, model_rpm_limit={"m": 2})
+    team = TeamRecord(team_id="t1", tpm_limit=100)
+    user = types.SimpleNamespace(user_id="u1", rpm_limit=7, tpm_limit=None, max_parallel_requests=3)
+    ctx = types.SimpleNamespace(token_id=key.token_id, key=key, team=team, user=user)
+    scopes, per_model = limit_scopes(ctx)  # type: ignore[arg-type]
+    assert [(s.kind, s.ident, s.rpm, s.tpm, s.parallel) for s in scopes] == [
+        ("api_key", key.token_id, 5, None, None), ("team", "t1", None, 100, None), ("user", "u1", 7, None, 3)]
+    assert [(s.kind, s.ident, s.rpm) for s in per_model.values()] == [("model_per_key", f"{key.token_id}:m", 2)]
+    # negative control: a user without limits, and a team without limits, add no scope
+    ctx.user = types.SimpleNamespace(user_id="u2", rpm_limit=None, tpm_limit=None, max_parallel_requests=None)
+    ctx.team = TeamRecord(team_id="t1")
+    assert [s.kind for s in limit_scopes(ctx)[0]] == ["api_key"]  # type: ignore[arg-type]

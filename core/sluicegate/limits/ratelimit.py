@@ -202,12 +202,15 @@ class Ticket:
                 pass
 
     def headers(self) -> dict[str, str]:
-        """The remaining/limit headers of a successful answer: LiteLLM's per-scope ``x-ratelimit-<scope>-...`` and,
-        for the scope with the least left, the unprefixed ``x-ratelimit-remaining-requests`` / ``-tokens``."""
-        return _headers(self.scopes, self.counts, admitted=True)
+        """The remaining/limit headers of a successful answer: ``x-ratelimit-remaining-requests`` / ``-tokens`` and
+        ``x-ratelimit-limit-requests`` / ``-tokens`` of the scope with the least left (OpenAI's names, LiteLLM's
+        for a key's limits). The per-scope ``x-ratelimit-<scope>-...`` ones come with a 429 only: a response header
+        costs the server a few µs each, and a limited key's answers would carry up to twelve."""
+        return _headers(self.scopes, self.counts, admitted=True, per_scope=False)
 
 
-def _headers(scopes: tuple[Scope, ...], counts: list[int], *, admitted: bool) -> dict[str, str]:
+def _headers(scopes: tuple[Scope, ...], counts: list[int], *, admitted: bool,
+             per_scope: bool = True) -> dict[str, str]:
     headers: dict[str, str] = {}
     least: dict[int, tuple[int, int]] = {}
     for i, scope in enumerate(scopes):
@@ -217,9 +220,10 @@ def _headers(scopes: tuple[Scope, ...], counts: list[int], *, admitted: bool) ->
             if limit is None:
                 continue
             remaining = max(0, limit - used)
-            names = scope.headers[kind]
-            headers[names[0]] = str(remaining)
-            headers[names[1]] = str(limit)
+            if per_scope:
+                names = scope.headers[kind]
+                headers[names[0]] = str(remaining)
+                headers[names[1]] = str(limit)
             if kind != PARALLEL and (kind not in least or remaining < least[kind][0]):
                 least[kind] = (remaining, limit)
     for kind, (remaining, limit) in least.items():
