@@ -573,3 +573,20 @@ def test_a_callers_user_is_counted_like_its_team():
     ctx.user = types.SimpleNamespace(user_id="u2", rpm_limit=None, tpm_limit=None, max_parallel_requests=None)
     ctx.team = TeamRecord(team_id="t1")
     assert [s.kind for s in limit_scopes(ctx)[0]] == ["api_key"]  # type: ignore[arg-type]
+
+
+async def test_a_stream_without_usage_counts_an_estimate_of_its_tokens(make_config, start, held):
+    """An upstream stream that reports no usage (OpenAI's without ``include_usage``) still counts toward
+    ``tpm_limit``: a quarter of the characters of prompt and answer."""
+    async with start(limits_config(make_config, held=held)) as gw:
+        held.release()
+        key = await gw.new_key(tpm_limit=10)
+        first = await gw.chat(key, "x" * 60, model="held", stream=True)
+        assert first.status_code == 200 and b"[DONE]" in first.content and b'"usage"' not in first.content
+        refused = await gw.chat(key, model="held")
+        assert refused.status_code == 429 and "Limit type: tokens" in refused.json()["error"]["message"]
+        assert refused.headers["x-ratelimit-remaining-tokens"] == "0"
+        # negative control: a short stream leaves the window under the limit
+        other = await gw.new_key(tpm_limit=10)
+        assert (await gw.chat(other, "x", model="held", stream=True)).status_code == 200
+        assert (await gw.chat(other, model="held")).status_code == 200
