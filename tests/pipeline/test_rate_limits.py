@@ -31,7 +31,8 @@ from aiohttp import web
 
 from sluicegate.config import ConfigError, parse_settings
 from sluicegate.db.store import KeyRecord, TeamRecord
-from sluicegate.limits.ratelimit import RateLimiter, limit_scopes
+from sluicegate.limits.ratelimit import RateLimiter, Scope, limit_scopes
+from sluicegate.limits.ratelimit_redis import RedisStore
 from sluicegate.limits.resp import RedisError, RespClient, pack
 from sluicegate.testing.waiting import wait_until_async
 
@@ -590,3 +591,46 @@ async def test_a_stream_without_usage_counts_an_estimate_of_its_tokens(make_conf
         other = await gw.new_key(tpm_limit=10)
         assert (await gw.chat(other, "x", model="held", stream=True)).status_code == 200
         assert (await gw.chat(other, model="held")).status_code == 200
+
+
+async def test_parallel_leases_are_renewed_while_held_and_expire_with_their_process(shared_redis):
+    """A slot held by a live process stays held past the lease time (renewed); one whose process is gone (its
+    store closed without releasing) is free once the lease time passes. Short leases for the test's sake."""
+    ident = f"lease-{uuid.uuid4().hex[:12]}"
+    shared_redis.append(ident)
+    scopes = (Scope("api_key", ident, None, None, 1),)
+    holder = RedisStore({"host": REDIS_HOST, "port": REDIS_PORT}, window=60, timeout=1, lease_ttl=0.6)
+    other = RedisStore({"host": REDIS_HOST, "port": REDIS_PORT}, window=60, timeout=1, lease_ttl=0.6)
+    holder.start()
+    other.start()
+    try:
+        assert (await holder.acquire(scopes, "holder-1")).failed == 0
+        began = time.monotonic()
+        refusals = 0
+
+        async def still_refused_after_two_lease_times() -> None:
+            nonlocal refusals
+            while time.monotonic() - began < 1.5:
+                outcome = await other.acquire(scopes, "other-1")
+                assert outcome.failed == 1, "the held slot was lost while its process lived"
+                refusals += 1
+                await asyncio.sleep(0.1)  # pacing of the probe, not synchronisation
+
+        await still_refused_after_two_lease_times()
+        assert refusals >= 5
+        await holder.aclose()  # the process ends without giving its slot back
+        admitted: list[int] = []
+
+        def free_again() -> bool:
+            if admitted and admitted[-1] == 0:
+                return True
+            task = asyncio.ensure_future(other.acquire(scopes, f"other-{len(admitted) + 2}"))
+            task.add_done_callback(lambda t: admitted.append(t.result().failed))
+            return False
+
+        await wait_until_async(free_again, timeout=5, interval=0.1, what="the dead holder's lease to expire")
+        # negative control: the slot taken now is held again
+        assert (await other.acquire(scopes, "other-x")).failed == 1
+    finally:
+        await holder.aclose()
+        await other.aclose()

@@ -108,7 +108,10 @@ for i = 1, #KEYS do
     redis.call('PEXPIRE', wk, 2 * win)
   end
   if ARGV[a + 2] ~= '' then redis.call('ZREM', KEYS[i] .. ':p', ARGV[a + 2]) end
-  if ARGV[a + 3] ~= '' then redis.call('ZADD', KEYS[i] .. ':p', 'XX', now + ttl, ARGV[a + 3]) end
+  if ARGV[a + 3] ~= '' then
+    redis.call('ZADD', KEYS[i] .. ':p', 'XX', now + ttl, ARGV[a + 3])
+    redis.call('PEXPIRE', KEYS[i] .. ':p', 2 * ttl)
+  end
 end
 return #KEYS
 """
