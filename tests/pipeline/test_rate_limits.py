@@ -268,7 +268,8 @@ async def test_rpm_limit_in_process_answers_litellms_429_with_headers(make_confi
         now = [1_000_000.0 * LONG_WINDOW]  # the start of a window
         gw.gateway.limits.local.clock = lambda: now[0]
         limited, free = await gw.new_key(rpm_limit=3), await gw.new_key()
-        client = openai.AsyncOpenAI(api_key=limited, base_url=f"{str(gw.client.base_url).rstrip('/')}/v1", max_retries=0)
+        client = openai.AsyncOpenAI(api_key=limited, base_url=f"{str(gw.client.base_url).rstrip('/')}/v1",
+                                    max_retries=0)
         remaining = []
         for _ in range(3):
             raw = await client.chat.completions.with_raw_response.create(

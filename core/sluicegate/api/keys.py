@@ -103,7 +103,8 @@ def key_view(gateway: Gateway, record: KeyRecord) -> dict[str, Any]:
             "metadata": metadata, "expires": record.expires.isoformat() if record.expires else None,
             "blocked": record.blocked, "rpm_limit": record.rpm_limit, "tpm_limit": record.tpm_limit,
             "max_parallel_requests": record.max_parallel_requests, "model_rpm_limit": record.model_rpm_limit,
-            "model_tpm_limit": record.model_tpm_limit, "created_at": record.created_at.isoformat() if record.created_at else None,
+            "model_tpm_limit": record.model_tpm_limit,
+            "created_at": record.created_at.isoformat() if record.created_at else None,
             "updated_at": record.updated_at.isoformat() if record.updated_at else None}
 
 

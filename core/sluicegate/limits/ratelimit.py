@@ -332,7 +332,8 @@ class RateLimiter:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         gateway = settings.sluicegate_settings
         self.window = gateway.rate_limit_window
-        self.fail_closed = gateway.rate_limit_fail_closed or settings.general_settings.fail_closed_rate_limit_enforcement
+        self.fail_closed = (gateway.rate_limit_fail_closed
+                            or settings.general_settings.fail_closed_rate_limit_enforcement)
         self.local = LocalStore(self.window, clock)
         self.redis: RedisStore | None = None
         from sluicegate.limits.ratelimit_redis import RedisStore, shared_redis

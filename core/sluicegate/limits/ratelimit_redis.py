@@ -7,8 +7,10 @@ key's). The window is taken from Redis's clock, so replicas whose clocks differ 
 What happens after the call never holds the request up: :meth:`RedisStore.finish` queues the tokens to add and the
 parallel slot to release, and they leave with the next batch of checks, or alone after :data:`UPDATE_DELAY` (5 ms)
 when none comes: one write carries everything the gateway asks Redis at one moment, and a request that follows
-another through the same process finds its slot already given back. Parallel slots are leases in a sorted set: a process that dies holding some loses
-them within :data:`LEASE_TTL` seconds, and a live process renews its leases every third of that.
+another through the same process finds its slot already given back.
+
+Parallel slots are leases in a sorted set: a process that dies holding some loses them within :data:`LEASE_TTL`
+seconds, and a live process renews its leases every third of that.
 """
 
 from __future__ import annotations
