@@ -69,6 +69,7 @@ class Row:
     delivery: str = "process"  # `sluicegate serve --delivery`: the delivery process (default) or inline
     budgets: str | None = None  # None | "local" | "redis": max_budget + soft_budget + budget_duration on every key and
     # team, and litellm_settings.max_budget (never reached); "redis" shares the counters through 127.0.0.1:6379
+    limits: str | None = None  # rate limits on every key and team, counted "local"ly or in "redis" (None: no limits)
 
 
 ROWS = [
@@ -92,6 +93,11 @@ ROWS = [
         deployments=8),
     Row("gw-router-latency", "gateway, no sinks, 8 deployments per group (latency-based-routing)", "gateway",
         "builtin", deployments=8, routing_strategy="latency-based-routing"),
+    # rate limits (issue 25) on every key (rpm, tpm, parallel) and its team (rpm), never reached: what counting costs
+    Row("gw-limits", "gateway, no sinks, rate limits on every key and team (in process)", "gateway", "builtin",
+        stream=True, limits="local"),
+    Row("gw-limits-redis", "gateway, no sinks, rate limits on every key and team (Redis 127.0.0.1:6379)",
+        "gateway", "builtin", stream=True, limits="redis"),
     Row("gw-aiohttp", "gateway, no sinks, aiohttp client", "gateway", "aiohttp"),
     Row("gw-httpx-aiohttp", "gateway, no sinks, httpx over the httpx-aiohttp transport", "gateway",
         "httpx-aiohttp"),
@@ -413,9 +419,10 @@ def _model_and_key(upstream: str, master_key: str, provider: str = "openai", dep
 
 def gateway_config(workdir: Path, upstream: str, sinks: str, teams: list[str], receivers: dict[str, str],
                    sink_mode: str, provider: str = "openai", deployments: int = 1,
-                   routing_strategy: str | None = None, budgets: str | None = None) -> Path:
+                   routing_strategy: str | None = None, budgets: str | None = None,
+                   limits: str | None = None) -> Path:
     router = [f"  routing_strategy: {routing_strategy}"] if routing_strategy else []
-    if budgets == "redis":
+    if budgets == "redis" or limits == "redis":
         router += ["  redis_host: 127.0.0.1", "  redis_port: 6379"]
     lines = [
         *_model_and_key(upstream, MASTER_KEY, provider, deployments),
@@ -459,9 +466,15 @@ def gateway_config(workdir: Path, upstream: str, sinks: str, teams: list[str], r
     return path
 
 
-async def make_keys(base: str, teams: list[str], keys_file: Path, budgets: bool = False) -> None:
+LIMITS = {"rpm_limit": 10**9, "tpm_limit": 10**12, "max_parallel_requests": 10**6}
+"""The rate limits of the ``gw-limits`` rows: on every key, and ``rpm_limit`` on its team; never reached."""
+
+
+async def make_keys(base: str, teams: list[str], keys_file: Path, budgets: bool = False,
+                    limits: bool = False) -> None:
     """One virtual key per team through ``/key/generate`` (deterministic keys, so every row uses the same); with
-    ``budgets``, every team (``/team/new``) and key gets a budget that is never reached."""
+    ``budgets``, every team (``/team/new``) and key gets a budget that is never reached; with ``limits``, each key
+    has :data:`LIMITS` and its team an ``rpm_limit``."""
     headers = {"Authorization": f"Bearer {MASTER_KEY}"}
     limit = asyncio.Semaphore(8)
     keys = [f"sk-bench-{team}-k0" for team in teams]
@@ -473,11 +486,15 @@ async def make_keys(base: str, teams: list[str], keys_file: Path, budgets: bool 
                                            json={"team_id": team, **budget}) as resp:
                 if resp.status != 200:
                     raise RuntimeError(f"/team/new for {team}: HTTP {resp.status}: {(await resp.text())[:300]}")
-        async with limit, session.post(f"{base}/key/generate", headers=headers,
-                                       json={"team_id": team, "key_alias": f"{team}-bench", "key": key,
-                                             **budget}) as resp:
+        body = {"team_id": team, "key_alias": f"{team}-bench", "key": key, **budget, **(LIMITS if limits else {})}
+        async with limit, session.post(f"{base}/key/generate", headers=headers, json=body) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"/key/generate for {team}: HTTP {resp.status}: {(await resp.text())[:300]}")
+        if limits:
+            async with limit, session.post(f"{base}/team/update", headers=headers,
+                                           json={"team_id": team, "rpm_limit": LIMITS["rpm_limit"]}) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"/team/update for {team}: HTTP {resp.status}: {(await resp.text())[:300]}")
 
     timeout = aiohttp.ClientTimeout(total=max(60, len(teams) * 0.2))
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -637,7 +654,7 @@ class Bench:
         workdir.mkdir()
         (workdir / "sinks").mkdir()
         config = gateway_config(workdir, upstream, row.sinks, self.teams, self.receiver_urls, self.sink_mode,
-                                row.provider, row.deployments, row.routing_strategy, row.budgets)
+                                row.provider, row.deployments, row.routing_strategy, row.budgets, row.limits)
         proc = self.procs.start(row.id, [str(VENV_BIN / "sluicegate"), "serve", "--config", str(config),
                                          "--port", str(port), "--log-level", "warning",
                                          "--workers", str(row.workers), "--delivery", row.delivery],
@@ -646,7 +663,8 @@ class Bench:
             wait_http(base + "/health/liveliness", proc, timeout=120)
             self.pin_delivery(proc.pid)
             started = time.monotonic()
-            asyncio.run(make_keys(base, self.teams, keys, budgets=row.budgets is not None))
+            asyncio.run(make_keys(base, self.teams, keys, budgets=row.budgets is not None,
+                                  limits=row.limits is not None))
             # Each worker fills its own key cache and sink instances: with N workers sharing the port, send every
             # key's request 3N times so every worker has seen (nearly) every key before the measurement.
             rounds = 1 if row.workers == 1 else 3 * row.workers
@@ -837,6 +855,7 @@ def render(results: list[Result], args: argparse.Namespace, notes: list[str], el
             out.append(f"| {r.label} | {s.rps:,.0f} | {s.p50_ms:.2f} | {s.p99_ms:.2f} | {added} |")
     out += providers_vs_passthrough(by_id, cs)
     out += router_vs_one_deployment(by_id, cs)
+    out += limits_vs_none(by_id, cs)
     out += ["", "## Issue 8 targets (this run)", ""]
     out += targets(by_id, cs)
     extra = [f"- {r.id}: {n}" for r in results for n in r.notes]
@@ -916,6 +935,31 @@ def router_vs_one_deployment(by_id: dict[str, Result], cs: list[int]) -> list[st
             delta = (p.cpu_ms_per_req - q.cpu_ms_per_req) * 1000
             cells += [f"{p.cpu_ms_per_req * 1000:.1f}" + ("" if r is base else f" ({delta:+.1f})"),
                       _pct(p.rps / q.rps)]
+        out.append(f"| {r.label} | " + " | ".join(cells) + " |")
+    return out
+
+
+def limits_vs_none(by_id: dict[str, Result], cs: list[int]) -> list[str]:
+    """Issue 25: rate limits on every key and team add at most 40 µs of CPU per request over none (`gw`)."""
+    base = by_id.get("gw")
+    rows = [r for r in by_id.values() if r.points and next((row.limits for row in ROWS if row.id == r.id), None)]
+    if not (base and base.points and rows):
+        return []
+    out = ["", "## Rate limits vs none (`gw`): CPU per request, throughput (issue 25: limits add ≤ 40 µs)", "",
+           "| row | " + " | ".join(f"c={c} CPU µs/req (+µs vs gw) | RPS % of gw" for c in cs) + " | SSE CPU µs/req |",
+           "|---|" + "---:|---:|" * len(cs) + "---:|"]
+    for r in [base, *rows]:
+        cells = []
+        for c in cs:
+            p, q = _point(r, c), _point(base, c)
+            if not (p and q and p.cpu_ms_per_req and q.cpu_ms_per_req and q.rps):
+                cells += ["—", "—"]
+                continue
+            delta = (p.cpu_ms_per_req - q.cpu_ms_per_req) * 1000
+            cells += [f"{p.cpu_ms_per_req * 1000:.0f}" + ("" if r is base else f" ({delta:+.0f})"),
+                      _pct(p.rps / q.rps)]
+        sse = r.stream.cpu_ms_per_req if r.stream and r.stream.cpu_ms_per_req else None
+        cells.append(f"{sse * 1000:.0f}" if sse else "—")
         out.append(f"| {r.label} | " + " | ".join(cells) + " |")
     return out
 

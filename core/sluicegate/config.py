@@ -197,6 +197,8 @@ class GeneralSettings(msgspec.Struct, kw_only=True):
     the router skips the deployments it found unhealthy (LiteLLM's name)."""
     health_check_interval: float = 300.0
     """Seconds between background health checks (LiteLLM's name and default)."""
+    fail_closed_rate_limit_enforcement: bool = False
+    """LiteLLM's name for ``sluicegate_settings.rate_limit_fail_closed`` (either turns it on)."""
 
 
 class TeamSettings(msgspec.Struct, kw_only=True):
@@ -247,6 +249,15 @@ class LiteLLMSettings(msgspec.Struct, kw_only=True):
     ``budget_exceeded`` before it goes upstream."""
     budget_duration: str | None = None
     """The proxy budget's period (``30s``, ``1h``, ``1d``, ``7d``, ``30d``): spend starts again from 0 after it."""
+    default_key_generate_params: dict[str, Any] | None = None
+    """Values ``/key/generate`` gives a key for the fields a request leaves out (LiteLLM's key): ``rpm_limit``,
+    ``tpm_limit``, ``max_parallel_requests``, ``duration``, ``team_id``, ``models``, ``metadata`` and, where this
+    gateway stores them, ``max_budget``, ``budget_duration`` and ``user_id``; any other key stops start-up."""
+    upperbound_key_generate_params: dict[str, Any] | None = None
+    """Ceilings for what ``/key/generate`` and ``/key/update`` may set (LiteLLM's key): ``rpm_limit``,
+    ``tpm_limit``, ``max_parallel_requests``, ``duration`` and, where stored, ``max_budget`` and
+    ``budget_duration``. A value over its ceiling is a 400 naming the field; a new key that leaves the field out
+    gets the ceiling."""
 
 
 class DeliverySettings(msgspec.Struct, kw_only=True):
@@ -357,6 +368,15 @@ class SluicegateSettings(msgspec.Struct, kw_only=True):
     spend_flush_interval: float = 1.0
     """Seconds between writes of the accumulated spend to the database (one batched transaction; at most 1).
     Spend is also written at shutdown; a killed process loses at most this much."""
+    rate_limit_window: float = 60.0
+    """Seconds of the window ``rpm_limit`` and ``tpm_limit`` count in (the "minute"; windows are aligned to the
+    clock: with 60, each starts on a whole minute)."""
+    rate_limit_fail_closed: bool = False
+    """With Redis configured and unreachable: refuse requests of keys that have limits (503 and ``retry-after``)
+    instead of enforcing them in each process alone (the default, with a warning at most once a minute)."""
+    rate_limit_redis_timeout: float = 0.5
+    """Seconds a rate-limit check waits for Redis before it counts as down (then Redis is left alone for a
+    second)."""
 
 
 class Settings(msgspec.Struct, kw_only=True):
@@ -611,6 +631,12 @@ def _check_semantics(settings: Settings, problems: list[str]) -> None:
                     f"; did you mean {hint[0]!r}?" if hint else f"; known: {', '.join(METRIC_LABELS)}"))
     if metrics.max_series < 1:
         problems.append("sluicegate_settings.metrics.max_series: must be at least 1")
+    from sluicegate.limits.key_params import key_params_problems  # the limits module owns these rules
+
+    problems += key_params_problems(settings)
+    for name in ("rate_limit_window", "rate_limit_redis_timeout"):
+        if not getattr(settings.sluicegate_settings, name) > 0:
+            problems.append(f"sluicegate_settings.{name}: must be more than 0 seconds")
     if not settings.general_settings.health_check_interval > 0:
         problems.append("general_settings.health_check_interval: must be more than 0 seconds")
     master = settings.general_settings.master_key

@@ -24,6 +24,7 @@ from sluicegate.permissions import require
 from sluicegate.limits.shared import SharedSpend, redis_settings_of
 from sluicegate.limits.budgets import duration_seconds
 from sluicegate.limits.spend import SpendLedger
+from sluicegate.limits.ratelimit import RateLimiter
 from sluicegate.plugins import get_plugin_manager
 from sluicegate.net.http import HttpClient
 from sluicegate.providers.base import ProviderClients
@@ -118,6 +119,7 @@ class Gateway:
         self.cache = ResponseCache(settings, environ)  # no connection until a request uses it
         redis = redis_settings_of(settings)
         self.spend = SpendLedger(self.store, settings, shared=SharedSpend(redis) if redis is not None else None)
+        self.limits = RateLimiter(settings)  # rpm/tpm/parallel limits: in process, or in Redis when configured
         self.master_key = settings.general_settings.master_key
         self.http_client_kind = http_client
         self.tune_gc = tune_gc
@@ -162,6 +164,7 @@ class Gateway:
         await self.router.start(clients)
         await self.dispatcher.start(self.registry.get, self.resolver.redaction.compile)
         await self.spend.start()
+        await self.limits.start()
         self._watcher = asyncio.get_running_loop().create_task(self._watch_changes())
         if self.tune_gc:
             # Everything built so far (plugins, config, caches' scaffolding) lives as long as the process: keep
@@ -185,6 +188,7 @@ class Gateway:
         await self.spend.aclose()  # before the store closes: the last spend is written
         await self.dispatcher.aclose()
         await self.cache.aclose()
+        await self.limits.aclose()
         await self.router.aclose()
         await self.models.aclose()
         if self.upstream is not None:

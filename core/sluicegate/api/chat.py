@@ -83,6 +83,7 @@ async def _chat(request: Request) -> Response[Any]:
         if options is not None:
             call.raw = None  # the body changed: re-encode it for the upstream
         await gateway.spend.check(ctx, await gateway.spend.end_user(attribution.end_user))  # budgets
+        call.ticket = await gateway.limits.check(ctx, model)  # rate limits: settled with the call's event
         await gateway.router.ready(group)
         # -- response cache (sluicegate.cache): look up before the upstream call; nothing at all when off
         lookup = None
@@ -124,7 +125,7 @@ async def _chat(request: Request) -> Response[Any]:
     outcome.finish(int((usage or {}).get("total_tokens") or 0))
     event = call.event(status="success", response=parsed, usage=usage,
                        response_id=parsed.get("id") if isinstance(parsed, dict) else None)
-    headers = {"x-request-id": request_id}
+    headers = {"x-request-id": request_id, **call.limit_headers()}
     if lookup is not None:  # -- response cache: store the answer, mark the event and the response
         lookup.mark(event, hit=False)
         headers.update(lookup.headers(hit=False))
@@ -142,7 +143,7 @@ def _cache_hit(gateway: Gateway, call: _Call, lookup: CacheLookup, cached: Cache
                        response_id=parsed.get("id"), stream=stream)
     lookup.mark(event, hit=True)
     gateway.record(event, call.ctx)
-    headers = {"x-request-id": call.request_id, **lookup.headers(hit=True)}
+    headers = {"x-request-id": call.request_id, **lookup.headers(hit=True), **call.limit_headers()}
     if not stream:
         return Response(content=cached.content, media_type="application/json", headers=headers)
     options = call.body.get("stream_options")
@@ -300,7 +301,7 @@ async def _stream(gateway: Gateway, call: _Call, group: Group, options: RequestO
                     await lookup.put_completion(state.response())
             gateway.record(event, call.ctx)
 
-    headers = {"x-request-id": call.request_id, "cache-control": "no-cache"}
+    headers = {"x-request-id": call.request_id, "cache-control": "no-cache", **call.limit_headers()}
     if lookup is not None:
         headers.update(lookup.headers(hit=False))
     return Stream(relay(), media_type="text/event-stream", headers=headers)

@@ -22,6 +22,8 @@ from sluicegate.db.store import KeyRecord, UserRecord
 from sluicegate.errors import ApiError
 from sluicegate.permissions import (actor_of, can_read_all, can_write_key, readable_teams, require, require_key_read,
                                     require_key_write, require_some_key_write)
+from sluicegate.limits.key_params import (Limit, ModelLimits, apply_key_defaults, enforce_upperbounds,
+                                          take_model_limits)
 from sluicegate.sinks.scrub import error_kind_of, public_error_kind
 
 if TYPE_CHECKING:
@@ -51,6 +53,11 @@ class KeyGenerateRequest(AdminRequest, kw_only=True):
     soft_budget: float | None = None
     budget_duration: str | None = None
     spend: float = 0.0
+    rpm_limit: Limit | None = None
+    tpm_limit: Limit | None = None
+    max_parallel_requests: Limit | None = None
+    model_rpm_limit: ModelLimits | None = None
+    model_tpm_limit: ModelLimits | None = None
 
 
 class KeyUpdateRequest(AdminRequest, kw_only=True):
@@ -66,6 +73,11 @@ class KeyUpdateRequest(AdminRequest, kw_only=True):
     soft_budget: float | None | msgspec.UnsetType = _UNSET
     budget_duration: str | None | msgspec.UnsetType = _UNSET
     spend: float | msgspec.UnsetType = _UNSET
+    rpm_limit: Limit | None | msgspec.UnsetType = _UNSET
+    tpm_limit: Limit | None | msgspec.UnsetType = _UNSET
+    max_parallel_requests: Limit | None | msgspec.UnsetType = _UNSET
+    model_rpm_limit: ModelLimits | None | msgspec.UnsetType = _UNSET
+    model_tpm_limit: ModelLimits | None | msgspec.UnsetType = _UNSET
 
 
 class KeyDeleteRequest(AdminRequest, kw_only=True):
@@ -136,6 +148,9 @@ def key_view(gateway: Gateway, record: KeyRecord) -> dict[str, Any]:
             "soft_budget": record.soft_budget, "budget_duration": record.budget_duration,
             "budget_reset_at": record.budget_reset_at.isoformat() if record.budget_reset_at else None,
             "spend": gateway.spend.spend_of("key", record.token_id, record.spend, record.budget_reset_at),
+            "rpm_limit": record.rpm_limit, "tpm_limit": record.tpm_limit,
+            "max_parallel_requests": record.max_parallel_requests, "model_rpm_limit": record.model_rpm_limit,
+            "model_tpm_limit": record.model_tpm_limit,
             "created_at": record.created_at.isoformat() if record.created_at else None,
             "updated_at": record.updated_at.isoformat() if record.updated_at else None}
 
@@ -154,6 +169,10 @@ async def create_key(gateway: Gateway, ctx: AuthContext, data: KeyGenerateReques
                      request: Request | None = None) -> tuple[str, KeyRecord]:
     """A new key: its plaintext (shown once, never stored) and its record."""
     require_some_key_write(ctx, "team_id")
+    litellm = gateway.settings.litellm_settings
+    apply_key_defaults(data, litellm.default_key_generate_params)
+    enforce_upperbounds(data, litellm.upperbound_key_generate_params, fill=True)
+    take_model_limits(data, lambda model: gateway.router.resolve(model) is not None)
     user_id = data.user_id
     if user_id is None and data.team_id is None and not ctx.is_admin and ctx.user is not None:
         user_id = ctx.user.user_id  # an internal user's key of their own
@@ -171,7 +190,9 @@ async def create_key(gateway: Gateway, ctx: AuthContext, data: KeyGenerateReques
     budget = budget_values(data, gateway.spend.clock())
     record = KeyRecord(token_id=hash_key(key), key_name=key_name(key), key_alias=data.key_alias,
                        team_id=data.team_id, user_id=user_id, models=data.models, metadata=metadata,
-                       expires=parse_duration(data.duration), blocked=data.blocked, **budget)
+                       expires=parse_duration(data.duration), blocked=data.blocked, rpm_limit=data.rpm_limit,
+                       tpm_limit=data.tpm_limit, max_parallel_requests=data.max_parallel_requests,
+                       model_rpm_limit=data.model_rpm_limit, model_tpm_limit=data.model_tpm_limit, **budget)
     if await gateway.store.get_key(record.token_id) is not None:
         raise ApiError(400, "key: this key already exists", param="key")
     if new_owner and user_id is not None:  # the user and the key, in one transaction
@@ -186,17 +207,17 @@ async def create_key(gateway: Gateway, ctx: AuthContext, data: KeyGenerateReques
 
 async def regenerate_key(gateway: Gateway, ctx: AuthContext, token_id: str,
                          request: Request | None = None) -> tuple[str, KeyRecord]:
-    """Rotate a key: a new plaintext with the old key's team, owner, alias, models, metadata, expiry and block, and
-    the old key deleted, so a leaked key stops working while its settings carry over."""
+    """Rotate a key: a new plaintext with the old key's team, owner, alias, models, metadata, expiry, block, limits
+    and budget, and the old key deleted, so a leaked key stops working while its settings carry over."""
     require_some_key_write(ctx)
     old = await gateway.store.get_key(token_id)
     if old is None:
         raise ApiError(404, "key: no such key", type="not_found_error", param="key")
     require_key_write(ctx, old.team_id, old.user_id, what=f"key {old.key_alias or old.key_name!r}")
     key = generate_key()
-    record = KeyRecord(token_id=hash_key(key), key_name=key_name(key), key_alias=old.key_alias,
-                       team_id=old.team_id, user_id=old.user_id, models=old.models, metadata=old.metadata,
-                       expires=old.expires, blocked=old.blocked)
+    # everything carries over (owner, limits, budget and its period's spend) but the key itself
+    record = msgspec.structs.replace(old, token_id=hash_key(key), key_name=key_name(key), created_at=None,
+                                     updated_at=None)
     actor = actor_of(ctx, request)
     created = await gateway.store.create_key(record, actor=actor)
     await gateway.store.delete_keys([token_id], actor=actor)
@@ -215,6 +236,8 @@ async def update(request: Request) -> Response[bytes]:
 async def update_key_values(gateway: Gateway, ctx: AuthContext, data: KeyUpdateRequest,
                             request: Request | None = None) -> KeyRecord:
     require_some_key_write(ctx)
+    enforce_upperbounds(data, gateway.settings.litellm_settings.upperbound_key_generate_params, fill=False)
+    take_model_limits(data, lambda model: gateway.router.resolve(model) is not None)
     token_id = token_id_of(data.key)
     current = await gateway.store.get_key(token_id)
     if current is None:
@@ -222,7 +245,8 @@ async def update_key_values(gateway: Gateway, ctx: AuthContext, data: KeyUpdateR
     what = f"key {current.key_alias or current.key_name!r}"
     require_key_write(ctx, current.team_id, current.user_id, what=what)
     values: dict[str, Any] = {}
-    for name in ("team_id", "user_id", "key_alias", "models", "blocked"):
+    for name in ("team_id", "user_id", "key_alias", "models", "blocked", "rpm_limit", "tpm_limit",
+                 "max_parallel_requests", "model_rpm_limit", "model_tpm_limit"):
         value = getattr(data, name)
         if value is not _UNSET:
             values[name] = value

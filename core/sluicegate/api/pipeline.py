@@ -19,12 +19,14 @@ from sluicegate.api.common import decode_json, gateway_of
 from sluicegate.attribution import NO_ATTRIBUTION, Attribution, owner_metadata, request_attribution
 from sluicegate.errors import ApiError
 from sluicegate.events import LogEvent, LogMetadata
+from sluicegate.limits.ratelimit import estimate_tokens
 from sluicegate.providers.upstream import UpstreamError
 from sluicegate.router import RequestOptions, RouterFailure
 
 if TYPE_CHECKING:
     from sluicegate.auth import AuthContext
     from sluicegate.gateway import Gateway
+    from sluicegate.limits.ratelimit import Ticket
     from sluicegate.providers.models import Deployment
     from sluicegate.router import Attempt
 
@@ -42,7 +44,7 @@ class Call:
     """Facts of one request, gathered for its log event."""
 
     __slots__ = ("attempts", "attribution", "body", "call_type", "ctx", "deployment", "event_id", "input_field",
-                 "ip", "metadata", "raw", "request_id", "start", "traceparent", "user_agent")
+                 "ip", "metadata", "raw", "request_id", "start", "ticket", "traceparent", "user_agent")
 
     def __init__(self, ctx: AuthContext, deployment: Deployment | None, body: dict[str, Any], request: Request,
                  request_id: str, *, call_type: str = "acompletion", input_field: str = "messages",
@@ -62,6 +64,11 @@ class Call:
         self.input_field = input_field
         self.attribution = attribution
         self.metadata = metadata
+        self.ticket: Ticket | None = None  # the rate limits' hold, settled with the call's one event
+
+    def limit_headers(self) -> dict[str, str]:
+        """The rate limits' remaining/limit headers for a successful answer (none when nothing limits the key)."""
+        return self.ticket.headers() if self.ticket is not None else {}
 
     def upstream_body(self, deployment: Deployment) -> tuple[dict[str, Any], bytes | None]:
         """The body for ``deployment``: the request's ``metadata`` goes back in only for an upstream that stores
@@ -77,6 +84,11 @@ class Call:
         usage = usage or {}
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or 0)
+        total = int(usage.get("total_tokens") or prompt + completion)
+        if self.ticket is not None:  # every call ends in exactly one event: its tokens count and its slots free
+            if not total and status == "success" and self.ticket.counts_tokens:
+                total = estimate_tokens(self.body.get(self.input_field), response)
+            self.ticket.finish(total)
         deployment = self.deployment
         key = self.ctx.key
         team = self.ctx.team
@@ -243,6 +255,7 @@ async def run_call(request: Request, *, call_type: str, input_field: str,
         if options is not None:
             call.raw = None
         await gateway.spend.check(ctx, await gateway.spend.end_user(attribution.end_user))  # budgets
+        call.ticket = await gateway.limits.check(ctx, model)  # rate limits: settled with the call's event
         await gateway.router.ready(group)
         try:
             outcome = await gateway.router.call(group, lambda d: attempt(call, d), options=options,
@@ -266,4 +279,5 @@ async def run_call(request: Request, *, call_type: str, input_field: str,
     usage = usage if isinstance(usage, dict) else None
     outcome.finish(int((usage or {}).get("total_tokens") or 0))
     gateway.record(call.event(status="success", response=parsed, usage=usage), ctx)
-    return Response(content=content, media_type="application/json", headers={"x-request-id": rid})
+    return Response(content=content, media_type="application/json",
+                    headers={"x-request-id": rid, **call.limit_headers()})

@@ -19,6 +19,7 @@ from sluicegate.db.store import MemberRecord, UserRecord
 from sluicegate.limits.budgets import budget_values
 from sluicegate.errors import ApiError
 from sluicegate.permissions import actor_of, readable_teams, require
+from sluicegate.limits.key_params import Limit
 from sluicegate.routing import LoggingEntry, parse_entries
 
 if TYPE_CHECKING:
@@ -54,6 +55,9 @@ class TeamNewRequest(AdminRequest, kw_only=True):
     max_budget: float | None = None
     soft_budget: float | None = None
     budget_duration: str | None = None
+    rpm_limit: Limit | None = None
+    tpm_limit: Limit | None = None
+    max_parallel_requests: Limit | None = None
 
 
 class TeamDeleteRequest(AdminRequest, kw_only=True):
@@ -67,6 +71,12 @@ class TeamUpdateRequest(AdminRequest, kw_only=True):
     max_budget: float | None | msgspec.UnsetType = msgspec.UNSET
     soft_budget: float | None | msgspec.UnsetType = msgspec.UNSET
     budget_duration: str | None | msgspec.UnsetType = msgspec.UNSET
+    rpm_limit: Limit | None | msgspec.UnsetType = msgspec.UNSET
+    tpm_limit: Limit | None | msgspec.UnsetType = msgspec.UNSET
+    max_parallel_requests: Limit | None | msgspec.UnsetType = msgspec.UNSET
+
+
+_TEAM_LIMITS = ("rpm_limit", "tpm_limit", "max_parallel_requests")
 
 
 # What a team's own admin may change with /team/update; any other field (budgets, limits) is the proxy admin's.
@@ -86,6 +96,8 @@ def team_view(gateway: Gateway, team: TeamRecord) -> dict[str, Any]:
             "soft_budget": team.soft_budget, "budget_duration": team.budget_duration,
             "budget_reset_at": team.budget_reset_at.isoformat() if team.budget_reset_at else None,
             "spend": gateway.spend.spend_of("team", team.team_id, team.spend, team.budget_reset_at),
+            "rpm_limit": team.rpm_limit, "tpm_limit": team.tpm_limit,
+            "max_parallel_requests": team.max_parallel_requests,
             "created_at": team.created_at.isoformat() if team.created_at else None,
             "updated_at": team.updated_at.isoformat() if team.updated_at else None}
 
@@ -131,7 +143,7 @@ async def create_team(gateway: Gateway, ctx: AuthContext, data: TeamNewRequest,
     budget = budget_values(data, gateway.spend.clock())
     team = await gateway.store.create_team(team_id, team_alias=data.team_alias, metadata=data.metadata,
                                            members=members, new_users=new_users, actor=actor_of(ctx, request),
-                                           **budget)
+                                           **budget, **{name: getattr(data, name) for name in _TEAM_LIMITS})
     gateway.invalidate()
     return team, members
 

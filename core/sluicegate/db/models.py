@@ -37,6 +37,10 @@ class TeamRow(BudgetColumns, Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     # None: no callbacks set through the API (config/global apply); []: logging disabled; else entries.
     logging: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    # Rate limits (None: no limit): requests and tokens per window, requests in flight.
+    rpm_limit: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    tpm_limit: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    max_parallel_requests: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
@@ -53,6 +57,12 @@ class KeyRow(BudgetColumns, Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     blocked: Mapped[bool] = mapped_column(Boolean, default=False)
+    rpm_limit: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    tpm_limit: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    max_parallel_requests: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # {model name as the client sends it: limit}; None: no per-model limits
+    model_rpm_limit: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
+    model_tpm_limit: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 

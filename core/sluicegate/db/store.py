@@ -55,6 +55,9 @@ class TeamRecord(BudgetFields, frozen=True, kw_only=True):
     team_alias: str | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     logging: list[dict[str, Any]] | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    max_parallel_requests: int | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -69,6 +72,11 @@ class KeyRecord(BudgetFields, frozen=True, kw_only=True):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     expires: datetime | None = None
     blocked: bool = False
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    max_parallel_requests: int | None = None
+    model_rpm_limit: dict[str, int] | None = None
+    model_tpm_limit: dict[str, int] | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -163,6 +171,9 @@ def _budget(row: Any) -> dict[str, Any]:
     return {"max_budget": row.max_budget, "soft_budget": row.soft_budget, "budget_duration": row.budget_duration,
             "budget_reset_at": _utc(row.budget_reset_at), "spend": float(row.spend or 0.0)}
 
+_KEY_LIMITS = ("rpm_limit", "tpm_limit", "max_parallel_requests", "model_rpm_limit", "model_tpm_limit")
+_TEAM_LIMITS = ("rpm_limit", "tpm_limit", "max_parallel_requests")
+
 
 def normalise_url(url: str) -> str:
     """Accept plain ``postgresql://`` and ``sqlite://`` URLs and pick the async drivers."""
@@ -189,7 +200,7 @@ def _team(row: TeamRow, secrets: SecretBox | None) -> TeamRecord:
     logging_ = open_entries(secrets, row.logging, table="sg_teams", row_id=row.team_id)
     return TeamRecord(team_id=row.team_id, team_alias=row.team_alias, metadata=row.metadata_ or {},
                       logging=logging_, created_at=_utc(row.created_at), updated_at=_utc(row.updated_at),
-                      **_budget(row))
+                      **_budget(row), **{name: getattr(row, name) for name in _TEAM_LIMITS})
 
 
 def _key(row: KeyRow, secrets: SecretBox | None) -> KeyRecord:
@@ -200,7 +211,7 @@ def _key(row: KeyRow, secrets: SecretBox | None) -> KeyRecord:
     return KeyRecord(token_id=row.token_id, key_name=row.key_name, key_alias=row.key_alias, team_id=row.team_id,
                      user_id=row.user_id, models=row.models or [], metadata=metadata, expires=_utc(row.expires),
                      blocked=bool(row.blocked), created_at=_utc(row.created_at), updated_at=_utc(row.updated_at),
-                     **_budget(row))
+                     **_budget(row), **{name: getattr(row, name) for name in _KEY_LIMITS})
 
 
 def _end_user(row: EndUserRow) -> EndUserRecord:
@@ -583,7 +594,7 @@ class Store:
             session.add(KeyRow(token_id=record.token_id, key_name=record.key_name, key_alias=record.key_alias,
                                team_id=record.team_id, user_id=record.user_id, models=record.models,
                                metadata_=values["metadata_"], expires=record.expires, blocked=record.blocked,
-                               **{name: getattr(record, name) for name in _BUDGET_NAMES}))
+                               **{name: getattr(record, name) for name in (*_BUDGET_NAMES, *_KEY_LIMITS)}))
             await session.flush()
             self._record(session, actor, "created", "sg_keys", record.token_id, record.team_id, None,
                          self.key_snapshot(record))
@@ -667,7 +678,7 @@ class Store:
                 session.add(KeyRow(token_id=key.token_id, key_name=key.key_name, key_alias=key.key_alias,
                                    team_id=key.team_id, user_id=key.user_id, models=key.models,
                                    metadata_=values["metadata_"], expires=key.expires, blocked=key.blocked,
-                                   **{name: getattr(key, name) for name in _BUDGET_NAMES}))
+                                   **{name: getattr(key, name) for name in (*_BUDGET_NAMES, *_KEY_LIMITS)}))
                 self._record(session, actor, "created", "sg_keys", key.token_id, key.team_id, None,
                              self.key_snapshot(key))
             await self._bump(session)
