@@ -503,6 +503,10 @@ async def _stream(gateway: Gateway, call: Call, group: Any, options: RequestOpti
         finally:
             await source.aclose()
             response, usage = state.result()
+            if usage is None:  # a translated stream knows the usage even when the client did not ask for it
+                usage = getattr(source, "usage", None)
+                if isinstance(response, dict) and usage:
+                    response = {**response, "usage": usage}
             outcome.finish(int((usage or {}).get("total_tokens") or 0))
             gateway.dispatcher.submit(call.event(status="failure" if error else "success", response=response,
                                                  usage=usage, error_str=error, first_token_at=state.first_token_at,

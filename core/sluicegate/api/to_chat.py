@@ -116,6 +116,8 @@ class TextCompletionStream(_ChatChunks):
     def __init__(self, source: Any, include_usage: bool) -> None:
         super().__init__(source)
         self.include_usage = include_usage
+        self.usage: dict[str, Any] | None = None
+        """The answer's usage, for the event, whether or not the client asked for it."""
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         async for chunk in self.chunks():
@@ -126,6 +128,8 @@ class TextCompletionStream(_ChatChunks):
                         "logprobs": None, "finish_reason": c.get("finish_reason")}
                        for c in chunk.get("choices") or () if isinstance(c, dict)]
             usage = chunk.get("usage")
+            if usage:
+                self.usage = usage
             if not choices and not (usage and self.include_usage):
                 continue
             out: dict[str, Any] = {"id": "cmpl-" + str(chunk.get("id") or "").removeprefix("chatcmpl-"),
@@ -263,9 +267,11 @@ def _response_usage(usage: Any) -> dict[str, Any] | None:
         return None
     prompt = int(usage.get("prompt_tokens") or 0)
     completion = int(usage.get("completion_tokens") or 0)
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    details = usage.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") or usage.get("cache_read_input_tokens") or 0
+    written = usage.get("cache_creation_input_tokens") or details.get("cache_creation_tokens") or 0
     reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached},
+    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written},
             "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": reasoning},
             "total_tokens": int(usage.get("total_tokens") or prompt + completion)}
 
