@@ -40,10 +40,16 @@ ROUTES = [
     ("GET", "/-/plugins"), ("GET", "/-/sinks"), ("GET", "/metrics"),
     ("POST", "/v1/embeddings"), ("POST", "/embeddings"), ("GET", "/v1/models/{name}"), ("GET", "/models/{name}"),
     ("GET", "/model/info"), ("GET", "/v1/model/info"), ("GET", "/health"),
+    ("POST", "/v1/completions"), ("POST", "/completions"), ("POST", "/v1/responses"), ("POST", "/responses"),
+    ("GET", "/v1/responses/{name}"), ("DELETE", "/v1/responses/{name}"), ("GET", "/responses/{name}/input_items"),
+    ("POST", "/v1/images/generations"), ("POST", "/images/generations"), ("POST", "/v1/audio/transcriptions"),
+    ("POST", "/audio/transcriptions"), ("POST", "/v1/audio/speech"), ("POST", "/audio/speech"),
+    ("POST", "/v1/moderations"), ("POST", "/moderations"),
 ]
 FIELDS = ["model", "messages", "stream", "cache", "key", "keys", "key_aliases", "team_id", "team_ids", "team_alias",
           "key_alias", "models", "metadata", "duration", "blocked", "callback_name", "callback_type",
-          "callback_vars", "logging", "url", "api_token", "role", "content", "max_tokens", "temperature"]
+          "callback_vars", "logging", "url", "api_token", "role", "content", "max_tokens", "temperature",
+          "prompt", "input", "instructions", "tools", "voice", "n", "previous_response_id", "encoding_format"]
 
 text = st.text(max_size=40)
 scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False)
