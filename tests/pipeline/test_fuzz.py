@@ -41,7 +41,9 @@ ROUTES = [
     ("POST", "/v1/embeddings"), ("POST", "/embeddings"), ("GET", "/v1/models/{name}"), ("GET", "/models/{name}"),
     ("GET", "/model/info"), ("GET", "/v1/model/info"), ("GET", "/health"),
     ("POST", "/v1/completions"), ("POST", "/completions"), ("POST", "/v1/responses"), ("POST", "/responses"),
-    ("GET", "/v1/responses/{name}"), ("DELETE", "/v1/responses/{name}"), ("GET", "/responses/{name}/input_items"),
+    ("GET", "/v1/responses/{name}"), ("GET", "/responses/{name}"), ("DELETE", "/v1/responses/{name}"),
+    ("DELETE", "/responses/{name}"), ("GET", "/v1/responses/{name}/input_items"),
+    ("GET", "/responses/{name}/input_items"),
     ("POST", "/v1/images/generations"), ("POST", "/images/generations"), ("POST", "/v1/audio/transcriptions"),
     ("POST", "/audio/transcriptions"), ("POST", "/v1/audio/speech"), ("POST", "/audio/speech"),
     ("POST", "/v1/moderations"), ("POST", "/moderations"),
@@ -206,7 +208,7 @@ def test_the_fuzzer_covers_every_route_of_the_app(tmp_path):
     served = set()
     for route in app.routes:
         path = (route.path.replace("{team_id:str}", "{team}").replace("{callback_name:str}", "{name}")
-                .replace("{model:path}", "{name}"))
+                .replace("{model:path}", "{name}").replace("{response_id:str}", "{name}"))
         for method in getattr(route, "methods", ()):
             if method not in ("HEAD", "OPTIONS"):
                 served.add((method, path))
