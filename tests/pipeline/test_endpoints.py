@@ -57,10 +57,13 @@ def models(upstream: Any, claude: Any = None) -> list[dict[str, Any]]:
         {"model_name": "instruct", "litellm_params": {"model": "openai/gpt-3.5-turbo-instruct", **params}},
         {"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o-mini", **params}},
         {"model_name": "gpt-azure", "litellm_params": {"model": "azure/my-gpt", **azure}},
-        {"model_name": "image", "litellm_params": {"model": "openai/dall-e-3", **params}},
+        {"model_name": "image", "litellm_params": {"model": "openai/dall-e-3", "output_cost_per_image": 0.04,
+                                                   **params}},
+        {"model_name": "image-unpriced", "litellm_params": {"model": "openai/dall-e-2", **params}},
         {"model_name": "gpt-image", "litellm_params": {"model": "openai/gpt-image-1", **params}},
         {"model_name": "whisper", "litellm_params": {"model": "openai/whisper-1", **params}},
-        {"model_name": "whisper-azure", "litellm_params": {"model": "azure/my-whisper", **azure}},
+        {"model_name": "whisper-azure", "litellm_params": {"model": "azure/my-whisper", **azure,
+                                                           "input_cost_per_second": 0.001}},
         {"model_name": "tts", "litellm_params": {"model": "openai/tts-1", **params}},
         {"model_name": "moderation", "litellm_params": {"model": "openai/omni-moderation-latest", **params}},
         {"model_name": "embed", "litellm_params": {"model": "openai/text-embedding-3-small", **params}},
@@ -269,7 +272,7 @@ async def test_images_never_log_image_bytes_and_count_images(
         assert len(images.data) == 2 and len(images.data[0].b64_json) == 4000
         tokens = await client.images.generate(model="gpt-image", prompt="a dog")
         urls = await gw.client.post("/images/generations", headers={"Authorization": f"Bearer {client.api_key}"},
-                                    json={"model": "image", "prompt": "x", "response_format": "url"})
+                                    json={"model": "image-unpriced", "prompt": "x", "response_format": "url"})
         assert urls.json()["data"][0]["url"].startswith("https://")
         with pytest.raises(openai.BadRequestError) as caught:
             await client.images.generate(model="claude", prompt="a cat")
@@ -282,7 +285,8 @@ async def test_images_never_log_image_bytes_and_count_images(
     assert placeholder == "<image/png: 3000 bytes, not logged>"
     assert images.data[0].b64_json not in json.dumps(two)
     assert two["model_parameters"] == {"n": 2, "size": "1024x1024"}
-    assert two["response_cost"] == 0.0  # dall-e-3 is not in the price table: 0, warned once at start-up
+    assert two["response_cost"] == pytest.approx(2 * 0.04)  # the config's output_cost_per_image
+    assert url["response_cost"] == 0.0  # dall-e-2: neither the table nor the config prices it (warned at start-up)
     assert (one["prompt_tokens"], one["completion_tokens"]) == (10, 1000)
     assert one["response_cost"] == pytest.approx(10 * 5e-6 + 1000 * 40e-6)  # gpt-image-1, by token
     assert url["response"]["data"][0]["url"].startswith("https://")  # negative control: a URL is no binary
@@ -325,6 +329,7 @@ async def test_transcriptions_upload_multipart_and_log_a_placeholder_and_seconds
     assert first["response"]["text"] == text.text
     assert first["response_cost"] == pytest.approx(3 * 0.36 / 3600)  # whisper-1: usage.seconds = 3
     assert azure["response"] == {"text": plain} and azure["custom_llm_provider"] == "azure"
+    assert azure["response_cost"] == pytest.approx(2.0 * 0.001)  # seconds from the WAV header, the config's price
     assert third["response_cost"] == pytest.approx(12.5 * 0.36 / 3600)  # verbose_json's duration
     assert "model" not in first["model_parameters"] and first["model_parameters"]["language"] == "en"
 
