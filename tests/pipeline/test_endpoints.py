@@ -44,9 +44,19 @@ async def claude_upstream():
     await server.stop()
 
 
-def sdk(gw: Any, key: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=str(gw.client.base_url).rstrip("/") + "/v1", api_key=key, max_retries=0,
-                              timeout=20)
+@pytest.fixture
+async def sdk():
+    """``sdk(gw, key)`` → an ``openai.AsyncOpenAI`` client of the gateway, closed when the test ends."""
+    clients: list[openai.AsyncOpenAI] = []
+
+    def make(gw: Any, key: str) -> openai.AsyncOpenAI:
+        clients.append(openai.AsyncOpenAI(base_url=str(gw.client.base_url).rstrip("/") + "/v1", api_key=key,
+                                          max_retries=0, timeout=20))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        await client.close()
 
 
 def models(upstream: Any, claude: Any = None) -> list[dict[str, Any]]:
@@ -110,7 +120,7 @@ def wav(seconds: float, rate: int = 8000) -> bytes:
 
 # -- /v1/completions --------------------------------------------------------------------------------------------
 async def test_completions_plain_and_streamed_with_usage_cost_and_attribution(
-        mock_upstream, receiver, vars_for, make_config, start) -> None:
+        sdk, mock_upstream, receiver, vars_for, make_config, start) -> None:
     async with start(make_config(models=models(mock_upstream))) as gw:
         client = sdk(gw, await team_key(gw, vars_for, "cmpl-team"))
         plain_rid, stream_rid = rid("cmpl"), rid("cmpl-s")
@@ -146,7 +156,7 @@ async def test_completions_plain_and_streamed_with_usage_cost_and_attribution(
 
 
 async def test_completions_translated_to_chat_for_a_chat_only_provider(
-        claude_upstream, mock_upstream, receiver, vars_for, make_config, start) -> None:
+        sdk, claude_upstream, mock_upstream, receiver, vars_for, make_config, start) -> None:
     async with start(make_config(models=models(mock_upstream, claude_upstream))) as gw:
         client = sdk(gw, await team_key(gw, vars_for, "cmpl-claude"))
         answer = await client.completions.create(model="claude", prompt="hello there", max_tokens=50)
@@ -172,7 +182,7 @@ async def test_completions_translated_to_chat_for_a_chat_only_provider(
 
 # -- /v1/responses ----------------------------------------------------------------------------------------------
 async def test_responses_native_plain_streamed_stored_and_deleted(
-        mock_upstream, receiver, vars_for, make_config, start) -> None:
+        sdk, mock_upstream, receiver, vars_for, make_config, start) -> None:
     async with start(make_config(models=models(mock_upstream))) as gw:
         client = sdk(gw, await team_key(gw, vars_for, "resp-team"))
         plain_rid = rid("resp")
@@ -214,7 +224,7 @@ async def test_responses_native_plain_streamed_stored_and_deleted(
 
 
 async def test_responses_translated_to_chat_with_tools_and_events_of_the_sdk_types(
-        claude_upstream, mock_upstream, receiver, vars_for, make_config, start) -> None:
+        sdk, claude_upstream, mock_upstream, receiver, vars_for, make_config, start) -> None:
     tool = {"type": "function", "name": "get_weather", "description": "weather for a city",
             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
     async with start(make_config(models=models(mock_upstream, claude_upstream))) as gw:
@@ -264,7 +274,7 @@ async def test_responses_translated_to_chat_with_tools_and_events_of_the_sdk_typ
 
 # -- images, audio, moderations ---------------------------------------------------------------------------------
 async def test_images_never_log_image_bytes_and_count_images(
-        mock_upstream, claude_upstream, receiver, vars_for, make_config, start) -> None:
+        sdk, mock_upstream, claude_upstream, receiver, vars_for, make_config, start) -> None:
     async with start(make_config(models=models(mock_upstream, claude_upstream))) as gw:
         client = sdk(gw, await team_key(gw, vars_for, "img-team"))
         images = await client.images.generate(model="image", prompt="a cat", n=2, size="1024x1024",
@@ -294,7 +304,7 @@ async def test_images_never_log_image_bytes_and_count_images(
 
 
 async def test_transcriptions_upload_multipart_and_log_a_placeholder_and_seconds(
-        mock_upstream, receiver, vars_for, make_config, start) -> None:
+        sdk, mock_upstream, receiver, vars_for, make_config, start) -> None:
     audio = wav(2.0)
     async with start(make_config(models=models(mock_upstream))) as gw:
         client = sdk(gw, await team_key(gw, vars_for, "stt-team"))
@@ -335,7 +345,7 @@ async def test_transcriptions_upload_multipart_and_log_a_placeholder_and_seconds
 
 
 async def test_speech_is_relayed_as_it_arrives_and_logged_without_audio(
-        mock_upstream, claude_upstream, receiver, vars_for, make_config, start) -> None:
+        sdk, mock_upstream, claude_upstream, receiver, vars_for, make_config, start) -> None:
     mock_upstream.on("tts-1", chunk_delay=0.05)
     try:
         async with start(make_config(models=models(mock_upstream, claude_upstream))) as gw:
@@ -360,7 +370,7 @@ async def test_speech_is_relayed_as_it_arrives_and_logged_without_audio(
     assert refused["status"] == "failure"
 
 
-async def test_moderations(mock_upstream, claude_upstream, receiver, vars_for, make_config, start) -> None:
+async def test_moderations(sdk, mock_upstream, claude_upstream, receiver, vars_for, make_config, start) -> None:
     async with start(make_config(models=models(mock_upstream, claude_upstream))) as gw:
         client = sdk(gw, await team_key(gw, vars_for, "mod-team"))
         result = await client.moderations.create(model="moderation", input=["I will kill it", "hello"])
@@ -377,7 +387,7 @@ async def test_moderations(mock_upstream, claude_upstream, receiver, vars_for, m
 
 # -- redaction across call types --------------------------------------------------------------------------------
 async def test_redaction_covers_every_call_type_and_binary_never_enters_an_event(
-        mock_upstream, receiver, vars_for, make_config, start) -> None:
+        sdk, mock_upstream, receiver, vars_for, make_config, start) -> None:
     secret = "confidential-7731"
     async with start(make_config(models=models(mock_upstream))) as gw:
         client = sdk(gw, await team_key(gw, vars_for, "redact-team", redact=True))
@@ -454,3 +464,28 @@ async def test_endpoints_answer_without_v1_and_respect_model_restrictions(mock_u
         unsupported = await gw.client.post("/v1/images/generations", headers=headers,
                                            json={"model": "instruct", "prompt": "x", "stream": True})
         assert unsupported.status_code == 400 and unsupported.json()["error"]["param"] == "stream"
+
+
+async def test_vendor_responses_go_through_chat_and_unserved_endpoints_name_the_vendor(
+        sdk, mock_upstream, receiver, vars_for, make_config, start) -> None:
+    """An OpenAI-compatible vendor (groq) serves chat but not the Responses API: the request reaches the upstream as
+    a chat completion, and the answer comes back as a ``response`` (streamed: the Responses API's events)."""
+    async with start(make_config(models=models(mock_upstream))) as gw:
+        client = sdk(gw, await team_key(gw, vars_for, "vendor-team"))
+        plain_rid = rid("vendor")
+        answer = await client.responses.create(model="groq", input="ping", instructions="short",
+                                               extra_headers={"x-request-id": plain_rid})
+        assert answer.output_text == "echo: ping" and answer.usage.input_tokens == 7
+        events = [event async for event in await client.responses.create(model="groq", input="pong", stream=True)]
+        deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        assert deltas == "echo: pong" and events[-1].type == "response.completed"
+        assert events[-1].response.usage.output_tokens == 2
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.images.generate(model="groq", prompt="x")
+        assert "groq" in caught.value.response.json()["error"]["message"]
+        logged = await events_for(receiver, "vendor-team", 3)
+    sent = mock_upstream.find(plain_rid)
+    assert sent["path"] == "/v1/chat/completions"
+    assert sent["body"]["messages"] == [{"role": "system", "content": "short"}, {"role": "user", "content": "ping"}]
+    assert [e["call_type"] for e in logged] == ["aresponses", "aresponses", "aimage_generation"]
+    assert logged[1]["total_tokens"] == 9 and logged[2]["status"] == "failure"
