@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from litestar import Request, Response, post
 
-from sluicegate.api.pipeline import Endpoint, SSEAssembler, run_call
+from sluicegate.api.pipeline import Endpoint, MockSource, SSEAssembler, run_call
 from sluicegate.api.to_chat import TextCompletionStream, chat_to_text_completion, completion_to_chat
 from sluicegate.errors import ApiError
 
@@ -37,23 +37,12 @@ async def ask_chat(call: Call, deployment: Deployment, chat: dict[str, Any]) -> 
     return _decoder.decode(await deployment.provider.complete_bytes(chat, None, call.request_id))
 
 
-class _MockSource:
-    def __init__(self, chunks: Any) -> None:
-        self._chunks = chunks
-
-    def aiter_raw(self) -> Any:
-        return self._chunks
-
-    async def aclose(self) -> None:
-        await self._chunks.aclose()
-
-
 async def open_chat(call: Call, deployment: Deployment, chat: dict[str, Any]) -> Any:
     """``chat`` streamed by ``deployment``: chat SSE bytes from ``aiter_raw()``."""
     from sluicegate.providers.upstream import mock_stream
 
     if deployment.mock_response is not None:
-        return _MockSource(mock_stream(deployment, chat))
+        return MockSource(mock_stream(deployment, chat))
     chat = {**chat, "model": deployment.upstream_model}
     return await deployment.provider.open_stream(chat, None, call.request_id)
 

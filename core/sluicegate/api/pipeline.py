@@ -2,8 +2,8 @@
 one log event per call.
 
 An endpoint module describes itself as an :class:`Endpoint` (how to read and check its body, how to ask a
-deployment, what of the answer enters the log event) and :func:`run_call` does the rest, streamed or not, with
-the response cache where the endpoint is cacheable. Chat keeps its own flow, built from the same pieces.
+deployment, what of the answer enters the log event) and :func:`run_call` does the rest for every model endpoint,
+chat included: streamed or not, with the response cache where the endpoint is cacheable.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from sluicegate.router import RequestOptions, RouterFailure
 
 if TYPE_CHECKING:
     from sluicegate.auth import AuthContext
-    from sluicegate.cache import CacheLookup
+    from sluicegate.cache import CachedAnswer, CacheLookup
     from sluicegate.gateway import Gateway
     from sluicegate.providers.models import Deployment
     from sluicegate.router import Attempt
 
-__all__ = ("Assembler", "Call", "Endpoint", "allowed_models", "binary_placeholder", "error_response", "may_use", "parse_model_body", "random_id", "request_id_of",
+__all__ = ("Assembler", "Call", "Endpoint", "MockSource", "allowed_models", "binary_placeholder", "error_response", "may_use", "parse_model_body", "random_id", "request_id_of",
            "request_options", "run_call", "take_attribution")
 
 _decoder = msgspec.json.Decoder()
@@ -289,6 +289,21 @@ class SSEAssembler(Assembler):
         """One decoded event (``name`` from its ``event:`` line, None without one)."""
 
 
+class MockSource:
+    """A ``mock_response`` model's streamed answer (an async iterator of bytes) as the pipeline relays a stream."""
+
+    __slots__ = ("_chunks",)
+
+    def __init__(self, chunks: Any) -> None:
+        self._chunks = chunks
+
+    def aiter_raw(self) -> Any:
+        return self._chunks
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()
+
+
 class Endpoint:
     """One model endpoint as the pipeline sees it. Subclasses set the class attributes and override what
     differs; everything else (auth, attribution, model restrictions, router, cache, log event) is the pipeline's.
@@ -296,13 +311,17 @@ class Endpoint:
     - ``name``: the upstream endpoint (``completions``), in errors as ``/v1/<name>``.
     - ``call_type``: LiteLLM's name for the event (``atext_completion``).
     - ``input_field``: the body field logged as the event's ``messages`` (redacted with them).
-    - ``cacheable``: answers go through the response cache (``cache`` body controls accepted).
+    - ``cacheable``: answers go through the response cache (``cache`` body controls accepted); with
+      ``cache_streams`` streamed requests too (:meth:`replay`, :meth:`store_stream`).
+    - ``incomplete``: the event's error when a stream ends before its protocol's last event.
     """
 
     name: str = ""
     call_type: str = ""
     input_field: str = "input"
     cacheable: bool = False
+    cache_streams: bool = False
+    incomplete: str = "upstream stream ended before its last event"
 
     async def read(self, request: Request) -> tuple[dict[str, Any], bytes | None, Any]:
         """The body as a dict (with ``model``), its raw bytes when they may go upstream as they came, and an
@@ -320,8 +339,8 @@ class Endpoint:
             raise ApiError(400, "stream: expected a boolean", param="stream")
         return stream
 
-    def tokens(self, body: dict[str, Any]) -> int:
-        """The prompt's tokens as usage-based routing estimates them before the answer."""
+    def tokens(self, router: Any, body: dict[str, Any]) -> int:
+        """The prompt's tokens as usage-based routing estimates them before the answer (``router.estimate_tokens``)."""
         return 0
 
     async def answer(self, call: Call, deployment: Deployment) -> bytes:
@@ -369,6 +388,13 @@ class Endpoint:
         """Whether an answer may be stored in the response cache."""
         return isinstance(parsed, dict)
 
+    def replay(self, cached: CachedAnswer, body: dict[str, Any], stream: bool) -> tuple[bytes, str]:
+        """A cached answer as the client asked for it: its bytes and media type."""
+        return cached.content, "application/json"
+
+    async def store_stream(self, lookup: CacheLookup, state: Assembler, body: dict[str, Any]) -> None:
+        """Store a streamed answer that ended well (only with ``cache_streams``)."""
+
 
 async def run_call(request: Request, endpoint: Endpoint) -> Response[Any]:
     """One call of ``endpoint``: read and check the body (400 naming a field), authenticate, check the model,
@@ -414,21 +440,26 @@ async def run_call(request: Request, endpoint: Endpoint) -> Response[Any]:
         if options is not None:
             call.raw = None
         await gateway.router.ready(group)
-        if endpoint.cacheable and not stream and gateway.cache.enabled_for(ctx):
+        # -- response cache (sluicegate.cache): look up before the upstream call; nothing at all when off
+        if endpoint.cacheable and (not stream or endpoint.cache_streams) and gateway.cache.enabled_for(ctx):
             lookup = gateway.cache.lookup(ctx, group.deployments[0], body, cache_controls, kind=endpoint.name)
             cached = await lookup.get()
-            if cached is not None:
+            if cached is not None:  # logged like any request (free, cache_hit), marked by a header
                 response, usage = endpoint.logged(call, cached.parsed)
-                event = call.event(status="success", response=response, usage=usage)
+                event = call.event(status="success", response=response, usage=usage, stream=stream)
                 lookup.mark(event, hit=True)
                 gateway.dispatcher.submit(event, ctx.callbacks)
-                return Response(content=cached.content, media_type="application/json",
-                                headers={"x-request-id": rid, **lookup.headers(hit=True)})
+                content, media_type = endpoint.replay(cached, body, stream)
+                headers = {"x-request-id": rid, **lookup.headers(hit=True)}
+                if stream:
+                    headers["cache-control"] = "no-cache"
+                return Response(content=content, media_type=media_type, headers=headers)
+        # -- end response cache
         if stream:
-            return await _stream(gateway, call, group, options, endpoint)
+            return await _stream(gateway, call, group, options, endpoint, lookup)
         try:
             outcome = await gateway.router.call(group, lambda d: endpoint.answer(call, d), options=options,
-                                                tokens=endpoint.tokens(body))
+                                                tokens=endpoint.tokens(gateway.router, body))
         except RouterFailure as failure:
             call.deployment = failure.deployment or call.deployment
             call.attempts = failure.attempts
@@ -462,11 +493,12 @@ async def run_call(request: Request, endpoint: Endpoint) -> Response[Any]:
 
 
 async def _stream(gateway: Gateway, call: Call, group: Any, options: RequestOptions | None,
-                  endpoint: Endpoint) -> Response[Any]:
-    """Relay a streamed answer as it arrives; the event is built when it ends (or breaks off)."""
+                  endpoint: Endpoint, lookup: CacheLookup | None) -> Response[Any]:
+    """Relay a streamed answer as it arrives; the event is built when it ends (or breaks off). Only the opening
+    is retried: once the upstream accepted, its bytes go to the client as they come."""
     try:
         outcome = await gateway.router.call(group, lambda d: endpoint.open(call, d), options=options, stream=True,
-                                            tokens=endpoint.tokens(call.body))
+                                            tokens=endpoint.tokens(gateway.router, call.body))
     except RouterFailure as failure:
         call.deployment = failure.deployment or call.deployment
         call.attempts = failure.attempts
@@ -486,7 +518,7 @@ async def _stream(gateway: Gateway, call: Call, group: Any, options: RequestOpti
             if state.error is not None:
                 error = state.error
             elif not state.done:
-                error = "upstream stream ended before its last event"
+                error = endpoint.incomplete
         except Exception as exc:
             if isinstance(exc, BaseExceptionGroup):
                 error = "client disconnected mid-stream"
@@ -503,15 +535,19 @@ async def _stream(gateway: Gateway, call: Call, group: Any, options: RequestOpti
         finally:
             await source.aclose()
             response, usage = state.result()
-            if usage is None:  # a translated stream knows the usage even when the client did not ask for it
+            if usage is None:  # a translating provider knows the usage even when the client did not ask for it
                 usage = getattr(source, "usage", None)
-                if isinstance(response, dict) and usage:
-                    response = {**response, "usage": usage}
-            outcome.finish(int((usage or {}).get("total_tokens") or 0))
-            gateway.dispatcher.submit(call.event(status="failure" if error else "success", response=response,
-                                                 usage=usage, error_str=error, first_token_at=state.first_token_at,
-                                                 stream=call.body.get("stream") is True), call.ctx.callbacks)
+            outcome.finish(int((usage or {}).get("total_tokens") or 0) if isinstance(usage, dict) else 0)
+            event = call.event(status="failure" if error else "success", response=response,
+                               usage=usage if isinstance(usage, dict) else None, error_str=error,
+                               first_token_at=state.first_token_at, stream=call.body.get("stream") is True)
+            if lookup is not None and error is None:  # -- response cache: store the assembled answer
+                lookup.mark(event, hit=False)
+                await endpoint.store_stream(lookup, state, call.body)
+            gateway.dispatcher.submit(event, call.ctx.callbacks)
 
     headers = {"x-request-id": call.request_id, "cache-control": "no-cache"}
+    if lookup is not None:
+        headers.update(lookup.headers(hit=False))
     return Stream(relay(), media_type=endpoint.media_type(call.body, headers_in),
                   headers=headers)
