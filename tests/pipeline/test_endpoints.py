@@ -277,8 +277,11 @@ async def test_images_never_log_image_bytes_and_count_images(
         sdk, mock_upstream, claude_upstream, receiver, vars_for, make_config, start) -> None:
     async with start(make_config(models=models(mock_upstream, claude_upstream))) as gw:
         client = sdk(gw, await team_key(gw, vars_for, "img-team"))
+        image_rid = rid("img")
         images = await client.images.generate(model="image", prompt="a cat", n=2, size="1024x1024",
-                                              response_format="b64_json")
+                                              response_format="b64_json", user="u-img",
+                                              extra_body={"metadata": {"session_id": "s-img"}},
+                                              extra_headers={"x-request-id": image_rid})
         assert len(images.data) == 2 and len(images.data[0].b64_json) == 4000
         tokens = await client.images.generate(model="gpt-image", prompt="a dog")
         urls = await gw.client.post("/images/generations", headers={"Authorization": f"Bearer {client.api_key}"},
@@ -290,6 +293,8 @@ async def test_images_never_log_image_bytes_and_count_images(
         assert "anthropic" in error["message"] and "/v1/images/generations" in error["message"]
         two, one, url, refused = await events_for(receiver, "img-team", 4)
     assert tokens.usage.output_tokens == 1000
+    assert "metadata" not in mock_upstream.find(image_rid)["body"]
+    assert two["metadata"]["session_id"] == "s-img" and two["end_user"] == "u-img"
     assert two["call_type"] == "aimage_generation" and two["messages"] == "a cat"
     placeholder = two["response"]["data"][0]["b64_json"]
     assert placeholder == "<image/png: 3000 bytes, not logged>"
@@ -310,7 +315,8 @@ async def test_transcriptions_upload_multipart_and_log_a_placeholder_and_seconds
         client = sdk(gw, await team_key(gw, vars_for, "stt-team"))
         upload_rid = rid("stt")
         text = await client.audio.transcriptions.create(model="whisper", file=("talk.wav", audio, "audio/wav"),
-                                                        language="en", extra_headers={"x-request-id": upload_rid})
+                                                        language="en", extra_headers={"x-request-id": upload_rid},
+                                                        extra_body={"metadata": '{"session_id": "s-stt"}'})
         assert text.text == f"transcript of talk.wav ({len(audio)} bytes)"
         plain = await client.audio.transcriptions.create(model="whisper-azure", file=("a.wav", audio),
                                                          response_format="text")
@@ -331,6 +337,7 @@ async def test_transcriptions_upload_multipart_and_log_a_placeholder_and_seconds
     received = mock_upstream.find(upload_rid)
     assert received["path"] == "/v1/audio/transcriptions" and received["headers"]["authorization"] == "Bearer up-key"
     assert received["body"]["model"] == "whisper-1" and received["body"]["language"] == "en"
+    assert "metadata" not in received["body"] and first["metadata"]["session_id"] == "s-stt"
     assert received["body"]["file"] == {"filename": "talk.wav", "content_type": "audio/wav", "bytes": len(audio)}
     assert mock_upstream.requests[-3]["path"] == "/openai/deployments/my-whisper/audio/transcriptions" or any(
         r["path"] == "/openai/deployments/my-whisper/audio/transcriptions" for r in mock_upstream.requests)
@@ -351,8 +358,10 @@ async def test_speech_is_relayed_as_it_arrives_and_logged_without_audio(
         async with start(make_config(models=models(mock_upstream, claude_upstream))) as gw:
             client = sdk(gw, await team_key(gw, vars_for, "tts-team"))
             sentence = "x" * 95  # 10 chunks
+            speech_rid = rid("tts")
             async with client.audio.speech.with_streaming_response.create(
-                    model="tts", voice="alloy", input=sentence) as response:
+                    model="tts", voice="alloy", input=sentence, extra_body={"metadata": {"tags": ["voice"]}},
+                    extra_headers={"x-request-id": speech_rid}) as response:
                 assert response.headers["content-type"] == "audio/mpeg"
                 chunks = [chunk async for chunk in response.iter_bytes(chunk_size=None)]
             assert sum(map(len, chunks)) == 10 * mock_upstream.SPEECH_CHUNK
@@ -364,6 +373,7 @@ async def test_speech_is_relayed_as_it_arrives_and_logged_without_audio(
     finally:
         mock_upstream.on("tts-1")
     assert spoken["call_type"] == "aspeech" and spoken["messages"] == sentence
+    assert spoken["request_tags"] == ["voice"] and "metadata" not in mock_upstream.find(speech_rid)["body"]
     assert spoken["response"] == {"type": "audio", "media_type": "audio/mpeg",
                                   "audio": f"<audio/mpeg: {10 * 1024} bytes, not logged>"}
     assert spoken["response_cost"] == pytest.approx(95 * 15e-6)  # tts-1: per character
@@ -474,6 +484,7 @@ async def test_vendor_responses_go_through_chat_and_unserved_endpoints_name_the_
         client = sdk(gw, await team_key(gw, vars_for, "vendor-team"))
         plain_rid = rid("vendor")
         answer = await client.responses.create(model="groq", input="ping", instructions="short",
+                                               metadata={"trace_name": "t-vendor"},
                                                extra_headers={"x-request-id": plain_rid})
         assert answer.output_text == "echo: ping" and answer.usage.input_tokens == 7
         events = [event async for event in await client.responses.create(model="groq", input="pong", stream=True)]
@@ -485,7 +496,8 @@ async def test_vendor_responses_go_through_chat_and_unserved_endpoints_name_the_
         assert "groq" in caught.value.response.json()["error"]["message"]
         logged = await events_for(receiver, "vendor-team", 3)
     sent = mock_upstream.find(plain_rid)
-    assert sent["path"] == "/v1/chat/completions"
+    assert sent["path"] == "/v1/chat/completions" and "metadata" not in sent["body"]
+    assert logged[0]["metadata"]["trace_name"] == "t-vendor"
     assert sent["body"]["messages"] == [{"role": "system", "content": "short"}, {"role": "user", "content": "ping"}]
     assert [e["call_type"] for e in logged] == ["aresponses", "aresponses", "aimage_generation"]
     assert logged[1]["total_tokens"] == 9 and logged[2]["status"] == "failure"

@@ -11,6 +11,7 @@ characters spoken for speech (how ``whisper-1`` and ``tts-1`` are priced).
 from __future__ import annotations
 
 import io
+import json
 import uuid
 import wave
 from typing import TYPE_CHECKING, Any
@@ -91,6 +92,11 @@ class Transcriptions(Endpoint):
             raise ApiError(400, "file: the audio file is empty", param="file")
         if not body.get("model"):
             raise ApiError(400, "model: required (a string naming a configured model)", param="model")
+        if isinstance(body.get("metadata"), str):  # a form field: LiteLLM's metadata as a JSON text
+            try:
+                body["metadata"] = json.loads(body["metadata"])
+            except ValueError:
+                raise ApiError(400, "metadata: expected a JSON object", param="metadata") from None
         content_type = upload.content_type or "application/octet-stream"
         placeholder = binary_placeholder(f"audio {content_type} {upload.filename or 'file'}", len(data))
         return body, None, ((fields, (upload.filename or "audio", content_type, data)), placeholder)
@@ -105,7 +111,9 @@ class Transcriptions(Endpoint):
         if deployment.mock_response is not None:
             raise self.unsupported_mock(deployment)
         fields, file = call.upload
-        fields = [(k, deployment.upstream_model if k == "model" else v) for k, v in fields]
+        # what the pipeline took out of the body (metadata, num_retries, ...) stays out of the upload too
+        fields = [(k, deployment.upstream_model if k == "model" else v) for k, v in fields
+                  if k.removesuffix("[]") in call.body]
         payload, content_type = _multipart(fields, file)
         return await deployment.provider.forward(self.name, payload, call.request_id, content_type=content_type)
 
