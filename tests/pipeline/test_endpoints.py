@@ -300,6 +300,7 @@ async def test_images_never_log_image_bytes_and_count_images(
     assert placeholder == "<image/png: 3000 bytes, not logged>"
     assert images.data[0].b64_json not in json.dumps(two)
     assert two["model_parameters"] == {"n": 2, "size": "1024x1024"}
+    assert two["response"]["usage"] == {"images": 2, "size": "1024x1024", "quality": None}
     assert two["response_cost"] == pytest.approx(2 * 0.04)  # the config's output_cost_per_image
     assert url["response_cost"] == 0.0  # dall-e-2: neither the table nor the config prices it (warned at start-up)
     assert (one["prompt_tokens"], one["completion_tokens"]) == (10, 1000)
@@ -345,7 +346,8 @@ async def test_transcriptions_upload_multipart_and_log_a_placeholder_and_seconds
     assert first["messages"] == f"<audio audio/wav talk.wav: {len(audio)} bytes, not logged>"
     assert first["response"]["text"] == text.text
     assert first["response_cost"] == pytest.approx(3 * 0.36 / 3600)  # whisper-1: usage.seconds = 3
-    assert azure["response"] == {"text": plain} and azure["custom_llm_provider"] == "azure"
+    assert azure["response"] == {"text": plain, "usage": {"audio_seconds": 2.0}}
+    assert azure["custom_llm_provider"] == "azure" and first["response"]["usage"]["audio_seconds"] == 3.0
     assert azure["response_cost"] == pytest.approx(2.0 * 0.001)  # seconds from the WAV header, the config's price
     assert third["response_cost"] == pytest.approx(12.5 * 0.36 / 3600)  # verbose_json's duration
     assert "model" not in first["model_parameters"] and first["model_parameters"]["language"] == "en"
@@ -375,7 +377,8 @@ async def test_speech_is_relayed_as_it_arrives_and_logged_without_audio(
     assert spoken["call_type"] == "aspeech" and spoken["messages"] == sentence
     assert spoken["request_tags"] == ["voice"] and "metadata" not in mock_upstream.find(speech_rid)["body"]
     assert spoken["response"] == {"type": "audio", "media_type": "audio/mpeg",
-                                  "audio": f"<audio/mpeg: {10 * 1024} bytes, not logged>"}
+                                  "audio": f"<audio/mpeg: {10 * 1024} bytes, not logged>",
+                                  "usage": {"characters": 95}}
     assert spoken["response_cost"] == pytest.approx(95 * 15e-6)  # tts-1: per character
     assert refused["status"] == "failure"
 

@@ -136,6 +136,8 @@ class Transcriptions(Endpoint):
             seconds = _seconds_of_wav(call.upload[1][2])
         if isinstance(seconds, int | float):
             usage["audio_seconds"] = float(seconds)
+        if usage:  # what was priced, in the event
+            response = {**response, "usage": {**(upstream if isinstance(upstream, dict) else {}), **usage}}
         return response, usage or None
 
 
@@ -148,8 +150,9 @@ class _SpeechAssembler(Assembler):
         self.characters = characters
 
     def result(self) -> tuple[Any, dict[str, Any] | None]:
-        return ({"type": "audio", "media_type": self.kind, "audio": binary_placeholder(self.kind, self.bytes)},
-                {"characters": self.characters})
+        usage = {"characters": self.characters}
+        return ({"type": "audio", "media_type": self.kind, "audio": binary_placeholder(self.kind, self.bytes),
+                 "usage": usage}, usage)
 
 
 class Speech(Endpoint):

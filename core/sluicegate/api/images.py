@@ -63,6 +63,7 @@ class ImageGenerations(Endpoint):
             usage["prompt_tokens"] = int(tokens.get("input_tokens") or 0)
             usage["completion_tokens"] = int(tokens.get("output_tokens") or 0)
             usage["total_tokens"] = int(tokens.get("total_tokens") or 0)
+        response["usage"] = {**(tokens if isinstance(tokens, dict) else {}), **usage}  # what was priced
         return response, usage
 
 
