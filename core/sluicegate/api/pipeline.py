@@ -32,8 +32,9 @@ if TYPE_CHECKING:
     from sluicegate.providers.models import Deployment
     from sluicegate.router import Attempt
 
-__all__ = ("Assembler", "Call", "Endpoint", "MockSource", "allowed_models", "binary_placeholder", "error_response", "may_use", "parse_model_body", "random_id", "request_id_of",
-           "request_options", "run_call", "take_attribution")
+__all__ = ("Assembler", "Call", "Endpoint", "MockSource", "SSEAssembler", "allowed_models", "binary_placeholder",
+           "error_response", "may_use", "parse_model_body", "random_id", "request_id_of", "request_options",
+           "run_call", "take_attribution")
 
 _decoder = msgspec.json.Decoder()
 _rng = random.Random()  # seeded from os.urandom once
