@@ -195,7 +195,18 @@ def _bedrock_frames() -> list[bytes]:
     return frames
 
 
+def _embeddings(dimensions: int = 1536) -> bytes:
+    """text-embedding-3-small's answer to one input: a 1,536-float vector, base64 (the SDKs' default)."""
+    import base64
+
+    vector = struct.pack(f"<{dimensions}f", *(((i * 7919) % 1000) / 1000 - 0.5 for i in range(dimensions)))
+    return json.dumps({"object": "list", "model": "text-embedding-3-small", "data": [
+        {"object": "embedding", "index": 0, "embedding": base64.b64encode(vector).decode()}],
+        "usage": {"prompt_tokens": 7, "total_tokens": 7}}, separators=(",", ":")).encode()
+
+
 RESP_COMPLETION = _response("200 OK", b"application/json", COMPLETION)
+RESP_EMBEDDINGS = _response("200 OK", b"application/json", _embeddings())
 RESP_STREAM = _stream_response(_sse_events())
 RESP_ANTHROPIC = _response("200 OK", b"application/json", ANTHROPIC_MESSAGE)
 RESP_ANTHROPIC_STREAM = _stream_response(_anthropic_events())
@@ -234,6 +245,7 @@ WIRES: list[tuple[str, Callable[[bytes], bool], Callable[[bytes, bytes], bytes]]
     ("bedrock", lambda path: path.startswith(b"/model/"),
      lambda path, body: RESP_BEDROCK_STREAM if path.endswith(b"/converse-stream") else RESP_BEDROCK),
     ("openai", lambda path: path.endswith(b"/chat/completions"), _by_stream_flag(RESP_COMPLETION, RESP_STREAM)),
+    ("embeddings", lambda path: path.endswith(b"/embeddings"), lambda path, body: RESP_EMBEDDINGS),
 ]
 """The wire formats the mock speaks. A new provider's row adds its precomputed answers and one entry here."""
 

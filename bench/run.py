@@ -48,6 +48,9 @@ MASTER_KEY = "sk-bench-master-key"
 MODEL = "mock-gpt"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello in one short sentence."}]}
 STREAM_BODY = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
+EMBEDDINGS_BODY = {"model": MODEL, "input": "Say hello in one short sentence."}
+"""The ``gw-embeddings`` row's body: one input, answered by the mock with one 1,536-float vector (base64, as the
+OpenAI SDKs ask by default)."""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LITELLM_VENV = HERE / ".litellm-venv"
 LITELLM_SETUP = "bench/litellm_setup.sh"
@@ -70,6 +73,7 @@ class Row:
     budgets: str | None = None  # None | "local" | "redis": max_budget + soft_budget + budget_duration on every key and
     # team, and litellm_settings.max_budget (never reached); "redis" shares the counters through 127.0.0.1:6379
     limits: str | None = None  # rate limits on every key and team, counted "local"ly or in "redis" (None: no limits)
+    endpoint: str = "chat/completions"  # the OpenAI endpoint wrk POSTs to (and its body)
 
 
 ROWS = [
@@ -98,6 +102,9 @@ ROWS = [
         stream=True, limits="local"),
     Row("gw-limits-redis", "gateway, no sinks, rate limits on every key and team (Redis 127.0.0.1:6379)",
         "gateway", "builtin", stream=True, limits="redis"),
+    # another endpoint through the shared call pipeline: /v1/embeddings (text-embedding-3-small's 1,536 floats)
+    Row("gw-embeddings", "gateway, no sinks, /v1/embeddings (1,536-float vectors, base64)", "gateway", "builtin",
+        provider="openai-embeddings", endpoint="embeddings"),
     Row("gw-aiohttp", "gateway, no sinks, aiohttp client", "gateway", "aiohttp"),
     Row("gw-httpx-aiohttp", "gateway, no sinks, httpx over the httpx-aiohttp transport", "gateway",
         "httpx-aiohttp"),
@@ -339,14 +346,16 @@ class Wrk:
         self.load_cpu = load_cpu
         self.body = workdir / "body.json"
         self.stream_body = workdir / "stream_body.json"
+        self.embeddings_body = workdir / "embeddings_body.json"
         self.body.write_bytes(json.dumps(BODY).encode())
         self.stream_body.write_bytes(json.dumps(STREAM_BODY).encode())
+        self.embeddings_body.write_bytes(json.dumps(EMBEDDINGS_BODY).encode())
 
     def run(self, url: str, keys: Path, concurrency: int, duration: float, *, stream: bool = False,
-            path: str = "/v1/chat/completions") -> dict[str, Any]:
+            endpoint: str = "chat/completions") -> dict[str, Any]:
+        body = self.embeddings_body if endpoint == "embeddings" else self.stream_body if stream else self.body
         argv = [self.binary, "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
-                "-s", str(HERE / "chat.lua"), url, "--", path, str(keys),
-                str(self.stream_body if stream else self.body)]
+                "-s", str(HERE / "chat.lua"), url, "--", f"/v1/{endpoint}", str(keys), str(body)]
         if os.environ.get("BENCH_CONNECTION_CLOSE") == "1":  # clients that open a connection per request
             argv.append("close")
         if self.load_cpu is not None and shutil.which("taskset"):
@@ -387,6 +396,7 @@ def team_ids(count: int) -> list[str]:
 PROVIDER_MODELS: dict[str, list[str]] = {
     # provider -> its `litellm_params` lines ({upstream} is the mock's base URL); each is priced from the table
     "openai": [f"model: openai/{MODEL}", "api_base: {upstream}/v1", "base_model: gpt-4o-mini"],
+    "openai-embeddings": [f"model: openai/{MODEL}", "api_base: {upstream}/v1", "base_model: text-embedding-3-small"],
     "anthropic": ["model: anthropic/claude-sonnet-4-5", "api_base: {upstream}"],
     "azure": [f"model: azure/{MODEL}", "api_base: {upstream}", "api_version: '2024-10-21'",
               "base_model: gpt-4o-mini"],
@@ -586,14 +596,14 @@ class Bench:
         return receiver_counts(self.receiver_urls)
 
     def best_of(self, url: str, keys: Path, concurrency: int, duration: float, pid: int | None, *,
-                stream: bool = False) -> Point:
+                stream: bool = False, endpoint: str = "chat/completions") -> Point:
         """The best of ``--repeat`` runs: on a shared machine noise only ever subtracts throughput."""
         best: Point | None = None
         delivery = tuple(delivery_pids(pid)) if pid else ()
         for _ in range(self.args.repeat):
             before = cpu_seconds(pid, skip=delivery) if pid else None
             before_delivery = cpu_seconds(pid, only=delivery) if delivery else 0.0
-            raw = self.wrk.run(url, keys, concurrency, duration, stream=stream)
+            raw = self.wrk.run(url, keys, concurrency, duration, stream=stream, endpoint=endpoint)
             cpu = cpu_seconds(pid, skip=delivery) - before if pid and before is not None else None
             point = to_point(concurrency, raw, cpu)
             if delivery and point.requests:
@@ -607,9 +617,9 @@ class Bench:
     def measure(self, row: Row, url: str, keys: Path, pid: int | None) -> Result:
         result = Result(row.id, row.label.format(teams=len(self.teams)))
         duration = self.args.duration
-        self.wrk.run(url, keys, 16, self.args.warmup)  # warm-up, discarded
+        self.wrk.run(url, keys, 16, self.args.warmup, endpoint=row.endpoint)  # warm-up, discarded
         for concurrency in self.args.concurrency:
-            point = self.best_of(url, keys, concurrency, duration, pid)
+            point = self.best_of(url, keys, concurrency, duration, pid, endpoint=row.endpoint)
             result.points.append(point)
             print(f"  {row.id:12} c={concurrency:<3} {point.rps:9,.0f} req/s  p50 {point.p50_ms:7.2f} ms  "
                   f"p99 {point.p99_ms:7.2f} ms  errors {point.errors}"
@@ -895,7 +905,8 @@ def providers_vs_passthrough(by_id: dict[str, Result], cs: list[int]) -> list[st
     """Issue 22: a translating provider adds at most 30 µs of CPU per request over the OpenAI passthrough (`gw`)."""
     base = by_id.get("gw")
     rows = [r for r in by_id.values() if r.id.startswith("gw-") and r.points
-            and next((row.provider for row in ROWS if row.id == r.id), "openai") != "openai"]
+            and next((row.provider for row in ROWS if row.id == r.id), "openai") not in ("openai",
+                                                                                        "openai-embeddings")]
     if not (base and base.points and rows):
         return []
     out = ["", "## Providers vs the OpenAI passthrough (`gw`): CPU per request, throughput (issue 22: translation "

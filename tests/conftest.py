@@ -242,6 +242,7 @@ class MockUpstream:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.rules: dict[str, dict[str, Any]] = {}
+        self.stored: dict[str, Any] = {}
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: Any = None
@@ -301,6 +302,18 @@ class MockUpstream:
         # Azure's deployment URLs, same answers (the path is recorded for the test to check)
         app.router.add_post("/openai/deployments/{name}/chat/completions", self._chat)
         app.router.add_post("/openai/deployments/{name}/embeddings", self._embeddings)
+        # the rest of OpenAI's API (paths, auth and multipart checked as OpenAI checks them); Azure's URLs too
+        for prefix in ("/v1", "/openai/deployments/{name}", "/openai/v1", "/openai"):
+            app.router.add_post(f"{prefix}/completions", self._completions)
+            app.router.add_post(f"{prefix}/images/generations", self._images)
+            app.router.add_post(f"{prefix}/audio/transcriptions", self._transcriptions)
+            app.router.add_post(f"{prefix}/audio/speech", self._speech)
+        app.router.add_post("/v1/moderations", self._moderations)
+        for prefix in ("/v1", "/openai", "/openai/v1"):
+            app.router.add_post(f"{prefix}/responses", self._responses)
+            app.router.add_get(f"{prefix}/responses/{{id}}", self._stored_response)
+            app.router.add_delete(f"{prefix}/responses/{{id}}", self._stored_response)
+            app.router.add_get(f"{prefix}/responses/{{id}}/input_items", self._stored_response)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -354,6 +367,238 @@ class MockUpstream:
         tokens = sum(len(x) if isinstance(x, list) else len(str(x).split()) for x in inputs)
         usage = knobs.get("usage") or {"prompt_tokens": tokens, "total_tokens": tokens}
         return web.json_response({"object": "list", "data": data, "model": str(body.get("model")), "usage": usage})
+
+    # -- the rest of OpenAI's API --------------------------------------------------------------------------
+    def _record(self, request: Any, body: Any, raw: bytes) -> None:
+        self.requests.append({"path": request.path, "headers": {k.lower(): v for k, v in request.headers.items()},
+                              "body": body, "raw": raw, "method": request.method, "query": dict(request.query)})
+
+    @staticmethod
+    def _error(status: int, message: str, param: str | None = None) -> Any:
+        from aiohttp import web
+
+        return web.json_response({"error": {"message": message, "type": "invalid_request_error", "param": param,
+                                            "code": None}}, status=status)
+
+    def _unauthorised(self, request: Any) -> Any:
+        """OpenAI's 401 without a bearer key (Azure: an ``api-key``); None when the request carries one."""
+        bearer = request.headers.get("authorization", "")
+        if (bearer.startswith("Bearer ") and len(bearer) > 7) or request.headers.get("api-key"):
+            return None
+        return self._error(401, "You didn't provide an API key.")
+
+    async def _json_body(self, request: Any) -> tuple[Any, Any]:
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        self._record(request, body, raw)
+        if (refused := self._unauthorised(request)) is not None:
+            return None, refused
+        if request.content_type != "application/json" or not isinstance(body, dict):
+            return None, self._error(400, "We could not parse the JSON body of your request.")
+        if not body.get("model") and not request.path.endswith("/moderations"):
+            return None, self._error(400, "you must provide a model parameter", "model")
+        knobs = dict(self.rules.get(str(body.get("model")), {}))
+        if knobs.get("status"):
+            return None, self._error(int(knobs["status"]), f"mock upstream error {knobs['status']}")
+        return body, None
+
+    async def _completions(self, request: Any) -> Any:
+        """Legacy completions: ``echo: <prompt>`` per prompt, streamed as ``text_completion`` chunks."""
+        from aiohttp import web
+
+        body, refused = await self._json_body(request)
+        if refused is not None:
+            return refused
+        prompt = body.get("prompt")
+        if prompt is None:
+            return self._error(400, "you must provide a prompt parameter", "prompt")
+        prompts = prompt if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else [prompt]
+        texts = [f"echo: {p}" for p in prompts]
+        ident = f"cmpl-mock-{uuid.uuid4().hex[:12]}"
+        words = sum(len(t.split()) for t in texts)
+        usage = {"prompt_tokens": 5, "completion_tokens": words, "total_tokens": 5 + words}
+        base = {"id": ident, "object": "text_completion", "created": int(time.time()), "model": body["model"]}
+        if not body.get("stream"):
+            return web.json_response({**base, "choices": [
+                {"text": t, "index": i, "logprobs": None, "finish_reason": "stop"} for i, t in enumerate(texts)],
+                "usage": usage})
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for i, text in enumerate(texts):
+            for j, word in enumerate(text.split(" ")):
+                chunk = {**base, "choices": [{"text": word if j == 0 else " " + word, "index": i, "logprobs": None,
+                                              "finish_reason": None}]}
+                await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            chunk = {**base, "choices": [{"text": "", "index": i, "logprobs": None, "finish_reason": "stop"}]}
+            await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await response.write(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def _responses(self, request: Any) -> Any:
+        """The Responses API: an ``echo: <input>`` message, stored (``GET``/``DELETE`` /responses/{id}, and its
+        ``input_items``) unless ``store`` is false; streamed as the API's events."""
+        from aiohttp import web
+
+        body, refused = await self._json_body(request)
+        if refused is not None:
+            return refused
+        value = body.get("input")
+        text = value if isinstance(value, str) else json.dumps(value)
+        content = f"echo: {text}"
+        ident = f"resp_mock{uuid.uuid4().hex[:16]}"
+        message = {"type": "message", "id": f"msg_{uuid.uuid4().hex[:12]}", "status": "completed",
+                   "role": "assistant", "content": [{"type": "output_text", "text": content, "annotations": []}]}
+        usage = {"input_tokens": 9, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 4,
+                 "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 13}
+        answer = {"id": ident, "object": "response", "created_at": int(time.time()), "status": "completed",
+                  "error": None, "incomplete_details": None, "instructions": body.get("instructions"),
+                  "model": body["model"], "output": [message], "parallel_tool_calls": True, "tool_choice": "auto",
+                  "tools": [], "temperature": 1.0, "top_p": 1.0, "usage": usage, "metadata": body.get("metadata") or {},
+                  "store": body.get("store", True)}
+        if body.get("store", True):
+            self.stored[ident] = (answer, value)
+        if not body.get("stream"):
+            return web.json_response(answer)
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        sequence = 0
+
+        async def send(kind: str, **data: Any) -> None:
+            nonlocal sequence
+            payload = {"type": kind, "sequence_number": sequence, **data}
+            sequence += 1
+            await response.write(f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode())
+
+        started = {**answer, "status": "in_progress", "output": [], "usage": None}
+        await send("response.created", response=started)
+        await send("response.output_item.added", output_index=0, item={**message, "content": [],
+                                                                        "status": "in_progress"})
+        for j, word in enumerate(content.split(" ")):
+            await send("response.output_text.delta", item_id=message["id"], output_index=0, content_index=0,
+                       delta=word if j == 0 else " " + word, logprobs=[])
+        await send("response.output_item.done", output_index=0, item=message)
+        await send("response.completed", response=answer)
+        await response.write_eof()
+        return response
+
+    async def _stored_response(self, request: Any) -> Any:
+        from aiohttp import web
+
+        self._record(request, None, b"")
+        if (refused := self._unauthorised(request)) is not None:
+            return refused
+        ident = request.match_info["id"]
+        if ident not in self.stored:
+            return self._error(404, f"Response with id '{ident}' not found.")
+        answer, value = self.stored[ident]
+        if request.method == "DELETE":
+            del self.stored[ident]
+            return web.json_response({"id": ident, "object": "response", "deleted": True})
+        if request.path.endswith("/input_items"):
+            items = [{"type": "message", "id": f"msg_in{ident}", "role": "user", "status": "completed",
+                      "content": [{"type": "input_text", "text": value if isinstance(value, str) else ""}]}]
+            return web.json_response({"object": "list", "data": items, "first_id": items[0]["id"],
+                                      "last_id": items[0]["id"], "has_more": False})
+        return web.json_response(answer)
+
+    async def _images(self, request: Any) -> Any:
+        """``n`` images of ``IMAGE_BYTES`` bytes each, as ``b64_json`` (or a URL with ``response_format: url``)."""
+        import base64
+
+        from aiohttp import web
+
+        body, refused = await self._json_body(request)
+        if refused is not None:
+            return refused
+        if not body.get("prompt"):
+            return self._error(400, "prompt is required", "prompt")
+        n = int(body.get("n") or 1)
+        if body.get("response_format") == "url":
+            data = [{"url": f"https://images.example/{i}.png"} for i in range(n)]
+        else:
+            data = [{"b64_json": base64.b64encode(bytes([i]) * self.IMAGE_BYTES).decode(),
+                     "revised_prompt": f"revised: {body['prompt']}"} for i in range(n)]
+        answer: dict[str, Any] = {"created": int(time.time()), "data": data}
+        if str(body["model"]).startswith("gpt-image"):
+            answer["usage"] = {"input_tokens": 10, "output_tokens": 1000 * n, "total_tokens": 10 + 1000 * n,
+                               "input_tokens_details": {"text_tokens": 10, "image_tokens": 0}}
+        return web.json_response(answer)
+
+    IMAGE_BYTES = 3000
+
+    async def _transcriptions(self, request: Any) -> Any:
+        """Whisper's answer to a multipart upload: a ``file`` part with a filename and a ``model`` field are
+        required (a JSON body is refused as OpenAI refuses it); ``response_format`` json, text or verbose_json."""
+        from aiohttp import web
+
+        if (refused := self._unauthorised(request)) is not None:
+            self._record(request, None, b"")
+            return refused
+        if request.content_type != "multipart/form-data":
+            self._record(request, None, await request.read())
+            return self._error(400, "Could not parse multipart form")
+        form = await request.post()
+        fields = {k: v for k, v in form.items() if not hasattr(v, "file")}
+        upload = form.get("file")
+        audio = upload.file.read() if hasattr(upload, "file") else None
+        self._record(request, {**fields, "file": {"filename": getattr(upload, "filename", None),
+                                                  "content_type": getattr(upload, "content_type", None),
+                                                  "bytes": len(audio) if audio is not None else None}}, b"")
+        if audio is None or not upload.filename:
+            return self._error(400, "Missing required parameter: 'file'.", "file")
+        if not fields.get("model"):
+            return self._error(400, "you must provide a model parameter", "model")
+        text = f"transcript of {upload.filename} ({len(audio)} bytes)"
+        kind = fields.get("response_format") or "json"
+        if kind == "text":
+            return web.Response(text=text + "\n", content_type="text/plain")
+        if kind == "verbose_json":
+            return web.json_response({"task": "transcribe", "language": "english", "duration": 12.5, "text": text,
+                                      "segments": [{"id": 0, "start": 0.0, "end": 12.5, "text": text}]})
+        return web.json_response({"text": text, "usage": {"type": "duration", "seconds": 3}})
+
+    SPEECH_CHUNK = 1024
+
+    async def _speech(self, request: Any) -> Any:
+        """``audio/mpeg`` bytes streamed in ``SPEECH_CHUNK`` pieces, one per 10 characters of input; ``chunk_delay``
+        knob (the test of relaying as it arrives)."""
+        from aiohttp import web
+
+        body, refused = await self._json_body(request)
+        if refused is not None:
+            return refused
+        if not body.get("input") or not body.get("voice"):
+            return self._error(400, "input and voice are required", "input" if not body.get("input") else "voice")
+        knobs = dict(self.rules.get(str(body.get("model")), {}))
+        kind = {"mp3": "audio/mpeg", "wav": "audio/wav", "opus": "audio/ogg"}.get(body.get("response_format")
+                                                                                 or "mp3", "audio/mpeg")
+        response = web.StreamResponse(headers={"content-type": kind})
+        await response.prepare(request)
+        for i in range(-(-len(body["input"]) // 10)):
+            await response.write(bytes([i % 256]) * self.SPEECH_CHUNK)
+            if knobs.get("chunk_delay"):
+                await asyncio.sleep(float(knobs["chunk_delay"]))  # deliberate: simulated gap between chunks
+        await response.write_eof()
+        return response
+
+    async def _moderations(self, request: Any) -> Any:
+        from aiohttp import web
+
+        body, refused = await self._json_body(request)
+        if refused is not None:
+            return refused
+        value = body.get("input")
+        inputs = value if isinstance(value, list) else [value]
+        results = [{"flagged": "kill" in str(x), "categories": {"violence": "kill" in str(x)},
+                    "category_scores": {"violence": 0.9 if "kill" in str(x) else 0.01}} for x in inputs]
+        return web.json_response({"id": f"modr-{uuid.uuid4().hex[:8]}", "model": body.get("model")
+                                  or "omni-moderation-latest", "results": results})
 
     async def _chat(self, request: Any) -> Any:
         from aiohttp import web

@@ -11,8 +11,9 @@ from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
-from sluicegate.api import (audit, chat, config_reload, embeddings, end_users, health, introspection, keys, members,
-                            messages, metrics, model_info, spend, teams, users)
+from sluicegate.api import (audio, audit, chat, completions, config_reload, embeddings, end_users, health, images,
+                            introspection, keys, members, messages, metrics, model_info, moderations, responses,
+                            spend, teams, users)
 from sluicegate.console import console_router
 from sluicegate.errors import ApiError, error_body
 from sluicegate.gateway import Gateway
@@ -39,7 +40,7 @@ def _api_error(_: Request, exc: ApiError) -> Response[bytes]:
     return Response(content=exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers)
 
 
-def _http_error(_: Request, exc: HTTPException) -> Response[bytes]:
+def _http_error(request: Request, exc: HTTPException) -> Response[bytes]:
     status = exc.status_code
     message = exc.detail or "error"
     param = None
@@ -55,7 +56,12 @@ def _http_error(_: Request, exc: HTTPException) -> Response[bytes]:
             405: "invalid_request_error", 408: "timeout", 413: "invalid_request_error"}.get(
                 status, "invalid_request_error")
     if status == 413:
-        message = f"request body too large (limit {MAX_BODY // (1024 * 1024)} MiB)"
+        limit = MAX_BODY
+        try:  # a route may set its own (audio uploads)
+            limit = request.route_handler.resolve_request_max_body_size() or MAX_BODY
+        except Exception:  # no route matched
+            pass
+        message = f"request body too large (limit {limit / (1024 * 1024):g} MiB)"
         param = "body"
     if status == 408:
         param = "body"
@@ -175,6 +181,11 @@ def create_app(settings: Settings, *, environ: Mapping[str, str] | None = None, 
         chat.chat_completions_v1, chat.chat_completions, chat.list_models_v1, chat.list_models,
         chat.retrieve_model_v1, chat.retrieve_model, embeddings.embeddings_v1, embeddings.embeddings,
         messages.messages_v1, messages.messages, messages.count_tokens_v1, messages.count_tokens,
+        completions.completions_v1, completions.completions,
+        responses.create_response_v1, responses.create_response, responses.get_response_v1, responses.get_response,
+        responses.delete_response_v1, responses.delete_response, responses.input_items_v1, responses.input_items,
+        images.image_generations_v1, images.image_generations, audio.transcriptions_v1, audio.transcriptions,
+        audio.speech_v1, audio.speech, moderations.moderations_v1, moderations.moderations,
         model_info.model_info_v1, model_info.model_info,
         keys.generate, keys.update, keys.key_info, keys.delete_keys, keys.list_keys, keys.key_health,
         teams.new_team, teams.team_info, teams.team_list, teams.update_team, teams.delete_teams, teams.add_callback,

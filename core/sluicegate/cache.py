@@ -217,7 +217,7 @@ class RedisCache(CacheBackend):
 # --- per request --------------------------------------------------------------------------------------------
 class CachedAnswer(msgspec.Struct, frozen=True):
     content: bytes
-    """The ``chat.completion`` body as stored."""
+    """The answer's body as stored (a ``chat.completion``, or an embeddings list)."""
     parsed: dict[str, Any]
     stored_at: float
 
@@ -276,8 +276,9 @@ class CacheLookup:
         return answer
 
     async def put(self, content: bytes, parsed: Any) -> None:
-        """Store a successful ``chat.completion`` body (anything without ``choices`` is not stored)."""
-        if not self.no_store and isinstance(parsed, dict) and isinstance(parsed.get("choices"), list):
+        """Store a successful answer: a ``chat.completion`` (``choices``) or a list such as embeddings'
+        (``data``); anything else is not stored."""
+        if not self.no_store and _storable(parsed):
             await self.cache.store(self.key, content, self.ttl)
 
     async def put_completion(self, completion: dict[str, Any]) -> None:
@@ -341,16 +342,20 @@ class ResponseCache:
         return self._global
 
     def lookup(self, ctx: AuthContext, deployment: Deployment, body: Mapping[str, Any],
-               controls: Any = None) -> CacheLookup:
+               controls: Any = None, *, kind: str = "chat/completions") -> CacheLookup:
         """Derive the key for a request whose policy is on. Raises 400 for malformed ``cache`` controls."""
-        return CacheLookup(self, self.key_for(ctx.team_id, deployment, body), self.params.namespace, controls)
+        return CacheLookup(self, self.key_for(ctx.team_id, deployment, body, kind), self.params.namespace, controls)
 
     @staticmethod
-    def key_for(team_id: str | None, deployment: Deployment, body: Mapping[str, Any]) -> str:
-        """sha256 hex over the team, the model and every answer-changing field of the body."""
+    def key_for(team_id: str | None, deployment: Deployment, body: Mapping[str, Any],
+                kind: str = "chat/completions") -> str:
+        """sha256 hex over the team, the model, the endpoint (``kind``) and every answer-changing field of the
+        body (for embeddings: the input however given, ``encoding_format``, ``dimensions``)."""
         material = {k: v for k, v in body.items() if k not in _NOT_IN_KEY}
         material["model"] = [deployment.model_name, deployment.upstream_model, deployment.api_base]
         material["\x00team"] = team_id
+        if kind != "chat/completions":  # chat's keys stay what they were
+            material["\x00endpoint"] = kind
         try:
             encoded = _encoder.encode(material)
         except (TypeError, msgspec.EncodeError):  # a body msgspec cannot order: fall back on repr
@@ -428,9 +433,14 @@ def _unpack(raw: bytes) -> CachedAnswer | None:
         stored_at = float(stamp)
     except (msgspec.DecodeError, ValueError):
         return None
-    if not isinstance(parsed, dict) or not isinstance(parsed.get("choices"), list):
+    if not _storable(parsed):
         return None
     return CachedAnswer(content, parsed, stored_at)
+
+
+def _storable(parsed: Any) -> bool:
+    return isinstance(parsed, dict) and (isinstance(parsed.get("choices"), list)
+                                         or isinstance(parsed.get("data"), list))
 
 
 # --- replay as SSE ------------------------------------------------------------------------------------------

@@ -80,6 +80,12 @@ class LiteLLMParams(msgspec.Struct, kw_only=True):
     """USD per prompt token written to the provider's prompt cache (replaces the price table's; LiteLLM's key)."""
     output_cost_per_reasoning_token: float | None = None
     """USD per reasoning token, where a provider bills them apart from other completion tokens (LiteLLM's key)."""
+    input_cost_per_second: float | None = None
+    """USD per second of transcribed audio (`/v1/audio/transcriptions`; LiteLLM's key)."""
+    input_cost_per_character: float | None = None
+    """USD per character spoken (`/v1/audio/speech`; LiteLLM's key)."""
+    output_cost_per_image: float | None = None
+    """USD per generated image (`/v1/images/generations`; LiteLLM's key)."""
     base_model: str | None = None
     """The model to look prices up under when `model` does not name it (an Azure deployment name: `gpt-4o`)."""
     custom_llm_provider: str | None = None

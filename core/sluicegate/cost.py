@@ -9,6 +9,9 @@ deployment when the gateway starts: :func:`resolve_price` turns the table's entr
   prices where the table (or config) has them, else at the input price;
 - completion tokens at the output price, reasoning tokens at their own price where there is one;
 - a price per request where the table has one;
+- audio by the hour (``whisper-1``: the usage's ``audio_seconds``) and speech by the character (``tts-1``: the
+  usage's ``characters``) where the table has those prices; images (the usage's ``images``) only at a price the
+  config sets (``output_cost_per_image``: the table prices no image by the image);
 - tiered prices (Anthropic's and Gemini's long-context rates) by the prompt's size: crossing a tier prices every
   token at that tier's rate.
 
@@ -31,8 +34,10 @@ if TYPE_CHECKING:
 __all__ = ("PRICE_KEYS", "Price", "Rates", "lookup_model", "resolve_price")
 
 PRICE_KEYS = ("input_cost_per_token", "output_cost_per_token", "cache_read_input_token_cost",
-              "cache_creation_input_token_cost", "output_cost_per_reasoning_token")
-"""LiteLLM's names for the prices a config may set (USD per token), in ``litellm_params`` or ``model_info``."""
+              "cache_creation_input_token_cost", "output_cost_per_reasoning_token", "input_cost_per_second",
+              "input_cost_per_character", "output_cost_per_image")
+"""LiteLLM's names for the prices a config may set (USD per token, per second of audio, per character spoken, per
+image), in ``litellm_params`` or ``model_info``."""
 
 # LiteLLM's key -> the table's price key (USD per million tokens)
 _TABLE_KEYS = {"input_cost_per_token": "input_mtok", "output_cost_per_token": "output_mtok",
@@ -46,16 +51,21 @@ class Rates:
     """USD per token of each kind, and per request, for one band of prompt sizes. Unpriced kinds already hold
     the rate they fall back to (cache reads and writes: input; reasoning: output), so pricing never branches."""
 
-    __slots__ = ("cache_read", "cache_write", "input", "output", "per_request", "reasoning")
+    __slots__ = ("audio_second", "cache_read", "cache_write", "character", "image", "input", "output", "per_request",
+                 "reasoning")
 
     def __init__(self, *, input: float, output: float, cache_read: float, cache_write: float,  # noqa: A002
-                 reasoning: float, per_request: float) -> None:
+                 reasoning: float, per_request: float, audio_second: float = 0.0, character: float = 0.0,
+                 image: float = 0.0) -> None:
         self.input = input
         self.output = output
         self.cache_read = cache_read
         self.cache_write = cache_write
         self.reasoning = reasoning
         self.per_request = per_request
+        self.audio_second = audio_second
+        self.character = character
+        self.image = image
 
     def __repr__(self) -> str:
         return (f"Rates(input={self.input!r}, output={self.output!r}, cache_read={self.cache_read!r}, "
@@ -121,9 +131,13 @@ class Price:
         bands = self._bands
         rates = bands[0][1] if len(bands) == 1 else self.rates(prompt)
         fresh = prompt - cached - written
-        return (rates.per_request + (fresh if fresh > 0 else 0) * rates.input + cached * rates.cache_read
+        cost = (rates.per_request + (fresh if fresh > 0 else 0) * rates.input + cached * rates.cache_read
                 + written * rates.cache_write + (completion - reasoning) * rates.output
                 + reasoning * rates.reasoning)
+        if rates.audio_second or rates.character or rates.image:  # seconds transcribed, characters spoken, images
+            cost += ((usage.get("audio_seconds") or 0) * rates.audio_second
+                     + (usage.get("characters") or 0) * rates.character + (usage.get("images") or 0) * rates.image)
+        return cost
 
     def __repr__(self) -> str:
         return f"Price({self.source}: {self.rates()!r})"
@@ -156,7 +170,16 @@ def _rates(table_price: ModelPrice | None, prompt_tokens: int, overrides: Mappin
     def either(value: float | None, fallback: float) -> float:
         return fallback if value is None else value
 
+    audio_hour = next((getattr(table_price, key, None) for key in ("input_audio_hours", "audio_hours")
+                       if table_price is not None and getattr(table_price, key, None) is not None), None)
+    mchars = getattr(table_price, "input_mchars", None) if table_price is not None else None
+    second, character = overrides.get("input_cost_per_second"), overrides.get("input_cost_per_character")
     return Rates(input=input_rate, output=output_rate,
+                 audio_second=float(second) if second is not None else
+                 float(audio_hour) / 3600 if audio_hour is not None else 0.0,
+                 character=float(character) if character is not None else
+                 float(mchars) / 1_000_000 if mchars is not None else 0.0,
+                 image=float(overrides.get("output_cost_per_image") or 0.0),
                  cache_read=either(found["cache_read_input_token_cost"], input_rate),
                  cache_write=either(found["cache_creation_input_token_cost"], input_rate),
                  reasoning=either(found["output_cost_per_reasoning_token"], output_rate),

@@ -128,6 +128,11 @@ PUBLIC_ROUTES = frozenset({
     ("GET", "/v1/models/{model}"), ("GET", "/models/{model}"), ("POST", "/v1/embeddings"), ("POST", "/embeddings"),
     ("POST", "/v1/messages"), ("POST", "/messages"), ("POST", "/v1/messages/count_tokens"),
     ("POST", "/messages/count_tokens"),
+    *((method, prefix + path) for prefix in ("/v1", "") for method, path in (
+        ("POST", "/completions"), ("POST", "/responses"), ("GET", "/responses/{response_id}"),
+        ("DELETE", "/responses/{response_id}"), ("GET", "/responses/{response_id}/input_items"),
+        ("POST", "/images/generations"), ("POST", "/audio/transcriptions"), ("POST", "/audio/speech"),
+        ("POST", "/moderations"))),
     ("GET", "/health/liveliness"), ("GET", "/health/liveness"), ("GET", "/health/readiness"),
 })
 

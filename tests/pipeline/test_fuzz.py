@@ -57,6 +57,14 @@ ROUTES = [
     ("POST", "/ui/keys"), ("POST", "/ui/keys/{name}/rotate"), ("POST", "/ui/keys/{name}/block"),
     ("POST", "/ui/keys/{name}/delete"), ("GET", "/ui/delivery"), ("GET", "/ui/plugins"), ("GET", "/ui/{name}"),
     ("GET", "/ui/static/{name}"),
+    ("GET", "/model/info"), ("GET", "/v1/model/info"), ("GET", "/health"),
+    ("POST", "/v1/completions"), ("POST", "/completions"), ("POST", "/v1/responses"), ("POST", "/responses"),
+    ("GET", "/v1/responses/{name}"), ("GET", "/responses/{name}"), ("DELETE", "/v1/responses/{name}"),
+    ("DELETE", "/responses/{name}"), ("GET", "/v1/responses/{name}/input_items"),
+    ("GET", "/responses/{name}/input_items"),
+    ("POST", "/v1/images/generations"), ("POST", "/images/generations"), ("POST", "/v1/audio/transcriptions"),
+    ("POST", "/audio/transcriptions"), ("POST", "/v1/audio/speech"), ("POST", "/audio/speech"),
+    ("POST", "/v1/moderations"), ("POST", "/moderations"),
 ]
 ANTHROPIC_ROUTES = ("/v1/messages", "/messages", "/v1/messages/count_tokens", "/messages/count_tokens")
 """Routes that answer errors in Anthropic's shape: ``{"type": "error", "error": {"type", "message"}}``."""
@@ -65,7 +73,8 @@ FIELDS = ["model", "messages", "stream", "cache", "key", "keys", "key_aliases", 
           "key_alias", "models", "metadata", "duration", "blocked", "callback_name", "callback_type",
           "callback_vars", "logging", "url", "api_token", "role", "content", "max_tokens", "temperature",
           "user_id", "user_ids", "user_email", "user_role", "member", "teams", "rpm_limit", "max_budget", "system",
-          "tools", "tool_choice", "litellm_metadata", "type", "text"]
+          "tools", "tool_choice", "litellm_metadata", "type", "text", "prompt", "input", "instructions", "voice", "n",
+          "previous_response_id", "encoding_format"]
 
 text = st.text(max_size=40)
 scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False)
@@ -235,7 +244,7 @@ def test_the_fuzzer_covers_every_route_of_the_app(tmp_path):
         path = (route.path.replace("{team_id:str}", "{team}").replace("{callback_name:str}", "{name}")
                 .replace("{model:path}", "{name}").replace("{token_id:str}", "{name}")
                 .replace("{section:str}", "{name}").replace("{file_path:path}", "{name}")
-                .replace("{audit_id:str}", "{name}"))
+                .replace("{audit_id:str}", "{name}").replace("{response_id:str}", "{name}"))
         for method in getattr(route, "methods", ()):
             if method not in ("HEAD", "OPTIONS"):
                 served.add((method, path))

@@ -1,155 +1,90 @@
 """The OpenAI-compatible API: ``/v1/chat/completions`` (plain and SSE) and ``/v1/models``.
 
-The request path: authenticate from cache, ask the model's provider for the answer (an OpenAI-compatible upstream
-gets the client's bytes as they came; others are translated by their provider), answer, then build one
-:class:`LogEvent` and hand it to the dispatcher (``submit`` never awaits a sink). Nothing here knows which
-provider is behind a model.
+Chat is one :class:`~sluicegate.api.pipeline.Endpoint` of the shared call pipeline (auth, restrictions, cache,
+router, one :class:`LogEvent` handed to the dispatcher, which never awaits a sink): an OpenAI-compatible upstream
+gets the client's bytes as they came; others are translated by their provider. Nothing here knows which provider
+is behind a model.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.response import Stream
 
-from sluicegate.api.common import decode_json, gateway_of, json_response
-from sluicegate.cache import parse_controls, sse_chunks
-from sluicegate.errors import ApiError
-from sluicegate.api.pipeline import Call as _Call
+from sluicegate.api.common import gateway_of, json_response
+from sluicegate.api.pipeline import Endpoint, MockSource, run_call
 from sluicegate.api.pipeline import allowed_models as _allowed
 from sluicegate.api.pipeline import error_response as _error_response
 from sluicegate.api.pipeline import may_use as _may_use
 from sluicegate.api.pipeline import request_id_of as _request_id
-from sluicegate.api.pipeline import request_options as _request_options
-from sluicegate.api.pipeline import take_attribution
-from sluicegate.providers.upstream import UpstreamError, mock_completion, mock_stream
-from sluicegate.router import RequestOptions, RouterFailure
+from sluicegate.cache import sse_chunks
+from sluicegate.errors import ApiError
+from sluicegate.providers.upstream import mock_completion, mock_stream
 
 if TYPE_CHECKING:
-    from sluicegate.auth import AuthContext
+    from sluicegate.api.pipeline import Assembler, Call
     from sluicegate.cache import CachedAnswer, CacheLookup
-    from sluicegate.gateway import Gateway
     from sluicegate.providers.models import Deployment
-    from sluicegate.router import Group
 
-__all__ = ("chat_completions", "chat_completions_v1", "list_models", "list_models_v1", "retrieve_model",
+__all__ = ("Chat", "chat_completions", "chat_completions_v1", "list_models", "list_models_v1", "retrieve_model",
            "retrieve_model_v1")
 
 _decoder = msgspec.json.Decoder()
 
-async def _chat(request: Request) -> Response[Any]:
-    gateway = gateway_of(request)
-    request_id = _request_id(request)
-    try:
-        ctx = await gateway.authenticate(request)
-        raw: bytes | None = await request.body()
-        body = decode_json(raw)
-        if not isinstance(body, dict):
-            raise ApiError(400, "request body must be a JSON object", param="body")
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise ApiError(400, "model: required (a string naming a configured model)", param="model")
+
+class Chat(Endpoint):
+    """``/v1/chat/completions``: the client's body goes to the model's provider as it came (an OpenAI-compatible
+    upstream gets its bytes; others are translated by their provider); answers are cached, streamed or not."""
+
+    name = "chat/completions"
+    call_type = "acompletion"
+    input_field = "messages"
+    cacheable = True
+    cache_streams = True
+    incomplete = "upstream stream ended before [DONE]"
+
+    def check(self, body: dict[str, Any]) -> None:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise ApiError(400, "messages: required (a non-empty array of messages)", param="messages")
-        stream = body.get("stream", False)
-        if not isinstance(stream, bool):
-            raise ApiError(400, "stream: expected a boolean", param="stream")
-        cache_controls = body.pop("cache", None)  # LiteLLM's per-request cache controls; never sent upstream
-        if cache_controls is not None:
-            parse_controls(cache_controls)
-            raw = None  # the body changed: re-encode it for the upstream
-        attribution, metadata = take_attribution(body, request)
-        if metadata is not None:
-            raw = None
-    except ApiError as exc:
-        return _error_response(exc, request_id)
-    group = gateway.router.resolve(model)
-    call = _Call(ctx, group.deployments[0] if group else None, body, request, request_id,
-                 attribution=attribution, metadata=metadata)
-    call.raw = raw
-    try:
-        if group is None:
-            raise ApiError(400, f"model {model!r} is not configured; available: {', '.join(_allowed(gateway, ctx))}",
-                           param="model", code="model_not_found")
-        if not _may_use(ctx, model):
-            raise ApiError(403, f"this key may not use model {model!r}", type="permission_error",
-                           param="model", code="403")
-        options = _request_options(gateway, ctx, body)
-        if options is not None:
-            call.raw = None  # the body changed: re-encode it for the upstream
-        await gateway.spend.check(ctx, await gateway.spend.end_user(attribution.end_user))  # budgets
-        call.ticket = await gateway.limits.check(ctx, model)  # rate limits: settled with the call's event
-        await gateway.router.ready(group)
-        # -- response cache (sluicegate.cache): look up before the upstream call; nothing at all when off
-        lookup = None
-        if gateway.cache.enabled_for(ctx):
-            lookup = gateway.cache.lookup(ctx, group.deployments[0], body, cache_controls)
-            cached = await lookup.get()
-            if cached is not None:
-                return _cache_hit(gateway, call, lookup, cached, stream)
-        # -- end response cache
-        if stream:
-            return await _stream(gateway, call, group, options, lookup)
 
-        async def attempt(deployment: Deployment) -> bytes:
-            if deployment.mock_response is not None:
-                return mock_completion(deployment, body)
-            return await deployment.provider.complete_bytes(*call.upstream_body(deployment), request_id)
+    def tokens(self, router: Any, body: dict[str, Any]) -> int:
+        return router.estimate_tokens(body.get("messages"))
 
-        try:
-            outcome = await gateway.router.call(group, attempt, options=options,
-                                                tokens=gateway.router.estimate_tokens(body.get("messages")))
-        except RouterFailure as failure:
-            call.deployment = failure.deployment or call.deployment
-            call.attempts = failure.attempts
-            raise failure.error from None
-        call.deployment = outcome.deployment
-        call.attempts = outcome.attempts
-        content = outcome.result
-    except ApiError as exc:
-        gateway.record(call.event(status="failure", error=exc, stream=stream), ctx)
-        return _error_response(exc, request_id)
-    try:
-        parsed = _decoder.decode(content)
-    except msgspec.DecodeError:
-        exc = UpstreamError(502, "upstream returned a body that is not JSON", type="upstream_error", code="502")
-        gateway.record(call.event(status="failure", error=exc), ctx)
-        return _error_response(exc, request_id)
-    usage = parsed.get("usage") if isinstance(parsed, dict) else None
-    usage = usage if isinstance(usage, dict) else None
-    outcome.finish(int((usage or {}).get("total_tokens") or 0))
-    event = call.event(status="success", response=parsed, usage=usage,
-                       response_id=parsed.get("id") if isinstance(parsed, dict) else None)
-    headers = {"x-request-id": request_id, **call.limit_headers()}
-    if lookup is not None:  # -- response cache: store the answer, mark the event and the response
-        lookup.mark(event, hit=False)
-        headers.update(lookup.headers(hit=False))
-        await lookup.put(content, parsed)
-    gateway.record(event, ctx)
-    return Response(content=content, media_type="application/json", headers=headers)
+    async def answer(self, call: Call, deployment: Deployment) -> bytes:
+        if deployment.mock_response is not None:
+            return mock_completion(deployment, call.body)
+        return await deployment.provider.complete_bytes(*call.upstream_body(deployment), call.request_id)
+
+    async def open(self, call: Call, deployment: Deployment) -> Any:
+        if deployment.mock_response is not None:
+            return MockSource(mock_stream(deployment, call.body))
+        return await deployment.provider.open_stream(*call.upstream_body(deployment), call.request_id)
+
+    def media_type(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> str:
+        return "text/event-stream" if body.get("stream") else "application/json"
+
+    def assembler(self, call: Call, headers: dict[str, str] | None) -> Assembler:
+        return _StreamState()  # type: ignore[return-value]
+
+    def replay(self, cached: CachedAnswer, body: dict[str, Any], stream: bool) -> tuple[bytes, str]:
+        """A stored ``chat.completion`` as JSON, or as the SSE stream an upstream would have sent."""
+        if not stream:
+            return cached.content, "application/json"
+        options = body.get("stream_options")
+        frames = sse_chunks(cached.parsed, include_usage=isinstance(options, dict)
+                            and bool(options.get("include_usage")))
+        return b"".join(frames), "text/event-stream"
+
+    async def store_stream(self, lookup: CacheLookup, state: Any, body: dict[str, Any]) -> None:
+        if body.get("n") in (None, 1):  # the assembler keeps one choice
+            await lookup.put_completion(state.response())
 
 
-def _cache_hit(gateway: Gateway, call: _Call, lookup: CacheLookup, cached: CachedAnswer,
-               stream: bool) -> Response[bytes]:
-    """Answer from the response cache: logged like any request (free, ``cache_hit``), marked by a header."""
-    parsed = cached.parsed
-    usage = parsed.get("usage")
-    event = call.event(status="success", response=parsed, usage=usage if isinstance(usage, dict) else None,
-                       response_id=parsed.get("id"), stream=stream)
-    lookup.mark(event, hit=True)
-    gateway.record(event, call.ctx)
-    headers = {"x-request-id": call.request_id, **lookup.headers(hit=True), **call.limit_headers()}
-    if not stream:
-        return Response(content=cached.content, media_type="application/json", headers=headers)
-    options = call.body.get("stream_options")
-    frames = sse_chunks(parsed, include_usage=isinstance(options, dict) and bool(options.get("include_usage")))
-    return Response(content=b"".join(frames), media_type="text/event-stream",
-                    headers={**headers, "cache-control": "no-cache"})
+_CHAT = Chat()
 
 
 class _StreamState:
@@ -227,6 +162,9 @@ class _StreamState:
                 slot["function"]["name"] += function.get("name") or ""
                 slot["function"]["arguments"] += function.get("arguments") or ""
 
+    def result(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        return self.response(), self.usage
+
     def response(self) -> dict[str, Any]:
         message: dict[str, Any] = {"role": self.role, "content": "".join(self.content) or None}
         if self.reasoning:
@@ -241,80 +179,14 @@ class _StreamState:
         return result
 
 
-async def _stream(gateway: Gateway, call: _Call, group: Group, options: RequestOptions | None,
-                  lookup: CacheLookup | None = None) -> Response[Any]:
-    body = call.body
-
-    async def attempt(deployment: Deployment) -> tuple[AsyncIterator[bytes], Any]:
-        # only the opening is retried: once the upstream accepted, its bytes go to the client as they come
-        if deployment.mock_response is not None:
-            return mock_stream(deployment, body), None
-        response = await deployment.provider.open_stream(*call.upstream_body(deployment), call.request_id)
-        return response.aiter_raw(), response
-
-    try:
-        outcome = await gateway.router.call(group, attempt, options=options, stream=True,
-                                            tokens=gateway.router.estimate_tokens(body.get("messages")))
-    except RouterFailure as failure:
-        call.deployment = failure.deployment or call.deployment
-        call.attempts = failure.attempts
-        raise failure.error from None
-    call.deployment = outcome.deployment
-    call.attempts = outcome.attempts
-    source, upstream_response = outcome.result
-
-    async def relay() -> AsyncIterator[bytes]:
-        state = _StreamState()
-        error: str | None = None
-        try:
-            async for data in source:
-                state.feed(data)
-                yield data
-            if state.error is not None:
-                error = state.error
-            elif not state.done:
-                error = "upstream stream ended before [DONE]"
-        except Exception as exc:
-            if isinstance(exc, BaseExceptionGroup):
-                error = "client disconnected mid-stream"
-                raise
-            # The upstream broke after bytes reached the client: not retried (the client would get two answers
-            # spliced); the stream ends with an OpenAI error frame, which the SDKs raise as an APIError.
-            error = f"stream interrupted: {type(exc).__name__}"
-            yield b"data: " + UpstreamError(502, f"upstream stream interrupted: {type(exc).__name__}",
-                                            type="upstream_error", code="502").body() + b"\n\n"
-        except BaseException:  # client gone (cancelled/closed)
-            error = "client disconnected mid-stream"
-            raise
-        finally:
-            if upstream_response is not None:
-                await upstream_response.aclose()
-            # a translating provider knows the usage even when the client did not ask for it
-            usage = state.usage or getattr(upstream_response, "usage", None)
-            outcome.finish(int((usage or {}).get("total_tokens") or 0) if isinstance(usage, dict) else 0)
-            event = call.event(status="failure" if error else "success", response=state.response(),
-                               usage=usage, error_str=error, response_id=state.response_id,
-                               first_token_at=state.first_token_at, stream=True)
-            if lookup is not None and error is None:  # -- response cache: store the assembled answer
-                lookup.mark(event, hit=False)
-                if body.get("n") in (None, 1):  # the assembler keeps one choice
-                    await lookup.put_completion(state.response())
-            gateway.record(event, call.ctx)
-
-    headers = {"x-request-id": call.request_id, "cache-control": "no-cache", **call.limit_headers()}
-    if lookup is not None:
-        headers.update(lookup.headers(hit=False))
-    return Stream(relay(), media_type="text/event-stream", headers=headers)
-
-
 @post("/v1/chat/completions", status_code=200)
 async def chat_completions_v1(request: Request) -> Response[Any]:
-    return await _chat(request)
+    return await run_call(request, _CHAT)
 
 
 @post("/chat/completions", status_code=200)
 async def chat_completions(request: Request) -> Response[Any]:
-    return await _chat(request)
+    return await run_call(request, _CHAT)
 
 
 async def _models(request: Request) -> Response[bytes]:

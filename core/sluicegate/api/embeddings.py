@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from litestar import Request, Response, post
 
-from sluicegate.api.pipeline import run_call
+from sluicegate.api.pipeline import Endpoint, binary_placeholder, run_call
 from sluicegate.errors import ApiError
 
 if TYPE_CHECKING:
@@ -65,15 +65,47 @@ def mock_embeddings(deployment: Deployment, body: dict[str, Any]) -> bytes:
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
-async def _attempt(call: Call, deployment: Deployment) -> bytes:
-    if deployment.mock_response is not None:
-        return mock_embeddings(deployment, call.body)
-    body, raw = call.upstream_body(deployment)
-    return await deployment.provider.endpoint_bytes("embeddings", body, raw, call.request_id)
+class Embeddings(Endpoint):
+    name = "embeddings"
+    call_type = "aembedding"
+    input_field = "input"
+    cacheable = True
+
+    def check(self, body: dict[str, Any]) -> None:
+        check_body(body)
+
+    async def answer(self, call: Call, deployment: Deployment) -> bytes:
+        if deployment.mock_response is not None:
+            return mock_embeddings(deployment, call.body)
+        body, raw = call.upstream_body(deployment)
+        return await deployment.provider.endpoint_bytes("embeddings", body, raw, call.request_id)
+
+    def logged(self, call: Call, parsed: Any) -> tuple[Any, dict[str, Any] | None]:
+        """The vectors stay out of the event (a batch of them is megabytes nobody reads in a trace): each is
+        logged as its size."""
+        response, usage = super().logged(call, parsed)
+        data = parsed.get("data") if isinstance(parsed, dict) else None
+        if isinstance(data, list):
+            response = {**parsed, "data": [_vector_placeholder(d) for d in data]}
+        return response, usage
+
+
+def _vector_placeholder(item: Any) -> Any:
+    if not isinstance(item, dict):
+        return item
+    vector = item.get("embedding")
+    if isinstance(vector, list):
+        return {**item, "embedding": f"<{len(vector)} floats, not logged>"}
+    if isinstance(vector, str):
+        return {**item, "embedding": binary_placeholder("base64 floats", len(vector) * 3 // 4)}
+    return item
+
+
+_ENDPOINT = Embeddings()
 
 
 async def _embeddings(request: Request) -> Response[Any]:
-    return await run_call(request, call_type="aembedding", input_field="input", check=check_body, attempt=_attempt)
+    return await run_call(request, _ENDPOINT)
 
 
 @post("/v1/embeddings", status_code=200)

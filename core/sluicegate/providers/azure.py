@@ -28,6 +28,7 @@ from sluicegate.providers.base import (
     UpstreamError,
     openai_error,
     request_id_header,
+    with_query,
 )
 from sluicegate.providers.entra import EntraTokenSource
 from sluicegate.providers.openai_compatible import upstream_body
@@ -69,7 +70,9 @@ class AzureProvider(Provider):
                                                         "client_id": ("AZURE_CLIENT_ID",),
                                                         "client_secret": ("AZURE_CLIENT_SECRET",),
                                                         "azure_authority_host": ("AZURE_AUTHORITY_HOST",)}
-    endpoints: ClassVar[frozenset[str]] = frozenset({"chat/completions", "embeddings"})
+    endpoints: ClassVar[frozenset[str]] = frozenset({"chat/completions", "embeddings", "completions", "responses",
+                                                     "images/generations", "audio/transcriptions", "audio/speech"})
+    """Azure OpenAI has no ``moderations`` (its content filter runs on every call instead)."""
     params: AzureParams
 
     def __init__(self, deployment: Any, params: ProviderParams) -> None:
@@ -84,6 +87,10 @@ class AzureProvider(Provider):
         else:
             name = quote(deployment.upstream_model, safe="")
             self._url_template = (f"{base}/openai/deployments/{name}/{{}}?api-version={quote(version, safe='')}")
+        # the Responses API is not per deployment: /openai/responses (the deployment is the body's model)
+        self._resource_template = (f"{base}/openai/v1/{{}}" + ("?api-version=preview" if version == "preview" else "")
+                                   if version in V1_VERSIONS else
+                                   f"{base}/openai/{{}}?api-version={quote(version, safe='')}")
         self.url = self._url_template.format("chat/completions")
         headers = {"content-type": "application/json"}
         self.entra: EntraTokenSource | None = None
@@ -98,6 +105,7 @@ class AzureProvider(Provider):
                                           authority_host=p.azure_authority_host, on_token=self._use_token)
         headers.update(self.params.extra_headers or {})
         self._head = encode_headers(headers)
+        self._bare = encode_headers({k: v for k, v in headers.items() if k != "content-type"})
         self._auth = b""  # the Entra ID token's header line, swapped whole when the token is refreshed
 
     @classmethod
@@ -134,12 +142,12 @@ class AzureProvider(Provider):
     def _use_token(self, token: str) -> None:
         self._auth = encode_headers({"authorization": f"Bearer {token}"})
 
-    def _headers(self, request_id: str) -> bytes:
+    def _headers(self, request_id: str, head: bytes | None = None) -> bytes:
         if self.entra is not None and not self._auth:
             reason = self.entra.last_error or "still being fetched"
             raise UpstreamError(503, f"azure: the Entra ID token is not available: {reason}",
                                 type="service_unavailable", code="credentials_unavailable")
-        return self._head + self._auth + request_id_header(request_id)
+        return (self._head if head is None else head) + self._auth + request_id_header(request_id)
 
     def error_from(self, status: int, content: bytes) -> UpstreamError:
         error = openai_error(status, content, self.custom_llm_provider)
@@ -164,6 +172,17 @@ class AzureProvider(Provider):
             raise self.unsupported(endpoint)
         return await self.post(self._url_template.format(endpoint),
                                upstream_body(body, raw, self.deployment.upstream_model), self._headers(request_id))
+
+    async def forward(self, endpoint: str, body: bytes, request_id: str, *, path: str | None = None,
+                      query: str = "", method: str = "POST", content_type: str | None = "application/json",
+                      stream: bool = False) -> Any:
+        if endpoint not in self.endpoints:
+            raise self.unsupported(endpoint)
+        template = self._resource_template if endpoint == "responses" else self._url_template
+        head = self._head if content_type == "application/json" else self._bare + (
+            encode_headers({"content-type": content_type}) if content_type else b"")
+        return await self.send(method, with_query(template.format(path or endpoint), query), body,
+                               self._headers(request_id, head), stream=stream)
 
     async def complete(self, body: Mapping[str, Any], *, request_id: str) -> dict[str, Any]:
         return _decoder.decode(await self.complete_bytes(dict(body), None, request_id))

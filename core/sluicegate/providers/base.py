@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from sluicegate.providers.upstream import UpstreamClient
 
 __all__ = ("GATEWAY_PARAMS", "ChunkStream", "Provider", "ProviderClients", "ProviderParams", "SSEDecoder", "UpstreamError",
-           "openai_error", "request_id_header", "tool_call_arguments")
+           "openai_error", "request_id_header", "tool_call_arguments", "with_query")
 
 _json = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -114,7 +114,9 @@ class Provider(abc.ABC):
     """The upstream stores a request's ``metadata`` (OpenAI with ``store: true``): only then is it forwarded;
     otherwise the gateway keeps it for the log event and the upstream never sees it."""
     endpoints: ClassVar[frozenset[str]] = frozenset({"chat/completions"})
-    """The OpenAI endpoints this provider serves; others answer a 400 naming the provider and the endpoint."""
+    """The OpenAI endpoints this provider's upstream serves in OpenAI's wire format (:meth:`forward`).
+    ``completions`` and ``responses`` not listed here are translated to ``chat/completions`` by the gateway;
+    any other endpoint not listed answers a 400 naming the provider and the endpoint."""
     price_provider: ClassVar[str | None] = None
     """The provider's id in the genai-prices table, where it differs from ``custom_llm_provider`` and genai-prices
     does not match that name itself (``fireworks_ai`` is ``fireworks`` there)."""
@@ -208,6 +210,20 @@ class Provider(abc.ABC):
         """``/v1/messages/count_tokens`` answered by the upstream (``{"input_tokens": n}``); the base refuses it
         with a 400 naming the provider."""
         raise self.unsupported("messages/count_tokens")
+    async def forward(self, endpoint: str, body: bytes, request_id: str, *, path: str | None = None,
+                      query: str = "", method: str = "POST", content_type: str | None = "application/json",
+                      stream: bool = False) -> Any:
+        """Send ``body`` to the upstream's own ``endpoint`` unchanged (``completions``, ``responses``,
+        ``images/generations``, ``audio/transcriptions``, ``audio/speech``, ``moderations``; ``path`` for a
+        sub-resource such as ``responses/{id}``, with ``method`` ``GET`` or ``DELETE`` and an empty body;
+        ``query``: an encoded query string to add).
+
+        The answer's bytes; with ``stream`` a :class:`~sluicegate.net.http.StreamedResponse` once the upstream
+        has accepted (its ``headers`` carry the media type; its errors are raised here, before any byte is
+        relayed). Only for an endpoint listed in ``endpoints``: the base refuses with a 400 naming the provider
+        and the endpoint, and the gateway translates ``completions`` and ``responses`` to chat for a provider
+        that serves ``chat/completions`` only."""
+        raise self.unsupported(endpoint)
 
     def unsupported(self, endpoint: str) -> ApiError:
         return ApiError(400, f"provider {self.custom_llm_provider} (model {self.deployment.model_name!r}) does "
@@ -275,6 +291,22 @@ class Provider(abc.ABC):
                 await response.aclose()
             raise self.error_from(response.status, content)
         return response
+
+    async def send(self, method: str, url: str, payload: bytes, headers: bytes, *, stream: bool = False) -> Any:
+        """:meth:`post` / :meth:`post_stream` for any method (``GET`` and ``DELETE`` of a stored resource)."""
+        if method == "POST":
+            return await (self.post_stream(url, payload, headers) if stream else self.post(url, payload, headers))
+        assert self.http is not None, "provider used before the gateway started"
+        try:
+            response = await self.http.request(method, url, body=payload, headers=headers,
+                                               timeout=self.deployment.timeout)
+        except HttpTimeoutError:
+            raise self._timed_out() from None
+        except HttpClientError as exc:
+            raise self._unreachable(exc) from None
+        if response.status >= 400:
+            raise self.error_from(response.status, response.body)
+        return response.body
 
     async def sse_events(self, response: StreamedResponse) -> AsyncIterator[tuple[str | None, bytes]]:
         """The server-sent events of a streamed answer as ``(event, data)`` as each arrives; stream failures
@@ -362,6 +394,13 @@ class ChunkStream:
 
     async def aclose(self) -> None:
         await self._chunks.aclose()  # type: ignore[attr-defined]
+
+
+def with_query(url: str, query: str) -> str:
+    """``url`` with ``query`` (already encoded) added to any query it has."""
+    if not query:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}{query}"
 
 
 def request_id_header(request_id: str) -> bytes:

@@ -16,12 +16,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import msgspec
 
 from sluicegate.net.http import encode_headers
-from sluicegate.providers.base import Provider, ProviderClients, ProviderParams, SSEDecoder, request_id_header
+from sluicegate.providers.base import (
+    Provider,
+    ProviderClients,
+    ProviderParams,
+    SSEDecoder,
+    request_id_header,
+    with_query,
+)
 
 if TYPE_CHECKING:
     from sluicegate.providers.upstream import UpstreamClient
 
-__all__ = ("OPENAI_COMPATIBLE", "OpenAICompatibleParams", "OpenAICompatibleProvider", "openai_compatible_providers")
+__all__ = ("OPENAI_COMPATIBLE", "OPENAI_ENDPOINTS", "VENDOR_ENDPOINTS", "OpenAICompatibleParams", "OpenAICompatibleProvider", "openai_compatible_providers")
 
 _json = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -41,6 +48,14 @@ def upstream_body(body: Mapping[str, Any], raw: bytes | None, upstream_model: st
     return _json.encode({**body, "model": upstream_model})
 
 
+OPENAI_ENDPOINTS = frozenset({"chat/completions", "embeddings", "completions", "responses", "images/generations",
+                              "audio/transcriptions", "audio/speech", "moderations"})
+"""What OpenAI itself serves."""
+VENDOR_ENDPOINTS = frozenset({"chat/completions", "embeddings", "completions"})
+"""What the OpenAI-compatible vendors serve in common (their ``responses`` are translated to chat, which every one
+of them serves; the rest is refused by name)."""
+
+
 class OpenAICompatibleProvider(Provider):
     """``openai/<model>``, with any ``api_base`` (LiteLLM: ``OPENAI_BASE_URL`` / ``OPENAI_API_BASE``,
     ``OPENAI_API_KEY``)."""
@@ -51,7 +66,7 @@ class OpenAICompatibleProvider(Provider):
     api_base_env: ClassVar[tuple[str, ...]] = ("OPENAI_BASE_URL", "OPENAI_API_BASE")
     api_key_env: ClassVar[tuple[str, ...]] = ("OPENAI_API_KEY",)
     takes_metadata: ClassVar[bool] = True
-    endpoints: ClassVar[frozenset[str]] = frozenset({"chat/completions", "embeddings"})
+    endpoints: ClassVar[frozenset[str]] = OPENAI_ENDPOINTS
     params: OpenAICompatibleParams
 
     def __init__(self, deployment: Any, params: ProviderParams) -> None:
@@ -61,10 +76,11 @@ class OpenAICompatibleProvider(Provider):
         if self.params.organization:
             headers["OpenAI-Organization"] = self.params.organization
         self.deployment.extra_headers = headers or None
-        head = {"content-type": "application/json", **headers}
+        head = dict(headers)
         if deployment.api_key:
             head["authorization"] = f"Bearer {deployment.api_key}"
-        self._head = encode_headers(head)
+        self._bare = encode_headers(head)  # without a content type: uploads name their own (multipart)
+        self._head = encode_headers({"content-type": "application/json", **head})
         self._base = (deployment.api_base or "").rstrip("/")
 
     async def start(self, clients: ProviderClients) -> None:
@@ -87,6 +103,16 @@ class OpenAICompatibleProvider(Provider):
             raise self.unsupported(endpoint)
         return await self.post(f"{self._base}/{endpoint}", upstream_body(body, raw, self.deployment.upstream_model),
                                self._head + request_id_header(request_id))
+
+    async def forward(self, endpoint: str, body: bytes, request_id: str, *, path: str | None = None,
+                      query: str = "", method: str = "POST", content_type: str | None = "application/json",
+                      stream: bool = False) -> Any:
+        if endpoint not in self.endpoints:
+            raise self.unsupported(endpoint)
+        head = self._head if content_type == "application/json" else self._bare + (
+            encode_headers({"content-type": content_type}) if content_type else b"")
+        return await self.send(method, with_query(f"{self._base}/{path or endpoint}", query), body,
+                               head + request_id_header(request_id), stream=stream)
 
     async def complete(self, body: Mapping[str, Any], *, request_id: str) -> dict[str, Any]:
         return _decoder.decode(await self.complete_bytes(dict(body), None, request_id))
@@ -149,5 +175,6 @@ def openai_compatible_providers() -> list[type[OpenAICompatibleProvider]]:
             "__doc__": f"``{name}/<model>``: OpenAI's wire protocol at {base or 'your api_base'}.",
             "custom_llm_provider": name, "default_api_base": base, "api_base_env": base_env,
             "api_key_env": key_env, "api_base_required": base is None,
-            "price_provider": _PRICE_PROVIDERS.get(name), "takes_metadata": False, "__module__": __name__}))
+            "price_provider": _PRICE_PROVIDERS.get(name), "takes_metadata": False, "endpoints": VENDOR_ENDPOINTS,
+            "__module__": __name__}))
     return classes

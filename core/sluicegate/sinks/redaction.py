@@ -2,7 +2,11 @@
 
 Replaced: request messages (content and tool/function-call arguments), response content, reasoning, tool-call
 and function-call arguments (Anthropic messages' text, thinking and tool input blocks too), for plain and streamed
-responses alike. Kept: metadata, usage, error strings.
+responses alike; for the other endpoints the input they log as messages (embedding input, a prompt, the Responses
+API's ``input`` items and ``instructions``, text to speak) and the text of their answers (completions' ``text``, a
+response's ``output`` items and ``instructions``, a transcript's ``text`` and segments, an image's
+``revised_prompt``). Kept: metadata, usage, error strings. Binary data never reaches an event, redacted or not (the
+endpoints log placeholders).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from sluicegate.events import REDACTED, LogEvent
 
 __all__ = ("redact",)
 
-_TEXT_KEYS = ("content", "reasoning_content", "reasoning", "refusal", "text")
+_TEXT_KEYS = ("content", "reasoning_content", "reasoning", "refusal", "text", "arguments", "output", "summary")
+_ANSWER_TEXT_KEYS = ("text", "segments", "words", "instructions", "output_text")
 
 
 def _redact_call(call: Any) -> Any:
@@ -84,6 +89,16 @@ def _redact_response(response: Any) -> Any:
                     choice["text"] = REDACTED
             redacted.append(choice)
         response["choices"] = redacted
+    for key in _ANSWER_TEXT_KEYS:
+        if response.get(key) is not None:
+            response[key] = REDACTED
+    output = response.get("output")
+    if isinstance(output, list):  # the Responses API's items (messages, function calls, reasoning)
+        response["output"] = [_redact_message(item) for item in output]
+    data = response.get("data")
+    if isinstance(data, list):  # images' revised prompts
+        response["data"] = [{**item, "revised_prompt": REDACTED} if isinstance(item, dict)
+                            and item.get("revised_prompt") is not None else item for item in data]
     return response
 
 
