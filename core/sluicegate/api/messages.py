@@ -214,6 +214,8 @@ async def _messages(request: Request) -> Response[Any]:
             call.body.pop("num_retries", None)
             call.body.pop("fallbacks", None)
         await gateway.router.ready(group)
+        await gateway.spend.check(ctx, await gateway.spend.end_user(attribution.end_user))  # budgets
+        call.ticket = await gateway.limits.check(ctx, model)  # rate limits: settled with the call's event
         if stream:
             return await _stream(gateway, call, group, body, beta, options)
 
@@ -256,7 +258,7 @@ async def _messages(request: Request) -> Response[Any]:
     outcome.finish(int((usage or {}).get("total_tokens") or 0))
     gateway.record(call.event(status="success", response=message, usage=usage), ctx)
     return Response(content=content, media_type="application/json",
-                    headers={"x-request-id": rid, "request-id": rid})
+                    headers={"x-request-id": rid, "request-id": rid, **call.limit_headers()})
 
 
 async def _stream(gateway: Gateway, call: Call, group: Group, body: dict[str, Any], beta: str | None,
