@@ -218,3 +218,23 @@ async def test_embeddings_and_model_retrieve_respect_key_model_restrictions(mock
         assert (await open_client.models.retrieve("embed-azure")).owned_by == "azure"
         with pytest.raises(openai.NotFoundError):
             await open_client.models.retrieve("no-such-model")
+
+
+async def test_the_clients_traceparent_goes_upstream_and_a_malformed_one_does_not(
+        mock_upstream, make_config, start) -> None:
+    """A W3C ``traceparent`` from the client reaches the upstream with the call (every provider adds it with its
+    ``x-request-id``), so the provider's own traces join the client's; one that is not a trace context (a header
+    injection attempt) is not forwarded, and a request without one sends none."""
+    trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    async with start(make_config(models=models(mock_upstream))) as gw:
+        key = await gw.new_key()
+        sent = []
+        for model, header in (("chat", trace), ("chat-groq", trace), ("chat", "00-x;x-evil: 1"), ("chat", None)):
+            headers = {"Authorization": f"Bearer {key}", **({"traceparent": header} if header else {})}
+            response = await gw.client.post("/v1/chat/completions", headers=headers, json={
+                "model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5})
+            assert response.status_code == 200, response.text
+            sent.append(mock_upstream.find(response.headers["x-request-id"])["headers"])
+    assert sent[0].get("traceparent") == trace and sent[1].get("traceparent") == trace
+    assert "traceparent" not in sent[2] and "x-evil" not in sent[2]
+    assert "traceparent" not in sent[3]

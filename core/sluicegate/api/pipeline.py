@@ -22,6 +22,7 @@ from sluicegate.attribution import NO_ATTRIBUTION, Attribution, owner_metadata, 
 from sluicegate.errors import ApiError
 from sluicegate.events import LogEvent, LogMetadata
 from sluicegate.limits.ratelimit import estimate_tokens
+from sluicegate.providers.base import forward_traceparent
 from sluicegate.providers.openai_compatible import upstream_body
 from sluicegate.providers.upstream import UpstreamError
 from sluicegate.router import RequestOptions, RouterFailure
@@ -67,6 +68,7 @@ class Call:
         self.ip = request.client.host if request.client else None
         self.user_agent = request.headers.get("user-agent")
         self.traceparent = request.headers.get("traceparent")
+        forward_traceparent(self.traceparent)  # the upstream calls carry the client's trace context
         self.attempts: list[Attempt] | None = None
         self.call_type = call_type
         self.input_field = input_field

@@ -14,7 +14,9 @@ upstream already speaks OpenAI's wire format overrides :meth:`Provider.complete_
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import AsyncIterator, Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from sluicegate.providers.upstream import UpstreamClient
 
 __all__ = ("GATEWAY_PARAMS", "ChunkStream", "Provider", "ProviderClients", "ProviderParams", "SSEDecoder", "UpstreamError",
-           "openai_error", "request_id_header", "tool_call_arguments", "with_query")
+           "forward_traceparent", "openai_error", "request_id_header", "tool_call_arguments", "with_query")
 
 _json = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -403,10 +405,22 @@ def with_query(url: str, query: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}{query}"
 
 
+_TRACE_LINE: ContextVar[bytes] = ContextVar("sluicegate_traceparent", default=b"")
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def forward_traceparent(value: str | None) -> None:
+    """Send the client's W3C ``traceparent`` on with this request's upstream calls (the request's task only: each
+    request runs in its own context). A value that is not a W3C trace context is not forwarded."""
+    if value and _TRACEPARENT.fullmatch(value):
+        _TRACE_LINE.set(b"traceparent: " + value.encode() + b"\r\n")
+
+
 def request_id_header(request_id: str) -> bytes:
-    """``x-request-id`` as a head line (request ids are printable; non-ASCII ones go percent-encoded)."""
+    """``x-request-id`` as a head line (request ids are printable; non-ASCII ones go percent-encoded), and the
+    client's ``traceparent`` when it sent one (:func:`forward_traceparent`)."""
     rid = request_id.encode() if request_id.isascii() else quote(request_id, safe="").encode()
-    return b"x-request-id: " + rid + b"\r\n"
+    return b"x-request-id: " + rid + b"\r\n" + _TRACE_LINE.get()
 
 
 def tool_call_arguments(raw: Any, where: str = "messages") -> dict[str, Any]:

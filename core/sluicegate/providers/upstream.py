@@ -6,7 +6,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import aiohttp
 import httpx
@@ -22,7 +21,7 @@ from sluicegate.net.http import (
     encode_headers,
 )
 
-from sluicegate.providers.base import UpstreamError, openai_error
+from sluicegate.providers.base import UpstreamError, openai_error, request_id_header
 
 if TYPE_CHECKING:
     from sluicegate.providers.models import Deployment
@@ -167,9 +166,7 @@ class BuiltinUpstream(UpstreamClient):
         if head is None:
             head = (deployment.completions_url, encode_headers(_base_headers(deployment)))
             self._heads[deployment.model_id] = head
-        # request ids are printable (the chat route checks); non-ASCII ones go percent-encoded
-        rid = request_id.encode() if request_id.isascii() else quote(request_id, safe="").encode()
-        return head[0], head[1] + b"x-request-id: " + rid + b"\r\n"
+        return head[0], head[1] + request_id_header(request_id)  # with the client's traceparent, if any
 
     async def complete(self, deployment: Deployment, body: bytes, request_id: str) -> bytes:
         url, headers = self._headers(deployment, request_id)
