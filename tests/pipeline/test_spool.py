@@ -190,7 +190,8 @@ def test_spilled_events_are_read_back_in_order_from_disk_then_from_pending(tmp_p
 
 
 def test_over_the_size_limit_the_oldest_segment_goes_and_each_instance_counts_its_loss(tmp_path):
-    spool = make_spool(tmp_path, segment_bytes=4096)
+    # a segment holds a few pairs of events (each ~2 KB of JSON), so the oldest one holds some of both instances
+    spool = make_spool(tmp_path, segment_bytes=4 * len(event("a0-" + "x" * 300)))
     a, b = instance(spool, "a"), instance(spool, "b")
     for i in range(20):
         a.add(event(f"a{i}-" + "x" * 300))
