@@ -611,6 +611,20 @@ def _compact(value: Any) -> str:
 _templates.filters["compact"] = _compact
 
 
+def _changed(record: Any) -> tuple[Any, Any]:
+    """Before and after as the page shows them: of an update, only the fields that changed (the object is named
+    in its own column); of a creation or deletion, the whole object."""
+    before, after = record.before_value, record.updated_values
+    if isinstance(before, dict) and isinstance(after, dict):
+        keys = [k for k in sorted(set(before) | set(after))
+                if k not in before or k not in after or before[k] != after[k]]
+        return {k: before[k] for k in keys if k in before}, {k: after[k] for k in keys if k in after}
+    return before, after
+
+
+_templates.filters["changed"] = _changed
+
+
 @get("/audit")
 async def audit_page(request: Request) -> Response[bytes]:
     """``GET /audit``'s rows from the same store query and under the same rule: proxy viewers read every row, a
