@@ -41,9 +41,9 @@ def new_team(client: Any, admin: dict[str, str], **fields: Any) -> str:
     return team_id
 
 
-def team_admin_of(client: Any, admin: dict[str, str], team_id: str) -> str:
-    made = client.post("/user/new", json={"user_id": uid("admin"), "user_role": "internal_user",
-                                          "teams": [{"team_id": team_id, "user_role": "admin"}]}, headers=admin)
+def team_admin_of(client: Any, admin: dict[str, str], team_id: str, role: str = "admin") -> str:
+    made = client.post("/user/new", json={"user_id": uid(role), "user_role": "internal_user",
+                                          "teams": [{"team_id": team_id, "user_role": role}]}, headers=admin)
     assert made.status_code == 200, made.text
     return made.json()["key"]
 
@@ -80,6 +80,10 @@ def test_the_audit_page_shows_a_teams_logging_switch_to_its_admins_only(client: 
     theirs = client.get("/ui/audit")
     assert theirs.status_code == 200 and team_id not in theirs.text
     assert client.get("/ui/audit", params={"team_id": team_id}).status_code == 403
+    enter(client, team_admin_of(client, admin, team_id, role="user"))  # a member, not an admin: as GET /audit
+    member = client.get("/ui/audit")
+    assert member.status_code == 403 and "text/html" in member.headers["content-type"]
+    assert "logging_disabled" not in member.text
 
     # The master key reads every row; the newest comes first.
     enter(client, master_key)
@@ -164,6 +168,8 @@ def test_the_spend_page_shows_a_teams_spend_as_a_chart_and_a_table(client: Any, 
     own = client.get("/ui/spend")
     assert own.status_code == 200 and f"<code>{team_id}</code>" in own.text and f"{cost:.6f}" in own.text
     assert client.get("/ui/spend", params={"group_by": "key"}).status_code == 403
+    enter(client, team_admin_of(client, admin, team_id, role="user"))  # members read their team's spend too
+    assert f"<code>{team_id}</code>" in client.get("/ui/spend").text
     enter(client, team_admin_of(client, admin, other))
     theirs = client.get("/ui/spend")
     assert theirs.status_code == 200 and team_id not in theirs.text and "<svg" in theirs.text
