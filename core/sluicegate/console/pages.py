@@ -698,13 +698,14 @@ def _spend_chart(rows: list[Any], start: date, end: date, order: list[str]) -> d
 
 
 async def _spend_names(page: _Page, group_by: str, ids: list[str]) -> dict[str, str]:
-    """What to show beside an id: a team's alias, a key's alias or display name (its id is the key's hash)."""
+    """What to show beside an id: a team's alias, a key's alias or display name (its id is the key's hash; looked
+    up one by one, so for the biggest ``KEYS_PER_PAGE`` keys only: the rest show their hash alone)."""
     store = page.gateway.store
     if group_by == "team":
         return {t.team_id: t.team_alias for t in await store.list_teams() if t.team_id in ids and t.team_alias}
     if group_by == "key":
         names = {}
-        for token_id in ids:
+        for token_id in ids[:KEYS_PER_PAGE]:
             record = await store.get_key(token_id)
             names[token_id] = (record.key_alias or record.key_name) if record else "(deleted key)"
         return names
