@@ -16,7 +16,7 @@ import math
 import re
 import secrets
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,14 +29,15 @@ from markupsafe import Markup, escape
 
 from sluicegate.api import keys as key_api
 from sluicegate.api import teams as team_api
-from sluicegate.api.common import decode_json, gateway_of
+from sluicegate.api.common import decode_json, gateway_of, page_of
 from sluicegate.auth import AuthContext, check_usable, hash_key, is_master
 from sluicegate.cache import _flag
 from sluicegate.console.forms import read_vars_form, vars_form
 from sluicegate.console.sessions import LoginFailures, Session, SessionStore
 from sluicegate.errors import ApiError
 from sluicegate.gateway import NO_MASTER_KEY
-from sluicegate.permissions import can_read_all, can_read_team, can_write_team, readable_teams
+from sluicegate.permissions import (can_admin_read_team, can_read_all, can_read_team, can_write_team,
+                                    readable_teams)
 from sluicegate.sinks.base import MASK
 from sluicegate.sinks.registry import UnknownCallbackName
 
@@ -52,6 +53,9 @@ SESSION_COOKIE = "sg_console"
 LOGIN_COOKIE = "sg_console_login"
 LOGIN_FAILURES_PER_MINUTE = 10
 KEYS_PER_PAGE = 100
+AUDIT_PER_PAGE = 50
+SPEND_DAYS = 30
+SPEND_GROUPS = ("team", "key", "model")
 
 _templates = Environment(loader=FileSystemLoader(HERE / "templates"), trim_blocks=True, lstrip_blocks=True,
                          autoescape=select_autoescape(default=True))
@@ -64,24 +68,27 @@ _SECURITY_HEADERS = {
 
 
 # -- authorisation: the one place that decides ---------------------------------------------------------------
-Action = Literal["enter", "read", "write"]
+Action = Literal["enter", "read", "write", "audit"]
 
 
 def allowed(ctx: AuthContext, action: Action, team_id: str | None = None) -> bool:
-    """May ``ctx`` do ``action`` (``enter`` the console, ``read`` or ``write``) on ``team_id`` (``None``: the
-    gateway as a whole: creating teams, plugins, delivery)? The same rules as the admin API
-    (:mod:`sluicegate.permissions`): any user's key may enter; proxy viewers read everything; a team's members read
-    it and its admins write it; only proxy admins write gateway-wide."""
+    """May ``ctx`` do ``action`` (``enter`` the console, ``read``, ``write``, or read the ``audit`` trail) on
+    ``team_id`` (``None``: the gateway as a whole: creating teams, plugins, delivery, every audit row)? The same
+    rules as the admin API (:mod:`sluicegate.permissions`): any user's key may enter; proxy viewers read
+    everything; a team's members read it and its admins write it and read its audit rows (``GET /audit``); only
+    proxy admins write gateway-wide."""
     if action == "enter":
         return ctx.is_admin or ctx.user is not None
     if team_id is None:
         return ctx.is_admin if action == "write" else can_read_all(ctx)
+    if action == "audit":
+        return can_admin_read_team(ctx, team_id)
     return can_write_team(ctx, team_id) if action == "write" else can_read_team(ctx, team_id)
 
 
-def visible_teams(ctx: AuthContext) -> frozenset[str] | None:
-    """The teams ``ctx`` may list: ``None`` for all of them."""
-    teams = readable_teams(ctx)
+def visible_teams(ctx: AuthContext, action: Literal["read", "audit"] = "read") -> frozenset[str] | None:
+    """The teams ``ctx`` may list (``read``), or whose audit rows it may read (``audit``): ``None`` for all."""
+    teams = readable_teams(ctx, "team_admin_viewer" if action == "audit" else "team_member")
     return None if teams is None else frozenset(teams)
 
 
@@ -573,7 +580,7 @@ async def key_delete(request: Request, token_id: str) -> Response[Any]:
     return _done(page, "/ui/keys", f"Key {record.key_name} revoked (deleted).")
 
 
-# -- delivery, plugins, and what is not built yet ------------------------------------------------------------
+# -- delivery, plugins ----------------------------------------------------------------------------------------
 @get("/delivery")
 async def delivery_page(request: Request) -> Response[bytes]:
     page = await _page(request)
@@ -592,12 +599,158 @@ async def plugins_page(request: Request) -> Response[bytes]:
     return render(request, "plugins.html", page=page, plugins=described)
 
 
+# -- the audit trail ----------------------------------------------------------------------------------------
+def _compact(value: Any) -> str:
+    """A stored object as one line of JSON, to be escaped when rendered (its secrets were masked when the row was
+    written, as the API masks them)."""
+    if value is None:
+        return ""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False, default=str)
+
+
+_templates.filters["compact"] = _compact
+
+
+def _changed(record: Any) -> tuple[Any, Any]:
+    """Before and after as the page shows them: of an update, only the fields that changed (the object is named
+    in its own column); of a creation or deletion, the whole object."""
+    before, after = record.before_value, record.updated_values
+    if isinstance(before, dict) and isinstance(after, dict):
+        keys = [k for k in sorted(set(before) | set(after))
+                if k not in before or k not in after or before[k] != after[k]]
+        return {k: before[k] for k in keys if k in before}, {k: after[k] for k in keys if k in after}
+    return before, after
+
+
+_templates.filters["changed"] = _changed
+
+
+@get("/audit")
+async def audit_page(request: Request) -> Response[bytes]:
+    """``GET /audit``'s rows from the same store query and under the same rule: proxy viewers read every row, a
+    team's admins their teams' rows; newest first, a page at a time, optionally of one team."""
+    page = await _page(request)
+    team_id = request.query_params.get("team_id") or None
+    chosen = page_of(request.query_params.get("page"), None, default_size=AUDIT_PER_PAGE)
+    visible = visible_teams(page.ctx, "audit")
+    if team_id is not None:
+        _require(page, "audit", team_id)
+        teams: list[str] | None = [team_id]
+    elif visible is not None and not visible:
+        raise ApiError(403, "the audit trail needs role proxy_admin or proxy_admin_viewer, or admin of a team "
+                       "(for that team's rows)", type="permission_error")
+    else:
+        teams = None if visible is None else sorted(visible)
+    store = page.gateway.store
+    records = await store.list_audit(team_ids=teams, offset=chosen.offset, limit=chosen.size)
+    total = await store.count_audit(team_ids=teams)
+    choices = [t.team_id for t in await store.list_teams() if visible is None or t.team_id in visible]
+    if team_id is not None and team_id not in choices:
+        choices.append(team_id)  # a deleted team's rows stay readable
+    return render(request, "audit.html", page=page, records=records, total=total, team_filter=team_id,
+                  team_choices=choices, current_page=chosen.page, total_pages=chosen.total_pages(total),
+                  readable=lambda team: team is not None and allowed(page.ctx, "read", team))
+
+
+# -- spend ---------------------------------------------------------------------------------------------------
+CHART_HEIGHT = 160
+CHART_BAR = 18
+CHART_GAP = 4
+CHART_LEFT = 8
+CHART_TOP = 8
+CHART_BOTTOM = 22
+CHART_COLOURS = 6  # the biggest five entities get a colour each, the rest share the sixth
+
+
+def _money(value: float) -> str:
+    return f"{value:.6f}"
+
+
+_templates.filters["money"] = _money
+
+
+def _spend_chart(rows: list[Any], start: date, end: date, order: list[str]) -> dict[str, Any]:
+    """Stacked bars, one per day from ``start`` to ``end`` (days without spend stay empty), as coordinates the
+    template draws as SVG: no script, nothing fetched."""
+    days = [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+    by_day: dict[str, list[Any]] = {}
+    for row in rows:
+        by_day.setdefault(row.day, []).append(row)
+    totals = {day: sum(r.spend for r in by_day.get(day, ())) for day in days}
+    top = max(totals.values(), default=0.0)
+    colour = {entity: min(i, CHART_COLOURS - 1) for i, entity in enumerate(order)}
+    base = CHART_TOP + CHART_HEIGHT
+    bars = []
+    for i, day in enumerate(days):
+        y = float(base)
+        segments = []
+        for row in sorted(by_day.get(day, ()), key=lambda r: colour[r.entity_id]):
+            height = CHART_HEIGHT * row.spend / top if top > 0 else 0.0
+            y -= height
+            segments.append({"entity": row.entity_id, "spend": row.spend, "y": round(y, 2),
+                             "height": round(height, 2), "colour": colour[row.entity_id]})
+        bars.append({"day": day, "x": CHART_LEFT + i * (CHART_BAR + CHART_GAP), "total": totals[day],
+                     "segments": segments})
+    busiest = max(days, key=lambda d: totals[d]) if days else None
+    return {"bars": bars, "top": top, "base": base, "bar": CHART_BAR, "busiest": busiest,
+            "width": CHART_LEFT * 2 + len(days) * (CHART_BAR + CHART_GAP),
+            "height": base + CHART_BOTTOM, "first": days[0], "last": days[-1]}
+
+
+async def _spend_names(page: _Page, group_by: str, ids: list[str]) -> dict[str, str]:
+    """What to show beside an id: a team's alias, a key's alias or display name (its id is the key's hash; looked
+    up one by one, so for the biggest ``KEYS_PER_PAGE`` keys only: the rest show their hash alone)."""
+    store = page.gateway.store
+    if group_by == "team":
+        return {t.team_id: t.team_alias for t in await store.list_teams() if t.team_id in ids and t.team_alias}
+    if group_by == "key":
+        names = {}
+        for token_id in ids[:KEYS_PER_PAGE]:
+            record = await store.get_key(token_id)
+            names[token_id] = (record.key_alias or record.key_name) if record else "(deleted key)"
+        return names
+    return {}
+
+
+@get("/spend")
+async def spend_page(request: Request) -> Response[bytes]:
+    """Spend per day over the last 30 days, by team, key or model, from the store query behind
+    ``GET /spend/report`` (after writing what this process has not yet, as the route does). Proxy viewers see
+    everything; anyone else sees spend per team, of the teams they may read, and nothing per key or model (those
+    rows do not say which team they belong to)."""
+    page = await _page(request)
+    group_by = request.query_params.get("group_by") or "team"
+    if group_by not in SPEND_GROUPS:
+        raise ApiError(422, f"group_by: one of {', '.join(SPEND_GROUPS)}; got {group_by[:40]!r}", param="group_by")
+    visible = visible_teams(page.ctx)
+    if visible is not None and group_by != "team":
+        raise ApiError(403, f"group_by={group_by}: spend per key or model needs role proxy_admin or "
+                       "proxy_admin_viewer (as GET /spend/report); your key reads spend per team, of its own "
+                       "teams", type="permission_error")
+    end = datetime.now(UTC).date()
+    start = end - timedelta(days=SPEND_DAYS - 1)
+    gateway = page.gateway
+    await gateway.spend.flush()
+    ids = None if visible is None else sorted(visible)
+    rows = await gateway.store.spend_report(group_by, start.isoformat(), end.isoformat(), ids) if ids != [] else []
+    totals: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        total = totals.setdefault(row.entity_id, {"spend": 0.0, "requests": 0, "prompt_tokens": 0,
+                                                  "completion_tokens": 0})
+        for name in total:
+            total[name] += getattr(row, name)
+    order = sorted(totals, key=lambda entity: (-totals[entity]["spend"], entity))
+    return render(request, "spend.html", page=page, group_by=group_by,
+                  groups=SPEND_GROUPS if visible is None else ("team",), start=start.isoformat(),
+                  end=end.isoformat(), rows=rows, totals=totals, order=order,
+                  names=await _spend_names(page, group_by, order), chart=_spend_chart(rows, start, end, order),
+                  grand_total=sum(t["spend"] for t in totals.values()), colours=CHART_COLOURS)
+
+
+# -- what is not built yet -----------------------------------------------------------------------------------
 _NOT_YET = {
-    "spend": ("Spend", "Spend per team, key and model over time appears here once the gateway records "
-              "spend."),
-    "audit": ("Audit trail", "Who changed which team, key, user or logging destination, and when, appears "
-              "here once the gateway records an audit trail."),
-    "users": ("Users", "Users, their roles and team membership appear here once the gateway has users."),
+    "users": ("Users", "Users, their roles and team membership appear here; until then use the API's "
+              "/user/* routes."),
 }
 
 
@@ -648,6 +801,6 @@ def console_router() -> Router:
     return Router(path="/ui", route_handlers=[
         login_form, login, logout, home, teams_page, create_team, team_page, team_settings, team_logging,
         team_delete, sink_form, sink_add, sink_delete, keys_page, key_create, key_rotate, key_block,
-        key_delete, delivery_page, plugins_page, not_yet, static,
+        key_delete, delivery_page, plugins_page, audit_page, spend_page, not_yet, static,
     ], exception_handlers={_Redirect: _on_redirect, _Forbidden: _on_forbidden, _CsrfRefused: _on_csrf,
                            ApiError: _on_api_error, UnknownCallbackName: _on_unknown_sink})
