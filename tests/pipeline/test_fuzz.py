@@ -56,6 +56,7 @@ ROUTES = [
     ("POST", "/ui/teams/{team}/sinks"), ("POST", "/ui/teams/{team}/sinks/{name}/delete"), ("GET", "/ui/keys"),
     ("POST", "/ui/keys"), ("POST", "/ui/keys/{name}/rotate"), ("POST", "/ui/keys/{name}/block"),
     ("POST", "/ui/keys/{name}/delete"), ("GET", "/ui/delivery"), ("GET", "/ui/plugins"), ("GET", "/ui/{name}"),
+    ("GET", "/ui/audit"), ("GET", "/ui/spend"),
     ("GET", "/ui/static/{name}"),
     ("GET", "/model/info"), ("GET", "/v1/model/info"), ("GET", "/health"),
     ("POST", "/v1/completions"), ("POST", "/completions"), ("POST", "/v1/responses"), ("POST", "/responses"),
