@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 import uvloop
+
 from sluicegate.serving import AcceptingServer, GatewayLoop, new_event_loop
+from sluicegate.testing import wait_until_async
 
 CONNECTIONS = 64
 
@@ -240,6 +242,8 @@ def test_a_server_made_without_serving_listens_only_once_started_and_serve_forev
         except ConnectionRefusedError:
             refused = True  # bound, not listening yet
         forever = loop.create_task(server.serve_forever())
+        # serve_forever starts listening once its task runs: wait for that, not for a connection race
+        await wait_until_async(server.is_serving, timeout=10, what="serve_forever to start listening")
 
         def talk() -> bytes:
             with socket.create_connection(address, timeout=10) as client:
