@@ -403,6 +403,8 @@ def test_a_team_admin_sees_and_manages_only_their_own_team(client: Any, admin: d
     assert listing.status_code == 200 and own in listing.text and other not in listing.text
     page = client.get(f"/ui/teams/{own}")
     assert page.status_code == 200 and f"/ui/teams/{own}/logging" in page.text
+    alice = made.json()["user_id"]
+    assert f"<code>{alice}</code></th><td>admin</td>" in page.text  # the members table, with each role
     switched = client.post(f"/ui/teams/{own}/logging", data={"csrf_token": csrf_of(page.text), "enabled": "false"},
                            follow_redirects=False)
     assert switched.status_code in (200, 303)

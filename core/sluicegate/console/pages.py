@@ -372,9 +372,10 @@ async def _team_page(request: Request, page: _Page, team_id: str, *, status: int
     team = await team_api.find_team(gateway, team_id)
     callbacks = await team_api.team_callbacks(gateway, page.ctx, team_id)
     keys = await gateway.store.list_keys(team_id=team_id, limit=KEYS_PER_PAGE)
+    members = await gateway.store.memberships(team_id=team_id)
     cache = _flag(team.metadata.get("cache")) if "cache" in team.metadata else None
     return render(request, "team.html", page=page, status=status, team=team, callbacks=callbacks,
-                  sinks=gateway.registry.names(), keys=keys, cache=cache,
+                  sinks=gateway.registry.names(), keys=keys, cache=cache, members=members,
                   may_write=allowed(page.ctx, "write", team_id), errors=errors or {}, values=values or {})
 
 
