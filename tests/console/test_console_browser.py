@@ -258,6 +258,26 @@ def test_plugins_and_pages_not_built_yet(page: Any, gateway: Any, master_key: st
     assert page.url.endswith("/ui/login")
 
 
+def test_a_team_admin_sees_only_their_team_and_gets_a_403_page_for_another(page: Any, gateway: Any,
+                                                                           api: httpx.Client) -> None:
+    """A user who is ``admin`` of one team logs in with their own key: the teams page lists that team only, its
+    page offers the GDPR switch, and another team's page is a 403 page (the API's rules, in the browser)."""
+    own, other = uid("own"), uid("other")
+    for team in (own, other):
+        assert api.post("/team/new", json={"team_id": team}).status_code == 200
+    made = api.post("/user/new", json={"user_id": uid("admin"), "teams": [{"team_id": own, "user_role": "admin"}]})
+    assert made.status_code == 200, made.text
+    log_in(page, gateway, made.json()["key"])
+    teams = page.locator("main").inner_text()
+    assert own in teams and other not in teams
+    page.get_by_role("link", name=own).click()
+    assert page.get_by_role("heading", level=1).inner_text().endswith(own)
+    assert page.get_by_role("button", name="Disable logging").count() == 1
+    answer = page.goto(f"{gateway.url}/ui/teams/{other}")
+    assert answer is not None and answer.status == 403
+    assert other not in page.get_by_role("heading", level=1).inner_text()
+
+
 # ----------------------------------------------------------------------------------------- accessibility
 UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea')]
   .filter(e => e.type !== 'hidden' && e.labels.length === 0 && !e.getAttribute('aria-label'))
