@@ -54,6 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
     from sluicegate.gateway import Gateway
     from sluicegate.serving import ANNOUNCE_ENV
     from sluicegate.serving_http import HEADER_TIMEOUT_ENV, MAX_HEADER_BYTES_ENV
+    from sluicegate.sinks.dispatcher import spool_base_for
 
     try:
         settings = load_settings(args.config, allow_unknown_keys=args.allow_unknown_keys)
@@ -135,7 +136,11 @@ def _serve(args: argparse.Namespace) -> int:
     if delivery == "process":
         # A small parent over the workers and the delivery process (sluicegate.delivery.supervisor); uvicorn's
         # command line follows its own after "--".
-        argv = [sys.executable, "-P", "-m", "sluicegate.delivery.supervisor", "--grace", str(grace), "--", *argv]
+        watch = settings.sluicegate_settings.delivery
+        argv = [sys.executable, "-P", "-m", "sluicegate.delivery.supervisor", "--grace", str(grace),
+                "--spool", str(spool_base_for(settings)),
+                "--watchdog", f"{watch.watchdog_interval},{watch.watchdog_timeout},{watch.watchdog_misses}",
+                "--", *argv]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)

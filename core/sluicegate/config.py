@@ -309,6 +309,14 @@ class DeliverySettings(msgspec.Struct, kw_only=True):
     spool_segment_bytes: int = 32 * 1024 * 1024
     spool_fsync: bool = False
     """fsync after each spool write (survives power loss, not only process death; costs a disk flush)."""
+    watchdog_interval: float = 5.0
+    """Seconds between two health pings of the delivery process by ``sluicegate serve``'s supervisor (over its
+    status socket); 0: no pings, a hung delivery process is left alone."""
+    watchdog_timeout: float = 2.0
+    """Seconds a ping may take before it counts as missed."""
+    watchdog_misses: int = 3
+    """Missed pings in a row after which the supervisor SIGKILLs the delivery process and restarts it (with the
+    restart backoff): with the defaults, a delivery process hung for about 15 s."""
 
 
 class SinkDestinations(msgspec.Struct, kw_only=True):
@@ -611,6 +619,12 @@ def _check_semantics(settings: Settings, problems: list[str]) -> None:
     delivery = settings.sluicegate_settings.delivery
     if not 0 <= delivery.spool_flush_interval <= 60:
         problems.append("sluicegate_settings.delivery.spool_flush_interval: must be between 0 and 60 seconds")
+    if not 0 <= delivery.watchdog_interval <= 3600:
+        problems.append("sluicegate_settings.delivery.watchdog_interval: must be between 0 (off) and 3600 seconds")
+    if not 0 < delivery.watchdog_timeout <= 600:
+        problems.append("sluicegate_settings.delivery.watchdog_timeout: must be more than 0 and at most 600 seconds")
+    if delivery.watchdog_misses < 1:
+        problems.append("sluicegate_settings.delivery.watchdog_misses: must be at least 1")
     if delivery.spool_max_bytes < 1024 * 1024:
         problems.append("sluicegate_settings.delivery.spool_max_bytes: must be at least 1048576 (1 MiB)")
     if settings.sluicegate_settings.database_connect_timeout < 0:

@@ -270,6 +270,55 @@ def test_sigkill_of_the_delivery_process_under_load_loses_nothing_accepted(
         assert not set(settled) & set(_contents(receiver, "kill"))  # held in the killed process's memory only
 
 
+def test_a_hung_delivery_process_is_killed_and_restarted_with_nothing_lost(
+        tmp_path, acme_path, receiver, gateway_process):
+    """A stopped (SIGSTOP: alive, not answering) delivery process is found by the supervisor's pings over its
+    status socket, killed after ``watchdog_misses`` misses in a row and restarted; what was accepted before and
+    while it hung arrives. The control: a healthy one, pinged just as often for longer than that, is left alone."""
+    interval, misses = 0.2, 3
+    gateway = gateway_process(_config(tmp_path, watchdog_interval=interval, watchdog_timeout=0.2,
+                                      watchdog_misses=misses),
+                              env=_env(acme_path, receiver, "hung"), wait=False).wait_ready(START)
+    root = gateway.proc.pid
+    (first,) = _delivery_pids(root)
+
+    def delivery() -> dict[str, Any]:
+        return httpx.get(f"{gateway.url}/health/readiness", timeout=10).json()["checks"]["delivery"]
+
+    before = [f"before-{i}" for i in range(20)]
+    for content in before:
+        assert _chat(gateway.url, content) == 200
+    assert receiver.wait_for(lambda: set(before) <= set(_contents(receiver, "hung")), timeout=15)
+    # control: answering, it outlives several times misses x interval of pings
+    wait_until(lambda: delivery()["healthy"] and delivery()["details"]["uptime"] > 3 * misses * interval,
+               timeout=20, what="the delivery process running past a few watchdog periods")
+    assert _delivery_pids(root) == [first] and delivery()["details"]["restarts"] == 0
+    assert "health pings" not in gateway.stderr
+
+    os.kill(first, signal.SIGSTOP)
+    try:
+        during = [f"during-{i}" for i in range(20)]
+        for content in during:  # accepted: the worker appends to its log whatever the delivery process does
+            assert _chat(gateway.url, content) == 200
+        wait_until(lambda: _delivery_pids(root) and _delivery_pids(root) != [first], timeout=30,
+                   what="a new delivery process in place of the hung one")
+        wait_until(lambda: not Path(f"/proc/{first}").exists(), timeout=10, what="the hung process gone")
+    finally:
+        if Path(f"/proc/{first}").exists():
+            os.kill(first, signal.SIGCONT)
+    after = [f"after-{i}" for i in range(20)]
+    for content in after:
+        assert _chat(gateway.url, content) == 200
+    sent = before + during + after
+    wait_until(lambda: set(sent) <= set(_contents(receiver, "hung")), timeout=30,
+               what="every accepted event delivered by the restarted delivery process")
+    assert set(_contents(receiver, "hung")) <= set(sent)
+    health = delivery()
+    assert health["healthy"] and health["details"]["restarts"] == 1 and health["details"]["pid"] != first
+    line = f"the delivery process (pid {first}) did not answer {misses} health pings in a row"
+    assert sum(line in row for row in gateway.stderr.splitlines()) == 1, gateway.stderr
+
+
 def test_sigkill_of_a_worker_loses_at_most_one_flush_interval(tmp_path, acme_path, receiver, gateway_process):
     flush = 0.1
     gateway = gateway_process(_config(tmp_path, spool_flush_interval=flush), workers=2,

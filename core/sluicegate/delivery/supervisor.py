@@ -3,6 +3,10 @@ workers' supervisor with ``--workers N > 1``) and one delivery process, each a c
 
 - The delivery process is restarted when it dies, after a backoff (0.5 s doubling to 30 s; back to 0.5 s once a
   run lasted a minute); the workers keep appending to their logs meanwhile and it reads on where it stopped.
+- A hung one (alive, not answering) is treated as dead: it is pinged over its status socket every
+  ``delivery.watchdog_interval`` seconds; after ``watchdog_misses`` pings in a row without an answer within
+  ``watchdog_timeout`` it gets SIGKILL and is restarted the same way. Before its first answer (start-up: waiting for
+  the host's delivery lock, replaying the spool) misses count only once it has run ``_STARTUP_GRACE`` seconds.
 - SIGTERM or SIGINT: the workers stop first (uvicorn's graceful shutdown writes their logs), then the delivery
   process reads what they wrote, delivers within its grace period and exits; this process exits last, with the
   workers' exit status.
@@ -11,16 +15,18 @@ workers' supervisor with ``--workers N > 1``) and one delivery process, each a c
 - If the workers' process exits on its own, the delivery process is stopped the same way.
 - Both children get SIGTERM if this process dies (``PR_SET_PDEATHSIG``): nothing is left running without it.
 
-Run as ``python -m sluicegate.delivery.supervisor -- <uvicorn command line>``; the configuration reaches the
-children through the environment ``sluicegate serve`` set.
+Run as ``python -m sluicegate.delivery.supervisor [--grace S] [--spool DIR --watchdog INTERVAL,TIMEOUT,MISSES] --
+<uvicorn command line>``; the configuration reaches the children through the environment ``sluicegate serve`` set.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +39,67 @@ _BACKOFF_FIRST = 0.5
 _BACKOFF_MAX = 30.0
 _STABLE_AFTER = 60.0
 _POLL = 0.1
+_STARTUP_GRACE = 120.0
+"""Seconds a new delivery process may run before its first answer without its missed pings counting (it may wait
+up to 60 s for the previous one's lock, then replay its spool)."""
+
+
+class Watchdog:
+    """How often and how patiently the delivery process is pinged (``sluicegate_settings.delivery.watchdog_*``)."""
+
+    __slots__ = ("address", "interval", "misses", "timeout")
+
+    def __init__(self, address: str, interval: float, timeout: float, misses: int) -> None:
+        self.address = address
+        self.interval = interval
+        self.timeout = timeout
+        self.misses = misses
+
+
+class _Ping:
+    """One ``ping`` over the status socket, advanced without blocking by the supervisor's loop (which must keep
+    watching the workers and answering signals)."""
+
+    __slots__ = ("data", "deadline", "sock")
+
+    def __init__(self, address: str, timeout: float) -> None:
+        self.deadline = time.monotonic() + timeout
+        self.data = b""
+        self.sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.setblocking(False)
+        try:
+            self.sock.connect(address)  # a UNIX socket connects at once (queued even if the listener is stopped)
+            self.sock.send(b"ping\n")
+        except OSError:  # not listening (starting, dead), or its backlog is full (hung for a while)
+            self.close()
+
+    def answer(self) -> dict[str, object] | None | bool:
+        """The answer once complete; False if it failed or the deadline passed; None while still waiting."""
+        while self.sock is not None:
+            try:
+                chunk = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                if time.monotonic() >= self.deadline:
+                    self.close()
+                    return False
+                return None
+            except OSError:
+                break
+            if not chunk:  # the answer is complete when the delivery process closes the connection
+                self.close()
+                try:
+                    answer = json.loads(self.data)
+                except ValueError:
+                    return False
+                return answer if isinstance(answer, dict) else False
+            self.data += chunk
+        self.close()
+        return False
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
 
 
 def _die_with_parent() -> None:
@@ -44,9 +111,15 @@ def _die_with_parent() -> None:
 
 
 class Supervisor:
-    def __init__(self, serving_argv: list[str], grace: float) -> None:
+    def __init__(self, serving_argv: list[str], grace: float, watchdog: Watchdog | None = None) -> None:
         self.serving_argv = serving_argv
         self.grace = grace
+        self.watchdog = watchdog if watchdog is not None and watchdog.interval > 0 else None
+        self.ping: _Ping | None = None
+        self.ping_at = 0.0
+        self.missed = 0
+        self.answered = False
+        self.hung = False  # the running delivery process was killed for not answering
         self.serving: subprocess.Popen[bytes] | None = None
         self.delivery: subprocess.Popen[bytes] | None = None
         self.delivery_started = 0.0
@@ -60,6 +133,13 @@ class Supervisor:
         self.delivery = subprocess.Popen([sys.executable, "-P", "-m", "sluicegate.delivery"], env=env,
                                          preexec_fn=_die_with_parent)
         self.delivery_started = time.monotonic()
+        self.missed = 0
+        self.answered = False
+        self.hung = False
+        if self.ping is not None:
+            self.ping.close()
+            self.ping = None
+        self.ping_at = self.delivery_started + (self.watchdog.interval if self.watchdog else 0.0)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stopping = True
@@ -97,16 +177,54 @@ class Supervisor:
                 self._start_delivery()
             return
         code = self.delivery.poll()
-        if code is None or self.stopping:
+        if self.stopping:
+            return
+        if code is None:
+            self._check_health(now)
             return
         ran = now - self.delivery_started
         if ran >= _STABLE_AFTER:
             self.backoff = _BACKOFF_FIRST
-        log.error("the delivery process (pid %d) exited with %s after %.1fs; restarting it in %.1fs (the workers "
-                  "keep writing their logs meanwhile)", self.delivery.pid, code, ran, self.backoff)
+        if self.hung and self.watchdog is not None:
+            log.error("the delivery process (pid %d) did not answer %d health pings in a row (every %gs, %gs "
+                      "deadline): killed it after %.1fs; restarting it in %.1fs (the workers keep writing their logs "
+                      "meanwhile)", self.delivery.pid, self.missed, self.watchdog.interval, self.watchdog.timeout,
+                      ran, self.backoff)
+        else:
+            log.error("the delivery process (pid %d) exited with %s after %.1fs; restarting it in %.1fs (the "
+                      "workers keep writing their logs meanwhile)", self.delivery.pid, code, ran, self.backoff)
+        if self.ping is not None:
+            self.ping.close()
+            self.ping = None
         self.delivery = None
         self.restart_at = now + self.backoff
         self.backoff = min(_BACKOFF_MAX, self.backoff * 2)
+
+    def _check_health(self, now: float) -> None:
+        """Ping the running delivery process every ``watchdog.interval``; SIGKILL it after ``watchdog.misses``
+        pings in a row without an answer (its exit is then seen, and it is restarted, like any other death)."""
+        watchdog, delivery = self.watchdog, self.delivery
+        if watchdog is None or delivery is None or self.hung:
+            return
+        if self.ping is None:
+            if now >= self.ping_at:
+                self.ping = _Ping(watchdog.address, watchdog.timeout)
+                self.ping_at = now + watchdog.interval
+            return
+        answer = self.ping.answer()
+        if answer is None:
+            return
+        self.ping = None
+        if answer is not False and answer.get("pid") == delivery.pid:
+            self.missed = 0
+            self.answered = True
+            return
+        if not self.answered and now - self.delivery_started < _STARTUP_GRACE:
+            return  # still starting: its socket is not open yet
+        self.missed += 1
+        if self.missed >= watchdog.misses:
+            self.hung = True
+            delivery.kill()
 
     def _stop_delivery(self) -> None:
         delivery = self.delivery
@@ -133,8 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     split = args.index("--")
     own, serving = args[:split], args[split + 1:]
     grace = float(own[own.index("--grace") + 1]) if "--grace" in own else 20.0
+    watchdog = None
+    if "--spool" in own and "--watchdog" in own:
+        from sluicegate.delivery.status import status_address
+
+        interval, timeout, misses = own[own.index("--watchdog") + 1].split(",")
+        watchdog = Watchdog(status_address(own[own.index("--spool") + 1]), float(interval), float(timeout),
+                            int(misses))
     _setup_logging(os.environ.get("SLUICEGATE_LOG_LEVEL", "info"))
-    return Supervisor(serving, grace).run()
+    return Supervisor(serving, grace, watchdog).run()
 
 
 if __name__ == "__main__":
