@@ -15,6 +15,8 @@ __all__ = ("app_factory", "main")
 CONFIG_ENV = "SLUICEGATE_CONFIG"
 WORKERS_ENV = "SLUICEGATE_WORKERS"
 ALLOW_UNKNOWN_KEYS_ENV = "SLUICEGATE_ALLOW_UNKNOWN_KEYS"
+MIGRATED_ENV = "SLUICEGATE_MIGRATED"
+"""The database URL ``sluicegate serve`` has just migrated: its workers do not run the migrations again."""
 log = logging.getLogger("sluicegate")
 
 
@@ -41,9 +43,12 @@ def app_factory() -> Any:
         settings = per_worker(settings, workers)
     # With one worker, SIGHUP reaches this process (forwarded by the delivery supervisor) and reloads it in place;
     # with several it reaches uvicorn's supervisor, which replaces the workers one at a time.
-    return create_app(settings, http_client=os.environ.get("SLUICEGATE_HTTP_CLIENT", "builtin"), tune_gc=True,
-                      workers=workers, allow_unknown_keys=allow_unknown_keys, reload_on_sighup=workers <= 1,
-                      delivery=delivery)
+    app = create_app(settings, http_client=os.environ.get("SLUICEGATE_HTTP_CLIENT", "builtin"), tune_gc=True,
+                     workers=workers, allow_unknown_keys=allow_unknown_keys, reload_on_sighup=workers <= 1,
+                     delivery=delivery)
+    if os.environ.get(MIGRATED_ENV) == settings.database_url:
+        app.state.gateway.migrate_on_start = False  # `sluicegate serve` migrated it just before starting us
+    return app
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -123,7 +128,17 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ[MAX_HEADER_BYTES_ENV] = str(settings.sluicegate_settings.max_header_bytes)
     os.environ[DELIVERY_ENV] = delivery  # read by each worker's app_factory
     os.environ["SLUICEGATE_LOG_LEVEL"] = args.log_level
+    os.environ[MIGRATED_ENV] = settings.database_url
     grace = int(settings.sluicegate_settings.delivery.shutdown_grace)
+    watch = settings.sluicegate_settings.delivery
+    supervisor = [sys.executable, "-P", "-m", "sluicegate.delivery.supervisor", "--grace", str(grace),
+                  "--spool", os.path.abspath(spool_base_for(settings)),
+                  "--watchdog", f"{watch.watchdog_interval},{watch.watchdog_timeout},{watch.watchdog_misses}"]
+    del settings
+    if args.workers == 1:
+        # This process has imported everything and loaded the plugins already: the one worker (and the first
+        # delivery process) start from it rather than from new interpreters that would do it all again.
+        return _serve_warm(args, delivery, grace, supervisor)
     # Replace this process (it loaded the config, the plugins and a validating gateway: ~100 MB at 10,000 teams
     # that would stay resident) with uvicorn: same pid, same signals. Each worker builds its app from the config
     # path in the environment (app_factory); with --workers N > 1 this process becomes a bare supervisor.
@@ -136,14 +151,83 @@ def _serve(args: argparse.Namespace) -> int:
     if delivery == "process":
         # A small parent over the workers and the delivery process (sluicegate.delivery.supervisor); uvicorn's
         # command line follows its own after "--".
-        watch = settings.sluicegate_settings.delivery
-        argv = [sys.executable, "-P", "-m", "sluicegate.delivery.supervisor", "--grace", str(grace),
-                "--spool", str(spool_base_for(settings)),
-                "--watchdog", f"{watch.watchdog_interval},{watch.watchdog_timeout},{watch.watchdog_misses}",
-                "--", *argv]
+        argv = [*supervisor, "--", *argv]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
+def _run_uvicorn(args: argparse.Namespace, grace: int) -> int:
+    """Serve with one worker in this process: what ``python -m uvicorn sluicegate.cli:app_factory --factory ...``
+    does, with the same options."""
+    import uvicorn
+
+    from sluicegate.serving_http import GatewayHttpProtocol
+
+    GatewayHttpProtocol.read_limits()  # imported before `_serve` set them in the environment
+    try:
+        uvicorn.run("sluicegate.cli:app_factory", factory=True, host=args.host, port=args.port, workers=1,
+                    proxy_headers=False, server_header=False, date_header=False, log_level=args.log_level.lower(),
+                    access_log=False, loop="sluicegate.serving:new_event_loop",
+                    http="sluicegate.serving_http:GatewayHttpProtocol", lifespan="on",
+                    timeout_graceful_shutdown=grace)
+    except SystemExit as exc:  # uvicorn's own exit status (3: the app did not start)
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
+def _fork(run: Any) -> int:
+    """Start ``run()`` in a child process forked from this one; the child exits with what it returns (and gets
+    SIGTERM when this process dies, as the supervisor's children do)."""
+    from sluicegate.delivery.supervisor import _die_with_parent
+
+    parent = os.getpid()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        _die_with_parent()
+        if os.getppid() != parent:  # the parent died before the line above
+            code = 0
+        else:
+            code = run()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _serve_warm(args: argparse.Namespace, delivery: str, grace: int, supervisor: list[str]) -> int:
+    """``--workers 1``: serve from this process (inline), or fork the worker and the first delivery process from it
+    and replace it with the supervisor, which adopts both (its later delivery processes are new interpreters)."""
+    import gc
+
+    gc.collect()  # the validating gateway: not inherited by the children
+    if delivery != "process":
+        return _run_uvicorn(args, grace)
+
+    def deliver() -> int:
+        from sluicegate.delivery.__main__ import main as delivery_main
+
+        return delivery_main()
+
+    delivery_pid = _fork(deliver)
+    serving_pid = _fork(lambda: _run_uvicorn(args, grace))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [*supervisor, "--adopt", f"{serving_pid},{delivery_pid}", "--"])
     return 0  # not reached
 
 

@@ -92,6 +92,7 @@ class Gateway:
         self.workers = workers  # reloads divide the gateway-wide budgets as start-up did (config.per_worker)
         self.allow_unknown_keys = allow_unknown_keys
         self.reloads = 0
+        self.migrate_on_start = True  # False: the process that started this one has just migrated the database
         self.environ = environ
         self.pm = get_plugin_manager(environ)
         self.registry = SinkRegistry.from_plugin_manager(self.pm)
@@ -150,7 +151,8 @@ class Gateway:
 
     # lifecycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
-        await self.store.migrate()
+        if self.migrate_on_start:
+            await self.store.migrate()
         self._version = await self.store.version()
         self.upstream = make_upstream(self.http_client_kind)
         if isinstance(self.upstream, BuiltinUpstream):

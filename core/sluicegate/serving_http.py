@@ -51,6 +51,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     header_timeout: float = _limit(HEADER_TIMEOUT_ENV, 10.0)
     max_header_bytes: int = int(_limit(MAX_HEADER_BYTES_ENV, 64 * 1024))
 
+    @classmethod
+    def read_limits(cls) -> None:
+        """Read the limits from the environment again (it was set after this module was imported)."""
+        cls.header_timeout = _limit(HEADER_TIMEOUT_ENV, 10.0)
+        cls.max_header_bytes = int(_limit(MAX_HEADER_BYTES_ENV, 64 * 1024))
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = True

@@ -17,6 +17,9 @@ workers' supervisor with ``--workers N > 1``) and one delivery process, each a c
 
 Run as ``python -m sluicegate.delivery.supervisor [--grace S] [--spool DIR --watchdog INTERVAL,TIMEOUT,MISSES] --
 <uvicorn command line>``; the configuration reaches the children through the environment ``sluicegate serve`` set.
+With ``--workers 1``, ``sluicegate serve`` forks the serving worker and the first delivery process itself (they
+start from its imports and plugins instead of loading everything again), then becomes this program with
+``--adopt SERVING_PID,DELIVERY_PID`` and no uvicorn command line: exec keeps the pid, so both stay its children.
 """
 
 from __future__ import annotations
@@ -110,28 +113,67 @@ def _die_with_parent() -> None:
         pass
 
 
+class _Adopted:
+    """A child this process had before it exec'd this program: the parts of :class:`subprocess.Popen` used here."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: gone, status unknown
+                self.returncode = 1
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0.0)
+            time.sleep(0.02)
+        return code
+
+
 class Supervisor:
-    def __init__(self, serving_argv: list[str], grace: float, watchdog: Watchdog | None = None) -> None:
+    def __init__(self, serving_argv: list[str], grace: float, watchdog: Watchdog | None = None,
+                 adopted: tuple[int, int] | None = None) -> None:
         self.serving_argv = serving_argv
         self.grace = grace
+        self.adopted = adopted
         self.watchdog = watchdog if watchdog is not None and watchdog.interval > 0 else None
         self.ping: _Ping | None = None
         self.ping_at = 0.0
         self.missed = 0
         self.answered = False
         self.hung = False  # the running delivery process was killed for not answering
-        self.serving: subprocess.Popen[bytes] | None = None
-        self.delivery: subprocess.Popen[bytes] | None = None
+        self.serving: subprocess.Popen[bytes] | _Adopted | None = None
+        self.delivery: subprocess.Popen[bytes] | _Adopted | None = None
         self.delivery_started = 0.0
         self.restarts = 0
         self.backoff = _BACKOFF_FIRST
         self.restart_at = 0.0
         self.stopping = False
 
-    def _start_delivery(self) -> None:
-        env = {**os.environ, "SLUICEGATE_DELIVERY_RESTARTS": str(self.restarts)}
-        self.delivery = subprocess.Popen([sys.executable, "-P", "-m", "sluicegate.delivery"], env=env,
-                                         preexec_fn=_die_with_parent)
+    def _start_delivery(self, adopted: int | None = None) -> None:
+        if adopted is not None:
+            self.delivery = _Adopted(adopted)
+        else:
+            env = {**os.environ, "SLUICEGATE_DELIVERY_RESTARTS": str(self.restarts)}
+            self.delivery = subprocess.Popen([sys.executable, "-P", "-m", "sluicegate.delivery"], env=env,
+                                             preexec_fn=_die_with_parent)
         self.delivery_started = time.monotonic()
         self.missed = 0
         self.answered = False
@@ -156,8 +198,12 @@ class Supervisor:
         signal.signal(signal.SIGHUP, self._on_hangup)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        self._start_delivery()
-        self.serving = subprocess.Popen(self.serving_argv, preexec_fn=_die_with_parent)
+        if self.adopted is not None:
+            self._start_delivery(self.adopted[1])
+            self.serving = _Adopted(self.adopted[0])
+        else:
+            self._start_delivery()
+            self.serving = subprocess.Popen(self.serving_argv, preexec_fn=_die_with_parent)
         if self.stopping:  # a signal came before the workers existed
             self.serving.send_signal(signal.SIGTERM)
         while True:
@@ -258,8 +304,12 @@ def main(argv: list[str] | None = None) -> int:
         interval, timeout, misses = own[own.index("--watchdog") + 1].split(",")
         watchdog = Watchdog(status_address(own[own.index("--spool") + 1]), float(interval), float(timeout),
                             int(misses))
+    adopted = None
+    if "--adopt" in own:
+        serving_pid, delivery_pid = own[own.index("--adopt") + 1].split(",")
+        adopted = (int(serving_pid), int(delivery_pid))
     _setup_logging(os.environ.get("SLUICEGATE_LOG_LEVEL", "info"))
-    return Supervisor(serving, grace, watchdog).run()
+    return Supervisor(serving, grace, watchdog, adopted).run()
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-import httpx
 import msgspec
 import yarl
 
@@ -24,6 +22,9 @@ from sluicegate.net.http import (
 from sluicegate.providers.base import UpstreamError, openai_error, request_id_header
 
 if TYPE_CHECKING:
+    import aiohttp
+    import httpx
+
     from sluicegate.providers.models import Deployment
 
 __all__ = ("UPSTREAM_CLIENTS", "UpstreamClient", "UpstreamError", "make_upstream", "mock_completion", "mock_stream")
@@ -90,6 +91,8 @@ class AiohttpUpstream(UpstreamClient):
     __slots__ = ("_prepared", "session")
 
     def __init__(self, max_connections: int = 1000) -> None:
+        import aiohttp  # this client and the httpx ones are bench comparisons: not imported by a gateway (~0.1 s)
+
         connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, ttl_dns_cache=300)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False,
                                              skip_auto_headers=("User-Agent",))
@@ -99,12 +102,16 @@ class AiohttpUpstream(UpstreamClient):
         # per deployment (its URL, key, timeout), never per model name: a group's deployments differ in all three
         prepared = self._prepared.get(deployment.model_id)
         if prepared is None:
+            import aiohttp
+
             prepared = (yarl.URL(deployment.completions_url), _base_headers(deployment),
                         aiohttp.ClientTimeout(total=deployment.timeout))
             self._prepared[deployment.model_id] = prepared
         return prepared
 
     async def complete(self, deployment: Deployment, body: bytes, request_id: str) -> bytes:
+        import aiohttp
+
         url, headers, timeout = self._prepare(deployment)
         try:
             async with self.session.post(url, data=body, headers={**headers, "x-request-id": request_id},
@@ -120,6 +127,8 @@ class AiohttpUpstream(UpstreamClient):
         return content
 
     async def open_stream(self, deployment: Deployment, body: bytes, request_id: str) -> _AiohttpStream:
+        import aiohttp
+
         url, headers, timeout = self._prepare(deployment)
         try:
             response = await self.session.post(url, data=body, headers={**headers, "x-request-id": request_id},
@@ -208,6 +217,8 @@ class HttpxUpstream(UpstreamClient):
     __slots__ = ("client",)
 
     def __init__(self, *, aiohttp_transport: bool, max_connections: int = 1000) -> None:
+        import httpx
+
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         transport = None
         if aiohttp_transport:
@@ -218,11 +229,15 @@ class HttpxUpstream(UpstreamClient):
 
     def _error(self, exc: httpx.HTTPError, deployment: Deployment, started: float) -> UpstreamError:
         # The aiohttp transport reports a refused connection as ConnectTimeout; elapsed time tells them apart.
+        import httpx
+
         if isinstance(exc, httpx.TimeoutException) and time.monotonic() - started >= deployment.timeout * 0.9:
             return _timed_out(deployment)
         return _unreachable(deployment, exc)
 
     async def complete(self, deployment: Deployment, body: bytes, request_id: str) -> bytes:
+        import httpx
+
         started = time.monotonic()
         try:
             response = await self.client.post(
@@ -236,6 +251,8 @@ class HttpxUpstream(UpstreamClient):
         return response.content
 
     async def open_stream(self, deployment: Deployment, body: bytes, request_id: str) -> httpx.Response:
+        import httpx
+
         request = self.client.build_request(
             "POST", deployment.completions_url, content=body,
             headers={**_base_headers(deployment), "x-request-id": request_id},

@@ -78,3 +78,12 @@ def test_trace_and_parent_ids(traceparent, trace_id, expected_trace, expected_pa
     else:
         assert trace.hex() == expected_trace
     assert (parent.hex() if parent is not None else None) == expected_parent
+
+
+def test_attribute_names_are_the_installed_sdks() -> None:
+    """The sink spells out Langfuse's span attribute names (importing the SDK is slow); each must be the SDK's."""
+    from langfuse import LangfuseOtelSpanAttributes
+
+    ours = {name: value for name, value in vars(sink_module.Attr).items() if name.isupper()}
+    assert len(ours) >= 18
+    assert ours == {name: getattr(LangfuseOtelSpanAttributes, name) for name in ours}

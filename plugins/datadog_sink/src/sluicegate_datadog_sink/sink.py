@@ -17,9 +17,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-import httpx
 import msgspec
-from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
 
 from sluicegate.sinks.base import CallbackVars, HealthResult, SecretStr, Sink
 from sluicegate.sinks.destinations import DestinationPolicy, aiohttp_connector_factory
@@ -27,6 +25,8 @@ from sluicegate.sinks.scrub import Scrubber
 from sluicegate.sinks.vars import VarsError, decode_vars
 
 if TYPE_CHECKING:
+    import httpx
+
     from sluicegate.events import LogEvent
 
 __all__ = (
@@ -51,8 +51,9 @@ MAX_MESSAGE_BYTES = 1_000_000
 _GZIP_INLINE_BYTES = 256 * 1024
 """Bodies above this are compressed in a worker thread so a large batch never stalls the event loop."""
 
-_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=30)
-"""One pool for every instance: connections are bounded however many teams send."""
+_LIMITS = {"max_connections": 64, "max_keepalive_connections": 64, "keepalive_expiry": 30}
+"""One pool for every instance: connections are bounded however many teams send. (``httpx.Limits`` keyword
+arguments: httpx and aiohttp, ~0.1 s to import, are imported when a sink first sends, not when the plugin loads.)"""
 
 _ENV_VARS = {
     "DD_API_KEY": "dd_api_key",
@@ -271,10 +272,14 @@ class DatadogSink(Sink):
             # httpx's API on aiohttp's connection pool (as the core's upstream client): httpcore's pool does
             # O(connections²) bookkeeping per request, which at 64 busy connections costs milliseconds of
             # event-loop time per request.
+            import httpx
+            from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
+
+            limits = httpx.Limits(**_LIMITS)
             wrapper = DatadogSink._transport_wrapper
             client = HttpxAiohttpClient(
-                transport=wrapper(AiohttpTransport(limits=_LIMITS)) if wrapper else None,
-                limits=_LIMITS,
+                transport=wrapper(AiohttpTransport(limits=limits)) if wrapper else None,
+                limits=limits,
                 timeout=httpx.Timeout(20.0, connect=5.0),
                 follow_redirects=False,  # a redirect must not carry DD-API-KEY to another host
             )
@@ -286,12 +291,16 @@ class DatadogSink(Sink):
         clients = DatadogSink._checked_clients.setdefault(loop, {})
         client = clients.get(policy)
         if client is None or client.is_closed:
-            session = aiohttp_connector_factory(policy, limit=_LIMITS.max_connections or 100,
-                                                keepalive_timeout=_LIMITS.keepalive_expiry or 30.0)
-            transport: httpx.AsyncBaseTransport = AiohttpTransport(limits=_LIMITS, client=session)
+            import httpx
+            from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
+
+            limits = httpx.Limits(**_LIMITS)
+            session = aiohttp_connector_factory(policy, limit=limits.max_connections or 100,
+                                                keepalive_timeout=limits.keepalive_expiry or 30.0)
+            transport: httpx.AsyncBaseTransport = AiohttpTransport(limits=limits, client=session)
             wrapper = DatadogSink._transport_wrapper
             client = clients[policy] = HttpxAiohttpClient(
-                transport=wrapper(transport) if wrapper else transport, limits=_LIMITS,
+                transport=wrapper(transport) if wrapper else transport, limits=limits,
                 timeout=httpx.Timeout(20.0, connect=5.0), follow_redirects=False,
                 trust_env=False)  # no proxy from the environment: the check must see the real destination
         return client
@@ -382,6 +391,8 @@ class DatadogSink(Sink):
         else:
             compressed = gzip.compress(body, 6)
         headers = {**self._headers, "Content-Type": "application/json", "Content-Encoding": "gzip"}
+        import httpx
+
         try:
             response = await self._client(self.destination_policy).post(self._intake_url, content=compressed,
                                                                         headers=headers)
@@ -413,6 +424,8 @@ class DatadogSink(Sink):
         if not self._headers and not self._is_agent:
             return HealthResult(healthy=False, error_kind="config",
                                 details="datadog: no dd_api_key configured for the Datadog site")
+        import httpx
+
         try:
             async with asyncio.timeout(self.health_timeout):
                 response = await self._client(self.destination_policy).get(self._validate_url,

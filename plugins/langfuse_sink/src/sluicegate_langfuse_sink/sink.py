@@ -26,11 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
-import aiohttp
-import httpx
 import msgspec
-from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
-from langfuse import LangfuseOtelSpanAttributes as Attr
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -46,7 +42,37 @@ from sluicegate.sinks.scrub import Scrubber
 
 from sluicegate_langfuse_sink import __version__
 
+
+class Attr:
+    """The span attribute names Langfuse reads, as the SDK names them (``langfuse.LangfuseOtelSpanAttributes``).
+
+    Spelled out here rather than imported: importing ``langfuse`` costs ~0.13 s of CPU in every process that loads
+    the plugin (``sluicegate serve``, its worker, its delivery process), whether or not a team uses Langfuse.
+    ``tests/test_encoding.py`` holds each one equal to the installed SDK's.
+    """
+
+    AS_ROOT = "langfuse.internal.as_root"
+    IS_APP_ROOT = "langfuse.internal.is_app_root"
+    OBSERVATION_COMPLETION_START_TIME = "langfuse.observation.completion_start_time"
+    OBSERVATION_COST_DETAILS = "langfuse.observation.cost_details"
+    OBSERVATION_INPUT = "langfuse.observation.input"
+    OBSERVATION_LEVEL = "langfuse.observation.level"
+    OBSERVATION_METADATA = "langfuse.observation.metadata"
+    OBSERVATION_MODEL = "langfuse.observation.model.name"
+    OBSERVATION_MODEL_PARAMETERS = "langfuse.observation.model.parameters"
+    OBSERVATION_OUTPUT = "langfuse.observation.output"
+    OBSERVATION_STATUS_MESSAGE = "langfuse.observation.status_message"
+    OBSERVATION_TYPE = "langfuse.observation.type"
+    OBSERVATION_USAGE_DETAILS = "langfuse.observation.usage_details"
+    TRACE_METADATA = "langfuse.trace.metadata"
+    TRACE_NAME = "langfuse.trace.name"
+    TRACE_SESSION_ID = "session.id"
+    TRACE_TAGS = "langfuse.trace.tags"
+    TRACE_USER_ID = "user.id"
+
 if TYPE_CHECKING:
+    import httpx
+
     from sluicegate.events import LogEvent
 
 __all__ = (
@@ -477,6 +503,9 @@ def _transport_error(exc: BaseException) -> tuple[str, str]:
     httpx-aiohttp maps a refused connection to ``ConnectTimeout`` (its exception map prefers the broader
     aiohttp class), so the aiohttp cause decides where there is one.
     """
+    import aiohttp
+    import httpx
+
     cause = exc.__cause__
     if isinstance(exc, aiohttp.ClientConnectorError) or isinstance(cause, aiohttp.ClientConnectorError) \
             or isinstance(exc, httpx.ConnectError):
@@ -499,6 +528,8 @@ class _Shared:
     __slots__ = ("checked", "client", "http", "in_flight", "limits", "timeout")
 
     def __init__(self, limits: httpx.Limits, timeout: httpx.Timeout) -> None:
+        from httpx_aiohttp import HttpxAiohttpClient
+
         self.limits = limits
         self.checked: dict[DestinationPolicy, httpx.AsyncClient] = {}  # one per policy: at most the API one
         # httpx's API on aiohttp's connection pool (for the SDK's typed health-check client): httpcore's pool
@@ -523,6 +554,8 @@ class _Shared:
             return self.client
         client = self.checked.get(policy)
         if client is None:
+            from httpx_aiohttp import AiohttpTransport, HttpxAiohttpClient
+
             transport = AiohttpTransport(limits=self.limits, client=aiohttp_connector_factory(
                 policy, keepalive_timeout=self.limits.keepalive_expiry or 30.0))
             client = self.checked[policy] = HttpxAiohttpClient(
@@ -549,10 +582,11 @@ class LangfuseSink(Sink):
     send_timeout = 30.0
     callback_vars: LangfuseVars
 
-    # Bounded by connections, not by projects: a waiting send queues for a pooled connection.
-    _limits: ClassVar[httpx.Limits] = httpx.Limits(max_connections=64, max_keepalive_connections=64,
-                                                   keepalive_expiry=30.0)
-    _timeout: ClassVar[httpx.Timeout] = httpx.Timeout(20.0, connect=5.0, pool=None)
+    # Bounded by connections, not by projects: a waiting send queues for a pooled connection. (httpx and aiohttp,
+    # ~0.1 s to import, are imported once a sink needs its clients: not by every process that loads the plugin.)
+    _limits: ClassVar[dict[str, Any]] = {"max_connections": 64, "max_keepalive_connections": 64,
+                                         "keepalive_expiry": 30.0}
+    _timeout: ClassVar[dict[str, Any]] = {"timeout": 20.0, "connect": 5.0, "pool": None}
     # One client per running event loop (httpx clients are loop-bound), shared by every instance.
     _shared: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Shared]] = weakref.WeakKeyDictionary()
 
@@ -604,7 +638,9 @@ class LangfuseSink(Sink):
         loop = asyncio.get_running_loop()
         shared = cls._shared.get(loop)
         if shared is None or shared.is_closed:
-            shared = cls._shared[loop] = _Shared(cls._limits, cls._timeout)
+            import httpx
+
+            shared = cls._shared[loop] = _Shared(httpx.Limits(**cls._limits), httpx.Timeout(**cls._timeout))
         return shared
 
     @classmethod
@@ -661,6 +697,7 @@ class LangfuseSink(Sink):
 
     async def health_check(self) -> HealthResult:
         """Authenticate against the project with ``GET /api/public/projects`` (the SDK's typed API client)."""
+        import httpx
         from langfuse.api.client import AsyncLangfuseAPI
         from langfuse.api.core.api_error import ApiError
 

@@ -26,9 +26,7 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import grpc
 import msgspec
-from google.protobuf import json_format
 from opentelemetry.exporter.otlp.proto.common._internal import _encode_instrumentation_scope, _encode_resource
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -56,6 +54,8 @@ from sluicegate.sinks.scrub import Scrubber
 from sluicegate_otel_sink import __version__
 
 if TYPE_CHECKING:
+    import grpc
+
     from sluicegate.events import LogEvent
 
 __all__ = ("OtelExportError", "OtelSink", "OtelVars", "header_problems", "host_problem", "parse_key_values",
@@ -607,6 +607,8 @@ def wire_span(event: LogEvent) -> bytes:
 
 def encode_json(request: ExportTraceServiceRequest) -> bytes:
     """OTLP/JSON: protobuf JSON mapping with integer enums and hex (not base64) trace and span ids."""
+    from google.protobuf import json_format  # http/json only
+
     data = json_format.MessageToDict(request, use_integers_for_enums=True)
     # Some receivers (rotel) refuse an object without the field, which MessageToDict omits when empty.
     data.setdefault("resourceSpans", [])
@@ -690,6 +692,8 @@ class _Transports:
         if authority:  # an address target pinned for a name: the name stays the authority and the TLS name
             options += [("grpc.default_authority", authority),
                         ("grpc.ssl_target_name_override", authority.rpartition(":")[0].strip("[]"))]
+        import grpc  # ~15 ms: imported by a sink that uses the grpc protocol only
+
         channel = (grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=options) if tls
                    else grpc.aio.insecure_channel(target, options=options))
         self._channels[key] = channel
@@ -898,6 +902,8 @@ class OtelSink(Sink):
         export = channel.unary_unary(_GRPC_EXPORT, request_serializer=None,
                                      response_deserializer=ExportTraceServiceResponse.FromString)
         metadata = tuple((key.lower(), value) for key, value in self._headers.items())
+        import grpc
+
         try:
             return await export(body, metadata=metadata, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
