@@ -157,6 +157,12 @@ def test_team_entry_with_empty_or_duplicate_team_id(litellm_env: None) -> None:
      "sluicegate_settings.delivery.queue_size: Expected `int`, got `str`"),
     ({"sluicegate_settings": {"delivery": {"memory_events": -1}}},
      "sluicegate_settings.delivery.memory_events: must be 0 (no limit) or more"),
+    ({"sluicegate_settings": {"delivery": {"watchdog_interval": -1}}},
+     "sluicegate_settings.delivery.watchdog_interval: must be between 0 (off) and 3600 seconds"),
+    ({"sluicegate_settings": {"delivery": {"watchdog_timeout": 0}}},
+     "sluicegate_settings.delivery.watchdog_timeout: must be more than 0 and at most 600 seconds"),
+    ({"sluicegate_settings": {"delivery": {"watchdog_misses": 0}}},
+     "sluicegate_settings.delivery.watchdog_misses: must be at least 1"),
     ([1, 2], "(top level): expected a mapping, got list"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_wrong_types_and_values_name_the_yaml_path(raw: Any, expected: str) -> None:
