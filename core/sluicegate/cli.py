@@ -213,10 +213,16 @@ def _serve_warm(args: argparse.Namespace, delivery: str, grace: int, supervisor:
     """``--workers 1``: serve from this process (inline), or fork the worker and the first delivery process from it
     and replace it with the supervisor, which adopts both (its later delivery processes are new interpreters)."""
     import gc
+    import threading
 
     gc.collect()  # the validating gateway: not inherited by the children
     if delivery != "process":
         return _run_uvicorn(args, grace)
+    # The migrations' database thread has been told to stop and is on its way out: fork once it has, so that no lock
+    # it might hold is copied into a child held.
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread():
+            thread.join(2.0)
 
     def deliver() -> int:
         from sluicegate.delivery.__main__ import main as delivery_main

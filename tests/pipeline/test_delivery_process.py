@@ -287,6 +287,7 @@ def test_a_hung_delivery_process_is_killed_and_restarted_with_nothing_lost(
     # with one worker the first delivery process is forked by `sluicegate serve` (its command line is serve's)
     first = delivery()["details"]["pid"]
     assert first in _descendants(root)
+    assert not any("-m uvicorn" in _cmdline(pid) for pid in _descendants(root))  # the worker was forked too
 
     before = [f"before-{i}" for i in range(20)]
     for content in before:
