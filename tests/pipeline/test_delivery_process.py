@@ -182,6 +182,9 @@ def test_serve_runs_one_delivery_process_for_its_workers_with_one_sink_instance(
     ready = httpx.get(f"{gateway.url}/health/readiness", timeout=5).json()
     assert ready["checks"]["delivery"]["healthy"] is True
     assert ready["checks"]["delivery"]["details"]["pid"] == delivery
+    # one worker answering is not both started: each opens its log when its app starts, and the delivery process
+    # finds it within half a second
+    wait_until(lambda: len(_sinks(gateway.url)["delivery"]["logs"]) == 2, timeout=START, what="both workers' logs")
     for i in range(REQUESTS):
         assert _chat(gateway.url, f"e{i}") == 200
     assert receiver.wait_for(lambda: len(_contents(receiver, "shared")) == REQUESTS, timeout=15)
