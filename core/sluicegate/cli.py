@@ -216,6 +216,10 @@ def _serve_warm(args: argparse.Namespace, delivery: str, grace: int, supervisor:
     import threading
 
     gc.collect()  # the validating gateway: not inherited by the children
+    if not sys.flags.safe_path and sys.path and sys.path[0] in ("", os.getcwd()):
+        # as the `python -P` a new worker interpreter ran with: nothing in the working directory shadows a module
+        # the worker imports from here on
+        del sys.path[0]
     if delivery != "process":
         return _run_uvicorn(args, grace)
     # The migrations' database thread has been told to stop and is on its way out: fork once it has, so that no lock
