@@ -68,8 +68,8 @@ class KeyRow(BudgetColumns, Base):
 
 
 class UserRow(Base):
-    """A person (or service) that owns keys and belongs to teams. The limit columns are stored for the limits
-    module, which enforces them; this table only keeps what ``/user/new`` and ``/user/update`` were given."""
+    """A person (or service) that owns keys and belongs to teams. Its budget (the ``BudgetColumns``, with a wider
+    ``budget_duration``) and rate limits are enforced on every request of a key the user owns."""
 
     __tablename__ = "sg_users"
 
@@ -82,7 +82,8 @@ class UserRow(Base):
     max_budget: Mapped[float | None] = mapped_column(Float, nullable=True)
     soft_budget: Mapped[float | None] = mapped_column(Float, nullable=True)
     budget_duration: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    spend: Mapped[float | None] = mapped_column(Float, nullable=True)
+    budget_reset_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    spend: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     rpm_limit: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     tpm_limit: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     max_parallel_requests: Mapped[int | None] = mapped_column(Integer, nullable=True)

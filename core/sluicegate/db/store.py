@@ -81,22 +81,20 @@ class KeyRecord(BudgetFields, frozen=True, kw_only=True):
     updated_at: datetime | None = None
 
 
-# The limit columns of a user: stored here, enforced by the limits module.
+# The limit columns of a user an admin sets (``budget_reset_at`` follows from ``budget_duration``).
 USER_LIMIT_FIELDS = ("max_budget", "soft_budget", "budget_duration", "spend", "rpm_limit", "tpm_limit",
                      "max_parallel_requests")
 
 
-class UserRecord(msgspec.Struct, frozen=True, kw_only=True):
+class UserRecord(BudgetFields, frozen=True, kw_only=True):
+    """A user: their budget is enforced like a key's or a team's on every request of a key they own."""
+
     user_id: str
     user_email: str | None = None
     user_alias: str | None = None
     user_role: str = "internal_user"
     models: list[str] = msgspec.field(default_factory=list)
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
-    max_budget: float | None = None
-    soft_budget: float | None = None
-    budget_duration: str | None = None
-    spend: float | None = None
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     max_parallel_requests: int | None = None
@@ -159,10 +157,10 @@ class SpendRow(msgspec.Struct, frozen=True):
 
 
 BUDGET_TABLES: dict[str, tuple[Any, Any]] = {"key": (KeyRow, KeyRow.token_id), "team": (TeamRow, TeamRow.team_id),
+                                             "user": (UserRow, UserRow.user_id),
                                              "end_user": (EndUserRow, EndUserRow.user_id)}
-"""Entity type -> (table, id column) of the rows that carry a budget's columns (``db.models.BudgetColumns``).
-Another table with those columns joins with one line, e.g. ``BUDGET_TABLES["user"] = (UserRow, UserRow.user_id)``:
-its ``spend`` is then kept and its budgets reset like the others'."""
+"""Entity type -> (table, id column) of the rows that carry a budget's columns (``db.models.BudgetColumns``):
+their ``spend`` is kept and their budgets reset by ``sluicegate.limits``."""
 
 _BUDGET_NAMES = ("max_budget", "soft_budget", "budget_duration", "budget_reset_at", "spend")
 
@@ -222,7 +220,8 @@ def _end_user(row: EndUserRow) -> EndUserRecord:
 def _user(row: UserRow) -> UserRecord:
     return UserRecord(user_id=row.user_id, user_email=row.user_email, user_alias=row.user_alias,
                       user_role=row.user_role, models=row.models or [], metadata=row.metadata_ or {},
-                      **{name: getattr(row, name) for name in USER_LIMIT_FIELDS},
+                      rpm_limit=row.rpm_limit, tpm_limit=row.tpm_limit,
+                      max_parallel_requests=row.max_parallel_requests, **_budget(row),
                       created_at=_utc(row.created_at), updated_at=_utc(row.updated_at))
 
 
@@ -658,6 +657,7 @@ class Store:
     def _add_user(self, session: Any, user: UserRecord, actor: Actor | None) -> None:
         session.add(UserRow(user_id=user.user_id, user_email=user.user_email, user_alias=user.user_alias,
                             user_role=user.user_role, models=user.models, metadata_=user.metadata,
+                            budget_reset_at=user.budget_reset_at,
                             **{name: getattr(user, name) for name in USER_LIMIT_FIELDS}))
         self._record(session, actor, "created", "sg_users", user.user_id, None, None, self.user_snapshot(user))
 

@@ -77,9 +77,6 @@ class SpendLedger:
         self._end_users_limited: bool | None = None  # any end user blocked or with a budget (None: not known)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        self.user_budget: Callable[[str], BudgetFields | None] | None = None
-        """The users module's hook: a user's budget record (``max_budget``, ``soft_budget``, ``budget_duration``,
-        ``budget_reset_at``, ``spend``) by ``user_id``, or None for a user without one."""
         self.flushes = 0
         self.flush_failures = 0
         self.soft_crossed: dict[str, int] = {}
@@ -158,10 +155,9 @@ class SpendLedger:
             team = ctx.team
             if team is not None and (team.max_budget is not None or team.soft_budget is not None):
                 due.append(self._budget("team", team.team_id, team, now))
-            if key.user_id is not None and self.user_budget is not None:
-                user = self.user_budget(key.user_id)
-                if user is not None and (user.max_budget is not None or user.soft_budget is not None):
-                    due.append(self._budget("user", key.user_id, user, now))
+            user = ctx.user  # the key's owner, loaded and cached with the key
+            if user is not None and (user.max_budget is not None or user.soft_budget is not None):
+                due.append(self._budget("user", user.user_id, user, now))
         if end_user is not None:
             if end_user.blocked:
                 raise ApiError(403, f"end user {end_user.user_id!r} is blocked", type="permission_error",
