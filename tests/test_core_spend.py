@@ -295,3 +295,22 @@ async def test_migration_0006_gives_users_a_budget_period_and_a_spend_of_0(db_ur
         assert user.budget_reset_at is not None and user.budget_reset_at.timestamp() == 1_900_000_000.0 + 86400
     finally:
         await store.aclose()
+
+
+async def test_a_teams_daily_spend_adds_up_over_flushes_apart_from_every_teams(db_url: str) -> None:
+    store = Store(db_url)
+    try:
+        await store.migrate()
+        day = "2030-01-02"
+        for _ in range(2):  # the second write meets the rows of the first: upserted, added
+            await store.write_spend({(day, "model", "m", ""): [0.5, 1, 10, 2], (day, "model", "m", "red"): [0.25, 1, 5, 1],
+                                     (day, "model", "m", "blue"): [0.25, 1, 5, 1]}, {}, 0.0, 1_900_000_000.0,
+                                    lambda _: None)
+        everyone = await store.spend_report("model", day, day)
+        red = await store.spend_report("model", day, day, team_id="red")
+        assert [(r.entity_id, r.spend, r.requests, r.prompt_tokens) for r in everyone] == [("m", 1.0, 2, 20)]
+        assert [(r.entity_id, r.spend, r.requests, r.prompt_tokens) for r in red] == [("m", 0.5, 2, 10)]
+        assert await store.spend_report("model", day, day, team_id="green") == []  # negative control
+        assert await store.spend_report("model", "2030-01-03", "2030-01-09", team_id="red") == []
+    finally:
+        await store.aclose()

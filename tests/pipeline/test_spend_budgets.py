@@ -133,6 +133,69 @@ async def test_spend_report_adds_up_what_the_sinks_were_told(
         assert (await gw.client.get("/spend/report", headers={"Authorization": f"Bearer {k1}"})).status_code == 403
 
 
+async def test_a_team_admin_reads_only_their_teams_spend_by_any_group(db_url, mock_upstream, make_config,
+                                                                     start) -> None:
+    for name in ("u", "v"):
+        mock_upstream.on(f"{name}-up", content="ok")
+    cfg = _cfg(make_config, db_url, [upstream_model("u", mock_upstream), upstream_model("v", mock_upstream)])
+    cost = 7 * PRICES["input_cost_per_token"] + 1 * PRICES["output_cost_per_token"]  # the mock's usage: 7 + 1
+    async with start(cfg) as gw:
+        for team in ("red", "blue", "green"):
+            assert (await gw.admin("POST", "/team/new", json={"team_id": team})).status_code == 200
+        made = await gw.admin("POST", "/user/new", json={"user_id": "ada", "teams": [
+            {"team_id": "red", "user_role": "admin"}]})
+        ada = made.json()["key"]
+        member = (await gw.admin("POST", "/user/new", json={"user_id": "mo", "teams": ["red"]})).json()["key"]
+        red = await gw.new_key(team_id="red", user_id="ann")
+        blue = await gw.new_key(team_id="blue", user_id="ann")  # ann spends in two teams
+        blue_bob = await gw.new_key(team_id="blue", user_id="bob")
+        for _ in range(2):
+            r = await post(gw, red, chat_body(model="u", user="carol", metadata={"tags": ["t1"]}))
+            assert r.status_code == 200, r.text
+        for _ in range(3):
+            assert (await post(gw, blue, chat_body(model="v", user="carol", metadata={"tags": ["t1"]}))).status_code == 200
+        assert (await post(gw, blue_bob, chat_body(model="u"))).status_code == 200
+        red_id = (await gw.admin("GET", "/key/info", params={"key": red})).json()["key"]
+
+        async def totals(key: str, group_by: str, **params: str) -> dict[str, float]:
+            answer = await gw.client.get("/spend/report", params={"group_by": group_by, **params},
+                                         headers={"Authorization": f"Bearer {key}"})
+            assert answer.status_code == 200, answer.text
+            return {row[group_by]: round(row["spend"] / cost, 6) for row in answer.json()["totals"]}
+
+        # ada is red's admin: every grouping holds what red's keys spent, nothing of blue's
+        expected = {"team": {"red": 2}, "key": {red_id: 2}, "user": {"ann": 2}, "end_user": {"carol": 2},
+                    "tag": {"t1": 2}, "model": {"u": 2}}
+        for group_by, sums in expected.items():
+            assert await totals(ada, group_by) == sums, group_by
+            assert await totals(ada, group_by, team_id="red") == sums, group_by
+        csv_text = (await gw.client.get("/spend/report", params={"group_by": "user", "format": "csv"},
+                                        headers={"Authorization": f"Bearer {ada}"})).text
+        assert [row["user"] for row in csv.DictReader(io.StringIO(csv_text))] == ["ann"]
+        # the proxy admin sees every team's (the negative control: blue's spend is there to be hidden)
+        assert await totals(gw.master_key, "user") == {"ann": 5, "bob": 1}
+        assert await totals(gw.master_key, "model", team_id="blue") == {"u": 1, "v": 3}
+        # another team's report: 403 naming the team
+        other = await gw.client.get("/spend/report", params={"team_id": "blue", "group_by": "model"},
+                                    headers={"Authorization": f"Bearer {ada}"})
+        assert other.status_code == 403 and other.json()["error"]["param"] == "team_id"
+        assert "'blue'" in other.json()["error"]["message"]
+        # a plain member of red reads no report
+        for params in ({}, {"team_id": "red"}):
+            refused = await gw.client.get("/spend/report", params=params,
+                                          headers={"Authorization": f"Bearer {member}"})
+            assert refused.status_code == 403 and refused.json()["error"]["type"] == "permission_error"
+        # the admin of two teams names the one they want
+        added = await gw.admin("POST", "/team/member_add", json={"team_id": "green", "member": {
+            "role": "admin", "user_id": "ada"}})
+        assert added.status_code == 200, added.text
+        unnamed = await gw.client.get("/spend/report", headers={"Authorization": f"Bearer {ada}"})
+        assert unnamed.status_code == 422 and unnamed.json()["error"]["param"] == "team_id"
+        assert "green, red" in unnamed.json()["error"]["message"]
+        assert await totals(ada, "model", team_id="green") == {}
+        assert await totals(ada, "model", team_id="red") == {"u": 2}
+
+
 async def test_budget_exhaustion_under_concurrent_load_overshoots_by_at_most_the_requests_in_flight(
         db_url, mock_upstream, make_config, start) -> None:
     mock_upstream.on("slow-up", delay=0.15, content="ok")

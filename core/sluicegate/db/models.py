@@ -10,7 +10,7 @@ from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Intege
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ("AuditRow", "Base", "BudgetColumns", "DailySpendRow", "EndUserRow", "KeyRow", "MemberRow", "StateRow",
-           "TeamRow", "UserRow")
+           "TeamDailySpendRow", "TeamRow", "UserRow")
 
 
 class Base(DeclarativeBase):
@@ -159,6 +159,23 @@ class DailySpendRow(Base):
 
     day: Mapped[str] = mapped_column(String(10), primary_key=True)
     entity_type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    entity_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    spend: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    requests: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class TeamDailySpendRow(Base):
+    """Spend per day of one key, user, end user, tag or model within one team (requests made with the team's keys):
+    what a team's admin reads in ``/spend/report``. Upserted with ``sg_daily_spend``, in the same transaction."""
+
+    __tablename__ = "sg_team_daily_spend"
+
+    # the key's order serves the report's query: one team, one entity type, a range of days
+    team_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    entity_type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
     entity_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     spend: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     requests: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
