@@ -65,10 +65,11 @@ class SpendLedger:
         self.proxy_max_budget: float | None = litellm.max_budget
         self.proxy_seconds = duration_seconds(litellm.budget_duration)
         self.counters: dict[tuple[str, str], BudgetCounter] = {}
-        self._daily: dict[tuple[str, str, str], list[float]] = {}
+        # (day, entity type, id, team) -> [spend, requests, prompt tokens, completion tokens]; team "": all teams
+        self._daily: dict[tuple[str, str, str, str], list[float]] = {}
         self._period: dict[tuple[str, str], float] = {}
         self._proxy = 0.0
-        self._writing: tuple[dict[tuple[str, str, str], list[float]], dict[tuple[str, str], float], float] = (
+        self._writing: tuple[dict[tuple[str, str, str, str], list[float]], dict[tuple[str, str], float], float] = (
             {}, {}, 0.0)
         self._day = ""
         self._day_ends = 0.0
@@ -77,9 +78,6 @@ class SpendLedger:
         self._end_users_limited: bool | None = None  # any end user blocked or with a budget (None: not known)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        self.user_budget: Callable[[str], BudgetFields | None] | None = None
-        """The users module's hook: a user's budget record (``max_budget``, ``soft_budget``, ``budget_duration``,
-        ``budget_reset_at``, ``spend``) by ``user_id``, or None for a user without one."""
         self.flushes = 0
         self.flush_failures = 0
         self.soft_crossed: dict[str, int] = {}
@@ -158,10 +156,9 @@ class SpendLedger:
             team = ctx.team
             if team is not None and (team.max_budget is not None or team.soft_budget is not None):
                 due.append(self._budget("team", team.team_id, team, now))
-            if key.user_id is not None and self.user_budget is not None:
-                user = self.user_budget(key.user_id)
-                if user is not None and (user.max_budget is not None or user.soft_budget is not None):
-                    due.append(self._budget("user", key.user_id, user, now))
+            user = ctx.user  # the key's owner, loaded and cached with the key
+            if user is not None and (user.max_budget is not None or user.soft_budget is not None):
+                due.append(self._budget("user", user.user_id, user, now))
         if end_user is not None:
             if end_user.blocked:
                 raise ApiError(403, f"end user {end_user.user_id!r} is blocked", type="permission_error",
@@ -201,8 +198,8 @@ class SpendLedger:
                               counter.max_budget)  # type: ignore[arg-type]
 
     def record(self, event: LogEvent, ctx: AuthContext) -> None:
-        """Add one answered request to the day's spend of its key, team, user, end user, tags and model, and to the
-        budget counters. Memory only."""
+        """Add one answered request to the day's spend of its key, team, user, end user, tags and model (and, for a
+        team's key, to the same within the team: what its admins read), and to the budget counters. Memory only."""
         if event.status != "success":
             return
         cost = event.response_cost
@@ -213,6 +210,7 @@ class SpendLedger:
         usage = (cost, event.prompt_tokens, event.completion_tokens)
         key = ctx.key
         daily = self._daily
+        team_id = key.team_id if key is not None else None
         entities: list[tuple[str, str]] = []
         if key is not None:
             entities.append(("key", ctx.token_id))
@@ -229,14 +227,15 @@ class SpendLedger:
             if len(ident) > _MAX_ID:  # the column's size: a longer end user or tag is counted under its prefix
                 ident = ident[:_MAX_ID]
                 entities[index] = (kind, ident)
-            row = daily.get((day, kind, ident))
-            if row is None:
-                daily[(day, kind, ident)] = [cost, 1, usage[1], usage[2]]
-            else:
-                row[0] += cost
-                row[1] += 1
-                row[2] += usage[1]
-                row[3] += usage[2]
+            for team in ("", team_id) if team_id and kind != "team" else ("",):
+                row = daily.get((day, kind, ident, team))
+                if row is None:
+                    daily[(day, kind, ident, team)] = [cost, 1, usage[1], usage[2]]
+                else:
+                    row[0] += cost
+                    row[1] += 1
+                    row[2] += usage[1]
+                    row[3] += usage[2]
         if not cost:
             return
         period = self._period
@@ -355,7 +354,7 @@ class SpendLedger:
             self.flushes += 1
             await self._reconcile(reset)
 
-    def _merge(self, daily: dict[tuple[str, str, str], list[float]], period: dict[tuple[str, str], float],
+    def _merge(self, daily: dict[tuple[str, str, str, str], list[float]], period: dict[tuple[str, str], float],
                proxy: float) -> None:
         for k, values in daily.items():
             row = self._daily.get(k)
