@@ -17,7 +17,8 @@ Windows are ``sluicegate_settings.rate_limit_window`` seconds (60: one minute) a
 twice that in a rolling window of the same length.
 
 Where the counts live: :class:`LocalStore` (this process) or, with Redis configured, the Redis store
-(:mod:`.ratelimit_redis`): one script call per checked request, shared by every process and replica. A key, team
+(:mod:`.ratelimit_redis`): shared by every process and replica, one script call per checked request at most (far
+from the limits, requests are admitted from blocks a check reserved for its process). A key, team
 and user without limits costs one dictionary lookup per request and nothing else.
 """
 
@@ -157,13 +158,15 @@ class Outcome:
     limit (``REQUESTS``, ``TOKENS``, ``PARALLEL``).
     """
 
-    __slots__ = ("counts", "failed", "failed_kind", "reset")
+    __slots__ = ("counts", "failed", "failed_kind", "lease", "reset")
 
     def __init__(self, counts: list[int], reset: float, failed: int = 0, failed_kind: int = 0) -> None:
         self.counts = counts
         self.reset = reset
         self.failed = failed
         self.failed_kind = failed_kind
+        self.lease: str | None = None
+        """The parallel slot the store gave instead of the one asked for (a pooled one), or None."""
 
 
 class Store(Protocol):
@@ -389,7 +392,7 @@ class RateLimiter:
             outcome = self.local.acquire(scopes)
         if outcome.failed:
             raise over_limit(scopes, outcome)
-        return Ticket(store, scopes, lease, outcome)
+        return Ticket(store, scopes, outcome.lease or lease, outcome)
 
     def _without_redis(self, scopes: tuple[Scope, ...], exc: BaseException | None) -> Outcome:
         """Redis is down: refuse (fail closed) or count in this process alone (fail open), warning once a minute."""
