@@ -52,6 +52,14 @@ ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "bill
                 "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
 
 
+def thinking_budgets() -> dict[str, int]:
+    """The thinking budget per ``reasoning_effort``: LiteLLM's, or its environment variables' when set."""
+    budgets = {effort: int(os.environ.get(f"DEFAULT_REASONING_EFFORT_{effort.upper()}_THINKING_BUDGET") or budget)
+               for effort, budget in THINKING_BUDGETS.items()}
+    budgets["minimal"] = max(budgets["minimal"], 1024)
+    return budgets
+
+
 class AnthropicParams(ProviderParams, frozen=True, kw_only=True, forbid_unknown_fields=True):
     extra_headers: dict[str, str] | None = None
     """Headers added to every upstream request (``anthropic-beta``, say)."""
@@ -87,9 +95,7 @@ class AnthropicProvider(Provider):
         if not self.beta:
             self._head_beta = self._head
         self.default_max_tokens = int(os.environ.get("DEFAULT_ANTHROPIC_CHAT_MAX_TOKENS") or DEFAULT_MAX_TOKENS)
-        self.thinking_budgets = {effort: int(os.environ.get(f"DEFAULT_REASONING_EFFORT_{effort.upper()}_THINKING_BUDGET")
-                                             or budget) for effort, budget in THINKING_BUDGETS.items()}
-        self.thinking_budgets["minimal"] = max(self.thinking_budgets["minimal"], 1024)
+        self.thinking_budgets = thinking_budgets()
         self.structured_outputs = any(name in deployment.upstream_model for name in STRUCTURED_OUTPUT_MODELS)
 
     def accepted(self, body: dict[str, Any]) -> dict[str, Any]:
