@@ -25,6 +25,7 @@ import msgspec
 
 from sluicegate.errors import ApiError
 from sluicegate.net.http import encode_headers
+from sluicegate.providers.anthropic_schema import structured_output_schema, tool_input_schema
 from sluicegate.providers.base import (Provider, ProviderParams, UpstreamError, request_id_header,
                                       tool_call_arguments)
 
@@ -188,9 +189,10 @@ class AnthropicProvider(Provider):
                 raise ApiError(400, "response_format: json_schema needs {json_schema: {name, schema}}",
                                param="response_format")
             if self.structured_outputs:
-                request["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+                request["output_config"] = {"format": {"type": "json_schema",
+                                                       "schema": structured_output_schema(schema)}}
                 return None
-            return {"name": RESPONSE_FORMAT_TOOL_NAME, "input_schema": schema}
+            return {"name": RESPONSE_FORMAT_TOOL_NAME, "input_schema": tool_input_schema(schema)}
         if kind == "json_object":
             return {"name": RESPONSE_FORMAT_TOOL_NAME,
                     "input_schema": {"type": "object", "properties": {}, "additionalProperties": True}}
