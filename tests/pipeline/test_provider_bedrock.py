@@ -106,6 +106,10 @@ def validate_request(operation: Any, model_id: str, body: dict[str, Any]) -> Non
     tool_blocks = any("toolUse" in b or "toolResult" in b for m in body["messages"] for b in m["content"])
     if tool_blocks and "toolConfig" not in body:  # Bedrock's own rule, beyond the shapes
         raise ValueError("The toolConfig field must be defined when using toolUse and toolResult content blocks.")
+    for tool in (body.get("toolConfig") or {}).get("tools") or ():  # Bedrock's rule for a tool's input schema
+        if "toolSpec" in tool and tool["toolSpec"]["inputSchema"]["json"].get("type") != "object":
+            raise ValueError("The value at toolConfig.tools.0.toolSpec.inputSchema.json.type must be one of the "
+                             "following: object.")
     # Claude's rules for additionalModelRequestFields.thinking (a document: the service model does not type it),
     # as Anthropic's Messages API states them
     extra = body.get("additionalModelRequestFields") or {}
@@ -761,11 +765,20 @@ async def test_response_format_goes_as_a_forced_tool_and_comes_back_as_content(f
                                                      messages=[{"role": "user", "content": "weather?"}])
         assert plain.choices[0].finish_reason == "tool_calls" and plain.choices[0].message.tool_calls
         assert fake.invalid == []
-        response = await gw.client.post("/v1/chat/completions", json={
-            "model": "nova", "messages": [{"role": "user", "content": "hi"}],
-            "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
-            headers={"Authorization": f"Bearer {client.api_key}"})
-        assert response.status_code == 400 and response.json()["error"]["param"] == "response_format"
+        # a schema whose root is a $ref into $defs (as pydantic's RootModel writes it): the root resolved
+        rooted = {"$ref": "#/$defs/Weather", "$defs": {"Weather": SCHEMA}}
+        answer = await client.chat.completions.create(
+            model="nova", messages=[{"role": "user", "content": "weather in Paris"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": rooted}})
+        assert json.loads(answer.choices[0].message.content) == {"city": "Paris", "temperature": 21}
+        sent = fake.requests[-1]["body"]["toolConfig"]["tools"][0]["toolSpec"]["inputSchema"]["json"]
+        assert sent == {**SCHEMA, "$defs": rooted["$defs"]} and fake.invalid == []
+        for schema in (None, {"type": "array", "items": {"type": "string"}}):
+            response = await gw.client.post("/v1/chat/completions", json={
+                "model": "nova", "messages": [{"role": "user", "content": "hi"}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}},
+                headers={"Authorization": f"Bearer {client.api_key}"})
+            assert response.status_code == 400 and response.json()["error"]["param"] == "response_format"
 
 
 def test_fake_validation_refuses_what_claude_refuses_in_thinking() -> None:
@@ -778,6 +791,8 @@ def test_fake_validation_refuses_what_claude_refuses_in_thinking() -> None:
     for bad in ({**good, "inferenceConfig": {"maxTokens": 1000}},
                 {**good, "additionalModelRequestFields": {"thinking": {"type": "enabled", "budget_tokens": 100}}},
                 {**good, "additionalModelRequestFields": {"reasoning_effort": "low"}},
-                {**good, "toolConfig": forced}):
+                {**good, "toolConfig": forced},
+                {**good, "additionalModelRequestFields": {}, "toolConfig": {"tools": [{"toolSpec": {
+                    "name": "f", "inputSchema": {"json": {"$ref": "#/$defs/A", "$defs": {"A": {"type": "object"}}}}}}]}}):
         with pytest.raises(ValueError):
             validate_request(_CONVERSE, MODEL_ID, bad)

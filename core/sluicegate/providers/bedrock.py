@@ -16,7 +16,8 @@ passes through and ``reasoning_effort`` becomes a thinking budget (the ``anthrop
 ``additionalModelRequestFields.thinking``, with ``maxTokens`` defaulted to 4096 plus the budget; thinking comes back
 as ``reasoning_content``. ``response_format`` (``json_schema`` or ``json_object``) becomes a forced tool named
 ``json_tool_call`` whose input schema is the requested one (forced only without thinking, which Claude cannot
-combine with a forced tool); its input comes back as the message's content, streamed as content deltas.
+combine with a forced tool); its input comes back as the message's content, streamed as content deltas. A root
+``$ref`` is resolved to the definition it names (a tool's input is an object); ``$defs`` go as they are.
 
 ``/v1/messages`` on a Claude model goes through ``InvokeModel`` / ``InvokeModelWithResponseStream`` instead: the
 client's Messages body with ``anthropic_version: bedrock-2023-05-31`` (``anthropic-beta`` as ``anthropic_beta``),
@@ -38,6 +39,7 @@ import msgspec
 from sluicegate.errors import ApiError
 from sluicegate.net.http import HttpClientError, HttpTimeoutError, encode_headers
 from sluicegate.providers.anthropic import DEFAULT_MAX_TOKENS, RESPONSE_FORMAT_TOOL_NAME, thinking_budgets
+from sluicegate.providers.anthropic_schema import tool_input_schema
 from sluicegate.providers.aws_auth import AwsCredentialSource, sign_headers
 from sluicegate.providers.base import Provider, ProviderClients, ProviderParams, UpstreamError, tool_call_arguments
 
@@ -727,7 +729,7 @@ def _response_format(value: Any) -> dict[str, Any] | None:
         if not isinstance(schema, dict):
             raise ApiError(400, "response_format: json_schema needs {json_schema: {name, schema}}",
                            param="response_format")
-        tool: dict[str, Any] = {"name": RESPONSE_FORMAT_TOOL_NAME, "inputSchema": {"json": schema}}
+        tool: dict[str, Any] = {"name": RESPONSE_FORMAT_TOOL_NAME, "inputSchema": {"json": tool_input_schema(schema)}}
         if isinstance(spec.get("description"), str) and spec["description"]:
             tool["description"] = spec["description"]
         return {"toolSpec": tool}
