@@ -2,7 +2,7 @@
 
 ``POST {endpoint}/model/{modelId}/converse`` (JSON answer) and ``.../converse-stream`` (an
 ``application/vnd.amazon.eventstream`` answer), signed with SigV4 (:func:`~sluicegate.providers.aws_auth.sign_headers`:
-the gateway's signer, held byte-equal to botocore's ``SigV4Auth``, which signs anything outside its shape) with
+botocore's ``SigV4Auth``) with
 credentials held by :class:`~sluicegate.providers.aws_auth.AwsCredentialSource` (resolved and refreshed off the
 request path), or
 with a Bedrock API key as ``Authorization: Bearer``. Streams are decoded by botocore's ``EventStreamBuffer``
