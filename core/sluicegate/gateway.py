@@ -120,6 +120,7 @@ class Gateway:
         redis = redis_settings_of(settings)
         self.spend = SpendLedger(self.store, settings, shared=SharedSpend(redis) if redis is not None else None)
         self.limits = RateLimiter(settings)  # rpm/tpm/parallel limits: in process, or in Redis when configured
+        self.metrics.gauge_sources += [self.spend.gauges, self.limits.gauges]  # read at scrape time only
         self.master_key = settings.general_settings.master_key
         self.http_client_kind = http_client
         self.tune_gc = tune_gc

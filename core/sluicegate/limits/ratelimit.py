@@ -321,6 +321,12 @@ class LocalStore:
                 else:
                     window[2] += tokens
 
+    def window_counts(self, scope_key: str) -> tuple[int, int]:
+        """Requests and tokens counted for ``scope_key`` in the current window (for metrics)."""
+        index = int(self.clock() // self.window)
+        window = self._windows.get(scope_key)
+        return (window[1], window[2]) if window is not None and window[0] == index else (0, 0)
+
     def inflight(self, scope_key: str) -> int:
         """Requests holding a slot of ``scope_key`` (for tests and metrics)."""
         return self._inflight.get(scope_key, 0)
@@ -390,6 +396,31 @@ class RateLimiter:
         if outcome.failed:
             raise over_limit(scopes, outcome)
         return Ticket(store, scopes, lease, outcome)
+
+    def gauges(self) -> dict[str, list[tuple[tuple[str, ...], float]]]:
+        """LiteLLM's ``litellm_remaining_api_key_requests_for_model`` / ``..._tokens_for_model``: what each key with a
+        ``model_rpm_limit`` / ``model_tpm_limit`` that made a request here has left in the current window, computed
+        now from this process's counts (``/metrics``). With Redis the counts live there and these are not exported
+        (reading every limited key's window would put one Redis round trip per key into a scrape)."""
+        requests: list[tuple[tuple[str, ...], float]] = []
+        tokens: list[tuple[tuple[str, ...], float]] = []
+        found = {"litellm_remaining_api_key_requests_for_model": requests,
+                 "litellm_remaining_api_key_tokens_for_model": tokens}
+        if self.redis is not None:
+            return found
+        counts = self.local.window_counts
+        for plan in list(self._plans.values()):
+            if not plan.per_model:
+                continue
+            alias = getattr(plan.ctx.key, "key_alias", None) or ""
+            for model, scope in plan.per_model.items():
+                used_requests, used_tokens = counts(scope.key)
+                labels = (plan.ctx.token_id, alias, model)
+                if scope.rpm is not None:
+                    requests.append((labels, max(0, scope.rpm - used_requests)))
+                if scope.tpm is not None:
+                    tokens.append((labels, max(0, scope.tpm - used_tokens)))
+        return found
 
     def _without_redis(self, scopes: tuple[Scope, ...], exc: BaseException | None) -> Outcome:
         """Redis is down: refuse (fail closed) or count in this process alone (fail open), warning once a minute."""
