@@ -227,6 +227,7 @@ class RequestMetrics:
         self._allowed = frozenset(allowed)
         self.series: dict[tuple[str, ...], _Series] = {}
         self.overflow = 0
+        self.observations = 0  # lets a worker skip rewriting an unchanged snapshot (sluicegate.worker_metrics)
         self.gauges_omitted = 0
         self.gauge_sources: list[Callable[[], GaugeSamples]] = []
         """Functions called at scrape time (and when a worker publishes its snapshot) for :data:`GAUGES` samples."""
@@ -252,6 +253,7 @@ class RequestMetrics:
             if series is None:
                 series = self.series[key] = _Series()
         series.requests += 1
+        self.observations += 1
         if failed:
             series.failures += 1
         else:
