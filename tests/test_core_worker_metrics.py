@@ -77,7 +77,8 @@ def _scraped_total(url: str) -> float:
 def _published(directory: Path) -> list[int]:
     """Requests in each worker's snapshot file, read as the other workers read them."""
     decode = RequestMetrics().decode
-    return [sum(row[1] for row in decode(path.read_bytes()).series) for path in sorted(directory.glob("m*.snap"))]
+    return [sum(one.requests for _, one in decode(path.read_bytes()).series)
+            for path in sorted(directory.glob("m*.snap"))]
 
 
 def _config(tmp_path: Path) -> Path:

@@ -138,7 +138,10 @@ class _Histogram:
         self.total += seconds
 
     def add(self, other: _Histogram) -> None:
-        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
+        buckets = self.buckets
+        for i, count in enumerate(other.buckets):
+            if count:  # most buckets of a series are empty
+                buckets[i] += count
         self.count += other.count
         self.total += other.total
 
@@ -168,10 +171,9 @@ def _number(value: float) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-class Snapshot(msgspec.Struct, array_like=True):
-    """One worker's metrics as it publishes them (:meth:`RequestMetrics.snapshot`): its series (label values, the
-    seven counters, the four histograms as ``[buckets, count, sum]`` or None), its overflow count, and the gauges
-    its sources gave when it was written (``written``: seconds since the epoch)."""
+class _Wire(msgspec.Struct, array_like=True):
+    """A snapshot as written: series rows are (label values, the seven counters, the four histograms as
+    ``(buckets, count, sum)`` or None)."""
 
     written: float
     overflow: int
@@ -180,8 +182,22 @@ class Snapshot(msgspec.Struct, array_like=True):
     gauges: dict[str, list[tuple[tuple[str, ...], float]]]
 
 
-_encode_snapshot = msgspec.msgpack.Encoder().encode
-_decode_snapshot = msgspec.msgpack.Decoder(Snapshot).decode
+_encode_wire = msgspec.msgpack.Encoder().encode
+_decode_wire = msgspec.msgpack.Decoder(_Wire).decode
+
+
+class Snapshot:
+    """One worker's metrics as another reads them (:meth:`RequestMetrics.decode`): its series, its overflow count,
+    and the gauges its sources gave when it was written (``written``: seconds since the epoch)."""
+
+    __slots__ = ("gauges", "overflow", "series", "written")
+
+    def __init__(self, written: float, overflow: int, series: list[tuple[tuple[str, ...], _Series]],
+                 gauges: GaugeSamples) -> None:
+        self.written = written
+        self.overflow = overflow
+        self.series = series
+        self.gauges = gauges
 
 
 def _series_of(row: Any) -> _Series:
@@ -191,7 +207,7 @@ def _series_of(row: Any) -> _Series:
     for i, hist in enumerate(hists):
         if hist is not None:
             into = series.hist[i] = _Histogram()
-            into.buckets, into.count, into.total = list(hist[0]), hist[1], hist[2]
+            into.buckets, into.count, into.total = hist[0], hist[1], hist[2]
     return series
 
 
@@ -311,48 +327,54 @@ class RequestMetrics:
     def snapshot(self, gauges: GaugeSamples, written: float, carried: Snapshot | None = None) -> bytes:
         """This process's series (plus ``carried``: what an earlier process of the same slot counted) and
         ``gauges``, encoded for the other workers (:mod:`sluicegate.worker_metrics`)."""
-        series = self.series
+        items: Iterable[tuple[tuple[str, ...], _Series]] = self.series.items()
         overflow = self.overflow
         if carried is not None:
-            series = self._merged([carried])
+            merged: dict[tuple[str, ...], _Series] = {}
+            for key, one in self._parts([carried])[0]:
+                into = merged.get(key)
+                if into is None:
+                    into = merged[key] = _Series()
+                _add_series(into, one)
+            items = merged.items()
             overflow += carried.overflow
         rows = [(key, s.requests, s.successes, s.failures, s.spend, s.input_tokens, s.output_tokens, s.total_tokens,
                  [(h.buckets, h.count, h.total) if h is not None else None for h in s.hist])
-                for key, s in series.items()]
-        return _encode_snapshot(Snapshot(written=written, overflow=overflow, series=rows, gauges=gauges))
+                for key, s in items]
+        return _encode_wire(_Wire(written=written, overflow=overflow, series=rows, gauges=gauges))
 
     @staticmethod
     def decode(data: bytes) -> Snapshot:
-        return _decode_snapshot(data)
+        wire = _decode_wire(data)
+        return Snapshot(wire.written, wire.overflow, [(row[0], _series_of(row)) for row in wire.series],
+                        wire.gauges)
 
-    def _merged(self, others: Sequence[Snapshot]) -> dict[tuple[str, ...], _Series]:
-        """This process's series plus the others', at most ``max_series`` (+ ``__other__``) in all: a label
-        combination past the cap is folded as :meth:`observe` folds one."""
-        merged: dict[tuple[str, ...], _Series] = {}
-        for key, series in self.series.items():
-            copy = merged[key] = _Series()
-            _add_series(copy, series)
+    def _parts(self, others: Sequence[Snapshot]) -> tuple[list[tuple[tuple[str, ...], _Series]], int]:
+        """This process's series followed by the others' (nothing copied), and the number of label combinations
+        among them: at most ``max_series`` (+ ``__other__``), a combination past the cap is folded as
+        :meth:`observe` folds one."""
+        parts = list(self.series.items())
+        kept = set(self.series)
         cap = self.max_series
         for snapshot in others:
-            for row in snapshot.series:
-                key = tuple(row[0])
-                into = merged.get(key)
-                if into is None:
-                    if len(merged) >= cap:
+            for key, one in snapshot.series:
+                if key not in kept:
+                    if len(kept) >= cap:
                         key = tuple(OTHER if name in _IDENTIFYING and key[i] else key[i]
                                     for i, name in enumerate(ALL_LABELS))
-                        into = merged.get(key)
-                    if into is None:
-                        into = merged[key] = _Series()
-                _add_series(into, _series_of(row))
-        return merged
+                    kept.add(key)
+                parts.append((key, one))
+        return parts, len(kept)
 
     def render(self, others: Sequence[Snapshot] = (), *, gauges: GaugeSamples | None = None,
                now: float = 0.0, fresh_for: float = math.inf) -> list[str]:
         """The exposition lines: this process's series merged with ``others`` (the other workers' snapshots;
         counters and histogram buckets summed). Gauges: this process's (``gauges``, else its sources' now),
         completed by the newest snapshot written within ``fresh_for`` seconds of ``now`` that has each sample."""
-        series = self._merged(others) if others else self.series
+        if others:
+            parts, kept = self._parts(others)
+        else:
+            parts, kept = list(self.series.items()), len(self.series)
         overflow = self.overflow + sum(s.overflow for s in others)
         if gauges is None:
             gauges = self.gauges()
@@ -384,7 +406,7 @@ class RequestMetrics:
         for name, text, names, field in _COUNTERS:
             positions = tuple(_AT[n] for n in names)
             totals: dict[tuple[str, ...], Any] = {}
-            for key, one in series.items():
+            for key, one in parts:
                 value = getattr(one, field)
                 if value:
                     projected = tuple(key[i] for i in positions)
@@ -396,7 +418,7 @@ class RequestMetrics:
         for name, text, names, index in _HISTOGRAMS:
             positions = tuple(_AT[n] if n in self._in_histograms else -1 for n in names)
             merged: dict[tuple[str, ...], _Histogram] = {}
-            for key, one in series.items():
+            for key, one in parts:
                 hist = one.hist[index]
                 if hist is None:
                     continue
@@ -423,7 +445,7 @@ class RequestMetrics:
             label_text.clear()
             lines.extend(f"{name}{{{labels_of(names, values)}}} {_number(number)}" for values, number in rows)
         lines += ["# HELP sluicegate_metrics_series Label combinations kept for the request metrics.",
-                  "# TYPE sluicegate_metrics_series gauge", f"sluicegate_metrics_series {len(series)}",
+                  "# TYPE sluicegate_metrics_series gauge", f"sluicegate_metrics_series {kept}",
                   "# HELP sluicegate_metrics_series_overflow_total Observations counted in the __other__ series "
                   "because sluicegate_settings.metrics.max_series was reached.",
                   "# TYPE sluicegate_metrics_series_overflow_total counter",
