@@ -188,7 +188,9 @@ async def test_the_grafana_dashboard_queries_only_metrics_a_scrape_has(receiver,
     wanted = {m for e in exprs for m in re.findall(r"\b((?:litellm|sluicegate)_[a-z_]+)", e)}
     assert len(wanted) >= 10
     async with start(make_config(models=PRICED)) as gw:
-        key = await team_key(gw, "t-g", "g")
+        assert (await gw.admin("POST", "/team/new", json={"team_id": "t-g", "team_alias": "g",
+                                                          "max_budget": 100.0})).status_code == 200
+        key = await gw.new_key(team_id="t-g", key_alias="g-key")
         assert (await gw.admin("POST", "/team/t-g/callback", json={
             "callback_name": "acme", "callback_vars": vars_for("g")})).status_code == 200
         assert (await gw.chat(key, "hi", stream=True)).status_code == 200
