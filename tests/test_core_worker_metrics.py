@@ -228,6 +228,21 @@ async def test_a_live_workers_snapshot_is_not_cleared(tmp_path):
         await worker.aclose()
 
 
+async def test_a_worker_that_cannot_write_its_snapshot_still_serves_its_own_metrics(tmp_path, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    metrics = RequestMetrics()
+    worker = WorkerMetrics(metrics, blocker / "metrics")  # not a directory: mkdir fails
+    await worker.start()
+    try:
+        assert worker.slot is None
+        assert "cannot publish this worker's metrics" in caplog.text
+        metrics.observe(_event("t"))
+        assert _total(worker.render()) == 1
+    finally:
+        await worker.aclose()
+
+
 async def test_the_merge_keeps_at_most_max_series_and_exact_totals(tmp_path):
     workers = []
     for w in range(2):

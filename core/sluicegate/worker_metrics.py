@@ -102,6 +102,23 @@ class WorkerMetrics:
 
     async def start(self) -> None:
         """Claim the first free slot, take over what an earlier worker of that slot counted, start publishing."""
+        try:
+            self._claim()
+        except OSError as exc:  # a read-only or full disk: serving goes on, each scrape shows one worker's part
+            log.error("metrics: cannot publish this worker's metrics under %s (%s: %s); /metrics shows only the "
+                      "requests of the worker that answers it", self.base, type(exc).__name__, exc)
+            return
+        try:
+            self.carried = self.metrics.decode(self.path.read_bytes())
+            self.carried.gauges = {}  # its gauges were about that worker's moment, not this one's
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # a torn or foreign file: its counts are lost, ours start from 0
+            log.warning("metrics: ignoring unreadable snapshot %s: %s: %s", self.path, type(exc).__name__, exc)
+        self._publish_or_log()  # at once: the slot's file says this worker is there (and keeps what it took over)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _claim(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
         for number in range(_MAX_SLOTS):
             fd = os.open(self.base / f"m{number}.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -111,18 +128,8 @@ class WorkerMetrics:
                 os.close(fd)
                 continue
             self._lock_fd, self.slot = fd, number
-            break
-        else:
-            raise RuntimeError(f"metrics: no free slot under {self.base}")
-        try:
-            self.carried = self.metrics.decode(self.path.read_bytes())
-            self.carried.gauges = {}  # its gauges were about that worker's moment, not this one's
-        except FileNotFoundError:
-            pass
-        except Exception as exc:  # a torn or foreign file: its counts are lost, ours start from 0
-            log.warning("metrics: ignoring unreadable snapshot %s: %s: %s", self.path, type(exc).__name__, exc)
-        self.publish()  # at once: the slot's file says this worker is there (and keeps what it took over)
-        self._task = asyncio.get_running_loop().create_task(self._run())
+            return
+        raise OSError(f"no free slot among {_MAX_SLOTS}")
 
     async def aclose(self) -> None:
         """Stop publishing, write the last snapshot (everything counted until now) and release the slot."""
@@ -142,11 +149,14 @@ class WorkerMetrics:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            try:
-                self.publish()
-            except Exception as exc:  # a full disk: the next interval tries again
-                self.publish_failures += 1
-                log.warning("metrics: snapshot not written to %s: %s: %s", self.path, type(exc).__name__, exc)
+            self._publish_or_log()
+
+    def _publish_or_log(self) -> None:
+        try:
+            self.publish()
+        except Exception as exc:  # a full disk: the next interval tries again
+            self.publish_failures += 1
+            log.warning("metrics: snapshot not written to %s: %s: %s", self.path, type(exc).__name__, exc)
 
     def publish(self, *, force: bool = False) -> None:
         """Write the snapshot (temporary file + rename: a reader sees the old one or the new one, whole). Nothing
@@ -199,4 +209,6 @@ class WorkerMetrics:
 
     def render(self) -> list[str]:
         """The scrape: this worker's live series and gauges, with every other worker's last snapshot."""
+        if self.slot is None:  # not publishing (see start): reading the others' would count them but not us
+            return self.metrics.render()
         return self.metrics.render(self.others(), now=time.time(), fresh_for=self.fresh_for)
