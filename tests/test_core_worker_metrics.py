@@ -157,9 +157,9 @@ def _total(lines: list[str], name: str = TOTAL, **labels: str) -> float:
 
 async def test_the_scraped_worker_merges_the_others_snapshots_and_gauges(tmp_path):
     one, two = RequestMetrics(), RequestMetrics()
-    one.gauge_sources.append(lambda: {"litellm_remaining_team_budget_metric": [(("t1", "one"), 4.0)]})
-    two.gauge_sources.append(lambda: {"litellm_remaining_team_budget_metric": [(("t1", "one"), 3.5),
-                                                                               (("t2", "two"), 9.0)]})
+    one.gauge_sources.append(lambda limit: ({"litellm_remaining_team_budget_metric": [(("t1", "one"), 4.0)]}, 0))
+    two.gauge_sources.append(lambda limit: ({"litellm_remaining_team_budget_metric": [(("t1", "one"), 3.5),
+                                                                                      (("t2", "two"), 9.0)]}, 0))
     first, second = WorkerMetrics(one, tmp_path), WorkerMetrics(two, tmp_path)
     await first.start()
     await second.start()
@@ -186,7 +186,7 @@ async def test_the_scraped_worker_merges_the_others_snapshots_and_gauges(tmp_pat
 
 async def test_a_stopped_workers_counts_stay_and_its_slot_carries_them_on(tmp_path):
     gone = RequestMetrics()
-    gone.gauge_sources.append(lambda: {"litellm_team_max_budget_metric": [(("t9", ""), 1.0)]})
+    gone.gauge_sources.append(lambda limit: ({"litellm_team_max_budget_metric": [(("t9", ""), 1.0)]}, 0))
     worker = WorkerMetrics(gone, tmp_path)
     await worker.start()
     for _ in range(4):

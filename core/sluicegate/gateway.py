@@ -124,8 +124,8 @@ class Gateway:
         self.limits = RateLimiter(settings)  # rpm/tpm/parallel limits: in process, or in Redis when configured
         self.metrics.gauge_sources += [self.spend.gauges, self.limits.gauges]  # read at scrape time only
         # Several server processes: each publishes its series, the one scraped merges them all (one /metrics).
-        self.worker_metrics = (WorkerMetrics(self.metrics, Path(spool_base_for(settings)) / "metrics")
-                               if workers > 1 else None)
+        self.worker_metrics = (WorkerMetrics(self.metrics, Path(spool_base_for(settings)) / "metrics",
+                                             refresh=self.limits.refresh_gauges) if workers > 1 else None)
         self.master_key = settings.general_settings.master_key
         self.http_client_kind = http_client
         self.tune_gc = tune_gc

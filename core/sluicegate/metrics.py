@@ -245,8 +245,9 @@ class RequestMetrics:
         self.overflow = 0
         self.observations = 0  # lets a worker skip rewriting an unchanged snapshot (sluicegate.worker_metrics)
         self.gauges_omitted = 0
-        self.gauge_sources: list[Callable[[], GaugeSamples]] = []
-        """Functions called at scrape time (and when a worker publishes its snapshot) for :data:`GAUGES` samples."""
+        self.gauge_sources: list[Callable[[int], tuple[GaugeSamples, int]]] = []
+        """Functions called at scrape time (and when a worker publishes its snapshot) for :data:`GAUGES` samples:
+        given the most samples wanted per family, they answer those and the number they left out."""
 
     def observe(self, event: LogEvent) -> None:
         meta = event.metadata
@@ -305,7 +306,9 @@ class RequestMetrics:
         cap = self.max_series
         omitted = 0
         for source in self.gauge_sources:
-            for name, rows in source().items():
+            samples, left_out = source(cap)
+            omitted += left_out
+            for name, rows in samples.items():
                 names = GAUGES[name][1]
                 keep = tuple(n in self._allowed for n in names)
                 if not any(keep):

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING
 from sluicegate.aio import cancel_and_wait
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from sluicegate.metrics import RequestMetrics, Snapshot
 
 __all__ = ("GAUGES_FRESH_FOR", "PUBLISH_INTERVAL", "WorkerMetrics", "clear_stale")
@@ -82,8 +84,10 @@ class WorkerMetrics:
     """This worker's slot: publishes its snapshot, and renders a scrape merged with the other workers'."""
 
     def __init__(self, metrics: RequestMetrics, directory: str | os.PathLike[str], *,
-                 interval: float = PUBLISH_INTERVAL, fresh_for: float = GAUGES_FRESH_FOR) -> None:
+                 interval: float = PUBLISH_INTERVAL, fresh_for: float = GAUGES_FRESH_FOR,
+                 refresh: Callable[[], Awaitable[None]] | None = None) -> None:
         self.metrics = metrics
+        self.refresh = refresh  # awaited before each periodic snapshot (gauges read from elsewhere, e.g. Redis)
         self.base = Path(directory)
         self.interval = interval
         self.fresh_for = max(fresh_for, 3 * interval)
@@ -149,6 +153,8 @@ class WorkerMetrics:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
+            if self.refresh is not None:
+                await self.refresh()
             self._publish_or_log()
 
     def _publish_or_log(self) -> None:

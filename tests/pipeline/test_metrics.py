@@ -181,6 +181,26 @@ def test_scrape_cost_is_bounded_by_the_series_cap():
                if line.startswith("litellm_proxy_total_requests_metric_total{")) == 10_000
 
 
+def test_budget_gauges_at_10_000_teams_are_bounded_by_the_series_cap():
+    """10,000 teams with budgets (each with a counter, as after a request): each gauge family carries max_series
+    samples, the rest are counted, not computed."""
+    from sluicegate.limits.budgets import BudgetCounter
+    from sluicegate.limits.spend import SpendLedger
+
+    ledger = SpendLedger(None, parse_settings({}))  # type: ignore[arg-type]  # gauges() reads no database
+    metrics = RequestMetrics(max_series=2000)
+    metrics.gauge_sources.append(ledger.gauges)
+    for i in range(10_000):
+        counter = ledger.counters[("team", f"team-{i}")] = BudgetCounter("team", f"team-{i}", 1.5, None)
+        counter.max_budget, counter.alias = 10.0, f"alias-{i}"
+    text = "\n".join(metrics.render()) + "\n"
+    remaining = [s for s in samples(text) if s.name == "litellm_remaining_team_budget_metric"]
+    assert len(remaining) == 2000 and {s.value for s in remaining} == {8.5}
+    assert remaining[0].labels == {"team": "team-0", "team_alias": "alias-0"}
+    assert len([s for s in samples(text) if s.name == "litellm_team_max_budget_metric"]) == 2000
+    assert value(text, "sluicegate_metrics_gauge_samples_omitted") == 2 * 8000
+
+
 async def test_the_grafana_dashboard_queries_only_metrics_a_scrape_has(receiver, make_config, start, vars_for):
     dashboard = json.loads((ROOT / "docs" / "grafana" / "sluicegate-dashboard.json").read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]

@@ -101,6 +101,7 @@ async def metrics(request: Request) -> Response[str]:
     if gateway.settings.litellm_settings.require_auth_for_metrics_endpoint:
         await gateway.authorize(request, "proxy_admin_viewer")
     delivery = await gateway.delivery_stats()
+    await gateway.limits.refresh_gauges()  # with Redis, the per-model windows are read now
     shared = gateway.worker_metrics  # several workers: theirs merged in (sluicegate.worker_metrics)
     lines = shared.render() if shared is not None else gateway.metrics.render()
     body = "\n".join(lines) + "\n" + render(delivery["sinks"], delivery["submitted"], delivery["pending"],

@@ -395,20 +395,24 @@ class SpendLedger:
             log.info("budget period ended: %s %s starts again from 0", *entity)
 
     # metrics ---------------------------------------------------------------------------------------------------
-    def gauges(self) -> dict[str, list[tuple[tuple[str, ...], float]]]:
+    def gauges(self, limit: int) -> tuple[dict[str, list[tuple[tuple[str, ...], float]]], int]:
         """LiteLLM's budget gauges of every key, team and user with a budget that made a request here since this
         process started, computed now (``/metrics``): remaining = ``max_budget`` - spend of the period (negative
         past it; +Inf without ``max_budget``), spend as :meth:`check` sees it (with Redis, the larger of this
-        process's count and Redis's as last read)."""
+        process's count and Redis's as last read). At most ``limit`` samples per gauge, and the number left out."""
         names = {"key": ("litellm_remaining_api_key_budget_metric", "litellm_api_key_max_budget_metric"),
                  "team": ("litellm_remaining_team_budget_metric", "litellm_team_max_budget_metric"),
                  "user": ("litellm_remaining_user_budget_metric", "litellm_user_max_budget_metric")}
         found: dict[str, list[tuple[tuple[str, ...], float]]] = {n: [] for pair in names.values() for n in pair}
         shared = self.shared
         now = self.clock()
+        omitted = 0
         for counter in list(self.counters.values()):
             pair = names.get(counter.entity_type)
             if pair is None:
+                continue
+            if len(found[pair[0]]) >= limit:  # counted, not computed: 10,000 teams stay cheap
+                omitted += 1 if counter.max_budget is None else 2
                 continue
             spend = counter.spend
             if counter.reset_at is not None and counter.seconds is not None and now >= counter.reset_at:
@@ -418,11 +422,11 @@ class SpendLedger:
                 if seen is not None and seen > spend:
                     spend = seen
             labels = (counter.entity_id,) if counter.entity_type == "user" else (counter.entity_id, counter.alias)
-            limit = counter.max_budget
-            found[pair[0]].append((labels, limit - spend if limit is not None else math.inf))
-            if limit is not None:
-                found[pair[1]].append((labels, limit))
-        return found
+            most = counter.max_budget
+            found[pair[0]].append((labels, most - spend if most is not None else math.inf))
+            if counter.max_budget is not None:
+                found[pair[1]].append((labels, counter.max_budget))
+        return found, omitted
 
     def stats(self) -> dict[str, Any]:
         over_soft = [(c.entity_type, c.entity_id) for c in self.counters.values() if c.soft_crossed]
