@@ -77,6 +77,10 @@ def clear_stale(directory: str | os.PathLike[str]) -> int:
                 deleted += 1
         finally:
             os.close(fd)  # closing releases the lock
+    for name in os.listdir(base) if base.is_dir() else ():
+        if name.startswith(".m") and ".snap." in name:  # a write cut short by a kill before its rename
+            with contextlib.suppress(OSError):
+                (base / name).unlink()
     return deleted
 
 
@@ -177,7 +181,9 @@ class WorkerMetrics:
         temporary = path.with_name(f".{path.name}.{os.getpid()}")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
         finally:
             os.close(fd)
         os.replace(temporary, path)
