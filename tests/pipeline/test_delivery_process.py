@@ -194,7 +194,8 @@ def test_serve_runs_one_delivery_process_for_its_workers_with_one_sink_instance(
     assert len(receiver.received("/dest/shared")) == REQUESTS // 50  # full batches only
     assert sorted(_contents(receiver, "shared")) == sorted(f"e{i}" for i in range(REQUESTS))
     spool = tmp_path / "sluicegate-spool"
-    assert sorted(p.name for p in spool.iterdir() if p.is_dir()) == ["p0", "w0", "w1"]  # one spool, two logs
+    # one spool, two logs (and the workers' metrics snapshots)
+    assert sorted(p.name for p in spool.iterdir() if p.is_dir()) == ["metrics", "p0", "w0", "w1"]
 
 
 @pytest.mark.parametrize("spool", [True, False], ids=["spool", "no-spool-control"])

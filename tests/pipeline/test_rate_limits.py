@@ -702,3 +702,30 @@ async def test_a_freed_parallel_slot_is_reused_by_its_process_then_given_back(sh
     finally:
         await holder.aclose()
         await other.aclose()
+
+
+def _gauge(text: str, name: str) -> list[float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [s.value for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
+
+
+async def test_remaining_per_model_gauges_read_redis_windows_shared_by_gateways(make_config, start, shared_redis):
+    """``litellm_remaining_api_key_requests_for_model`` / ``..._tokens_for_model`` with Redis: read from Redis's
+    window when scraped, so each gateway reports what every gateway used."""
+    async with two_gateways(start, limits_config(make_config, redis_port=REDIS_PORT)) as (first, second):
+        key = await first.new_key(model_rpm_limit={"mock": 10}, model_tpm_limit={"mock": 10_000})
+        shared_redis.append(await token_id(first, key))
+        answers = [await first.chat(key), await second.chat(key), await second.chat(key)]
+        assert [a.status_code for a in answers] == [200] * 3
+        used_tokens = sum(a.json()["usage"]["total_tokens"] for a in answers)
+        for gw in (first, second):
+            # requests count at admission; tokens leave with the gateway's next batch to Redis (within ms)
+            deadline = time.monotonic() + 10
+            while True:
+                text = (await gw.admin("GET", "/metrics")).text
+                if _gauge(text, "litellm_remaining_api_key_tokens_for_model") == [10_000 - used_tokens]:
+                    break
+                assert time.monotonic() < deadline, _gauge(text, "litellm_remaining_api_key_tokens_for_model")
+                await asyncio.sleep(0.01)
+            assert _gauge(text, "litellm_remaining_api_key_requests_for_model") == [7]  # 10 - 3, not this one's

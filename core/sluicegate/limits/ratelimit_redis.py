@@ -255,6 +255,21 @@ class RedisStore:
     def failed(self, exc: BaseException) -> None:
         self._down_until = time.monotonic() + RETRY_AFTER
 
+    async def window_counts(self, scope_keys: list[str]) -> dict[str, tuple[int, int]]:
+        """Requests and tokens of each scope in Redis's current window (Redis's clock, as :data:`CHECK` takes it):
+        two round trips, whatever the number of scopes. For ``/metrics``; raises :class:`RedisError`."""
+        client = self._client
+        if client is None:
+            raise RedisError("the rate-limit store is not started")
+        (now,) = await client.execute([pack("TIME")])
+        index = (int(now[0]) * 1000 + int(now[1]) // 1000) // self.window_ms
+        replies = await client.execute([pack("HMGET", f"{self._key(k)}:{index}", "r", "t") for k in scope_keys])
+        counts = {}
+        for key, reply in zip(scope_keys, replies, strict=True):
+            if isinstance(reply, list):
+                counts[key] = (int(reply[0] or 0), int(reply[1] or 0))
+        return counts
+
     def _op(self, key: str, tokens: int, release: str, renew: str) -> None:
         """Queue one APPLY operation: ``tokens`` for ``key``'s window, a lease to release, a lease to renew."""
         self._pending.append((bulk(key), bulk(tokens) + bulk(release) + bulk(renew)))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
@@ -298,6 +299,7 @@ class SpendLedger:
         counter.max_budget = record.max_budget
         counter.soft_budget = record.soft_budget
         counter.seconds = duration_seconds(record.budget_duration)
+        counter.alias = getattr(record, "key_alias", None) or getattr(record, "team_alias", None) or ""
         self._roll(counter, now)
         return counter
 
@@ -392,6 +394,39 @@ class SpendLedger:
             log.info("budget period ended: %s %s starts again from 0", *entity)
 
     # metrics ---------------------------------------------------------------------------------------------------
+    def gauges(self, limit: int) -> tuple[dict[str, list[tuple[tuple[str, ...], float]]], int]:
+        """LiteLLM's budget gauges of every key, team and user with a budget that made a request here since this
+        process started, computed now (``/metrics``): remaining = ``max_budget`` - spend of the period (negative
+        past it; +Inf without ``max_budget``), spend as :meth:`check` sees it (with Redis, the larger of this
+        process's count and Redis's as last read). At most ``limit`` samples per gauge, and the number left out."""
+        names = {"key": ("litellm_remaining_api_key_budget_metric", "litellm_api_key_max_budget_metric"),
+                 "team": ("litellm_remaining_team_budget_metric", "litellm_team_max_budget_metric"),
+                 "user": ("litellm_remaining_user_budget_metric", "litellm_user_max_budget_metric")}
+        found: dict[str, list[tuple[tuple[str, ...], float]]] = {n: [] for pair in names.values() for n in pair}
+        shared = self.shared
+        now = self.clock()
+        omitted = 0
+        for counter in list(self.counters.values()):
+            pair = names.get(counter.entity_type)
+            if pair is None:
+                continue
+            if len(found[pair[0]]) >= limit:  # counted, not computed: 10,000 teams stay cheap
+                omitted += 1 if counter.max_budget is None else 2
+                continue
+            spend = counter.spend
+            if counter.reset_at is not None and counter.seconds is not None and now >= counter.reset_at:
+                spend = 0.0  # the period is over: the next check or flush starts the new one
+            elif shared is not None:
+                seen = shared.peek(counter)
+                if seen is not None and seen > spend:
+                    spend = seen
+            labels = (counter.entity_id,) if counter.entity_type == "user" else (counter.entity_id, counter.alias)
+            most = counter.max_budget
+            found[pair[0]].append((labels, most - spend if most is not None else math.inf))
+            if counter.max_budget is not None:
+                found[pair[1]].append((labels, counter.max_budget))
+        return found, omitted
+
     def stats(self) -> dict[str, Any]:
         over_soft = [(c.entity_type, c.entity_id) for c in self.counters.values() if c.soft_crossed]
         return {"flushes": self.flushes, "flush_failures": self.flush_failures, "pending_rows": len(self._daily),
