@@ -78,8 +78,8 @@ class CompiledPolicy:
         which redactors ran and how many replacements each made. ``event`` itself is not changed.
 
         One walk copies the containers that hold a string to scan and remembers where each string goes; the
-        redactors then run once each over all the strings joined by a separator no detector crosses (one call per
-        redactor per event, not per string), and the results are put in their places.
+        redactors then run once each over all the strings joined by a separator no built-in detector crosses (one
+        call per redactor per event, not per string), and the results are put in their places.
         """
         walk = _Walk()
         changes: dict[str, Any] = {}
@@ -124,27 +124,26 @@ class CompiledPolicy:
 
     def _scan_all(self, strings: list[str]) -> tuple[list[int], int, list[str]]:
         counts = [0] * len(self.redactors)
-        errors = 0
         if not strings or not self.redactors:
-            return counts, errors, strings
+            return counts, 0, strings
         joined = _SEPARATOR.join(strings)
-        together = joined.count(_SEPARATOR) == len(strings) - 1  # more: some string holds the separator itself
-        for index, redactor in enumerate(self.redactors):
-            if together:
+        joins = len(strings) - 1
+        if joins and joined.count(_SEPARATOR) == joins:  # more: some string holds the separator itself
+            for index, redactor in enumerate(self.redactors):
                 try:
-                    result, found = redactor.redact(joined)
+                    joined, counts[index] = redactor.redact(joined)
                 except Exception as exc:  # never log a string a detector could not scan
-                    errors += 1
                     log.error("redactor %s failed (%s): the scanned fields are replaced by %s", redactor.name,
                               type(exc).__name__, FAILED)
-                    return counts, errors, [FAILED] * len(strings)
-                if not found or result.count(_SEPARATOR) == len(strings) - 1:
-                    joined = result
-                    counts[index] += found
-                    continue
-                # the redactor matched across the separator (a user pattern like ``.*``): one string at a time
-                together = False
-                strings = joined.split(_SEPARATOR)
+                    return [0] * len(self.redactors), 1, [FAILED] * len(strings)
+            # Checked once, at the end: a redactor that matched across a join (a user pattern like ``.*``) took
+            # part of it away (none writes one), and then the event is scanned again one string at a time.
+            if joined.count(_SEPARATOR) == joins:
+                return counts, 0, joined.split(_SEPARATOR)
+            counts = [0] * len(self.redactors)
+        errors = 0
+        strings = list(strings)
+        for index, redactor in enumerate(self.redactors):
             for position, value in enumerate(strings):
                 try:
                     strings[position], found = redactor.redact(value)
@@ -154,7 +153,7 @@ class CompiledPolicy:
                               type(exc).__name__, FAILED)
                     strings[position], found = FAILED, 0
                 counts[index] += found
-        return counts, errors, joined.split(_SEPARATOR) if together else strings
+        return counts, errors, strings
 
 
 _SEPARATOR = "\x00\n\x00"
