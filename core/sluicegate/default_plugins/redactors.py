@@ -273,7 +273,11 @@ _IBAN_DIGITS = {ord(c): str(int(c, 36)) for c in string.ascii_letters}
 """A letter → its number in the mod-97 check (A=10 ... Z=35, either case); digits stay."""
 
 
-_AFTER_TWO_LETTERS = re.compile(rb"d(?<=lld)")
+_CHECK_DIGITS = re.compile(rb"dd(?<=lldd)")
+"""Over a scan's class bytes: two digits after two letters, where an IBAN's check digits can be."""
+
+
+_LETTER_OR_DIGIT = frozenset(b"ld")
 
 
 class IbanRedactor(Redactor):
@@ -293,9 +297,10 @@ class IbanRedactor(Redactor):
         if digit_count(text) < 10:
             return text, 0
         spans: list[tuple[int, int]] = []
-        # the check digits begin a run, two ASCII letters before them
-        for start in (m.start() for m in _AFTER_TWO_LETTERS.finditer(_scan(text).mapped)):
-            if spans and start < spans[-1][1]:
+        mapped = _scan(text).mapped
+        for start in (m.start() for m in _CHECK_DIGITS.finditer(mapped)):
+            # the letters must not follow a letter or digit (``_pattern`` checks the rest)
+            if (spans and start < spans[-1][1]) or (start > 2 and mapped[start - 3] in _LETTER_OR_DIGIT):
                 continue
             match = self._pattern.match(text, start)
             if match is not None and iban_valid((text[start - 2:start] + match.group(0).replace(" ", "")).upper()):
@@ -328,7 +333,6 @@ _ASSIGN = re.compile(r"[:=][ \t]*[\"']?([^\s\x00\"',;<>]{8,})")
 _ASSIGN_LABELS = ("api_key", "api-key", "apikey", "secret", "secret_key", "secret-key", "secretkey", "password",
                   "passwd", "pwd", "access_token", "access-token", "auth_token", "auth-token", "client_secret",
                   "client-secret")
-_ASSIGN_WORDS = ("key", "secret", "pass", "pwd", "token")
 _PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[^\x00]*?-----END [A-Z ]*PRIVATE KEY-----")
 _HEX = frozenset("0123456789abcdefABCDEF-")
 _TOKEN_BYTES = bytes(ord("a") if chr(b) in string.ascii_letters + string.digits + "+_=.-" else ord(" ")
@@ -352,6 +356,31 @@ def long_tokens(text: str) -> list[tuple[int, int]]:
         spans.append((start, end))
         start = mapped.find(_SIXTEEN, end + 1)
     return spans
+
+
+def _vendor_keys(token: str, offset: int) -> list[tuple[int, int]]:
+    """``_VENDOR_PATTERN``'s finds in ``token`` (moved by ``offset``). A find starts where its look-behind allows:
+    at the token's start or after one of ``.+=``; the pattern is tried there only, past the end of the last find,
+    which is what ``finditer`` would find."""
+    spans: list[tuple[int, int]] = []
+    end = 0
+    for position in _token_starts(token):
+        if position >= end:
+            match = _VENDOR_PATTERN.match(token, position)
+            if match is not None:
+                end = match.end()
+                spans.append((offset + position, offset + end))
+    return spans
+
+
+def _token_starts(token: str) -> list[int]:
+    starts = [0]
+    for char in ".+=":
+        index = token.find(char)
+        while index >= 0:
+            starts.append(index + 1)
+            index = token.find(char, index + 1)
+    return sorted(starts) if len(starts) > 2 else starts
 
 
 def entropy(token: str) -> float:
@@ -400,11 +429,12 @@ class SecretRedactor(Redactor):
             total += found
         if options.labelled:
             lower = text.lower()
-            if any(word in lower for word in _BEARER_WORDS):
+            if "bearer" in lower or "basic" in lower or "token" in lower:  # _BEARER_WORDS, tested one by one
                 text, found = _bearer(text, lower, placeholder)
                 total += found
                 lower = text.lower() if found else lower
-            if ("=" in text or ":" in text) and any(word in lower for word in _ASSIGN_WORDS):
+            if ("=" in text or ":" in text) and (  # every label holds one of these words
+                    "key" in lower or "secret" in lower or "pass" in lower or "pwd" in lower or "token" in lower):
                 text, found = _assigned(text, lower, placeholder)
                 total += found
         if options.vendor_prefixes or options.high_entropy:
@@ -412,8 +442,7 @@ class SecretRedactor(Redactor):
             for start, end in long_tokens(text):
                 token = text[start:end]
                 if options.vendor_prefixes:
-                    found_spans = [(start + a, start + b) for a, b in
-                                   (m.span() for m in _VENDOR_PATTERN.finditer(token))]
+                    found_spans = _vendor_keys(token, start)
                     if found_spans:
                         spans += found_spans
                         continue
