@@ -685,6 +685,9 @@ class RegexRedactor(Redactor):
 
         return self._pattern.sub(replace, text), count
 
+    def placeholders(self) -> list[str]:
+        return list(self._placeholders.values())
+
     def describe(self) -> dict[str, Any]:
         # The patterns themselves may describe what an admin considers sensitive: show their names only.
         return {"name": self.name, "options": {"patterns": sorted(self.options.patterns),
