@@ -146,7 +146,8 @@ def _carry_over(scan: _Scan, result: str, spans: list[tuple[int, int]], placehol
                 new_end = spans[later][0] + end_shift + width
             else:
                 new_end = end + end_shift
-            runs += [m.span() for m in _LONG_RUNS.finditer(new_mapped, new_start, new_end)]
+            if new_mapped.find(b"d", new_start, new_end) >= 0:  # most often the span took all the run's digits
+                runs += [m.span() for m in _LONG_RUNS.finditer(new_mapped, new_start, new_end)]
     _last_scan = _Scan(result, new_mapped, scan.digits - removed + replacement.count(b"d") * len(spans), runs)
 
 
