@@ -480,3 +480,25 @@ def test_carried_over_scans_equal_a_fresh_scan(text: str, cuts: list[tuple[int, 
     assert carried.long_runs() == fresh.long_runs() == [
         m.span() for m in re.finditer(r"[0-9][0-9 ()./+-]*", result) if m.end() - m.start() >= 7]
     assert module.numeric_runs(result) == [m.span() for m in re.finditer(r"[0-9][0-9 ()./+-]*", result)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=string.ascii_letters + string.digits + "+_=.-/ :é\x00", max_size=200),
+       key=st.sampled_from(["", "sk-proj-Ab3dEf5gHi7jKl9mNo1pQr3sTu5v", "AKIAIOSFODNN7EXAMPLE", "x.ghp_" + "a1" * 18,
+                            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.abcdefghij"]))
+def test_candidate_searches_find_what_the_plain_patterns_find(text: str, key: str) -> None:
+    """The secret detector's shortcuts (long tokens found with ``bytes.find``, vendor keys tried only where one can
+    start, labels tried only at ``:`` and ``=``) find exactly what the patterns tried everywhere find."""
+    from sluicegate.default_plugins import redactors as module
+
+    text = text[:len(text) // 2] + key + text[len(text) // 2:]
+    assert module.long_tokens(text) == [m.span() for m in re.finditer(r"[A-Za-z0-9+_=.-]{16,}", text)]
+    for start, end in module.long_tokens(text):
+        token = text[start:end]
+        assert module._vendor_keys(token, start) == [
+            (start + m.start(), start + m.end()) for m in module._VENDOR_PATTERN.finditer(token)]
+    labelled = text.replace(" ", " api_key=", 1)
+    lower = labelled.lower()
+    everywhere = [m.span(1) for m in module._ASSIGN.finditer(labelled)
+                  if lower[max(0, m.start() - 24):m.start()].rstrip("\"' \t").endswith(module._ASSIGN_LABELS)]
+    assert module._assigned(labelled, lower, "<S>") == module._spans_replaced(labelled, everywhere, "<S>")

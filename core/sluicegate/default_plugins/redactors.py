@@ -611,8 +611,9 @@ class PhoneRedactor(Redactor):
         size = len(text)
         for start, end in scan.long_runs():
             # A leading '+' or '(' sits just before the run; the window ends where its digits do. A find has at
-            # least 8 digits, all in the run but for at most 2 non-ASCII ones (``\d``) the window takes after it.
-            if scan.digits_in(start, end) < 6:
+            # least 8 digits (``\d``, any script), all in the run but for the 2 characters the window takes on
+            # each side of it: a run with fewer than 4 ASCII digits holds none.
+            if scan.digits_in(start, end) < 4:
                 continue
             for match in self._pattern.finditer(text, max(0, start - 2), min(size, end + 2)):
                 if self._confirmed(match) and (not spans or match.start() >= spans[-1][1]):
