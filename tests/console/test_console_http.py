@@ -456,6 +456,13 @@ def test_a_teams_page_shows_its_effective_redaction_escaped(client: Any, session
         assert raw not in text
     assert "&lt;EMAIL&gt;" in section and "&lt;EMPLOYEE_ID&gt;" in section and "&lt;CARD&gt;" in section
 
+    # With logging disabled (GDPR) no policy runs, and the page says so instead of listing one.
+    assert client.post(f"/team/{team_id}/disable_logging", headers=admin).status_code == 200
+    off = client.get(f"/ui/teams/{team_id}").text
+    off_section = off[off.index('id="redaction"'):off.index('id="settings"')]
+    assert "Logging is disabled for this team: nothing is sent, so no policy runs." in off_section
+    assert "&lt;EMAIL&gt;" not in off_section
+
     # Negative control: a team with no policy anywhere (no global one here) says so and lists no redactor.
     plain = uid("redact")
     assert client.post("/team/new", json={"team_id": plain}, headers=admin).status_code == 200
