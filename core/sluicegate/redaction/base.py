@@ -57,6 +57,11 @@ class Redactor(abc.ABC):
         return ``(text, 0)`` quickly when there is nothing to find. Never log or keep what was found.
         """
 
+    def placeholders(self) -> list[str]:
+        """What this redactor writes in place of its finds (the console shows them): ``[placeholder]`` unless it
+        writes several."""
+        return [self.placeholder]
+
     def describe(self) -> dict[str, Any]:
         """The redactor as shown by ``/key/health`` and ``sluicegate plugins``: its name and non-default options."""
         options = msgspec.to_builtins(self.options)
