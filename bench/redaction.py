@@ -1,14 +1,16 @@
 """CPU per event of redaction policies, and what they add to the serving path (nothing) and to delivery.
 
-``python -m bench.redaction [--events 500] [--teams 1000]``
+``python -m bench.redaction [--events 500] [--teams 1000] [--repeats 5]``
 
-Rows (best of 7 repeats, µs of CPU per event):
+Every row is µs of this process's CPU time per event (not wall time: the machine is shared), measured
+``--repeats`` times; it prints the median and the spread (lowest–highest). Rows:
 - the floors of this machine for the same text (one ``in`` test, one regular-expression pass, the event's JSON
   encoding), to read the rest as ratios: on a shared 2-core box the absolute numbers move by 3x between runs;
 - a 2 KB conversation (system prompt, five turns, an answer) with all built-in detectors (regex with one pattern
   that starts with a literal, ``EMP-\d{6}``: a pattern starting with ``\b`` or a class is tried at every position
-  and costs ~15 times more),
-  once with a few values to find and once without, then each detector alone on the first;
+  and costs ~15 times more): ordinary text (nothing to replace), and dense text (the same with an e-mail address,
+  a phone number, a card number, an IBAN, an IP address and an API key in one turn); then each detector alone on
+  the dense text;
 - 1,000 teams logging to a file sink each, half with a policy: ``Dispatcher.submit`` per event (the serving path)
   with no policy anywhere and with the half, and the delivery side's decode + redaction per event for the same mix.
 """
@@ -19,6 +21,8 @@ import argparse
 import asyncio
 import os
 import random
+import re
+import statistics
 import tempfile
 import time
 import timeit
@@ -131,43 +135,50 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.redaction", description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=500)
     parser.add_argument("--teams", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     compiler = PolicyCompiler(RedactorRegistry.from_plugin_manager(get_plugin_manager({})))
     policy = compiler.compile(ALL)
     assert policy is not None
-    with_pii = [conversation(i, True) for i in range(args.events)]
-    without = [conversation(i, False) for i in range(args.events)]
-    size = sum(len(m["content"]) for m in with_pii[0].messages) + len(with_pii[0].response["choices"][0]
-                                                                         ["message"]["content"])
-    texts = ["\x00\n\x00".join([m["content"] for m in e.messages] + [e.response["choices"][0]["message"]["content"]])
-             for e in with_pii]
-    import re
+    dense = [conversation(i, True) for i in range(args.events)]
+    ordinary = [conversation(i, False) for i in range(args.events)]
 
+    def size(event: Any) -> int:
+        return sum(len(m["content"]) for m in event.messages) + len(event.response["choices"][0]["message"]["content"])
+
+    texts = ["\x00".join([m["content"] for m in e.messages] + [e.response["choices"][0]["message"]["content"]])
+             for e in dense]
     digit = re.compile(r"[0-9]")
-    rows: list[tuple[str, float]] = [
-        ("floor: one `in` test over the event's text", per_event(lambda: ["zq" in t for t in texts], len(texts))),
-        ("floor: one regex pass ([0-9]) over the event's text", per_event(lambda: [digit.search(t) for t in texts],
+    rows: list[tuple[str, Callable[[], float]]] = [
+        ("floor: one `in` test over the event's text", lambda: per_event(lambda: ["zq" in t for t in texts],
                                                                           len(texts))),
-        ("floor: the event's JSON encoding (msgspec)", per_event(lambda: [msgspec.json.encode(e) for e in with_pii],
-                                                                 len(with_pii))),
-        (f"all built-in detectors, {size} chars with PII", per_item(policy.apply, with_pii)),
-        (f"all built-in detectors, {size} chars without", per_item(policy.apply, without)),
+        ("floor: one regex pass ([0-9]) over the event's text",
+         lambda: per_event(lambda: [digit.search(t) for t in texts], len(texts))),
+        ("floor: the event's JSON encoding (msgspec)",
+         lambda: per_event(lambda: [msgspec.json.encode(e) for e in dense], len(dense))),
+        (f"all built-in detectors, ordinary text ({size(ordinary[0]):,} chars, nothing to replace)",
+         lambda: per_item(policy.apply, ordinary)),
+        (f"all built-in detectors, dense text ({size(dense[0]):,} chars, 6 values to replace)",
+         lambda: per_item(policy.apply, dense)),
     ]
     for redactor_class in BUILTIN_REDACTORS:
         if redactor_class.name == "regex":
             continue
         alone = compiler.compile({"redactors": [redactor_class.name]})
         assert alone is not None
-        rows.append((f"  {redactor_class.name} alone, with PII", per_item(alone.apply, with_pii)))
+        rows.append((f"  {redactor_class.name} alone, dense text", lambda alone=alone: per_item(alone.apply, dense)))
+    results = [(name, [measure() for _ in range(args.repeats)]) for name, measure in rows]
     for with_policies in (False, True):
         label = "half with a policy" if with_policies else "no policy"
-        submit_us, deliver_us, build_ms = asyncio.run(serving_and_delivery(args.teams, with_pii, with_policies))
-        rows.append((f"{args.teams} teams, {label}: submit (serving path)", submit_us))
-        rows.append((f"{args.teams} teams, {label}: delivery decode + redaction", deliver_us))
-        rows.append((f"{args.teams} teams, {label}: resolving every team at start-up (ms, not us)", build_ms))
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:{width}}  {value:8.1f}")
+        runs = [asyncio.run(serving_and_delivery(args.teams, dense, with_policies)) for _ in range(args.repeats)]
+        results.append((f"{args.teams} teams, {label}: submit (serving path)", [r[0] for r in runs]))
+        results.append((f"{args.teams} teams, {label}: delivery decode + redaction", [r[1] for r in runs]))
+        results.append((f"{args.teams} teams, {label}: resolving every team at start-up (ms, not µs)",
+                        [r[2] for r in runs]))
+    width = max(len(name) for name, _ in results)
+    print(f"{'row':{width}}  {'median':>8}  spread (µs of CPU per event, {args.repeats} repeats)")
+    for name, values in results:
+        print(f"{name:{width}}  {statistics.median(values):8.1f}  {min(values):.1f}–{max(values):.1f}")
     return 0
 
 

@@ -175,7 +175,8 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("GET", "/metrics"): lambda c, w, s: ("/metrics", None),
     ("GET", "/health"): lambda c, w, s: ("/health", None),
     ("POST", "/config/reload"): lambda c, w, s: ("/config/reload", None),
-    ("GET", "/spend/report"): lambda c, w, s: ("/spend/report?start_date=2026-01-01&end_date=2026-12-31", None),
+    ("GET", "/spend/report"): lambda c, w, s: (
+        f"/spend/report?team_id={c.teams[w]}&group_by=model&start_date=2026-01-01&end_date=2026-12-31", None),
     **{(method, f"/{prefix}/{action}"): sample for prefix in ("end_user", "customer") for method, action, sample in (
         ("POST", "new", lambda c, w, s: (f"/{prefix}/new", {"user_id": uid("eu")})),
         ("GET", "info", lambda c, w, s: (f"/{prefix}/info?end_user_id={_end_user(c)}", None)),

@@ -250,3 +250,67 @@ async def test_migration_0003_goes_down_and_up_keeping_keys(db_url: str) -> None
         assert record is not None and record.max_budget is None and record.spend == 0.0
     finally:
         await store.aclose()
+
+
+async def test_migration_0006_gives_users_a_budget_period_and_a_spend_of_0(db_url: str) -> None:
+    from importlib.resources import files
+
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    store = Store(db_url)
+    try:
+        await store.migrate()
+        cfg = Config()
+        cfg.set_main_option("script_location", str(files("sluicegate.db") / "migrations"))
+
+        def run(step: Any) -> Any:
+            def go(connection: sa.Connection) -> None:
+                cfg.attributes["connection"] = connection
+                step()
+            return go
+
+        def user_columns(connection: sa.Connection) -> dict[str, Any]:
+            return {col["name"]: col for col in sa.inspect(connection).get_columns("sg_users")}
+
+        async with store.engine.begin() as conn:
+            await conn.run_sync(run(lambda: command.downgrade(cfg, "0005")))
+            columns = await conn.run_sync(user_columns)
+            assert "budget_reset_at" not in columns and columns["spend"]["nullable"]
+            # a user as 0005 stored them: a budget with no spend written yet
+            await conn.execute(sa.text("INSERT INTO sg_users (user_id, user_role, models, metadata, max_budget, "
+                                       "budget_duration, spend) VALUES ('old', 'internal_user', '[]', '{}', 2.5, "
+                                       "'1d', NULL)"))
+        await store.migrate()  # up again
+        async with store.engine.connect() as conn:
+            columns = await conn.run_sync(user_columns)
+            assert "budget_reset_at" in columns and not columns["spend"]["nullable"]
+        user = await store.get_user("old")
+        assert user is not None and user.spend == 0.0 and user.max_budget == 2.5 and user.budget_reset_at is None
+        # the spend writer now keeps users' spend like keys': added in batches, period started on the next write
+        await store.write_spend({}, {("user", "old"): 0.75}, 0.0, 1_900_000_000.0, lambda _: 86400.0)
+        user = await store.get_user("old")
+        assert user is not None and user.spend == 0.75
+        assert user.budget_reset_at is not None and user.budget_reset_at.timestamp() == 1_900_000_000.0 + 86400
+    finally:
+        await store.aclose()
+
+
+async def test_a_teams_daily_spend_adds_up_over_flushes_apart_from_every_teams(db_url: str) -> None:
+    store = Store(db_url)
+    try:
+        await store.migrate()
+        day = "2030-01-02"
+        for _ in range(2):  # the second write meets the rows of the first: upserted, added
+            await store.write_spend({(day, "model", "m", ""): [0.5, 1, 10, 2], (day, "model", "m", "red"): [0.25, 1, 5, 1],
+                                     (day, "model", "m", "blue"): [0.25, 1, 5, 1]}, {}, 0.0, 1_900_000_000.0,
+                                    lambda _: None)
+        everyone = await store.spend_report("model", day, day)
+        red = await store.spend_report("model", day, day, team_id="red")
+        assert [(r.entity_id, r.spend, r.requests, r.prompt_tokens) for r in everyone] == [("m", 1.0, 2, 20)]
+        assert [(r.entity_id, r.spend, r.requests, r.prompt_tokens) for r in red] == [("m", 0.5, 2, 10)]
+        assert await store.spend_report("model", day, day, team_id="green") == []  # negative control
+        assert await store.spend_report("model", "2030-01-03", "2030-01-09", team_id="red") == []
+    finally:
+        await store.aclose()

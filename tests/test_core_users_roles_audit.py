@@ -309,6 +309,41 @@ def test_a_team_admins_team_keys_go_to_members_only(client: Any, admin: dict) ->
         "logging": []}}), 403, "key")
 
 
+@pytest.mark.parametrize(("field", "ceiling", "over", "within"), [
+    ("max_budget", 10.0, 10.5, 10.0), ("rpm_limit", 60, 61, 60), ("tpm_limit", 6000, 6001, 5000)])
+def test_a_team_admin_gives_a_team_key_no_more_than_the_team_has(client: Any, admin: dict, field: str,
+                                                                 ceiling: float, over: float, within: float) -> None:
+    team = ok(client.post("/team/new", headers=admin, json={"team_id": uid("capped"), field: ceiling}))["team_id"]
+    boss = team_admin(client, admin, team)
+    error = error_of(client.post("/key/generate", headers=bearer(boss["key"]), json={"team_id": team, field: over}),
+                     400, field)
+    assert f"{over} is above team {team!r}'s {field} of {ceiling}" in error["message"]
+    assert [k["token_id"] for k in ok(client.get(f"/key/list?team_id={team}&return_full_object=true",
+                                                 headers=admin))["keys"]] == []  # nothing was created
+    made = ok(client.post("/key/generate", headers=bearer(boss["key"]), json={"team_id": team, field: within}))
+    assert made[field] == within
+    bare = ok(client.post("/key/generate", headers=bearer(boss["key"]), json={"team_id": team}))
+    assert bare[field] is None  # no limit of its own: the team's applies at request time
+    # /key/update: raising it over the team's is refused and leaves the key as it was; other fields still change
+    error_of(client.post("/key/update", headers=bearer(boss["key"]), json={"key": made["key"], field: over}), 400,
+             field)
+    info = ok(client.get(f"/key/info?key={made['key']}", headers=admin))["info"]
+    assert info[field] == within
+    renamed = ok(client.post("/key/update", headers=bearer(boss["key"]), json={"key": made["key"],
+                                                                                "key_alias": uid("renamed")}))
+    assert renamed[field] == within
+    # moving a key with more than the team has into the team brings its limit along: refused too
+    other = new_team(client, admin)
+    ok(client.post("/team/member_add", headers=admin,
+                   json={"team_id": other, "member": {"role": "admin", "user_id": boss["user_id"]}}))
+    roomy = ok(client.post("/key/generate", headers=bearer(boss["key"]), json={"team_id": other, field: over}))
+    error_of(client.post("/key/update", headers=bearer(boss["key"]), json={"key": roomy["key"], "team_id": team}),
+             400, field)
+    # negative control: the proxy admin may set more than the team has
+    assert ok(client.post("/key/generate", headers=admin, json={"team_id": team, field: over}))[field] == over
+    assert ok(client.post("/key/update", headers=admin, json={"key": made["key"], field: over}))[field] == over
+
+
 # ------------------------------------------------------------------------------------------------- audit
 def test_audit_records_who_when_and_before_after_with_secrets_masked(client: Any, admin: dict,
                                                                       module_db_url: str, query_db: Any) -> None:

@@ -69,8 +69,8 @@ def test_workers_serve_one_port_see_each_others_changes_and_stop_together(tmp_pa
     delivering = [p for p in family if _cmdline(p).rstrip().endswith("-m sluicegate.delivery")]
     assert len(delivering) == (1 if delivery == "process" else 0)
     # inline, each worker delivers through its own spool (and sink instances); else one delivery process's spool
-    # and a log per worker
-    expected = {"p0", "w0", "w1"} if delivery == "process" else {"p0", "p1"}
+    # and a log per worker; in both, the workers' metrics snapshots (sluicegate.worker_metrics)
+    expected = {"p0", "w0", "w1", "metrics"} if delivery == "process" else {"p0", "p1", "metrics"}
     wait_until(lambda: {p.name for p in (tmp_path / "sluicegate-spool").iterdir() if p.is_dir()} == expected,
                timeout=60, what=f"the spool directories {sorted(expected)} (every worker started)")
 

@@ -6,6 +6,7 @@ a detected value; and the policy compiler's errors."""
 from __future__ import annotations
 
 import ipaddress
+import re
 import string
 
 import msgspec
@@ -450,13 +451,13 @@ def test_every_builtin_registers_through_the_hook() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(text=st.text(alphabet=string.digits * 3 + " ()./+-abXY@", min_size=1, max_size=120),
+@given(text=st.text(alphabet=string.digits * 3 + " ()./+-abXY@é", min_size=1, max_size=120),
        cuts=st.lists(st.tuples(st.integers(0, 9), st.integers(1, 7)), max_size=12),
-       placeholder=st.sampled_from(["<X>", "<CARD>", "<PHONE>"]))
-def test_carried_over_digit_counts_and_runs_equal_a_fresh_count(text: str, cuts: list[tuple[int, int]],
-                                                                 placeholder: str) -> None:
-    """The digit-led detectors pass their digit count and numeric runs on to the text they return; what they pass
-    on is what counting the result from scratch gives."""
+       placeholder=st.sampled_from(["<X>", "<CARD>", "<PHONE>"]), runs_known=st.booleans())
+def test_carried_over_scans_equal_a_fresh_scan(text: str, cuts: list[tuple[int, int]], placeholder: str,
+                                               runs_known: bool) -> None:
+    """The digit-led detectors pass their scan (class bytes, digit count, long numeric runs) on to the text they
+    return; what they pass on is what scanning the result from scratch gives."""
     from sluicegate.default_plugins import redactors as module
 
     spans, position = [], 0
@@ -466,10 +467,38 @@ def test_carried_over_digit_counts_and_runs_equal_a_fresh_count(text: str, cuts:
             break
         spans.append((start, start + width))
         position = start + width
-    module.numeric_runs(text), module.digit_count(text)
+    if runs_known:
+        module._scan(text).long_runs()
     result, _ = module._spans_replaced(text, spans, placeholder)
     if not spans:
         return
-    carried = (module.numeric_runs(result), module.digit_count(result))
-    module._last_runs, module._last_digits = ("", []), ("", 0)
-    assert carried == (module.numeric_runs(result), module.digit_count(result))
+    carried = module._scan(result)
+    assert carried.text is result
+    fresh = module._Scan(result, result.encode("ascii", "replace").translate(module._CLASSES), 0, None)
+    assert carried.mapped == fresh.mapped
+    assert carried.digits == sum(c in string.digits for c in result)
+    assert carried.long_runs() == fresh.long_runs() == [
+        m.span() for m in re.finditer(r"[0-9][0-9 ()./+-]*", result) if m.end() - m.start() >= 7]
+    assert module.numeric_runs(result) == [m.span() for m in re.finditer(r"[0-9][0-9 ()./+-]*", result)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=string.ascii_letters + string.digits + "+_=.-/ :é\x00", max_size=200),
+       key=st.sampled_from(["", "sk-proj-Ab3dEf5gHi7jKl9mNo1pQr3sTu5v", "AKIAIOSFODNN7EXAMPLE", "x.ghp_" + "a1" * 18,
+                            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.abcdefghij"]))
+def test_candidate_searches_find_what_the_plain_patterns_find(text: str, key: str) -> None:
+    """The secret detector's shortcuts (long tokens found with ``bytes.find``, vendor keys tried only where one can
+    start, labels tried only at ``:`` and ``=``) find exactly what the patterns tried everywhere find."""
+    from sluicegate.default_plugins import redactors as module
+
+    text = text[:len(text) // 2] + key + text[len(text) // 2:]
+    assert module.long_tokens(text) == [m.span() for m in re.finditer(r"[A-Za-z0-9+_=.-]{16,}", text)]
+    for start, end in module.long_tokens(text):
+        token = text[start:end]
+        assert module._vendor_keys(token, start) == [
+            (start + m.start(), start + m.end()) for m in module._VENDOR_PATTERN.finditer(token)]
+    labelled = text.replace(" ", " api_key=", 1)
+    lower = labelled.lower()
+    everywhere = [m.span(1) for m in module._ASSIGN.finditer(labelled)
+                  if lower[max(0, m.start() - 24):m.start()].rstrip("\"' \t").endswith(module._ASSIGN_LABELS)]
+    assert module._assigned(labelled, lower, "<S>") == module._spans_replaced(labelled, everywhere, "<S>")

@@ -93,6 +93,12 @@ class CacheParams(msgspec.Struct, kw_only=True, frozen=True):
     retry_after: float = 1.0
 
 
+_TOPOLOGIES = {"redis_startup_nodes": "Redis Cluster", "startup_nodes": "Redis Cluster",
+               "service_name": "Redis Sentinel", "sentinel_nodes": "Redis Sentinel"}
+"""LiteLLM's cache_params for Redis topologies Sluicegate does not speak: refused by name, never ignored (a cluster
+configured here and not used would leave every process with its own cache and its own rate-limit counts)."""
+
+
 def _params(raw: Mapping[str, Any] | None) -> tuple[CacheParams | None, list[str], list[str]]:
     """(params or None, problems, unknown keys). Problems name the YAML path."""
     where = "litellm_settings.cache_params"
@@ -108,7 +114,9 @@ def _params(raw: Mapping[str, Any] | None) -> tuple[CacheParams | None, list[str
         message = str(exc)
         field = message.rsplit("`$.", 1)[-1].rstrip("`") if "`$." in message else ""
         return None, [f"{where}{'.' + field if field else ''}: {message.split(' - at ')[0]}"], unknown
-    problems = []
+    problems = [f"{where}.{name}: {what} is not supported; use one Redis server (or a primary with replicas) "
+                "through host/port or url" for name, what in _TOPOLOGIES.items() if name in raw]
+    unknown = [name for name in unknown if name not in _TOPOLOGIES]
     if params.type not in ("local", "redis"):
         problems.append(f"{where}.type: {params.type!r} is not supported; use 'local' (in-process) or 'redis'")
     for name in ("ttl", "timeout"):

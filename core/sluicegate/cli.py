@@ -117,6 +117,13 @@ def _serve(args: argparse.Namespace) -> int:
           f"<master key>' -H 'Content-Type: application/json' -d '{{\"model\": \"{model}\", \"messages\": "
           f"[{{\"role\": \"user\", \"content\": \"hello\"}}]}}'", flush=True)
     del gateway
+    # A fresh server: the request metrics the workers of an earlier run published start again from 0.
+    from pathlib import Path
+
+    from sluicegate.sinks.dispatcher import spool_base_for
+    from sluicegate.worker_metrics import clear_stale
+
+    clear_stale(Path(spool_base_for(settings)) / "metrics")
 
     os.environ[CONFIG_ENV] = os.path.abspath(args.config)
     if args.allow_unknown_keys:

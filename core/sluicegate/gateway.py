@@ -9,6 +9,7 @@ import asyncio
 import ctypes
 import gc
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -31,6 +32,7 @@ from sluicegate.providers.base import ProviderClients
 from sluicegate.providers.models import ModelRouter
 from sluicegate.providers.registry import ProviderRegistry
 from sluicegate.metrics import RequestMetrics
+from sluicegate.worker_metrics import WorkerMetrics
 from sluicegate.router import Router
 from sluicegate.providers.upstream import MAX_UPSTREAM_ANSWER_BYTES, BuiltinUpstream, UpstreamClient, make_upstream
 from sluicegate.routing import LoggingResolver
@@ -121,6 +123,10 @@ class Gateway:
         redis = redis_settings_of(settings)
         self.spend = SpendLedger(self.store, settings, shared=SharedSpend(redis) if redis is not None else None)
         self.limits = RateLimiter(settings)  # rpm/tpm/parallel limits: in process, or in Redis when configured
+        self.metrics.gauge_sources += [self.spend.gauges, self.limits.gauges]  # read at scrape time only
+        # Several server processes: each publishes its series, the one scraped merges them all (one /metrics).
+        self.worker_metrics = (WorkerMetrics(self.metrics, Path(spool_base_for(settings)) / "metrics",
+                                             refresh=self.limits.refresh_gauges) if workers > 1 else None)
         self.master_key = settings.general_settings.master_key
         self.http_client_kind = http_client
         self.tune_gc = tune_gc
@@ -167,6 +173,8 @@ class Gateway:
         await self.dispatcher.start(self.registry.get, self.resolver.redaction.compile)
         await self.spend.start()
         await self.limits.start()
+        if self.worker_metrics is not None:
+            await self.worker_metrics.start()
         self._watcher = asyncio.get_running_loop().create_task(self._watch_changes())
         if self.tune_gc:
             # Everything built so far (plugins, config, caches' scaffolding) lives as long as the process: keep
@@ -188,6 +196,8 @@ class Gateway:
         for task in list(self._retired):  # shutting down: close what a reload retired now, not after its grace
             await cancel_and_wait(task, "retired configuration", grace=5.0)
         await self.spend.aclose()  # before the store closes: the last spend is written
+        if self.worker_metrics is not None:  # the last snapshot: this worker's counts outlive it
+            await self.worker_metrics.aclose()
         await self.dispatcher.aclose()
         await self.cache.aclose()
         await self.limits.aclose()

@@ -15,19 +15,32 @@ Cardinality is bounded twice:
 - ``sluicegate_settings.metrics.max_series`` caps the distinct label combinations kept; later ones are counted in
   one series whose identifying labels read ``__other__`` (totals stay exact) and in
   ``sluicegate_metrics_series_overflow_total``.
+
+The remaining-budget and remaining-rate-limit gauges (:data:`GAUGES`) are not observed at all: their sources
+(:meth:`sluicegate.limits.spend.SpendLedger.gauges`, :meth:`sluicegate.limits.ratelimit.RateLimiter.gauges`) read
+the budget counters and rate-limit windows when ``/metrics`` is scraped. They follow the same allow-list (a label
+left out is emitted empty; a family none of whose identifying labels is allowed is left out) and carry at most
+``max_series`` entities each (the rest are counted in ``sluicegate_metrics_gauge_samples_omitted``).
+
+With ``sluicegate serve --workers N`` each worker's series are one part of the whole: :meth:`RequestMetrics.snapshot`
+encodes them for the others and :meth:`RequestMetrics.render` merges theirs in (:mod:`sluicegate.worker_metrics`).
 """
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Sequence
 
     from sluicegate.events import LogEvent
 
-__all__ = ("ALL_LABELS", "DEFAULT_LABELS", "LATENCY_BUCKETS", "METRIC_NAMES", "RequestMetrics")
+__all__ = ("ALL_LABELS", "DEFAULT_LABELS", "GAUGES", "LATENCY_BUCKETS", "METRIC_NAMES", "GaugeSamples",
+           "RequestMetrics", "Snapshot")
 
 # LiteLLM's buckets (seconds), so its dashboards' histogram_quantile() panels read the same.
 LATENCY_BUCKETS = (0.005, 0.00625, 0.0125, 0.025, 0.05, 0.1, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5,
@@ -86,7 +99,28 @@ _HISTOGRAMS = (
     ("litellm_overhead_latency_metric", "Seconds the proxy added on top of the upstream calls.",
      ("requested_model", "api_provider", "api_base", "model", "hashed_api_key", "api_key_alias"), 3),
 )
-METRIC_NAMES = tuple(m[0] for m in _COUNTERS) + tuple(m[0] for m in _HISTOGRAMS)
+# LiteLLM's gauges computed at scrape time: name -> (help, labels); the first labels identify the entity.
+GAUGES = {
+    "litellm_remaining_team_budget_metric": ("Remaining budget for team (max_budget - spend of the period).",
+                                             ("team", "team_alias")),
+    "litellm_team_max_budget_metric": ("Maximum budget set for team.", ("team", "team_alias")),
+    "litellm_remaining_api_key_budget_metric": ("Remaining budget for api key (max_budget - spend of the period).",
+                                                ("hashed_api_key", "api_key_alias")),
+    "litellm_api_key_max_budget_metric": ("Maximum budget set for api key.", ("hashed_api_key", "api_key_alias")),
+    "litellm_remaining_user_budget_metric": ("Remaining budget for user (max_budget - spend of the period).",
+                                             ("user",)),
+    "litellm_user_max_budget_metric": ("Maximum budget set for user.", ("user",)),
+    "litellm_remaining_api_key_requests_for_model": (
+        "Remaining requests the api key can make for the model in the current window (model_rpm_limit).",
+        ("hashed_api_key", "api_key_alias", "model")),
+    "litellm_remaining_api_key_tokens_for_model": (
+        "Remaining tokens the api key can use for the model in the current window (model_tpm_limit).",
+        ("hashed_api_key", "api_key_alias", "model")),
+}
+GaugeSamples = dict[str, list[tuple[tuple[str, ...], float]]]
+"""A gauge source's answer: family name (a key of :data:`GAUGES`) -> [(label values in its order, value)]."""
+
+METRIC_NAMES = tuple(m[0] for m in _COUNTERS) + tuple(m[0] for m in _HISTOGRAMS) + tuple(GAUGES)
 """Every series name :meth:`RequestMetrics.render` can emit (histograms add ``_bucket``/``_sum``/``_count``)."""
 
 
@@ -104,7 +138,10 @@ class _Histogram:
         self.total += seconds
 
     def add(self, other: _Histogram) -> None:
-        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
+        buckets = self.buckets
+        for i, count in enumerate(other.buckets):
+            if count:  # most buckets of a series are empty
+                buckets[i] += count
         self.count += other.count
         self.total += other.total
 
@@ -128,6 +165,68 @@ def _label_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _number(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+class _Wire(msgspec.Struct, array_like=True):
+    """A snapshot as written: series rows are (label values, the seven counters, the four histograms as
+    ``(buckets, count, sum)`` or None)."""
+
+    written: float
+    overflow: int
+    series: list[tuple[tuple[str, ...], int, int, int, float, int, int, int,
+                       list[tuple[list[int], int, float] | None]]]
+    gauges: dict[str, list[tuple[tuple[str, ...], float]]]
+
+
+_encode_wire = msgspec.msgpack.Encoder().encode
+_decode_wire = msgspec.msgpack.Decoder(_Wire).decode
+
+
+class Snapshot:
+    """One worker's metrics as another reads them (:meth:`RequestMetrics.decode`): its series, its overflow count,
+    and the gauges its sources gave when it was written (``written``: seconds since the epoch)."""
+
+    __slots__ = ("gauges", "overflow", "series", "written")
+
+    def __init__(self, written: float, overflow: int, series: list[tuple[tuple[str, ...], _Series]],
+                 gauges: GaugeSamples) -> None:
+        self.written = written
+        self.overflow = overflow
+        self.series = series
+        self.gauges = gauges
+
+
+def _series_of(row: Any) -> _Series:
+    series = _Series()
+    (_, series.requests, series.successes, series.failures, series.spend, series.input_tokens, series.output_tokens,
+     series.total_tokens, hists) = row
+    for i, hist in enumerate(hists):
+        if hist is not None:
+            into = series.hist[i] = _Histogram()
+            into.buckets, into.count, into.total = hist[0], hist[1], hist[2]
+    return series
+
+
+def _add_series(into: _Series, other: _Series) -> None:
+    into.requests += other.requests
+    into.successes += other.successes
+    into.failures += other.failures
+    into.spend += other.spend
+    into.input_tokens += other.input_tokens
+    into.output_tokens += other.output_tokens
+    into.total_tokens += other.total_tokens
+    for i, hist in enumerate(other.hist):
+        if hist is not None:
+            mine = into.hist[i]
+            if mine is None:
+                mine = into.hist[i] = _Histogram()
+            mine.add(hist)
+
+
 class RequestMetrics:
     """One process's request metrics. :meth:`observe` is called once per call; :meth:`render` at each scrape."""
 
@@ -141,10 +240,14 @@ class RequestMetrics:
         self._keep = tuple(name in allowed for name in ALL_LABELS)
         self._in_histograms = in_histograms
         self.max_series = max_series
+        self._allowed = frozenset(allowed)
         self.series: dict[tuple[str, ...], _Series] = {}
         self.overflow = 0
-        self.gauges: list[Callable[[], Iterable[str]]] = []
-        """Functions returning extra exposition lines at scrape time (budgets, rate limits...)."""
+        self.observations = 0  # lets a worker skip rewriting an unchanged snapshot (sluicegate.worker_metrics)
+        self.gauges_omitted = 0
+        self.gauge_sources: list[Callable[[int], tuple[GaugeSamples, int]]] = []
+        """Functions called at scrape time (and when a worker publishes its snapshot) for :data:`GAUGES` samples:
+        given the most samples wanted per family, they answer those and the number they left out."""
 
     def observe(self, event: LogEvent) -> None:
         meta = event.metadata
@@ -167,6 +270,7 @@ class RequestMetrics:
             if series is None:
                 series = self.series[key] = _Series()
         series.requests += 1
+        self.observations += 1
         if failed:
             series.failures += 1
         else:
@@ -193,7 +297,105 @@ class RequestMetrics:
                 hist[2] = _Histogram()
             hist[2].observe(max(event.completionStartTime - event.startTime, 0.0))
 
-    def render(self) -> list[str]:
+    # scrape time -------------------------------------------------------------------------------------------------
+    def gauges(self) -> GaugeSamples:
+        """The gauge sources' samples projected onto the allow-list: a label left out is emptied, a family whose
+        identifying labels are all left out is dropped, samples that became identical are kept once, and at most
+        ``max_series`` samples are kept per family."""
+        found: GaugeSamples = {}
+        cap = self.max_series
+        omitted = 0
+        for source in self.gauge_sources:
+            samples, left_out = source(cap)
+            omitted += left_out
+            for name, rows in samples.items():
+                names = GAUGES[name][1]
+                keep = tuple(n in self._allowed for n in names)
+                if not any(keep):
+                    continue
+                into = found.setdefault(name, [])
+                seen = {values for values, _ in into}
+                for values, number in rows:
+                    if not all(keep):
+                        values = tuple(v if k else "" for v, k in zip(values, keep, strict=True))
+                    if values not in seen:
+                        if len(into) >= cap:
+                            omitted += 1
+                            continue
+                        seen.add(values)
+                        into.append((values, number))
+        self.gauges_omitted = omitted
+        return found
+
+    def snapshot(self, gauges: GaugeSamples, written: float, carried: Snapshot | None = None) -> bytes:
+        """This process's series (plus ``carried``: what an earlier process of the same slot counted) and
+        ``gauges``, encoded for the other workers (:mod:`sluicegate.worker_metrics`)."""
+        items: Iterable[tuple[tuple[str, ...], _Series]] = self.series.items()
+        overflow = self.overflow
+        if carried is not None:
+            merged: dict[tuple[str, ...], _Series] = {}
+            for key, one in self._parts([carried])[0]:
+                into = merged.get(key)
+                if into is None:
+                    into = merged[key] = _Series()
+                _add_series(into, one)
+            items = merged.items()
+            overflow += carried.overflow
+        rows = [(key, s.requests, s.successes, s.failures, s.spend, s.input_tokens, s.output_tokens, s.total_tokens,
+                 [(h.buckets, h.count, h.total) if h is not None else None for h in s.hist])
+                for key, s in items]
+        return _encode_wire(_Wire(written=written, overflow=overflow, series=rows, gauges=gauges))
+
+    @staticmethod
+    def decode(data: bytes) -> Snapshot:
+        wire = _decode_wire(data)
+        return Snapshot(wire.written, wire.overflow, [(row[0], _series_of(row)) for row in wire.series],
+                        wire.gauges)
+
+    def _parts(self, others: Sequence[Snapshot]) -> tuple[list[tuple[tuple[str, ...], _Series]], int]:
+        """This process's series followed by the others' (nothing copied), and the number of label combinations
+        among them: at most ``max_series`` (+ ``__other__``), a combination past the cap is folded as
+        :meth:`observe` folds one."""
+        parts = list(self.series.items())
+        kept = set(self.series)
+        cap = self.max_series
+        for snapshot in others:
+            for key, one in snapshot.series:
+                if key not in kept:
+                    if len(kept) >= cap:
+                        key = tuple(OTHER if name in _IDENTIFYING and key[i] else key[i]
+                                    for i, name in enumerate(ALL_LABELS))
+                    kept.add(key)
+                parts.append((key, one))
+        return parts, len(kept)
+
+    def render(self, others: Sequence[Snapshot] = (), *, gauges: GaugeSamples | None = None,
+               now: float = 0.0, fresh_for: float = math.inf) -> list[str]:
+        """The exposition lines: this process's series merged with ``others`` (the other workers' snapshots;
+        counters and histogram buckets summed). Gauges: this process's (``gauges``, else its sources' now),
+        completed by the newest snapshot written within ``fresh_for`` seconds of ``now`` that has each sample."""
+        if others:
+            parts, kept = self._parts(others)
+        else:
+            parts, kept = list(self.series.items()), len(self.series)
+        overflow = self.overflow + sum(s.overflow for s in others)
+        if gauges is None:
+            gauges = self.gauges()
+        if others:
+            gauges = {name: list(rows) for name, rows in gauges.items()}
+            for snapshot in sorted(others, key=lambda s: s.written, reverse=True):
+                if now - snapshot.written > fresh_for:
+                    continue  # its worker is gone or stuck: its counts stay, its gauges say nothing now
+                for name, rows in snapshot.gauges.items():
+                    if name not in GAUGES:
+                        continue
+                    into = gauges.setdefault(name, [])
+                    seen = {values for values, _ in into}
+                    for values, number in rows:
+                        values = tuple(values)
+                        if values not in seen and len(into) < self.max_series:
+                            seen.add(values)
+                            into.append((values, number))
         lines: list[str] = []
         label_text: dict[tuple[str, ...], str] = {}
 
@@ -207,8 +409,8 @@ class RequestMetrics:
         for name, text, names, field in _COUNTERS:
             positions = tuple(_AT[n] for n in names)
             totals: dict[tuple[str, ...], Any] = {}
-            for key, series in self.series.items():
-                value = getattr(series, field)
+            for key, one in parts:
+                value = getattr(one, field)
                 if value:
                     projected = tuple(key[i] for i in positions)
                     totals[projected] = totals.get(projected, 0) + value
@@ -219,8 +421,8 @@ class RequestMetrics:
         for name, text, names, index in _HISTOGRAMS:
             positions = tuple(_AT[n] if n in self._in_histograms else -1 for n in names)
             merged: dict[tuple[str, ...], _Histogram] = {}
-            for key, series in self.series.items():
-                hist = series.hist[index]
+            for key, one in parts:
+                hist = one.hist[index]
                 if hist is None:
                     continue
                 projected = tuple(key[i] if i >= 0 else "" for i in positions)
@@ -239,12 +441,20 @@ class RequestMetrics:
                     lines.append(f'{name}_bucket{{{labels},le="{le}"}} {running}')
                 lines.append(f"{name}_sum{{{labels}}} {hist.total}")
                 lines.append(f"{name}_count{{{labels}}} {hist.count}")
+        for name, (text, names) in GAUGES.items():
+            rows = gauges.get(name) or ()
+            lines.append(f"# HELP {name} {text}")
+            lines.append(f"# TYPE {name} gauge")
+            label_text.clear()
+            lines.extend(f"{name}{{{labels_of(names, values)}}} {_number(number)}" for values, number in rows)
         lines += ["# HELP sluicegate_metrics_series Label combinations kept for the request metrics.",
-                  "# TYPE sluicegate_metrics_series gauge", f"sluicegate_metrics_series {len(self.series)}",
+                  "# TYPE sluicegate_metrics_series gauge", f"sluicegate_metrics_series {kept}",
                   "# HELP sluicegate_metrics_series_overflow_total Observations counted in the __other__ series "
                   "because sluicegate_settings.metrics.max_series was reached.",
                   "# TYPE sluicegate_metrics_series_overflow_total counter",
-                  f"sluicegate_metrics_series_overflow_total {self.overflow}"]
-        for gauge in self.gauges:
-            lines.extend(gauge())
+                  f"sluicegate_metrics_series_overflow_total {overflow}",
+                  "# HELP sluicegate_metrics_gauge_samples_omitted Budget and rate-limit gauge samples left out "
+                  "because a family had more than sluicegate_settings.metrics.max_series.",
+                  "# TYPE sluicegate_metrics_gauge_samples_omitted gauge",
+                  f"sluicegate_metrics_gauge_samples_omitted {self.gauges_omitted}"]
         return lines

@@ -111,7 +111,9 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/health", "proxy_admin", None, "it calls every deployment"),
     Route("POST", "/config/reload", "proxy_admin", None, "re-reads config.yaml"),
     # spend and end users (LiteLLM's customers); each end-user route also under /customer/
-    Route("GET", "/spend/report", "proxy_admin_viewer"),
+    Route("GET", "/spend/report", "team_admin_viewer", "query",
+          "without `team_id`: proxy viewers read every team's spend; a team's admin reads their team's (what its "
+          "keys spent, by any `group_by`), naming `team_id` if they are admin of several"),
     *(Route(method, f"/{prefix}/{action}", "proxy_admin_viewer" if method == "GET" else "proxy_admin")
       for prefix in ("end_user", "customer")
       for method, action in (("POST", "new"), ("GET", "info"), ("POST", "update"), ("POST", "delete"),

@@ -322,12 +322,19 @@ class LoggingResolver:
         return self._with_policy(callbacks, self.global_policy, "global")
 
     # per key -------------------------------------------------------------------------------------------
-    def for_key(self, key: KeyRecord | None, team: TeamRecord | None) -> CallbackSet:
-        callbacks = self._for_key(key, team)
+    def for_team(self, team: TeamRecord) -> CallbackSet:
+        """The routes of a key of ``team`` with no logging or policy of its own, each with the redaction it applies
+        (what the console's team page shows): the same resolution as :meth:`for_key`."""
+        return self.for_key(None, team, team_id=team.team_id)
+
+    def for_key(self, key: KeyRecord | None, team: TeamRecord | None, *, team_id: str | None = None) -> CallbackSet:
+        """The routes of ``key`` (of ``team_id`` when there is no key) with their redaction policies."""
+        team_id = key.team_id if key is not None else team_id
+        callbacks = self._for_key(key, team, team_id)
         if not callbacks.routes:
             return callbacks
         try:
-            policy, source = self.policy_for(key, team, key.team_id if key else None)
+            policy, source = self.policy_for(key, team, team_id)
         except PolicyError as exc:
             # Stored policies were valid when written; a redactor plugin may have gone since. Log nothing rather
             # than log what the policy was meant to keep out.
@@ -336,12 +343,16 @@ class LoggingResolver:
             return CallbackSet(routes=(), source="none")
         return self._with_policy(callbacks, policy, source)
 
-    def _for_key(self, key: KeyRecord | None, team: TeamRecord | None) -> CallbackSet:
-        team_id = key.team_id if key else None
+    def redacts_by_default(self, team_id: str | None) -> bool:
+        """``turn_off_message_logging`` for the team's routes that do not set it: the team's config.yaml entry,
+        else ``litellm_settings``. When on, it wins over any redaction policy."""
         team_config = self.settings_for_team(team_id)
-        default_redact = self.global_redact
         if team_config is not None and team_config.turn_off_message_logging is not None:
-            default_redact = team_config.turn_off_message_logging
+            return team_config.turn_off_message_logging
+        return self.global_redact
+
+    def _for_key(self, key: KeyRecord | None, team: TeamRecord | None, team_id: str | None) -> CallbackSet:
+        default_redact = self.redacts_by_default(team_id)
         if team is not None and team.logging == []:
             # disable_logging is an opt-out (GDPR): it wins over every layer, the key's own logging included.
             return CallbackSet(routes=(), source="team")

@@ -111,8 +111,11 @@ def test_admin_creates_a_team_adds_langfuse_sees_the_secret_masked_and_disables_
     page.get_by_label("langfuse_host").fill("https://langfuse.example.com")
     page.get_by_role("button", name="Add langfuse").click()
     page.wait_for_url(f"**/ui/teams/{team_id}")
-    row = page.get_by_role("row").filter(has_text="langfuse")
+    row = page.get_by_role("table", name="Sinks that receive this team's calls").get_by_role("row").filter(
+        has_text="langfuse")
     assert MASK in row.inner_text() and "pk-lf-browser" in row.inner_text()
+    redaction = page.get_by_role("table", name="What each destination of this team's calls receives")
+    assert "langfuse" in redaction.inner_text() and "not redacted" in redaction.inner_text()
     assert secret not in page.content()
     data = api.get(f"/team/{team_id}/callback").json()["data"]
     assert data["source"] == "team" and data["callbacks"][0]["callback_vars"]["langfuse_secret_key"] == MASK

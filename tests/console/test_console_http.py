@@ -419,3 +419,77 @@ def test_a_team_admin_sees_and_manages_only_their_own_team(client: Any, admin: d
     plain = client.post("/key/generate", json={"team_id": own}, headers=admin).json()["key"]
     assert log_in(client, plain).status_code != 303
     client.cookies.clear()
+
+
+# ---------------------------------------------------------------------------------------------- redaction
+def test_a_teams_page_shows_its_effective_redaction_escaped(client: Any, session: str,
+                                                             admin: dict[str, str]) -> None:
+    """The team's policy (its redactors, options, placeholders and fields, and where it comes from), a
+    destination's own policy, and a destination with turn_off_message_logging; placeholders are text, not tags."""
+    team_id = uid("redact")
+    policy = {"redactors": ["email", {"regex": {"patterns": {"employee_id": r"E\d{6}"}}}],
+              "fields": ["messages", "response"]}
+    assert client.post("/team/new", json={"team_id": team_id, "metadata": {"redaction": policy}},
+                       headers=admin).status_code == 200
+    langfuse = {"langfuse_public_key": "pk-x", "langfuse_secret_key": "sk-x", "langfuse_host": "https://lf.example.com",
+                "redaction": {"redactors": ["card"], "fields": {"messages": "scan", "metadata": "drop"}}}
+    for entry in ({"callback_name": "langfuse", "callback_vars": langfuse},
+                  {"callback_name": "datadog", "callback_vars": {"dd_api_key": "k" * 32,
+                                                                 "turn_off_message_logging": True}}):
+        assert client.post(f"/team/{team_id}/callback", headers=admin, json=entry).status_code == 200
+    page = client.get(f"/ui/teams/{team_id}")
+    assert page.status_code == 200
+    text = page.text
+    section = text[text.index('id="redaction"'):text.index('id="settings"')]
+    shown = html.unescape(re.sub(r"<[^>]+>", " ", section))
+    shown = re.sub(r"\s+", " ", shown)
+    assert "Effective policy, from this team's metadata.redaction (set through the API)" in shown
+    assert "Fields: messages scanned, response scanned." in shown
+    assert "email defaults <EMAIL>" in shown
+    assert 'regex {"patterns":["employee_id"]} <EMPLOYEE_ID>' in shown
+    assert r"E\d{6}" not in shown  # a pattern is shown by its name only
+    assert "langfuse its own policy. Fields: messages scanned, metadata dropped." in shown
+    assert 'card {"check_issuer":true} <CARD>' in shown
+    assert "datadog messages and responses not logged ( turn_off_message_logging , which wins over any policy)" in shown
+    # placeholders and options are escaped text, never markup
+    for raw in ("<EMAIL>", "<EMPLOYEE_ID>", "<CARD>", '{"patterns"'):
+        assert raw not in text
+    assert "&lt;EMAIL&gt;" in section and "&lt;EMPLOYEE_ID&gt;" in section and "&lt;CARD&gt;" in section
+
+    # With logging disabled (GDPR) no policy runs, and the page says so instead of listing one.
+    assert client.post(f"/team/{team_id}/disable_logging", headers=admin).status_code == 200
+    off = client.get(f"/ui/teams/{team_id}").text
+    off_section = off[off.index('id="redaction"'):off.index('id="settings"')]
+    assert "Logging is disabled for this team: nothing is sent, so no policy runs." in off_section
+    assert "&lt;EMAIL&gt;" not in off_section
+
+    # Negative control: a team with no policy anywhere (no global one here) says so and lists no redactor.
+    plain = uid("redact")
+    assert client.post("/team/new", json={"team_id": plain}, headers=admin).status_code == 200
+    plain_text = client.get(f"/ui/teams/{plain}").text
+    plain_section = plain_text[plain_text.index('id="redaction"'):plain_text.index('id="settings"')]
+    assert "No redaction policy applies to this team" in plain_section
+    assert "&lt;EMAIL&gt;" not in plain_section and "Effective policy" not in plain_section
+
+
+def test_a_teams_page_shows_the_global_policy_and_turn_off_message_logging(make_settings: Any,
+                                                                           mock_upstream: Any) -> None:
+    """Without a policy of its own a team shows the global one; turn_off_message_logging is said to win."""
+    from litestar.testing import TestClient
+
+    from sluicegate.app import create_app
+
+    settings = make_settings(upstream=mock_upstream.url, litellm_settings={
+        "redaction": {"redactors": ["phone", "ip"]}, "turn_off_message_logging": True})
+    with TestClient(create_app(settings), timeout=30) as other:
+        master = settings.general_settings.master_key
+        assert log_in(other, master).status_code == 303
+        team_id = uid("redact")
+        assert other.post("/team/new", json={"team_id": team_id},
+                          headers={"authorization": f"Bearer {master}"}).status_code == 200
+        text = other.get(f"/ui/teams/{team_id}").text
+    section = text[text.index('id="redaction"'):text.index('id="settings"')]
+    shown = re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", section)))
+    assert "Effective policy, from litellm_settings.redaction (the gateway's global policy)" in shown
+    assert "phone defaults <PHONE>" in shown and re.search(r" ip \{[^}]*\} <IP> ", shown), shown
+    assert "turn_off_message_logging is on for this team: messages and responses are not logged at all" in shown

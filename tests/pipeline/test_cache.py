@@ -406,6 +406,10 @@ async def test_redis_never_reachable_is_not_an_error(start, make_config, mock_up
     ({"ttl": 0}, "litellm_settings.cache_params.ttl"),
     ({"ttl": "soon"}, "litellm_settings.cache_params.ttl"),
     ({"namespace": "a:b"}, "litellm_settings.cache_params.namespace"),
+    ({"type": "redis", "redis_startup_nodes": [{"host": "127.0.0.1", "port": "7001"}]},
+     "litellm_settings.cache_params.redis_startup_nodes"),
+    ({"type": "redis", "service_name": "mymaster", "sentinel_nodes": [["127.0.0.1", 26379]]},
+     "litellm_settings.cache_params.service_name"),
     ("redis", "litellm_settings.cache_params")])
 def test_bad_cache_params_stop_start_up_naming_the_path(params, path):
     with pytest.raises(ConfigError) as caught:

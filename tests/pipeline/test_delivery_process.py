@@ -8,6 +8,7 @@ are found in ``/proc`` and killed with real signals.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import threading
@@ -185,17 +186,19 @@ def test_serve_runs_one_delivery_process_for_its_workers_with_one_sink_instance(
     # one worker answering is not both started: each opens its log when its app starts, and the delivery process
     # finds it within half a second
     wait_until(lambda: len(_sinks(gateway.url)["delivery"]["logs"]) == 2, timeout=START, what="both workers' logs")
-    for i in range(REQUESTS):
-        assert _chat(gateway.url, f"e{i}") == 200
+    with concurrent.futures.ThreadPoolExecutor(8) as clients:  # concurrent, so both workers take requests
+        assert set(clients.map(lambda i: _chat(gateway.url, f"e{i}"), range(REQUESTS))) == {200}
     assert receiver.wait_for(lambda: len(_contents(receiver, "shared")) == REQUESTS, timeout=15)
     sinks = _sinks(gateway.url)
     assert sinks["instances"] == 1 and sinks["sinks"][0]["accepted"] == REQUESTS
     logs = sinks["delivery"]["logs"]
-    assert len(logs) == 2 and sum(entry["events_read"] for entry in logs.values()) == REQUESTS
+    # which worker accepts a connection is the kernel's choice: usually both, but one may take them all
+    assert 1 <= len(logs) <= 2 and sum(entry["events_read"] for entry in logs.values()) == REQUESTS
     assert len(receiver.received("/dest/shared")) == REQUESTS // 50  # full batches only
     assert sorted(_contents(receiver, "shared")) == sorted(f"e{i}" for i in range(REQUESTS))
     spool = tmp_path / "sluicegate-spool"
-    assert sorted(p.name for p in spool.iterdir() if p.is_dir()) == ["p0", "w0", "w1"]  # one spool, two logs
+    # one spool, two logs (and the workers' metrics snapshots)
+    assert sorted(p.name for p in spool.iterdir() if p.is_dir()) == ["metrics", "p0", "w0", "w1"]
 
 
 @pytest.mark.parametrize("spool", [True, False], ids=["spool", "no-spool-control"])

@@ -94,6 +94,58 @@ async def test_end_user_label_when_allowed_and_the_series_cap(make_config, start
     assert {s.labels["team"]: s.value for s in latency} == {"t0": 1, "t1": 1, "__other__": 1}
 
 
+async def test_remaining_budget_and_rate_limit_gauges_after_spending(make_config, start):
+    """LiteLLM's remaining-budget and remaining-rate-limit gauges, read from the budget counters and the rate-limit
+    window at scrape time: they move with what was spent, and only entities with a budget or limit have them."""
+    async with start(make_config(models=PRICED)) as gw:
+        assert (await gw.admin("POST", "/team/new", json={"team_id": "t-b", "team_alias": "budgeted",
+                                                          "max_budget": 2.0})).status_code == 200
+        key = await gw.new_key(team_id="t-b", key_alias="b-key", max_budget=1.5, model_rpm_limit={"mock": 5},
+                               model_tpm_limit={"mock": 1000})
+        free = await team_key(gw, "t-free", "free")  # no budget, no limit: no gauge
+        info = (await gw.admin("GET", "/key/info", params={"key": key})).json()
+        hashed = info.get("token") or info["info"]["token"]
+        before = (await gw.admin("GET", "/metrics")).text
+        for _ in range(2):
+            assert (await gw.chat(key, "hello there")).status_code == 200
+        assert (await gw.chat(free, "hi")).status_code == 200
+        text = (await gw.admin("GET", "/metrics")).text
+
+    spent = value(text, "litellm_spend_metric_total", team="t-b")
+    tokens = value(text, "litellm_total_tokens_metric_total", team="t-b")
+    assert spent > 0 and tokens > 0
+    assert "litellm_remaining_team_budget_metric{" not in before  # nothing known before a request
+    assert value(text, "litellm_remaining_team_budget_metric", team="t-b", team_alias="budgeted") == pytest.approx(
+        2.0 - spent)
+    assert value(text, "litellm_team_max_budget_metric", team="t-b", team_alias="budgeted") == 2.0
+    assert value(text, "litellm_remaining_api_key_budget_metric", hashed_api_key=hashed,
+                 api_key_alias="b-key") == pytest.approx(1.5 - spent)
+    assert value(text, "litellm_api_key_max_budget_metric", hashed_api_key=hashed) == 1.5
+    assert value(text, "litellm_remaining_api_key_requests_for_model", hashed_api_key=hashed, api_key_alias="b-key",
+                 model="mock") == 3
+    assert value(text, "litellm_remaining_api_key_tokens_for_model", hashed_api_key=hashed,
+                 model="mock") == 1000 - tokens
+    gauges = {s.labels.get("team") or s.labels.get("api_key_alias") for s in samples(text)
+              if s.name.startswith("litellm_remaining_") or s.name.endswith("_max_budget_metric")}
+    assert gauges == {"t-b", "b-key"}  # the team and key without budget or limit have none
+
+
+async def test_budget_gauges_follow_the_label_allow_list(make_config, start):
+    cfg = make_config(models=PRICED)
+    cfg["sluicegate_settings"]["metrics"] = {"labels": ["hashed_api_key", "requested_model"]}
+    async with start(cfg) as gw:
+        assert (await gw.admin("POST", "/team/new", json={"team_id": "t-b", "team_alias": "budgeted",
+                                                          "max_budget": 2.0})).status_code == 200
+        key = await gw.new_key(team_id="t-b", key_alias="b-key", max_budget=1.5)
+        assert (await gw.chat(key, "hello there")).status_code == 200
+        text = (await gw.admin("GET", "/metrics")).text
+    names = {s.name for s in samples(text)}
+    assert "litellm_remaining_team_budget_metric" not in names  # neither team nor team_alias is allowed
+    (remaining,) = [s for s in samples(text) if s.name == "litellm_remaining_api_key_budget_metric"]
+    assert remaining.labels["api_key_alias"] == "" and remaining.labels["hashed_api_key"]
+    assert 0 < remaining.value < 1.5
+
+
 async def test_metrics_need_the_master_key_unless_the_setting_opens_them(make_config, start):
     async with start(make_config()) as gw:
         assert (await gw.client.get("/metrics")).status_code == 401
@@ -129,6 +181,26 @@ def test_scrape_cost_is_bounded_by_the_series_cap():
                if line.startswith("litellm_proxy_total_requests_metric_total{")) == 10_000
 
 
+def test_budget_gauges_at_10_000_teams_are_bounded_by_the_series_cap():
+    """10,000 teams with budgets (each with a counter, as after a request): each gauge family carries max_series
+    samples, the rest are counted, not computed."""
+    from sluicegate.limits.budgets import BudgetCounter
+    from sluicegate.limits.spend import SpendLedger
+
+    ledger = SpendLedger(None, parse_settings({}))  # type: ignore[arg-type]  # gauges() reads no database
+    metrics = RequestMetrics(max_series=2000)
+    metrics.gauge_sources.append(ledger.gauges)
+    for i in range(10_000):
+        counter = ledger.counters[("team", f"team-{i}")] = BudgetCounter("team", f"team-{i}", 1.5, None)
+        counter.max_budget, counter.alias = 10.0, f"alias-{i}"
+    text = "\n".join(metrics.render()) + "\n"
+    remaining = [s for s in samples(text) if s.name == "litellm_remaining_team_budget_metric"]
+    assert len(remaining) == 2000 and {s.value for s in remaining} == {8.5}
+    assert remaining[0].labels == {"team": "team-0", "team_alias": "alias-0"}
+    assert len([s for s in samples(text) if s.name == "litellm_team_max_budget_metric"]) == 2000
+    assert value(text, "sluicegate_metrics_gauge_samples_omitted") == 2 * 8000
+
+
 async def test_the_grafana_dashboard_queries_only_metrics_a_scrape_has(receiver, make_config, start, vars_for):
     dashboard = json.loads((ROOT / "docs" / "grafana" / "sluicegate-dashboard.json").read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
@@ -136,7 +208,9 @@ async def test_the_grafana_dashboard_queries_only_metrics_a_scrape_has(receiver,
     wanted = {m for e in exprs for m in re.findall(r"\b((?:litellm|sluicegate)_[a-z_]+)", e)}
     assert len(wanted) >= 10
     async with start(make_config(models=PRICED)) as gw:
-        key = await team_key(gw, "t-g", "g")
+        assert (await gw.admin("POST", "/team/new", json={"team_id": "t-g", "team_alias": "g",
+                                                          "max_budget": 100.0})).status_code == 200
+        key = await gw.new_key(team_id="t-g", key_alias="g-key")
         assert (await gw.admin("POST", "/team/t-g/callback", json={
             "callback_name": "acme", "callback_vars": vars_for("g")})).status_code == 200
         assert (await gw.chat(key, "hi", stream=True)).status_code == 200

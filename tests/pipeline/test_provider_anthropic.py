@@ -17,6 +17,7 @@ import anthropic.types as at
 import openai
 import pytest
 from aiohttp import web
+from anthropic.lib._parse._transform import transform_schema
 from anthropic.types.message_create_params import MessageCreateParamsNonStreaming, MessageCreateParamsStreaming
 from pydantic import TypeAdapter
 
@@ -67,6 +68,11 @@ def validate_request(body: dict[str, Any]) -> None:
     output_format = (body.get("output_config") or {}).get("format")
     if output_format is not None and set(output_format) - _keys(at.JSONOutputFormatParam):
         raise ValueError("unknown keys in output_config.format")
+    if output_format is not None:
+        check_structured_schema(output_format["schema"])
+    for tool in body.get("tools") or ():
+        if tool.get("input_schema", {}).get("type") != "object":  # the API's rule for a custom tool
+            raise ValueError("tools.0.custom.input_schema.type: Field required (must be 'object')")
     thinking = body.get("thinking")
     if thinking and thinking.get("type") == "enabled" and body["max_tokens"] <= thinking["budget_tokens"]:
         raise ValueError("max_tokens must be greater than thinking.budget_tokens")
@@ -82,6 +88,65 @@ def validate_request(body: dict[str, Any]) -> None:
         for block in body["system"]:
             if set(block) - _keys(at.TextBlockParam):
                 raise ValueError("unknown keys in a system block")
+
+
+def _walk(node: Any) -> Any:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def check_structured_schema(schema: dict[str, Any]) -> None:
+    """Anthropic's rules for ``output_config.format.schema``. The official SDK's ``transform_schema`` makes a
+    schema acceptable by folding every keyword the API does not take into a description: a schema it must fold
+    anything of is one the API refuses. Beyond that: every object has ``additionalProperties: false``, and every
+    ``$ref`` points into the root's ``$defs`` without a cycle."""
+    def descriptions(node: Any) -> set[str]:
+        return {d["description"] for d in _walk(node) if isinstance(d.get("description"), str)}
+
+    folded = descriptions(transform_schema(schema)) - descriptions(schema)
+    if folded:
+        raise ValueError(f"output_config.format.schema: unsupported keywords {sorted(folded)}")
+    defs = schema.get("$defs") or {}
+    for node in _walk(schema):
+        kinds = node.get("type") if isinstance(node.get("type"), list) else [node.get("type")]
+        if "object" in kinds and node.get("additionalProperties") is not False:
+            raise ValueError("output_config.format.schema: objects must set additionalProperties to false")
+        ref = node.get("$ref")
+        if isinstance(ref, str) and (not ref.startswith("#/$defs/") or ref[8:] not in defs):
+            raise ValueError(f"output_config.format.schema: unresolvable $ref {ref}")
+
+    def visit(name: str, stack: tuple[str, ...]) -> None:
+        if name in stack:
+            raise ValueError(f"output_config.format.schema: recursive schemas are not supported ({name})")
+        for node in _walk(defs[name]):
+            if isinstance(node.get("$ref"), str):
+                visit(node["$ref"][8:], (*stack, name))
+
+    for name in defs:
+        visit(name, ())
+
+
+def sample(schema: dict[str, Any], defs: dict[str, Any]) -> Any:
+    """An instance of ``schema`` (refs resolved), as constrained decoding would produce one."""
+    if "$ref" in schema:
+        return sample(defs[schema["$ref"].rsplit("/", 1)[1]], defs)
+    if "anyOf" in schema:
+        return sample(schema["anyOf"][0], defs)
+    if "enum" in schema:
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    kind = schema.get("type")
+    if kind == "object":
+        return {k: sample(v, defs) for k, v in (schema.get("properties") or {}).items()}
+    if kind == "array":
+        return [sample(schema["items"], defs)] if "items" in schema else []
+    return {"string": "Paris", "integer": 21, "number": 21.5, "boolean": True, "null": None}[kind]
 
 
 def last_text(body: dict[str, Any]) -> str:
@@ -115,7 +180,9 @@ class FakeAnthropic:
                                        input={"city": "Paris", "temp": 21})]
             stop = "tool_use"
         elif body.get("output_config"):
-            content, stop = [at.TextBlock(type="text", text='{"city": "Paris", "temp": 21}')], "end_turn"
+            schema = body["output_config"]["format"]["schema"]
+            content = [at.TextBlock(type="text", text=json.dumps(sample(schema, schema.get("$defs") or {})))]
+            stop = "end_turn"
         elif body.get("tools") and not got_result:
             content: list[Any] = [at.TextBlock(type="text", text="Let me check."),
                                   at.ToolUseBlock(type="tool_use", id="toolu_1", name="get_weather",
@@ -570,3 +637,109 @@ async def test_bad_response_format_or_reasoning_effort_is_a_400_naming_it(fake, 
             assert response.status_code == 400, (extra, response.text)
             assert response.json()["error"]["param"] == field
         assert fake.requests == []
+
+
+LOCATION = {"type": "object", "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+            "required": ["city", "country"]}
+DEFS_SCHEMA = {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
+               "properties": {"where": {"$ref": "#/$defs/Location"},
+                              "unit": {"oneOf": [{"const": "C"}, {"const": "F"}]},
+                              "history": {"type": "array", "items": {"$ref": "#/definitions/Reading"}}},
+               "required": ["where", "unit", "history"], "additionalProperties": False,
+               "$defs": {"Location": LOCATION},
+               "definitions": {"Reading": {"type": "object", "properties": {"temp": {"type": "integer"}},
+                                           "required": ["temp"]}}}
+
+
+async def test_structured_outputs_keep_defs_and_refs_and_refuse_what_anthropic_does_not_take(
+        fake, make_config, start) -> None:
+    sonnet = models(fake, model="anthropic/claude-sonnet-4-5-20250929")[0] | {"model_name": "sonnet"}
+    async with start(make_config(models=[sonnet])) as gw:
+        client = sdk(gw, await gw.new_key())
+        answer = await client.chat.completions.create(
+            model="sonnet", messages=[{"role": "user", "content": "weather?"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": DEFS_SCHEMA}})
+        assert fake.invalid == []
+        sent = fake.requests[-1]["body"]["output_config"]["format"]["schema"]
+        # local refs stay refs; definitions become $defs; every object closed; oneOf sent as anyOf
+        assert sent["properties"]["where"] == {"$ref": "#/$defs/Location"}
+        assert sent["properties"]["history"]["items"] == {"$ref": "#/$defs/Reading"}
+        assert sent["$defs"]["Location"] == {**LOCATION, "additionalProperties": False}
+        assert sent["$defs"]["Reading"]["additionalProperties"] is False
+        assert sent["properties"]["unit"] == {"anyOf": [{"const": "C"}, {"const": "F"}]}
+        assert "$schema" not in sent and "definitions" not in sent
+        assert json.loads(answer.choices[0].message.content) == {
+            "where": {"city": "Paris", "country": "Paris"}, "unit": "C", "history": [{"temp": 21}]}
+        sent_before = len(fake.requests)
+        recursive = {"type": "object", "properties": {"root": {"$ref": "#/$defs/Node"}}, "required": ["root"],
+                     "$defs": {"Node": {"type": "object", "properties": {
+                         "children": {"type": "array", "items": {"$ref": "#/$defs/Node"}}}}}}
+        age = {"type": "object", "properties": {"age": {"type": "integer", "minimum": 0}}}
+        cases = [(recursive, "schema.$defs.Node.properties.children.items.$ref", "recursive"),
+                 (age, "schema.properties.age.minimum", "minimum"),
+                 ({"type": "object", "properties": {"a": {"$ref": "https://example.com/a.json"}}},
+                  "schema.properties.a.$ref", "local references"),
+                 ({"type": "object", "additionalProperties": True}, "schema.additionalProperties", "false"),
+                 ({"type": "object", "properties": {"d": {"type": "string", "format": "binary"}}},
+                  "schema.properties.d.format", "binary"),
+                 ({"type": "object", "properties": {"t": {"type": "array", "maxItems": 3}}},
+                  "schema.properties.t.maxItems", "maxItems"),
+                 ({"type": "object", "properties": {"w": {"$ref": "#/$defs/Location", "description": "x"}},
+                   "$defs": {"Location": LOCATION}}, "schema.properties.w.description", "beside $ref"),
+                 ({"type": "object", "properties": {"n": {"type": "string", "pattern": "^a+$"}}},
+                  "schema.properties.n.pattern", "pattern")]
+        for schema, path, reason in cases:
+            response = await gw.client.post("/v1/chat/completions", json={
+                "model": "sonnet", "messages": [{"role": "user", "content": "hi"}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}},
+                headers={"Authorization": f"Bearer {client.api_key}"})
+            error = response.json()["error"]
+            assert response.status_code == 400 and error["param"] == "response_format", response.text
+            assert f"response_format.json_schema.{path}" in error["message"] and reason in error["message"], error
+        assert len(fake.requests) == sent_before  # nothing refused went upstream
+
+
+async def test_the_forced_tool_takes_defs_with_a_root_ref_resolved(fake, make_config, start) -> None:
+    async with start(make_config(models=models(fake))) as gw:
+        client = sdk(gw, await gw.new_key())
+        rooted = {"$ref": "#/$defs/Weather", "$defs": {
+            "Weather": {"type": "object", "properties": {"city": {"type": "string"},
+                                                         "where": {"$ref": "#/$defs/Location"}}},
+            "Location": LOCATION}}
+        answer = await client.chat.completions.create(
+            model="claude", messages=[{"role": "user", "content": "weather?"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": rooted}})
+        assert json.loads(answer.choices[0].message.content) == {"city": "Paris", "temp": 21}
+        assert fake.invalid == []
+        (tool,) = fake.requests[-1]["body"]["tools"]
+        assert tool["input_schema"]["type"] == "object" and "$ref" not in tool["input_schema"]
+        assert tool["input_schema"]["properties"]["where"] == {"$ref": "#/$defs/Location"}
+        assert tool["input_schema"]["$defs"] == rooted["$defs"]  # the refs inside still resolve
+        # a tool schema may carry what structured outputs refuse (a minimum, say): it is sent as it is
+        await client.chat.completions.create(
+            model="claude", messages=[{"role": "user", "content": "weather?"}], response_format={
+                "type": "json_schema", "json_schema": {"name": "w", "schema": {
+                    "type": "object", "properties": {"temp": {"type": "integer", "minimum": -90}}}}})
+        assert fake.requests[-1]["body"]["tools"][0]["input_schema"]["properties"]["temp"]["minimum"] == -90
+        sent_before = len(fake.requests)
+        response = await gw.client.post("/v1/chat/completions", json={
+            "model": "claude", "messages": [{"role": "user", "content": "hi"}], "response_format": {
+                "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array"}}}},
+            headers={"Authorization": f"Bearer {client.api_key}"})
+        assert response.status_code == 400 and "response_format.json_schema.schema.type" in response.text
+        assert len(fake.requests) == sent_before
+
+
+def test_fake_refuses_structured_schemas_the_api_refuses() -> None:
+    """Negative control of the fake's structured-output rules (``fake.invalid == []`` above)."""
+    check_structured_schema({"type": "object", "properties": {"a": {"$ref": "#/$defs/A"}},
+                             "additionalProperties": False,
+                             "$defs": {"A": {"type": "string", "format": "date"}}})
+    for bad in ({"type": "object", "properties": {}},  # not closed
+                {"type": "object", "additionalProperties": False, "properties": {"n": {"type": "integer",
+                                                                                      "minimum": 1}}},
+                {"type": "object", "additionalProperties": False, "properties": {"a": {"$ref": "#/$defs/B"}}},
+                {"type": "object", "additionalProperties": False, "properties": {"a": {"$ref": "#/$defs/A"}},
+                 "$defs": {"A": {"type": "array", "items": {"$ref": "#/$defs/A"}}}}):
+        with pytest.raises(ValueError):
+            check_structured_schema(bad)

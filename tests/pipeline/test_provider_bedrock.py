@@ -106,6 +106,27 @@ def validate_request(operation: Any, model_id: str, body: dict[str, Any]) -> Non
     tool_blocks = any("toolUse" in b or "toolResult" in b for m in body["messages"] for b in m["content"])
     if tool_blocks and "toolConfig" not in body:  # Bedrock's own rule, beyond the shapes
         raise ValueError("The toolConfig field must be defined when using toolUse and toolResult content blocks.")
+    for tool in (body.get("toolConfig") or {}).get("tools") or ():  # Bedrock's rule for a tool's input schema
+        if "toolSpec" in tool and tool["toolSpec"]["inputSchema"]["json"].get("type") != "object":
+            raise ValueError("The value at toolConfig.tools.0.toolSpec.inputSchema.json.type must be one of the "
+                             "following: object.")
+    # Claude's rules for additionalModelRequestFields.thinking (a document: the service model does not type it),
+    # as Anthropic's Messages API states them
+    extra = body.get("additionalModelRequestFields") or {}
+    if set(extra) - {"thinking"}:
+        raise ValueError(f"additionalModelRequestFields: unknown fields {sorted(set(extra) - {'thinking'})}")
+    thinking = extra.get("thinking")
+    if thinking is not None:
+        if thinking.get("type") == "enabled":
+            budget = thinking.get("budget_tokens")
+            if set(thinking) != {"type", "budget_tokens"} or not isinstance(budget, int) or budget < 1024:
+                raise ValueError("thinking.enabled.budget_tokens: Input should be greater than or equal to 1024")
+            if (body.get("inferenceConfig") or {}).get("maxTokens", 0) <= budget:
+                raise ValueError("`max_tokens` must be greater than `thinking.budget_tokens`")
+            if "tool" in ((body.get("toolConfig") or {}).get("toolChoice") or {}):
+                raise ValueError("Thinking may not be enabled when tool_choice forces tool use.")
+        elif thinking != {"type": "disabled"}:
+            raise ValueError("thinking: expected {type: enabled, budget_tokens} or {type: disabled}")
 
 
 def to_wire(value: Any) -> Any:
@@ -206,7 +227,16 @@ class FakeBedrock:
         text = last_text(body)
         content: list[dict[str, Any]]
         has_result = any("toolResult" in b for b in body["messages"][-1]["content"])
-        if body.get("toolConfig") and not has_result:
+        json_tool = next((t["toolSpec"] for t in (body.get("toolConfig") or {}).get("tools", ())
+                          if t["toolSpec"]["name"] == "json_tool_call"), None)
+        if json_tool is not None and not has_result:
+            # the forced tool: an input that fits the schema it was given (each property's type)
+            properties = json_tool["inputSchema"]["json"].get("properties") or {"answer": {"type": "string"}}
+            sample = {"string": "Paris", "integer": 21, "number": 21.5, "boolean": True, "array": [], "object": {}}
+            content = [{"toolUse": {"toolUseId": "tooluse_json", "name": "json_tool_call",
+                                    "input": {k: sample.get(v.get("type"), "x") for k, v in properties.items()}}}]
+            stop = "tool_use"
+        elif body.get("toolConfig") and not has_result:
             content = [{"text": "Let me check."},
                        {"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather", "input": {"city": "Paris"}}},
                        {"toolUse": {"toolUseId": "tooluse_2", "name": "get_weather", "input": {"city": "Rome"}}}]
@@ -659,3 +689,110 @@ async def test_api_key_history_without_tools_and_unavailable_credentials(fake, m
         assert unavailable.value.body["code"] == "credentials_unavailable"
         assert "ProfileNotFound" in unavailable.value.body["message"]
         assert len(fake.requests) == requests_before  # nothing unsigned went upstream
+
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "temperature": {"type": "integer"}},
+          "required": ["city", "temperature"], "additionalProperties": False}
+
+
+async def test_thinking_and_reasoning_effort_go_as_additional_model_request_fields(fake, make_config,
+                                                                                   start) -> None:
+    nova = models(fake, "other-model", model="bedrock/amazon.nova-pro-v1:0")
+    async with start(make_config(models=[*models(fake), *nova])) as gw:
+        client = sdk(gw, await gw.new_key())
+        answer = await client.chat.completions.create(model="nova", reasoning_effort="medium",
+                                                      messages=[{"role": "user", "content": "think"}])
+        body = fake.requests[-1]["body"]
+        assert body["additionalModelRequestFields"] == {"thinking": {"type": "enabled", "budget_tokens": 2048}}
+        assert body["inferenceConfig"]["maxTokens"] == 4096 + 2048  # room for the budget, as LiteLLM leaves
+        assert answer.choices[0].message.model_extra["reasoning_content"] == "thinking it over"
+        await client.chat.completions.create(model="nova", max_tokens=3000, messages=[
+            {"role": "user", "content": "think"}], extra_body={"thinking": {"type": "enabled", "budget_tokens": 1500}})
+        body = fake.requests[-1]["body"]
+        assert body["additionalModelRequestFields"] == {"thinking": {"type": "enabled", "budget_tokens": 1500}}
+        assert body["inferenceConfig"] == {"maxTokens": 3000}
+        await client.chat.completions.create(model="nova", messages=[{"role": "user", "content": "plain"}])
+        assert "additionalModelRequestFields" not in fake.requests[-1]["body"]  # negative control
+        assert fake.invalid == []
+        sent = len(fake.requests)
+        for extra, field in (({"reasoning_effort": "extreme"}, "reasoning_effort"),
+                             ({"thinking": {"type": "enabled", "budget_tokens": 10}}, "thinking"),
+                             ({"thinking": "yes"}, "thinking")):
+            response = await gw.client.post("/v1/chat/completions", json={
+                "model": "nova", "messages": [{"role": "user", "content": "hi"}], **extra},
+                headers={"Authorization": f"Bearer {client.api_key}"})
+            assert response.status_code == 400 and response.json()["error"]["param"] == field, response.text
+        # a model that is not Claude: refused naming the field, not sent
+        response = await gw.client.post("/v1/chat/completions", json={
+            "model": "other-model", "messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "low"},
+            headers={"Authorization": f"Bearer {client.api_key}"})
+        assert response.status_code == 400 and response.json()["error"]["param"] == "reasoning_effort"
+        assert len(fake.requests) == sent
+
+
+async def test_response_format_goes_as_a_forced_tool_and_comes_back_as_content(fake, make_config, start) -> None:
+    async with start(make_config(models=models(fake))) as gw:
+        client = sdk(gw, await gw.new_key())
+        response_format = {"type": "json_schema", "json_schema": {"name": "weather", "schema": SCHEMA,
+                                                                  "description": "The weather"}}
+        answer = await client.chat.completions.create(model="nova", response_format=response_format,
+                                                      messages=[{"role": "user", "content": "weather in Paris"}])
+        choice = answer.choices[0]
+        assert json.loads(choice.message.content) == {"city": "Paris", "temperature": 21}
+        assert choice.message.tool_calls is None and choice.finish_reason == "stop"
+        config = fake.requests[-1]["body"]["toolConfig"]
+        assert config["tools"] == [{"toolSpec": {"name": "json_tool_call", "description": "The weather",
+                                                 "inputSchema": {"json": SCHEMA}}}]
+        assert config["toolChoice"] == {"tool": {"name": "json_tool_call"}}
+        # streamed: the forced tool's input arrives as content deltas
+        stream = await client.chat.completions.create(model="nova", response_format=response_format, stream=True,
+                                                      messages=[{"role": "user", "content": "weather in Paris"}])
+        chunks = [c async for c in stream]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert json.loads(text) == {"city": "Paris", "temperature": 21}
+        assert not any(c.choices[0].delta.tool_calls for c in chunks if c.choices)
+        assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+        # json_object, with the client's own tools beside it; with thinking the tool is offered, not forced
+        await client.chat.completions.create(model="nova", response_format={"type": "json_object"}, tools=TOOLS,
+                                             reasoning_effort="low",
+                                             messages=[{"role": "user", "content": "weather in Paris"}])
+        config = fake.requests[-1]["body"]["toolConfig"]
+        assert [t["toolSpec"]["name"] for t in config["tools"]] == ["get_weather", "json_tool_call"]
+        assert config["tools"][1]["toolSpec"]["inputSchema"]["json"]["additionalProperties"] is True
+        assert "toolChoice" not in config
+        # negative control: without response_format, a tool call stays a tool call
+        plain = await client.chat.completions.create(model="nova", tools=TOOLS,
+                                                     messages=[{"role": "user", "content": "weather?"}])
+        assert plain.choices[0].finish_reason == "tool_calls" and plain.choices[0].message.tool_calls
+        assert fake.invalid == []
+        # a schema whose root is a $ref into $defs (as pydantic's RootModel writes it): the root resolved
+        rooted = {"$ref": "#/$defs/Weather", "$defs": {"Weather": SCHEMA}}
+        answer = await client.chat.completions.create(
+            model="nova", messages=[{"role": "user", "content": "weather in Paris"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": rooted}})
+        assert json.loads(answer.choices[0].message.content) == {"city": "Paris", "temperature": 21}
+        sent = fake.requests[-1]["body"]["toolConfig"]["tools"][0]["toolSpec"]["inputSchema"]["json"]
+        assert sent == {**SCHEMA, "$defs": rooted["$defs"]} and fake.invalid == []
+        for schema in (None, {"type": "array", "items": {"type": "string"}}):
+            response = await gw.client.post("/v1/chat/completions", json={
+                "model": "nova", "messages": [{"role": "user", "content": "hi"}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}},
+                headers={"Authorization": f"Bearer {client.api_key}"})
+            assert response.status_code == 400 and response.json()["error"]["param"] == "response_format"
+
+
+def test_fake_validation_refuses_what_claude_refuses_in_thinking() -> None:
+    """Negative control of the fake's thinking rules."""
+    good = {"messages": [{"role": "user", "content": [{"text": "hi"}]}], "inferenceConfig": {"maxTokens": 5000},
+            "additionalModelRequestFields": {"thinking": {"type": "enabled", "budget_tokens": 1024}}}
+    validate_request(_CONVERSE, MODEL_ID, good)
+    forced = {"tools": [{"toolSpec": {"name": "f", "inputSchema": {"json": {"type": "object"}}}}],
+              "toolChoice": {"tool": {"name": "f"}}}
+    for bad in ({**good, "inferenceConfig": {"maxTokens": 1000}},
+                {**good, "additionalModelRequestFields": {"thinking": {"type": "enabled", "budget_tokens": 100}}},
+                {**good, "additionalModelRequestFields": {"reasoning_effort": "low"}},
+                {**good, "toolConfig": forced},
+                {**good, "additionalModelRequestFields": {}, "toolConfig": {"tools": [{"toolSpec": {
+                    "name": "f", "inputSchema": {"json": {"$ref": "#/$defs/A", "$defs": {"A": {"type": "object"}}}}}}]}}):
+        with pytest.raises(ValueError):
+            validate_request(_CONVERSE, MODEL_ID, bad)

@@ -53,6 +53,9 @@ _CONTENTS = TypeAdapter(list[gt.Content])
 _TOOLS = TypeAdapter(list[gt.Tool])
 _SAFETY = TypeAdapter(list[gt.SafetySetting])
 _CLAUDE_REQUEST = {False: TypeAdapter(MessageCreateParamsNonStreaming), True: TypeAdapter(MessageCreateParamsStreaming)}
+# the inline media types Gemini documents (images, audio, video, PDF and text documents)
+GEMINI_MEDIA = ("image/png", "image/jpeg", "image/webp", "image/heic", "image/heif", "audio/wav", "audio/mp3",
+                "audio/aiff", "audio/aac", "audio/ogg", "audio/flac", "video/", "application/pdf", "text/")
 REQUEST_KEYS = {"contents", "systemInstruction", "tools", "toolConfig", "generationConfig", "safetySettings"}
 
 
@@ -83,7 +86,18 @@ def _validate_gemini_request(body: dict[str, Any]) -> None:
     if "toolConfig" in body:
         gt.ToolConfig.model_validate_json(json.dumps(body["toolConfig"]))
     if "generationConfig" in body:
-        gt.GenerationConfig.model_validate_json(json.dumps(body["generationConfig"]))
+        config = gt.GenerationConfig.model_validate_json(json.dumps(body["generationConfig"]))
+        # the API's rules beyond the types: logprobs only with responseLogprobs, and at most 20 of them
+        if config.logprobs is not None and (not config.response_logprobs or not 0 <= config.logprobs <= 20):
+            raise ValueError("logprobs is only valid with responseLogprobs and must be in [0, 20]")
+    for content in contents:  # inline data only of the media types Gemini takes, with a type on every part
+        for part in content.parts or ():
+            if part.inline_data is not None and not (part.inline_data.mime_type or "").startswith(GEMINI_MEDIA):
+                raise ValueError(f"Unsupported MIME type: {part.inline_data.mime_type}")
+            if part.inline_data is not None and not part.inline_data.data:
+                raise ValueError("inlineData.data is required")
+            if part.file_data is not None and not part.file_data.file_uri:
+                raise ValueError("fileData.fileUri is required")
     if "safetySettings" in body:
         _SAFETY.validate_json(json.dumps(body["safetySettings"]))
 
@@ -242,11 +256,27 @@ class FakeGoogle:
                     blocked=True)]), usage_metadata=gt.GenerateContentResponseUsageMetadata(
                 prompt_token_count=5, total_token_count=5), model_version=MODEL, response_id="resp-blocked")]
 
+        config = body.get("generationConfig") or {}
+
+        def logprobs(content_parts: list[gt.Part]) -> gt.LogprobsResult | None:
+            """One step per answer token (a word here), chosen at -0.25, with ``logprobs`` top candidates."""
+            tokens = [p.text for p in content_parts if p.text and not p.thought]
+            if not config.get("responseLogprobs") or not tokens:
+                return None
+            top = config.get("logprobs") or 0
+            return gt.LogprobsResult(
+                chosen_candidates=[gt.LogprobsResultCandidate(token=t, token_id=n, log_probability=-0.25)
+                                   for n, t in enumerate(tokens)],
+                top_candidates=[gt.LogprobsResultTopCandidates(candidates=[
+                    gt.LogprobsResultCandidate(token=t if k == 0 else f"{t.strip()}~{k}", token_id=k,
+                                               log_probability=-0.25 * (k + 1)) for k in range(top)])
+                    for t in tokens] if top else None)
+
         def event(content_parts: list[gt.Part], finish: gt.FinishReason | None = None,
                   with_usage: bool = False) -> gt.GenerateContentResponse:
             return gt.GenerateContentResponse(
                 candidates=[gt.Candidate(content=gt.Content(role="model", parts=content_parts), index=0,
-                                         finish_reason=finish)],
+                                         finish_reason=finish, logprobs_result=logprobs(content_parts))],
                 usage_metadata=usage if with_usage else None, model_version=MODEL, response_id="resp-1")
 
         if body.get("tools") and not any("functionResponse" in p for p in parts):
@@ -278,8 +308,13 @@ class FakeGoogle:
             for candidate in event.candidates or ():
                 parts.extend(candidate.content.parts if candidate.content and candidate.content.parts else [])
         last = events[-1].candidates[0]
+        results = [c.logprobs_result for e in events for c in e.candidates or () if c.logprobs_result]
+        merged_logprobs = gt.LogprobsResult(
+            chosen_candidates=[c for r in results for c in r.chosen_candidates or ()],
+            top_candidates=[c for r in results for c in r.top_candidates or ()] or None) if results else None
         merged = gt.Candidate(content=gt.Content(role="model", parts=parts) if parts else None, index=0,
-                              finish_reason=last.finish_reason, safety_ratings=last.safety_ratings)
+                              finish_reason=last.finish_reason, safety_ratings=last.safety_ratings,
+                              logprobs_result=merged_logprobs)
         return events[-1].model_copy(update={"candidates": [merged]})
 
     # Claude on Vertex ------------------------------------------------------------------------------
@@ -586,7 +621,8 @@ async def test_gemini_unsupported_params_and_bad_input_are_4xx_naming_the_field(
     dropping = gemini_model(fake, "gem-drop", drop_params=True)
     async with start(make_config(models=[gemini_model(fake), dropping])) as gw:
         client = sdk(gw, await gw.new_key())
-        cases = [({"logprobs": True}, "logprobs"), ({"parallel_tool_calls": False}, "parallel_tool_calls"),
+        cases = [({"logit_bias": {"1": 5}}, "logit_bias"), ({"parallel_tool_calls": False}, "parallel_tool_calls"),
+                 ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"), ({"top_logprobs": 3}, "top_logprobs"),
                  ({"reasoning_effort": "extreme"}, "reasoning_effort"), ({"max_tokens": 0}, "max_tokens"),
                  ({"response_format": {"type": "json_schema"}}, "response_format"),
                  ({"tool_choice": "sometimes"}, "tool_choice")]
@@ -596,7 +632,11 @@ async def test_gemini_unsupported_params_and_bad_input_are_4xx_naming_the_field(
                                                      **extra)
             assert refused.value.body["param"] == field and field in refused.value.body["message"]
         for content in ([{"type": "image_url", "image_url": {"url": "https://example.com/image"}}],
-                        [{"type": "input_audio", "input_audio": {"data": "AA==", "format": "wav"}}]):
+                        [{"type": "input_audio", "input_audio": {"data": "AA==", "format": "midi"}}],
+                        [{"type": "input_audio", "input_audio": {"data": "not base64!", "format": "wav"}}],
+                        [{"type": "file", "file": {"file_id": "file-abc123"}}],
+                        [{"type": "file", "file": {"file_data": "JVBERi0="}}],
+                        [{"type": "video_url", "video_url": {"url": "https://example.com/v.mp4"}}]):
             with pytest.raises(openai.BadRequestError) as refused:
                 await client.chat.completions.create(model="gem", messages=[{"role": "user", "content": content}])
             assert refused.value.body["param"] == "messages" and "messages[0].content[0]" in \
@@ -606,9 +646,61 @@ async def test_gemini_unsupported_params_and_bad_input_are_4xx_naming_the_field(
                 {"role": "user", "content": "x"}, {"role": "tool", "tool_call_id": "nope", "content": "r"}])
         assert "messages[1].tool_call_id" in orphan.value.body["message"]
         assert fake.requests == []  # everything above was refused before any upstream call
-        answer = await client.chat.completions.create(model="gem-drop", logprobs=True, parallel_tool_calls=False,
+        answer = await client.chat.completions.create(model="gem-drop", logit_bias={"1": 5}, parallel_tool_calls=False,
                                                       messages=[{"role": "user", "content": "hi"}])
         assert answer.choices[0].message.content == "You said: hi" and fake.invalid == []
+
+
+async def test_gemini_logprobs_come_back_as_openai_logprobs(fake, make_config, start) -> None:
+    async with start(make_config(models=[gemini_model(fake)])) as gw:
+        client = sdk(gw, await gw.new_key())
+        answer = await client.chat.completions.create(model="gem", logprobs=True, top_logprobs=2,
+                                                      messages=[{"role": "user", "content": "hi there"}])
+        assert fake.invalid == []
+        assert fake.requests[-1]["body"]["generationConfig"] == {"responseLogprobs": True, "logprobs": 2}
+        content = answer.choices[0].logprobs.content
+        assert [t.token for t in content] == ["You", " said:", " hi", " there"]  # the thought part has none
+        assert all(t.logprob == -0.25 for t in content)
+        assert content[1].bytes == list(b" said:")
+        assert [(t.token, t.logprob) for t in content[2].top_logprobs] == [(" hi", -0.25), ("hi~1", -0.5)]
+        assert answer.choices[0].message.content == "You said: hi there"
+        # streamed: each chunk carries the logprobs of its own text
+        stream = await client.chat.completions.create(model="gem", logprobs=True, stream=True,
+                                                      messages=[{"role": "user", "content": "hi there"}])
+        pieces = [(c.choices[0].delta.content, [t.token for t in c.choices[0].logprobs.content])
+                  async for c in stream if c.choices and c.choices[0].logprobs]
+        assert pieces == [("You", ["You"]), (" said:", [" said:"]), (" hi", [" hi"]), (" there", [" there"])]
+        assert fake.requests[-1]["body"]["generationConfig"] == {"responseLogprobs": True}
+        # negative control: not asked, none sent and none returned
+        plain = await client.chat.completions.create(model="gem", messages=[{"role": "user", "content": "hi"}])
+        assert plain.choices[0].logprobs is None and "generationConfig" not in fake.requests[-1]["body"]
+
+
+async def test_gemini_audio_and_file_parts_become_inline_data_and_file_data(fake, make_config, start) -> None:
+    wav = base64.b64encode(b"RIFF\x24\x00\x00\x00WAVEfmt ").decode()
+    pdf = base64.b64encode(b"%PDF-1.7\n%%EOF").decode()
+    files_uri = "https://generativelanguage.googleapis.com/v1beta/files/abc-123"
+    async with start(make_config(models=[gemini_model(fake)])) as gw:
+        client = sdk(gw, await gw.new_key())
+        answer = await client.chat.completions.create(model="gem", messages=[{"role": "user", "content": [
+            {"type": "text", "text": "listen"},
+            {"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}},
+            {"type": "input_audio", "input_audio": {"data": wav, "format": "mp3"}},
+            {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{pdf}", "filename": "a.pdf"}},
+            {"type": "file", "file": {"file_data": pdf, "filename": "report.pdf"}},
+            {"type": "file", "file": {"file_id": "gs://acme-bucket/docs/spec.pdf"}},
+            {"type": "file", "file": {"file_id": files_uri, "format": "audio/ogg"}},
+            {"type": "file", "file": {"file_id": files_uri}}]}])
+        assert answer.choices[0].message.content == "You said: listen"
+        assert fake.invalid == []
+        assert fake.requests[-1]["body"]["contents"][0]["parts"][1:] == [
+            {"inlineData": {"mimeType": "audio/wav", "data": wav}},
+            {"inlineData": {"mimeType": "audio/mp3", "data": wav}},
+            {"inlineData": {"mimeType": "application/pdf", "data": pdf}},
+            {"inlineData": {"mimeType": "application/pdf", "data": pdf}},
+            {"fileData": {"fileUri": "gs://acme-bucket/docs/spec.pdf", "mimeType": "application/pdf"}},
+            {"fileData": {"fileUri": files_uri, "mimeType": "audio/ogg"}},
+            {"fileData": {"fileUri": files_uri}}]
 
 
 # Vertex AI ------------------------------------------------------------------------------------------------
@@ -768,7 +860,11 @@ def test_fake_validation_refuses_what_the_real_api_would() -> None:
                                                                          "data": "not base64!"}}]}]},
                 {**good, "generationConfig": {"maxTokens": 5}},
                 {**good, "tools": [{"type": "function", "function": {"name": "f"}}]},
-                {**good, "toolConfig": {"functionCallingConfig": {"mode": "SOMETIMES"}}}):
+                {**good, "toolConfig": {"functionCallingConfig": {"mode": "SOMETIMES"}}},
+                {**good, "generationConfig": {"logprobs": 3}},
+                {**good, "generationConfig": {"responseLogprobs": True, "logprobs": 21}},
+                {"contents": [{"role": "user", "parts": [{"inlineData": {"mimeType": "audio/midi", "data": "AA=="}}]}]},
+                {"contents": [{"role": "user", "parts": [{"fileData": {"mimeType": "application/pdf"}}]}]}):
         with pytest.raises(Exception):  # noqa: B017 - pydantic's ValidationError or our ValueError
             validate_gemini_request(bad)
 

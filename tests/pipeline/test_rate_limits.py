@@ -635,3 +635,97 @@ async def test_parallel_leases_are_renewed_while_held_and_expire_with_their_proc
     finally:
         await holder.aclose()
         await other.aclose()
+
+
+async def test_requests_one_after_another_are_admitted_from_reserved_blocks_never_past_the_limit(shared_redis):
+    """Far from the limit, requests that come one after another are admitted from blocks their process reserved
+    (a round trip per block, not per request); across two processes the limit still holds exactly: every request
+    Redis counted is admitted by the process that reserved it, and none more."""
+    ident = f"block-{uuid.uuid4().hex[:12]}"
+    shared_redis.append(ident)
+    scopes = (Scope("api_key", ident, 300, None, None),)
+    first = RedisStore({"host": REDIS_HOST, "port": REDIS_PORT}, window=LONG_WINDOW, timeout=1)
+    second = RedisStore({"host": REDIS_HOST, "port": REDIS_PORT}, window=LONG_WINDOW, timeout=1)
+    first.start()
+    second.start()
+    try:
+        for _ in range(100):
+            assert (await first.acquire(scopes, None)).failed == 0
+        assert first.round_trips <= 20, first.round_trips  # blocks of 2, 4, 8...: far fewer than 100
+        counted = _requests_in_redis(redis.Redis(host=REDIS_HOST, port=REDIS_PORT), ident)
+        assert 100 <= counted <= 100 + 300 // 16, counted  # reserved ahead, never more than a sixteenth of the rest
+        admitted = {first: 100, second: 0}
+        refused_in_a_row = 0
+        turn = 0
+        while refused_in_a_row < 4:  # both processes ask in turn until each is refused twice in a row
+            store = (first, second)[turn % 2]
+            turn += 1
+            if (await store.acquire(scopes, None)).failed == 0:
+                admitted[store] += 1
+                refused_in_a_row = 0
+            else:
+                refused_in_a_row += 1
+        assert sum(admitted.values()) == 300, admitted  # no credit left behind, none admitted past the limit
+        assert admitted[second] > 0
+        # negative control: a check Redis refuses with no credit left here is refused
+        assert (await second.acquire(scopes, None)).failed == 1
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_a_freed_parallel_slot_is_reused_by_its_process_then_given_back(shared_redis):
+    """A finished request's slot stays with its process for a moment: the next request takes it without a round
+    trip, while the other process is still refused; once the slot is given back, the other process gets it."""
+    ident = f"pool-{uuid.uuid4().hex[:12]}"
+    shared_redis.append(ident)
+    scopes = (Scope("api_key", ident, None, None, 1),)
+    holder = RedisStore({"host": REDIS_HOST, "port": REDIS_PORT}, window=LONG_WINDOW, timeout=1)
+    other = RedisStore({"host": REDIS_HOST, "port": REDIS_PORT}, window=LONG_WINDOW, timeout=1)
+    holder.start()
+    other.start()
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT)
+    try:
+        outcome = await holder.acquire(scopes, "lease-1")
+        assert outcome.failed == 0
+        holder.finish(scopes, "lease-1", 0)
+        trips = holder.round_trips
+        again = await holder.acquire(scopes, "lease-2")
+        assert again.failed == 0 and again.lease == "lease-1"  # the pooled slot, taken in process
+        assert holder.round_trips == trips
+        assert client.zcard(f"sluicegate:rl:{{api_key:{ident}}}:p") == 1
+        assert (await other.acquire(scopes, "other-1")).failed == 1  # held (in use) for the other process
+        holder.finish(scopes, "lease-1", 0)
+        await wait_until_async(lambda: holder.idle, timeout=5, what="the pooled slot to be given back")
+        assert client.zcard(f"sluicegate:rl:{{api_key:{ident}}}:p") == 0
+        assert (await other.acquire(scopes, "other-2")).failed == 0
+    finally:
+        await holder.aclose()
+        await other.aclose()
+
+
+def _gauge(text: str, name: str) -> list[float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [s.value for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
+
+
+async def test_remaining_per_model_gauges_read_redis_windows_shared_by_gateways(make_config, start, shared_redis):
+    """``litellm_remaining_api_key_requests_for_model`` / ``..._tokens_for_model`` with Redis: read from Redis's
+    window when scraped, so each gateway reports what every gateway used."""
+    async with two_gateways(start, limits_config(make_config, redis_port=REDIS_PORT)) as (first, second):
+        key = await first.new_key(model_rpm_limit={"mock": 10}, model_tpm_limit={"mock": 10_000})
+        shared_redis.append(await token_id(first, key))
+        answers = [await first.chat(key), await second.chat(key), await second.chat(key)]
+        assert [a.status_code for a in answers] == [200] * 3
+        used_tokens = sum(a.json()["usage"]["total_tokens"] for a in answers)
+        for gw in (first, second):
+            # requests count at admission; tokens leave with the gateway's next batch to Redis (within ms)
+            deadline = time.monotonic() + 10
+            while True:
+                text = (await gw.admin("GET", "/metrics")).text
+                if _gauge(text, "litellm_remaining_api_key_tokens_for_model") == [10_000 - used_tokens]:
+                    break
+                assert time.monotonic() < deadline, _gauge(text, "litellm_remaining_api_key_tokens_for_model")
+                await asyncio.sleep(0.01)
+            assert _gauge(text, "litellm_remaining_api_key_requests_for_model") == [7]  # 10 - 3, not this one's

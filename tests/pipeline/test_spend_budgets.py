@@ -17,8 +17,6 @@ from typing import Any
 import httpx
 import pytest
 
-from sluicegate.db.store import BudgetFields
-
 pytestmark = pytest.mark.usefixtures("acme", "clean_env")
 
 PRICES = {"input_cost_per_token": 1e-3, "output_cost_per_token": 2e-3}
@@ -135,6 +133,69 @@ async def test_spend_report_adds_up_what_the_sinks_were_told(
         assert (await gw.client.get("/spend/report", headers={"Authorization": f"Bearer {k1}"})).status_code == 403
 
 
+async def test_a_team_admin_reads_only_their_teams_spend_by_any_group(db_url, mock_upstream, make_config,
+                                                                     start) -> None:
+    for name in ("u", "v"):
+        mock_upstream.on(f"{name}-up", content="ok")
+    cfg = _cfg(make_config, db_url, [upstream_model("u", mock_upstream), upstream_model("v", mock_upstream)])
+    cost = 7 * PRICES["input_cost_per_token"] + 1 * PRICES["output_cost_per_token"]  # the mock's usage: 7 + 1
+    async with start(cfg) as gw:
+        for team in ("red", "blue", "green"):
+            assert (await gw.admin("POST", "/team/new", json={"team_id": team})).status_code == 200
+        made = await gw.admin("POST", "/user/new", json={"user_id": "ada", "teams": [
+            {"team_id": "red", "user_role": "admin"}]})
+        ada = made.json()["key"]
+        member = (await gw.admin("POST", "/user/new", json={"user_id": "mo", "teams": ["red"]})).json()["key"]
+        red = await gw.new_key(team_id="red", user_id="ann")
+        blue = await gw.new_key(team_id="blue", user_id="ann")  # ann spends in two teams
+        blue_bob = await gw.new_key(team_id="blue", user_id="bob")
+        for _ in range(2):
+            r = await post(gw, red, chat_body(model="u", user="carol", metadata={"tags": ["t1"]}))
+            assert r.status_code == 200, r.text
+        for _ in range(3):
+            assert (await post(gw, blue, chat_body(model="v", user="carol", metadata={"tags": ["t1"]}))).status_code == 200
+        assert (await post(gw, blue_bob, chat_body(model="u"))).status_code == 200
+        red_id = (await gw.admin("GET", "/key/info", params={"key": red})).json()["key"]
+
+        async def totals(key: str, group_by: str, **params: str) -> dict[str, float]:
+            answer = await gw.client.get("/spend/report", params={"group_by": group_by, **params},
+                                         headers={"Authorization": f"Bearer {key}"})
+            assert answer.status_code == 200, answer.text
+            return {row[group_by]: round(row["spend"] / cost, 6) for row in answer.json()["totals"]}
+
+        # ada is red's admin: every grouping holds what red's keys spent, nothing of blue's
+        expected = {"team": {"red": 2}, "key": {red_id: 2}, "user": {"ann": 2}, "end_user": {"carol": 2},
+                    "tag": {"t1": 2}, "model": {"u": 2}}
+        for group_by, sums in expected.items():
+            assert await totals(ada, group_by) == sums, group_by
+            assert await totals(ada, group_by, team_id="red") == sums, group_by
+        csv_text = (await gw.client.get("/spend/report", params={"group_by": "user", "format": "csv"},
+                                        headers={"Authorization": f"Bearer {ada}"})).text
+        assert [row["user"] for row in csv.DictReader(io.StringIO(csv_text))] == ["ann"]
+        # the proxy admin sees every team's (the negative control: blue's spend is there to be hidden)
+        assert await totals(gw.master_key, "user") == {"ann": 5, "bob": 1}
+        assert await totals(gw.master_key, "model", team_id="blue") == {"u": 1, "v": 3}
+        # another team's report: 403 naming the team
+        other = await gw.client.get("/spend/report", params={"team_id": "blue", "group_by": "model"},
+                                    headers={"Authorization": f"Bearer {ada}"})
+        assert other.status_code == 403 and other.json()["error"]["param"] == "team_id"
+        assert "'blue'" in other.json()["error"]["message"]
+        # a plain member of red reads no report
+        for params in ({}, {"team_id": "red"}):
+            refused = await gw.client.get("/spend/report", params=params,
+                                          headers={"Authorization": f"Bearer {member}"})
+            assert refused.status_code == 403 and refused.json()["error"]["type"] == "permission_error"
+        # the admin of two teams names the one they want
+        added = await gw.admin("POST", "/team/member_add", json={"team_id": "green", "member": {
+            "role": "admin", "user_id": "ada"}})
+        assert added.status_code == 200, added.text
+        unnamed = await gw.client.get("/spend/report", headers={"Authorization": f"Bearer {ada}"})
+        assert unnamed.status_code == 422 and unnamed.json()["error"]["param"] == "team_id"
+        assert "green, red" in unnamed.json()["error"]["message"]
+        assert await totals(ada, "model", team_id="green") == {}
+        assert await totals(ada, "model", team_id="red") == {"u": 2}
+
+
 async def test_budget_exhaustion_under_concurrent_load_overshoots_by_at_most_the_requests_in_flight(
         db_url, mock_upstream, make_config, start) -> None:
     mock_upstream.on("slow-up", delay=0.15, content="ok")
@@ -197,11 +258,12 @@ async def test_team_end_user_user_and_proxy_budgets_name_the_entity(make_config,
         assert (await post(gw, rich, chat_body(user="bob"))).status_code == 200  # the new budget applies at once
         info = (await gw.admin("GET", "/customer/info", params={"end_user_id": "bob"})).json()
         assert info["spend"] > 0 and info["max_budget"] == 10
-        # users: the users module feeds budgets through the ledger's hook
-        gw.gateway.spend.user_budget = lambda user_id: BudgetFields(max_budget=0.0) if user_id == "uma" else None
+        # users: the key's owner has a budget of their own
+        assert (await gw.admin("POST", "/user/update", json={"user_id": "uma", "max_budget": 0})).status_code == 200
         r = await post(gw, rich, chat_body())
-        assert r.status_code == 400 and "User=uma" in r.json()["error"]["message"]
-        gw.gateway.spend.user_budget = None
+        assert r.status_code == 400 and r.json()["error"]["type"] == "budget_exceeded"
+        assert "User=uma Current cost: " in r.json()["error"]["message"]
+        assert (await gw.admin("POST", "/user/update", json={"user_id": "uma", "max_budget": None})).status_code == 200
         assert (await post(gw, rich, chat_body())).status_code == 200
     # the proxy's budget counts every request: the database above already spent more than this one allows
     proxy_cfg = make_config(models=[priced("m1")], litellm={"max_budget": 0.001})
@@ -236,6 +298,55 @@ async def test_a_30s_budget_starts_again_when_its_period_ends(db_url, make_confi
         one = (await gw.admin("GET", "/key/info", params={"key": key})).json()["info"]
         assert rows[0]["spend"] == pytest.approx(one_request) and one["spend"] == pytest.approx(one_request)
         assert one["budget_reset_at"] > shown["budget_reset_at"]
+
+
+async def test_a_users_budget_covers_all_their_keys_and_its_period_ends_on_the_clock(
+        db_url, mock_upstream, make_config, start, query_db) -> None:
+    mock_upstream.on("u-up", content="ok")
+    cfg = _cfg(make_config, db_url, [upstream_model("u", mock_upstream)])
+    cost = 7 * PRICES["input_cost_per_token"] + 1 * PRICES["output_cost_per_token"]  # the mock's usage: 7 + 1
+    now = [1_900_000_000.0]
+    async with start(cfg) as gw:
+        ledger = gw.gateway.spend
+        ledger.clock = lambda: now[0]
+        made = await gw.admin("POST", "/user/new", json={"user_id": "ulla", "max_budget": 1.5 * cost,
+                                                          "soft_budget": cost / 2, "budget_duration": "30s"})
+        assert made.status_code == 200, made.text
+        assert made.json()["budget_reset_at"].startswith("2030-03-17T17:47:10")  # 1.9e9 + 30 s
+        first = made.json()["key"]
+        second = await gw.new_key(user_id="ulla")  # the budget is the user's: every key of theirs spends it
+        other = await gw.new_key(user_id="otto")  # negative control: another user, no budget
+        assert (await post(gw, first, chat_body(model="u"))).status_code == 200
+        assert (await post(gw, second, chat_body(model="u"))).status_code == 200  # spend cost < 1.5 cost
+        before = len(mock_upstream.requests)
+        for key in (first, second):
+            r = await post(gw, key, chat_body(model="u"))
+            assert r.status_code == 400, r.text
+            error = r.json()["error"]
+            assert error["type"] == "budget_exceeded" and error["code"] == "400"
+            assert error["message"].startswith("Budget has been exceeded! User=ulla Current cost: ")
+            assert error["message"].endswith(f"Max budget: {1.5 * cost}")
+        assert len(mock_upstream.requests) == before  # refused before the upstream call
+        assert (await post(gw, other, chat_body(model="u"))).status_code == 200
+        info = (await gw.admin("GET", "/user/info", params={"user_id": "ulla"})).json()["user_info"]
+        assert info["spend"] == pytest.approx(2 * cost, rel=1e-9) and info["max_budget"] == 1.5 * cost
+        assert ledger.soft_crossed.get("user") == 1
+        now[0] += 29  # negative control: still the same period
+        assert (await post(gw, first, chat_body(model="u"))).status_code == 400
+        now[0] += 2  # a new period
+        assert (await post(gw, second, chat_body(model="u"))).status_code == 200
+        await ledger.flush()
+        rows = query_db(db_url, "SELECT spend, budget_reset_at FROM sg_users WHERE user_id = 'ulla'")
+        assert rows[0]["spend"] == pytest.approx(cost, rel=1e-9)
+        info = (await gw.admin("GET", "/user/info", params={"user_id": "ulla"})).json()["user_info"]
+        assert info["spend"] == pytest.approx(cost, rel=1e-9)
+        assert info["budget_reset_at"].startswith("2030-03-17T17:47:40")  # the next period's end
+        # raising the budget applies at once; so does writing the spend back to 0
+        assert (await post(gw, first, chat_body(model="u"))).status_code == 200
+        assert (await post(gw, first, chat_body(model="u"))).status_code == 400
+        updated = await gw.admin("POST", "/user/update", json={"user_id": "ulla", "spend": 0})
+        assert updated.status_code == 200 and updated.json()["data"]["spend"] == 0
+        assert (await post(gw, first, chat_body(model="u"))).status_code == 200
 
 
 async def test_crossing_a_soft_budget_is_logged_once_and_shown_in_metrics(make_config, start, db_url,

@@ -2,6 +2,8 @@
 
 Who may do what is :mod:`sluicegate.permissions`': a team's keys are its admins', a key without a team is its
 owner's, the proxy admin's are all; ``/key/health`` and ``/key/info`` (without ``key``) are the calling key's own.
+A team's admin gives the team's keys no more than the team has: ``max_budget``, ``rpm_limit`` and ``tpm_limit`` at
+most the team's own (:func:`check_team_caps`); the proxy admin may set more.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from sluicegate.aio import bounded
 from sluicegate.api.common import AdminRequest, Alias, TeamId, decode_body, gateway_of, json_response, page_of
 from sluicegate.limits.budgets import budget_values
 from sluicegate.auth import generate_key, hash_key, key_name
-from sluicegate.db.store import KeyRecord, UserRecord
+from sluicegate.db.store import KeyRecord, TeamRecord, UserRecord
 from sluicegate.errors import ApiError
 from sluicegate.permissions import (actor_of, can_read_all, can_write_key, readable_teams, require, require_key_read,
                                     require_key_write, require_some_key_write)
@@ -30,14 +32,16 @@ if TYPE_CHECKING:
     from sluicegate.auth import AuthContext
     from sluicegate.gateway import Gateway
 
-__all__ = ("KeyDeleteRequest", "KeyGenerateRequest", "KeyUpdateRequest", "create_key", "delete_keys",
-           "generate", "key_health", "key_info", "key_view", "list_keys", "regenerate_key", "remove_keys",
+__all__ = ("TEAM_CAPPED_FIELDS", "KeyDeleteRequest", "KeyGenerateRequest", "KeyUpdateRequest", "check_team_caps",
+           "create_key", "delete_keys", "generate", "key_health", "key_info", "key_view", "list_keys", "regenerate_key", "remove_keys",
            "update", "update_key_values")
 
 _UNSET: Any = msgspec.UNSET
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]|mo)\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "mo": 2592000}
 _MAX_DURATION = 100 * 365 * 86400
+TEAM_CAPPED_FIELDS = ("max_budget", "rpm_limit", "tpm_limit")
+"""What a team's admin may give a key of the team at most as much of as the team itself has."""
 
 
 class KeyGenerateRequest(AdminRequest, kw_only=True):
@@ -155,6 +159,23 @@ def key_view(gateway: Gateway, record: KeyRecord) -> dict[str, Any]:
             "updated_at": record.updated_at.isoformat() if record.updated_at else None}
 
 
+def check_team_caps(ctx: AuthContext, team: TeamRecord | None, values: dict[str, Any], fields: Any) -> None:
+    """Refuse (400 naming the field and the team's limit) a key of ``team`` whose ``max_budget``, ``rpm_limit`` or
+    ``tpm_limit`` (of ``fields``, the ones being set; ``values`` the key's as it would be) is above the team's own,
+    unless the caller is the proxy admin. A key without a limit of its own (None) is bounded by the team's at
+    request time, so None passes; so does a field of a team without that limit."""
+    if ctx.is_admin or team is None:
+        return
+    for field in TEAM_CAPPED_FIELDS:
+        ceiling = getattr(team, field)
+        value = values.get(field)
+        if field not in fields or ceiling is None or value is None or value <= ceiling:
+            continue
+        raise ApiError(400, f"{field}: {value} is above team {team.team_id!r}'s {field} of {ceiling}; a team admin "
+                       f"may give the team's keys at most the team's limit (the proxy admin may set more)",
+                       param=field)
+
+
 @post("/key/generate", status_code=200)
 async def generate(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
@@ -185,6 +206,9 @@ async def create_key(gateway: Gateway, ctx: AuthContext, data: KeyGenerateReques
     if gateway.master_key and key == gateway.master_key:
         raise ApiError(422, "key: must differ from the master key", param="key")
     metadata = _check_metadata(gateway, data.metadata)
+    if data.team_id is not None and not ctx.is_admin:
+        check_team_caps(ctx, await gateway.store.get_team(data.team_id),
+                        {field: getattr(data, field) for field in TEAM_CAPPED_FIELDS}, TEAM_CAPPED_FIELDS)
     if data.team_id is not None:
         await gateway.store.ensure_team(data.team_id, actor=actor_of(ctx, request))
     budget = budget_values(data, gateway.spend.clock())
@@ -262,6 +286,11 @@ async def update_key_values(gateway: Gateway, ctx: AuthContext, data: KeyUpdateR
         if await _check_owner(gateway, ctx, user_id, team_id):
             raise ApiError(404, f"user_id: no user {user_id!r}; create it with /user/new", type="not_found_error",
                            param="user_id")
+    team_id = values.get("team_id", current.team_id)
+    if team_id and not ctx.is_admin:  # a key moved into a team brings its limits along: checked too
+        changed = TEAM_CAPPED_FIELDS if "team_id" in values else values.keys()
+        check_team_caps(ctx, await gateway.store.get_team(team_id),
+                        {field: values.get(field, getattr(current, field)) for field in TEAM_CAPPED_FIELDS}, changed)
     if values.get("team_id"):
         await gateway.store.ensure_team(values["team_id"], actor=actor_of(ctx, request))
     record = await gateway.store.update_key(token_id, actor=actor_of(ctx, request), **values)

@@ -5,8 +5,10 @@ Vertex AI and Bedrock) gets the client's request natively, its answer and stream
 other is reached through its chat contract, translated both ways by
 :mod:`sluicegate.providers.messages_adapter`. Auth (``x-api-key`` or ``Authorization: Bearer``), the key's and the
 team's model restrictions, the router (retries, fallbacks, cooldowns) and the one log event per call
-(``call_type`` ``anthropic_messages``) are the shared pipeline's pieces (:mod:`sluicegate.api.pipeline`); errors
-on this route are in Anthropic's shape (``{"type": "error", "error": {"type", "message"}}``).
+(``call_type`` ``anthropic_messages``) are the shared pipeline's: the route is the :class:`Messages` endpoint of
+:func:`sluicegate.api.pipeline.run_call`, which adds only what differs (the Messages body, the two answer paths,
+the stream events). Errors on this route are in Anthropic's shape (``{"type": "error", "error": {"type",
+"message"}}``).
 
 Attribution: Anthropic's ``metadata`` is its own field (only ``user_id``, the event's end user, which native
 upstreams receive and translated ones get as ``user``); LiteLLM's request metadata (``tags``, ``session_id``,
@@ -15,32 +17,28 @@ upstreams receive and translated ones get as ``user``); LiteLLM's request metada
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import Request, Response, post
 from litestar.exceptions import HTTPException
-from litestar.response import Stream
 
 from sluicegate.api.common import gateway_of
-from sluicegate.api.pipeline import (Call, allowed_models, may_use, parse_model_body, request_id_of,
-                                     request_options)
-from sluicegate.attribution import request_attribution
+from sluicegate.api.pipeline import (MODEL_PARAMS_SKIP, Assembler, Call, Endpoint, MockSource, allowed_models,
+                                     may_use, parse_model_body, request_id_of, run_call)
+from sluicegate.attribution import Attribution, request_attribution
 from sluicegate.errors import ApiError
 from sluicegate.providers.base import SSEDecoder
 from sluicegate.providers.messages_adapter import (MessageAssembler, StreamTranslator, chat_request,
                                                    message_from_chat, openai_usage, sse_event)
 from sluicegate.providers.upstream import UpstreamError, mock_completion, mock_stream
-from sluicegate.router import RouterFailure
 
 if TYPE_CHECKING:
-    from sluicegate.gateway import Gateway
     from sluicegate.providers.models import Deployment
-    from sluicegate.router import Group, RequestOptions
 
-__all__ = ("check_body", "count_tokens", "count_tokens_v1", "error_body", "messages", "messages_v1")
+__all__ = ("MESSAGES", "Messages", "check_body", "count_tokens", "count_tokens_v1", "error_body", "log_body",
+           "log_messages", "messages", "messages_v1")
 
 _json = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -144,16 +142,21 @@ def _loggable(content: Any) -> Any:
     return result
 
 
-def log_body(body: dict[str, Any]) -> dict[str, Any]:
-    """What the log event shows of the request: the system prompt as the first message, base64 payloads as
-    placeholders, LiteLLM's metadata left out."""
+def log_messages(body: dict[str, Any]) -> list[Any]:
+    """The event's ``messages``: the system prompt as the first message (so redaction covers it), base64 payloads
+    as placeholders."""
     messages: list[Any] = []
     system = body.get("system")
     if system:
         messages.append({"role": "system", "content": _loggable(system)})
     messages += [{**m, "content": _loggable(m.get("content"))} for m in body["messages"]]
+    return messages
+
+
+def log_body(body: dict[str, Any]) -> dict[str, Any]:
+    """What the log event shows of the request: :func:`log_messages`, LiteLLM's metadata left out."""
     logged = {k: v for k, v in body.items() if k not in _LOG_SKIP}
-    logged["messages"] = messages
+    logged["messages"] = log_messages(body)
     return logged
 
 
@@ -183,61 +186,145 @@ def _beta(request: Request) -> str | None:
     return beta
 
 
-async def _messages(request: Request) -> Response[Any]:
-    gateway = gateway_of(request)
-    rid = request_id_of(request)
-    try:
-        ctx = await gateway.authenticate(request)
-        beta = _beta(request)
+class _State:
+    """One Messages request's own facts: the client's ``anthropic-beta`` and, for a translated answer, the chat
+    usage (OpenAI's names, as the chat upstream counted them)."""
+
+    __slots__ = ("beta", "native", "usage")
+
+    def __init__(self, beta: str | None) -> None:
+        self.beta = beta
+        self.native = True
+        """Whether the stream being relayed is the upstream's own Anthropic events."""
+        self.usage: dict[str, Any] | None = None
+
+
+class _Translated:
+    """A chat stream (an upstream's, or a ``mock_response`` model's) relayed as Anthropic's stream events,
+    translated chunk by chunk as they arrive; its ``usage`` is the chat usage for the event."""
+
+    __slots__ = ("_decoder", "_source", "_translator", "headers", "usage")
+
+    def __init__(self, source: Any, model: str) -> None:
+        self._source = source
+        self._translator = StreamTranslator(model)
+        self._decoder = SSEDecoder()
+        self.headers = None
+        self.usage: dict[str, Any] | None = None
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        translator = self._translator
+        done = False
+        async for data in self._source.aiter_raw():
+            frames = []
+            for _, payload in self._decoder.feed(data):
+                if payload.strip() == b"[DONE]":
+                    done = True
+                    continue
+                try:
+                    chunk = _decoder.decode(payload)
+                except msgspec.DecodeError:
+                    continue
+                if not isinstance(chunk, dict):
+                    continue
+                if "error" in chunk:  # the provider's error frame mid-stream ends the answer with Anthropic's
+                    failure = chunk["error"]
+                    message = str(failure.get("message") if isinstance(failure, dict) else failure)
+                    frames.append(sse_event({"type": "error", "error": {"type": "api_error", "message": message}}))
+                    yield b"".join(frames)
+                    return
+                frames += [sse_event(event) for event in translator.feed(chunk)]
+                if translator.usage is not None:
+                    self.usage = translator.usage
+            if frames:
+                yield b"".join(frames)
+        if not done:
+            raise UpstreamError(502, "upstream stream ended before [DONE]", type="upstream_error", code="502")
+        if self.usage is None:
+            self.usage = getattr(self._source, "usage", None)
+        yield b"".join(sse_event(event) for event in translator.end())
+
+    async def aclose(self) -> None:
+        await self._source.aclose()
+
+
+class _Assembler(Assembler):
+    """The Anthropic events relayed to the client, assembled into the message the event logs."""
+
+    __slots__ = ("_decoder", "_message", "_native")
+
+    def __init__(self, native: bool) -> None:
+        super().__init__()
+        self.done = False
+        self._native = native
+        self._decoder = SSEDecoder()
+        self._message = MessageAssembler()
+
+    def feed(self, data: bytes) -> None:
+        super().feed(data)
+        message = self._message
+        for _, payload in self._decoder.feed(data):
+            message.feed(payload)
+        self.error = message.error
+        self.done = message.stopped
+
+    def result(self) -> tuple[Any, dict[str, Any] | None]:
+        # a translated stream's usage is the chat upstream's (the source's ``usage``), in OpenAI's names already
+        return self._message.result(), openai_usage(self._message.usage) if self._native else None
+
+
+class Messages(Endpoint):
+    """``/v1/messages`` on the call pipeline: native to upstreams that speak the Messages API, translated through
+    the chat contract to any other, with Anthropic's error shape and stream events either way."""
+
+    name = "messages"
+    call_type = "anthropic_messages"
+    input_field = "messages"
+    incomplete = "upstream stream ended before message_stop"
+    params_skip = MODEL_PARAMS_SKIP | _LOG_SKIP
+
+    def state(self, request: Request) -> _State:
+        return _State(_beta(request))
+
+    async def read(self, request: Request) -> tuple[dict[str, Any], bytes | None, Any]:
         try:
             raw = await request.body()
         except HTTPException as exc:  # too large, too slow: still an Anthropic-shaped answer on this route
             raise ApiError(exc.status_code, str(exc.detail or "request body refused"), param="body") from None
-        body, model = parse_model_body(raw or b"")
+        body, _ = parse_model_body(raw or b"")
+        return body, None, None
+
+    def check(self, body: dict[str, Any]) -> None:
         check_body(body)
-        attribution = _attribution(body, request)
-    except ApiError as exc:
-        return _error_response(exc, rid)
-    group = gateway.router.resolve(model)
-    call = Call(ctx, group.deployments[0] if group else None, log_body(body), request, rid,
-                call_type="anthropic_messages", attribution=attribution)
-    stream = bool(body.get("stream"))
-    try:
-        if group is None:
-            raise ApiError(400, f"model {model!r} is not configured; available: "
-                                f"{', '.join(allowed_models(gateway, ctx))}", param="model", code="model_not_found")
-        if not may_use(ctx, model):
-            raise ApiError(403, f"this key may not use model {model!r}", type="permission_error", param="model",
-                           code="403")
-        options = request_options(gateway, ctx, body)
-        if options is not None:  # the router's fields are neither sent upstream nor model parameters
-            call.body.pop("num_retries", None)
-            call.body.pop("fallbacks", None)
-        await gateway.router.ready(group)
-        await gateway.spend.check(ctx, await gateway.spend.end_user(attribution.end_user))  # budgets
-        call.ticket = await gateway.limits.check(ctx, model)  # rate limits: settled with the call's event
-        if stream:
-            return await _stream(gateway, call, group, body, beta, options)
 
-        async def attempt(deployment: Deployment) -> tuple[bytes, bool]:
-            provider = deployment.provider
-            if deployment.mock_response is None and provider.speaks_messages():
-                return await provider.messages_bytes(body, rid, beta), True
-            chat = chat_request(body, provider.supported_params)
-            if deployment.mock_response is not None:
-                return mock_completion(deployment, chat), False
-            return await provider.complete_bytes(chat, None, rid), False
+    def attribution(self, body: dict[str, Any], request: Request) -> tuple[Attribution, dict[str, Any] | None]:
+        return _attribution(body, request), None
 
-        try:
-            outcome = await gateway.router.call(group, attempt, options=options,
-                                                tokens=gateway.router.estimate_tokens(body["messages"]))
-        except RouterFailure as failure:
-            call.deployment = failure.deployment or call.deployment
-            call.attempts = failure.attempts
-            raise failure.error from None
-        call.deployment = outcome.deployment
-        call.attempts = outcome.attempts
-        content, native = outcome.result
+    def logged_input(self, body: dict[str, Any]) -> Any:
+        return log_messages(body)
+
+    def error_response(self, exc: ApiError, request_id: str) -> Response[bytes]:
+        return _error_response(exc, request_id)
+
+    def headers(self, request_id: str) -> dict[str, str]:
+        return {"x-request-id": request_id, "request-id": request_id}
+
+    def tokens(self, router: Any, body: dict[str, Any]) -> int:
+        return router.estimate_tokens(body["messages"])
+
+    def media_type(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> str:
+        return "text/event-stream" if body.get("stream") else "application/json"
+
+    async def answer(self, call: Call, deployment: Deployment) -> bytes:
+        provider = deployment.provider
+        call.state.usage = None
+        if deployment.mock_response is None and provider.speaks_messages():
+            return await provider.messages_bytes(call.body, call.request_id, call.state.beta)
+        chat = chat_request(call.body, provider.supported_params)
+        if deployment.mock_response is not None:
+            content = mock_completion(deployment, chat)
+        else:
+            content = await provider.complete_bytes(chat, None, call.request_id)
         try:
             parsed = _decoder.decode(content)
         except msgspec.DecodeError:
@@ -246,127 +333,39 @@ async def _messages(request: Request) -> Response[Any]:
         if not isinstance(parsed, dict):
             raise UpstreamError(502, "upstream returned JSON that is not an object", type="upstream_error",
                                 code="502")
-    except ApiError as exc:
-        gateway.record(call.event(status="failure", error=exc, stream=stream), ctx)
-        return _error_response(exc, rid)
-    if native:
-        message, usage = parsed, openai_usage(parsed.get("usage"))
-    else:
-        usage = parsed.get("usage") if isinstance(parsed.get("usage"), dict) else None
-        message = message_from_chat(parsed, model)
-        content = _json.encode(message)
-    outcome.finish(int((usage or {}).get("total_tokens") or 0))
-    gateway.record(call.event(status="success", response=message, usage=usage), ctx)
-    return Response(content=content, media_type="application/json",
-                    headers={"x-request-id": rid, "request-id": rid, **call.limit_headers()})
+        usage = parsed.get("usage")
+        call.state.usage = usage if isinstance(usage, dict) else {}  # {}: translated, whatever the upstream said
+        return _json.encode(message_from_chat(parsed, str(call.body["model"])))
 
+    def logged(self, call: Call, parsed: Any) -> tuple[Any, dict[str, Any] | None]:
+        if not isinstance(parsed, dict):
+            raise UpstreamError(502, "upstream returned JSON that is not an object", type="upstream_error",
+                                code="502")
+        translated = call.state.usage
+        call.state.usage = None  # the next attempt's (a fallback's) answer is read afresh
+        if translated is not None:
+            return parsed, translated or None
+        return parsed, openai_usage(parsed.get("usage"))
 
-async def _stream(gateway: Gateway, call: Call, group: Group, body: dict[str, Any], beta: str | None,
-                  options: RequestOptions | None) -> Response[Any]:
-    rid = call.request_id
-
-    async def attempt(deployment: Deployment) -> tuple[Any, bool]:
+    async def open(self, call: Call, deployment: Deployment) -> Any:
         # only the opening is retried: once the upstream accepted, its events go to the client as they come
         provider = deployment.provider
-        if deployment.mock_response is None and provider.speaks_messages():
-            return await provider.open_messages_stream(body, rid, beta), True
-        chat = chat_request(body, provider.supported_params)
+        call.state.native = deployment.mock_response is None and provider.speaks_messages()
+        if call.state.native:
+            return await provider.open_messages_stream(call.body, call.request_id, call.state.beta)
+        chat = chat_request(call.body, provider.supported_params)
         if deployment.mock_response is not None:
-            return _MockStream(mock_stream(deployment, chat)), False
-        return await provider.open_stream(chat, None, rid), False
+            return _Translated(MockSource(mock_stream(deployment, chat)), str(call.body["model"]))
+        return _Translated(await provider.open_stream(chat, None, call.request_id), str(call.body["model"]))
 
-    try:
-        outcome = await gateway.router.call(group, attempt, options=options, stream=True,
-                                            tokens=gateway.router.estimate_tokens(body["messages"]))
-    except RouterFailure as failure:
-        call.deployment = failure.deployment or call.deployment
-        call.attempts = failure.attempts
-        raise failure.error from None
-    call.deployment = outcome.deployment
-    call.attempts = outcome.attempts
-    upstream, native = outcome.result
-    model = str(body["model"])
+    def assembler(self, call: Call, headers: dict[str, str] | None) -> Assembler:
+        return _Assembler(native=call.state.native)
 
-    async def relay() -> AsyncIterator[bytes]:
-        assembler = MessageAssembler()
-        decoder = SSEDecoder()
-        translator = None if native else StreamTranslator(model)
-        chat_usage: dict[str, Any] | None = None
-        first_at: float | None = None
-        error: str | None = None
-        done = False
-        try:
-            async for data in upstream.aiter_raw():
-                if first_at is None:
-                    first_at = time.time()
-                if native:
-                    yield data  # Anthropic's own events, relayed as they arrive
-                    for _, payload in decoder.feed(data):
-                        assembler.feed(payload)
-                    continue
-                assert translator is not None
-                frames = []
-                for _, payload in decoder.feed(data):
-                    if payload.strip() == b"[DONE]":
-                        done = True
-                        continue
-                    try:
-                        chunk = _decoder.decode(payload)
-                    except msgspec.DecodeError:
-                        continue
-                    if not isinstance(chunk, dict):
-                        continue
-                    if "error" in chunk:  # the provider's error frame mid-stream
-                        failure = chunk["error"]
-                        message = str(failure.get("message") if isinstance(failure, dict) else failure)
-                        events = [{"type": "error", "error": {"type": "api_error", "message": message}}]
-                    else:
-                        events = translator.feed(chunk)
-                    for event in events:
-                        assembler.feed_event(event)
-                        frames.append(sse_event(event))
-                    if translator.usage is not None:
-                        chat_usage = translator.usage
-                if frames:
-                    yield b"".join(frames)
-                if assembler.error is not None:
-                    break
-            if translator is not None and assembler.error is None:
-                if not done:
-                    raise UpstreamError(502, "upstream stream ended before [DONE]", type="upstream_error",
-                                        code="502")
-                ending = translator.end()
-                for event in ending:
-                    assembler.feed_event(event)
-                yield b"".join(sse_event(e) for e in ending)
-            if assembler.error is not None:
-                error = assembler.error
-            elif native and not assembler.stopped:
-                error = "upstream stream ended before message_stop"
-        except Exception as exc:
-            if isinstance(exc, BaseExceptionGroup):
-                error = "client disconnected mid-stream"
-                raise
-            # The upstream broke after events reached the client: not retried; the stream ends with Anthropic's
-            # error event, which the SDKs raise as an APIError.
-            reason = exc.message if isinstance(exc, ApiError) else f"stream interrupted: {type(exc).__name__}"
-            error = reason
-            kind = error_type(exc) if isinstance(exc, ApiError) else "api_error"
-            yield sse_event({"type": "error", "error": {"type": kind, "message": f"upstream {reason}"}})
-        except BaseException:  # client gone (cancelled/closed)
-            error = "client disconnected mid-stream"
-            raise
-        finally:
-            await upstream.aclose()
-            usage = openai_usage(assembler.usage) if native else (chat_usage or getattr(upstream, "usage", None))
-            usage = usage if isinstance(usage, dict) else None
-            outcome.finish(int((usage or {}).get("total_tokens") or 0))
-            event = call.event(status="failure" if error else "success", response=assembler.result(), usage=usage,
-                               error_str=error, first_token_at=first_at, stream=True)
-            gateway.record(event, call.ctx)
+    def error_frame(self, error: ApiError) -> bytes:
+        return sse_event({"type": "error", "error": {"type": error_type(error), "message": error.message}})
 
-    return Stream(relay(), media_type="text/event-stream",
-                  headers={"x-request-id": rid, "request-id": rid, "cache-control": "no-cache"})
+
+MESSAGES = Messages()
 
 
 async def _count_tokens(request: Request) -> Response[Any]:
@@ -397,29 +396,14 @@ async def _count_tokens(request: Request) -> Response[Any]:
     return Response(content=content, media_type="application/json", headers={"x-request-id": rid, "request-id": rid})
 
 
-class _MockStream:
-    """A ``mock_response`` model's chat stream with the ``aiter_raw``/``aclose`` of an upstream answer."""
-
-    __slots__ = ("_chunks",)
-
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
-        self._chunks = chunks
-
-    def aiter_raw(self) -> AsyncIterator[bytes]:
-        return self._chunks
-
-    async def aclose(self) -> None:
-        await self._chunks.aclose()  # type: ignore[attr-defined]
-
-
 @post("/v1/messages", status_code=200)
 async def messages_v1(request: Request) -> Response[Any]:
-    return await _messages(request)
+    return await run_call(request, MESSAGES)
 
 
 @post("/messages", status_code=200)
 async def messages(request: Request) -> Response[Any]:
-    return await _messages(request)
+    return await run_call(request, MESSAGES)
 
 
 @post("/v1/messages/count_tokens", status_code=200)

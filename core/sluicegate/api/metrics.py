@@ -101,7 +101,9 @@ async def metrics(request: Request) -> Response[str]:
     if gateway.settings.litellm_settings.require_auth_for_metrics_endpoint:
         await gateway.authorize(request, "proxy_admin_viewer")
     delivery = await gateway.delivery_stats()
-    body = "\n".join(gateway.metrics.render()) + "\n" + render(delivery["sinks"], delivery["submitted"],
-                                                               delivery["pending"], gateway.cache.stats(),
-                                                               gateway.spend.stats())
+    await gateway.limits.refresh_gauges()  # with Redis, the per-model windows are read now
+    shared = gateway.worker_metrics  # several workers: theirs merged in (sluicegate.worker_metrics)
+    lines = shared.render() if shared is not None else gateway.metrics.render()
+    body = "\n".join(lines) + "\n" + render(delivery["sinks"], delivery["submitted"], delivery["pending"],
+                                            gateway.cache.stats(), gateway.spend.stats())
     return Response(content=body, media_type="text/plain; version=0.0.4; charset=utf-8")

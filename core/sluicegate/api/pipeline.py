@@ -52,12 +52,13 @@ class Call:
     """Facts of one request, gathered for its log event."""
 
     __slots__ = ("attempts", "attribution", "body", "call_type", "ctx", "deployment", "event_id", "input",
-                 "input_field", "ip", "metadata", "raw", "request_id", "start", "ticket", "traceparent", "upload",
-                 "user_agent")
+                 "input_field", "ip", "metadata", "params_skip", "raw", "request_id", "start", "state", "ticket",
+                 "traceparent", "upload", "user_agent")
 
     def __init__(self, ctx: AuthContext, deployment: Deployment | None, body: dict[str, Any], request: Request,
                  request_id: str, *, call_type: str = "acompletion", input_field: str = "messages",
-                 attribution: Attribution = NO_ATTRIBUTION, metadata: dict[str, Any] | None = None) -> None:
+                 attribution: Attribution = NO_ATTRIBUTION, metadata: dict[str, Any] | None = None,
+                 params_skip: frozenset[str] = MODEL_PARAMS_SKIP) -> None:
         self.ctx = ctx
         self.deployment = deployment
         self.body = body
@@ -79,6 +80,9 @@ class Call:
         self.upload: Any = None
         """A multipart upload's parts, kept out of ``body`` (which the event logs)."""
         self.ticket: Ticket | None = None  # the rate limits' hold, settled with the call's one event
+        self.params_skip = params_skip
+        self.state: Any = None
+        """The endpoint's own facts of this request (:meth:`Endpoint.state`)."""
 
     def limit_headers(self) -> dict[str, str]:
         """The rate limits' remaining/limit headers for a successful answer (none when nothing limits the key)."""
@@ -139,7 +143,7 @@ class Call:
             response_time=end - self.start,
             messages=self.body.get(self.input_field) if self.input is None else self.input, response=response,
             error_str=error_str or (error.message if error else None), error_information=error_information,
-            model_parameters={k: v for k, v in self.body.items() if k not in MODEL_PARAMS_SKIP},
+            model_parameters={k: v for k, v in self.body.items() if k not in self.params_skip},
             metadata=LogMetadata(
                 user_api_key_hash=self.ctx.token_id if key else None,
                 user_api_key_alias=key.key_alias if key else None,
@@ -331,6 +335,7 @@ class Endpoint:
     - ``cacheable``: answers go through the response cache (``cache`` body controls accepted); with
       ``cache_streams`` streamed requests too (:meth:`replay`, :meth:`store_stream`).
     - ``incomplete``: the event's error when a stream ends before its protocol's last event.
+    - ``params_skip``: body fields that are not the event's ``model_parameters``.
     """
 
     name: str = ""
@@ -339,6 +344,24 @@ class Endpoint:
     cacheable: bool = False
     cache_streams: bool = False
     incomplete: str = "upstream stream ended before its last event"
+    params_skip: frozenset[str] = MODEL_PARAMS_SKIP
+
+    def state(self, request: Request) -> Any:
+        """This endpoint's own facts of a request, read once it is authenticated (400 :class:`ApiError` naming
+        a header that is wrong); kept as ``call.state``."""
+        return None
+
+    def attribution(self, body: dict[str, Any], request: Request) -> tuple[Attribution, dict[str, Any] | None]:
+        """The request's attribution, and its ``metadata`` when it was taken out of ``body``."""
+        return take_attribution(body, request)
+
+    def error_response(self, exc: ApiError, request_id: str) -> Response[bytes]:
+        """An error as this endpoint's clients expect it (OpenAI's shape)."""
+        return error_response(exc, request_id)
+
+    def headers(self, request_id: str) -> dict[str, str]:
+        """The headers every answer of this endpoint carries."""
+        return {"x-request-id": request_id}
 
     async def read(self, request: Request) -> tuple[dict[str, Any], bytes | None, Any]:
         """The body as a dict (with ``model``), its raw bytes when they may go upstream as they came, and an
@@ -422,6 +445,7 @@ async def run_call(request: Request, endpoint: Endpoint) -> Response[Any]:
     cache_controls = None
     try:
         ctx = await gateway.authenticate(request)
+        state = endpoint.state(request)
         body, raw, upload = await endpoint.read(request)
         model = body["model"]
         endpoint.check(body)
@@ -432,15 +456,17 @@ async def run_call(request: Request, endpoint: Endpoint) -> Response[Any]:
             cache_controls = body.pop("cache")  # LiteLLM's per-request cache controls; never sent upstream
             parse_controls(cache_controls)
             raw = None
-        attribution, metadata = take_attribution(body, request)
+        attribution, metadata = endpoint.attribution(body, request)
         if metadata is not None:
             raw = None  # the body changed: re-encode it for the upstream
     except ApiError as exc:
-        return error_response(exc, rid)
+        return endpoint.error_response(exc, rid)
     group = gateway.router.resolve(model)
     call = Call(ctx, group.deployments[0] if group else None, body, request, rid, call_type=endpoint.call_type,
-                input_field=endpoint.input_field, attribution=attribution, metadata=metadata)
+                input_field=endpoint.input_field, attribution=attribution, metadata=metadata,
+                params_skip=endpoint.params_skip)
     call.raw = raw
+    call.state = state
     if upload is not None:
         call.upload, call.input = upload
     else:
@@ -467,7 +493,7 @@ async def run_call(request: Request, endpoint: Endpoint) -> Response[Any]:
                 lookup.mark(event, hit=True)
                 gateway.record(event, ctx)
                 content, media_type = endpoint.replay(cached, body, stream)
-                headers = {"x-request-id": rid, **lookup.headers(hit=True)}
+                headers = {**endpoint.headers(rid), **lookup.headers(hit=True)}
                 if stream:
                     headers["cache-control"] = "no-cache"
                 return Response(content=content, media_type=media_type, headers=headers)
@@ -495,13 +521,13 @@ async def run_call(request: Request, endpoint: Endpoint) -> Response[Any]:
                                     code="502") from None
         else:
             parsed = content.decode("utf-8", "replace")
+        response, usage = endpoint.logged(call, parsed)
     except ApiError as exc:
         gateway.record(call.event(status="failure", error=exc, stream=stream), ctx)
-        return error_response(exc, rid)
-    response, usage = endpoint.logged(call, parsed)
+        return endpoint.error_response(exc, rid)
     outcome.finish(int((usage or {}).get("total_tokens") or 0))
     event = call.event(status="success", response=response, usage=usage)
-    headers = {"x-request-id": rid, **call.limit_headers()}
+    headers = {**endpoint.headers(rid), **call.limit_headers()}
     if lookup is not None:  # -- response cache: store the answer, mark the event and the response
         lookup.mark(event, hit=False)
         headers.update(lookup.headers(hit=False))
@@ -543,9 +569,12 @@ async def _stream(gateway: Gateway, call: Call, group: Any, options: RequestOpti
                 error = "client disconnected mid-stream"
                 raise
             # the upstream broke after bytes reached the client: not retried (two answers would be spliced)
-            error = f"stream interrupted: {type(exc).__name__}"
-            frame = endpoint.error_frame(UpstreamError(502, f"upstream stream interrupted: {type(exc).__name__}",
-                                                       type="upstream_error", code="502"))
+            if isinstance(exc, ApiError):  # the source's own words (a translating source's protocol error)
+                error, broken = exc.message, exc
+            else:
+                error = f"stream interrupted: {type(exc).__name__}"
+                broken = UpstreamError(502, f"upstream {error}", type="upstream_error", code="502")
+            frame = endpoint.error_frame(broken)
             if frame is not None:
                 yield frame
         except BaseException:  # client gone (cancelled/closed)
@@ -565,7 +594,7 @@ async def _stream(gateway: Gateway, call: Call, group: Any, options: RequestOpti
                 await endpoint.store_stream(lookup, state, call.body)
             gateway.record(event, call.ctx)
 
-    headers = {"x-request-id": call.request_id, "cache-control": "no-cache", **call.limit_headers()}
+    headers = {**endpoint.headers(call.request_id), "cache-control": "no-cache", **call.limit_headers()}
     if lookup is not None:
         headers.update(lookup.headers(hit=False))
     return Stream(relay(), media_type=endpoint.media_type(call.body, headers_in),

@@ -1,7 +1,9 @@
 """``GET /spend/report``: spend per day grouped by team, key, user, end user, tag or model, as JSON or CSV.
 
-Reads ``sg_daily_spend`` (written by :mod:`sluicegate.limits.spend` in batches); the route first writes what this
-process has not yet, so a report includes every request answered here before it.
+Reads ``sg_daily_spend`` (every team's) or, for one team, ``sg_team_daily_spend`` (what the team's keys spent),
+both written by :mod:`sluicegate.limits.spend` in batches; the route first writes what this process has not yet, so
+a report includes every request answered here before it. Proxy admins and viewers read any report; a team's admin
+reads their team's, and only that.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from litestar import Request, Response, get
 from sluicegate.api.common import gateway_of, json_response
 from sluicegate.errors import ApiError
 from sluicegate.limits.spend import ENTITY_TYPES
+from sluicegate.permissions import can_read_all, describe, readable_teams, require
 
 if TYPE_CHECKING:
     from sluicegate.auth import AuthContext
@@ -37,10 +40,24 @@ def _date(value: str | None, name: str, default: date) -> str:
 
 
 async def report_scope(gateway: Gateway, request: Request, team_id: str | None) -> tuple[AuthContext, str | None]:
-    """Who may read which report: the proxy admin any (``team_id`` narrows it to one team). Team admins reading
-    their own team's report come with roles (``/user/*``): they get here with ``team_id`` forced to their team."""
-    ctx = await gateway.authorize(request, "proxy_admin_viewer")
-    return ctx, team_id
+    """Who may read which report: proxy admins and viewers any (``team_id`` narrows it to one team); a team's admin
+    (viewer roles included) their team's only: ``team_id`` is forced to it (required when they admin several
+    teams), another team's is a 403."""
+    ctx = await gateway.authorize(request)
+    if can_read_all(ctx):
+        return ctx, team_id
+    if team_id is not None:
+        require(ctx, "team_admin_viewer", team_id)
+        return ctx, team_id
+    teams = readable_teams(ctx, "team_admin_viewer") or []
+    if len(teams) == 1:
+        return ctx, teams[0]
+    if not teams:
+        raise ApiError(403, "this route needs role proxy_admin or proxy_admin_viewer, or role admin of a team "
+                       f"(for that team's report); {describe(ctx)} has none of them", type="permission_error",
+                       code="403")
+    raise ApiError(422, f"team_id: required, naming one of the teams you are admin of: {', '.join(teams)}",
+                   param="team_id")
 
 
 @get("/spend/report")
@@ -49,7 +66,8 @@ async def spend_report(request: Request, start_date: str | None = None, end_date
                        format: str | None = None) -> Response[Any]:  # noqa: A002 - the query parameter's name
     """Spend per day and ``group_by`` (team | key | user | end_user | tag | model) from ``start_date`` to
     ``end_date`` (inclusive, UTC days; default the last 30 days). ``format=csv`` (or ``accept: text/csv``) for
-    CSV. ``team_id`` narrows ``group_by=team`` and ``group_by=key`` to one team."""
+    CSV. ``team_id`` narrows the report to one team: what its keys spent, by ``group_by``; a team's admin always
+    reads their team's."""
     gateway = gateway_of(request)
     _, team = await report_scope(gateway, request, team_id)
     if group_by not in ENTITY_TYPES:
@@ -62,16 +80,13 @@ async def spend_report(request: Request, start_date: str | None = None, end_date
     end = _date(end_date, "end_date", today)
     if start > end:
         raise ApiError(422, f"start_date: {start} is after end_date {end}", param="start_date")
-    ids: list[str] | None = None
-    if team is not None:
-        if group_by == "team":
-            ids = [team]
-        elif group_by == "key":
-            ids = [k.token_id for k in await gateway.store.list_keys(team_id=team)]
-        else:
-            raise ApiError(422, f"team_id: a team's report groups by team or key, not {group_by}", param="team_id")
     await gateway.spend.flush()
-    rows = await gateway.store.spend_report(group_by, start, end, ids)
+    if team is None:
+        rows = await gateway.store.spend_report(group_by, start, end)
+    elif group_by == "team":
+        rows = await gateway.store.spend_report("team", start, end, [team])
+    else:
+        rows = await gateway.store.spend_report(group_by, start, end, team_id=team)
     if wants_csv:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")

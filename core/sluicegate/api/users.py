@@ -2,7 +2,9 @@
 list them; a user reads themselves, and a team's admins read its members.
 
 A user's limit fields (``max_budget``, ``soft_budget``, ``budget_duration``, ``spend``, ``rpm_limit``,
-``tpm_limit``, ``max_parallel_requests``) are accepted and stored here and enforced by the limits module.
+``tpm_limit``, ``max_parallel_requests``) apply to every request of a key the user owns, as a key's or a team's
+do (:mod:`sluicegate.limits`): over ``max_budget`` in the current ``budget_duration`` period, LiteLLM's
+``budget_exceeded`` (400) naming the user, before the upstream call.
 LiteLLM fields Sluicegate does not implement are refused by name (422 ``unknown field``), never dropped.
 """
 
@@ -17,8 +19,9 @@ from litestar import Request, Response, get, post
 from sluicegate.api.common import AdminRequest, Alias, TeamId, decode_body, gateway_of, json_response, page_of
 from sluicegate.api.keys import key_view, parse_duration
 from sluicegate.auth import generate_key, hash_key, key_name
-from sluicegate.db.store import USER_LIMIT_FIELDS, KeyRecord, MemberRecord, UserRecord
+from sluicegate.db.store import KeyRecord, MemberRecord, UserRecord
 from sluicegate.errors import ApiError
+from sluicegate.limits.budgets import budget_values
 from sluicegate.permissions import ROLES, actor_of, can_admin_read_team, can_read_all, can_read_key
 
 if TYPE_CHECKING:
@@ -50,7 +53,7 @@ class UserNewRequest(AdminRequest, kw_only=True):
     max_budget: NonNegative | None = None
     soft_budget: NonNegative | None = None
     budget_duration: str | None = None
-    spend: NonNegative | None = None
+    spend: NonNegative = 0.0
     rpm_limit: Count | None = None
     tpm_limit: Count | None = None
     max_parallel_requests: Count | None = None
@@ -70,7 +73,7 @@ class UserUpdateRequest(AdminRequest, kw_only=True):
     max_budget: NonNegative | None | msgspec.UnsetType = _UNSET
     soft_budget: NonNegative | None | msgspec.UnsetType = _UNSET
     budget_duration: str | None | msgspec.UnsetType = _UNSET
-    spend: NonNegative | None | msgspec.UnsetType = _UNSET
+    spend: NonNegative | msgspec.UnsetType = _UNSET
     rpm_limit: Count | None | msgspec.UnsetType = _UNSET
     tpm_limit: Count | None | msgspec.UnsetType = _UNSET
     max_parallel_requests: Count | None | msgspec.UnsetType = _UNSET
@@ -80,20 +83,14 @@ class UserDeleteRequest(AdminRequest, kw_only=True):
     user_ids: list[Alias]
 
 
-def user_view(user: UserRecord) -> dict[str, Any]:
+def user_view(gateway: Gateway, user: UserRecord) -> dict[str, Any]:
+    """A user as the API shows them: ``spend`` is the current budget period's, including what this process spent
+    since its last write."""
     data = msgspec.to_builtins(user)
+    data["spend"] = gateway.spend.spend_of("user", user.user_id, user.spend, user.budget_reset_at)
     data["created_at"] = user.created_at.isoformat() if user.created_at else None
     data["updated_at"] = user.updated_at.isoformat() if user.updated_at else None
     return data
-
-
-def _check_budget_duration(value: str | None) -> None:
-    if value is not None:
-        try:
-            parse_duration(value)
-        except ApiError:
-            raise ApiError(422, f"budget_duration: expected a positive number with a unit s, m, h, d, w or mo "
-                           f"(e.g. '30d'), got {value[:40]!r}", param="budget_duration") from None
 
 
 async def _resolve(gateway: Gateway, user_id: str | None, user_email: str | None) -> UserRecord:
@@ -116,7 +113,7 @@ async def new_user(request: Request) -> Response[bytes]:
     gateway = gateway_of(request)
     ctx = await gateway.authorize(request, "proxy_admin")
     data = await decode_body(request, UserNewRequest)
-    _check_budget_duration(data.budget_duration)
+    budget = budget_values(data, gateway.spend.clock())
     user_id = data.user_id or uuid.uuid4().hex
     if await gateway.store.get_user(user_id) is not None:
         raise ApiError(400, f"user_id: user {user_id!r} already exists", param="user_id")
@@ -131,7 +128,8 @@ async def new_user(request: Request) -> Response[bytes]:
         memberships.append(MemberRecord(team_id=team_id, user_id=user_id, role=role))
     user = UserRecord(user_id=user_id, user_email=data.user_email, user_alias=data.user_alias,
                       user_role=data.user_role, models=data.models, metadata=data.metadata,
-                      **{name: getattr(data, name) for name in USER_LIMIT_FIELDS})
+                      rpm_limit=data.rpm_limit, tpm_limit=data.tpm_limit,
+                      max_parallel_requests=data.max_parallel_requests, **budget)
     key = key_record = None
     if data.auto_create_key:
         key = generate_key()
@@ -139,7 +137,7 @@ async def new_user(request: Request) -> Response[bytes]:
                                user_id=user_id, models=data.models, expires=parse_duration(data.duration))
     created = await gateway.store.create_user(user, memberships=memberships, key=key_record, actor=actor_of(ctx, request))
     gateway.invalidate()
-    answer = {**user_view(created), "teams": [m.team_id for m in memberships]}
+    answer = {**user_view(gateway, created), "teams": [m.team_id for m in memberships]}
     if key is not None and key_record is not None:
         answer.update(key=key, token_id=key_record.token_id, key_name=key_record.key_name,
                       key_alias=key_record.key_alias,
@@ -167,7 +165,7 @@ async def user_info(request: Request, user_id: str | None = None) -> Response[by
     if user is None:
         raise ApiError(404, f"user_id: no user {user_id!r}", type="not_found_error", param="user_id")
     keys = [k for k in await gateway.store.list_keys(user_id=user_id) if can_read_key(ctx, k)]
-    return json_response({"user_id": user_id, "user_info": user_view(user),
+    return json_response({"user_id": user_id, "user_info": user_view(gateway, user),
                           "keys": [key_view(gateway, k) for k in keys],
                           "teams": [{"team_id": m.team_id, "role": m.role} for m in teams]})
 
@@ -179,20 +177,22 @@ async def update_user(request: Request) -> Response[bytes]:
     data = await decode_body(request, UserUpdateRequest)
     email = None if data.user_email is _UNSET else data.user_email
     user = await _resolve(gateway, data.user_id, email if data.user_id is None else None)
+    budget = budget_values(data, gateway.spend.clock())
     values = {name: getattr(data, name) for name in data.__struct_fields__
               if name != "user_id" and getattr(data, name) is not _UNSET}
-    if "budget_duration" in values:
-        _check_budget_duration(values["budget_duration"])
+    values.update(budget)
     if values.get("user_email") and values["user_email"] != user.user_email:
         other = await gateway.store.get_user_by_email(values["user_email"])
         if other is not None and other.user_id != user.user_id:
             raise ApiError(400, f"user_email: a user with email {values['user_email']!r} already exists",
                            param="user_email")
     updated = await gateway.store.update_user(user.user_id, actor=actor_of(ctx, request), **values)
+    if budget:  # the counter starts again from the row (a new limit, period or spend applies at once)
+        gateway.spend.forget("user", user.user_id, spend_set="spend" in budget)
     gateway.invalidate()
     if updated is None:
         raise ApiError(404, f"user_id: no user {user.user_id!r}", type="not_found_error", param="user_id")
-    return json_response({"user_id": updated.user_id, "data": user_view(updated)})
+    return json_response({"user_id": updated.user_id, "data": user_view(gateway, updated)})
 
 
 @post("/user/delete", status_code=200)
@@ -225,5 +225,5 @@ async def list_users(request: Request, role: str | None = None, user_ids: str | 
                                "user_ids": [u for u in user_ids.split(",") if u] if user_ids else None}
     users = await gateway.store.list_users(offset=chosen.offset, limit=chosen.size, **filters)
     total = await gateway.store.count_users(**filters)
-    return json_response({"users": [user_view(u) for u in users], "total": total, "page": chosen.page,
+    return json_response({"users": [user_view(gateway, u) for u in users], "total": total, "page": chosen.page,
                           "page_size": chosen.size, "total_pages": chosen.total_pages(total)})

@@ -38,6 +38,7 @@ from sluicegate.errors import ApiError
 from sluicegate.gateway import NO_MASTER_KEY
 from sluicegate.permissions import (can_admin_read_team, can_read_all, can_read_team, can_write_team,
                                     readable_teams)
+from sluicegate.redaction.policy import PolicyError
 from sluicegate.sinks.base import MASK
 from sluicegate.sinks.registry import UnknownCallbackName
 
@@ -375,8 +376,38 @@ async def _team_page(request: Request, page: _Page, team_id: str, *, status: int
     members = await gateway.store.memberships(team_id=team_id)
     cache = _flag(team.metadata.get("cache")) if "cache" in team.metadata else None
     return render(request, "team.html", page=page, status=status, team=team, callbacks=callbacks,
-                  sinks=gateway.registry.names(), keys=keys, cache=cache, members=members,
+                  redaction=_team_redaction(gateway, team), sinks=gateway.registry.names(), keys=keys, cache=cache,
+                  members=members,
                   may_write=allowed(page.ctx, "write", team_id), errors=errors or {}, values=values or {})
+
+
+def _team_redaction(gateway: Gateway, team: Any) -> dict[str, Any]:
+    """A team's effective redaction, resolved as its keys' routes are (and as ``/key/health`` shows them): the
+    team's policy and where it comes from, whether ``turn_off_message_logging`` is on, and each destination's own
+    redaction (``redaction_view``: everything, a policy of its own or inherited, or none)."""
+    resolver = gateway.resolver
+    try:
+        policy, source = resolver.policy_for(None, team, team.team_id)
+    except PolicyError as exc:  # a stored policy whose redactor plugin has gone: the keys log nothing
+        return {"problem": str(exc), "policy": None, "source": None, "off": False, "routes": []}
+    routes = []
+    for route in resolver.for_team(team).routes:
+        view = key_api.redaction_view(route)
+        if route.redaction is not None:
+            view["rows"] = _policy_rows(route.redaction)
+        routes.append(view)
+    return {"problem": None, "policy": policy and {**policy.describe(), "rows": _policy_rows(policy)},
+            "source": source, "off": resolver.redacts_by_default(team.team_id), "routes": routes}
+
+
+def _policy_rows(policy: Any) -> list[dict[str, Any]]:
+    """One row per redactor, in run order: name, options (regex patterns by name only) and what replaces a find."""
+    rows = []
+    for redactor in policy.redactors:
+        described = redactor.describe()
+        rows.append({"name": described["name"], "options": _compact(described.get("options")),
+                     "placeholders": redactor.placeholders()})
+    return rows
 
 
 @get("/teams/{team_id:str}")

@@ -10,7 +10,7 @@ from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Intege
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ("AuditRow", "Base", "BudgetColumns", "DailySpendRow", "EndUserRow", "KeyRow", "MemberRow", "StateRow",
-           "TeamRow", "UserRow")
+           "TeamDailySpendRow", "TeamRow", "UserRow")
 
 
 class Base(DeclarativeBase):
@@ -68,8 +68,8 @@ class KeyRow(BudgetColumns, Base):
 
 
 class UserRow(Base):
-    """A person (or service) that owns keys and belongs to teams. The limit columns are stored for the limits
-    module, which enforces them; this table only keeps what ``/user/new`` and ``/user/update`` were given."""
+    """A person (or service) that owns keys and belongs to teams. Its budget (the ``BudgetColumns``, with a wider
+    ``budget_duration``) and rate limits are enforced on every request of a key the user owns."""
 
     __tablename__ = "sg_users"
 
@@ -82,7 +82,8 @@ class UserRow(Base):
     max_budget: Mapped[float | None] = mapped_column(Float, nullable=True)
     soft_budget: Mapped[float | None] = mapped_column(Float, nullable=True)
     budget_duration: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    spend: Mapped[float | None] = mapped_column(Float, nullable=True)
+    budget_reset_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    spend: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     rpm_limit: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     tpm_limit: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     max_parallel_requests: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -158,6 +159,23 @@ class DailySpendRow(Base):
 
     day: Mapped[str] = mapped_column(String(10), primary_key=True)
     entity_type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    entity_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    spend: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    requests: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class TeamDailySpendRow(Base):
+    """Spend per day of one key, user, end user, tag or model within one team (requests made with the team's keys):
+    what a team's admin reads in ``/spend/report``. Upserted with ``sg_daily_spend``, in the same transaction."""
+
+    __tablename__ = "sg_team_daily_spend"
+
+    # the key's order serves the report's query: one team, one entity type, a range of days
+    team_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    entity_type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
     entity_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     spend: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     requests: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")

@@ -26,7 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 
 from sluicegate.db.crypto import (SaltKeyError, SecretBox, box_from_environ, open_entries, seal_entries,
                                   wrong_key_message)
-from sluicegate.db.models import AuditRow, DailySpendRow, EndUserRow, KeyRow, MemberRow, StateRow, TeamRow, UserRow
+from sluicegate.db.models import (AuditRow, DailySpendRow, EndUserRow, KeyRow, MemberRow, StateRow, TeamDailySpendRow,
+                                  TeamRow, UserRow)
 from sluicegate.sinks.base import MASK
 
 if TYPE_CHECKING:
@@ -81,22 +82,20 @@ class KeyRecord(BudgetFields, frozen=True, kw_only=True):
     updated_at: datetime | None = None
 
 
-# The limit columns of a user: stored here, enforced by the limits module.
+# The limit columns of a user an admin sets (``budget_reset_at`` follows from ``budget_duration``).
 USER_LIMIT_FIELDS = ("max_budget", "soft_budget", "budget_duration", "spend", "rpm_limit", "tpm_limit",
                      "max_parallel_requests")
 
 
-class UserRecord(msgspec.Struct, frozen=True, kw_only=True):
+class UserRecord(BudgetFields, frozen=True, kw_only=True):
+    """A user: their budget is enforced like a key's or a team's on every request of a key they own."""
+
     user_id: str
     user_email: str | None = None
     user_alias: str | None = None
     user_role: str = "internal_user"
     models: list[str] = msgspec.field(default_factory=list)
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
-    max_budget: float | None = None
-    soft_budget: float | None = None
-    budget_duration: str | None = None
-    spend: float | None = None
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     max_parallel_requests: int | None = None
@@ -159,10 +158,10 @@ class SpendRow(msgspec.Struct, frozen=True):
 
 
 BUDGET_TABLES: dict[str, tuple[Any, Any]] = {"key": (KeyRow, KeyRow.token_id), "team": (TeamRow, TeamRow.team_id),
+                                             "user": (UserRow, UserRow.user_id),
                                              "end_user": (EndUserRow, EndUserRow.user_id)}
-"""Entity type -> (table, id column) of the rows that carry a budget's columns (``db.models.BudgetColumns``).
-Another table with those columns joins with one line, e.g. ``BUDGET_TABLES["user"] = (UserRow, UserRow.user_id)``:
-its ``spend`` is then kept and its budgets reset like the others'."""
+"""Entity type -> (table, id column) of the rows that carry a budget's columns (``db.models.BudgetColumns``):
+their ``spend`` is kept and their budgets reset by ``sluicegate.limits``."""
 
 _BUDGET_NAMES = ("max_budget", "soft_budget", "budget_duration", "budget_reset_at", "spend")
 
@@ -222,7 +221,8 @@ def _end_user(row: EndUserRow) -> EndUserRecord:
 def _user(row: UserRow) -> UserRecord:
     return UserRecord(user_id=row.user_id, user_email=row.user_email, user_alias=row.user_alias,
                       user_role=row.user_role, models=row.models or [], metadata=row.metadata_ or {},
-                      **{name: getattr(row, name) for name in USER_LIMIT_FIELDS},
+                      rpm_limit=row.rpm_limit, tpm_limit=row.tpm_limit,
+                      max_parallel_requests=row.max_parallel_requests, **_budget(row),
                       created_at=_utc(row.created_at), updated_at=_utc(row.updated_at))
 
 
@@ -658,6 +658,7 @@ class Store:
     def _add_user(self, session: Any, user: UserRecord, actor: Actor | None) -> None:
         session.add(UserRow(user_id=user.user_id, user_email=user.user_email, user_alias=user.user_alias,
                             user_role=user.user_role, models=user.models, metadata_=user.metadata,
+                            budget_reset_at=user.budget_reset_at,
                             **{name: getattr(user, name) for name in USER_LIMIT_FIELDS}))
         self._record(session, actor, "created", "sg_users", user.user_id, None, None, self.user_snapshot(user))
 
@@ -859,12 +860,12 @@ class Store:
         return deleted
 
     # spend (written in batches by sluicegate.limits, never per request) ----------------------------------------
-    async def write_spend(self, daily: Mapping[tuple[str, str, str], list[float]],
+    async def write_spend(self, daily: Mapping[tuple[str, str, str, str], list[float]],
                           period: Mapping[tuple[str, str], float], proxy: float, at: float,
                           durations: Callable[[str], float | None]) -> list[tuple[str, str]]:
         """In one transaction: end the budget periods that are over (``spend`` 0, the next ``budget_reset_at``),
-        add ``daily`` ((day, entity type, id) -> [spend, requests, prompt tokens, completion tokens]) to
-        ``sg_daily_spend``, ``period`` ((entity type, id) -> USD) to each row's ``spend`` and ``proxy`` to the
+        add ``daily`` ((day, entity type, id, team) -> [spend, requests, prompt tokens, completion tokens]) to
+        ``sg_daily_spend`` (team ``""``: all teams) or ``sg_team_daily_spend`` (one team's), ``period`` ((entity type, id) -> USD) to each row's ``spend`` and ``proxy`` to the
         proxy's. Returns the (entity type, id) whose period was ended. ``at``: now (seconds since the epoch);
         ``durations`` turns a ``budget_duration`` into seconds."""
         from sluicegate.limits.budgets import next_reset
@@ -888,15 +889,22 @@ class Store:
                         .values(spend=0.0, budget_reset_at=next_at).execution_options(synchronize_session=False))
                     if done.rowcount:
                         reset.append((entity_type, ident))
-            if daily:
-                rows = [{"day": day, "entity_type": kind, "entity_id": ident, "spend": v[0], "requests": int(v[1]),
+            everyone = [{"day": day, "entity_type": kind, "entity_id": ident, "spend": v[0], "requests": int(v[1]),
                          "prompt_tokens": int(v[2]), "completion_tokens": int(v[3])}
-                        for (day, kind, ident), v in sorted(daily.items())]
-                core = DailySpendRow.__table__.c
-                insert = (sqlite_insert if self.is_sqlite else pg_insert)(DailySpendRow.__table__)
+                        for (day, kind, ident, team), v in sorted(daily.items()) if not team]
+            per_team = [{"team_id": team, "entity_type": kind, "day": day, "entity_id": ident, "spend": v[0],
+                         "requests": int(v[1]), "prompt_tokens": int(v[2]), "completion_tokens": int(v[3])}
+                        for (day, kind, ident, team), v in sorted(daily.items()) if team]
+            for table, rows, key_columns in ((DailySpendRow.__table__, everyone, ["day", "entity_type", "entity_id"]),
+                                             (TeamDailySpendRow.__table__, per_team,
+                                              ["team_id", "entity_type", "day", "entity_id"])):
+                if not rows:
+                    continue
+                core = table.c
+                insert = (sqlite_insert if self.is_sqlite else pg_insert)(table)
                 excluded = insert.excluded
                 await session.execute(insert.on_conflict_do_update(
-                    index_elements=["day", "entity_type", "entity_id"],
+                    index_elements=key_columns,
                     set_={"spend": core.spend + excluded.spend, "requests": core.requests + excluded.requests,
                           "prompt_tokens": core.prompt_tokens + excluded.prompt_tokens,
                           "completion_tokens": core.completion_tokens + excluded.completion_tokens}), rows)
@@ -944,15 +952,18 @@ class Store:
             await session.execute(sa.update(StateRow).where(StateRow.id == 1).values(spend=0.0,
                                                                                       budget_reset_at=next_at))
 
-    async def spend_report(self, entity_type: str, start: str, end: str,
-                           entity_ids: list[str] | None = None) -> list[SpendRow]:
+    async def spend_report(self, entity_type: str, start: str, end: str, entity_ids: list[str] | None = None,
+                           team_id: str | None = None) -> list[SpendRow]:
         """Daily spend of every ``entity_type`` (or of ``entity_ids``) from ``start`` to ``end`` (inclusive,
-        ``YYYY-MM-DD``), by day then id."""
-        table = DailySpendRow
+        ``YYYY-MM-DD``), by day then id; with ``team_id``, only what the team's keys spent (``entity_type`` other
+        than ``team``)."""
+        table: Any = DailySpendRow if team_id is None else TeamDailySpendRow
         query = (sa.select(table.day, table.entity_id, table.spend, table.requests, table.prompt_tokens,
                            table.completion_tokens)
                  .where(table.entity_type == entity_type, table.day >= start, table.day <= end)
                  .order_by(table.day, table.entity_id))
+        if team_id is not None:
+            query = query.where(table.team_id == team_id)
         if entity_ids is not None:
             query = query.where(table.entity_id.in_(entity_ids))
         async with self._sessions() as session:

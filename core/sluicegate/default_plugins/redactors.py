@@ -25,46 +25,73 @@ __all__ = ("BUILTIN_REDACTORS", "IBAN_LENGTHS", "CardRedactor", "EmailRedactor",
            "luhn_valid", "numeric_runs")
 
 
-_NOT_DIGITS = bytes(b for b in range(256) if not 48 <= b <= 57)
-_last_digits: tuple[str, int] = ("", 0)
+class _Scan:
+    """One text as the digit-led detectors (card, IBAN, IP, phone) see it, made once per text.
+
+    ``mapped`` holds one class byte per character (``encode("ascii", "replace")`` gives one byte per character,
+    ``?`` for any other, so offsets are the text's); ``digits`` is how many ASCII digits the text has. The detectors
+    find their candidates over ``mapped`` with patterns that start with a literal (the engine finds those with a
+    fast search; a pattern of their own over the text would be tried at every position), then run their own
+    pattern and check only there.
+    """
+
+    __slots__ = ("_long_runs", "digits", "mapped", "text")
+
+    def __init__(self, text: str, mapped: bytes, digits: int, long_runs: list[tuple[int, int]] | None) -> None:
+        self.text = text
+        self.mapped = mapped
+        self.digits = digits
+        self._long_runs = long_runs
+
+    def long_runs(self) -> list[tuple[int, int]]:
+        """The numeric runs (see :func:`numeric_runs`) of at least 7 characters: where a card, a phone number or
+        an IPv4 address can be. Found once per text, then carried over to the text a detector returns."""
+        runs = self._long_runs
+        if runs is None:
+            runs = self._long_runs = [m.span() for m in _LONG_RUNS.finditer(self.mapped)]
+        return runs
+
+    def digits_in(self, start: int, end: int) -> int:
+        return self.mapped.count(b"d", start, end)
+
+
+_CLASSES = bytes(ord("d") if 48 <= b <= 57 else ord("s") if b in b" ()./+-" else
+                 ord("l") if chr(b) in string.ascii_letters else ord("x") for b in range(256))
+"""A text's ASCII bytes → their class: ``d`` digit, ``s`` a separator numbers are written with, ``l`` letter,
+``x`` anything else."""
+_RUNS = re.compile(rb"d[ds]*")
+_LONG_RUNS = re.compile(rb"d[ds]{6,}")
+_last_scan = _Scan("", b"", 0, [])
+"""The scan of the last text asked about. The detectors of a policy are called one after the other with the same
+text, or with the text the previous one returned (whose scan :func:`_spans_replaced` derives from the old one):
+each event's text is mapped once whatever the number of detectors."""
+
+
+def _scan(text: str) -> _Scan:
+    global _last_scan
+    last = _last_scan
+    if last.text is text:
+        return last
+    mapped = text.encode("ascii", "replace").translate(_CLASSES)
+    scan = _last_scan = _Scan(text, mapped, mapped.count(b"d"), None)
+    return scan
 
 
 def digit_count(text: str) -> int:
-    """How many ASCII digits ``text`` holds: the gate of the digit-led detectors (card, IBAN, IP, phone), which
-    skip a text with too few for their shortest find. Bytes translation runs in C, ~20 times cheaper than one
-    regular-expression pass over the text; the last answer is kept, so the detectors of a policy, called one after
-    the other with the same text, count it once."""
-    global _last_digits
-    last = _last_digits
-    if last[0] is text:
-        return last[1]
-    count = len(text.encode("utf-8", "surrogatepass").translate(None, _NOT_DIGITS))
-    _last_digits = (text, count)
-    return count
-
-
-_RUN = re.compile(r"[0-9][0-9 ()./+-]*")
-_last_runs: tuple[str, list[tuple[int, int]]] = ("", [])
+    """How many ASCII digits ``text`` holds: the gate of the digit-led detectors, which skip a text with too few
+    for their shortest find."""
+    return _scan(text).digits
 
 
 def numeric_runs(text: str) -> list[tuple[int, int]]:
-    """Where ``text`` has runs of digits and the separators numbers are written with (``start``, ``end``).
-
-    The digit-led detectors try their patterns only at these runs (a pattern of its own over the whole text would
-    be tried at every digit); like :func:`digit_count`, the last answer is kept for the next detector."""
-    global _last_runs
-    last = _last_runs
-    if last[0] is text:
-        return last[1]
-    runs = [m.span() for m in _RUN.finditer(text)]
-    _last_runs = (text, runs)
-    return runs
+    """Where ``text`` has runs of digits and the separators numbers are written with (``[0-9][0-9 ()./+-]*``), as
+    (``start``, ``end``)."""
+    return [m.span() for m in _RUNS.finditer(_scan(text).mapped)]
 
 
 def _spans_replaced(text: str, spans: list[tuple[int, int]], placeholder: str) -> tuple[str, int]:
-    """``text`` with each of the ordered, non-overlapping ``spans`` replaced by ``placeholder``; the digit count
-    and numeric runs kept for ``text`` are carried over to the result (the next detector needs them, and a
-    placeholder holds no digit), so they are not computed again from scratch."""
+    """``text`` with each of the ordered, non-overlapping ``spans`` replaced by ``placeholder``; if ``text`` is the
+    scanned one, the scan of the result is derived from its (the next detector needs it) rather than made again."""
     if not spans:
         return text, 0
     pieces: list[str] = []
@@ -74,42 +101,54 @@ def _spans_replaced(text: str, spans: list[tuple[int, int]], placeholder: str) -
         last = end
     pieces.append(text[last:])
     result = "".join(pieces)
-    _carry_over(text, result, spans, len(placeholder))
+    scan = _last_scan
+    if scan.text is text:
+        _carry_over(scan, result, spans, placeholder)
     return result, len(spans)
 
 
-def _carry_over(text: str, result: str, spans: list[tuple[int, int]], width: int) -> None:
-    """Carry the cached digit count and numeric runs of ``text`` over to ``result`` (``spans`` of ``text``, each
-    replaced by ``width`` characters without a digit): runs untouched by a span move by the replacements before
-    them; a touched run is found again in ``result`` over the stretch it covered."""
-    global _last_digits, _last_runs
-    if _last_digits[0] is text:
-        removed = sum(len(text[a:b].encode("utf-8", "surrogatepass").translate(None, _NOT_DIGITS)) for a, b in spans)
-        _last_digits = (result, _last_digits[1] - removed)
-    if _last_runs[0] is not text:
-        return
-    runs: list[tuple[int, int]] = []
-    count = len(spans)
-    index = shift = 0
-    for start, end in _last_runs[1]:
-        while index < count and spans[index][1] <= start:  # spans wholly before this run
-            shift += width - (spans[index][1] - spans[index][0])
-            index += 1
-        if index == count or spans[index][0] >= end:  # untouched
-            runs.append((start + shift, end + shift))
-            continue
-        first = spans[index]
-        new_start = start + shift if start < first[0] else first[0] + shift + width
-        later, end_shift = index, shift
-        while later < count and spans[later][1] <= end:
-            end_shift += width - (spans[later][1] - spans[later][0])
-            later += 1
-        if later < count and spans[later][0] < end:  # the run ends inside a span: just after its placeholder
-            new_end = spans[later][0] + end_shift + width
-        else:
-            new_end = end + end_shift
-        runs += [m.span() for m in _RUN.finditer(result, new_start, new_end)]
-    _last_runs = (result, runs)
+def _carry_over(scan: _Scan, result: str, spans: list[tuple[int, int]], placeholder: str) -> None:
+    """Make ``result``'s scan from ``scan`` (its text with ``spans`` replaced by ``placeholder``): the class bytes
+    are spliced like the text; the long runs untouched by a span move by the replacements before them, and a
+    touched one is looked at again over the stretch it covered (a placeholder has no digit and ends any run, so a
+    run of the result lies within one of the text)."""
+    global _last_scan
+    mapped = scan.mapped
+    replacement = placeholder.encode("ascii", "replace").translate(_CLASSES)
+    width = len(replacement)
+    pieces: list[bytes] = []
+    last = removed = 0
+    for start, end in spans:
+        pieces += (mapped[last:start], replacement)
+        removed += mapped.count(b"d", start, end)
+        last = end
+    pieces.append(mapped[last:])
+    new_mapped = b"".join(pieces)
+    runs: list[tuple[int, int]] | None = None
+    if scan._long_runs is not None and b"d" not in replacement and b"s" not in replacement:
+        runs = []
+        count = len(spans)
+        index = shift = 0
+        for start, end in scan._long_runs:
+            while index < count and spans[index][1] <= start:  # spans wholly before this run
+                shift += width - (spans[index][1] - spans[index][0])
+                index += 1
+            if index == count or spans[index][0] >= end:  # untouched
+                runs.append((start + shift, end + shift))
+                continue
+            first = spans[index]
+            new_start = start + shift if start < first[0] else first[0] + shift + width
+            later, end_shift = index, shift
+            while later < count and spans[later][1] <= end:
+                end_shift += width - (spans[later][1] - spans[later][0])
+                later += 1
+            if later < count and spans[later][0] < end:  # the run ends inside a span: just after its placeholder
+                new_end = spans[later][0] + end_shift + width
+            else:
+                new_end = end + end_shift
+            if new_mapped.find(b"d", new_start, new_end) >= 0:  # most often the span took all the run's digits
+                runs += [m.span() for m in _LONG_RUNS.finditer(new_mapped, new_start, new_end)]
+    _last_scan = _Scan(result, new_mapped, scan.digits - removed + replacement.count(b"d") * len(spans), runs)
 
 
 # -- e-mail ------------------------------------------------------------------------------------------------
@@ -121,23 +160,23 @@ class EmailRedactor(Redactor):
     order = 10
 
     _domain = re.compile(r"(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_]{2,63}(?![\w-])")
-    _local_chars = frozenset(string.ascii_letters + string.digits + "._%+'-")
+    _local_reversed = re.compile(r"[\w.%+'-]*")
+    """The local part's characters (letters and digits of any script, ``._%+'-``), matched on the text before the
+    ``@`` reversed: the local part is found backwards in one call rather than a loop over its characters."""
 
     def redact(self, text: str) -> tuple[str, int]:
         # Found from each '@' (a pattern starting at the local part would be tried at every word of the text):
-        # the domain is matched forwards, the local part walked backwards.
+        # the domain is matched forwards, the local part backwards.
         at = text.find("@")
         if at < 0:
             return text, 0
         spans: list[tuple[int, int]] = []
         last = 0
-        local_chars = self._local_chars
+        local_reversed = self._local_reversed
         while at >= 0:
             domain = self._domain.match(text, at + 1)
-            start = at
             floor = max(last, at - 64)
-            while start > floor and (text[start - 1] in local_chars or text[start - 1].isalnum()):
-                start -= 1
+            start = at - local_reversed.match(text[floor:at][::-1]).end()
             while start < at and text[start] == ".":
                 start += 1
             if domain is not None and start < at and text[at - 1] != "." and (
@@ -151,15 +190,13 @@ class EmailRedactor(Redactor):
 # -- payment cards -----------------------------------------------------------------------------------------
 def luhn_valid(digits: str) -> bool:
     """Whether ``digits`` (digits only) passes the Luhn check."""
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if index % 2:
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
-    return total % 10 == 0
+    data = digits.encode("ascii", "replace")
+    odd, even = data[-1::-2], data[-2::-2]  # from the right: as written, and doubled
+    return (sum(odd) - 48 * len(odd) + sum(even.translate(_LUHN_DOUBLED))) % 10 == 0
+
+
+_LUHN_DOUBLED = bytes((2 * (b - 48) - 9 if b >= 53 else 2 * (b - 48)) if 48 <= b <= 57 else 0 for b in range(256))
+"""A digit's byte → the digit doubled, less 9 when over 9 (what Luhn adds for every second digit from the right)."""
 
 
 _CARD_PREFIX = re.compile(
@@ -192,13 +229,14 @@ class CardRedactor(Redactor):
         r")(?![\w-]|[.,][0-9])")
 
     def redact(self, text: str) -> tuple[str, int]:
-        if digit_count(text) < 13:
+        scan = _scan(text)
+        if scan.digits < 13:
             return text, 0
         check_issuer = self.options.check_issuer
         spans = []
         size = len(text)
-        for start, end in numeric_runs(text):
-            if end - start < 13:
+        for start, end in scan.long_runs():
+            if end - start < 13 or scan.digits_in(start, end) < 13:
                 continue
             for match in self._pattern.finditer(text, start, min(size, end + 2)):
                 digits = match.group(0).replace(" ", "").replace("-", "")
@@ -227,11 +265,20 @@ def iban_valid(compact: str) -> bool:
     if IBAN_LENGTHS.get(compact[:2]) != len(compact) or not compact[2:4].isdigit():
         return False
     rearranged = compact[4:] + compact[:4]
-    try:
-        number = int("".join(str(int(c, 36)) for c in rearranged))
-    except ValueError:
+    if not (rearranged.isascii() and rearranged.isalnum()):
         return False
-    return number % 97 == 1
+    return int(rearranged.translate(_IBAN_DIGITS)) % 97 == 1
+
+
+_IBAN_DIGITS = {ord(c): str(int(c, 36)) for c in string.ascii_letters}
+"""A letter → its number in the mod-97 check (A=10 ... Z=35, either case); digits stay."""
+
+
+_CHECK_DIGITS = re.compile(rb"dd(?<=lldd)")
+"""Over a scan's class bytes: two digits after two letters, where an IBAN's check digits can be."""
+
+
+_LETTER_OR_DIGIT = frozenset(b"ld")
 
 
 class IbanRedactor(Redactor):
@@ -251,8 +298,10 @@ class IbanRedactor(Redactor):
         if digit_count(text) < 10:
             return text, 0
         spans: list[tuple[int, int]] = []
-        for start, _ in numeric_runs(text):  # the check digits begin a run, two letters before them
-            if start < 2 or not text[start - 2:start].isalpha() or (spans and start < spans[-1][1]):
+        mapped = _scan(text).mapped
+        for start in (m.start() for m in _CHECK_DIGITS.finditer(mapped)):
+            # the letters must not follow a letter or digit (``_pattern`` checks the rest)
+            if (spans and start < spans[-1][1]) or (start > 2 and mapped[start - 3] in _LETTER_OR_DIGIT):
                 continue
             match = self._pattern.match(text, start)
             if match is not None and iban_valid((text[start - 2:start] + match.group(0).replace(" ", "")).upper()):
@@ -285,27 +334,54 @@ _ASSIGN = re.compile(r"[:=][ \t]*[\"']?([^\s\x00\"',;<>]{8,})")
 _ASSIGN_LABELS = ("api_key", "api-key", "apikey", "secret", "secret_key", "secret-key", "secretkey", "password",
                   "passwd", "pwd", "access_token", "access-token", "auth_token", "auth-token", "client_secret",
                   "client-secret")
-_ASSIGN_WORDS = ("key", "secret", "pass", "pwd", "token")
 _PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[^\x00]*?-----END [A-Z ]*PRIVATE KEY-----")
-_LONG_TOKEN = re.compile(r"[A-Za-z0-9+_=.-](?<![A-Za-z0-9+_=.-].)[A-Za-z0-9+_=.-]{15,}")
-"""Every run of token characters long enough to be a key: the one pass that finds candidates for both the vendor
-patterns and the entropy test (each a regular expression of its own would scan the whole text)."""
 _HEX = frozenset("0123456789abcdefABCDEF-")
 _TOKEN_BYTES = bytes(ord("a") if chr(b) in string.ascii_letters + string.digits + "+_=.-" else ord(" ")
                      for b in range(256))
-_LONG_RUN = re.compile(rb"a{16}a*".replace(rb"a{16}", b"a" * 16))
-"""On the text mapped to ``a`` (token characters) and space (the rest): a literal prefix, which the regular
-expression engine finds with a fast substring search instead of trying every position."""
+_SIXTEEN = b"a" * 16
+"""On the text mapped to ``a`` (token characters) and space (the rest), the start of a long token: found with
+``bytes.find``, a fast substring search, instead of a pattern tried at every position."""
 
 
 def long_tokens(text: str) -> list[tuple[int, int]]:
     """Where ``text`` has runs of at least 16 token characters (letters, digits, ``+_=.-``)."""
-    if text.isascii():
-        mapped = text.encode("ascii").translate(_TOKEN_BYTES)
-        if b"a" * 16 not in mapped:
-            return []
-        return [m.span() for m in _LONG_RUN.finditer(mapped)]
-    return [m.span() for m in _LONG_TOKEN.finditer(text)]
+    # one byte per character (``?`` for a non-ASCII one, not a token character): offsets are the text's
+    mapped = text.encode("ascii", "replace").translate(_TOKEN_BYTES)
+    spans = []
+    start = mapped.find(_SIXTEEN)  # the first 16 of a run: where the run starts
+    while start >= 0:
+        end = mapped.find(b" ", start + 16)
+        if end < 0:
+            spans.append((start, len(mapped)))
+            break
+        spans.append((start, end))
+        start = mapped.find(_SIXTEEN, end + 1)
+    return spans
+
+
+def _vendor_keys(token: str, offset: int) -> list[tuple[int, int]]:
+    """``_VENDOR_PATTERN``'s finds in ``token`` (moved by ``offset``). A find starts where its look-behind allows:
+    at the token's start or after one of ``.+=``; the pattern is tried there only, past the end of the last find,
+    which is what ``finditer`` would find."""
+    spans: list[tuple[int, int]] = []
+    end = 0
+    for position in _token_starts(token):
+        if position >= end:
+            match = _VENDOR_PATTERN.match(token, position)
+            if match is not None:
+                end = match.end()
+                spans.append((offset + position, offset + end))
+    return spans
+
+
+def _token_starts(token: str) -> list[int]:
+    starts = [0]
+    for char in ".+=":
+        index = token.find(char)
+        while index >= 0:
+            starts.append(index + 1)
+            index = token.find(char, index + 1)
+    return sorted(starts) if len(starts) > 2 else starts
 
 
 def entropy(token: str) -> float:
@@ -354,11 +430,12 @@ class SecretRedactor(Redactor):
             total += found
         if options.labelled:
             lower = text.lower()
-            if any(word in lower for word in _BEARER_WORDS):
+            if "bearer" in lower or "basic" in lower or "token" in lower:  # _BEARER_WORDS, tested one by one
                 text, found = _bearer(text, lower, placeholder)
                 total += found
                 lower = text.lower() if found else lower
-            if any(word in lower for word in _ASSIGN_WORDS):
+            if ("=" in text or ":" in text) and (  # every label holds one of these words
+                    "key" in lower or "secret" in lower or "pass" in lower or "pwd" in lower or "token" in lower):
                 text, found = _assigned(text, lower, placeholder)
                 total += found
         if options.vendor_prefixes or options.high_entropy:
@@ -366,8 +443,7 @@ class SecretRedactor(Redactor):
             for start, end in long_tokens(text):
                 token = text[start:end]
                 if options.vendor_prefixes:
-                    found_spans = [(start + a, start + b) for a, b in
-                                   (m.span() for m in _VENDOR_PATTERN.finditer(token))]
+                    found_spans = _vendor_keys(token, start)
                     if found_spans:
                         spans += found_spans
                         continue
@@ -400,11 +476,21 @@ def _bearer(text: str, lower: str, placeholder: str) -> tuple[str, int]:
 
 
 def _assigned(text: str, lower: str, placeholder: str) -> tuple[str, int]:
-    """``api_key=...``, ``"password": "..."``, ``client_secret: ...``: the value after a known label goes."""
+    """``api_key=...``, ``"password": "..."``, ``client_secret: ...``: the value after a known label goes.
+
+    ``_ASSIGN`` is tried where a ``:`` or ``=`` is (found with ``str.find``), past the end of the last match: what
+    ``finditer`` would find, without trying the pattern at every position of the text."""
     spans: list[tuple[int, int]] = []
-    for match in _ASSIGN.finditer(text):
-        before = lower[max(0, match.start() - 24):match.start()].rstrip("\"' \t")
-        if before.endswith(_ASSIGN_LABELS) and not (spans and match.start() < spans[-1][1]):
+    end = 0
+    for position in sorted(_occurrences(text, ":") + _occurrences(text, "=")):
+        if position < end:
+            continue
+        match = _ASSIGN.match(text, position)
+        if match is None:
+            continue
+        end = match.end()
+        before = lower[max(0, position - 24):position].rstrip("\"' \t")
+        if before.endswith(_ASSIGN_LABELS) and not (spans and position < spans[-1][1]):
             spans.append(match.span(1))
     return _spans_replaced(text, spans, placeholder)
 
@@ -476,15 +562,26 @@ class IpRedactor(Redactor):
         if options.ipv6 and ("::" in text or text.count(":") >= 7):
             text = self._v6.sub(replace, text)
         if options.ipv4 and "." in text and digit_count(text) >= 4:
+            scan = _scan(text)
             spans = []
             size = len(text)
-            for start, end in numeric_runs(text):
-                if end - start >= 7:
-                    for match in self._v4.finditer(text, start, min(size, end + 2)):
-                        if replace(match) == self.placeholder:
-                            spans.append(match.span())
-            text = _spans_replaced(text, spans, self.placeholder)[0]
+            keep = self._keep
+            for start, end in scan.long_runs():
+                if text.count(".", start, end) < 3 or scan.digits_in(start, end) < 4:
+                    continue
+                for match in self._v4.finditer(text, start, min(size, end + 2)):
+                    found = match.group(0)
+                    if _ipv4_valid(found) and not (keep and self._kept(ipaddress.IPv4Address(found))):
+                        spans.append(match.span())
+            text, found_v4 = _spans_replaced(text, spans, self.placeholder)
+            count += found_v4
         return text, count
+
+
+def _ipv4_valid(dotted: str) -> bool:
+    """What :class:`ipaddress.IPv4Address` accepts of a dotted quad of 1-3 digit parts (each at most 255, no
+    leading zero), without building the object."""
+    return all(part == "0" or (part[0] != "0" and int(part) <= 255) for part in dotted.split("."))
 
 
 # -- phone numbers -----------------------------------------------------------------------------------------
@@ -507,14 +604,17 @@ class PhoneRedactor(Redactor):
     _date = re.compile(r"\d{1,4}([./-])\d{1,2}\1\d{1,4}\Z")
 
     def redact(self, text: str) -> tuple[str, int]:
-        if digit_count(text) < 8:
+        scan = _scan(text)
+        if scan.digits < 8:
             return text, 0
         spans: list[tuple[int, int]] = []
         size = len(text)
-        for start, end in numeric_runs(text):
-            if end - start < 7:
+        for start, end in scan.long_runs():
+            # A leading '+' or '(' sits just before the run; the window ends where its digits do. A find has at
+            # least 8 digits (``\d``, any script), all in the run but for the 2 characters the window takes on
+            # each side of it: a run with fewer than 4 ASCII digits holds none.
+            if scan.digits_in(start, end) < 4:
                 continue
-            # a leading '+' or '(' sits just before the run; the window ends where its digits do
             for match in self._pattern.finditer(text, max(0, start - 2), min(size, end + 2)):
                 if self._confirmed(match) and (not spans or match.start() >= spans[-1][1]):
                     spans.append(match.span())
@@ -586,6 +686,9 @@ class RegexRedactor(Redactor):
             return placeholders[match.lastgroup or ""]
 
         return self._pattern.sub(replace, text), count
+
+    def placeholders(self) -> list[str]:
+        return list(self._placeholders.values())
 
     def describe(self) -> dict[str, Any]:
         # The patterns themselves may describe what an admin considers sensitive: show their names only.

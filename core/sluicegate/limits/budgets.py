@@ -78,8 +78,8 @@ class BudgetCounter:
     ``max_budget`` / ``soft_budget`` / ``seconds`` are refreshed from the entity's record at every check, so an
     admin's change applies to the next request. ``reset_at`` is when the period ends (seconds since the epoch)."""
 
-    __slots__ = ("entity_id", "entity_type", "max_budget", "reset_at", "seconds", "soft_budget", "soft_crossed",
-                 "spend")
+    __slots__ = ("alias", "entity_id", "entity_type", "max_budget", "reset_at", "seconds", "soft_budget",
+                 "soft_crossed", "spend")
 
     def __init__(self, entity_type: str, entity_id: str, spend: float, reset_at: float | None) -> None:
         self.entity_type = entity_type
@@ -90,6 +90,7 @@ class BudgetCounter:
         self.soft_budget: float | None = None
         self.seconds: float | None = None
         self.soft_crossed = False
+        self.alias = ""  # a key's key_alias, a team's team_alias: labels of the budget gauges on /metrics
 
 
 _BUDGET_FIELDS = ("max_budget", "soft_budget", "budget_duration", "spend")

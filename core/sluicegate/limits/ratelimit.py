@@ -17,7 +17,8 @@ Windows are ``sluicegate_settings.rate_limit_window`` seconds (60: one minute) a
 twice that in a rolling window of the same length.
 
 Where the counts live: :class:`LocalStore` (this process) or, with Redis configured, the Redis store
-(:mod:`.ratelimit_redis`): one script call per checked request, shared by every process and replica. A key, team
+(:mod:`.ratelimit_redis`): shared by every process and replica, one script call per checked request at most (far
+from the limits, requests are admitted from blocks a check reserved for its process). A key, team
 and user without limits costs one dictionary lookup per request and nothing else.
 """
 
@@ -157,13 +158,15 @@ class Outcome:
     limit (``REQUESTS``, ``TOKENS``, ``PARALLEL``).
     """
 
-    __slots__ = ("counts", "failed", "failed_kind", "reset")
+    __slots__ = ("counts", "failed", "failed_kind", "lease", "reset")
 
     def __init__(self, counts: list[int], reset: float, failed: int = 0, failed_kind: int = 0) -> None:
         self.counts = counts
         self.reset = reset
         self.failed = failed
         self.failed_kind = failed_kind
+        self.lease: str | None = None
+        """The parallel slot the store gave instead of the one asked for (a pooled one), or None."""
 
 
 class Store(Protocol):
@@ -321,6 +324,12 @@ class LocalStore:
                 else:
                     window[2] += tokens
 
+    def window_counts(self, scope_key: str) -> tuple[int, int]:
+        """Requests and tokens counted for ``scope_key`` in the current window (for metrics)."""
+        index = int(self.clock() // self.window)
+        window = self._windows.get(scope_key)
+        return (window[1], window[2]) if window is not None and window[0] == index else (0, 0)
+
     def inflight(self, scope_key: str) -> int:
         """Requests holding a slot of ``scope_key`` (for tests and metrics)."""
         return self._inflight.get(scope_key, 0)
@@ -342,6 +351,8 @@ class RateLimiter:
         if redis is not None:
             self.redis = RedisStore(redis, window=self.window, timeout=gateway.rate_limit_redis_timeout)
         self._plans: dict[str, _Plan] = {}
+        self._gauge_cap = settings.sluicegate_settings.metrics.max_series
+        self._redis_counts: dict[str, tuple[int, int]] | None = None  # per-model windows as last read from Redis
         self._leases = itertools.count()
         self._lease_prefix = f"{os.getpid()}.{os.urandom(4).hex()}."
         self._last_warning = -math.inf
@@ -389,7 +400,69 @@ class RateLimiter:
             outcome = self.local.acquire(scopes)
         if outcome.failed:
             raise over_limit(scopes, outcome)
-        return Ticket(store, scopes, lease, outcome)
+        return Ticket(store, scopes, outcome.lease or lease, outcome)
+
+    def _model_scopes(self, limit: int) -> tuple[list[tuple[_Plan, str, Scope]], int]:
+        """The per-model scopes of the keys that made a request here (at most ``limit``), and how many more."""
+        found: list[tuple[_Plan, str, Scope]] = []
+        more = 0
+        for plan in list(self._plans.values()):
+            if plan.per_model:
+                for model, scope in plan.per_model.items():
+                    if len(found) >= limit:
+                        more += 1
+                    else:
+                        found.append((plan, model, scope))
+        return found, more
+
+    async def refresh_gauges(self) -> None:
+        """With Redis: read the current window of every per-model scope :meth:`gauges` reports (two round trips;
+        called before a scrape and before a worker publishes its metrics). Redis failing: those gauges are left out
+        until it answers again."""
+        redis = self.redis
+        if redis is None:
+            return
+        keys = [scope.key for _, _, scope in self._model_scopes(self._gauge_cap)[0]]
+        if not keys:
+            self._redis_counts = {}
+            return
+        if not redis.usable():
+            self._redis_counts = None
+            return
+        try:
+            self._redis_counts = await redis.window_counts(keys)
+        except Exception as exc:
+            redis.failed(exc)
+            self._redis_counts = None
+            log.debug("rate limits: the per-model gauges could not be read from Redis: %s: %s", type(exc).__name__,
+                      exc)
+
+    def gauges(self, limit: int) -> tuple[dict[str, list[tuple[tuple[str, ...], float]]], int]:
+        """LiteLLM's ``litellm_remaining_api_key_requests_for_model`` / ``..._tokens_for_model``: what each key with a
+        ``model_rpm_limit`` / ``model_tpm_limit`` that made a request here has left in the current window, from
+        this process's counts, or with Redis from Redis's as :meth:`refresh_gauges` last read them. At most
+        ``limit`` keys and models, and the number of samples left out."""
+        requests: list[tuple[tuple[str, ...], float]] = []
+        tokens: list[tuple[tuple[str, ...], float]] = []
+        found = {"litellm_remaining_api_key_requests_for_model": requests,
+                 "litellm_remaining_api_key_tokens_for_model": tokens}
+        remote = self._redis_counts
+        if self.redis is not None and remote is None:
+            return found, 0  # not read yet, or Redis failing: unknown, not "all left"
+        scopes, more = self._model_scopes(limit)
+        for plan, model, scope in scopes:
+            if self.redis is not None:
+                used = remote.get(scope.key)  # type: ignore[union-attr]
+                if used is None:  # a key that arrived since the last read
+                    continue
+            else:
+                used = self.local.window_counts(scope.key)
+            labels = (plan.ctx.token_id, getattr(plan.ctx.key, "key_alias", None) or "", model)
+            if scope.rpm is not None:
+                requests.append((labels, max(0, scope.rpm - used[0])))
+            if scope.tpm is not None:
+                tokens.append((labels, max(0, scope.tpm - used[1])))
+        return found, more
 
     def _without_redis(self, scopes: tuple[Scope, ...], exc: BaseException | None) -> Outcome:
         """Redis is down: refuse (fail closed) or count in this process alone (fail open), warning once a minute."""

@@ -124,6 +124,12 @@ class SharedSpend:
         seen = self._seen.get(key)
         return None if seen is None else seen + self._queue.get(key, 0.0)
 
+    def peek(self, counter: BudgetCounter) -> float | None:
+        """As :meth:`view`, without asking for the counter to be read again (for ``/metrics``)."""
+        key = self.key_of(counter)
+        seen = self._seen.get(key)
+        return None if seen is None else seen + self._queue.get(key, 0.0)
+
     async def exact(self, counters: list[BudgetCounter]) -> list[float | None] | None:
         """Redis's spend for each counter, read now (one round trip), with this process's unsent part; None when
         Redis fails."""

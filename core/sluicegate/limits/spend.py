@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
@@ -65,10 +66,11 @@ class SpendLedger:
         self.proxy_max_budget: float | None = litellm.max_budget
         self.proxy_seconds = duration_seconds(litellm.budget_duration)
         self.counters: dict[tuple[str, str], BudgetCounter] = {}
-        self._daily: dict[tuple[str, str, str], list[float]] = {}
+        # (day, entity type, id, team) -> [spend, requests, prompt tokens, completion tokens]; team "": all teams
+        self._daily: dict[tuple[str, str, str, str], list[float]] = {}
         self._period: dict[tuple[str, str], float] = {}
         self._proxy = 0.0
-        self._writing: tuple[dict[tuple[str, str, str], list[float]], dict[tuple[str, str], float], float] = (
+        self._writing: tuple[dict[tuple[str, str, str, str], list[float]], dict[tuple[str, str], float], float] = (
             {}, {}, 0.0)
         self._day = ""
         self._day_ends = 0.0
@@ -77,9 +79,6 @@ class SpendLedger:
         self._end_users_limited: bool | None = None  # any end user blocked or with a budget (None: not known)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        self.user_budget: Callable[[str], BudgetFields | None] | None = None
-        """The users module's hook: a user's budget record (``max_budget``, ``soft_budget``, ``budget_duration``,
-        ``budget_reset_at``, ``spend``) by ``user_id``, or None for a user without one."""
         self.flushes = 0
         self.flush_failures = 0
         self.soft_crossed: dict[str, int] = {}
@@ -158,10 +157,9 @@ class SpendLedger:
             team = ctx.team
             if team is not None and (team.max_budget is not None or team.soft_budget is not None):
                 due.append(self._budget("team", team.team_id, team, now))
-            if key.user_id is not None and self.user_budget is not None:
-                user = self.user_budget(key.user_id)
-                if user is not None and (user.max_budget is not None or user.soft_budget is not None):
-                    due.append(self._budget("user", key.user_id, user, now))
+            user = ctx.user  # the key's owner, loaded and cached with the key
+            if user is not None and (user.max_budget is not None or user.soft_budget is not None):
+                due.append(self._budget("user", user.user_id, user, now))
         if end_user is not None:
             if end_user.blocked:
                 raise ApiError(403, f"end user {end_user.user_id!r} is blocked", type="permission_error",
@@ -201,8 +199,8 @@ class SpendLedger:
                               counter.max_budget)  # type: ignore[arg-type]
 
     def record(self, event: LogEvent, ctx: AuthContext) -> None:
-        """Add one answered request to the day's spend of its key, team, user, end user, tags and model, and to the
-        budget counters. Memory only."""
+        """Add one answered request to the day's spend of its key, team, user, end user, tags and model (and, for a
+        team's key, to the same within the team: what its admins read), and to the budget counters. Memory only."""
         if event.status != "success":
             return
         cost = event.response_cost
@@ -213,6 +211,7 @@ class SpendLedger:
         usage = (cost, event.prompt_tokens, event.completion_tokens)
         key = ctx.key
         daily = self._daily
+        team_id = key.team_id if key is not None else None
         entities: list[tuple[str, str]] = []
         if key is not None:
             entities.append(("key", ctx.token_id))
@@ -229,14 +228,15 @@ class SpendLedger:
             if len(ident) > _MAX_ID:  # the column's size: a longer end user or tag is counted under its prefix
                 ident = ident[:_MAX_ID]
                 entities[index] = (kind, ident)
-            row = daily.get((day, kind, ident))
-            if row is None:
-                daily[(day, kind, ident)] = [cost, 1, usage[1], usage[2]]
-            else:
-                row[0] += cost
-                row[1] += 1
-                row[2] += usage[1]
-                row[3] += usage[2]
+            for team in ("", team_id) if team_id and kind != "team" else ("",):
+                row = daily.get((day, kind, ident, team))
+                if row is None:
+                    daily[(day, kind, ident, team)] = [cost, 1, usage[1], usage[2]]
+                else:
+                    row[0] += cost
+                    row[1] += 1
+                    row[2] += usage[1]
+                    row[3] += usage[2]
         if not cost:
             return
         period = self._period
@@ -299,6 +299,7 @@ class SpendLedger:
         counter.max_budget = record.max_budget
         counter.soft_budget = record.soft_budget
         counter.seconds = duration_seconds(record.budget_duration)
+        counter.alias = getattr(record, "key_alias", None) or getattr(record, "team_alias", None) or ""
         self._roll(counter, now)
         return counter
 
@@ -355,7 +356,7 @@ class SpendLedger:
             self.flushes += 1
             await self._reconcile(reset)
 
-    def _merge(self, daily: dict[tuple[str, str, str], list[float]], period: dict[tuple[str, str], float],
+    def _merge(self, daily: dict[tuple[str, str, str, str], list[float]], period: dict[tuple[str, str], float],
                proxy: float) -> None:
         for k, values in daily.items():
             row = self._daily.get(k)
@@ -393,6 +394,39 @@ class SpendLedger:
             log.info("budget period ended: %s %s starts again from 0", *entity)
 
     # metrics ---------------------------------------------------------------------------------------------------
+    def gauges(self, limit: int) -> tuple[dict[str, list[tuple[tuple[str, ...], float]]], int]:
+        """LiteLLM's budget gauges of every key, team and user with a budget that made a request here since this
+        process started, computed now (``/metrics``): remaining = ``max_budget`` - spend of the period (negative
+        past it; +Inf without ``max_budget``), spend as :meth:`check` sees it (with Redis, the larger of this
+        process's count and Redis's as last read). At most ``limit`` samples per gauge, and the number left out."""
+        names = {"key": ("litellm_remaining_api_key_budget_metric", "litellm_api_key_max_budget_metric"),
+                 "team": ("litellm_remaining_team_budget_metric", "litellm_team_max_budget_metric"),
+                 "user": ("litellm_remaining_user_budget_metric", "litellm_user_max_budget_metric")}
+        found: dict[str, list[tuple[tuple[str, ...], float]]] = {n: [] for pair in names.values() for n in pair}
+        shared = self.shared
+        now = self.clock()
+        omitted = 0
+        for counter in list(self.counters.values()):
+            pair = names.get(counter.entity_type)
+            if pair is None:
+                continue
+            if len(found[pair[0]]) >= limit:  # counted, not computed: 10,000 teams stay cheap
+                omitted += 1 if counter.max_budget is None else 2
+                continue
+            spend = counter.spend
+            if counter.reset_at is not None and counter.seconds is not None and now >= counter.reset_at:
+                spend = 0.0  # the period is over: the next check or flush starts the new one
+            elif shared is not None:
+                seen = shared.peek(counter)
+                if seen is not None and seen > spend:
+                    spend = seen
+            labels = (counter.entity_id,) if counter.entity_type == "user" else (counter.entity_id, counter.alias)
+            most = counter.max_budget
+            found[pair[0]].append((labels, most - spend if most is not None else math.inf))
+            if counter.max_budget is not None:
+                found[pair[1]].append((labels, counter.max_budget))
+        return found, omitted
+
     def stats(self) -> dict[str, Any]:
         over_soft = [(c.entity_type, c.entity_id) for c in self.counters.values() if c.soft_crossed]
         return {"flushes": self.flushes, "flush_failures": self.flush_failures, "pending_rows": len(self._daily),

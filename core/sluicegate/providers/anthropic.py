@@ -25,6 +25,7 @@ import msgspec
 
 from sluicegate.errors import ApiError
 from sluicegate.net.http import encode_headers
+from sluicegate.providers.anthropic_schema import structured_output_schema, tool_input_schema
 from sluicegate.providers.base import (Provider, ProviderParams, UpstreamError, request_id_header,
                                       tool_call_arguments)
 
@@ -50,6 +51,14 @@ FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "le
 ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
                 "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
                 "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
+
+
+def thinking_budgets() -> dict[str, int]:
+    """The thinking budget per ``reasoning_effort``: LiteLLM's, or its environment variables' when set."""
+    budgets = {effort: int(os.environ.get(f"DEFAULT_REASONING_EFFORT_{effort.upper()}_THINKING_BUDGET") or budget)
+               for effort, budget in THINKING_BUDGETS.items()}
+    budgets["minimal"] = max(budgets["minimal"], 1024)
+    return budgets
 
 
 class AnthropicParams(ProviderParams, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -87,9 +96,7 @@ class AnthropicProvider(Provider):
         if not self.beta:
             self._head_beta = self._head
         self.default_max_tokens = int(os.environ.get("DEFAULT_ANTHROPIC_CHAT_MAX_TOKENS") or DEFAULT_MAX_TOKENS)
-        self.thinking_budgets = {effort: int(os.environ.get(f"DEFAULT_REASONING_EFFORT_{effort.upper()}_THINKING_BUDGET")
-                                             or budget) for effort, budget in THINKING_BUDGETS.items()}
-        self.thinking_budgets["minimal"] = max(self.thinking_budgets["minimal"], 1024)
+        self.thinking_budgets = thinking_budgets()
         self.structured_outputs = any(name in deployment.upstream_model for name in STRUCTURED_OUTPUT_MODELS)
 
     def accepted(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -182,9 +189,10 @@ class AnthropicProvider(Provider):
                 raise ApiError(400, "response_format: json_schema needs {json_schema: {name, schema}}",
                                param="response_format")
             if self.structured_outputs:
-                request["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+                request["output_config"] = {"format": {"type": "json_schema",
+                                                       "schema": structured_output_schema(schema)}}
                 return None
-            return {"name": RESPONSE_FORMAT_TOOL_NAME, "input_schema": schema}
+            return {"name": RESPONSE_FORMAT_TOOL_NAME, "input_schema": tool_input_schema(schema)}
         if kind == "json_object":
             return {"name": RESPONSE_FORMAT_TOOL_NAME,
                     "input_schema": {"type": "object", "properties": {}, "additionalProperties": True}}

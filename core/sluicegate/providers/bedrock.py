@@ -1,15 +1,23 @@
 """Amazon Bedrock (``bedrock/<model id>``): OpenAI chat requests through the Converse and ConverseStream APIs.
 
 ``POST {endpoint}/model/{modelId}/converse`` (JSON answer) and ``.../converse-stream`` (an
-``application/vnd.amazon.eventstream`` answer), signed with SigV4 by botocore's own signer with credentials held
-by :class:`~sluicegate.providers.aws_auth.AwsCredentialSource` (resolved and refreshed off the request path), or
+``application/vnd.amazon.eventstream`` answer), signed with SigV4 (:func:`~sluicegate.providers.aws_auth.sign_headers`:
+botocore's ``SigV4Auth``) with
+credentials held by :class:`~sluicegate.providers.aws_auth.AwsCredentialSource` (resolved and refreshed off the
+request path), or
 with a Bedrock API key as ``Authorization: Bearer``. Streams are decoded by botocore's ``EventStreamBuffer``
 and each event is relayed as an OpenAI chunk as soon as it is complete.
 
 Translation, as LiteLLM's Converse route does it: system messages → ``system``; user images (base64 ``data:``
 URLs, or ``s3://`` locations) → ``image`` blocks; tools → ``toolConfig`` (``toolSpec`` / ``toolUse`` /
 ``toolResult``); ``max_tokens``, ``temperature``, ``top_p`` and ``stop`` → ``inferenceConfig``; ``stopReason``
-and ``usage`` (cache read and write tokens counted as prompt tokens) mapped back.
+and ``usage`` (cache read and write tokens counted as prompt tokens) mapped back. On Claude models ``thinking``
+passes through and ``reasoning_effort`` becomes a thinking budget (the ``anthropic`` provider's budgets), both as
+``additionalModelRequestFields.thinking``, with ``maxTokens`` defaulted to 4096 plus the budget; thinking comes back
+as ``reasoning_content``. ``response_format`` (``json_schema`` or ``json_object``) becomes a forced tool named
+``json_tool_call`` whose input schema is the requested one (forced only without thinking, which Claude cannot
+combine with a forced tool); its input comes back as the message's content, streamed as content deltas. A root
+``$ref`` is resolved to the definition it names (a tool's input is an object); ``$defs`` go as they are.
 
 ``/v1/messages`` on a Claude model goes through ``InvokeModel`` / ``InvokeModelWithResponseStream`` instead: the
 client's Messages body with ``anthropic_version: bedrock-2023-05-31`` (``anthropic-beta`` as ``anthropic_beta``),
@@ -30,6 +38,8 @@ import msgspec
 
 from sluicegate.errors import ApiError
 from sluicegate.net.http import HttpClientError, HttpTimeoutError, encode_headers
+from sluicegate.providers.anthropic import DEFAULT_MAX_TOKENS, RESPONSE_FORMAT_TOOL_NAME, thinking_budgets
+from sluicegate.providers.anthropic_schema import tool_input_schema
 from sluicegate.providers.aws_auth import AwsCredentialSource, sign_headers
 from sluicegate.providers.base import Provider, ProviderClients, ProviderParams, UpstreamError, tool_call_arguments
 
@@ -106,7 +116,8 @@ class BedrockProvider(Provider):
     params_env: ClassVar[dict[str, tuple[str, ...]]] = {"aws_region_name": REGION_ENV,
                                                         "aws_bedrock_runtime_endpoint": ("AWS_BEDROCK_RUNTIME_ENDPOINT",)}
     supported_params: ClassVar[frozenset[str] | None] = frozenset({
-        "max_tokens", "max_completion_tokens", "stop", "temperature", "top_p", "tools", "tool_choice", "n"})
+        "max_tokens", "max_completion_tokens", "stop", "temperature", "top_p", "tools", "tool_choice", "n",
+        "response_format", "thinking", "reasoning_effort"})
     params: BedrockParams
 
     def __init__(self, deployment: Any, params: ProviderParams) -> None:
@@ -118,6 +129,8 @@ class BedrockProvider(Provider):
             model = model[len("converse/"):]
             deployment.upstream_model = model  # what log events and costs name
         self.model_id = model
+        self.claude = "anthropic." in model.lower() or "claude" in model.lower()
+        self.thinking_budgets = thinking_budgets()
         base = (deployment.api_base or self.params.aws_bedrock_runtime_endpoint
                 or f"https://bedrock-runtime.{region}.amazonaws.com").rstrip("/")
         path = f"{base}/model/{quote(model, safe='')}"
@@ -170,6 +183,14 @@ class BedrockProvider(Provider):
                 raise ApiError(400, "bedrock does not support n > 1; remove it, or set drop_params: true",
                                param="n", code="unsupported_params")
             body = {k: v for k, v in body.items() if k != "n"}
+        if not self.claude:  # extended thinking is Claude's on the Converse API
+            given = [k for k in ("thinking", "reasoning_effort")
+                     if body.get(k) is not None and body.get(k) != "none"]
+            if given and not self.deployment.drop_params:
+                raise ApiError(400, f"{given[0]}: bedrock takes extended thinking only on Claude models, not "
+                                    f"{self.model_id!r}; remove it, or set drop_params: true",
+                               param=given[0], code="unsupported_params")
+            body = {k: v for k, v in body.items() if k not in given}
         return super().accepted(body)
 
     # transport ----------------------------------------------------------------------------------------
@@ -258,9 +279,15 @@ class BedrockProvider(Provider):
         if system:
             request["system"] = system
         inference: dict[str, Any] = {}
+        thinking = self._thinking(body)
         field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
         if body.get(field) is not None:
             inference["maxTokens"] = _number(body[field], field, int)
+        elif thinking is not None and thinking.get("type") == "enabled":
+            # as LiteLLM: room for the thinking budget on top of the default answer length
+            inference["maxTokens"] = DEFAULT_MAX_TOKENS + thinking["budget_tokens"]
+        if thinking is not None:
+            request["additionalModelRequestFields"] = {"thinking": thinking}
         if body.get("temperature") is not None:
             inference["temperature"] = _number(body["temperature"], "temperature", float)
         if body.get("top_p") is not None:
@@ -276,9 +303,14 @@ class BedrockProvider(Provider):
         choice = body.get("tool_choice")
         if tools is not None and not isinstance(tools, list):
             raise ApiError(400, "tools: expected a list", param="tools")
-        if tools and choice != "none":
-            config: dict[str, Any] = {"tools": [_tool(t) for t in tools]}
-            mapped = _tool_choice(choice)
+        json_tool = _response_format(body.get("response_format"))
+        if (tools and choice != "none") or json_tool is not None:
+            config: dict[str, Any] = {"tools": [_tool(t) for t in tools] if tools and choice != "none" else []}
+            mapped = _tool_choice(choice) if config["tools"] else None
+            if json_tool is not None:
+                config["tools"].append(json_tool)
+                if thinking is None or thinking.get("type") != "enabled":
+                    mapped = {"tool": {"name": RESPONSE_FORMAT_TOOL_NAME}}
             if mapped is not None:
                 config["toolChoice"] = mapped
             request["toolConfig"] = config
@@ -289,6 +321,34 @@ class BedrockProvider(Provider):
             request["toolConfig"] = {"tools": [DUMMY_TOOL]}
         return request
 
+    def _thinking(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Claude's ``thinking`` for ``additionalModelRequestFields``, from ``thinking`` or ``reasoning_effort``."""
+        thinking = body.get("thinking")
+        if thinking is not None:
+            if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled"):
+                raise ApiError(400, "thinking: expected {type: enabled, budget_tokens: N} or {type: disabled}",
+                               param="thinking")
+            if thinking["type"] == "enabled":
+                budget = thinking.get("budget_tokens")
+                if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1024:
+                    raise ApiError(400, "thinking: budget_tokens must be an integer of at least 1024",
+                                   param="thinking")
+                return {"type": "enabled", "budget_tokens": budget}
+            return {"type": "disabled"}
+        effort = body.get("reasoning_effort")
+        if effort is None or effort == "none":
+            return None
+        if not isinstance(effort, str) or effort not in self.thinking_budgets:
+            raise ApiError(400, f"reasoning_effort: expected one of none, {', '.join(self.thinking_budgets)}",
+                           param="reasoning_effort")
+        return {"type": "enabled", "budget_tokens": self.thinking_budgets[effort]}
+
+    @staticmethod
+    def json_mode(body: Mapping[str, Any]) -> bool:
+        """Whether ``body``'s response_format goes as the forced tool (whose input is then the answer's content)."""
+        value = body.get("response_format")
+        return isinstance(value, dict) and value.get("type") in ("json_schema", "json_object")
+
     # answers ------------------------------------------------------------------------------------------
     async def complete(self, body: Mapping[str, Any], *, request_id: str) -> dict[str, Any]:
         payload = _json.encode(self.translate_request(body))
@@ -298,9 +358,9 @@ class BedrockProvider(Provider):
         except msgspec.DecodeError:
             raise UpstreamError(502, "upstream bedrock returned a body that is not JSON", type="upstream_error",
                                 code="502") from None
-        return self.translate_response(answer)
+        return self.translate_response(answer, json_mode=self.json_mode(body))
 
-    def translate_response(self, answer: Mapping[str, Any]) -> dict[str, Any]:
+    def translate_response(self, answer: Mapping[str, Any], *, json_mode: bool = False) -> dict[str, Any]:
         message = (answer.get("output") or {}).get("message") or {}
         texts: list[str] = []
         reasoning: list[str] = []
@@ -308,6 +368,8 @@ class BedrockProvider(Provider):
         for block in message.get("content") or ():
             if "text" in block:
                 texts.append(block["text"] or "")
+            elif "toolUse" in block and json_mode and block["toolUse"].get("name") == RESPONSE_FORMAT_TOOL_NAME:
+                texts.append(_json.encode(block["toolUse"].get("input") or {}).decode())  # the answer itself
             elif "toolUse" in block:
                 use = block["toolUse"]
                 tool_calls.append({"id": use.get("toolUseId"), "type": "function",
@@ -322,10 +384,12 @@ class BedrockProvider(Provider):
             reply["reasoning_content"] = "".join(reasoning)
         if tool_calls:
             reply["tool_calls"] = tool_calls
+        finish = FINISH_REASONS.get(answer.get("stopReason") or "", "stop")
+        if finish == "tool_calls" and not tool_calls:  # only the response_format tool was called
+            finish = "stop"
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": self.model_id,
-                "choices": [{"index": 0, "message": reply,
-                             "finish_reason": FINISH_REASONS.get(answer.get("stopReason") or "", "stop")}],
+                "choices": [{"index": 0, "message": reply, "finish_reason": finish}],
                 "usage": _usage(answer.get("usage") or {})}
 
     async def stream(self, body: Mapping[str, Any], *, request_id: str) -> AsyncIterator[dict[str, Any]]:
@@ -348,7 +412,7 @@ class BedrockProvider(Provider):
                 raise self._error(response.status, response.headers, content)
             from botocore.eventstream import EventStreamBuffer, EventStreamError  # ~0.3 s, only where Bedrock is used
 
-            translator = _StreamTranslator(self.model_id)
+            translator = _StreamTranslator(self.model_id, json_mode=self.json_mode(body))
             buffer = EventStreamBuffer()
             try:
                 async for data in response.aiter_raw():
@@ -424,9 +488,11 @@ class _InvokeStream:
 class _StreamTranslator:
     """ConverseStream events (event-stream messages) → OpenAI chunks, one event at a time."""
 
-    __slots__ = ("base", "tool_index", "block_tools", "finished", "finish_reason")
+    __slots__ = ("base", "tool_index", "block_tools", "finished", "finish_reason", "json_mode", "json_blocks")
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, *, json_mode: bool = False) -> None:
+        self.json_mode = json_mode
+        self.json_blocks: set[int] = set()  # content blocks of the forced response_format tool
         self.base: dict[str, Any] = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
                                      "created": int(time.time()), "model": model}
         self.tool_index = -1
@@ -454,6 +520,8 @@ class _StreamTranslator:
             delta = event.get("delta") or {}
             if "text" in delta:
                 return [self._chunk({"content": delta["text"]})]
+            if "toolUse" in delta and int(event.get("contentBlockIndex", 0)) in self.json_blocks:
+                return [self._chunk({"content": (delta["toolUse"] or {}).get("input", "")})]
             if "toolUse" in delta:
                 index = self.block_tools.get(int(event.get("contentBlockIndex", 0)), max(self.tool_index, 0))
                 return [self._chunk({"tool_calls": [{"index": index, "function": {
@@ -463,6 +531,9 @@ class _StreamTranslator:
             return []
         if kind == "contentBlockStart":
             use = (event.get("start") or {}).get("toolUse")
+            if use and self.json_mode and use.get("name") == RESPONSE_FORMAT_TOOL_NAME:
+                self.json_blocks.add(int(event.get("contentBlockIndex", 0)))
+                return []
             if use:
                 self.tool_index += 1
                 self.block_tools[int(event.get("contentBlockIndex", 0))] = self.tool_index
@@ -474,6 +545,8 @@ class _StreamTranslator:
             return [self._chunk({"role": "assistant", "content": ""})]
         if kind == "messageStop":
             self.finish_reason = FINISH_REASONS.get(event.get("stopReason") or "", "stop")
+            if self.finish_reason == "tool_calls" and self.tool_index < 0:  # only the response_format tool
+                self.finish_reason = "stop"
             return [self._chunk({}, self.finish_reason)]
         if kind == "metadata":
             self.finished = True
@@ -638,6 +711,29 @@ def _tool(tool: Any) -> dict[str, Any]:
     if function.get("description"):
         spec["description"] = str(function["description"])
     return {"toolSpec": spec}
+
+
+def _response_format(value: Any) -> dict[str, Any] | None:
+    """``response_format`` as the forced tool that stands for it on the Converse API (as LiteLLM maps it)."""
+    if value is None:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"toolSpec": {"name": RESPONSE_FORMAT_TOOL_NAME, "inputSchema": {"json": {
+            "type": "object", "properties": {}, "additionalProperties": True}}}}
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise ApiError(400, "response_format: json_schema needs {json_schema: {name, schema}}",
+                           param="response_format")
+        tool: dict[str, Any] = {"name": RESPONSE_FORMAT_TOOL_NAME, "inputSchema": {"json": tool_input_schema(schema)}}
+        if isinstance(spec.get("description"), str) and spec["description"]:
+            tool["description"] = spec["description"]
+        return {"toolSpec": tool}
+    raise ApiError(400, "response_format: expected type text, json_object or json_schema", param="response_format")
 
 
 def _tool_choice(choice: Any) -> dict[str, Any] | None:

@@ -5,22 +5,26 @@
 
 - messages → ``contents`` (roles ``user`` / ``model``, consecutive turns of one role merged) and ``parts``; system
   and developer messages → ``systemInstruction``; images → ``inlineData`` (base64 ``data:`` URLs) or ``fileData``
-  (http(s) and ``gs://`` URLs);
+  (http(s) and ``gs://`` URLs); ``input_audio`` parts → ``inlineData`` with ``audio/<format>``; ``file`` parts →
+  ``inlineData`` (``file_data``) or ``fileData`` (``file_id`` as a Files API or ``gs://`` URI);
 - tools → ``functionDeclarations`` (``parametersJsonSchema``: the JSON Schema as the client wrote it), tool_choice
   → ``toolConfig.functionCallingConfig``, assistant tool calls → ``functionCall`` parts and tool results →
   ``functionResponse`` parts. A call's ``thoughtSignature`` travels inside its OpenAI tool-call id (as LiteLLM does)
   so the round trip gives it back, as thinking models require;
 - sampling parameters → ``generationConfig``; ``response_format`` → ``responseMimeType`` / ``responseJsonSchema``;
-  ``reasoning_effort`` → ``thinkingConfig``;
+  ``reasoning_effort`` → ``thinkingConfig``; ``logprobs`` / ``top_logprobs`` → ``responseLogprobs`` / ``logprobs``;
 - answers: ``finishReason`` mapped (safety reasons → ``content_filter``), thought parts → ``reasoning_content``,
   ``usageMetadata`` → usage as LiteLLM reports it (thoughts count as completion and reasoning tokens, cached content
-  as cached prompt tokens). A prompt blocked by safety filters is a 400 ``content_filter`` error.
+  as cached prompt tokens), ``logprobsResult`` → ``choices[].logprobs.content``. A prompt blocked by safety
+  filters is a 400 ``content_filter`` error.
 
 A stream's events are translated one by one as they arrive.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import mimetypes
 import random
 import time
@@ -62,7 +66,11 @@ THOUGHT_SEPARATOR = "__thought__"
 
 GEMINI_PARAMS = frozenset({"temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "n",
                            "presence_penalty", "frequency_penalty", "seed", "response_format", "tools", "tool_choice",
-                           "parallel_tool_calls", "user", "reasoning_effort"})
+                           "parallel_tool_calls", "user", "reasoning_effort", "logprobs", "top_logprobs"})
+MAX_TOP_LOGPROBS = 20  # OpenAI's and Gemini's upper bound
+# input_audio formats → the audio MIME types Gemini takes (its documented list: WAV, MP3, AIFF, AAC, OGG, FLAC)
+AUDIO_MIME_TYPES = {"wav": "audio/wav", "mp3": "audio/mp3", "mpeg": "audio/mp3", "aiff": "audio/aiff",
+                    "aac": "audio/aac", "ogg": "audio/ogg", "flac": "audio/flac"}
 
 
 class GeminiParams(ProviderParams, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -142,6 +150,19 @@ class GeminiTranslation:
         response_format = body.get("response_format")
         if response_format is not None:
             config.update(_response_format(response_format))
+        logprobs, top = body.get("logprobs"), body.get("top_logprobs")
+        if logprobs is not None and not isinstance(logprobs, bool):
+            raise ApiError(400, "logprobs: expected true or false", param="logprobs")
+        if top is not None:
+            if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS:
+                raise ApiError(400, f"top_logprobs: expected an integer from 0 to {MAX_TOP_LOGPROBS}",
+                               param="top_logprobs")
+            if not logprobs:
+                raise ApiError(400, "top_logprobs: needs logprobs: true", param="top_logprobs")
+        if logprobs:
+            config["responseLogprobs"] = True
+            if top is not None:
+                config["logprobs"] = top
         effort = body.get("reasoning_effort")
         if effort is not None:
             if effort not in THINKING_BUDGETS:
@@ -174,8 +195,11 @@ class GeminiTranslation:
                 message["reasoning_content"] = "".join(reasoning)
             if calls:
                 message["tool_calls"] = calls
-            choices.append({"index": candidate.get("index", position), "message": message,
-                            "finish_reason": _finish_reason(candidate.get("finishReason"), bool(calls))})
+            choice = {"index": candidate.get("index", position), "message": message,
+                      "finish_reason": _finish_reason(candidate.get("finishReason"), bool(calls))}
+            if candidate.get("logprobsResult"):
+                choice["logprobs"] = logprobs_content(candidate["logprobsResult"])
+            choices.append(choice)
         return {"id": data.get("responseId") or f"chatcmpl-{_rng.getrandbits(96):024x}",
                 "object": "chat.completion", "created": int(time.time()),
                 "model": data.get("modelVersion") or self.model, "choices": choices,
@@ -216,6 +240,7 @@ class GeminiStreamTranslator:
             chunks.append(self._chunk(0, {"role": "assistant", "content": ""}))
         for position, candidate in enumerate(candidates):
             index = int(candidate.get("index", position))
+            first = len(chunks)
             for part in (candidate.get("content") or {}).get("parts") or ():
                 if "functionCall" in part:
                     count = self.tool_counts.get(index, 0)
@@ -225,6 +250,10 @@ class GeminiStreamTranslator:
                 elif part.get("text"):
                     key = "reasoning_content" if part.get("thought") else "content"
                     chunks.append(self._chunk(index, {key: part["text"]}))
+            if candidate.get("logprobsResult"):  # the tokens of this event's text, on its first chunk
+                if len(chunks) == first:
+                    chunks.append(self._chunk(index, {}))
+                chunks[first]["choices"][0]["logprobs"] = logprobs_content(candidate["logprobsResult"])
             reason = candidate.get("finishReason")
             if reason:
                 chunks.append(self._chunk(index, {}, _finish_reason(reason, index in self.tool_counts)))
@@ -360,6 +389,22 @@ def usage(metadata: Mapping[str, Any]) -> dict[str, Any]:
             "completion_tokens_details": {"reasoning_tokens": thoughts}}
 
 
+def logprobs_content(result: Mapping[str, Any]) -> dict[str, Any]:
+    """``logprobsResult`` → OpenAI's ``logprobs`` (``{content: [{token, logprob, bytes, top_logprobs}]}``): the
+    chosen token of each step with the step's top candidates."""
+    tops = result.get("topCandidates") or []
+    content = []
+    for step, chosen in enumerate(result.get("chosenCandidates") or ()):
+        token = str(chosen.get("token") or "")
+        alternatives = (tops[step].get("candidates") or ()) if step < len(tops) else ()
+        content.append({"token": token, "logprob": float(chosen.get("logProbability") or 0.0),
+                        "bytes": list(token.encode()),
+                        "top_logprobs": [{"token": str(c.get("token") or ""),
+                                          "logprob": float(c.get("logProbability") or 0.0),
+                                          "bytes": list(str(c.get("token") or "").encode())} for c in alternatives]})
+    return {"content": content}
+
+
 def _tool_call(part: Mapping[str, Any]) -> dict[str, Any]:
     call = part.get("functionCall") or {}
     call_id = str(call.get("id") or _new_call_id())
@@ -408,6 +453,62 @@ def _image(part: Mapping[str, Any], where: str) -> dict[str, Any]:
     raise ApiError(400, f"{where}.image_url: expected a data: URL, an http(s) URL or a gs:// URI", param="messages")
 
 
+def _base64(data: Any, where: str) -> str:
+    if not isinstance(data, str) or not data:
+        raise ApiError(400, f"{where}: expected base64 data", param="messages")
+    try:
+        base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"{where}: not valid base64", param="messages") from None
+    return data
+
+
+def _audio(part: Mapping[str, Any], where: str) -> dict[str, Any]:
+    audio = part.get("input_audio")
+    if not isinstance(audio, dict):
+        raise ApiError(400, f"{where}.input_audio: expected {{data, format}}", param="messages")
+    audio_format = str(audio.get("format") or "").lower()
+    mime_type = AUDIO_MIME_TYPES.get(audio_format)
+    if mime_type is None:
+        raise ApiError(400, f"{where}.input_audio.format: expected one of {', '.join(AUDIO_MIME_TYPES)}, not "
+                            f"{audio.get('format')!r}", param="messages")
+    return {"inlineData": {"mimeType": mime_type, "data": _base64(audio.get("data"), f"{where}.input_audio.data")}}
+
+
+def _file(part: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A ``file`` part: ``file_data`` (a base64 ``data:`` URL, or base64 with a ``filename`` or ``format`` that
+    names its type) → ``inlineData``; ``file_id`` (a Files API URI or ``gs://``) → ``fileData``."""
+    file = part.get("file")
+    if not isinstance(file, dict):
+        raise ApiError(400, f"{where}.file: expected {{file_data}} or {{file_id}}", param="messages")
+    given = file.get("format") if isinstance(file.get("format"), str) else None
+    filename = file.get("filename") if isinstance(file.get("filename"), str) else None
+    data, file_id = file.get("file_data"), file.get("file_id")
+    if data is not None:
+        if isinstance(data, str) and data.startswith("data:"):
+            header, _, data = data.partition(",")
+            if ";base64" not in header:
+                raise ApiError(400, f"{where}.file.file_data: data URLs must be base64-encoded", param="messages")
+            mime_type = header[5:].split(";", 1)[0] or given
+        else:
+            mime_type = given or (mimetypes.guess_type(filename)[0] if filename else None)
+        if not mime_type:
+            raise ApiError(400, f"{where}.file.file_data: cannot tell the media type; send a data: URL "
+                                "(data:application/pdf;base64,...) or add file.format", param="messages")
+        return {"inlineData": {"mimeType": mime_type, "data": _base64(data, f"{where}.file.file_data")}}
+    if isinstance(file_id, str) and file_id.startswith(("https://", "http://", "gs://")):
+        file_data = {"fileUri": file_id}
+        mime_type = given or mimetypes.guess_type(file_id.split("?", 1)[0])[0] or (
+            mimetypes.guess_type(filename)[0] if filename else None)
+        if mime_type:
+            file_data["mimeType"] = mime_type
+        return {"fileData": file_data}
+    if file_id is not None:
+        raise ApiError(400, f"{where}.file.file_id: expected a Gemini Files API URI (https://.../files/...) or a "
+                            "gs:// URI", param="messages")
+    raise ApiError(400, f"{where}.file: expected file_data or file_id", param="messages")
+
+
 def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
     if content is None or isinstance(content, str):
         return _text_parts(content, where)
@@ -420,6 +521,10 @@ def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
             parts.extend(_text_parts([part], f"{where}[{number}]"))
         elif kind == "image_url":
             parts.append(_image(part, f"{where}[{number}]"))
+        elif kind == "input_audio":
+            parts.append(_audio(part, f"{where}[{number}]"))
+        elif kind == "file":
+            parts.append(_file(part, f"{where}[{number}]"))
         else:
             raise ApiError(400, f"{where}[{number}]: content part type {kind!r} is not supported by gemini",
                            param="messages")

@@ -10,12 +10,11 @@ from __future__ import annotations
 import abc
 import difflib
 import re
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import msgspec
 
-if TYPE_CHECKING:
-    from sluicegate.plugins import SluicegatePluginManager
+from sluicegate.plugin_registry import PluginRegistry
 
 __all__ = ("DuplicateRedactorName", "Redactor", "RedactorOptions", "RedactorRegistry", "UnknownRedactorName")
 
@@ -58,6 +57,11 @@ class Redactor(abc.ABC):
         return ``(text, 0)`` quickly when there is nothing to find. Never log or keep what was found.
         """
 
+    def placeholders(self) -> list[str]:
+        """What this redactor writes in place of its finds (the console shows them): ``[placeholder]`` unless it
+        writes several."""
+        return [self.placeholder]
+
     def describe(self) -> dict[str, Any]:
         """The redactor as shown by ``/key/health`` and ``sluicegate plugins``: its name and non-default options."""
         options = msgspec.to_builtins(self.options)
@@ -74,25 +78,15 @@ class UnknownRedactorName(LookupError):
         super().__init__(message)
 
 
-class RedactorRegistry:
+class RedactorRegistry(PluginRegistry[Redactor]):
     """Maps a redactor ``name`` to its class and remembers which plugin registered it."""
 
-    __slots__ = ("_classes", "_owners")
+    hook = "register_redactors"
+    what = "redactor"
+    duplicate_error = DuplicateRedactorName
+    __slots__ = ()
 
-    def __init__(self) -> None:
-        self._classes: dict[str, type[Redactor]] = {}
-        self._owners: dict[str, str] = {}
-
-    @classmethod
-    def from_plugin_manager(cls, pm: SluicegatePluginManager) -> RedactorRegistry:
-        registry = cls()
-        for impl in pm.hook.register_redactors.get_hookimpls():
-            owner = pm.origin(impl.plugin_name)
-            label = f"{owner.distribution or impl.plugin_name} ({impl.plugin_name})"
-            impl.function(register=lambda redactor_class, _label=label: registry.add(redactor_class, owner=_label))
-        return registry
-
-    def add(self, redactor_class: type[Redactor], *, owner: str) -> None:
+    def check(self, redactor_class: type[Redactor], owner: str) -> str:
         if not (isinstance(redactor_class, type) and issubclass(redactor_class, Redactor)):
             raise TypeError(f"{owner} registered {redactor_class!r}, which is not a sluicegate.Redactor subclass")
         name = getattr(redactor_class, "name", None)
@@ -101,34 +95,9 @@ class RedactorRegistry:
                             f"'_' (got {name!r})")
         if not (isinstance(redactor_class.Options, type) and issubclass(redactor_class.Options, RedactorOptions)):
             raise TypeError(f"{owner}: {redactor_class.__qualname__}.Options must subclass sluicegate.RedactorOptions")
-        if name in self._classes:
-            raise DuplicateRedactorName(
-                f"redactor {name!r} is registered twice: by {self._owners[name]} and by {owner}. "
-                "Uninstall one of them or disable it with SLUICEGATE_DISABLE_PLUGINS=<entry point>.")
-        self._classes[name] = redactor_class
-        self._owners[name] = owner
+        return name
 
-    def names(self) -> list[str]:
-        return sorted(self._classes)
-
-    def owner(self, name: str) -> str:
-        return self._owners[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._classes
-
-    def get(self, name: str) -> type[Redactor]:
-        try:
-            return self._classes[name]
-        except KeyError:
-            hint = difflib.get_close_matches(name, self.names(), n=1, cutoff=0.6)
-            raise UnknownRedactorName(name, f"unknown redactor {name!r}" + (
-                f"; did you mean {hint[0]!r}?" if hint else "") + f" (installed: {', '.join(self.names()) or 'none'})"
-            ) from None
-
-    def by_plugin(self) -> dict[str, list[str]]:
-        result: dict[str, list[str]] = {}
-        for name, owner in self._owners.items():
-            plugin = owner.rsplit("(", 1)[-1].rstrip(")")
-            result.setdefault(plugin, []).append(name)
-        return result
+    def unknown(self, name: str) -> UnknownRedactorName:
+        hint = difflib.get_close_matches(name, self.names(), n=1, cutoff=0.6)
+        return UnknownRedactorName(name, f"unknown redactor {name!r}" + (
+            f"; did you mean {hint[0]!r}?" if hint else "") + f" (installed: {', '.join(self.names()) or 'none'})")

@@ -54,7 +54,8 @@ class RedactionSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 class CompiledPolicy:
     """A usable policy: redactor instances in run order, what to scan and drop, and a stable ``key``."""
 
-    __slots__ = ("drop", "fields", "key", "names", "redactors", "scan", "spec")
+    __slots__ = ("_arguments_mode", "_dropped", "_messages_mode", "_response_mode", "_scanned", "drop", "fields", "key",
+                 "names", "redactors", "scan", "spec")
 
     def __init__(self, redactors: tuple[Redactor, ...], fields: dict[str, str], spec: dict[str, Any]) -> None:
         self.redactors = redactors
@@ -64,6 +65,13 @@ class CompiledPolicy:
         self.drop = frozenset(f for f, how in fields.items() if how == "drop")
         self.spec = spec
         self.key = hashlib.sha256(msgspec.json.encode(spec, order="deterministic")).hexdigest()[:12]
+        self._messages_mode = self._mode("messages")
+        self._arguments_mode = self._mode("tool_arguments")
+        self._response_mode = self._mode("response")
+        self._scanned, self._dropped = sorted(self.scan), sorted(self.drop)
+
+    def _mode(self, field: str) -> str | None:
+        return "drop" if field in self.drop else "scan" if field in self.scan else None
 
     def __repr__(self) -> str:
         return f"CompiledPolicy({self.key}: {list(self.names)}, {self.fields})"
@@ -78,17 +86,15 @@ class CompiledPolicy:
         which redactors ran and how many replacements each made. ``event`` itself is not changed.
 
         One walk copies the containers that hold a string to scan and remembers where each string goes; the
-        redactors then run once each over all the strings joined by a separator no detector crosses (one call per
-        redactor per event, not per string), and the results are put in their places.
+        redactors then run once each over all the strings joined by a separator no built-in detector crosses (one
+        call per redactor per event, not per string), and the results are put in their places.
         """
         walk = _Walk()
         changes: dict[str, Any] = {}
         scan, drop = self.scan, self.drop
-        messages_mode = "drop" if "messages" in drop else "scan" if "messages" in scan else None
-        arguments_mode = "drop" if "tool_arguments" in drop else "scan" if "tool_arguments" in scan else None
+        messages_mode, arguments_mode, response_mode = self._messages_mode, self._arguments_mode, self._response_mode
         if messages_mode or arguments_mode:
             changes["messages"] = walk.messages(event.messages, messages_mode, arguments_mode)
-        response_mode = "drop" if "response" in drop else "scan" if "response" in scan else None
         if response_mode or arguments_mode:
             changes["response"] = walk.response(event.response, response_mode, arguments_mode)
         metadata = event.metadata
@@ -113,9 +119,8 @@ class CompiledPolicy:
         for name in ("messages", "response"):
             if isinstance(changes.get(name), _Scanned):
                 changes[name] = changes[name].box[0]
-        record: dict[str, Any] = {"policy": self.key,
-                                  "redactors": {r.name: counts[i] for i, r in enumerate(self.redactors)},
-                                  "scanned": sorted(scan), "dropped": sorted(drop)}
+        record: dict[str, Any] = {"policy": self.key, "redactors": dict(zip(self.names, counts)),
+                                  "scanned": list(self._scanned), "dropped": list(self._dropped)}
         if errors:
             record["errors"] = errors
         meta_changes["redaction"] = record
@@ -124,27 +129,26 @@ class CompiledPolicy:
 
     def _scan_all(self, strings: list[str]) -> tuple[list[int], int, list[str]]:
         counts = [0] * len(self.redactors)
-        errors = 0
         if not strings or not self.redactors:
-            return counts, errors, strings
+            return counts, 0, strings
         joined = _SEPARATOR.join(strings)
-        together = joined.count(_SEPARATOR) == len(strings) - 1  # more: some string holds the separator itself
-        for index, redactor in enumerate(self.redactors):
-            if together:
+        joins = len(strings) - 1
+        if joins and joined.count(_SEPARATOR) == joins:  # more: some string holds the separator itself
+            for index, redactor in enumerate(self.redactors):
                 try:
-                    result, found = redactor.redact(joined)
+                    joined, counts[index] = redactor.redact(joined)
                 except Exception as exc:  # never log a string a detector could not scan
-                    errors += 1
                     log.error("redactor %s failed (%s): the scanned fields are replaced by %s", redactor.name,
                               type(exc).__name__, FAILED)
-                    return counts, errors, [FAILED] * len(strings)
-                if not found or result.count(_SEPARATOR) == len(strings) - 1:
-                    joined = result
-                    counts[index] += found
-                    continue
-                # the redactor matched across the separator (a user pattern like ``.*``): one string at a time
-                together = False
-                strings = joined.split(_SEPARATOR)
+                    return [0] * len(self.redactors), 1, [FAILED] * len(strings)
+            # Checked once, at the end: a redactor that matched across a join (a user pattern like ``.*``) took
+            # part of it away (none writes one), and then the event is scanned again one string at a time.
+            if joined.count(_SEPARATOR) == joins:
+                return counts, 0, joined.split(_SEPARATOR)
+            counts = [0] * len(self.redactors)
+        errors = 0
+        strings = list(strings)
+        for index, redactor in enumerate(self.redactors):
             for position, value in enumerate(strings):
                 try:
                     strings[position], found = redactor.redact(value)
@@ -154,12 +158,12 @@ class CompiledPolicy:
                               type(exc).__name__, FAILED)
                     strings[position], found = FAILED, 0
                 counts[index] += found
-        return counts, errors, joined.split(_SEPARATOR) if together else strings
+        return counts, errors, strings
 
 
-_SEPARATOR = "\x00\n\x00"
-"""Joins the strings of one event for one pass per redactor: a NUL on each side of a newline, which none of the
-built-in patterns crosses (a string that itself holds it is scanned alone)."""
+_SEPARATOR = "\x00"
+"""Joins the strings of one event for one pass per redactor: a NUL, which none of the built-in detectors crosses or
+takes in (an event with a string that itself holds one is scanned one string at a time)."""
 _METADATA_FIELDS = ("requester_metadata", "spend_logs_metadata", "trace_metadata", "trace_name", "generation_name",
                     "requester_ip_address", "user_agent")
 _END_USER_FIELDS = ("trace_user_id", "user_api_key_end_user_id")
