@@ -127,7 +127,8 @@ async def test_a_bad_file_keeps_the_running_configuration_and_says_why(receiver,
 
 def test_sighup_reloads_a_served_gateway(tmp_path):
     """``sluicegate serve`` (one worker) reloads on SIGHUP: the model list changes without a restart (same pid); a
-    bad file then keeps the running configuration and the log says why."""
+    bad file then keeps the running configuration and the log says why. The delivery process reloads with the
+    workers, by the signal and by ``POST /config/reload``, and keeps its configuration on a bad file too."""
     port = _free_port()
     path = tmp_path / "config.yaml"
     base = {"model_list": [{"model_name": "first", "litellm_params": {"model": "openai/a", "mock_response": "a"}}],
@@ -152,9 +153,14 @@ def test_sighup_reloads_a_served_gateway(tmp_path):
         write(path, base)
         os.kill(process.pid, signal.SIGHUP)
         assert wait_until(lambda: models() == {"first", "second"}, timeout=20)
+        assert wait_until(lambda: log.read_text().count("delivery: config.yaml reloaded") == 1, timeout=20)
+        answer = httpx.post(f"http://127.0.0.1:{port}/config/reload", headers=headers, timeout=20)
+        assert answer.status_code == 200 and answer.json()["delivery_process"] == "reloaded", answer.text
+        assert log.read_text().count("delivery: config.yaml reloaded") == 2
         path.write_text("model_list: [")
         os.kill(process.pid, signal.SIGHUP)
         assert wait_until(lambda: "SIGHUP: config reload refused" in log.read_text(), timeout=20)
+        assert wait_until(lambda: "delivery: config reload refused" in log.read_text(), timeout=20)
         assert "not valid YAML" in log.read_text()
         assert models() == {"first", "second"} and process.poll() is None
     finally:

@@ -11,6 +11,7 @@ from litestar import Request, Response, post
 
 from sluicegate.api.common import gateway_of, json_response
 from sluicegate.config import ConfigError
+from sluicegate.delivery.status import query
 from sluicegate.errors import error_body
 
 __all__ = ("reload_config",)
@@ -37,7 +38,15 @@ async def reload_config(request: Request) -> Response[bytes]:
         # start leaves the old one serving.
         os.kill(os.getppid(), signal.SIGHUP)
         others = "restarting one at a time"
+    delivery = "inline"
+    if gateway.delivery_address is not None:
+        # The delivery process re-reads the file too: it decides by the callbacks and team settings which idle
+        # sink instances to close (events carry their own routes, so nothing waits on this).
+        answer = await query(gateway.delivery_address, "reload", timeout=10.0)
+        delivery = ("not answering" if answer is None else "reloaded" if answer.get("reloaded") else
+                    "kept its configuration: " + "; ".join(map(str, answer.get("problems") or ())))
     log.info("config reloaded: %d model deployment(s), %d team(s) from config%s", result.models, result.teams,
              f"; restart needed for {', '.join(result.restart_needed)}" if result.restart_needed else "")
     return json_response({"status": "reloaded", "models": result.models, "teams": result.teams,
-                          "restart_needed": result.restart_needed, "other_workers": others})
+                          "restart_needed": result.restart_needed, "other_workers": others,
+                          "delivery_process": delivery})

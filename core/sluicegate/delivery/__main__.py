@@ -1,6 +1,7 @@
 """``python -m sluicegate.delivery``: the delivery process (started and restarted by ``sluicegate serve``).
 
-Reads the configuration from ``$SLUICEGATE_CONFIG`` as the workers do; runs until SIGTERM or SIGINT, then reads
+Reads the configuration from ``$SLUICEGATE_CONFIG`` as the workers do (again on SIGHUP: callbacks and team settings,
+for closing the instances no route leads to any more); runs until SIGTERM or SIGINT, then reads
 what the workers wrote before they stopped, delivers within ``delivery.shutdown_grace`` and keeps the rest in the
 spool for the next start.
 """
@@ -24,12 +25,21 @@ async def run() -> int:
     from sluicegate.config import load_settings
     from sluicegate.delivery.service import DeliveryService
 
-    settings = load_settings(os.environ[CONFIG_ENV], allow_unknown_keys=bool(os.environ.get(ALLOW_UNKNOWN_KEYS_ENV)))
-    service = DeliveryService(settings)
+    allow_unknown_keys = bool(os.environ.get(ALLOW_UNKNOWN_KEYS_ENV))
+    settings = load_settings(os.environ[CONFIG_ENV], allow_unknown_keys=allow_unknown_keys)
+    service = DeliveryService(settings, allow_unknown_keys=allow_unknown_keys)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    reloading: set[asyncio.Task[list[str]]] = set()
+
+    def hangup() -> None:  # config.yaml re-read (serve passes SIGHUP on to this process as to the workers)
+        task = loop.create_task(service.reload())
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     await service.start()
     # As in a serving worker: what lives as long as the process stays out of the collector's passes.
     gc.collect()

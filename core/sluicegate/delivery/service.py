@@ -14,7 +14,11 @@ record is read again: at least once, as the spool always was). Worker segments b
 deleted then.
 
 Changes: the process polls the database change counter as the workers do; after a change, a sink instance that no
-route leads to any more (its team disabled, its callback deleted) is flushed and closed.
+route leads to any more (its team disabled, its callback deleted) is flushed and closed. A reload of config.yaml
+(SIGHUP, which ``serve`` passes on to this process too, or a worker's ``POST /config/reload``, which asks it over
+the status socket) re-reads the file's callbacks and team settings for that decision; delivery settings (spool,
+batches) need a restart, as in the workers. Events carry their routes either way: what a reload changes here is
+only which idle instances are closed.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ class DeliveryService:
     """One per host (per spool directory): holds ``delivery.lock`` while it runs."""
 
     def __init__(self, settings: Settings, *, environ: Mapping[str, str] | None = None,
-                 poll_interval: float = 0.05) -> None:
+                 poll_interval: float = 0.05, allow_unknown_keys: bool = False) -> None:
         self.settings = settings
         self.pm = get_plugin_manager(environ)
         self.registry = SinkRegistry.from_plugin_manager(self.pm)
@@ -78,6 +82,8 @@ class DeliveryService:
         self.started_at = 0.0
         self.restarts = int(os.environ.get("SLUICEGATE_DELIVERY_RESTARTS") or 0)
         self.retired = 0
+        self.reloads = 0
+        self.allow_unknown_keys = allow_unknown_keys
         self._routes: dict[tuple[str, bool], Route] = {}
         self._positions: dict[str, list[int]] = {}
         self._lock_fd: int | None = None
@@ -313,6 +319,30 @@ class DeliveryService:
         return closed
 
     # status ----------------------------------------------------------------------------------------------
+    async def reload(self) -> list[str]:
+        """Re-read config.yaml's callbacks and team settings (see the module's docstring), then close the instances
+        no route leads to any more; the problems that kept the running configuration (empty: reloaded)."""
+        from sluicegate.config import ConfigError, load_settings
+
+        source = self.settings.source
+        if not source:
+            return ["the delivery process was not started from a config file: nothing to reload"]
+        try:
+            settings = await asyncio.to_thread(load_settings, source, allow_unknown_keys=self.allow_unknown_keys)
+            resolver = LoggingResolver(settings, self.registry, self.pm)
+        except ConfigError as exc:
+            log.error("delivery: config reload refused, the running configuration stays: %s", "; ".join(exc.problems))
+            return list(exc.problems)
+        self.resolver = resolver
+        self.dispatcher.pool.api_policy = resolver.api_policy
+        self.reloads += 1
+        log.info("delivery: config.yaml reloaded (callbacks and team settings)")
+        try:
+            await self.retire_unrouted()
+        except Exception as exc:  # the database blipped: the next change tries again
+            log.warning("delivery: could not check for unrouted sinks: %s", type(exc).__name__)
+        return []
+
     def unread_bytes(self) -> int:
         return sum(tail.unread_bytes() for tail in self.tails.values())
 
@@ -337,7 +367,11 @@ class DeliveryService:
         try:
             line = await asyncio.wait_for(reader.readline(), 5)
             command = line.strip().decode(errors="replace")
-            body = self.stats() if command == "stats" else self.ping()
+            if command == "reload":
+                problems = await self.reload()
+                body = {"reloaded": not problems, "problems": problems}
+            else:
+                body = self.stats() if command == "stats" else self.ping()
             writer.write(msgspec.json.encode(body))
             await writer.drain()
         except (OSError, TimeoutError) as exc:

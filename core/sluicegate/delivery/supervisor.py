@@ -11,7 +11,8 @@ workers' supervisor with ``--workers N > 1``) and one delivery process, each a c
   process reads what they wrote, delivers within its grace period and exits; this process exits last, with the
   workers' exit status.
 - SIGHUP is passed on to the workers' process: a single worker reloads config.yaml in place, uvicorn's supervisor
-  over several replaces them one at a time (docs/operations.md, "Live reload").
+  over several replaces them one at a time (docs/operations.md, "Live reload"); and to the delivery process, which
+  re-reads the callbacks and team settings it decides which sink instances to close by.
 - If the workers' process exits on its own, the delivery process is stopped the same way.
 - Both children get SIGTERM if this process dies (``PR_SET_PDEATHSIG``): nothing is left running without it.
 
@@ -193,6 +194,8 @@ class Supervisor:
     def _on_hangup(self, _signum: int, _frame: object) -> None:
         if self.serving is not None and self.serving.poll() is None:
             self.serving.send_signal(signal.SIGHUP)
+        if self.delivery is not None and self.delivery.poll() is None:
+            self.delivery.send_signal(signal.SIGHUP)
 
     def run(self) -> int:
         signal.signal(signal.SIGHUP, self._on_hangup)
