@@ -278,7 +278,8 @@ def _tree(pid: int) -> list[int]:
 
 
 def delivery_pids(pid: int) -> list[int]:
-    """The delivery process(es) under ``pid`` (``python -m sluicegate.delivery``)."""
+    """The delivery process(es) under ``pid``: ``python -m sluicegate.delivery``, or (``serve --workers 1`` forks
+    the first one, which keeps serve's command line) the process holding the spool's ``delivery.lock`` open."""
     found = []
     for member in _tree(pid):
         try:
@@ -287,7 +288,22 @@ def delivery_pids(pid: int) -> list[int]:
             continue
         if b"sluicegate.delivery" in argv and b"-m" in argv and argv[argv.index(b"-m") + 1] == b"sluicegate.delivery":
             found.append(member)
+        elif _holds(member, "/delivery.lock"):
+            found.append(member)
     return found
+
+
+def _holds(pid: int, suffix: str) -> bool:
+    """Whether process ``pid`` has a file open whose path ends with ``suffix``."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(fd).endswith(suffix):
+                return True
+    return False
 
 
 def cpu_seconds(pid: int, *, skip: tuple[int, ...] = (), only: tuple[int, ...] = ()) -> float:
