@@ -29,7 +29,7 @@ from sluicegate.providers.anthropic_schema import structured_output_schema, tool
 from sluicegate.providers.base import (Provider, ProviderParams, UpstreamError, request_id_header,
                                       tool_call_arguments)
 
-__all__ = ("AnthropicParams", "AnthropicProvider")
+__all__ = ("AnthropicParams", "AnthropicProvider", "effort_thinking")
 
 _json = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -167,13 +167,7 @@ class AnthropicProvider(Provider):
                 raise ApiError(400, "thinking: expected {type: enabled, budget_tokens: N}, {type: adaptive} or "
                                     "{type: disabled}", param="thinking")
             return dict(thinking)
-        effort = body.get("reasoning_effort")
-        if effort is None or effort == "none":
-            return None
-        if not isinstance(effort, str) or effort not in self.thinking_budgets:
-            raise ApiError(400, f"reasoning_effort: expected one of none, {', '.join(self.thinking_budgets)}",
-                           param="reasoning_effort")
-        return {"type": "enabled", "budget_tokens": self.thinking_budgets[effort]}
+        return effort_thinking(body, self.thinking_budgets)
 
     def _response_format(self, value: Any, request: dict[str, Any]) -> dict[str, Any] | None:
         """Set Anthropic's structured output on ``request``, or return the forced tool that stands for it."""
@@ -389,6 +383,17 @@ class _StreamTranslator:
 
 
 # translation helpers ----------------------------------------------------------------------------------
+def effort_thinking(body: Mapping[str, Any], budgets: Mapping[str, int]) -> dict[str, Any] | None:
+    """Claude's ``thinking`` for OpenAI's ``reasoning_effort`` (a budget per effort; None for none or absent), as
+    the Anthropic API and Bedrock's Claude both take it."""
+    effort = body.get("reasoning_effort")
+    if effort is None or effort == "none":
+        return None
+    if not isinstance(effort, str) or effort not in budgets:
+        raise ApiError(400, f"reasoning_effort: expected one of none, {', '.join(budgets)}", param="reasoning_effort")
+    return {"type": "enabled", "budget_tokens": budgets[effort]}
+
+
 def _thinking_blocks(blocks: Any) -> list[dict[str, Any]]:
     """An assistant message's ``thinking_blocks`` (as this gateway and LiteLLM return them) back as Anthropic
     blocks: they must precede its tool_use blocks when thinking is on."""

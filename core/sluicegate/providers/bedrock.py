@@ -38,7 +38,8 @@ import msgspec
 
 from sluicegate.errors import ApiError
 from sluicegate.net.http import HttpClientError, HttpTimeoutError, encode_headers
-from sluicegate.providers.anthropic import DEFAULT_MAX_TOKENS, RESPONSE_FORMAT_TOOL_NAME, thinking_budgets
+from sluicegate.providers.anthropic import (DEFAULT_MAX_TOKENS, RESPONSE_FORMAT_TOOL_NAME, effort_thinking,
+                                           thinking_budgets)
 from sluicegate.providers.anthropic_schema import tool_input_schema
 from sluicegate.providers.aws_auth import AwsCredentialSource, sign_headers
 from sluicegate.providers.base import Provider, ProviderClients, ProviderParams, UpstreamError, tool_call_arguments
@@ -335,13 +336,7 @@ class BedrockProvider(Provider):
                                    param="thinking")
                 return {"type": "enabled", "budget_tokens": budget}
             return {"type": "disabled"}
-        effort = body.get("reasoning_effort")
-        if effort is None or effort == "none":
-            return None
-        if not isinstance(effort, str) or effort not in self.thinking_budgets:
-            raise ApiError(400, f"reasoning_effort: expected one of none, {', '.join(self.thinking_budgets)}",
-                           param="reasoning_effort")
-        return {"type": "enabled", "budget_tokens": self.thinking_budgets[effort]}
+        return effort_thinking(body, self.thinking_budgets)
 
     @staticmethod
     def json_mode(body: Mapping[str, Any]) -> bool:
