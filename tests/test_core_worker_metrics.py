@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sluicegate.events import LogEvent, LogMetadata
 from sluicegate.metrics import RequestMetrics
+from sluicegate.testing.processes import cmdline, descendants
 from sluicegate.testing.waiting import wait_until
 from sluicegate.worker_metrics import WorkerMetrics, clear_stale
 
@@ -29,28 +30,8 @@ START = 120  # seconds a start-up may take on a loaded 2-core machine
 TOTAL = "litellm_proxy_total_requests_metric_total"
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def _descendants(pid: int) -> list[int]:
-    found = []
-    for child in _children(pid):
-        found += [child, *_descendants(child)]
-    return found
-
-
 def _worker_pids(root: int) -> list[int]:
-    def cmdline(pid: int) -> str:
-        try:
-            return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            return ""
-
-    return [p for p in _descendants(root) if "spawn_main" in cmdline(p)]
+    return [p for p in descendants(root) if "spawn_main" in cmdline(p)]
 
 
 _FRESH = threading.local()

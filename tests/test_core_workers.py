@@ -12,30 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from sluicegate.testing.processes import cmdline as _cmdline
+from sluicegate.testing.processes import descendants as _descendants
 from sluicegate.testing.waiting import wait_until
 
 MASTER_KEY = "sk-master-workers-0123456789"
 
 WORKERS = 2
 REQUESTS = 40  # fresh connections each: the chance that one of 2 workers gets none is 2 * 0.5**40
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def _descendants(pid: int) -> list[int]:
-    found = []
-    for child in _children(pid):
-        found += [child, *_descendants(child)]
-    return found
-
-
-def _cmdline(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
 def _chat(url: str, key: str) -> int:

@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from sluicegate.testing.processes import cmdline as _cmdline
+from sluicegate.testing.processes import descendants as _descendants
 from sluicegate.testing.waiting import wait_until, wait_until_async
 
 pytestmark = [pytest.mark.usefixtures("acme", "clean_env"),
@@ -28,27 +30,6 @@ MASTER = "sk-master-pipeline-test"
 ADMIN = {"Authorization": f"Bearer {MASTER}"}
 REQUESTS = 200  # four full acme batches (max_batch_size 50)
 START = 120  # seconds a start-up may take on a loaded 2-core machine (five interpreters importing at once)
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def _descendants(pid: int) -> list[int]:
-    found = []
-    for child in _children(pid):
-        found += [child, *_descendants(child)]
-    return found
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 def _holds(pid: int, fragment: str) -> bool:
