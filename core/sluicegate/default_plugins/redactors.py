@@ -67,13 +67,33 @@ text, or with the text the previous one returned (whose scan :func:`_spans_repla
 each event's text is mapped once whatever the number of detectors."""
 
 
-def _scan(text: str) -> _Scan:
-    global _last_scan
+_pending: tuple[_Scan, str, list[tuple[int, int]], str] | None = None
+"""The last replacement made in a scanned text (its scan, the result, the spans, the placeholder), whose scan is
+derived only when a detector asks for the result's: the last detector of a policy, or one followed by detectors
+that do not look at the scan, does not pay for it."""
+
+
+def _known_scan(text: str) -> _Scan | None:
+    """The scan of ``text`` if it is the last one made, or can be derived from it (see ``_pending``)."""
+    global _pending
     last = _last_scan
     if last.text is text:
         return last
+    pending = _pending
+    if pending is not None and pending[1] is text:
+        _pending = None
+        return _carry_over(*pending)
+    return None
+
+
+def _scan(text: str) -> _Scan:
+    global _last_scan, _pending
+    scan = _known_scan(text)
+    if scan is not None:
+        return scan
     mapped = text.encode("ascii", "replace").translate(_CLASSES)
     scan = _last_scan = _Scan(text, mapped, mapped.count(b"d"), None)
+    _pending = None
     return scan
 
 
@@ -101,20 +121,33 @@ def _spans_replaced(text: str, spans: list[tuple[int, int]], placeholder: str) -
         last = end
     pieces.append(text[last:])
     result = "".join(pieces)
-    scan = _last_scan
-    if scan.text is text:
-        _carry_over(scan, result, spans, placeholder)
+    scan = _known_scan(text)
+    if scan is not None:
+        global _pending
+        _pending = (scan, result, spans, placeholder)
     return result, len(spans)
 
 
-def _carry_over(scan: _Scan, result: str, spans: list[tuple[int, int]], placeholder: str) -> None:
+def _placeholder_classes(placeholder: str) -> bytes:
+    classes = _PLACEHOLDER_CLASSES.get(placeholder)
+    if classes is None:
+        classes = placeholder.encode("ascii", "replace").translate(_CLASSES)
+        if len(_PLACEHOLDER_CLASSES) < 64:  # the built-in placeholders and a few of regex's: bounded all the same
+            _PLACEHOLDER_CLASSES[placeholder] = classes
+    return classes
+
+
+_PLACEHOLDER_CLASSES: dict[str, bytes] = {}
+
+
+def _carry_over(scan: _Scan, result: str, spans: list[tuple[int, int]], placeholder: str) -> _Scan:
     """Make ``result``'s scan from ``scan`` (its text with ``spans`` replaced by ``placeholder``): the class bytes
     are spliced like the text; the long runs untouched by a span move by the replacements before them, and a
     touched one is looked at again over the stretch it covered (a placeholder has no digit and ends any run, so a
     run of the result lies within one of the text)."""
     global _last_scan
     mapped = scan.mapped
-    replacement = placeholder.encode("ascii", "replace").translate(_CLASSES)
+    replacement = _placeholder_classes(placeholder)
     width = len(replacement)
     pieces: list[bytes] = []
     last = removed = 0
@@ -148,7 +181,9 @@ def _carry_over(scan: _Scan, result: str, spans: list[tuple[int, int]], placehol
                 new_end = end + end_shift
             if new_mapped.find(b"d", new_start, new_end) >= 0:  # most often the span took all the run's digits
                 runs += [m.span() for m in _LONG_RUNS.finditer(new_mapped, new_start, new_end)]
-    _last_scan = _Scan(result, new_mapped, scan.digits - removed + replacement.count(b"d") * len(spans), runs)
+    new_scan = _last_scan = _Scan(result, new_mapped, scan.digits - removed + replacement.count(b"d") * len(spans),
+                                  runs)
+    return new_scan
 
 
 # -- e-mail ------------------------------------------------------------------------------------------------
