@@ -228,8 +228,12 @@ class _Walk:
             if key in _TEXT_KEYS:
                 if mode is None or value is None:
                     continue
-                if isinstance(value, str):
-                    self._text(copy, key, value, mode)
+                if isinstance(value, str):  # the common case, inline: the copy holds the value already
+                    if mode == "drop":
+                        copy[key] = REDACTED
+                    else:
+                        self.slots.append((copy, key))
+                        self.strings.append(value)
                 elif isinstance(value, list):  # content parts: text parts scanned, images and audio kept
                     parts = copy[key] = list(value)
                     for index, part in enumerate(value):
