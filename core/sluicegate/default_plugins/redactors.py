@@ -35,20 +35,28 @@ class _Scan:
     pattern and check only there.
     """
 
-    __slots__ = ("_long_runs", "digits", "mapped", "text")
+    __slots__ = ("_derive", "_long_runs", "digits", "mapped", "text")
 
-    def __init__(self, text: str, mapped: bytes, digits: int, long_runs: list[tuple[int, int]] | None) -> None:
+    def __init__(self, text: str, mapped: bytes, digits: int, long_runs: list[tuple[int, int]] | None,
+                 derive: tuple[_Scan, list[tuple[int, int]], int] | None = None) -> None:
         self.text = text
         self.mapped = mapped
         self.digits = digits
         self._long_runs = long_runs
+        self._derive = derive
 
     def long_runs(self) -> list[tuple[int, int]]:
         """The numeric runs (see :func:`numeric_runs`) of at least 7 characters: where a card, a phone number or
-        an IPv4 address can be. Found once per text, then carried over to the text a detector returns."""
+        an IPv4 address can be. Found once per text, then carried over to the text a detector returns when a
+        detector asks for them there (the IBAN and secret detectors do not)."""
         runs = self._long_runs
         if runs is None:
-            runs = self._long_runs = [m.span() for m in _LONG_RUNS.finditer(self.mapped)]
+            derive, self._derive = self._derive, None
+            if derive is not None and derive[0]._long_runs is not None:
+                runs = _carried_runs(derive[0]._long_runs, self.mapped, *derive[1:])
+            else:
+                runs = [m.span() for m in _LONG_RUNS.finditer(self.mapped)]
+            self._long_runs = runs
         return runs
 
     def digits_in(self, start: int, end: int) -> int:
@@ -67,13 +75,33 @@ text, or with the text the previous one returned (whose scan :func:`_spans_repla
 each event's text is mapped once whatever the number of detectors."""
 
 
-def _scan(text: str) -> _Scan:
-    global _last_scan
+_pending: tuple[_Scan, str, list[tuple[int, int]], str] | None = None
+"""The last replacement made in a scanned text (its scan, the result, the spans, the placeholder), whose scan is
+derived only when a detector asks for the result's: the last detector of a policy, or one followed by detectors
+that do not look at the scan, does not pay for it."""
+
+
+def _known_scan(text: str) -> _Scan | None:
+    """The scan of ``text`` if it is the last one made, or can be derived from it (see ``_pending``)."""
+    global _pending
     last = _last_scan
     if last.text is text:
         return last
+    pending = _pending
+    if pending is not None and pending[1] is text:
+        _pending = None
+        return _carry_over(*pending)
+    return None
+
+
+def _scan(text: str) -> _Scan:
+    global _last_scan, _pending
+    scan = _known_scan(text)
+    if scan is not None:
+        return scan
     mapped = text.encode("ascii", "replace").translate(_CLASSES)
     scan = _last_scan = _Scan(text, mapped, mapped.count(b"d"), None)
+    _pending = None
     return scan
 
 
@@ -101,20 +129,33 @@ def _spans_replaced(text: str, spans: list[tuple[int, int]], placeholder: str) -
         last = end
     pieces.append(text[last:])
     result = "".join(pieces)
-    scan = _last_scan
-    if scan.text is text:
-        _carry_over(scan, result, spans, placeholder)
+    scan = _known_scan(text)
+    if scan is not None:
+        global _pending
+        _pending = (scan, result, spans, placeholder)
     return result, len(spans)
 
 
-def _carry_over(scan: _Scan, result: str, spans: list[tuple[int, int]], placeholder: str) -> None:
+def _placeholder_classes(placeholder: str) -> bytes:
+    classes = _PLACEHOLDER_CLASSES.get(placeholder)
+    if classes is None:
+        classes = placeholder.encode("ascii", "replace").translate(_CLASSES)
+        if len(_PLACEHOLDER_CLASSES) < 64:  # the built-in placeholders and a few of regex's: bounded all the same
+            _PLACEHOLDER_CLASSES[placeholder] = classes
+    return classes
+
+
+_PLACEHOLDER_CLASSES: dict[str, bytes] = {}
+
+
+def _carry_over(scan: _Scan, result: str, spans: list[tuple[int, int]], placeholder: str) -> _Scan:
     """Make ``result``'s scan from ``scan`` (its text with ``spans`` replaced by ``placeholder``): the class bytes
     are spliced like the text; the long runs untouched by a span move by the replacements before them, and a
     touched one is looked at again over the stretch it covered (a placeholder has no digit and ends any run, so a
     run of the result lies within one of the text)."""
     global _last_scan
     mapped = scan.mapped
-    replacement = placeholder.encode("ascii", "replace").translate(_CLASSES)
+    replacement = _placeholder_classes(placeholder)
     width = len(replacement)
     pieces: list[bytes] = []
     last = removed = 0
@@ -124,31 +165,41 @@ def _carry_over(scan: _Scan, result: str, spans: list[tuple[int, int]], placehol
         last = end
     pieces.append(mapped[last:])
     new_mapped = b"".join(pieces)
-    runs: list[tuple[int, int]] | None = None
-    if scan._long_runs is not None and b"d" not in replacement and b"s" not in replacement:
-        runs = []
-        count = len(spans)
-        index = shift = 0
-        for start, end in scan._long_runs:
-            while index < count and spans[index][1] <= start:  # spans wholly before this run
-                shift += width - (spans[index][1] - spans[index][0])
-                index += 1
-            if index == count or spans[index][0] >= end:  # untouched
-                runs.append((start + shift, end + shift))
-                continue
-            first = spans[index]
-            new_start = start + shift if start < first[0] else first[0] + shift + width
-            later, end_shift = index, shift
-            while later < count and spans[later][1] <= end:
-                end_shift += width - (spans[later][1] - spans[later][0])
-                later += 1
-            if later < count and spans[later][0] < end:  # the run ends inside a span: just after its placeholder
-                new_end = spans[later][0] + end_shift + width
-            else:
-                new_end = end + end_shift
-            if new_mapped.find(b"d", new_start, new_end) >= 0:  # most often the span took all the run's digits
-                runs += [m.span() for m in _LONG_RUNS.finditer(new_mapped, new_start, new_end)]
-    _last_scan = _Scan(result, new_mapped, scan.digits - removed + replacement.count(b"d") * len(spans), runs)
+    derive = None
+    if b"d" not in replacement and b"s" not in replacement:
+        derive = (scan, spans, width)
+    new_scan = _last_scan = _Scan(result, new_mapped, scan.digits - removed + replacement.count(b"d") * len(spans),
+                                  None, derive)
+    return new_scan
+
+
+def _carried_runs(old_runs: list[tuple[int, int]], new_mapped: bytes, spans: list[tuple[int, int]],
+                  width: int) -> list[tuple[int, int]]:
+    """The long runs of a text whose ``spans`` were replaced by a placeholder of ``width`` characters with no digit
+    or separator, from the long runs of the text before (``new_mapped`` is the result's class bytes)."""
+    runs: list[tuple[int, int]] = []
+    count = len(spans)
+    index = shift = 0
+    for start, end in old_runs:
+        while index < count and spans[index][1] <= start:  # spans wholly before this run
+            shift += width - (spans[index][1] - spans[index][0])
+            index += 1
+        if index == count or spans[index][0] >= end:  # untouched
+            runs.append((start + shift, end + shift))
+            continue
+        first = spans[index]
+        new_start = start + shift if start < first[0] else first[0] + shift + width
+        later, end_shift = index, shift
+        while later < count and spans[later][1] <= end:
+            end_shift += width - (spans[later][1] - spans[later][0])
+            later += 1
+        if later < count and spans[later][0] < end:  # the run ends inside a span: just after its placeholder
+            new_end = spans[later][0] + end_shift + width
+        else:
+            new_end = end + end_shift
+        if new_mapped.find(b"d", new_start, new_end) >= 0:  # most often the span took all the run's digits
+            runs += [m.span() for m in _LONG_RUNS.finditer(new_mapped, new_start, new_end)]
+    return runs
 
 
 # -- e-mail ------------------------------------------------------------------------------------------------
@@ -559,7 +610,8 @@ class IpRedactor(Redactor):
             return self.placeholder
 
         options = self.options
-        if options.ipv6 and ("::" in text or text.count(":") >= 7):
+        colons = text.count(":") if options.ipv6 else 0  # one count: a substring search costs more than a count
+        if colons >= 7 or (colons >= 2 and "::" in text):
             text = self._v6.sub(replace, text)
         if options.ipv4 and "." in text and digit_count(text) >= 4:
             scan = _scan(text)

@@ -131,9 +131,9 @@ class CompiledPolicy:
         counts = [0] * len(self.redactors)
         if not strings or not self.redactors:
             return counts, 0, strings
-        joined = _SEPARATOR.join(strings)
-        joins = len(strings) - 1
-        if joins and joined.count(_SEPARATOR) == joins:  # more: some string holds the separator itself
+        # (a test per string, not a count over the joined text: a one-character ``in`` is the cheapest search)
+        if len(strings) > 1 and not any(_SEPARATOR in value for value in strings):  # else: one holds the separator
+            joined = _SEPARATOR.join(strings)
             for index, redactor in enumerate(self.redactors):
                 try:
                     joined, counts[index] = redactor.redact(joined)
@@ -143,8 +143,9 @@ class CompiledPolicy:
                     return [0] * len(self.redactors), 1, [FAILED] * len(strings)
             # Checked once, at the end: a redactor that matched across a join (a user pattern like ``.*``) took
             # part of it away (none writes one), and then the event is scanned again one string at a time.
-            if joined.count(_SEPARATOR) == joins:
-                return counts, 0, joined.split(_SEPARATOR)
+            results = joined.split(_SEPARATOR)
+            if len(results) == len(strings):
+                return counts, 0, results
             counts = [0] * len(self.redactors)
         errors = 0
         strings = list(strings)
@@ -228,8 +229,12 @@ class _Walk:
             if key in _TEXT_KEYS:
                 if mode is None or value is None:
                     continue
-                if isinstance(value, str):
-                    self._text(copy, key, value, mode)
+                if isinstance(value, str):  # the common case, inline: the copy holds the value already
+                    if mode == "drop":
+                        copy[key] = REDACTED
+                    else:
+                        self.slots.append((copy, key))
+                        self.strings.append(value)
                 elif isinstance(value, list):  # content parts: text parts scanned, images and audio kept
                     parts = copy[key] = list(value)
                     for index, part in enumerate(value):
