@@ -721,11 +721,10 @@ async def test_remaining_per_model_gauges_read_redis_windows_shared_by_gateways(
         used_tokens = sum(a.json()["usage"]["total_tokens"] for a in answers)
         for gw in (first, second):
             # requests count at admission; tokens leave with the gateway's next batch to Redis (within ms)
-            deadline = time.monotonic() + 10
-            while True:
+            async def scraped(gw: Any = gw) -> str | None:
                 text = (await gw.admin("GET", "/metrics")).text
-                if _gauge(text, "litellm_remaining_api_key_tokens_for_model") == [10_000 - used_tokens]:
-                    break
-                assert time.monotonic() < deadline, _gauge(text, "litellm_remaining_api_key_tokens_for_model")
-                await asyncio.sleep(0.01)
+                tokens = _gauge(text, "litellm_remaining_api_key_tokens_for_model")
+                return text if tokens == [10_000 - used_tokens] else None
+
+            text = await wait_until_async(scraped, timeout=10, interval=0.01, what="the tokens gauge")
             assert _gauge(text, "litellm_remaining_api_key_requests_for_model") == [7]  # 10 - 3, not this one's
