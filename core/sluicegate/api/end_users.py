@@ -98,9 +98,10 @@ async def _update(request: Request) -> Response[bytes]:
                        param="user_id")
     values = {name: getattr(data, name) for name in ("alias", "blocked") if getattr(data, name) is not msgspec.UNSET}
     budget = budget_values(data, gateway.spend.clock())
-    record = await gateway.store.update_end_user(data.user_id, **values, **budget)
-    if budget:
-        gateway.spend.forget("end_user", data.user_id, spend_set="spend" in budget)
+    async with gateway.spend.holding("spend" in budget):
+        record = await gateway.store.update_end_user(data.user_id, **values, **budget)
+        if budget:
+            gateway.spend.forget("end_user", data.user_id, spend_set="spend" in budget)
     gateway.invalidate()
     assert record is not None
     return json_response(end_user_view(gateway, record))

@@ -293,9 +293,10 @@ async def update_key_values(gateway: Gateway, ctx: AuthContext, data: KeyUpdateR
                         {field: values.get(field, getattr(current, field)) for field in TEAM_CAPPED_FIELDS}, changed)
     if values.get("team_id"):
         await gateway.store.ensure_team(values["team_id"], actor=actor_of(ctx, request))
-    record = await gateway.store.update_key(token_id, actor=actor_of(ctx, request), **values)
-    if budget:  # the counter starts again from the row (a new limit, period or spend applies at once)
-        gateway.spend.forget("key", token_id, spend_set="spend" in budget)
+    async with gateway.spend.holding("spend" in budget):
+        record = await gateway.store.update_key(token_id, actor=actor_of(ctx, request), **values)
+        if budget:  # the counter starts again from the row (a new limit, period or spend applies at once)
+            gateway.spend.forget("key", token_id, spend_set="spend" in budget)
     gateway.invalidate()
     assert record is not None
     return record

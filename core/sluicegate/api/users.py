@@ -186,9 +186,10 @@ async def update_user(request: Request) -> Response[bytes]:
         if other is not None and other.user_id != user.user_id:
             raise ApiError(400, f"user_email: a user with email {values['user_email']!r} already exists",
                            param="user_email")
-    updated = await gateway.store.update_user(user.user_id, actor=actor_of(ctx, request), **values)
-    if budget:  # the counter starts again from the row (a new limit, period or spend applies at once)
-        gateway.spend.forget("user", user.user_id, spend_set="spend" in budget)
+    async with gateway.spend.holding("spend" in budget):
+        updated = await gateway.store.update_user(user.user_id, actor=actor_of(ctx, request), **values)
+        if budget:  # the counter starts again from the row (a new limit, period or spend applies at once)
+            gateway.spend.forget("user", user.user_id, spend_set="spend" in budget)
     gateway.invalidate()
     if updated is None:
         raise ApiError(404, f"user_id: no user {user.user_id!r}", type="not_found_error", param="user_id")

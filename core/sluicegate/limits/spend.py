@@ -18,6 +18,7 @@ the others spent within one flush interval).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -273,6 +274,12 @@ class SpendLedger:
         key = (entity_type, entity_id)
         return stored + self._period.get(key, 0.0) + self._writing[1].get(key, 0.0)
 
+    def holding(self, spend_set: bool) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Around an admin's write of a row's ``spend`` (``spend_set``) and its :meth:`forget`: a flush under way
+        finishes first and none starts until the write is done, so no spend counted before the write is added on
+        top of it (an in-flight flush's ``spend = spend + x`` would otherwise land after the admin's value)."""
+        return self._lock if spend_set else contextlib.nullcontext()
+
     def forget(self, entity_type: str, entity_id: str, *, spend_set: bool = False) -> None:
         """Drop an entity's counter (its budget changed through the API): the next check rebuilds it from the row.
         ``spend_set``: the admin wrote the row's ``spend``; what this process spent before is not added to it."""
@@ -332,6 +339,9 @@ class SpendLedger:
         """Write what accumulated (one transaction), end the budget periods that are over, and read back the
         period spend of every entity with a budget."""
         if not (self._daily or self._period or self._proxy or self.counters):
+            if self._lock.locked():  # a flush under way holds what was pending: wait until it is written
+                async with self._lock:
+                    pass
             return  # an idle gateway without budgets in use asks the database nothing (periods end with the next write)
         async with self._lock:
             now = self.clock()
