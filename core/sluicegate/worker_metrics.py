@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sluicegate.aio import cancel_and_wait
+from sluicegate.files import claim_slot, replace_file
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -127,17 +128,10 @@ class WorkerMetrics:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def _claim(self) -> None:
-        self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for number in range(_MAX_SLOTS):
-            fd = os.open(self.base / f"m{number}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                continue
-            self._lock_fd, self.slot = fd, number
-            return
-        raise OSError(f"no free slot among {_MAX_SLOTS}")
+        claimed = claim_slot(lambda n: self.base / f"m{n}.lock", _MAX_SLOTS)
+        if claimed is None:
+            raise OSError(f"no free slot among {_MAX_SLOTS}")
+        self.slot, self._lock_fd = claimed
 
     async def aclose(self) -> None:
         """Stop publishing, write the last snapshot (everything counted until now) and release the slot."""
@@ -177,16 +171,7 @@ class WorkerMetrics:
         if not force and state == self._published:
             os.utime(path)
             return
-        data = self.metrics.snapshot(gauges, time.time(), self.carried)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
+        replace_file(path, self.metrics.snapshot(gauges, time.time(), self.carried))
         self._published = state
         self.publishes += 1
 

@@ -38,6 +38,7 @@ from sluicegate.aio import cancel_and_wait
 from sluicegate.db.store import Store
 from sluicegate.delivery.status import LOCK_FILE, PROGRESS_FILE, status_address
 from sluicegate.delivery.worker_log import LogTail, segment_name, segment_numbers, worker_dirs
+from sluicegate.files import replace_file
 from sluicegate.plugins import get_plugin_manager
 from sluicegate.routing import LoggingResolver, Route
 from sluicegate.sinks.dispatcher import Dispatcher, spool_base_for
@@ -82,7 +83,6 @@ class DeliveryService:
         self.started_at = 0.0
         self.restarts = int(os.environ.get("SLUICEGATE_DELIVERY_RESTARTS") or 0)
         self.retired = 0
-        self.reloads = 0
         self.allow_unknown_keys = allow_unknown_keys
         self._routes: dict[tuple[str, bool], Route] = {}
         self._positions: dict[str, list[int]] = {}
@@ -239,16 +239,8 @@ class DeliveryService:
 
     def _write_progress(self) -> None:
         positions = {name: [tail.segment, tail.offset] for name, tail in self.tails.items()}
-        path = self.base / PROGRESS_FILE
-        temporary = path.with_name(path.name + ".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, msgspec.json.encode(positions))
-            if self.settings.sluicegate_settings.delivery.spool_fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
+        replace_file(self.base / PROGRESS_FILE, msgspec.json.encode(positions),
+                     fsync=self.settings.sluicegate_settings.delivery.spool_fsync)
         self._positions = positions
         self._dirty = False
         self._persisted_at = asyncio.get_running_loop().time()
@@ -335,7 +327,6 @@ class DeliveryService:
             return list(exc.problems)
         self.resolver = resolver
         self.dispatcher.pool.api_policy = resolver.api_policy
-        self.reloads += 1
         log.info("delivery: config.yaml reloaded (callbacks and team settings)")
         try:
             await self.retire_unrouted()

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from sluicegate.files import claim_slot
 from sluicegate.sinks.pool import SinkPool
 from sluicegate.sinks.redaction import redact
 from sluicegate.sinks.vars import encode_vars
@@ -280,20 +281,11 @@ class WorkerLog:
         dispatcher's: a worker log replays nothing, so it needs neither; redaction policies travel in the route
         headers and run in the delivery process.)"""
         self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for index in range(4096):
-            root = self.base / f"w{index}"
-            root.mkdir(exist_ok=True, mode=0o700)
-            fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                continue
-            self._lock_fd = fd
-            self.root = root
-            break
-        else:
+        claimed = claim_slot(lambda n: self.base / f"w{n}" / ".lock")
+        if claimed is None:
             raise RuntimeError(f"worker log: no free slot under {self.base}")
+        index, self._lock_fd = claimed
+        self.root = self.base / f"w{index}"
         self._open_segment()
         self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
 

@@ -39,6 +39,8 @@ from typing import Any
 
 import msgspec
 
+from sluicegate.files import claim_slot
+
 __all__ = ("InstanceLog", "Segment", "Spool")
 
 log = logging.getLogger("sluicegate.spool")
@@ -256,21 +258,14 @@ class Spool:
     def acquire(self) -> Path:
         """Lock the first free ``p<N>`` directory (a dead process's directory is free again: replay it)."""
         self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for index in range(4096):
-            root = self.base / f"p{index}"
-            root.mkdir(exist_ok=True, mode=0o700)
-            fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                continue
-            self._lock_fd = fd
-            self.root = root
-            self.wal_dir = root / _WAL
-            self.wal_dir.mkdir(exist_ok=True, mode=0o700)
-            return root
-        raise RuntimeError(f"spool: no free slot under {self.base}")
+        claimed = claim_slot(lambda n: self.base / f"p{n}" / ".lock")
+        if claimed is None:
+            raise RuntimeError(f"spool: no free slot under {self.base}")
+        index, self._lock_fd = claimed
+        self.root = root = self.base / f"p{index}"
+        self.wal_dir = root / _WAL
+        self.wal_dir.mkdir(exist_ok=True, mode=0o700)
+        return root
 
     def release(self) -> None:
         self._close_current()
