@@ -341,8 +341,7 @@ class Messages(Endpoint):
         if not isinstance(parsed, dict):
             raise UpstreamError(502, "upstream returned JSON that is not an object", type="upstream_error",
                                 code="502")
-        translated = call.state.usage
-        call.state.usage = None  # the next attempt's (a fallback's) answer is read afresh
+        translated = call.state.usage  # set by :meth:`answer` for the attempt that answered
         if translated is not None:
             return parsed, translated or None
         return parsed, openai_usage(parsed.get("usage"))

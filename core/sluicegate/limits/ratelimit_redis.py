@@ -67,10 +67,10 @@ POOL_IDLE = 0.05
 """Seconds a freed parallel slot waits in its process for the next request of the same scopes."""
 
 # KEYS: one per scope (its hash tag). ARGV: window ms, lease id, requests wanted (this one and a block for the
-# process), lease ttl ms, then rpm, tpm, parallel per scope (-1: none). Returns, as one comma-separated string (one bulk reply is the cheapest to read): admitted (1/0), ms
-# to the window's end, failed scope (1-based, 0: none), failed kind (1 requests, 2 tokens, 3 parallel), the
-# requests counted (this one and the block reserved with it), then requests, tokens, in flight per scope as they
-# were before this request.
+# process), lease ttl ms, then rpm, tpm, parallel per scope (-1: none). Returns, as one comma-separated string (one
+# bulk reply is the cheapest to read): admitted (1/0), ms to the window's end, failed scope (1-based, 0: none),
+# failed kind (1 requests, 2 tokens, 3 parallel), the requests counted (this one and the block reserved with it),
+# then requests, tokens, in flight per scope as they were before this request.
 CHECK = f"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -283,8 +283,9 @@ class RedisStore:
         return key
 
     def _packed(self, scopes: tuple[Scope, ...]) -> tuple[bytes, bytes, list[str], list[Any]]:
-        """A scope set's CHECK command in two parts around the lease id and block wanted (packed once per set: the sets are the
-        limiter's cached tuples), with its keys and arguments (for :meth:`_orphaned` and a NOSCRIPT redo)."""
+        """A scope set's CHECK command in two parts around the lease id and the block wanted (packed once per set:
+        the sets are the limiter's cached tuples), with its keys and arguments (for :meth:`_orphaned` and a NOSCRIPT
+        redo)."""
         packed = self._commands.get(scopes)
         if packed is None:
             keys = [self._key(s.key) for s in scopes]
