@@ -38,7 +38,7 @@ PHASES = ("started", "keys made", "keys warmed", "under load", "after load")
 
 
 def measure(teams: int, concurrency: int, seconds: float, cpu_args: list[str], delivery: str = "process",
-            ) -> dict[str, float]:
+            logging: str = "on") -> dict[str, float]:
     bench = Bench(parse_args(["--rows", "gw-sinks", "--teams", str(teams), *cpu_args]))
     rss: dict[str, float] = {}
 
@@ -55,7 +55,8 @@ def measure(teams: int, concurrency: int, seconds: float, cpu_args: list[str], d
             bench.receiver_urls[name], _ = bench.start_mock(f"receiver-{name}", "receiver")
         workdir = bench.tmp / "gw"
         (workdir / "sinks").mkdir(parents=True)
-        config = gateway_config(workdir, upstream, "telemetry", bench.teams, bench.receiver_urls, "telemetry")
+        config = gateway_config(workdir, upstream, "telemetry", bench.teams, bench.receiver_urls,
+                                "telemetry" if logging == "on" else "off")
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         proc = bench.procs.start("gw", [str(VENV_BIN / "sluicegate"), "serve", "--config", str(config),
@@ -93,11 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delivery", default="process", choices=("process", "inline"),
                         help="sluicegate serve --delivery (default process: the serving workers' RSS and the "
                              "delivery process's are shown apart)")
+    parser.add_argument("--logging", default="on", choices=("on", "off"),
+                        help="on (default): every team logs to its langfuse project and otel destination; off: the "
+                             "same teams and keys, logging nowhere (what the serving workers hold for logging is "
+                             "the difference)")
     add_cpu_options(parser)
     args = parser.parse_args(argv)
     cpu_args = ["--load-cpu", str(args.load_cpu), "--server-cpu", str(args.server_cpu)]
     counts = [int(t) for t in args.teams.split(",") if t.strip()]
-    found = {count: measure(count, args.concurrency, args.seconds, cpu_args, args.delivery) for count in counts}
+    found = {count: measure(count, args.concurrency, args.seconds, cpu_args, args.delivery, args.logging) for count in counts}
     first = found[counts[0]]
     tables = [("serving processes", "")] + ([("delivery process", "delivery ")] if args.delivery == "process" else [])
     for title, prefix in tables:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -129,7 +129,9 @@ def target(generated: Path) -> Path:
 
 
 def test_generated_tests_pass_after_pip_install_e(generated: Path, author_venv: Path) -> None:
-    started = time.monotonic()
+    # The generated suite must stay quick for a plugin author: its CPU time (the two pytest runs' own, not the
+    # wall clock, which a loaded CI machine stretches) stays under 30 s.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = _run([author_venv, "-m", "pytest", "-q"], cwd=generated, env=_env())
     assert done.returncode == 0, done.stdout + done.stderr
     summary = done.stdout.strip().splitlines()[-1]
@@ -138,7 +140,8 @@ def test_generated_tests_pass_after_pip_install_e(generated: Path, author_venv: 
     for test in ("test_plugin_is_installed", "test_secrets_are_masked", "test_a_wrong_key_is_a_permanent_failure",
                  "test_a_temporary_outage_is_retried", "test_redacted_routes_send_no_message_content"):
         assert test in collected, test
-    assert time.monotonic() - started < 30
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime) < 30
 
 
 def test_sluicegate_plugins_lists_it_only_where_installed(author_venv: Path) -> None:
