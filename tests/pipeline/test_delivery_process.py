@@ -169,15 +169,18 @@ def test_serve_runs_one_delivery_process_for_its_workers_with_one_sink_instance(
     wait_until(lambda: len(_sinks(gateway.url)["delivery"]["logs"]) == 2, timeout=START, what="both workers' logs")
     with concurrent.futures.ThreadPoolExecutor(8) as clients:  # concurrent, so both workers take requests
         assert set(clients.map(lambda i: _chat(gateway.url, f"e{i}"), range(REQUESTS))) == {200}
-    assert receiver.wait_for(lambda: len(_contents(receiver, "shared")) == REQUESTS, timeout=15)
+    expected = {f"e{i}" for i in range(REQUESTS)}
+    assert receiver.wait_for(lambda: set(_contents(receiver, "shared")) == expected, timeout=15)
     sinks = _sinks(gateway.url)
     assert sinks["instances"] == 1 and sinks["sinks"][0]["accepted"] == REQUESTS
     logs = sinks["delivery"]["logs"]
     # every event read once, from the workers' logs (which worker accepted a connection is the kernel's choice:
     # usually both, but one may take them all)
     assert sum(entry["events_read"] for entry in logs.values()) == REQUESTS and set(logs) <= {"w0", "w1"}
-    assert len(receiver.received("/dest/shared")) == REQUESTS // 50  # full batches only
-    assert sorted(_contents(receiver, "shared")) == sorted(f"e{i}" for i in range(REQUESTS))
+    # Full batches only, four of them. A POST slower than acme's 2 s send timeout on a loaded machine is sent again
+    # (at least once): the receiver then holds that batch twice, so batches are counted by what they hold.
+    batches = {frozenset(e["messages"][0]["content"] for e in r.json()) for r in receiver.received("/dest/shared")}
+    assert len(batches) == REQUESTS // 50 and all(len(batch) == 50 for batch in batches)
     spool = tmp_path / "sluicegate-spool"
     # one spool, two logs (and the workers' metrics snapshots)
     assert sorted(p.name for p in spool.iterdir() if p.is_dir()) == ["metrics", "p0", "w0", "w1"]
