@@ -848,4 +848,20 @@ def _read_yaml(path: str | os.PathLike[str]) -> Any:
     except (TypeError, OverflowError):
         return raw
     del raw  # the last reference: the parser's objects go before the rebuilt ones are made
-    return msgspec.msgpack.decode(packed)
+    return _share_strings(msgspec.msgpack.decode(packed))
+
+
+def _share_strings(data: Any) -> Any:
+    """``data`` with each distinct string value held once: thousands of team entries repeat the same sink names,
+    hosts and endpoints, and every process keeps them all (bench/README.md, "what a serving worker holds")."""
+    shared: dict[str, str] = {}
+    todo = [data]
+    while todo:
+        node = todo.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            if isinstance(value, str):
+                node[key] = shared.setdefault(value, value)
+            elif isinstance(value, dict | list):
+                todo.append(value)
+    return data

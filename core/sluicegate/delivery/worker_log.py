@@ -155,8 +155,10 @@ class WorkerLog:
         segment first), kept while the set is in use: a key's set is built once and serves every request."""
         if len(self._prepared) >= _PREPARED_MAX:
             self._prepared.clear()
-        prepared = (callbacks, self._refs_for([r for r in callbacks.routes if r.on_success]),
-                    self._refs_for([r for r in callbacks.routes if r.on_failure]))
+        success = [r for r in callbacks.routes if r.on_success]
+        failure = [r for r in callbacks.routes if r.on_failure]
+        success_part = self._refs_for(success)  # most sets log both: one part serves both (held per team)
+        prepared = (callbacks, success_part, success_part if failure == success else self._refs_for(failure))
         self._prepared[id(callbacks)] = prepared
         return prepared
 
