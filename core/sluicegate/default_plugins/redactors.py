@@ -122,30 +122,40 @@ def _spans_replaced(text: str, spans: list[tuple[int, int]], placeholder: str) -
     scanned one, the scan of the result is derived from its (the next detector needs it) rather than made again."""
     if not spans:
         return text, 0
-    pieces: list[str] = []
-    last = 0
-    for start, end in spans:
-        pieces += (text[last:start], placeholder)
-        last = end
-    pieces.append(text[last:])
-    result = "".join(pieces)
-    scan = _known_scan(text)
-    if scan is not None:
-        global _pending
-        _pending = (scan, result, spans, placeholder)
+    if len(spans) == 1:
+        start, end = spans[0]
+        result = "".join((text[:start], placeholder, text[end:]))
+    else:
+        pieces: list[str] = []
+        last = 0
+        for start, end in spans:
+            pieces += (text[last:start], placeholder)
+            last = end
+        pieces.append(text[last:])
+        result = "".join(pieces)
+    global _pending
+    if _last_scan.text is text:
+        _pending = (_last_scan, result, spans, placeholder)
+    else:
+        scan = _known_scan(text)
+        if scan is not None:
+            _pending = (scan, result, spans, placeholder)
     return result, len(spans)
 
 
-def _placeholder_classes(placeholder: str) -> bytes:
-    classes = _PLACEHOLDER_CLASSES.get(placeholder)
-    if classes is None:
+def _placeholder_classes(placeholder: str) -> tuple[bytes, int, bool]:
+    """A placeholder's class bytes, its digit count, and whether it has neither digit nor separator (then the
+    long runs of a text it replaced spans in can be carried over)."""
+    known = _PLACEHOLDER_CLASSES.get(placeholder)
+    if known is None:
         classes = placeholder.encode("ascii", "replace").translate(_CLASSES)
+        known = (classes, classes.count(b"d"), b"d" not in classes and b"s" not in classes)
         if len(_PLACEHOLDER_CLASSES) < 64:  # the built-in placeholders and a few of regex's: bounded all the same
-            _PLACEHOLDER_CLASSES[placeholder] = classes
-    return classes
+            _PLACEHOLDER_CLASSES[placeholder] = known
+    return known
 
 
-_PLACEHOLDER_CLASSES: dict[str, bytes] = {}
+_PLACEHOLDER_CLASSES: dict[str, tuple[bytes, int, bool]] = {}
 
 
 def _carry_over(scan: _Scan, result: str, spans: list[tuple[int, int]], placeholder: str) -> _Scan:
@@ -155,21 +165,23 @@ def _carry_over(scan: _Scan, result: str, spans: list[tuple[int, int]], placehol
     run of the result lies within one of the text)."""
     global _last_scan
     mapped = scan.mapped
-    replacement = _placeholder_classes(placeholder)
-    width = len(replacement)
-    pieces: list[bytes] = []
-    last = removed = 0
-    for start, end in spans:
-        pieces += (mapped[last:start], replacement)
-        removed += mapped.count(b"d", start, end)
-        last = end
-    pieces.append(mapped[last:])
-    new_mapped = b"".join(pieces)
-    derive = None
-    if b"d" not in replacement and b"s" not in replacement:
-        derive = (scan, spans, width)
-    new_scan = _last_scan = _Scan(result, new_mapped, scan.digits - removed + replacement.count(b"d") * len(spans),
-                                  None, derive)
+    replacement, added, plain = _placeholder_classes(placeholder)
+    if len(spans) == 1:
+        start, end = spans[0]
+        new_mapped = b"".join((mapped[:start], replacement, mapped[end:]))
+        digits = scan.digits - mapped.count(b"d", start, end) + added
+    else:
+        pieces: list[bytes] = []
+        last = removed = 0
+        for start, end in spans:
+            pieces += (mapped[last:start], replacement)
+            removed += mapped.count(b"d", start, end)
+            last = end
+        pieces.append(mapped[last:])
+        new_mapped = b"".join(pieces)
+        digits = scan.digits - removed + added * len(spans)
+    new_scan = _last_scan = _Scan(result, new_mapped, digits, None,
+                                  (scan, spans, len(replacement)) if plain else None)
     return new_scan
 
 
@@ -286,8 +298,9 @@ class CardRedactor(Redactor):
         check_issuer = self.options.check_issuer
         spans = []
         size = len(text)
+        mapped = scan.mapped
         for start, end in scan.long_runs():
-            if end - start < 13 or scan.digits_in(start, end) < 13:
+            if end - start < 13 or mapped.count(b"d", start, end) < 13:
                 continue
             for match in self._pattern.finditer(text, start, min(size, end + 2)):
                 digits = match.group(0).replace(" ", "").replace("-", "")
@@ -318,15 +331,19 @@ def iban_valid(compact: str) -> bool:
     rearranged = compact[4:] + compact[:4]
     if not (rearranged.isascii() and rearranged.isalnum()):
         return False
+    if compact[4:].isdigit():  # most countries' account numbers: only the country code has letters
+        return int(compact[4:] + _IBAN_COUNTRY_DIGITS[compact[:2]] + compact[2:4]) % 97 == 1
     return int(rearranged.translate(_IBAN_DIGITS)) % 97 == 1
 
 
 _IBAN_DIGITS = {ord(c): str(int(c, 36)) for c in string.ascii_letters}
 """A letter → its number in the mod-97 check (A=10 ... Z=35, either case); digits stay."""
+_IBAN_COUNTRY_DIGITS = {country: country.translate(_IBAN_DIGITS) for country in IBAN_LENGTHS}
 
 
-_CHECK_DIGITS = re.compile(rb"dd(?<=lldd)")
-"""Over a scan's class bytes: two digits after two letters, where an IBAN's check digits can be."""
+_CHECK_DIGITS = b"lldd"
+"""Over a scan's class bytes: two letters then two digits, where an IBAN's country and check digits can be (found
+with ``bytes.find``, a fast substring search; two of them never overlap)."""
 
 
 _LETTER_OR_DIGIT = frozenset(b"ld")
@@ -346,17 +363,23 @@ class IbanRedactor(Redactor):
                           r"(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,3})?(?![\w-])")
 
     def redact(self, text: str) -> tuple[str, int]:
-        if digit_count(text) < 10:
+        scan = _scan(text)
+        if scan.digits < 10:
+            return text, 0
+        mapped = scan.mapped
+        found = mapped.find(_CHECK_DIGITS)
+        if found < 0:
             return text, 0
         spans: list[tuple[int, int]] = []
-        mapped = _scan(text).mapped
-        for start in (m.start() for m in _CHECK_DIGITS.finditer(mapped)):
+        while found >= 0:
+            start = found + 2  # the check digits
             # the letters must not follow a letter or digit (``_pattern`` checks the rest)
-            if (spans and start < spans[-1][1]) or (start > 2 and mapped[start - 3] in _LETTER_OR_DIGIT):
-                continue
-            match = self._pattern.match(text, start)
-            if match is not None and iban_valid((text[start - 2:start] + match.group(0).replace(" ", "")).upper()):
-                spans.append((start - 2, match.end()))
+            if not ((spans and start < spans[-1][1]) or (start > 2 and mapped[start - 3] in _LETTER_OR_DIGIT)):
+                match = self._pattern.match(text, start)
+                if match is not None and iban_valid(
+                        (text[start - 2:start] + match.group(0).replace(" ", "")).upper()):
+                    spans.append((start - 2, match.end()))
+            found = mapped.find(_CHECK_DIGITS, found + 4)
         return _spans_replaced(text, spans, self.placeholder)
 
 
@@ -610,16 +633,17 @@ class IpRedactor(Redactor):
             return self.placeholder
 
         options = self.options
-        colons = text.count(":") if options.ipv6 else 0  # one count: a substring search costs more than a count
+        # one count (a substring search for "::" costs more than a count), after a one-character test
+        colons = text.count(":") if options.ipv6 and ":" in text else 0
         if colons >= 7 or (colons >= 2 and "::" in text):
             text = self._v6.sub(replace, text)
-        if options.ipv4 and "." in text and digit_count(text) >= 4:
-            scan = _scan(text)
+        if options.ipv4 and "." in text and (scan := _scan(text)).digits >= 4:
             spans = []
             size = len(text)
             keep = self._keep
+            mapped = scan.mapped
             for start, end in scan.long_runs():
-                if text.count(".", start, end) < 3 or scan.digits_in(start, end) < 4:
+                if text.count(".", start, end) < 3 or mapped.count(b"d", start, end) < 4:
                     continue
                 for match in self._v4.finditer(text, start, min(size, end + 2)):
                     found = match.group(0)
@@ -661,20 +685,23 @@ class PhoneRedactor(Redactor):
             return text, 0
         spans: list[tuple[int, int]] = []
         size = len(text)
+        mapped = scan.mapped
         for start, end in scan.long_runs():
             # A leading '+' or '(' sits just before the run; the window ends where its digits do. A find has at
             # least 8 digits (``\d``, any script), all in the run but for the 2 characters the window takes on
             # each side of it: a run with fewer than 4 ASCII digits holds none.
-            if scan.digits_in(start, end) < 4:
+            if mapped.count(b"d", start, end) < 4:
                 continue
             for match in self._pattern.finditer(text, max(0, start - 2), min(size, end + 2)):
-                if self._confirmed(match) and (not spans or match.start() >= spans[-1][1]):
+                if self._confirmed(match, mapped) and (not spans or match.start() >= spans[-1][1]):
                     spans.append(match.span())
         return _spans_replaced(text, spans, self.placeholder)
 
-    def _confirmed(self, match: re.Match[str]) -> bool:
+    def _confirmed(self, match: re.Match[str], mapped: bytes) -> bool:
         found = match.group(0)
-        digits = sum(c.isdigit() for c in found)
+        # A find is digits (``\d``: ASCII or not) and " ()./+-" (class ``s``): its digits are the rest.
+        start, end = match.span()
+        digits = end - start - mapped.count(b"s", start, end)
         if match.group("intl") is not None:
             return 8 <= digits <= 15
         if match.group("nanp") is not None:
