@@ -96,9 +96,13 @@ def _known_scan(text: str) -> _Scan | None:
 
 def _scan(text: str) -> _Scan:
     global _last_scan, _pending
-    scan = _known_scan(text)
-    if scan is not None:
-        return scan
+    last = _last_scan  # what _known_scan does, inline: every digit-led detector asks once per text
+    if last.text is text:
+        return last
+    pending = _pending
+    if pending is not None and pending[1] is text:
+        _pending = None
+        return _carry_over(*pending)
     mapped = text.encode("ascii", "replace").translate(_CLASSES)
     scan = _last_scan = _Scan(text, mapped, mapped.count(b"d"), None)
     _pending = None
@@ -165,7 +169,7 @@ def _carry_over(scan: _Scan, result: str, spans: list[tuple[int, int]], placehol
     run of the result lies within one of the text)."""
     global _last_scan
     mapped = scan.mapped
-    replacement, added, plain = _placeholder_classes(placeholder)
+    replacement, added, plain = _PLACEHOLDER_CLASSES.get(placeholder) or _placeholder_classes(placeholder)
     if len(spans) == 1:
         start, end = spans[0]
         new_mapped = b"".join((mapped[:start], replacement, mapped[end:]))
@@ -238,14 +242,13 @@ class EmailRedactor(Redactor):
         local_reversed = self._local_reversed
         while at >= 0:
             domain = self._domain.match(text, at + 1)
-            floor = max(last, at - 64)
-            start = at - local_reversed.match(text[floor:at][::-1]).end()
-            while start < at and text[start] == ".":
-                start += 1
-            if domain is not None and start < at and text[at - 1] != "." and (
-                    start == 0 or text[start - 1] != "@"):
-                spans.append((start, domain.end()))
-                last = domain.end()
+            if domain is not None and at and text[at - 1] != ".":  # else no address here: no local part to find
+                start = at - local_reversed.match(text[max(last, at - 64):at][::-1]).end()
+                while start < at and text[start] == ".":
+                    start += 1
+                if start < at and (start == 0 or text[start - 1] != "@"):
+                    last = domain.end()
+                    spans.append((start, last))
             at = text.find("@", max(at + 1, last))
         return _spans_replaced(text, spans, self.placeholder)
 
