@@ -238,6 +238,11 @@ class _Walk:
         if not isinstance(message, dict):
             return message
         copy = dict(message)
+        if len(message) == 2 and mode == "scan" and "role" in message and type(
+                content := message.get("content")) is str:  # the common message: its one string, no loop
+            self.slots.append((copy, "content"))
+            self.strings.append(content)
+            return copy
         for key, value in message.items():
             if key in _TEXT_KEYS:
                 if mode is None or value is None:
@@ -268,7 +273,7 @@ class _Walk:
             slots, strings = self.slots, self.strings
             for index, message in enumerate(messages):
                 if type(message) is dict and len(message) == 2 and mode == "scan" and "role" in message and type(
-                        content := message.get("content")) is str:  # the common message, what message() does inline
+                        content := message.get("content")) is str:  # what message() does for it, inline
                     copy[index] = message = dict(message)
                     slots.append((message, "content"))
                     strings.append(content)
