@@ -138,12 +138,11 @@ def _spans_replaced(text: str, spans: list[tuple[int, int]], placeholder: str) -
         pieces.append(text[last:])
         result = "".join(pieces)
     global _pending
-    if _last_scan.text is text:
-        _pending = (_last_scan, result, spans, placeholder)
-    else:
-        scan = _known_scan(text)
-        if scan is not None:
-            _pending = (scan, result, spans, placeholder)
+    last, pending = _last_scan, _pending  # what _known_scan does, inline
+    if last.text is text:
+        _pending = (last, result, spans, placeholder)
+    elif pending is not None and pending[1] is text:
+        _pending = (_carry_over(*pending), result, spans, placeholder)
     return result, len(spans)
 
 
@@ -371,7 +370,8 @@ class IbanRedactor(Redactor):
             return text, 0
         mapped = scan.mapped
         spans: list[tuple[int, int]] = []
-        for start in (m.start() for m in _CHECK_DIGITS.finditer(mapped)):
+        for found in _CHECK_DIGITS.finditer(mapped):
+            start = found.start()
             # the letters must not follow a letter or digit (``_pattern`` checks the rest)
             if (spans and start < spans[-1][1]) or (start > 2 and mapped[start - 3] in _LETTER_OR_DIGIT):
                 continue
