@@ -330,12 +330,14 @@ def iban_valid(compact: str) -> bool:
     """Whether ``compact`` (upper case, no spaces) has its country's length and passes the mod-97 check."""
     if IBAN_LENGTHS.get(compact[:2]) != len(compact) or not compact[2:4].isdigit():
         return False
-    rearranged = compact[4:] + compact[:4]
-    if not (rearranged.isascii() and rearranged.isalnum()):
+    if not compact.isascii():
         return False
-    if compact[4:].isdigit():  # most countries' account numbers: only the country code has letters
-        return int(compact[4:] + _IBAN_COUNTRY_DIGITS[compact[:2]] + compact[2:4]) % 97 == 1
-    return int(rearranged.translate(_IBAN_DIGITS)) % 97 == 1
+    account = compact[4:]
+    if account.isdigit():  # most countries' account numbers: the country code is the only letters to turn
+        return int(account + _IBAN_COUNTRY_DIGITS[compact[:2]] + compact[2:4]) % 97 == 1
+    if not compact.isalnum():
+        return False
+    return int((account + compact[:4]).translate(_IBAN_DIGITS)) % 97 == 1
 
 
 _IBAN_DIGITS = {ord(c): str(int(c, 36)) for c in string.ascii_letters}
