@@ -502,19 +502,33 @@ class SecretRedactor(Redactor):
         if options.private_keys and "PRIVATE KEY-----" in text:
             text, found = _PRIVATE_KEY.subn(placeholder, text)
             total += found
+        tokens = None  # long_tokens(text), when found for the bearer test and the text has not changed since
         if options.labelled:
-            lower = text.lower()
-            if "bearer" in lower or "basic" in lower or "token" in lower:  # _BEARER_WORDS, tested one by one
-                text, found = _bearer(text, lower, placeholder)
-                total += found
-                lower = text.lower() if found else lower
-            if ("=" in text or ":" in text) and (  # every label holds one of these words
-                    "key" in lower or "secret" in lower or "pass" in lower or "pwd" in lower or "token" in lower):
-                text, found = _assigned(text, lower, placeholder)
-                total += found
+            lower = None
+            maybe_bearer = True
+            if text.isascii() and "/" not in text and "~" not in text:
+                # Then a bearer value (no '/' or '~') is a long token whose whitespace follows the word: looked for
+                # before each long token, not with a case-insensitive search of the whole text for each word.
+                tokens = long_tokens(text)
+                maybe_bearer = any(_after_bearer_word(text, start) for start, _ in tokens)
+            if maybe_bearer:
+                lower = text.lower()
+                if "bearer" in lower or "basic" in lower or "token" in lower:  # _BEARER_WORDS, tested one by one
+                    text, found = _bearer(text, lower, placeholder)
+                    total += found
+                    if found:
+                        lower, tokens = text.lower(), None
+            if "=" in text or ":" in text:
+                if lower is None:
+                    lower = text.lower()
+                if "key" in lower or "secret" in lower or "pass" in lower or "pwd" in lower or "token" in lower:
+                    text, found = _assigned(text, lower, placeholder)  # (every label holds one of these words)
+                    total += found
+                    if found:
+                        tokens = None
         if options.vendor_prefixes or options.high_entropy:
             spans: list[tuple[int, int]] = []
-            for start, end in long_tokens(text):
+            for start, end in long_tokens(text) if tokens is None else tokens:
                 token = text[start:end]
                 if options.vendor_prefixes:
                     found_spans = _vendor_keys(token, start)
@@ -534,6 +548,16 @@ class SecretRedactor(Redactor):
         if _HEX.issuperset(token) or token.isalpha() or token.isdigit() or not any(c.isdigit() for c in token):
             return False
         return entropy(token) >= self.options.min_entropy
+
+
+def _after_bearer_word(text: str, start: int) -> bool:
+    """Whether whitespace then ``bearer``, ``basic`` or ``token`` (any case) come just before ``start``, in an
+    ASCII ``text``: where a value ``_BEARER`` takes can start."""
+    end = start
+    while end and text[end - 1].isspace():
+        end -= 1
+    return end < start and (text[max(0, end - 6):end].lower() == "bearer"
+                            or text[max(0, end - 5):end].lower() in ("basic", "token"))
 
 
 def _bearer(text: str, lower: str, placeholder: str) -> tuple[str, int]:
