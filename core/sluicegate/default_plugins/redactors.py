@@ -59,9 +59,6 @@ class _Scan:
             self._long_runs = runs
         return runs
 
-    def digits_in(self, start: int, end: int) -> int:
-        return self.mapped.count(b"d", start, end)
-
 
 _CLASSES = bytes(ord("d") if 48 <= b <= 57 else ord("s") if b in b" ()./+-" else
                  ord("l") if chr(b) in string.ascii_letters else ord("x") for b in range(256))
@@ -81,22 +78,10 @@ derived only when a detector asks for the result's: the last detector of a polic
 that do not look at the scan, does not pay for it."""
 
 
-def _known_scan(text: str) -> _Scan | None:
-    """The scan of ``text`` if it is the last one made, or can be derived from it (see ``_pending``)."""
-    global _pending
-    last = _last_scan
-    if last.text is text:
-        return last
-    pending = _pending
-    if pending is not None and pending[1] is text:
-        _pending = None
-        return _carry_over(*pending)
-    return None
-
-
 def _scan(text: str) -> _Scan:
+    """The scan of ``text``: the last one made, derived from it (see ``_pending``), or made now."""
     global _last_scan, _pending
-    last = _last_scan  # what _known_scan does, inline: every digit-led detector asks once per text
+    last = _last_scan
     if last.text is text:
         return last
     pending = _pending
@@ -138,8 +123,8 @@ def _spans_replaced(text: str, spans: list[tuple[int, int]], placeholder: str) -
         pieces.append(text[last:])
         result = "".join(pieces)
     global _pending
-    last, pending = _last_scan, _pending  # what _known_scan does, inline
-    if last.text is text:
+    last, pending = _last_scan, _pending
+    if last.text is text:  # the scanned text, or the one a scan is pending for: the result's can be derived
         _pending = (last, result, spans, placeholder)
     elif pending is not None and pending[1] is text:
         _pending = (_carry_over(*pending), result, spans, placeholder)

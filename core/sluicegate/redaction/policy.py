@@ -69,9 +69,9 @@ class CompiledPolicy:
         self._arguments_mode = self._mode("tool_arguments")
         self._response_mode = self._mode("response")
         self._scanned, self._dropped = sorted(self.scan), sorted(self.drop)
+        # the metadata fields scanned or dropped, with whether they are dropped (most policies name none)
         self._metadata_plan = tuple((names, field in self.drop) for field, names in (
             ("metadata", _METADATA_FIELDS), ("end_user", _END_USER_FIELDS)) if field in self.drop or field in self.scan)
-        """The metadata fields scanned or dropped (most policies have none: no loop over them per event)."""
 
     def _mode(self, field: str) -> str | None:
         return "drop" if field in self.drop else "scan" if field in self.scan else None
