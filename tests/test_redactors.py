@@ -542,3 +542,28 @@ def test_candidate_searches_find_what_the_plain_patterns_find(text: str, key: st
     everywhere = [m.span(1) for m in module._ASSIGN.finditer(labelled)
                   if lower[max(0, m.start() - 24):m.start()].rstrip("\"' \t").endswith(module._ASSIGN_LABELS)]
     assert module._assigned(labelled, lower, "<S>") == module._spans_replaced(labelled, everywhere, "<S>")
+
+
+@settings(max_examples=400, deadline=None)
+@given(parts=st.lists(st.sampled_from(["Bearer", "bAsIc", "TOKEN", "tokens", "my", "token", " ", "  ", "\t", "\n",
+                                       "\x0c", "\x1c", ":", "=", ".", "-", "_", "+", "abcDEF123456ghiJKL7890",
+                                       "a1b2c3d4e5", "XYZ", "é", "/", "~"]), max_size=14))
+def test_bearer_values_are_looked_for_before_the_long_tokens(parts: list[str]) -> None:
+    """In an ASCII text without '/' or '~', the bearer pattern matches only where whitespace and a bearer word come
+    just before a long token: the secret detector skips lower-casing and searching the text when none does."""
+    from sluicegate.default_plugins import redactors as module
+
+    text = "".join(parts)
+    everywhere = [m.start(1) for m in module._BEARER.finditer(text)]
+    if text.isascii() and "/" not in text and "~" not in text:
+        before_tokens = [start for start, _ in module.long_tokens(text) if module._after_bearer_word(text, start)]
+        assert set(everywhere) <= set(before_tokens)
+
+
+def test_bearer_values_with_or_without_the_shortcut() -> None:
+    secret = build("secret", vendor_prefixes=False, high_entropy=False)
+    assert secret.redact("Authorization: bearer  abcDEF123456ghiJKL7890") == ("Authorization: bearer  <SECRET>", 1)
+    assert secret.redact("x Bearer abc/def/ghi/jklmnopq y") == ("x Bearer <SECRET> y", 1)  # '/': the full search
+    assert secret.redact("x Bearer abcDEF123456ghiJKL7890 é") == ("x Bearer <SECRET> é", 1)  # not ASCII: the same
+    assert secret.redact("a long key abcDEF123456ghiJKL7890 after no bearer word")[1] == 0
+    assert secret.redact("mytoken abcDEF123456ghiJKL7890")[1] == 0

@@ -59,9 +59,6 @@ class _Scan:
             self._long_runs = runs
         return runs
 
-    def digits_in(self, start: int, end: int) -> int:
-        return self.mapped.count(b"d", start, end)
-
 
 _CLASSES = bytes(ord("d") if 48 <= b <= 57 else ord("s") if b in b" ()./+-" else
                  ord("l") if chr(b) in string.ascii_letters else ord("x") for b in range(256))
@@ -81,9 +78,9 @@ derived only when a detector asks for the result's: the last detector of a polic
 that do not look at the scan, does not pay for it."""
 
 
-def _known_scan(text: str) -> _Scan | None:
-    """The scan of ``text`` if it is the last one made, or can be derived from it (see ``_pending``)."""
-    global _pending
+def _scan(text: str) -> _Scan:
+    """The scan of ``text``: the last one made, derived from it (see ``_pending``), or made now."""
+    global _last_scan, _pending
     last = _last_scan
     if last.text is text:
         return last
@@ -91,14 +88,6 @@ def _known_scan(text: str) -> _Scan | None:
     if pending is not None and pending[1] is text:
         _pending = None
         return _carry_over(*pending)
-    return None
-
-
-def _scan(text: str) -> _Scan:
-    global _last_scan, _pending
-    scan = _known_scan(text)
-    if scan is not None:
-        return scan
     mapped = text.encode("ascii", "replace").translate(_CLASSES)
     scan = _last_scan = _Scan(text, mapped, mapped.count(b"d"), None)
     _pending = None
@@ -122,30 +111,39 @@ def _spans_replaced(text: str, spans: list[tuple[int, int]], placeholder: str) -
     scanned one, the scan of the result is derived from its (the next detector needs it) rather than made again."""
     if not spans:
         return text, 0
-    pieces: list[str] = []
-    last = 0
-    for start, end in spans:
-        pieces += (text[last:start], placeholder)
-        last = end
-    pieces.append(text[last:])
-    result = "".join(pieces)
-    scan = _known_scan(text)
-    if scan is not None:
-        global _pending
-        _pending = (scan, result, spans, placeholder)
+    if len(spans) == 1:
+        start, end = spans[0]
+        result = "".join((text[:start], placeholder, text[end:]))
+    else:
+        pieces: list[str] = []
+        last = 0
+        for start, end in spans:
+            pieces += (text[last:start], placeholder)
+            last = end
+        pieces.append(text[last:])
+        result = "".join(pieces)
+    global _pending
+    last, pending = _last_scan, _pending
+    if last.text is text:  # the scanned text, or the one a scan is pending for: the result's can be derived
+        _pending = (last, result, spans, placeholder)
+    elif pending is not None and pending[1] is text:
+        _pending = (_carry_over(*pending), result, spans, placeholder)
     return result, len(spans)
 
 
-def _placeholder_classes(placeholder: str) -> bytes:
-    classes = _PLACEHOLDER_CLASSES.get(placeholder)
-    if classes is None:
+def _placeholder_classes(placeholder: str) -> tuple[bytes, int, bool]:
+    """A placeholder's class bytes, its digit count, and whether it has neither digit nor separator (then the
+    long runs of a text it replaced spans in can be carried over)."""
+    known = _PLACEHOLDER_CLASSES.get(placeholder)
+    if known is None:
         classes = placeholder.encode("ascii", "replace").translate(_CLASSES)
+        known = (classes, classes.count(b"d"), b"d" not in classes and b"s" not in classes)
         if len(_PLACEHOLDER_CLASSES) < 64:  # the built-in placeholders and a few of regex's: bounded all the same
-            _PLACEHOLDER_CLASSES[placeholder] = classes
-    return classes
+            _PLACEHOLDER_CLASSES[placeholder] = known
+    return known
 
 
-_PLACEHOLDER_CLASSES: dict[str, bytes] = {}
+_PLACEHOLDER_CLASSES: dict[str, tuple[bytes, int, bool]] = {}
 
 
 def _carry_over(scan: _Scan, result: str, spans: list[tuple[int, int]], placeholder: str) -> _Scan:
@@ -155,21 +153,23 @@ def _carry_over(scan: _Scan, result: str, spans: list[tuple[int, int]], placehol
     run of the result lies within one of the text)."""
     global _last_scan
     mapped = scan.mapped
-    replacement = _placeholder_classes(placeholder)
-    width = len(replacement)
-    pieces: list[bytes] = []
-    last = removed = 0
-    for start, end in spans:
-        pieces += (mapped[last:start], replacement)
-        removed += mapped.count(b"d", start, end)
-        last = end
-    pieces.append(mapped[last:])
-    new_mapped = b"".join(pieces)
-    derive = None
-    if b"d" not in replacement and b"s" not in replacement:
-        derive = (scan, spans, width)
-    new_scan = _last_scan = _Scan(result, new_mapped, scan.digits - removed + replacement.count(b"d") * len(spans),
-                                  None, derive)
+    replacement, added, plain = _PLACEHOLDER_CLASSES.get(placeholder) or _placeholder_classes(placeholder)
+    if len(spans) == 1:
+        start, end = spans[0]
+        new_mapped = b"".join((mapped[:start], replacement, mapped[end:]))
+        digits = scan.digits - mapped.count(b"d", start, end) + added
+    else:
+        pieces: list[bytes] = []
+        last = removed = 0
+        for start, end in spans:
+            pieces += (mapped[last:start], replacement)
+            removed += mapped.count(b"d", start, end)
+            last = end
+        pieces.append(mapped[last:])
+        new_mapped = b"".join(pieces)
+        digits = scan.digits - removed + added * len(spans)
+    new_scan = _last_scan = _Scan(result, new_mapped, digits, None,
+                                  (scan, spans, len(replacement)) if plain else None)
     return new_scan
 
 
@@ -226,14 +226,13 @@ class EmailRedactor(Redactor):
         local_reversed = self._local_reversed
         while at >= 0:
             domain = self._domain.match(text, at + 1)
-            floor = max(last, at - 64)
-            start = at - local_reversed.match(text[floor:at][::-1]).end()
-            while start < at and text[start] == ".":
-                start += 1
-            if domain is not None and start < at and text[at - 1] != "." and (
-                    start == 0 or text[start - 1] != "@"):
-                spans.append((start, domain.end()))
-                last = domain.end()
+            if domain is not None and at and text[at - 1] != ".":  # else no address here: no local part to find
+                start = at - local_reversed.match(text[max(last, at - 64):at][::-1]).end()
+                while start < at and text[start] == ".":
+                    start += 1
+                if start < at and (start == 0 or text[start - 1] != "@"):
+                    last = domain.end()
+                    spans.append((start, last))
             at = text.find("@", max(at + 1, last))
         return _spans_replaced(text, spans, self.placeholder)
 
@@ -286,8 +285,9 @@ class CardRedactor(Redactor):
         check_issuer = self.options.check_issuer
         spans = []
         size = len(text)
+        mapped = scan.mapped
         for start, end in scan.long_runs():
-            if end - start < 13 or scan.digits_in(start, end) < 13:
+            if end - start < 13 or mapped.count(b"d", start, end) < 13:
                 continue
             for match in self._pattern.finditer(text, start, min(size, end + 2)):
                 digits = match.group(0).replace(" ", "").replace("-", "")
@@ -315,18 +315,24 @@ def iban_valid(compact: str) -> bool:
     """Whether ``compact`` (upper case, no spaces) has its country's length and passes the mod-97 check."""
     if IBAN_LENGTHS.get(compact[:2]) != len(compact) or not compact[2:4].isdigit():
         return False
-    rearranged = compact[4:] + compact[:4]
-    if not (rearranged.isascii() and rearranged.isalnum()):
+    if not compact.isascii():
         return False
-    return int(rearranged.translate(_IBAN_DIGITS)) % 97 == 1
+    account = compact[4:]
+    if account.isdigit():  # most countries' account numbers: the country code is the only letters to turn
+        return int(account + _IBAN_COUNTRY_DIGITS[compact[:2]] + compact[2:4]) % 97 == 1
+    if not compact.isalnum():
+        return False
+    return int((account + compact[:4]).translate(_IBAN_DIGITS)) % 97 == 1
 
 
 _IBAN_DIGITS = {ord(c): str(int(c, 36)) for c in string.ascii_letters}
 """A letter → its number in the mod-97 check (A=10 ... Z=35, either case); digits stay."""
+_IBAN_COUNTRY_DIGITS = {country: country.translate(_IBAN_DIGITS) for country in IBAN_LENGTHS}
 
 
 _CHECK_DIGITS = re.compile(rb"dd(?<=lldd)")
-"""Over a scan's class bytes: two digits after two letters, where an IBAN's check digits can be."""
+"""Over a scan's class bytes: two digits after two letters, where an IBAN's check digits can be. (Faster than a
+``bytes.find`` of ``lldd``: over class bytes, mostly ``l`` and ``s``, a substring search skips little.)"""
 
 
 _LETTER_OR_DIGIT = frozenset(b"ld")
@@ -346,11 +352,13 @@ class IbanRedactor(Redactor):
                           r"(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,3})?(?![\w-])")
 
     def redact(self, text: str) -> tuple[str, int]:
-        if digit_count(text) < 10:
+        scan = _scan(text)
+        if scan.digits < 10:
             return text, 0
+        mapped = scan.mapped
         spans: list[tuple[int, int]] = []
-        mapped = _scan(text).mapped
-        for start in (m.start() for m in _CHECK_DIGITS.finditer(mapped)):
+        for found in _CHECK_DIGITS.finditer(mapped):
+            start = found.start()
             # the letters must not follow a letter or digit (``_pattern`` checks the rest)
             if (spans and start < spans[-1][1]) or (start > 2 and mapped[start - 3] in _LETTER_OR_DIGIT):
                 continue
@@ -479,19 +487,33 @@ class SecretRedactor(Redactor):
         if options.private_keys and "PRIVATE KEY-----" in text:
             text, found = _PRIVATE_KEY.subn(placeholder, text)
             total += found
+        tokens = None  # long_tokens(text), when found for the bearer test and the text has not changed since
         if options.labelled:
-            lower = text.lower()
-            if "bearer" in lower or "basic" in lower or "token" in lower:  # _BEARER_WORDS, tested one by one
-                text, found = _bearer(text, lower, placeholder)
-                total += found
-                lower = text.lower() if found else lower
-            if ("=" in text or ":" in text) and (  # every label holds one of these words
-                    "key" in lower or "secret" in lower or "pass" in lower or "pwd" in lower or "token" in lower):
-                text, found = _assigned(text, lower, placeholder)
-                total += found
+            lower = None
+            maybe_bearer = True
+            if text.isascii() and "/" not in text and "~" not in text:
+                # Then a bearer value (no '/' or '~') is a long token whose whitespace follows the word: looked for
+                # before each long token, not with a case-insensitive search of the whole text for each word.
+                tokens = long_tokens(text)
+                maybe_bearer = any(_after_bearer_word(text, start) for start, _ in tokens)
+            if maybe_bearer:
+                lower = text.lower()
+                if "bearer" in lower or "basic" in lower or "token" in lower:  # _BEARER_WORDS, tested one by one
+                    text, found = _bearer(text, lower, placeholder)
+                    total += found
+                    if found:
+                        lower, tokens = text.lower(), None
+            if "=" in text or ":" in text:
+                if lower is None:
+                    lower = text.lower()
+                if "key" in lower or "secret" in lower or "pass" in lower or "pwd" in lower or "token" in lower:
+                    text, found = _assigned(text, lower, placeholder)  # (every label holds one of these words)
+                    total += found
+                    if found:
+                        tokens = None
         if options.vendor_prefixes or options.high_entropy:
             spans: list[tuple[int, int]] = []
-            for start, end in long_tokens(text):
+            for start, end in long_tokens(text) if tokens is None else tokens:
                 token = text[start:end]
                 if options.vendor_prefixes:
                     found_spans = _vendor_keys(token, start)
@@ -511,6 +533,16 @@ class SecretRedactor(Redactor):
         if _HEX.issuperset(token) or token.isalpha() or token.isdigit() or not any(c.isdigit() for c in token):
             return False
         return entropy(token) >= self.options.min_entropy
+
+
+def _after_bearer_word(text: str, start: int) -> bool:
+    """Whether whitespace then ``bearer``, ``basic`` or ``token`` (any case) come just before ``start``, in an
+    ASCII ``text``: where a value ``_BEARER`` takes can start."""
+    end = start
+    while end and text[end - 1].isspace():
+        end -= 1
+    return end < start and (text[max(0, end - 6):end].lower() == "bearer"
+                            or text[max(0, end - 5):end].lower() in ("basic", "token"))
 
 
 def _bearer(text: str, lower: str, placeholder: str) -> tuple[str, int]:
@@ -610,30 +642,31 @@ class IpRedactor(Redactor):
             return self.placeholder
 
         options = self.options
-        colons = text.count(":") if options.ipv6 else 0  # one count: a substring search costs more than a count
+        # one count (a substring search for "::" costs more than a count), after a one-character test
+        colons = text.count(":") if options.ipv6 and ":" in text else 0
         if colons >= 7 or (colons >= 2 and "::" in text):
             text = self._v6.sub(replace, text)
-        if options.ipv4 and "." in text and digit_count(text) >= 4:
-            scan = _scan(text)
+        if options.ipv4 and "." in text and (scan := _scan(text)).digits >= 4:
             spans = []
             size = len(text)
             keep = self._keep
+            mapped = scan.mapped
             for start, end in scan.long_runs():
-                if text.count(".", start, end) < 3 or scan.digits_in(start, end) < 4:
+                if text.count(".", start, end) < 3 or mapped.count(b"d", start, end) < 4:
                     continue
                 for match in self._v4.finditer(text, start, min(size, end + 2)):
                     found = match.group(0)
-                    if _ipv4_valid(found) and not (keep and self._kept(ipaddress.IPv4Address(found))):
+                    if _IPV4_VALID.match(found) and not (keep and self._kept(ipaddress.IPv4Address(found))):
                         spans.append(match.span())
             text, found_v4 = _spans_replaced(text, spans, self.placeholder)
             count += found_v4
         return text, count
 
 
-def _ipv4_valid(dotted: str) -> bool:
-    """What :class:`ipaddress.IPv4Address` accepts of a dotted quad of 1-3 digit parts (each at most 255, no
-    leading zero), without building the object."""
-    return all(part == "0" or (part[0] != "0" and int(part) <= 255) for part in dotted.split("."))
+_OCTET = r"(?:[0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])"
+_IPV4_VALID = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}\Z")
+"""What :class:`ipaddress.IPv4Address` accepts of a dotted quad of 1-3 digit parts (each at most 255, no leading
+zero), without building the object: one match, no split and loop over the parts."""
 
 
 # -- phone numbers -----------------------------------------------------------------------------------------
@@ -661,20 +694,23 @@ class PhoneRedactor(Redactor):
             return text, 0
         spans: list[tuple[int, int]] = []
         size = len(text)
+        mapped = scan.mapped
         for start, end in scan.long_runs():
             # A leading '+' or '(' sits just before the run; the window ends where its digits do. A find has at
             # least 8 digits (``\d``, any script), all in the run but for the 2 characters the window takes on
             # each side of it: a run with fewer than 4 ASCII digits holds none.
-            if scan.digits_in(start, end) < 4:
+            if mapped.count(b"d", start, end) < 4:
                 continue
             for match in self._pattern.finditer(text, max(0, start - 2), min(size, end + 2)):
-                if self._confirmed(match) and (not spans or match.start() >= spans[-1][1]):
+                if self._confirmed(match, mapped) and (not spans or match.start() >= spans[-1][1]):
                     spans.append(match.span())
         return _spans_replaced(text, spans, self.placeholder)
 
-    def _confirmed(self, match: re.Match[str]) -> bool:
+    def _confirmed(self, match: re.Match[str], mapped: bytes) -> bool:
         found = match.group(0)
-        digits = sum(c.isdigit() for c in found)
+        # A find is digits (``\d``: ASCII or not) and " ()./+-" (class ``s``): its digits are the rest.
+        start, end = match.span()
+        digits = end - start - mapped.count(b"s", start, end)
         if match.group("intl") is not None:
             return 8 <= digits <= 15
         if match.group("nanp") is not None:
@@ -729,6 +765,8 @@ class RegexRedactor(Redactor):
                                    flags)
 
     def redact(self, text: str) -> tuple[str, int]:
+        if self._pattern.search(text) is None:  # the common case: one search, no callback made
+            return text, 0
         count = 0
         placeholders = self._placeholders
 

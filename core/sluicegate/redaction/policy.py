@@ -54,8 +54,8 @@ class RedactionSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 class CompiledPolicy:
     """A usable policy: redactor instances in run order, what to scan and drop, and a stable ``key``."""
 
-    __slots__ = ("_arguments_mode", "_dropped", "_messages_mode", "_response_mode", "_scanned", "drop", "fields", "key",
-                 "names", "redactors", "scan", "spec")
+    __slots__ = ("_arguments_mode", "_dropped", "_messages_mode", "_metadata_plan", "_response_mode", "_scanned", "drop",
+                 "fields", "key", "names", "redactors", "scan", "spec")
 
     def __init__(self, redactors: tuple[Redactor, ...], fields: dict[str, str], spec: dict[str, Any]) -> None:
         self.redactors = redactors
@@ -69,6 +69,9 @@ class CompiledPolicy:
         self._arguments_mode = self._mode("tool_arguments")
         self._response_mode = self._mode("response")
         self._scanned, self._dropped = sorted(self.scan), sorted(self.drop)
+        # the metadata fields scanned or dropped, with whether they are dropped (most policies name none)
+        self._metadata_plan = tuple((names, field in self.drop) for field, names in (
+            ("metadata", _METADATA_FIELDS), ("end_user", _END_USER_FIELDS)) if field in self.drop or field in self.scan)
 
     def _mode(self, field: str) -> str | None:
         return "drop" if field in self.drop else "scan" if field in self.scan else None
@@ -91,7 +94,6 @@ class CompiledPolicy:
         """
         walk = _Walk()
         changes: dict[str, Any] = {}
-        scan, drop = self.scan, self.drop
         messages_mode, arguments_mode, response_mode = self._messages_mode, self._arguments_mode, self._response_mode
         if messages_mode or arguments_mode:
             changes["messages"] = walk.messages(event.messages, messages_mode, arguments_mode)
@@ -99,28 +101,30 @@ class CompiledPolicy:
             changes["response"] = walk.response(event.response, response_mode, arguments_mode)
         metadata = event.metadata
         meta_changes: dict[str, Any] = {}
-        for field, names in (("metadata", _METADATA_FIELDS), ("end_user", _END_USER_FIELDS)):
-            if field in drop:
+        for names, dropped in self._metadata_plan:
+            if dropped:
                 meta_changes.update(dict.fromkeys(names))
-            elif field in scan:
+            else:
                 for name in names:
                     value = getattr(metadata, name)
                     if isinstance(value, str):
                         walk.take(meta_changes, name, value)
                     elif value is not None:
                         meta_changes[name] = walk.any(value)
-        if "end_user" in drop:
+        if "end_user" in self.drop:
             changes["end_user"] = None
-        elif "end_user" in scan and event.end_user is not None:
+        elif "end_user" in self.scan and event.end_user is not None:
             walk.take(changes, "end_user", event.end_user)
         counts, errors, results = self._scan_all(walk.strings)
-        for (container, key), value in zip(walk.slots, results):
-            container[key] = value
-        for name in ("messages", "response"):
-            if isinstance(changes.get(name), _Scanned):
-                changes[name] = changes[name].box[0]
+        if results is not walk.strings:  # else nothing was replaced: the copies hold the strings already
+            for (container, key), value in zip(walk.slots, results):
+                container[key] = value
+        if type(changes.get("messages")) is _Scanned:
+            changes["messages"] = changes["messages"].box[0]
+        if type(changes.get("response")) is _Scanned:
+            changes["response"] = changes["response"].box[0]
         record: dict[str, Any] = {"policy": self.key, "redactors": dict(zip(self.names, counts)),
-                                  "scanned": list(self._scanned), "dropped": list(self._dropped)}
+                                  "scanned": [*self._scanned], "dropped": [*self._dropped]}
         if errors:
             record["errors"] = errors
         meta_changes["redaction"] = record
@@ -132,8 +136,15 @@ class CompiledPolicy:
         if not strings or not self.redactors:
             return counts, 0, strings
         # (a test per string, not a count over the joined text: a one-character ``in`` is the cheapest search)
-        if len(strings) > 1 and not any(_SEPARATOR in value for value in strings):  # else: one holds the separator
-            joined = _SEPARATOR.join(strings)
+        joined = None
+        if len(strings) > 1:
+            for value in strings:
+                if _SEPARATOR in value:  # one holds the separator: scanned one string at a time
+                    break
+            else:
+                joined = _SEPARATOR.join(strings)
+        if joined is not None:
+            original = joined
             for index, redactor in enumerate(self.redactors):
                 try:
                     joined, counts[index] = redactor.redact(joined)
@@ -141,6 +152,8 @@ class CompiledPolicy:
                     log.error("redactor %s failed (%s): the scanned fields are replaced by %s", redactor.name,
                               type(exc).__name__, FAILED)
                     return [0] * len(self.redactors), 1, [FAILED] * len(strings)
+            if joined is original:  # nothing replaced (every detector returns the text it was given)
+                return counts, 0, strings
             # Checked once, at the end: a redactor that matched across a join (a user pattern like ``.*``) took
             # part of it away (none writes one), and then the event is scanned again one string at a time.
             results = joined.split(_SEPARATOR)
@@ -225,6 +238,11 @@ class _Walk:
         if not isinstance(message, dict):
             return message
         copy = dict(message)
+        if len(message) == 2 and mode == "scan" and "role" in message and type(
+                content := message.get("content")) is str:  # the common message: its one string, no loop
+            self.slots.append((copy, "content"))
+            self.strings.append(content)
+            return copy
         for key, value in message.items():
             if key in _TEXT_KEYS:
                 if mode is None or value is None:
@@ -252,8 +270,14 @@ class _Walk:
     def messages(self, messages: Any, mode: str | None, arguments: str | None) -> Any:
         if isinstance(messages, list):  # chat messages, or an embeddings/completions input list
             copy = list(messages)
+            slots, strings = self.slots, self.strings
             for index, message in enumerate(messages):
-                if isinstance(message, str):
+                if type(message) is dict and len(message) == 2 and mode == "scan" and "role" in message and type(
+                        content := message.get("content")) is str:  # what message() does for it, inline
+                    copy[index] = message = dict(message)
+                    slots.append((message, "content"))
+                    strings.append(content)
+                elif isinstance(message, str):
                     if mode is not None:
                         self._text(copy, index, message, mode)
                 else:
