@@ -20,6 +20,17 @@ MIGRATED_ENV = "SLUICEGATE_MIGRATED"
 log = logging.getLogger("sluicegate")
 
 
+def name_process(name: str) -> None:
+    """Show ``name`` for this process in ``ps -e``, ``top`` and ``pgrep`` (Linux's ``comm``, at most 15 bytes), so an
+    operator tells the supervisor, the workers and the delivery process apart: the forked ones keep ``serve``'s
+    command line."""
+    try:
+        with open("/proc/self/comm", "w") as handle:
+            handle.write(name[:15])
+    except OSError:
+        pass  # not Linux, or no /proc: the name is a convenience
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -35,6 +46,7 @@ def app_factory() -> Any:
 
     from sluicegate.delivery import DELIVERY_ENV
 
+    name_process("sg-worker")
     allow_unknown_keys = bool(os.environ.get(ALLOW_UNKNOWN_KEYS_ENV))
     workers = int(os.environ.get(WORKERS_ENV) or 1)
     delivery = os.environ.get(DELIVERY_ENV) or "inline"

@@ -44,6 +44,10 @@ def _delivery_pids(root: int) -> list[int]:
     return [p for p in _descendants(root) if _cmdline(p).rstrip().endswith("-m sluicegate.delivery")]
 
 
+def _comm(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
 def _worker_pids(root: int) -> list[int]:
     return [p for p in _descendants(root) if "spawn_main" in _cmdline(p)]
 
@@ -161,6 +165,9 @@ def test_serve_runs_one_delivery_process_for_its_workers_with_one_sink_instance(
     assert "sluicegate.delivery.supervisor" in _cmdline(root)
     (delivery,) = _delivery_pids(root)
     assert len(_worker_pids(root)) == 2
+    # named for ps -e / top / pgrep
+    assert [_comm(p) for p in (root, delivery, *_worker_pids(root))] == ["sg-supervisor", "sg-delivery",
+                                                                        "sg-worker", "sg-worker"]
     ready = httpx.get(f"{gateway.url}/health/readiness", timeout=5).json()
     assert ready["checks"]["delivery"]["healthy"] is True
     assert ready["checks"]["delivery"]["details"]["pid"] == delivery
@@ -279,6 +286,8 @@ def test_a_hung_delivery_process_is_killed_and_restarted_with_nothing_lost(
     first = delivery()["details"]["pid"]
     assert first in _descendants(root)
     assert not any("-m uvicorn" in _cmdline(pid) for pid in _descendants(root))  # the worker was forked too
+    # ... so ps -e / top / pgrep tell them apart by name
+    assert sorted(_comm(pid) for pid in [root, *_descendants(root)]) == ["sg-delivery", "sg-supervisor", "sg-worker"]
 
     before = [f"before-{i}" for i in range(20)]
     for content in before:
@@ -339,7 +348,10 @@ def test_sigkill_of_a_worker_loses_at_most_one_flush_interval(tmp_path, acme_pat
         thread.start()
     try:
         wait_until(lambda: len(finished) >= 100, timeout=20, what="load")
-        # the worker that is serving (the kernel may hand every connection to one): the one writing the busiest log
+        # the worker that is serving (the kernel may hand every connection to one): the one writing the busiest log,
+        # once the delivery process has found the logs and read from them (it looks every half second)
+        wait_until(lambda: any(e["events_read"] for e in _sinks(gateway.url)["delivery"]["logs"].values()),
+                   timeout=20, what="the delivery process reading the workers' logs")
         logs = _sinks(gateway.url)["delivery"]["logs"]
         busiest = max(logs, key=lambda name: logs[name]["events_read"])
         (victim,) = [p for p in _worker_pids(root) if _holds(p, f"/{busiest}/")]

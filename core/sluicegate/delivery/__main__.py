@@ -54,8 +54,9 @@ async def run() -> int:
 def main() -> int:
     import uvloop
 
-    from sluicegate.cli import _setup_logging
+    from sluicegate.cli import _setup_logging, name_process
 
+    name_process("sg-delivery")
     _setup_logging(os.environ.get("SLUICEGATE_LOG_LEVEL", "info"))
     return uvloop.run(run())
 

@@ -290,8 +290,9 @@ class Supervisor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sluicegate.cli import _setup_logging
+    from sluicegate.cli import _setup_logging, name_process
 
+    name_process("sg-supervisor")
     args = list(sys.argv[1:] if argv is None else argv)
     if "--" not in args:
         print("usage: python -m sluicegate.delivery.supervisor [--grace SECONDS] -- <uvicorn command line>",
