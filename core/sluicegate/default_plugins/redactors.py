@@ -179,6 +179,21 @@ def _carried_runs(old_runs: list[tuple[int, int]], new_mapped: bytes, spans: lis
     or separator, from the long runs of the text before (``new_mapped`` is the result's class bytes)."""
     runs: list[tuple[int, int]] = []
     count = len(spans)
+    if count == 1:  # the common case, without the loop over spans
+        first_start, first_end = spans[0]
+        shift = width - first_end + first_start
+        for run in old_runs:
+            start, end = run
+            if end <= first_start:
+                runs.append(run)
+            elif start >= first_end:
+                runs.append((start + shift, end + shift))
+            else:
+                new_start = start if start < first_start else first_start + width
+                new_end = end + shift if first_end <= end else first_start + width
+                if new_mapped.find(b"d", new_start, new_end) >= 0:
+                    runs += [m.span() for m in _LONG_RUNS.finditer(new_mapped, new_start, new_end)]
+        return runs
     index = shift = 0
     for start, end in old_runs:
         while index < count and spans[index][1] <= start:  # spans wholly before this run
@@ -284,12 +299,11 @@ class CardRedactor(Redactor):
             return text, 0
         check_issuer = self.options.check_issuer
         spans = []
-        size = len(text)
         mapped = scan.mapped
         for start, end in scan.long_runs():
             if end - start < 13 or mapped.count(b"d", start, end) < 13:
                 continue
-            for match in self._pattern.finditer(text, start, min(size, end + 2)):
+            for match in self._pattern.finditer(text, start, end + 2):
                 digits = match.group(0).replace(" ", "").replace("-", "")
                 if 13 <= len(digits) <= 19 and luhn_valid(digits) and (
                         not check_issuer or _CARD_PREFIX.match(digits)):
@@ -648,13 +662,12 @@ class IpRedactor(Redactor):
             text = self._v6.sub(replace, text)
         if options.ipv4 and "." in text and (scan := _scan(text)).digits >= 4:
             spans = []
-            size = len(text)
             keep = self._keep
             mapped = scan.mapped
             for start, end in scan.long_runs():
                 if text.count(".", start, end) < 3 or mapped.count(b"d", start, end) < 4:
                     continue
-                for match in self._v4.finditer(text, start, min(size, end + 2)):
+                for match in self._v4.finditer(text, start, end + 2):
                     found = match.group(0)
                     if _IPV4_VALID.match(found) and not (keep and self._kept(ipaddress.IPv4Address(found))):
                         spans.append(match.span())
@@ -693,7 +706,6 @@ class PhoneRedactor(Redactor):
         if scan.digits < 8:
             return text, 0
         spans: list[tuple[int, int]] = []
-        size = len(text)
         mapped = scan.mapped
         for start, end in scan.long_runs():
             # A leading '+' or '(' sits just before the run; the window ends where its digits do. A find has at
@@ -701,7 +713,7 @@ class PhoneRedactor(Redactor):
             # each side of it: a run with fewer than 4 ASCII digits holds none.
             if mapped.count(b"d", start, end) < 4:
                 continue
-            for match in self._pattern.finditer(text, max(0, start - 2), min(size, end + 2)):
+            for match in self._pattern.finditer(text, start - 2, end + 2):  # (the engine clamps both)
                 if self._confirmed(match, mapped) and (not spans or match.start() >= spans[-1][1]):
                     spans.append(match.span())
         return _spans_replaced(text, spans, self.placeholder)
