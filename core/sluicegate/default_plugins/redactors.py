@@ -512,7 +512,11 @@ class SecretRedactor(Redactor):
                 # Then a bearer value (no '/' or '~') is a long token whose whitespace follows the word: looked for
                 # before each long token, not with a case-insensitive search of the whole text for each word.
                 tokens = long_tokens(text)
-                maybe_bearer = any(_after_bearer_word(text, start) for start, _ in tokens)
+                maybe_bearer = False
+                for start, _ in tokens:  # (a loop, not any() over a generator: most texts have one or two)
+                    if _after_bearer_word(text, start):
+                        maybe_bearer = True
+                        break
             if maybe_bearer:
                 lower = text.lower()
                 if "bearer" in lower or "basic" in lower or "token" in lower:  # _BEARER_WORDS, tested one by one
@@ -558,8 +562,9 @@ def _after_bearer_word(text: str, start: int) -> bool:
     end = start
     while end and text[end - 1].isspace():
         end -= 1
-    return end < start and (text[max(0, end - 6):end].lower() == "bearer"
-                            or text[max(0, end - 5):end].lower() in ("basic", "token"))
+    # the words' last letters first: most long tokens follow some other word
+    return 0 < end < start and text[end - 1] in "rRcCnN" and (text[max(0, end - 6):end].lower() == "bearer"
+                                                             or text[max(0, end - 5):end].lower() in ("basic", "token"))
 
 
 def _bearer(text: str, lower: str, placeholder: str) -> tuple[str, int]:
