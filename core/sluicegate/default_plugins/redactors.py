@@ -452,11 +452,12 @@ def _vendor_keys(token: str, offset: int) -> list[tuple[int, int]]:
 
 def _token_starts(token: str) -> list[int]:
     starts = [0]
+    last = len(token) - 1  # a '.' ending the token starts no find (every vendor key has characters)
     for char in ".+=":
-        index = token.find(char)
+        index = token.find(char, 0, last)
         while index >= 0:
             starts.append(index + 1)
-            index = token.find(char, index + 1)
+            index = token.find(char, index + 1, last)
     return sorted(starts) if len(starts) > 2 else starts
 
 
