@@ -179,6 +179,21 @@ def _carried_runs(old_runs: list[tuple[int, int]], new_mapped: bytes, spans: lis
     or separator, from the long runs of the text before (``new_mapped`` is the result's class bytes)."""
     runs: list[tuple[int, int]] = []
     count = len(spans)
+    if count == 1:  # the common case, without the loop over spans
+        first_start, first_end = spans[0]
+        shift = width - first_end + first_start
+        for run in old_runs:
+            start, end = run
+            if end <= first_start:
+                runs.append(run)
+            elif start >= first_end:
+                runs.append((start + shift, end + shift))
+            else:
+                new_start = start if start < first_start else first_start + width
+                new_end = end + shift if first_end <= end else first_start + width
+                if new_mapped.find(b"d", new_start, new_end) >= 0:
+                    runs += [m.span() for m in _LONG_RUNS.finditer(new_mapped, new_start, new_end)]
+        return runs
     index = shift = 0
     for start, end in old_runs:
         while index < count and spans[index][1] <= start:  # spans wholly before this run
@@ -284,16 +299,18 @@ class CardRedactor(Redactor):
             return text, 0
         check_issuer = self.options.check_issuer
         spans = []
-        size = len(text)
         mapped = scan.mapped
         for start, end in scan.long_runs():
             if end - start < 13 or mapped.count(b"d", start, end) < 13:
                 continue
-            for match in self._pattern.finditer(text, start, min(size, end + 2)):
+            for match in self._pattern.finditer(text, start, end + 2):
                 digits = match.group(0).replace(" ", "").replace("-", "")
-                if 13 <= len(digits) <= 19 and luhn_valid(digits) and (
-                        not check_issuer or _CARD_PREFIX.match(digits)):
-                    spans.append(match.span())
+                if 13 <= len(digits) <= 19:
+                    data = digits.encode()  # luhn_valid, inline: the digits are ASCII
+                    odd, even = data[-1::-2], data[-2::-2]
+                    if (sum(odd) - 48 * len(odd) + sum(even.translate(_LUHN_DOUBLED))) % 10 == 0 and (
+                            not check_issuer or _CARD_PREFIX.match(digits)):
+                        spans.append(match.span())
         return _spans_replaced(text, spans, self.placeholder)
 
 
@@ -435,11 +452,12 @@ def _vendor_keys(token: str, offset: int) -> list[tuple[int, int]]:
 
 def _token_starts(token: str) -> list[int]:
     starts = [0]
+    last = len(token) - 1  # a '.' ending the token starts no find (every vendor key has characters)
     for char in ".+=":
-        index = token.find(char)
+        index = token.find(char, 0, last)
         while index >= 0:
             starts.append(index + 1)
-            index = token.find(char, index + 1)
+            index = token.find(char, index + 1, last)
     return sorted(starts) if len(starts) > 2 else starts
 
 
@@ -495,7 +513,11 @@ class SecretRedactor(Redactor):
                 # Then a bearer value (no '/' or '~') is a long token whose whitespace follows the word: looked for
                 # before each long token, not with a case-insensitive search of the whole text for each word.
                 tokens = long_tokens(text)
-                maybe_bearer = any(_after_bearer_word(text, start) for start, _ in tokens)
+                maybe_bearer = False
+                for start, _ in tokens:  # (a loop, not any() over a generator: most texts have one or two)
+                    if _after_bearer_word(text, start):
+                        maybe_bearer = True
+                        break
             if maybe_bearer:
                 lower = text.lower()
                 if "bearer" in lower or "basic" in lower or "token" in lower:  # _BEARER_WORDS, tested one by one
@@ -541,8 +563,9 @@ def _after_bearer_word(text: str, start: int) -> bool:
     end = start
     while end and text[end - 1].isspace():
         end -= 1
-    return end < start and (text[max(0, end - 6):end].lower() == "bearer"
-                            or text[max(0, end - 5):end].lower() in ("basic", "token"))
+    # the words' last letters first: most long tokens follow some other word
+    return 0 < end < start and text[end - 1] in "rRcCnN" and (text[max(0, end - 6):end].lower() == "bearer"
+                                                             or text[max(0, end - 5):end].lower() in ("basic", "token"))
 
 
 def _bearer(text: str, lower: str, placeholder: str) -> tuple[str, int]:
@@ -648,13 +671,12 @@ class IpRedactor(Redactor):
             text = self._v6.sub(replace, text)
         if options.ipv4 and "." in text and (scan := _scan(text)).digits >= 4:
             spans = []
-            size = len(text)
             keep = self._keep
             mapped = scan.mapped
             for start, end in scan.long_runs():
                 if text.count(".", start, end) < 3 or mapped.count(b"d", start, end) < 4:
                     continue
-                for match in self._v4.finditer(text, start, min(size, end + 2)):
+                for match in self._v4.finditer(text, start, end + 2):
                     found = match.group(0)
                     if _IPV4_VALID.match(found) and not (keep and self._kept(ipaddress.IPv4Address(found))):
                         spans.append(match.span())
@@ -693,7 +715,6 @@ class PhoneRedactor(Redactor):
         if scan.digits < 8:
             return text, 0
         spans: list[tuple[int, int]] = []
-        size = len(text)
         mapped = scan.mapped
         for start, end in scan.long_runs():
             # A leading '+' or '(' sits just before the run; the window ends where its digits do. A find has at
@@ -701,21 +722,21 @@ class PhoneRedactor(Redactor):
             # each side of it: a run with fewer than 4 ASCII digits holds none.
             if mapped.count(b"d", start, end) < 4:
                 continue
-            for match in self._pattern.finditer(text, max(0, start - 2), min(size, end + 2)):
-                if self._confirmed(match, mapped) and (not spans or match.start() >= spans[-1][1]):
-                    spans.append(match.span())
+            for match in self._pattern.finditer(text, start - 2, end + 2):  # (the engine clamps both)
+                span = match.span()
+                if spans and span[0] < spans[-1][1]:
+                    continue
+                # A find is digits (``\d``: ASCII or not) and " ()./+-" (class ``s``): its digits are the rest.
+                digits = span[1] - span[0] - mapped.count(b"s", *span)
+                if match.group("intl") is not None:
+                    confirmed = 8 <= digits <= 15
+                elif match.group("nanp") is not None:
+                    confirmed = digits == 10
+                else:
+                    confirmed = 9 <= digits <= 12 and not self._date.match(match.group(0))
+                if confirmed:
+                    spans.append(span)
         return _spans_replaced(text, spans, self.placeholder)
-
-    def _confirmed(self, match: re.Match[str], mapped: bytes) -> bool:
-        found = match.group(0)
-        # A find is digits (``\d``: ASCII or not) and " ()./+-" (class ``s``): its digits are the rest.
-        start, end = match.span()
-        digits = end - start - mapped.count(b"s", start, end)
-        if match.group("intl") is not None:
-            return 8 <= digits <= 15
-        if match.group("nanp") is not None:
-            return digits == 10
-        return 9 <= digits <= 12 and not self._date.match(found)
 
 
 # -- named regular expressions -----------------------------------------------------------------------------
