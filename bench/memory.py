@@ -1,13 +1,14 @@
 """Where the gateway's memory goes as teams grow: resident set size by phase, at each team count.
 
-``python -m bench.memory [--teams 10,10000] [--concurrency 16] [--seconds 8]``
+``python -m bench.memory [--teams 10,10000] [--concurrency 16] [--seconds 8] [--logging on|off]``
 
 For each team count, the ``gw-sinks`` set-up of ``bench.run`` (every team logging to its own langfuse project and
 otel destination on loopback receivers, one key per team): the gateway is started on the server CPU and its RSS
 read after start-up (the config: settings and routing), after the keys are made, after one request per key (the
 key cache and every sink instance), during wrk load (events lingering for their batches) and after it. Each phase
 is printed as it is read, then a table of the phases and of their growth from the smallest team count. Issue 8's
-target compares the last column: RSS at 10 vs 10,000 teams within +150 MB.
+target compares the last column: RSS at 10 vs 10,000 teams within +150 MB. ``--logging off`` runs the same teams
+and keys with logging nowhere: what each process holds for logging is the difference between the two runs.
 """
 
 from __future__ import annotations
