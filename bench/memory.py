@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cpu_args = ["--load-cpu", str(args.load_cpu), "--server-cpu", str(args.server_cpu)]
     counts = [int(t) for t in args.teams.split(",") if t.strip()]
-    found = {count: measure(count, args.concurrency, args.seconds, cpu_args, args.delivery, args.logging) for count in counts}
+    found = {count: measure(count, args.concurrency, args.seconds, cpu_args, args.delivery, args.logging)
+             for count in counts}
     first = found[counts[0]]
     tables = [("serving processes", "")] + ([("delivery process", "delivery ")] if args.delivery == "process" else [])
     for title, prefix in tables:

@@ -477,9 +477,8 @@ def gateway_config(workdir: Path, upstream: str, sinks: str, teams: list[str], r
                     f"        otel_headers: x-bench-team={team}",
                     f"        otel_service_name: sluicegate-{team}",
                 ]
-            elif sink_mode == "off":  # the same teams, logging nowhere (bench.memory's comparison)
-                pass
-            else:  # fallback: the built-in file sink, one file per team
+            elif sink_mode != "off":  # (off: the same teams logging nowhere, bench.memory's comparison)
+                # fallback: the built-in file sink, one file per team
                 lines += [
                     "      success_callback: [file]",
                     "      failure_callback: [file]",

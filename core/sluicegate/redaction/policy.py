@@ -54,8 +54,8 @@ class RedactionSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 class CompiledPolicy:
     """A usable policy: redactor instances in run order, what to scan and drop, and a stable ``key``."""
 
-    __slots__ = ("_arguments_mode", "_dropped", "_messages_mode", "_metadata_plan", "_response_mode", "_scanned", "drop",
-                 "fields", "key", "names", "redactors", "scan", "spec")
+    __slots__ = ("_arguments_mode", "_dropped", "_messages_mode", "_metadata_plan", "_response_mode", "_scanned",
+                 "drop", "fields", "key", "names", "redactors", "scan", "spec")
 
     def __init__(self, redactors: tuple[Redactor, ...], fields: dict[str, str], spec: dict[str, Any]) -> None:
         self.redactors = redactors
