@@ -355,6 +355,23 @@ async def test_translated_tools_round_trip_plain_and_streamed(fake, fake_openai,
         assert fake_openai.invalid == []
 
 
+async def test_translated_plain_answer_is_logged_as_the_client_received_it(fake, fake_openai, receiver, vars_for,
+                                                                          make_config, start) -> None:
+    """The translated message is built once: the event's ``response`` is the very JSON the client received (the
+    pipeline logs the endpoint's own object instead of decoding the answer's bytes again)."""
+    async with start(make_config(models=models(fake, fake_openai))) as gw:
+        key = await team_key(gw, vars_for, "plain-team")
+        raw = await gw.client.post("/v1/messages", headers={"x-api-key": key}, json={
+            "model": "gpt", "max_tokens": 20, "messages": [{"role": "user", "content": "log me"}]})
+        assert raw.status_code == 200, raw.text
+        (event,) = await events_for(receiver, "plain-team", 1)
+    answer = raw.json()
+    at.Message.model_validate(answer, strict=True)
+    assert answer["content"] == [{"type": "text", "text": "echo: log me"}]
+    assert event["response"] == answer
+    assert event["completion_tokens"] == answer["usage"]["output_tokens"]
+
+
 async def test_errors_are_anthropic_shaped_and_refused_before_the_upstream(fake, fake_openai, make_config,
                                                                            start) -> None:
     async with start(make_config(models=models(fake, fake_openai))) as gw:

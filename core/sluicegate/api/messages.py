@@ -317,7 +317,7 @@ class Messages(Endpoint):
 
     async def answer(self, call: Call, deployment: Deployment) -> bytes:
         provider = deployment.provider
-        call.state.usage = None
+        call.state.usage = call.answer = None  # this attempt's, not an earlier one's
         if deployment.mock_response is None and provider.speaks_messages():
             return await provider.messages_bytes(call.body, call.request_id, call.state.beta)
         chat = chat_request(call.body, provider.supported_params)
@@ -335,7 +335,8 @@ class Messages(Endpoint):
                                 code="502")
         usage = parsed.get("usage")
         call.state.usage = usage if isinstance(usage, dict) else {}  # {}: translated, whatever the upstream said
-        return _json.encode(message_from_chat(parsed, str(call.body["model"])))
+        call.answer = message = message_from_chat(parsed, str(call.body["model"]))
+        return _json.encode(message)
 
     def logged(self, call: Call, parsed: Any) -> tuple[Any, dict[str, Any] | None]:
         if not isinstance(parsed, dict):

@@ -51,7 +51,7 @@ bookkeeping."""
 class Call:
     """Facts of one request, gathered for its log event."""
 
-    __slots__ = ("attempts", "attribution", "body", "call_type", "ctx", "deployment", "event_id", "input",
+    __slots__ = ("answer", "attempts", "attribution", "body", "call_type", "ctx", "deployment", "event_id", "input",
                  "input_field", "ip", "metadata", "params_skip", "raw", "request_id", "start", "state", "ticket",
                  "traceparent", "upload", "user_agent")
 
@@ -83,6 +83,9 @@ class Call:
         self.params_skip = params_skip
         self.state: Any = None
         """The endpoint's own facts of this request (:meth:`Endpoint.state`)."""
+        self.answer: Any = None
+        """The JSON answer as the endpoint built it (a translated one) when it returns that answer's bytes: the
+        pipeline logs it as it is rather than decoding the bytes again. None: the bytes are decoded."""
 
     def limit_headers(self) -> dict[str, str]:
         """The rate limits' remaining/limit headers for a successful answer (none when nothing limits the key)."""
@@ -513,7 +516,9 @@ async def run_call(request: Request, endpoint: Endpoint) -> Response[Any]:
         call.attempts = outcome.attempts
         content = outcome.result
         media_type = endpoint.media_type(body)
-        if media_type == "application/json":
+        if call.answer is not None:
+            parsed = call.answer
+        elif media_type == "application/json":
             try:
                 parsed = _decoder.decode(content)
             except msgspec.DecodeError:
