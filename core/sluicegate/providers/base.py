@@ -251,6 +251,11 @@ class Provider(abc.ABC):
         """Map an upstream error answer to an OpenAI-shaped error; override for non-OpenAI error bodies."""
         return openai_error(status, content, self.custom_llm_provider)
 
+    def upstream_error(self, status: int, headers: Mapping[str, str], content: bytes) -> UpstreamError:
+        """The error for an upstream answer with ``status`` >= 400: :meth:`error_from` of its body; override where
+        the error's kind travels in a header (Bedrock's ``x-amzn-errortype``)."""
+        return self.error_from(status, content)
+
     def _timed_out(self) -> UpstreamError:
         return UpstreamError(504, f"upstream {self.custom_llm_provider} timed out after "
                                   f"{self.deployment.timeout:g}s", type="timeout", code="504")
@@ -271,7 +276,7 @@ class Provider(abc.ABC):
         except HttpClientError as exc:
             raise self._unreachable(exc) from None
         if response.status >= 400:
-            raise self.error_from(response.status, response.body)
+            raise self.upstream_error(response.status, response.headers, response.body)
         return response.body
 
     async def post_stream(self, url: str, payload: bytes, headers: bytes) -> StreamedResponse:
@@ -291,7 +296,7 @@ class Provider(abc.ABC):
                 content = b""
             finally:
                 await response.aclose()
-            raise self.error_from(response.status, content)
+            raise self.upstream_error(response.status, response.headers, content)
         return response
 
     async def send(self, method: str, url: str, payload: bytes, headers: bytes, *, stream: bool = False) -> Any:
@@ -307,7 +312,7 @@ class Provider(abc.ABC):
         except HttpClientError as exc:
             raise self._unreachable(exc) from None
         if response.status >= 400:
-            raise self.error_from(response.status, response.body)
+            raise self.upstream_error(response.status, response.headers, response.body)
         return response.body
 
     async def sse_events(self, response: StreamedResponse) -> AsyncIterator[tuple[str | None, bytes]]:

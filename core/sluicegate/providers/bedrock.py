@@ -209,7 +209,7 @@ class BedrockProvider(Provider):
             headers["Accept"] = "application/vnd.amazon.eventstream"
         return sign_headers(credentials, SIGNING_NAME, self.region, url, payload, headers)
 
-    def _error(self, status: int, headers: Mapping[str, str], content: bytes) -> UpstreamError:
+    def upstream_error(self, status: int, headers: Mapping[str, str], content: bytes) -> UpstreamError:
         kind = (headers.get("x-amzn-errortype") or "").split(":", 1)[0]
         message = ""
         try:
@@ -222,17 +222,7 @@ class BedrockProvider(Provider):
         return _aws_error(kind, message, status)
 
     async def _post(self, url: str, payload: bytes) -> bytes:
-        assert self.http is not None, "provider used before the gateway started"
-        headers = self._headers(url, payload, stream=False)
-        try:
-            response = await self.http.post(url, payload, headers=headers, timeout=self.deployment.timeout)
-        except HttpTimeoutError:
-            raise self._timed_out() from None
-        except HttpClientError as exc:
-            raise self._unreachable(exc) from None
-        if response.status >= 400:
-            raise self._error(response.status, response.headers, response.body)
-        return response.body
+        return await self.post(url, payload, self._headers(url, payload, stream=False))
 
     # Anthropic's Messages API on Claude models: InvokeModel (/v1/messages) ----------------------------------
     def speaks_messages(self) -> bool:
@@ -253,24 +243,9 @@ class BedrockProvider(Provider):
         return await self._post(self.invoke_url, self.messages_payload(body, beta))
 
     async def open_messages_stream(self, body: dict[str, Any], request_id: str, beta: str | None) -> Any:
-        assert self.http is not None, "provider used before the gateway started"
         payload = self.messages_payload(body, beta)
         headers = self._headers(self.invoke_stream_url, payload, stream=True)
-        try:
-            response = await self.http.stream("POST", self.invoke_stream_url, body=payload, headers=headers,
-                                              timeout=self.deployment.timeout)
-        except HttpTimeoutError:
-            raise self._timed_out() from None
-        except HttpClientError as exc:
-            raise self._unreachable(exc) from None
-        if response.status >= 400:
-            try:
-                content = await response.read()
-            except HttpClientError:
-                content = b""
-            finally:
-                await response.aclose()
-            raise self._error(response.status, response.headers, content)
+        response = await self.post_stream(self.invoke_stream_url, payload, headers)
         return _InvokeStream(self, response)
 
     # request ------------------------------------------------------------------------------------------
@@ -388,23 +363,10 @@ class BedrockProvider(Provider):
                 "usage": _usage(answer.get("usage") or {})}
 
     async def stream(self, body: Mapping[str, Any], *, request_id: str) -> AsyncIterator[dict[str, Any]]:
-        assert self.http is not None, "provider used before the gateway started"
         payload = _json.encode(self.translate_request(body))
         headers = self._headers(self.stream_url, payload, stream=True)
+        response = await self.post_stream(self.stream_url, payload, headers)
         try:
-            response = await self.http.stream("POST", self.stream_url, body=payload, headers=headers,
-                                              timeout=self.deployment.timeout)
-        except HttpTimeoutError:
-            raise self._timed_out() from None
-        except HttpClientError as exc:
-            raise self._unreachable(exc) from None
-        try:
-            if response.status >= 400:
-                try:
-                    content = await response.read()
-                except HttpClientError:
-                    content = b""
-                raise self._error(response.status, response.headers, content)
             from botocore.eventstream import EventStreamBuffer, EventStreamError  # ~0.3 s, only where Bedrock is used
 
             translator = _StreamTranslator(self.model_id, json_mode=self.json_mode(body))
