@@ -8,20 +8,22 @@ workers would.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from sluicegate.events import LogEvent, LogMetadata
-from sluicegate.metrics import RequestMetrics
+from sluicegate.metrics import SNAPSHOT_STEP, RequestMetrics, _array_header, _Wire
 from sluicegate.testing.processes import cmdline, descendants
-from sluicegate.testing.waiting import wait_until
+from sluicegate.testing.waiting import wait_until, wait_until_async
 from sluicegate.worker_metrics import WorkerMetrics, clear_stale
 
 MASTER = "sk-master-worker-metrics"
@@ -244,3 +246,84 @@ async def test_the_merge_keeps_at_most_max_series_and_exact_totals(tmp_path):
         for worker in workers:
             await worker.aclose()
 
+
+
+def _wire_as_one_piece(metrics: RequestMetrics, gauges: dict, written: float) -> bytes:
+    """The snapshot encoded in one piece from the same rows (the layout :class:`_Wire` decodes)."""
+    rows = [(key, s.requests, s.successes, s.failures, s.spend, s.input_tokens, s.output_tokens, s.total_tokens,
+             [(h.buckets, h.count, h.total) if h is not None else None for h in s.hist])
+            for key, s in metrics.series.items()]
+    return msgspec.msgpack.encode(_Wire(written=written, overflow=metrics.overflow, series=rows, gauges=gauges))
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, SNAPSHOT_STEP - 1, SNAPSHOT_STEP, SNAPSHOT_STEP + 1, 1_000])
+def test_a_snapshot_written_in_steps_is_the_one_piece_encoding(count):
+    metrics = RequestMetrics(max_series=5_000)
+    for i in range(count):
+        metrics.observe(_event(f"team-{i}", seconds=0.01 * (i % 40)))
+    gauges = {"litellm_remaining_team_budget_metric": [(("team-0", "zero"), 1.5)]}
+    steps = metrics.snapshot_steps(gauges, 12.5)
+    taken = 0
+    while True:
+        try:
+            next(steps)
+            taken += 1
+        except StopIteration as done:
+            stepped = done.value
+            break
+    assert taken == -(-count // SNAPSHOT_STEP)  # one step per SNAPSHOT_STEP series
+    assert stepped == _wire_as_one_piece(metrics, gauges, 12.5) == metrics.snapshot(gauges, 12.5)
+    decoded = metrics.decode(stepped)
+    assert sum(one.requests for _, one in decoded.series) == count and decoded.gauges == gauges
+
+
+@pytest.mark.parametrize("length", [0, 15, 16, 0xFFFF, 0x10000])
+def test_array_headers_are_msgpacks(length):
+    assert msgspec.msgpack.encode([0] * length).startswith(_array_header(length))
+    assert len(msgspec.msgpack.encode([0] * length)) == len(_array_header(length)) + length
+
+
+async def test_the_periodic_publisher_lets_requests_run_between_the_snapshots_steps(tmp_path):
+    """1,000 series are written in 4 steps; a coroutine standing for the requests runs between every two of them,
+    and the file holds every series whole."""
+    metrics = RequestMetrics(max_series=5_000)
+    for i in range(1_000):
+        metrics.observe(_event(f"team-{i}"))
+    ticks = 0
+    seen: list[list[int]] = []
+    stepping = metrics.snapshot_steps
+
+    def recorded(*args, **kwargs):  # the real steps, noting the ticker's count before each
+        steps, marks = stepping(*args, **kwargs), [ticks]
+        seen.append(marks)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+            yield
+            marks.append(ticks)
+
+    metrics.snapshot_steps = recorded
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)  # deliberate: one tick per loop turn
+
+    worker = WorkerMetrics(metrics, tmp_path, interval=0.05)
+    await worker.start()
+    task = asyncio.get_running_loop().create_task(ticker())
+    try:
+        metrics.observe(_event("team-0"))  # changed since start(): the next interval publishes
+        await wait_until_async(lambda: len(seen) >= 2 and len(seen[1]) == 5, timeout=10,
+                               what="the periodic publish to take its steps")
+    finally:
+        task.cancel()
+        await worker.aclose()
+    assert len(seen[0]) == 5  # start() publishes at once, in one go: no tick between its steps
+    assert len(set(seen[0])) == 1
+    periodic = seen[1]
+    assert all(later > earlier for earlier, later in zip(periodic, periodic[1:], strict=False)), periodic
+    assert sum(one.requests for _, one in metrics.decode(worker.path.read_bytes()).series) == 1_001

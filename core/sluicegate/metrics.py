@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Generator, Iterable, Sequence
 
     from sluicegate.events import LogEvent
 
@@ -182,8 +182,29 @@ class _Wire(msgspec.Struct, array_like=True):
     gauges: dict[str, list[tuple[tuple[str, ...], float]]]
 
 
+class _WireOut(msgspec.Struct, array_like=True):
+    """:class:`_Wire` as written in steps: the same layout, with the series rows already encoded."""
+
+    written: float
+    overflow: int
+    series: msgspec.Raw
+    gauges: dict[str, list[tuple[tuple[str, ...], float]]]
+
+
 _encode_wire = msgspec.msgpack.Encoder().encode
 _decode_wire = msgspec.msgpack.Decoder(_Wire).decode
+
+SNAPSHOT_STEP = 250
+"""Series read and encoded per step of :meth:`RequestMetrics.snapshot_steps` (the event loop runs between steps)."""
+
+
+def _array_header(length: int) -> bytes:
+    """MessagePack's header of an array of ``length`` items (fixarray, array 16 or array 32)."""
+    if length < 16:
+        return bytes((0x90 | length,))
+    if length < 0x10000:
+        return b"\xdc" + length.to_bytes(2, "big")
+    return b"\xdd" + length.to_bytes(4, "big")
 
 
 class Snapshot:
@@ -313,6 +334,10 @@ class RequestMetrics:
                 keep = tuple(n in self._allowed for n in names)
                 if not any(keep):
                     continue
+                if (name not in found and all(keep) and len(rows) <= cap
+                        and len({values for values, _ in rows}) == len(rows)):
+                    found[name] = list(rows)  # nothing to empty, fold or cut: the samples as the source gave them
+                    continue
                 into = found.setdefault(name, [])
                 seen = {values for values, _ in into}
                 for values, number in rows:
@@ -330,21 +355,45 @@ class RequestMetrics:
     def snapshot(self, gauges: GaugeSamples, written: float, carried: Snapshot | None = None) -> bytes:
         """This process's series (plus ``carried``: what an earlier process of the same slot counted) and
         ``gauges``, encoded for the other workers (:mod:`sluicegate.worker_metrics`)."""
-        items: Iterable[tuple[tuple[str, ...], _Series]] = self.series.items()
+        steps = self.snapshot_steps(gauges, written, carried)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                snapshot: bytes = done.value
+                return snapshot
+
+    def snapshot_steps(self, gauges: GaugeSamples, written: float,
+                       carried: Snapshot | None = None) -> Generator[None, None, bytes]:
+        """:meth:`snapshot` in steps of at most :data:`SNAPSHOT_STEP` series: the generator yields between steps
+        (a publisher on the event loop lets requests run there) and returns the snapshot. A series' row is read
+        and encoded within one step, so each row is whole; rows of later steps may count requests observed
+        meanwhile, as a snapshot taken a moment later would. Series that appear meanwhile wait for the next one."""
         overflow = self.overflow
-        if carried is not None:
+        if carried is None:
+            items = list(self.series.items())
+        else:
             merged: dict[tuple[str, ...], _Series] = {}
-            for key, one in self._parts([carried])[0]:
-                into = merged.get(key)
-                if into is None:
-                    into = merged[key] = _Series()
-                _add_series(into, one)
-            items = merged.items()
+            parts = self._parts([carried])[0]
+            for start in range(0, len(parts), SNAPSHOT_STEP):
+                for key, one in parts[start:start + SNAPSHOT_STEP]:
+                    into = merged.get(key)
+                    if into is None:
+                        into = merged[key] = _Series()
+                    _add_series(into, one)
+                yield
+            items = list(merged.items())
             overflow += carried.overflow
-        rows = [(key, s.requests, s.successes, s.failures, s.spend, s.input_tokens, s.output_tokens, s.total_tokens,
-                 [(h.buckets, h.count, h.total) if h is not None else None for h in s.hist])
-                for key, s in items]
-        return _encode_wire(_Wire(written=written, overflow=overflow, series=rows, gauges=gauges))
+        body: list[bytes] = []
+        for start in range(0, len(items), SNAPSHOT_STEP):
+            step = items[start:start + SNAPSHOT_STEP]
+            rows = [(key, s.requests, s.successes, s.failures, s.spend, s.input_tokens, s.output_tokens,
+                     s.total_tokens, [(h.buckets, h.count, h.total) if h is not None else None for h in s.hist])
+                    for key, s in step]
+            body.append(_encode_wire(rows)[len(_array_header(len(rows))):])
+            yield
+        series = msgspec.Raw(_array_header(len(items)) + b"".join(body))
+        return _encode_wire(_WireOut(written=written, overflow=overflow, series=series, gauges=gauges))
 
     @staticmethod
     def decode(data: bytes) -> Snapshot:

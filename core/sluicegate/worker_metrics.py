@@ -34,7 +34,7 @@ from sluicegate.aio import cancel_and_wait
 from sluicegate.files import claim_slot, replace_file
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Generator
 
     from sluicegate.metrics import RequestMetrics, Snapshot
 
@@ -153,25 +153,42 @@ class WorkerMetrics:
             await asyncio.sleep(self.interval)
             if self.refresh is not None:
                 await self.refresh()
-            self._publish_or_log()
+            try:
+                for _ in self._publish_steps(force=False):
+                    await asyncio.sleep(0)  # deliberate: requests run between the snapshot's steps
+            except Exception as exc:
+                self._publish_failed(exc)
 
     def _publish_or_log(self) -> None:
         try:
             self.publish()
-        except Exception as exc:  # a full disk: the next interval tries again
-            self.publish_failures += 1
-            log.warning("metrics: snapshot not written to %s: %s: %s", self.path, type(exc).__name__, exc)
+        except Exception as exc:
+            self._publish_failed(exc)
+
+    def _publish_failed(self, exc: Exception) -> None:  # a full disk: the next interval tries again
+        self.publish_failures += 1
+        log.warning("metrics: snapshot not written to %s: %s: %s", self.path, type(exc).__name__, exc)
 
     def publish(self, *, force: bool = False) -> None:
         """Write the snapshot (temporary file + rename: a reader sees the old one or the new one, whole). Nothing
         changed since the last one: only its time is renewed, so readers know this worker is alive."""
+        for _ in self._publish_steps(force=force):
+            pass
+
+    def _publish_steps(self, *, force: bool) -> Generator[None, None, None]:
+        """:meth:`publish` in steps (the gauges, then :meth:`~sluicegate.metrics.RequestMetrics.snapshot_steps`);
+        the periodic publisher lets the event loop run between them, so 10,000 budgeted teams never hold it for
+        the whole snapshot at once. The file is written in the last step, whole."""
         gauges = self.metrics.gauges()
         state = (self.metrics.observations, gauges)
         path = self.path
         if not force and state == self._published:
             os.utime(path)
             return
-        replace_file(path, self.metrics.snapshot(gauges, time.time(), self.carried))
+        yield
+        written = time.time()
+        snapshot = yield from self.metrics.snapshot_steps(gauges, written, self.carried)
+        replace_file(path, snapshot)
         self._published = state
         self.publishes += 1
 

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sluicegate.config import ConfigError, parse_settings
-from sluicegate.metrics import RequestMetrics
+from sluicegate.metrics import DEFAULT_LABELS, RequestMetrics
 
 pytestmark = pytest.mark.usefixtures("acme", "clean_env")
 ROOT = Path(__file__).resolve().parents[2]
@@ -199,6 +199,29 @@ def test_budget_gauges_at_10_000_teams_are_bounded_by_the_series_cap():
     assert remaining[0].labels == {"team": "team-0", "team_alias": "alias-0"}
     assert len([s for s in samples(text) if s.name == "litellm_team_max_budget_metric"]) == 2000
     assert value(text, "sluicegate_metrics_gauge_samples_omitted") == 2 * 8000
+
+
+def test_gauge_samples_are_kept_once_cut_at_the_cap_and_projected_onto_the_allow_list():
+    """Every way a source's samples reach a scrape: as given (all labels allowed, distinct, within the cap), with
+    duplicates kept once, cut at ``max_series`` (the rest counted), merged with another source's samples of the
+    same family, and with a label left out (emptied, then kept once)."""
+    budget = "litellm_remaining_team_budget_metric"
+    ceiling = "litellm_team_max_budget_metric"
+    as_given = [(("t1", "a"), 1.0), (("t2", "b"), 2.0)]
+    metrics = RequestMetrics(max_series=3)
+    metrics.gauge_sources.append(lambda cap: ({budget: as_given, ceiling: [(("t1", "a"), 5.0), (("t1", "a"), 5.0)]},
+                                              0))
+    metrics.gauge_sources.append(lambda cap: ({budget: [(("t2", "b"), 9.0), (("t3", "c"), 3.0), (("t4", "d"), 4.0)],
+                                               ceiling: [(("t5", "e"), 1.0)] * 2 + [(("t6", "f"), 2.0)]}, 1))
+    found = metrics.gauges()
+    assert found[budget] == [(("t1", "a"), 1.0), (("t2", "b"), 2.0), (("t3", "c"), 3.0)]  # first source's t2 kept
+    assert len(as_given) == 2  # a copy was kept: merging the second source did not grow the source's list
+    assert found[ceiling] == [(("t1", "a"), 5.0), (("t5", "e"), 1.0), (("t6", "f"), 2.0)]
+    assert metrics.gauges_omitted == 1 + 1  # the source's own, and t4 past the cap
+
+    narrowed = RequestMetrics(labels=[label for label in DEFAULT_LABELS if label != "team_alias"], max_series=10)
+    narrowed.gauge_sources.append(lambda cap: ({budget: [(("t1", "a"), 1.0), (("t1", "b"), 1.0)]}, 0))
+    assert narrowed.gauges()[budget] == [(("t1", ""), 1.0)]
 
 
 async def test_the_grafana_dashboard_queries_only_metrics_a_scrape_has(receiver, make_config, start, vars_for):

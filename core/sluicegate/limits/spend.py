@@ -413,15 +413,18 @@ class SpendLedger:
                  "team": ("litellm_remaining_team_budget_metric", "litellm_team_max_budget_metric"),
                  "user": ("litellm_remaining_user_budget_metric", "litellm_user_max_budget_metric")}
         found: dict[str, list[tuple[tuple[str, ...], float]]] = {n: [] for pair in names.values() for n in pair}
+        lists = {kind: (found[remaining], found[maximum]) for kind, (remaining, maximum) in names.items()}
         shared = self.shared
         now = self.clock()
         omitted = 0
         for counter in list(self.counters.values()):
-            pair = names.get(counter.entity_type)
+            pair = lists.get(counter.entity_type)
             if pair is None:
                 continue
-            if len(found[pair[0]]) >= limit:  # counted, not computed: 10,000 teams stay cheap
-                omitted += 1 if counter.max_budget is None else 2
+            remaining, maximum = pair
+            most = counter.max_budget
+            if len(remaining) >= limit:  # counted, not computed: 10,000 teams stay cheap
+                omitted += 1 if most is None else 2
                 continue
             spend = counter.spend
             if counter.reset_at is not None and counter.seconds is not None and now >= counter.reset_at:
@@ -431,10 +434,11 @@ class SpendLedger:
                 if seen is not None and seen > spend:
                     spend = seen
             labels = (counter.entity_id,) if counter.entity_type == "user" else (counter.entity_id, counter.alias)
-            most = counter.max_budget
-            found[pair[0]].append((labels, most - spend if most is not None else math.inf))
-            if counter.max_budget is not None:
-                found[pair[1]].append((labels, counter.max_budget))
+            if most is None:
+                remaining.append((labels, math.inf))
+            else:
+                remaining.append((labels, most - spend))
+                maximum.append((labels, most))
         return found, omitted
 
     def stats(self) -> dict[str, Any]:
