@@ -8,8 +8,9 @@ teams and as many keys, each with a budget and a request checked through the rea
 :class:`~sluicegate.limits.spend.SpendLedger` (a temporary SQLite file), and a request observed per key (the series
 stop at ``--max-series``). A ticker coroutine runs beside the publish and records the longest time between two of
 its loop turns: how long a request arriving then would wait. Printed for the publish in one go
-(:meth:`WorkerMetrics.publish`, what start-up and shutdown use) and in the periodic publisher's steps (the loop runs
-between the gauges and every :data:`~sluicegate.metrics.SNAPSHOT_STEP` series), best of ``--runs`` each.
+(:meth:`WorkerMetrics.publish`, what start-up and shutdown use) and in the periodic publisher's steps
+(:meth:`WorkerMetrics.publish_in_steps`: the loop runs between the gauges and every
+:data:`~sluicegate.metrics.SNAPSHOT_STEP` series), best of ``--runs`` each.
 """
 
 from __future__ import annotations
@@ -52,8 +53,7 @@ async def _publish_once(worker: WorkerMetrics, metrics: RequestMetrics, steps: b
     await asyncio.sleep(0)
     started = time.perf_counter()
     if steps:
-        for _ in worker._publish_steps(force=False):
-            await asyncio.sleep(0)  # as the periodic publisher does
+        await worker.publish_in_steps()
     else:
         worker.publish()
     took = time.perf_counter() - started

@@ -154,8 +154,7 @@ class WorkerMetrics:
             if self.refresh is not None:
                 await self.refresh()
             try:
-                for _ in self._publish_steps(force=False):
-                    await asyncio.sleep(0)  # deliberate: requests run between the snapshot's steps
+                await self.publish_in_steps()
             except Exception as exc:
                 self._publish_failed(exc)
 
@@ -174,6 +173,11 @@ class WorkerMetrics:
         changed since the last one: only its time is renewed, so readers know this worker is alive."""
         for _ in self._publish_steps(force=force):
             pass
+
+    async def publish_in_steps(self) -> None:
+        """:meth:`publish` as the periodic publisher runs it: the event loop runs between the steps."""
+        for _ in self._publish_steps(force=False):
+            await asyncio.sleep(0)  # deliberate: requests run between the snapshot's steps
 
     def _publish_steps(self, *, force: bool) -> Generator[None, None, None]:
         """:meth:`publish` in steps (the gauges, then :meth:`~sluicegate.metrics.RequestMetrics.snapshot_steps`);
